@@ -1,0 +1,152 @@
+"""The results contract: the per-localization and per-track tables (DESIGN.md).
+
+Both the tracker's output and the simulator's ground truth use exactly these
+columns, so a truth table and a result table can be compared column by column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "TRACKS_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "Results",
+    "empty_tracks_table",
+    "empty_summary_table",
+    "format_changepoint_frames",
+    "parse_changepoint_frames",
+    "validate_tables",
+]
+
+#: One row per localization, sorted by (track_id, frame).
+TRACKS_COLUMNS: tuple[str, ...] = (
+    "track_id",
+    "frame",
+    "t_s",
+    "x_px",
+    "y_px",
+    "x_um",
+    "y_um",
+    "photons",
+    "background",
+    "loc_precision_nm",
+    "D1_um2_s",
+    "D2_um2_s",
+    "theta_deg",
+    "state",
+    "is_changepoint",
+)
+
+#: One row per track, sorted by track_id.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "track_id",
+    "n_frames",
+    "frame_start",
+    "frame_end",
+    "x_mean_px",
+    "y_mean_px",
+    "D1_um2_s",
+    "D2_um2_s",
+    "theta_deg",
+    "anisotropy",
+    "D_msd_um2_s",
+    "D_cve_um2_s",
+    "alpha_msd",
+    "n_changepoints",
+    "changepoint_frames",
+    "model",
+)
+
+_TRACKS_DTYPES: dict[str, Any] = {
+    "track_id": np.int64,
+    "frame": np.int64,
+    "state": np.int64,
+    "is_changepoint": bool,
+}
+_SUMMARY_DTYPES: dict[str, Any] = {
+    "track_id": np.int64,
+    "n_frames": np.int64,
+    "frame_start": np.int64,
+    "frame_end": np.int64,
+    "n_changepoints": np.int64,
+    "changepoint_frames": object,
+    "model": object,
+}
+
+
+def empty_tracks_table() -> pd.DataFrame:
+    """A tracks table with the contract's columns and no rows."""
+    return pd.DataFrame({c: pd.Series(dtype=_TRACKS_DTYPES.get(c, float)) for c in TRACKS_COLUMNS})
+
+
+def empty_summary_table() -> pd.DataFrame:
+    """A summary table with the contract's columns and no rows."""
+    return pd.DataFrame({c: pd.Series(dtype=_SUMMARY_DTYPES.get(c, float)) for c in SUMMARY_COLUMNS})
+
+
+def format_changepoint_frames(frames: Any) -> str:
+    """Format changepoint frame numbers as the contract's ``;``-separated string."""
+    return ";".join(str(int(f)) for f in frames)
+
+
+def parse_changepoint_frames(text: Any) -> list[int]:
+    """Parse a ``changepoint_frames`` cell back to a list of frame numbers."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return []
+    text = str(text).strip()
+    if not text:
+        return []
+    return [int(float(part)) for part in text.split(";") if part.strip()]
+
+
+def validate_tables(tracks: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """Raise ``ValueError`` naming the problem if the tables break the contract."""
+    missing = [c for c in TRACKS_COLUMNS if c not in tracks.columns]
+    if missing:
+        raise ValueError(f"tracks table lacks column(s): {', '.join(missing)}")
+    missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
+    if missing:
+        raise ValueError(f"summary table lacks column(s): {', '.join(missing)}")
+    if len(tracks):
+        keys = tracks[["track_id", "frame"]].to_numpy()
+        order = np.lexsort((keys[:, 1], keys[:, 0]))
+        if not np.array_equal(order, np.arange(len(order))):
+            raise ValueError("tracks table must be sorted by (track_id, frame)")
+        if tracks.duplicated(["track_id", "frame"]).any():
+            raise ValueError("tracks table has two rows for the same (track_id, frame)")
+    ids_tracks = set(np.unique(tracks["track_id"])) if len(tracks) else set()
+    ids_summary = set(summary["track_id"]) if len(summary) else set()
+    if ids_tracks != ids_summary:
+        raise ValueError("tracks and summary tables do not hold the same track ids")
+
+
+@dataclass
+class Results:
+    """Output of tracking + estimation (or ground truth of a simulation).
+
+    Attributes
+    ----------
+    tracks
+        One row per localization, columns :data:`TRACKS_COLUMNS`.
+    summary
+        One row per track, columns :data:`SUMMARY_COLUMNS`.
+    meta
+        JSON-serialisable metadata: ``{"acquisition": {...}, "model": ..., ...}``.
+    """
+
+    tracks: pd.DataFrame
+    summary: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_tables(self.tracks, self.summary)
+
+    @property
+    def n_tracks(self) -> int:
+        """Number of tracks."""
+        return int(len(self.summary))
