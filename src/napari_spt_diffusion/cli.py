@@ -1,0 +1,545 @@
+"""The ``spt-diffusion`` command: ``simulate``, ``track``, ``train``, ``benchmark``.
+
+Every problem a user can fix (a missing or unreadable movie, a wrong value, an
+existing or unwritable output) ends the command with one line
+``spt-diffusion: error: ...`` on stderr and exit status 2, without a traceback;
+Ctrl-C ends it with status 130. Outputs are written all or nothing (see
+:mod:`napari_spt_diffusion.io`), so neither leaves a half-written file behind.
+Set ``SPT_DIFFUSION_DEBUG=1`` to see the traceback of a reported error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from . import __version__
+from .acquisition import Acquisition, AcquisitionError
+from .io import InputError, check_outputs, read_movie, results_paths, simulation_paths
+
+__all__ = ["main", "build_parser", "ProgressBar", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+PROG = "spt-diffusion"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+#: Movie models of ``simulate`` (``simulation.movie.MOVIE_MODELS``; kept here so that
+#: ``--help`` works without importing the simulator).
+SIMULATION_MODELS = ("aniso", "binding", "twostate", "mixed")
+
+
+class _UsageError(Exception):
+    """A command-line usage error (reported in one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line and do not exit the interpreter."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------- argument types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _frame_count(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"a movie needs at least 2 frames, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _field_size(text: str) -> tuple[int, int]:
+    """``128`` -> (128, 128); ``96x128`` -> (96, 128) as (Y, X)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected PX or HEIGHTxWIDTH in pixels, got {text!r}")
+    ny = int(match.group(1))
+    nx = int(match.group(2) or match.group(1))
+    if min(ny, nx) < 8:
+        raise argparse.ArgumentTypeError(f"the field must be at least 8 x 8 pixels, got {ny} x {nx}")
+    return ny, nx
+
+
+# ---------------------------------------------------------------- progress
+class ProgressBar:
+    """Terminal progress for ``progress(fraction, message)`` callbacks.
+
+    On a terminal it redraws one line (``[#####-----]  50%  message``); otherwise (a log
+    file, a pipe) it prints a line when the step changes (the message apart from its
+    numbers) or another 10 % is done, so logs stay short.
+    """
+
+    def __init__(self, stream: TextIO | None = None, width: int = 28, min_interval_s: float = 0.1) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.min_interval_s = min_interval_s
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_draw = 0.0
+        self._last_len = 0
+        self._last_message: str | None = None
+        self._last_step: str | None = None
+        self._last_decile = -1
+        self._drawn = False
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        if self.tty:
+            now = time.monotonic()
+            if message == self._last_message and fraction < 1.0 and now - self._last_draw < self.min_interval_s:
+                return
+            filled = int(round(fraction * self.width))
+            line = f"[{'#' * filled}{'-' * (self.width - filled)}] {fraction * 100:5.1f}%  {message}"
+            pad = max(0, self._last_len - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self.stream.flush()
+            self._last_len = len(line)
+            self._last_draw = now
+            self._drawn = True
+        else:
+            decile = int(fraction * 10)
+            step = re.sub(r"[\d.,/]+", "#", message)  # "frame 3 of 200" and "frame 4 of 200" are one step
+            if step != self._last_step or decile > self._last_decile:
+                self.stream.write(f"{fraction * 100:5.1f}%  {message}\n")
+                self.stream.flush()
+                self._last_decile = decile
+                self._last_step = step
+        self._last_message = message
+
+    def close(self) -> None:
+        """End the bar's line (call once the work is done or failed)."""
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stdout, flush=True)
+
+
+# ----------------------------------------------------------------- simulate
+def _simulation_acquisition(args: argparse.Namespace) -> Acquisition:
+    from .simulation.render import signal_photons_for_snr
+
+    changes: dict[str, Any] = {}
+    if args.pixel_size_nm is not None:
+        changes["pixel_size_nm"] = args.pixel_size_nm
+    if args.frame_interval_s is not None:
+        changes["frame_interval_s"] = args.frame_interval_s
+    if args.psf_sigma_nm is not None:
+        changes["psf_sigma_nm"] = args.psf_sigma_nm
+    if args.background_photons is not None:
+        changes["background_photons"] = args.background_photons
+    if args.photons is not None:
+        changes["signal_photons"] = args.photons
+    acquisition = Acquisition().replace(**changes)
+    if args.snr is not None:
+        acquisition = acquisition.replace(signal_photons=signal_photons_for_snr(args.snr, acquisition))
+    return acquisition
+
+
+def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"the output movie must be a .tif file, got {out.name}")
+    targets = simulation_paths(out)
+    check_outputs(targets, overwrite=args.overwrite)
+    acquisition = _simulation_acquisition(args)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+
+    from .io import write_simulation
+    from .simulation.movie import simulate_movie
+
+    ny, nx = args.size
+    bar = ProgressBar()
+    try:
+        simulated = simulate_movie(
+            (ny, nx),
+            args.frames,
+            acquisition,
+            seed,
+            model=args.model,
+            particles=args.particles,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    truth = simulated.truth
+    truth.meta = dict(truth.meta or {})
+    truth.meta.setdefault("kind", "ground truth")
+    truth.meta["simulation"] = {
+        **dict(truth.meta.get("simulation") or {}),
+        "model": args.model,
+        "particles": args.particles,
+        "frames": args.frames,
+        "field_yx": [ny, nx],
+        "seed": seed,
+        "command": shlex.join([PROG, *argv]),
+    }
+    written = write_simulation(
+        out,
+        simulated.movie,
+        simulated.acquisition,
+        truth,
+        overwrite=args.overwrite,
+        compression="zlib" if args.compress else None,
+    )
+    n_tracks = truth.n_tracks
+    _say(
+        f"simulated {args.frames} frames of {ny} x {nx} px, {n_tracks} tracks "
+        f"(model {args.model}, seed {seed}, {simulated.acquisition.signal_photons:.0f} photons/frame)"
+    )
+    for path in written:
+        _say(f"wrote {path}")
+    return 0
+
+
+# -------------------------------------------------------------------- track
+def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    movie = read_movie(args.movie)
+    try:
+        changes: dict[str, Any] = {}
+        if args.psf_sigma_nm is not None:
+            changes["psf_sigma_nm"] = args.psf_sigma_nm
+        if args.photons is not None:
+            changes["signal_photons"] = args.photons
+        acquisition = movie.acquisition(
+            pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **changes
+        )
+        if args.out is not None:
+            prefix = Path(args.out)
+        else:
+            name = movie.path.name
+            stem = name[: -len(movie.path.suffix)] if movie.path.suffix else name
+            prefix = movie.path.with_name(stem)
+        targets = list(results_paths(prefix).values())
+        check_outputs(targets, overwrite=args.overwrite)
+        source = movie.metadata_source or "none"
+        _say(
+            f"{movie.path.name}: {movie.n_frames} frames of {movie.shape[1]} x {movie.shape[2]} px; "
+            f"pixel size {acquisition.pixel_size_nm:g} nm, frame interval {acquisition.frame_interval_s:g} s "
+            f"(file metadata: {source})"
+        )
+
+        from .pipeline import track_and_estimate
+
+        settings = _track_settings(args)
+        bar = ProgressBar()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                results = track_and_estimate(movie.data, acquisition, settings, progress=bar)
+        finally:
+            bar.close()
+        _report_warnings(caught)
+    finally:
+        movie.close()
+    if results.n_tracks == 0:
+        raise InputError(
+            f"no particles were tracked in {movie.path.name}; check the acquisition "
+            "(PSF sigma, photons) and the detection threshold"
+        )
+    results.meta = dict(results.meta or {})
+    results.meta.setdefault("movie", str(movie.path))
+    results.meta["command"] = shlex.join([PROG, *argv])
+    from .io import write_results
+
+    written = write_results(prefix, results, overwrite=args.overwrite, acquisition=acquisition)
+    _say(f"{results.n_tracks} tracks, {len(results.tracks)} localizations")
+    for path in written:
+        _say(f"wrote {path}")
+    return 0
+
+
+def _report_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
+    """Print each distinct warning of the library once, as one line on stderr."""
+    seen: set[str] = set()
+    for item in caught:
+        if not issubclass(item.category, UserWarning):
+            continue
+        text = " ".join(str(item.message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+
+def _track_settings(args: argparse.Namespace) -> Any:
+    """:class:`pipeline.Settings` from the command line (unset options keep the defaults)."""
+    import dataclasses
+
+    from .pipeline import Settings
+
+    values: dict[str, Any] = {"model": args.model, "device": args.device}
+    for name in ("max_D_um2_s", "memory_frames", "min_track_length", "changepoints"):
+        values[name] = getattr(args, name)
+    settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    if args.threshold_snr is not None:
+        settings.detection = dataclasses.replace(settings.detection, threshold_snr=args.threshold_snr)
+    return settings
+
+
+# -------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .estimation.training import train_model
+
+    acquisition = Acquisition()
+    if args.psf_sigma_nm is not None:
+        acquisition = acquisition.replace(psf_sigma_nm=args.psf_sigma_nm)
+    if args.photons is not None:
+        acquisition = acquisition.replace(signal_photons=args.photons)
+    bar = ProgressBar()
+    try:
+        path = train_model(
+            model=args.model,
+            n_samples=args.samples,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            out_dir=args.out or f"runs/{args.model}",
+            seed=args.seed,
+            n_frames=args.n_frames,
+            acquisition=acquisition,
+            val_samples=args.val_samples,
+            progress=bar,
+            dataset_path=args.dataset_path,
+            num_threads=args.threads,
+            max_time_s=args.max_time_s,
+            command=shlex.join([PROG, *argv]),
+            name=args.name,
+        )
+    finally:
+        bar.close()
+    _say(f"exported {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- benchmark
+def _benchmarks_folder() -> Path:
+    candidates = [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    raise InputError(
+        "benchmarks/ was not found: run this command from the source checkout of napari-spt-diffusion"
+    )
+
+
+def _available_benchmarks(folder: Path) -> dict[str, Path]:
+    return {p.stem[len("bench_"):]: p for p in sorted(folder.glob("bench_*.py"))}
+
+
+def _cmd_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    folder = _benchmarks_folder()
+    available = _available_benchmarks(folder)
+    if args.name:
+        if args.name not in available:
+            names = ", ".join(available) or "none"
+            raise InputError(
+                f"no benchmark script {folder / ('bench_' + args.name + '.py')}; available: {names}"
+            )
+        scripts = [available[args.name]]
+    else:
+        if not available:
+            raise InputError(f"no benchmark scripts (bench_*.py) in {folder}")
+        scripts = list(available.values())
+    extra = list(args.args or [])
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    if args.quick and "--quick" not in extra:
+        extra = ["--quick", *extra]
+    for script in scripts:
+        command = [sys.executable, str(script), *extra]
+        _say(f"running {shlex.join(command)}")
+        status = subprocess.call(command, cwd=folder.parent)
+        if status != 0:
+            print(f"{PROG}: error: {script.name} exited with status {status}", file=sys.stderr)
+            return status if status > 0 else 1
+    return 0
+
+
+# -------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``spt-diffusion`` (subcommands simulate, track, train, benchmark)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Single-particle tracking and diffusion-tensor estimation of fluorescence movies.",
+        epilog="User errors print one line and exit 2; set SPT_DIFFUSION_DEBUG=1 for a traceback.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate a movie with ground truth",
+        description="Simulate a camera movie of diffusing particles (standard acquisition of "
+        "PROTOCOLS.md unless changed) and write OUT.tif plus OUT_truth_tracks.csv, "
+        "OUT_truth_summary.csv and OUT_truth_meta.json.",
+    )
+    sim.add_argument("out", metavar="OUT.tif", help="output movie")
+    sim.add_argument("--model", choices=SIMULATION_MODELS, default="aniso",
+                     help="motion model (default: aniso)")
+    sim.add_argument("--frames", type=_frame_count, default=200, help="number of frames (default: 200)")
+    sim.add_argument("--particles", type=_non_negative_int, default=30,
+                     help="mean number of particles in the field (default: 30)")
+    sim.add_argument("--size", type=_field_size, default=(128, 128), metavar="PX",
+                     help="field size in pixels: PX (square) or HEIGHTxWIDTH (default: 128)")
+    sim.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm (default: 100)")
+    sim.add_argument("--frame-interval-s", type=_positive_float, help="frame interval in s (default: 0.01)")
+    sim.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm (default: 100)")
+    sim.add_argument("--background-photons", type=float,
+                     help="background photons per pixel per frame (default: 10)")
+    level = sim.add_mutually_exclusive_group()
+    level.add_argument("--snr", type=_positive_float,
+                       help="static-particle SNR (peak pixel signal / background std); sets the photons")
+    level.add_argument("--photons", type=_positive_float, help="signal photons per frame (default: 1000)")
+    sim.add_argument("--seed", type=_non_negative_int, help="random seed (default: random, printed)")
+    sim.add_argument("--compress", action="store_true", help="deflate-compress the TIFF (smaller file)")
+    sim.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    sim.set_defaults(func=_cmd_simulate)
+
+    trk = sub.add_parser(
+        "track",
+        help="track particles and estimate their diffusion tensors",
+        description="Detect, link and estimate every track of MOVIE.tif; writes PREFIX_tracks.csv, "
+        "PREFIX_summary.csv and PREFIX_meta.json. Pixel size and frame interval come from the "
+        "TIFF metadata (ImageJ or OME) unless given here.",
+    )
+    trk.add_argument("movie", metavar="MOVIE.tif", help="input movie (T, Y, X)")
+    trk.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm (overrides the file)")
+    trk.add_argument("--frame-interval-s", type=_positive_float, help="frame interval in s (overrides the file)")
+    trk.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm (default: from the file or 100)")
+    trk.add_argument("--photons", type=_positive_float, help="expected signal photons per frame")
+    trk.add_argument("--model", default=None,
+                     help="bundled model (aniso, binding, twostate) or a checkpoint path (default: aniso)")
+    trk.add_argument("--threshold-snr", type=_positive_float,
+                     help="detection threshold in units of the filtered image's noise (default: 5)")
+    trk.add_argument("--max-d", dest="max_D_um2_s", type=_positive_float, metavar="D_UM2_S",
+                     help="largest expected D in um^2/s; sets the linking search range (default: 6)")
+    trk.add_argument("--memory-frames", type=_non_negative_int,
+                     help="frames a particle may vanish and still be linked (default: 2)")
+    trk.add_argument("--min-track-length", type=_positive_int,
+                     help="shorter tracks are left out of the results (default: 5)")
+    trk.add_argument("--changepoints", choices=("auto", "single", "multiple", "none"),
+                     help="changepoint detection for multi-state models (default: auto)")
+    trk.add_argument("--out", metavar="PREFIX", help="output prefix (default: the movie path without .tif)")
+    trk.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                     help="where the model runs (default: auto)")
+    trk.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    trk.set_defaults(func=_cmd_track)
+
+    trn = sub.add_parser("train", help="train a model on simulated data",
+                         description="Train a cross-transformer model on tracks simulated on the fly through "
+                         "the tracking code's patch path, and export it as a TorchScript checkpoint with its card.")
+    trn.add_argument("--model", required=True, choices=("aniso", "binding", "twostate"), help="model to train")
+    trn.add_argument("--samples", type=_positive_int, default=20000, help="training tracks (default: 20000)")
+    trn.add_argument("--val-samples", type=_positive_int, default=1000, help="held-out tracks (default: 1000)")
+    trn.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default: 10)")
+    trn.add_argument("--batch-size", type=_positive_int, default=64, help="tracks per step (default: 64)")
+    trn.add_argument("--lr", type=_positive_float, default=2e-3, help="peak AdamW learning rate (default: 2e-3)")
+    trn.add_argument("--n-frames", type=_positive_int, default=30, help="track length of the samples (default: 30)")
+    trn.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    trn.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm of the training data")
+    trn.add_argument("--photons", type=_positive_float, help="signal photons per frame of the training data")
+    trn.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="(default: auto)")
+    trn.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    trn.add_argument("--max-time-s", type=_positive_float, help="stop after the epoch that crosses this wall time")
+    trn.add_argument("--dataset-path", help=".npz cache of the generated training set")
+    trn.add_argument("--name", help="checkpoint name (default: the model's)")
+    trn.add_argument("--out", metavar="DIR", help="run folder (default: runs/MODEL)")
+    trn.set_defaults(func=_cmd_train)
+
+    bench = sub.add_parser(
+        "benchmark",
+        help="run the benchmark scripts in benchmarks/",
+        description="Run benchmarks/bench_NAME.py of the source checkout (all of them without NAME), "
+        "e.g. accuracy, tracking, speed, simulator; each writes its report under benchmarks/reports/. "
+        "Arguments after NAME go to the script.",
+    )
+    bench.add_argument("name", nargs="?", metavar="NAME", help="benchmark name (bench_NAME.py)")
+    bench.add_argument("--quick", action="store_true", help="a short run that checks the script")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="further arguments for the script")
+    bench.set_defaults(func=_cmd_benchmark)
+    return parser
+
+
+# ---------------------------------------------------------------------- main
+_USER_ERRORS = (InputError, AcquisitionError, ValueError, OSError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, InputError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``spt-diffusion`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    if getattr(args, "func", None) is None:
+        print(f"{PROG}: error: choose a command: simulate, track, train or benchmark (see '{PROG} --help')",
+              file=sys.stderr)
+        return EXIT_USAGE
+    debug = bool(os.environ.get("SPT_DIFFUSION_DEBUG"))
+    try:
+        return int(args.func(args, argv) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: interrupted; no output file was written or changed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
