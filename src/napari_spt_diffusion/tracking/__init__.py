@@ -1,0 +1,53 @@
+"""Tracking: spot detection, sub-pixel localization, linking and patch extraction.
+
+Headless numpy/scipy/trackpy code (no Qt, no torch). The data flow is
+``detect_and_localize(movie, acquisition)`` -> ``link(localizations, acquisition)``
+-> ``extract_track_patches(movie, tracks, acquisition)``.
+"""
+
+from .detect import (
+    DetectionSettings,
+    TrackingInputError,
+    border_noise_gain,
+    check_frame,
+    detect_and_localize,
+    detect_frame,
+    detect_photons,
+    dog_filter,
+    dog_sigmas_px,
+    robust_noise,
+)
+from .link import LinkingError, LinkingWarning, LinkResult, default_search_range_px, link
+from .patches import TrackPatches, extract_track_patches
+from .localize import (
+    LOCALIZATION_COLUMNS,
+    localize_arrays,
+    localize_frame,
+    localize_photons,
+    mortensen_precision_nm,
+)
+
+__all__ = [
+    "DetectionSettings",
+    "TrackingInputError",
+    "border_noise_gain",
+    "check_frame",
+    "detect_and_localize",
+    "detect_frame",
+    "detect_photons",
+    "dog_filter",
+    "dog_sigmas_px",
+    "robust_noise",
+    "LOCALIZATION_COLUMNS",
+    "localize_arrays",
+    "localize_frame",
+    "localize_photons",
+    "mortensen_precision_nm",
+    "LinkResult",
+    "LinkingError",
+    "LinkingWarning",
+    "default_search_range_px",
+    "link",
+    "TrackPatches",
+    "extract_track_patches",
+]

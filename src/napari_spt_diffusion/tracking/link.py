@@ -1,0 +1,256 @@
+"""Linking localizations into tracks with trackpy (nearest-neighbour, gap memory).
+
+The search range defaults to what the largest expected diffusion coefficient can
+reach in one frame: for 2-D Brownian motion with coefficient ``D`` seen through
+localizations of precision ``s`` (per axis), the frame-to-frame displacement
+``r`` satisfies ``P(r > rho) = exp(-rho^2 / (4 D dt + 4 s^2))``. The default
+``rho = 3 sqrt(4 D dt + 4 s^2)`` therefore loses a true link with probability
+``exp(-9) ~ 1e-4`` per frame (motion blur only shortens displacements, so this
+is conservative).
+
+Crowded scenes can make trackpy give up with ``SubnetOversizeException``. We then
+re-link with trackpy's adaptive search (crowded subnetworks are split by lowering
+the range locally), and if that still fails, with a globally smaller range; every
+such step is reported in ``LinkResult.messages`` and as a :class:`LinkingWarning`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..acquisition import Acquisition
+from .detect import TrackingInputError
+
+__all__ = [
+    "LinkResult",
+    "LinkingError",
+    "LinkingWarning",
+    "default_search_range_px",
+    "link",
+    "SEARCH_RANGE_FACTOR",
+]
+
+#: Default search range in units of the 2-D displacement scale sqrt(4 D dt + 4 s^2).
+SEARCH_RANGE_FACTOR = 3.0
+#: Below this global search range (px) we stop shrinking it and give up.
+_MIN_SEARCH_RANGE_PX = 0.5
+#: Adaptive search may lower the range inside crowded subnetworks down to this fraction.
+_ADAPTIVE_STOP_FRACTION = 0.1
+
+
+class LinkingError(TrackingInputError):
+    """Linking could not be done (bad table, or a scene too crowded at any search range)."""
+
+
+class LinkingWarning(UserWarning):
+    """Linking succeeded only after changing the search range (see ``LinkResult.messages``)."""
+
+
+@dataclass
+class LinkResult:
+    """Output of :func:`link`.
+
+    Attributes
+    ----------
+    tracks
+        The input table plus ``track_id`` (int64, 0..n-1 in order of first
+        appearance) and ``is_short`` (bool, track shorter than ``min_track_length``
+        frames), sorted by ``(track_id, frame)`` with a fresh index.
+    messages
+        Human-readable notes on what the linker had to do (empty when nothing
+        unusual happened), e.g. an oversize subnetwork and how it was recovered.
+    search_range_px
+        The global search range finally used (px).
+    memory_frames
+        The gap memory used (frames).
+    """
+
+    tracks: pd.DataFrame
+    messages: list[str] = field(default_factory=list)
+    search_range_px: float = float("nan")
+    memory_frames: int = 0
+
+    @property
+    def n_tracks(self) -> int:
+        """Number of tracks (short ones included)."""
+        return int(self.tracks["track_id"].nunique()) if len(self.tracks) else 0
+
+
+def default_search_range_px(
+    acquisition: Acquisition,
+    max_D_um2_s: float,
+    loc_precision_nm: float = 0.0,
+    factor: float = SEARCH_RANGE_FACTOR,
+) -> float:
+    """Search range (px) reaching ``factor`` x the 2-D displacement scale of the fastest particle.
+
+    ``factor * sqrt(4 D dt + 4 s^2)`` converted to pixels, with ``D = max_D_um2_s``,
+    ``dt`` the frame interval and ``s`` the localization precision.
+    """
+    if not (math.isfinite(max_D_um2_s) and max_D_um2_s > 0):
+        raise LinkingError(f"max_D_um2_s must be a positive number, got {max_D_um2_s!r}")
+    step_px2 = 4.0 * acquisition.diffusion_to_px2_per_frame(float(max_D_um2_s))
+    s_px = float(loc_precision_nm) / acquisition.pixel_size_nm if math.isfinite(loc_precision_nm) else 0.0
+    return float(factor) * math.sqrt(step_px2 + 4.0 * s_px * s_px)
+
+
+@contextlib.contextmanager
+def _quiet_trackpy() -> Iterator[None]:
+    """Silence trackpy's per-frame INFO printing for the duration, then restore its level."""
+    logger = logging.getLogger("trackpy")
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _trackpy_link(coords: pd.DataFrame, search_range: float, memory: int, adaptive: bool) -> np.ndarray:
+    import trackpy
+
+    kwargs = {}
+    if adaptive:
+        kwargs = {"adaptive_stop": max(_ADAPTIVE_STOP_FRACTION * search_range, _MIN_SEARCH_RANGE_PX), "adaptive_step": 0.9}
+    with _quiet_trackpy(), warnings.catch_warnings():
+        # trackpy 0.7 sorts with pandas' deprecated ``inplace=`` keyword; not the user's concern.
+        warnings.filterwarnings("ignore", message=".*inplace keyword.*")
+        linked = trackpy.link(coords, search_range, pos_columns=["y", "x"], t_column="frame", memory=memory, **kwargs)
+    return linked["particle"].reindex(coords.index).to_numpy()
+
+
+def link(
+    localizations: pd.DataFrame,
+    acquisition: Acquisition,
+    *,
+    max_D_um2_s: float = 6.0,
+    memory_frames: int = 2,
+    min_track_length: int = 5,
+    search_range_px: float | None = None,
+) -> LinkResult:
+    """Link per-frame localizations into tracks.
+
+    Parameters
+    ----------
+    localizations
+        Table with at least ``frame`` (int), ``y_px`` and ``x_px`` (pixels), e.g.
+        from :func:`~napari_spt_diffusion.tracking.detect.detect_and_localize`;
+        other columns are carried through. A ``loc_precision_nm`` column, when
+        present, widens the default search range by the median precision.
+    acquisition
+        Pixel size and frame interval, for the default search range.
+    max_D_um2_s
+        Largest diffusion coefficient expected (um^2/s); sets the default search
+        range. The default 6 um^2/s is the top of the range the bundled models
+        were trained on.
+    memory_frames
+        A particle may vanish for up to this many frames and still be linked.
+    min_track_length
+        Tracks with fewer localizations are kept but flagged ``is_short``.
+    search_range_px
+        Explicit search range (px); ``None`` uses :func:`default_search_range_px`.
+
+    Returns
+    -------
+    LinkResult
+        ``tracks`` sorted by ``(track_id, frame)``, ``messages``, the search range
+        used. Also warns (:class:`LinkingWarning`) when the search range had to be
+        reduced.
+    """
+    if not isinstance(localizations, pd.DataFrame):
+        raise LinkingError("localizations must be a pandas DataFrame with columns frame, y_px, x_px")
+    missing = [c for c in ("frame", "y_px", "x_px") if c not in localizations.columns]
+    if missing:
+        raise LinkingError(f"the localization table lacks column(s): {', '.join(missing)}")
+    if int(memory_frames) != memory_frames or memory_frames < 0:
+        raise LinkingError(f"memory_frames must be a whole number >= 0, got {memory_frames!r}")
+    if int(min_track_length) != min_track_length or min_track_length < 1:
+        raise LinkingError(f"min_track_length must be a whole number >= 1, got {min_track_length!r}")
+    memory = int(memory_frames)
+
+    table = localizations.drop(columns=[c for c in ("track_id", "is_short", "particle") if c in localizations.columns])
+    table = table.reset_index(drop=True)
+    frames = table["frame"].to_numpy()
+    positions = table[["y_px", "x_px"]].to_numpy(dtype=np.float64)
+    if len(table):
+        if not np.all(np.isfinite(positions)):
+            raise LinkingError("the localization table has NaN or infinite positions")
+        if not np.all(np.isfinite(frames.astype(float))) or np.any(frames.astype(float) != np.round(frames.astype(float))) or np.any(frames < 0):
+            raise LinkingError("frame numbers must be whole numbers >= 0")
+
+    if search_range_px is None:
+        precision = 0.0
+        if "loc_precision_nm" in table.columns and len(table):
+            median = float(np.nanmedian(table["loc_precision_nm"].to_numpy(dtype=float)))
+            precision = median if math.isfinite(median) else 0.0
+        search_range = default_search_range_px(acquisition, float(max_D_um2_s), precision)
+    else:
+        search_range = float(search_range_px)
+        if not (math.isfinite(search_range) and search_range > 0):
+            raise LinkingError(f"search_range_px must be a positive number, got {search_range_px!r}")
+
+    messages: list[str] = []
+    if len(table) == 0:
+        tracks = table.assign(track_id=pd.Series(dtype=np.int64), is_short=pd.Series(dtype=bool))
+        return LinkResult(tracks, messages, search_range, memory)
+
+    coords = pd.DataFrame({"frame": frames.astype(np.int64), "y": positions[:, 0], "x": positions[:, 1]})
+    particle, search_range = _link_with_recovery(coords, search_range, memory, messages)
+    for message in messages:
+        warnings.warn(message, LinkingWarning, stacklevel=2)
+
+    # Relabel 0..n-1 in order of first appearance (frame, then row order within a frame).
+    order = np.lexsort((np.arange(len(frames)), frames))
+    codes, _ = pd.factorize(particle[order])
+    track_id = np.empty(len(frames), dtype=np.int64)
+    track_id[order] = codes
+    tracks = table.copy()
+    tracks["frame"] = frames.astype(np.int64)
+    tracks["track_id"] = track_id
+    lengths = np.bincount(track_id)
+    tracks["is_short"] = lengths[track_id] < int(min_track_length)
+    tracks = tracks.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
+    return LinkResult(tracks, messages, search_range, memory)
+
+
+def _link_with_recovery(
+    coords: pd.DataFrame, search_range: float, memory: int, messages: list[str]
+) -> tuple[np.ndarray, float]:
+    """Run trackpy, recovering from oversize subnetworks; returns (particle ids, final range)."""
+    from trackpy.linking import SubnetOversizeException
+
+    try:
+        return _trackpy_link(coords, search_range, memory, adaptive=False), search_range
+    except SubnetOversizeException as error:
+        first_error = str(error)
+    current = search_range
+    messages.append(
+        f"Linking at search range {search_range:.2f} px met a crowded group trackpy cannot solve "
+        f"({first_error}); re-linking with an adaptive search range that shrinks only in crowded groups "
+        f"(down to {max(_ADAPTIVE_STOP_FRACTION * current, _MIN_SEARCH_RANGE_PX):.2f} px)."
+    )
+    while True:
+        try:
+            particle = _trackpy_link(coords, current, memory, adaptive=True)
+        except SubnetOversizeException as error:
+            smaller = 0.7 * current
+            if smaller < _MIN_SEARCH_RANGE_PX:
+                raise LinkingError(
+                    f"the scene is too crowded to link even at a search range of {current:.2f} px ({error})"
+                ) from None
+            messages.append(
+                f"Adaptive linking at {current:.2f} px still failed ({error}); retrying with the whole "
+                f"search range reduced to {smaller:.2f} px: fast particles may be split into shorter tracks."
+            )
+            current = smaller
+            continue
+        messages.append(f"Linking succeeded with the adaptive search range (global range {current:.2f} px).")
+        return particle, current
