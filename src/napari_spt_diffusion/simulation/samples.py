@@ -1,0 +1,442 @@
+"""Training and test samples made through the tracking code path.
+
+A model must never see data made differently from inference data (DESIGN.md). So a
+sample is not cut from the simulator's truth: for ``N`` simulated trajectories, every
+frame is rendered as a small camera window that follows the particle (motion blur,
+pixel-integrated PSF, Poisson and read noise, uint16 ADU), and then the *tracker*
+finds and fits the spot exactly as in a movie:
+
+1. all windows of a chunk are tiled side by side into one mosaic image per chunk, and
+   :func:`~napari_spt_diffusion.tracking.detect.detect_frame` runs on the mosaic;
+   each window keeps the detection nearest to the particle's true position (within
+   ``match_radius_px``); a window without one falls back to the pixel under the true
+   position and is flagged (``detected = False``) -- in a movie such a frame would be a
+   gap in the track;
+2. :func:`~napari_spt_diffusion.tracking.localize.localize_frame` fits all those peaks
+   of the mosaic in one call (the same sub-pixel fit, background and precision);
+3. :func:`~napari_spt_diffusion.tracking.patches.crop_patches` cuts the ``P x P`` patch
+   around the *localized* position from the window, in photo-electrons, with the same
+   centring, sub-pixel offset and edge handling as :func:`extract_track_patches`;
+4. displacements are differences of the localized positions (image coordinates).
+
+Windows are tiled edge to edge: the particle stays near the middle of its window (the
+window is centred on the pixel under its true frame position), so a spot's DoG and fit
+windows do not reach its neighbours when ``window_size >= patch_size + 8``.
+
+``make_samples(model, n, n_frames, acquisition, seed)`` returns a :class:`SampleBatch`;
+:func:`save_samples` / :func:`load_samples` write and read it as ``.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..acquisition import Acquisition
+from ..tracking.detect import DetectionSettings, detect_frame
+from ..tracking.localize import localize_frame
+from ..tracking.patches import crop_patches, displacements_from_positions
+from .render import camera_image, render_windows
+from .trajectories import (
+    SimulationError,
+    Trajectories,
+    as_generator,
+    simulate_anisotropic,
+    simulate_binding,
+    simulate_two_state,
+)
+
+__all__ = ["SAMPLE_MODELS", "SampleBatch", "make_samples", "samples_from_trajectories", "save_samples", "load_samples"]
+
+#: Motion models that :func:`make_samples` knows (PROTOCOLS.md seed-aniso, seed-binding, seed-twostate).
+SAMPLE_MODELS: dict[str, Any] = {
+    "aniso": simulate_anisotropic,
+    "binding": simulate_binding,
+    "twostate": simulate_two_state,
+}
+
+_FORMAT_VERSION = 1
+_MAX_TILES_PER_MOSAIC = 4096
+
+
+@dataclass
+class SampleBatch:
+    """``N`` samples of ``T`` frames, as the models see them, with their ground truth.
+
+    Attributes
+    ----------
+    patches
+        ``(N, T, P, P)`` float32 photo-electrons, centred on the localized positions.
+    displacements
+        ``(N, T, 2)`` float32 ``(dy, dx)`` px between consecutive localized positions;
+        row 0 is 0.
+    positions_px
+        ``(N, T, 2)`` float64 localized ``(y, x)`` positions (image pixels).
+    subpixel_offset_px
+        ``(N, T, 2)`` float32 localized position minus the patch's centre pixel.
+    outside_mask
+        ``(N, T, P, P)`` bool, True where a patch left its rendered window.
+    D1_um2_s, D2_um2_s, theta_deg
+        ``(N, T)`` float32 per-frame labels (um^2/s, um^2/s, degrees in [0, 180)).
+    state
+        ``(N, T)`` int8 segment index along the track (0, 1, ...).
+    true_positions_px
+        ``(N, T, 2)`` float64 true camera positions (mean of the exposed sub-positions).
+    changepoint_frames
+        ``(N, K)`` int64 true changepoint frames, padded with -1.
+    detected
+        ``(N, T)`` bool, False where the detector missed the spot (fallback peak).
+    fit_ok
+        ``(N, T)`` bool, the localizer's fit flag.
+    photons, background, loc_precision_nm
+        ``(N, T)`` float32 outputs of the localizer (photo-electrons, photo-electrons per
+        pixel, nm).
+    model
+        Motion model name.
+    acquisition
+        Acquisition the samples were made with.
+    meta
+        Generation parameters (seed, window size, ...).
+    """
+
+    patches: np.ndarray
+    displacements: np.ndarray
+    positions_px: np.ndarray
+    subpixel_offset_px: np.ndarray
+    outside_mask: np.ndarray
+    D1_um2_s: np.ndarray
+    D2_um2_s: np.ndarray
+    theta_deg: np.ndarray
+    state: np.ndarray
+    true_positions_px: np.ndarray
+    changepoint_frames: np.ndarray
+    detected: np.ndarray
+    fit_ok: np.ndarray
+    photons: np.ndarray
+    background: np.ndarray
+    loc_precision_nm: np.ndarray
+    model: str
+    acquisition: Acquisition
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples ``N``."""
+        return int(self.patches.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per sample ``T``."""
+        return int(self.patches.shape[1])
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``(N, T)`` bool, True for real frames (all of them: samples have no padding)."""
+        return np.ones(self.patches.shape[:2], dtype=bool)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(N, T, 4)`` float32 ``D1_um2_s, D2_um2_s, theta_deg, state`` per frame."""
+        return np.stack([self.D1_um2_s, self.D2_um2_s, self.theta_deg, self.state.astype(np.float32)], axis=-1)
+
+    def changepoints(self, i: int) -> np.ndarray:
+        """True changepoint frames of sample ``i`` (unpadded)."""
+        row = self.changepoint_frames[i]
+        return row[row >= 0]
+
+
+def _windows_mosaic(windows: np.ndarray) -> tuple[np.ndarray, int]:
+    """Tile ``(K, W, W)`` windows into one ``(rows W, cols W)`` image; returns it and ``cols``."""
+    k, w, _ = windows.shape
+    cols = int(math.ceil(math.sqrt(k)))
+    rows = int(math.ceil(k / cols))
+    pad = rows * cols - k
+    if pad:
+        # empty tiles hold a copy of the first window's background level, never a spot
+        filler = np.broadcast_to(np.median(windows[0]).astype(windows.dtype), (pad, w, w))
+        windows = np.concatenate([windows, filler], axis=0)
+    mosaic = windows.reshape(rows, cols, w, w).transpose(0, 2, 1, 3).reshape(rows * w, cols * w)
+    return np.ascontiguousarray(mosaic), cols
+
+
+def _pick_peaks(
+    peaks: np.ndarray, true_local: np.ndarray, window: int, cols: int, match_radius_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One peak per tile: the detection nearest the true position, else the true pixel.
+
+    Returns ``(K, 2)`` peak pixels in mosaic coordinates and ``(K,)`` detected flags.
+    """
+    k = len(true_local)
+    tile_row = np.arange(k) // cols
+    tile_col = np.arange(k) % cols
+    origin = np.stack([tile_row * window, tile_col * window], axis=1)
+    fallback = origin + np.clip(np.floor(true_local + 0.5).astype(np.int64), 0, window - 1)
+    chosen = fallback.copy()
+    detected = np.zeros(k, dtype=bool)
+    if len(peaks):
+        tile = (peaks[:, 0] // window) * cols + peaks[:, 1] // window
+        inside = tile < k
+        peaks, tile = peaks[inside], tile[inside]
+        dist = np.hypot(*(peaks - origin[tile] - true_local[tile]).T)
+        close = dist <= match_radius_px
+        peaks, tile, dist = peaks[close], tile[close], dist[close]
+        order = np.lexsort((dist, tile))
+        first_tiles, first = np.unique(tile[order], return_index=True)
+        chosen[first_tiles] = peaks[order[first]]
+        detected[first_tiles] = True
+    return chosen, detected
+
+
+def samples_from_trajectories(
+    trajectories: Trajectories,
+    rng: np.random.Generator | int | None = None,
+    *,
+    patch_size: int = 11,
+    window_size: int | None = None,
+    detection: DetectionSettings | None = None,
+    match_radius_px: float = 3.0,
+    photons_per_frame: Any = None,
+) -> SampleBatch:
+    """Render trajectories and run detection, localization and patch cutting on them.
+
+    Parameters
+    ----------
+    trajectories
+        Simulated trajectories (their ``acquisition`` is used throughout).
+    rng
+        Generator or seed for the camera noise.
+    patch_size
+        Odd patch side (px).
+    window_size
+        Side of the rendered window that follows each particle (px); default
+        ``patch_size + 8`` (19 for 11-px patches), enlarged for wide PSFs so that the
+        window holds the patch plus ``4 psf_sigma`` of margin.
+    detection
+        Detection settings (default: the tracker's defaults).
+    match_radius_px
+        A detection farther than this from the true position does not count as the
+        particle's.
+    photons_per_frame
+        Signal photons per frame (number or ``(N, T)``); ``None``: the acquisition's.
+
+    Returns
+    -------
+    SampleBatch
+    """
+    acq = trajectories.acquisition
+    gen = as_generator(rng)
+    if int(patch_size) != patch_size or patch_size < 3 or patch_size % 2 == 0:
+        raise SimulationError(f"patch_size must be an odd whole number >= 3, got {patch_size!r}")
+    margin = max(4, int(math.ceil(4 * acq.psf_sigma_px)))
+    window = int(window_size) if window_size is not None else patch_size + 2 * margin
+    if window < patch_size:
+        raise SimulationError(f"window_size ({window}) must be at least patch_size ({patch_size})")
+    n, t = trajectories.n_tracks, trajectories.n_frames
+    true_pos = trajectories.frame_positions_px  # (N, T, 2)
+    centre = np.floor(true_pos + 0.5).astype(np.int64)
+    origin = centre - window // 2
+    sub = trajectories.substep_positions_px
+
+    k_total = n * t
+    flat_origin = origin.reshape(k_total, 2)
+    flat_true = true_pos.reshape(k_total, 2)
+    photons_flat = None
+    if photons_per_frame is not None:
+        photons_flat = np.broadcast_to(np.asarray(photons_per_frame, dtype=np.float32), (n, t)).reshape(k_total)
+
+    patches = np.empty((k_total, patch_size, patch_size), dtype=np.float32)
+    outside = np.empty((k_total, patch_size, patch_size), dtype=bool)
+    offsets = np.empty((k_total, 2), dtype=np.float64)
+    loc = np.empty((k_total, 2), dtype=np.float64)
+    detected = np.empty(k_total, dtype=bool)
+    fit_ok = np.empty(k_total, dtype=bool)
+    photons = np.empty(k_total, dtype=np.float32)
+    background = np.empty(k_total, dtype=np.float32)
+    precision = np.empty(k_total, dtype=np.float32)
+
+    sub_flat = sub.reshape((k_total,) + sub.shape[2:])
+    for a in range(0, k_total, _MAX_TILES_PER_MOSAIC):
+        b = min(a + _MAX_TILES_PER_MOSAIC, k_total)
+        expected = render_windows(
+            sub_flat[a:b], flat_origin[a:b], window, acq, None if photons_flat is None else photons_flat[a:b]
+        )
+        windows_adu = camera_image(expected, acq, gen)  # (K, W, W) uint16
+        mosaic, cols = _windows_mosaic(windows_adu)
+        true_local = flat_true[a:b] - flat_origin[a:b]
+        peaks = detect_frame(mosaic, acq, detection)
+        chosen, found = _pick_peaks(peaks, true_local, window, cols, match_radius_px)
+        table = localize_frame(mosaic, chosen, acq)
+        tiles = np.arange(b - a)
+        tile_origin = np.stack([(tiles // cols) * window, (tiles % cols) * window], axis=1)
+        local = table[["y_px", "x_px"]].to_numpy() - tile_origin
+        p, m, o = crop_patches(acq.adu_to_photons(windows_adu), local, patch_size, image_index=tiles)
+        patches[a:b], outside[a:b], offsets[a:b] = p, m, o
+        loc[a:b] = local + flat_origin[a:b]
+        detected[a:b] = found
+        fit_ok[a:b] = table["fit_ok"].to_numpy()
+        photons[a:b] = table["photons"].to_numpy()
+        background[a:b] = table["background"].to_numpy()
+        precision[a:b] = table["loc_precision_nm"].to_numpy()
+
+    positions = loc.reshape(n, t, 2)
+    disp, _ = displacements_from_positions(positions)
+    cps = trajectories.changepoint_frames
+    width = max([len(c) for c in cps] + [1])
+    cp_array = np.full((n, width), -1, dtype=np.int64)
+    for i, c in enumerate(cps):
+        cp_array[i, : len(c)] = c
+    return SampleBatch(
+        patches=patches.reshape(n, t, patch_size, patch_size),
+        displacements=disp.astype(np.float32),
+        positions_px=positions,
+        subpixel_offset_px=offsets.reshape(n, t, 2).astype(np.float32),
+        outside_mask=outside.reshape(n, t, patch_size, patch_size),
+        D1_um2_s=np.asarray(trajectories.D1_um2_s, dtype=np.float32),
+        D2_um2_s=np.asarray(trajectories.D2_um2_s, dtype=np.float32),
+        theta_deg=np.asarray(trajectories.theta_deg, dtype=np.float32),
+        state=np.asarray(trajectories.state, dtype=np.int8),
+        true_positions_px=true_pos,
+        changepoint_frames=cp_array,
+        detected=detected.reshape(n, t),
+        fit_ok=fit_ok.reshape(n, t),
+        photons=photons.reshape(n, t),
+        background=background.reshape(n, t),
+        loc_precision_nm=precision.reshape(n, t),
+        model=trajectories.model,
+        acquisition=acq,
+        meta={"patch_size": int(patch_size), "window_size": int(window), "match_radius_px": float(match_radius_px)},
+    )
+
+
+def make_samples(
+    model: str,
+    n: int,
+    n_frames: int = 30,
+    acquisition: Acquisition | None = None,
+    seed: int | None = None,
+    *,
+    rng: np.random.Generator | None = None,
+    patch_size: int = 11,
+    window_size: int | None = None,
+    detection: DetectionSettings | None = None,
+) -> SampleBatch:
+    """Simulate ``n`` tracks of a motion model and turn them into samples (tracking path).
+
+    Parameters
+    ----------
+    model
+        ``"aniso"`` (seed-aniso), ``"binding"`` (seed-binding) or ``"twostate"``
+        (seed-twostate), as in PROTOCOLS.md.
+    n
+        Number of samples.
+    n_frames
+        Frames per sample.
+    acquisition
+        Acquisition; ``None`` for the standard one.
+    seed
+        Seed of the generator (the protocol test sets: aniso 2025, binding 2026,
+        twostate 2027). Ignored when ``rng`` is given.
+    rng
+        A generator to draw from instead of ``seed``.
+    patch_size, window_size, detection
+        See :func:`samples_from_trajectories`.
+
+    Returns
+    -------
+    SampleBatch
+        The random numbers are drawn in a fixed order (start offsets, trajectories,
+        camera noise), so a seed reproduces the set exactly.
+    """
+    if model not in SAMPLE_MODELS:
+        raise SimulationError(f"model must be one of {', '.join(SAMPLE_MODELS)}, got {model!r}")
+    acq = acquisition if acquisition is not None else Acquisition()
+    gen = rng if rng is not None else as_generator(seed)
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise SimulationError(f"n must be a whole number >= 1, got {n!r}")
+    n = int(n)
+    # Random start within a pixel, so that the sub-pixel phase of slow particles is uniform.
+    start = gen.uniform(-0.5, 0.5, (n, 2))
+    traj = SAMPLE_MODELS[model](n, n_frames, acq, gen, start_px=start)
+    batch = samples_from_trajectories(traj, gen, patch_size=patch_size, window_size=window_size, detection=detection)
+    batch.meta.update({"seed": seed if rng is None else None, "model": model, "n_frames": int(n_frames)})
+    return batch
+
+
+# ------------------------------------------------------------------------------- I/O
+
+_ARRAY_FIELDS = tuple(f.name for f in fields(SampleBatch) if f.name not in ("model", "acquisition", "meta"))
+
+
+def save_samples(path: str | os.PathLike[str], batch: SampleBatch, overwrite: bool = False) -> Path:
+    """Write a :class:`SampleBatch` to ``.npz`` atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    path
+        Destination; ``.npz`` is appended when missing.
+    batch
+        Samples to write.
+    overwrite
+        Replace an existing file; otherwise an existing file raises ``FileExistsError``.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    out = Path(path)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    header = {
+        "format_version": _FORMAT_VERSION,
+        "model": batch.model,
+        "acquisition": batch.acquisition.to_dict(),
+        "meta": batch.meta,
+    }
+    arrays = {name: getattr(batch, name) for name in _ARRAY_FIELDS}
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, header=np.array(json.dumps(header)), **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def load_samples(path: str | os.PathLike[str]) -> SampleBatch:
+    """Read a :class:`SampleBatch` written by :func:`save_samples`.
+
+    Raises
+    ------
+    SimulationError
+        When the file is not a sample file of a known version.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            arrays = {name: data[name] for name in _ARRAY_FIELDS}
+    except (KeyError, ValueError, OSError) as exc:
+        raise SimulationError(f"{path} is not a readable sample file ({exc})") from exc
+    if header.get("format_version") != _FORMAT_VERSION:
+        raise SimulationError(f"{path} has sample format {header.get('format_version')!r}, expected {_FORMAT_VERSION}")
+    return SampleBatch(
+        **arrays,
+        model=header["model"],
+        acquisition=Acquisition.from_dict(header["acquisition"]),
+        meta=header.get("meta", {}),
+    )
