@@ -1,0 +1,221 @@
+"""TorchScript checkpoints with JSON model cards: export, verified loading, listing.
+
+A checkpoint is two files side by side::
+
+    checkpoints/<name>.pt     TorchScript module (``torch.jit.script`` of a NormalizedModel)
+    checkpoints/<name>.json   model card: kind, input contract, training acquisition, the exact
+                              training command, data size and time, held-out metrics next to
+                              the classical baselines, torch version, sha256 of the .pt
+
+Loading needs only torch (no model classes, no training code) and refuses a file whose
+sha256 does not match its card, or a card that is incomplete, with a
+:class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "CHECKPOINT_DIR",
+    "CARD_FORMAT_VERSION",
+    "REQUIRED_CARD_KEYS",
+    "available_models",
+    "checkpoint_paths",
+    "export_checkpoint",
+    "load_checkpoint",
+    "read_card",
+    "sha256_file",
+    "update_card",
+]
+
+#: Folder of the bundled models.
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+CARD_FORMAT_VERSION = 1
+REQUIRED_CARD_KEYS = ("name", "kind", "motion_model", "input_contract", "outputs", "training_acquisition", "sha256")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not match its model card."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_paths(name_or_path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(model .pt, card .json)`` paths for a bundled name or a path to either file."""
+    text = str(name_or_path)
+    p = Path(text)
+    if p.suffix in (".pt", ".json") or p.parent != Path("."):
+        stem = p.with_suffix("") if p.suffix in (".pt", ".json") else p
+        return stem.with_suffix(".pt"), stem.with_suffix(".json")
+    return CHECKPOINT_DIR / f"{text}.pt", CHECKPOINT_DIR / f"{text}.json"
+
+
+def available_models(directory: str | os.PathLike[str] | None = None) -> list[str]:
+    """Names of the models whose ``.pt`` and ``.json`` are both present (sorted)."""
+    d = Path(directory) if directory is not None else CHECKPOINT_DIR
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def read_card(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model card of a checkpoint (not verified against the .pt)."""
+    _, card_path = checkpoint_paths(name_or_path)
+    if not card_path.is_file():
+        raise CheckpointError(f"model card {card_path} not found (available: {', '.join(available_models()) or 'none'})")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"model card {card_path} is not valid JSON ({exc})") from exc
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {card_path} must hold a JSON object")
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise CheckpointError(f"model card {card_path} lacks the field(s) {', '.join(missing)}")
+    return card
+
+
+def load_checkpoint(
+    name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a TorchScript model after checking its sha256 against its card.
+
+    Parameters
+    ----------
+    name_or_path
+        Name of a bundled model (see :func:`available_models`) or path to its ``.pt``/``.json``.
+    device
+        Where to map the weights (``"cpu"``, ``"cuda"``, a ``torch.device``).
+
+    Returns
+    -------
+    (module, card)
+        The model in eval mode and its card (dict).
+
+    Raises
+    ------
+    CheckpointError
+        Missing files, a card without the required fields, a sha256 mismatch (corrupt or
+        replaced file) or a file TorchScript cannot read.
+    """
+    pt_path, _ = checkpoint_paths(name_or_path)
+    card = read_card(name_or_path)
+    if not pt_path.is_file():
+        raise CheckpointError(f"model file {pt_path} not found beside its card")
+    digest = sha256_file(pt_path)
+    if digest != card["sha256"]:
+        raise CheckpointError(
+            f"model file {pt_path} does not match its card (sha256 {digest[:12]}... instead of "
+            f"{str(card['sha256'])[:12]}...): the file is corrupt or was replaced"
+        )
+    try:
+        module = torch.jit.load(str(pt_path), map_location=device)
+    except Exception as exc:  # torch raises RuntimeError and friends for unreadable archives
+        raise CheckpointError(f"model file {pt_path} cannot be loaded by TorchScript ({exc})") from exc
+    module.eval()
+    return module, card
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; package data must be world-readable
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_card(path: Path, card: dict[str, Any]) -> None:
+    _atomic_write_bytes(path, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
+
+
+def export_checkpoint(
+    model: torch.nn.Module, card: dict[str, Any], out_dir: str | os.PathLike[str], name: str, overwrite: bool = False
+) -> Path:
+    """Script ``model`` with TorchScript and write ``<name>.pt`` and ``<name>.json``.
+
+    Parameters
+    ----------
+    model
+        An exportable module (a :class:`~.models.NormalizedModel`); exported in eval mode on CPU.
+    card
+        Model-card fields; ``name``, ``sha256``, ``torch_version`` and ``format_version`` are
+        filled in here. It must contain the other :data:`REQUIRED_CARD_KEYS`.
+    out_dir
+        Destination folder (created if needed).
+    name
+        File stem, e.g. ``"aniso"``.
+    overwrite
+        Replace existing files of that name.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the ``.pt`` file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pt_path, card_path = out / f"{name}.pt", out / f"{name}.json"
+    if not overwrite and (pt_path.exists() or card_path.exists()):
+        raise CheckpointError(f"checkpoint {pt_path} already exists (pass overwrite=True to replace it)")
+    full = dict(card)
+    full["name"] = name
+    full["format_version"] = CARD_FORMAT_VERSION
+    full["torch_version"] = torch.__version__
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in full and k != "sha256"]
+    if missing:
+        raise CheckpointError(f"model card lacks the field(s) {', '.join(missing)}")
+    was_training = model.training
+    model = model.to("cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is "deprecated" in 2.x, still supported
+        scripted = torch.jit.script(model)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f"{name}.pt", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp)
+        full["sha256"] = sha256_file(tmp)
+        full["file_size_bytes"] = os.path.getsize(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, pt_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _write_card(card_path, full)
+    if was_training:
+        model.train()
+    return pt_path
+
+
+def update_card(name_or_path: str | os.PathLike[str], changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``changes`` into a card (top-level keys) after verifying its model; returns the card.
+
+    Used by the accuracy benchmark to record test-set metrics. ``sha256`` cannot be changed.
+    """
+    if "sha256" in changes:
+        raise CheckpointError("the sha256 of a card is set by export_checkpoint only")
+    _, card = load_checkpoint(name_or_path)
+    card.update(changes)
+    _write_card(checkpoint_paths(name_or_path)[1], card)
+    return card

@@ -1,0 +1,153 @@
+"""Training path: a tiny model trained for a few steps, loss, augmentation, schedule."""
+
+from __future__ import annotations
+
+import csv
+import numpy as np
+import pytest
+import torch
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
+from napari_spt_diffusion.estimation.models import ModelConfig, build_model
+from napari_spt_diffusion.estimation.training import (
+    TrainingError,
+    _augment,
+    _lr_lambda,
+    compute_loss,
+    evaluate,
+    predict,
+    resolve_device,
+    targets_from_labels,
+    train_model,
+)
+
+TINY = dict(embed_dim=16, n_heads=2, mlp_hidden=32, head_hidden=32, cnn_channels=(4, 8), n_cross=1, n_self=1, n_joint=1)
+
+
+def synthetic_tracks(n: int, t: int, seed: int, pointwise: bool = False, ratio: float | None = None) -> dict[str, np.ndarray]:
+    """Anisotropic Brownian tracks (no blur) with Gaussian spots at the sub-pixel offset.
+
+    D in um^2/s equals px^2/frame at the standard acquisition (100 nm, 10 ms).
+    """
+    rng = np.random.default_rng(seed)
+    d1 = rng.uniform(0.05, 6.0, n)
+    d2 = d1 * (rng.uniform(0.1, 1.0, n) if ratio is None else ratio)
+    th = rng.uniform(0, 180, n)
+    if pointwise:  # a switch of D1 halfway through
+        d1 = np.repeat(d1[:, None], t, 1)
+        d1[: n // 2, t // 2 :] *= 0.2
+        d2 = np.minimum(np.repeat(d2[:, None], t, 1), d1)
+    else:
+        d1, d2 = np.repeat(d1[:, None], t, 1), np.repeat(d2[:, None], t, 1)
+    th = np.repeat(th[:, None], t, 1)
+    rad = np.deg2rad(th)
+    u = np.stack([np.sin(rad), np.cos(rad)], -1)  # D1 axis in (y, x)
+    w = np.stack([np.cos(rad), -np.sin(rad)], -1)
+    a, b = rng.standard_normal((2, n, t, 1))
+    disp = a * np.sqrt(2 * d1)[..., None] * u + b * np.sqrt(2 * d2)[..., None] * w
+    disp[:, 0] = 0
+    pos = np.cumsum(disp, 1)
+    off = pos - np.round(pos)
+    yy, xx = np.mgrid[-5:6, -5:6]
+    spot = np.exp(-((yy - off[..., 0, None, None]) ** 2 + (xx - off[..., 1, None, None]) ** 2) / 2.0) * 1000 / (2 * np.pi)
+    patches = rng.poisson(spot + 10.0).astype(np.float32)
+    return {
+        "patches": patches,
+        "displacements": disp.astype(np.float32),
+        "valid": np.ones((n, t), bool),
+        "D1_um2_s": d1.astype(np.float32),
+        "D2_um2_s": d2.astype(np.float32),
+        "theta_deg": th.astype(np.float32),
+        "state": np.zeros((n, t), np.int8),
+    }
+
+
+@pytest.mark.parametrize("model_name, lr", [("aniso", 1e-2), ("binding", 2e-2)])
+def test_tiny_training_reduces_the_loss(tmp_path, model_name: str, lr: float) -> None:
+    pointwise = model_name != "aniso"
+    train = synthetic_tracks(192, 12, seed=1, pointwise=pointwise)
+    val = synthetic_tracks(96, 12, seed=2, pointwise=pointwise)
+    acq = Acquisition()
+    kind = "pointwise" if pointwise else "sequence"
+    cfg = ModelConfig(kind=kind, max_frames=12, **TINY)
+    # the initial model is the one train_model builds (same seed -> same initialisation)
+    torch.manual_seed(7)
+    initial = build_model(cfg)
+    target = targets_from_labels(val, acq, kind)
+    loss0 = float(compute_loss(torch.from_numpy(predict(initial, val)), target, torch.from_numpy(val["valid"])))
+
+    path = train_model(model_name, epochs=5, batch_size=16, lr=lr, device="cpu", out_dir=tmp_path, seed=7,
+                       n_frames=12, config=cfg, train_data=train, val_data=val, num_threads=1)
+    module, card = load_checkpoint(path)
+    pred = predict(module, val)
+    loss1 = float(compute_loss(torch.from_numpy(pred), target, torch.from_numpy(val["valid"])))
+    assert loss1 < 0.8 * loss0, (loss0, loss1)
+    rows = list(csv.DictReader(open(tmp_path / "learning_curve.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert card["training"]["n_train_samples"] == 192 and card["training"]["epochs_run"] == 5
+    assert card["kind"] == kind and card["input_contract"]["max_frames"] == 12
+    assert abs(card["metrics"]["validation"]["val_loss"] - min(float(r["val_loss"]) for r in rows)) < 1e-4
+    assert (tmp_path / "best_state.pt").is_file()
+    m = evaluate(pred, val, acq)
+    assert m["mae_D1_um2_s"] < 3.0
+
+
+def test_loss_is_zero_for_the_truth_and_ignores_angle_of_isotropic() -> None:
+    data = synthetic_tracks(8, 6, seed=3)
+    t = targets_from_labels(data, Acquisition(), "sequence")
+    perfect = torch.cat([t["log_d"], t["angle"]], -1)
+    assert float(compute_loss(perfect, t, None)) == pytest.approx(0.0, abs=1e-6)
+    iso = {k: v.clone() for k, v in t.items()}
+    iso["aniso"][:] = 0.0
+    wrong_angle = torch.cat([t["log_d"], -t["angle"]], -1)
+    assert float(compute_loss(wrong_angle, iso, None)) == pytest.approx(0.0, abs=1e-6)
+    assert float(compute_loss(wrong_angle, t, None)) > 0.1
+
+
+def test_augmentation_keeps_labels_consistent_with_the_data() -> None:
+    # one strongly anisotropic track, long, at 30 degrees; after any grid symmetry the
+    # principal axis of the displacement covariance must follow the transformed label.
+    data = synthetic_tracks(64, 400, seed=4, ratio=0.1)
+    d = torch.from_numpy(data["displacements"])
+    ang = targets_from_labels(data, Acquisition(), "sequence")["angle"]
+    p = torch.from_numpy(data["patches"])
+    g = torch.Generator().manual_seed(0)
+    p2, d2, a2 = _augment(p, d, ang, g)
+    cov = torch.einsum("nti,ntj->nij", d2.double(), d2.double())
+    # theta of the D1 axis from +x towards +y; (y, x) order -> 2theta = atan2(2 c_yx, c_xx - c_yy)
+    two_theta = torch.atan2(2 * cov[:, 0, 1], cov[:, 1, 1] - cov[:, 0, 0])
+    est = torch.stack([torch.sin(two_theta), torch.cos(two_theta)], -1)
+    assert float((est * a2.double()).sum(-1).min()) > 0.95
+    # the patches get the same symmetry as the displacements: the spot centroid (sub-pixel
+    # offset of the integrated position) must follow the transformed displacements
+    pos = torch.cumsum(d2.double(), 1)
+    off = pos - torch.round(pos)
+    w = p2.double() - 10.0
+    yy = torch.arange(11, dtype=torch.float64) - 5
+    cy = (w * yy[:, None]).sum((-1, -2)) / w.sum((-1, -2))
+    cx = (w * yy[None, :]).sum((-1, -2)) / w.sum((-1, -2))
+    ok = off.abs().amax(-1) < 0.4  # away from the rounding boundary
+    assert float((cy - off[..., 0])[ok].abs().mean()) < 0.1
+    assert float((cx - off[..., 1])[ok].abs().mean()) < 0.1
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
+    f = _lr_lambda(total_steps=100, warmup_steps=10, floor=0.05)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.05 + 0.95 * 0.5, abs=1e-9)
+    assert f(100) == pytest.approx(0.05) and f(1000) == pytest.approx(0.05)
+    assert all(f(i) >= f(i + 1) - 1e-12 for i in range(10, 120))
+
+
+def test_bad_arguments_are_refused(tmp_path) -> None:
+    with pytest.raises(TrainingError, match="model"):
+        train_model("bogus", out_dir=tmp_path)
+    with pytest.raises(TrainingError, match="test seeds"):
+        train_model("aniso", seed=2025, out_dir=tmp_path)
+    with pytest.raises(TrainingError, match="epochs"):
+        train_model("aniso", epochs=0, out_dir=tmp_path)
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(TrainingError, match="device"):
+        resolve_device("tpu")
