@@ -1,0 +1,534 @@
+"""Inference with a bundled cross-transformer: any number of tracks, of any length.
+
+:class:`Estimator` loads a TorchScript checkpoint (sha256 verified by
+:func:`~.checkpoint.load_checkpoint`) and estimates the diffusion tensor of every
+track from its :class:`~napari_spt_diffusion.tracking.patches.TrackPatches`.
+
+How tracks of any length are handled
+------------------------------------
+* ``min_frames <= T <= max_frames`` (from the model card): one pass, padded to the
+  longest track of its batch with the ``valid`` mask of the model contract.
+* ``T > max_frames``: overlapping windows of ``max_frames`` frames, consecutive windows
+  overlapping by ``overlap`` (half a window by default), the last one aligned with the
+  track's end. Every frame of a window gets the triangular weight
+  ``w_i = min(i + 1, L - i)`` (``i`` its index in the window of ``L`` frames): a frame
+  is trusted most from the window where it has the most context on both sides.
+
+  - pointwise models: the per-frame estimates of all windows covering a frame are
+    blended with these weights, ``log D1``/``log D2`` averaged in log space (the model
+    predicts log D) and the angle on the doubled angle (the ``(sin 2theta, cos 2theta)``
+    outputs are averaged, then ``theta = atan2(s, c) / 2``);
+  - sequence models: the track's tensor averages the windows' tensors the same way
+    (log D; doubled angle), each window weighted by the share of the track's frames it
+    represents (the sum over its frames of ``w_i / sum of the weights of that frame``),
+    so every frame counts once whatever the overlap.
+* ``T < min_frames``: the model is not used; the classical
+  :func:`~.classical.combined_tensor` (CVE and blur moments) gives the track's tensor
+  and the result is flagged ``"classical"`` (``"clipped"`` too if that tensor was not
+  positive-definite). Tracks of fewer than 3 localizations get NaN, flagged
+  ``"too_short"``.
+
+Gaps (frames missing inside a track, ``gap_before``): the model was trained on
+consecutive frames, so a displacement spanning ``g`` frame intervals is divided by
+``sqrt(g)`` (the one-frame displacement with the same variance for Brownian motion).
+
+Memory stays bounded whatever the number of tracks: windows are generated lazily,
+sorted by length and run in batches of ``batch_size`` windows; only the per-frame
+accumulators of the tracks (a few numbers per localization) are kept.
+
+Acquisition check
+-----------------
+:func:`check_acquisition` compares a movie's acquisition with the card's
+``training_acquisition`` and returns one warning sentence per quantity outside the
+trained range; :meth:`Estimator.estimate` issues them once (``AcquisitionWarning``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..acquisition import Acquisition
+from ..tracking.patches import TrackPatches
+from .changepoints import mean_tensor
+from .checkpoint import CheckpointError, load_checkpoint
+from .classical import combined_tensor
+from .tensor import theta_from_sin_cos_2theta
+
+__all__ = [
+    "AcquisitionWarning",
+    "EstimatorError",
+    "Estimator",
+    "TrackEstimate",
+    "check_acquisition",
+    "resolve_device",
+    "triangular_weights",
+    "window_starts",
+    "DEFAULT_TOLERANCES",
+]
+
+
+class EstimatorError(ValueError):
+    """Bad estimator settings or inputs (one sentence)."""
+
+
+class AcquisitionWarning(UserWarning):
+    """The movie's acquisition lies outside what the model was trained for."""
+
+
+#: Relative ranges around the training acquisition inside which no warning is given:
+#: ``quantity: (lowest ratio, highest ratio)`` of movie value / training value.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "pixel_size_nm": (0.8, 1.25),
+    "frame_interval_s": (0.8, 1.25),
+    "psf_sigma_px": (0.85, 1.15),
+    "signal_photons": (0.25, 4.0),
+    "background_photons": (0.25, 4.0),
+    "exposure_fraction": (0.8, 1.25),
+}
+
+
+# ---------------------------------------------------------------- small helpers
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; ``"cpu"``; ``"cuda"`` (must exist)."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EstimatorError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+        return torch.device(name)
+    raise EstimatorError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+
+def window_starts(n_frames: int, window: int, overlap: int) -> np.ndarray:
+    """First frame index of each window covering ``n_frames`` frames.
+
+    Windows of ``window`` frames, a new one every ``window - overlap`` frames, the last
+    aligned with the end. A track no longer than ``window`` gets one window at 0.
+    """
+    if window < 1 or not 0 <= overlap < window:
+        raise EstimatorError("need window >= 1 and 0 <= overlap < window")
+    if n_frames <= window:
+        return np.zeros(1, dtype=np.int64)
+    stride = window - overlap
+    starts = np.arange(0, n_frames - window, stride, dtype=np.int64)
+    return np.unique(np.append(starts, n_frames - window))
+
+
+def triangular_weights(length: int) -> np.ndarray:
+    """``(length,)`` blending weights ``min(i + 1, length - i)`` (peak in the middle)."""
+    i = np.arange(length)
+    return np.minimum(i + 1, length - i).astype(np.float64)
+
+
+def _ratio_ok(value: float, reference: float, low: float, high: float) -> bool:
+    if not (math.isfinite(value) and math.isfinite(reference)) or reference <= 0:
+        return True
+    r = value / reference
+    return low <= r <= high
+
+
+def check_acquisition(
+    card: dict[str, Any], acquisition: Acquisition, tolerances: dict[str, tuple[float, float]] | None = None
+) -> list[str]:
+    """Warnings (one sentence each) where the acquisition leaves the model's training range.
+
+    Compared with the card's ``training_acquisition``: pixel size and frame interval (they
+    set which D in um^2/s the model's trained range of px^2/frame corresponds to), PSF
+    width in pixels, signal photons and background (the signal-to-noise ratio) and the
+    exposed fraction of the frame (motion blur). A card may give explicit ranges in
+    ``training_ranges`` (``{"signal_photons": [low, high], ...}``, physical units), which
+    replace the relative tolerances (:data:`DEFAULT_TOLERANCES`).
+
+    Returns
+    -------
+    list of str
+        Empty when everything is inside the trained range.
+    """
+    trained = card.get("training_acquisition") or {}
+    try:
+        ref = Acquisition.from_dict({k: v for k, v in trained.items() if k in Acquisition.__dataclass_fields__})
+    except (TypeError, ValueError):
+        return ["the model card's training acquisition cannot be read, so the movie could not be compared with it"]
+    tol = dict(DEFAULT_TOLERANCES)
+    if tolerances:
+        tol.update(tolerances)
+    ranges = card.get("training_ranges") or {}
+    name = card.get("name", "the model")
+    values = {
+        "pixel_size_nm": (acquisition.pixel_size_nm, ref.pixel_size_nm, "pixel size", "nm"),
+        "frame_interval_s": (acquisition.frame_interval_s, ref.frame_interval_s, "frame interval", "s"),
+        "psf_sigma_px": (acquisition.psf_sigma_px, ref.psf_sigma_px, "PSF sigma", "px"),
+        "signal_photons": (acquisition.signal_photons, ref.signal_photons, "signal", "photons/frame"),
+        "background_photons": (acquisition.background_photons, ref.background_photons, "background", "photons/pixel/frame"),
+        "exposure_fraction": (
+            acquisition.exposure_time_s / acquisition.frame_interval_s,
+            ref.exposure_time_s / ref.frame_interval_s,
+            "exposed fraction of the frame",
+            "",
+        ),
+    }
+    messages = []
+    for key, (value, reference, label, unit) in values.items():
+        if key in ranges:
+            low, high = (float(v) for v in ranges[key])
+            ok = low <= value <= high
+            trained_text = f"{low:g}-{high:g} {unit}".strip()
+        else:
+            lo, hi = tol[key]
+            ok = _ratio_ok(value, reference, lo, hi)
+            trained_text = f"{reference:g} {unit}".strip()
+        if not ok:
+            messages.append(
+                f"{label} {value:g} {unit} is outside what model '{name}' was trained for ({trained_text}); "
+                "its estimates may be biased (retrain a model for this microscope with `spt-diffusion train`)".replace(
+                    "  ", " "
+                )
+            )
+    return messages
+
+
+# ------------------------------------------------------------------- results
+@dataclass
+class TrackEstimate:
+    """Estimates of one track.
+
+    Attributes
+    ----------
+    track_id
+        As in the input :class:`TrackPatches`.
+    frames
+        ``(T,)`` frame numbers.
+    D1_um2_s, D2_um2_s, theta_deg
+        ``(T,)`` per-frame estimates: the model's pointwise estimates (pointwise models)
+        or the track's value repeated (sequence models, classical fallback).
+    track_D1_um2_s, track_D2_um2_s, track_theta_deg
+        The track's tensor (um^2/s, degrees in ``[0, 180)``). For pointwise models, the
+        mean of the per-frame values (D arithmetic, theta on the doubled angle weighted by
+        ``D1 - D2``, see :func:`~.changepoints.mean_tensor`).
+    method
+        ``"model"`` or ``"classical"``.
+    flags
+        Notes such as ``"classical"`` (track shorter than the model's minimum),
+        ``"clipped"``, ``"too_short"``, ``"gaps"``, ``"windows"``.
+    n_windows
+        Number of model windows used (0 for the classical fallback).
+    """
+
+    track_id: int
+    frames: np.ndarray
+    D1_um2_s: np.ndarray
+    D2_um2_s: np.ndarray
+    theta_deg: np.ndarray
+    track_D1_um2_s: float
+    track_D2_um2_s: float
+    track_theta_deg: float
+    method: str
+    flags: tuple[str, ...] = ()
+    n_windows: int = 0
+    pointwise: bool = False
+
+    @property
+    def n_frames(self) -> int:
+        """Number of localizations."""
+        return int(len(self.frames))
+
+
+@dataclass
+class _Accumulator:
+    """Weighted sums of one track's window outputs (log D px^2/frame, doubled angle)."""
+
+    n: int
+    pointwise: bool
+    weight: np.ndarray = field(init=False)
+    log_d1: np.ndarray = field(init=False)
+    log_d2: np.ndarray = field(init=False)
+    sin2: np.ndarray = field(init=False)
+    cos2: np.ndarray = field(init=False)
+    windows: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    n_windows: int = 0
+
+    def __post_init__(self) -> None:
+        size = self.n if self.pointwise else 1
+        self.weight = np.zeros(self.n)
+        self.log_d1 = np.zeros(size)
+        self.log_d2 = np.zeros(size)
+        self.sin2 = np.zeros(size)
+        self.cos2 = np.zeros(size)
+
+
+# ------------------------------------------------------------------ estimator
+class Estimator:
+    """A bundled cross-transformer ready for inference.
+
+    Parameters
+    ----------
+    model_name
+        Name of a bundled model (``checkpoint.available_models()``) or a path to a
+        ``.pt``/``.json`` pair.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    batch_size
+        Windows per forward pass (memory ~ ``batch_size * max_frames * P * P * 4`` bytes
+        of input plus the activations).
+    overlap
+        Frames shared by consecutive windows of long tracks; ``None``: half a window.
+    num_threads
+        CPU threads for torch (``None`` leaves torch's setting).
+
+    Raises
+    ------
+    CheckpointError
+        The model is missing, corrupt or does not match its card.
+    EstimatorError
+        Bad device or settings.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "aniso",
+        device: str = "auto",
+        batch_size: int = 256,
+        overlap: int | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise EstimatorError(f"batch_size must be at least 1, got {batch_size!r}")
+        self.device = resolve_device(device)
+        if num_threads is not None:
+            torch.set_num_threads(int(num_threads))
+        self.module, self._card = load_checkpoint(model_name, device=self.device)
+        self.model_name = str(self._card.get("name", model_name))
+        contract = self._card.get("input_contract", {})
+        kind = self._card.get("kind")
+        if kind not in ("sequence", "pointwise"):
+            raise CheckpointError(f"model card of {self.model_name!r} has an unknown kind {kind!r}")
+        self.pointwise = kind == "pointwise"
+        self.min_frames = int(contract.get("min_frames", getattr(self.module, "min_frames", 1)))
+        self.max_frames = int(contract.get("max_frames", getattr(self.module, "max_frames", 30)))
+        self.patch_size = int(contract.get("patch_size_px", 11))
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise CheckpointError(f"model card of {self.model_name!r} has inconsistent min_frames/max_frames")
+        self.batch_size = int(batch_size)
+        self.overlap = self.max_frames // 2 if overlap is None else int(overlap)
+        if not 0 <= self.overlap < self.max_frames:
+            raise EstimatorError(f"overlap must be in [0, {self.max_frames}), got {overlap!r}")
+        self._warned: set[str] = set()
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """The model card (a copy)."""
+        return dict(self._card)
+
+    @property
+    def kind(self) -> str:
+        """``"pointwise"`` or ``"sequence"``."""
+        return "pointwise" if self.pointwise else "sequence"
+
+    def check_acquisition(self, acquisition: Acquisition, warn: bool = True) -> list[str]:
+        """:func:`check_acquisition` for this model; warns once per distinct message."""
+        messages = check_acquisition(self._card, acquisition)
+        if warn:
+            for m in messages:
+                if m not in self._warned:
+                    self._warned.add(m)
+                    warnings.warn(m, AcquisitionWarning, stacklevel=3)
+        return messages
+
+    # -------------------------------------------------------------- public
+    def estimate(
+        self,
+        track_patches: Sequence[TrackPatches],
+        acquisition: Acquisition,
+        progress: Callable[[float, str], Any] | None = None,
+    ) -> list[TrackEstimate]:
+        """Estimate every track.
+
+        Parameters
+        ----------
+        track_patches
+            Tracks as made by :func:`~napari_spt_diffusion.tracking.patches.extract_track_patches`
+            (patches of the model's size, in photo-electrons).
+        acquisition
+            The movie's acquisition (unit conversions; compared with the card).
+        progress
+            Optional ``progress(fraction, message)`` called after every batch; it may raise
+            to stop the run (the pipeline raises ``Cancelled`` there).
+
+        Returns
+        -------
+        list of TrackEstimate
+            In the order of ``track_patches``.
+        """
+        self.check_acquisition(acquisition)
+        tracks = list(track_patches)
+        for tp in tracks:
+            if tp.patches_photons.shape[1:] != (self.patch_size, self.patch_size):
+                raise EstimatorError(
+                    f"track {tp.track_id} has {tp.patches_photons.shape[1]}-px patches but model "
+                    f"'{self.model_name}' needs {self.patch_size}-px patches"
+                )
+        results: list[TrackEstimate | None] = [None] * len(tracks)
+        accumulators: dict[int, _Accumulator] = {}
+        for i, tp in enumerate(tracks):
+            if tp.n_frames < self.min_frames:
+                results[i] = self._classical(tp, acquisition)
+            else:
+                accumulators[i] = _Accumulator(tp.n_frames, self.pointwise)
+        items = [
+            (i, int(s), min(self.max_frames, tracks[i].n_frames))
+            for i in accumulators
+            for s in window_starts(tracks[i].n_frames, self.max_frames, self.overlap)
+        ]
+        # long windows first, then by length: batches hold windows of similar length
+        items.sort(key=lambda it: -it[2])
+        n_batches = max(1, math.ceil(len(items) / self.batch_size))
+        for b in range(0, len(items), self.batch_size):
+            batch = items[b : b + self.batch_size]
+            out = self._run_batch(tracks, batch)
+            for (i, start, length), row in zip(batch, out):
+                self._accumulate(accumulators[i], start, length, row)
+            if progress is not None:
+                progress(min(1.0, (b // self.batch_size + 1) / n_batches), f"model {self.model_name}: batch {b // self.batch_size + 1}/{n_batches}")
+        for i, acc in accumulators.items():
+            results[i] = self._finish(tracks[i], acc, acquisition)
+        if progress is not None and not items:
+            progress(1.0, f"model {self.model_name}: no track long enough for the model")
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------- internals
+    def _window_inputs(self, tp: TrackPatches, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        sl = slice(start, start + length)
+        patches = tp.patches_photons[sl]
+        disp = np.array(tp.displacements_px[sl], dtype=np.float64)
+        frames = np.asarray(tp.frames)[sl]
+        if length > 1:
+            steps = np.diff(frames).astype(np.float64)
+            disp[1:] /= np.sqrt(np.maximum(steps, 1.0))[:, None]
+        disp[0] = 0.0
+        return patches, disp
+
+    def _run_batch(self, tracks: Sequence[TrackPatches], batch: list[tuple[int, int, int]]) -> np.ndarray:
+        n = len(batch)
+        t_max = max(length for _, _, length in batch)
+        p = self.patch_size
+        patches = np.zeros((n, t_max, p, p), dtype=np.float32)
+        disp = np.zeros((n, t_max, 2), dtype=np.float32)
+        valid = np.zeros((n, t_max), dtype=bool)
+        for j, (i, start, length) in enumerate(batch):
+            pa, d = self._window_inputs(tracks[i], start, length)
+            patches[j, :length] = pa
+            disp[j, :length] = d
+            valid[j, :length] = True
+        with torch.inference_mode():
+            out = self.module.forward_log(
+                torch.from_numpy(patches).to(self.device),
+                torch.from_numpy(disp).to(self.device),
+                torch.from_numpy(valid).to(self.device),
+            )
+        return out.float().cpu().numpy().astype(np.float64)
+
+    def _accumulate(self, acc: _Accumulator, start: int, length: int, row: np.ndarray) -> None:
+        w = triangular_weights(length)
+        acc.weight[start : start + length] += w
+        acc.n_windows += 1
+        if self.pointwise:
+            sl = slice(start, start + length)
+            r = row[:length]
+            acc.log_d1[sl] += w * r[:, 0]
+            acc.log_d2[sl] += w * r[:, 1]
+            acc.sin2[sl] += w * r[:, 2]
+            acc.cos2[sl] += w * r[:, 3]
+        else:
+            acc.windows.append((start, length, row.copy()))
+
+    def _finish(self, tp: TrackPatches, acc: _Accumulator, acquisition: Acquisition) -> TrackEstimate:
+        flags = ["windows"] if acc.n_windows > 1 else []
+        if np.any(np.asarray(tp.gap_before)[1:]):
+            flags.append("gaps")
+        n = tp.n_frames
+        if self.pointwise:
+            w = acc.weight
+            d1 = acquisition.diffusion_to_um2_s(np.exp(acc.log_d1 / w))
+            d2 = acquisition.diffusion_to_um2_s(np.exp(acc.log_d2 / w))
+            theta = theta_from_sin_cos_2theta(acc.sin2, acc.cos2)
+            t1, t2, tt = mean_tensor(d1, d2, theta)
+        else:
+            # each window's share of the track: sum over its frames of w_i / (total weight of the frame)
+            shares = []
+            rows = []
+            for start, length, row in acc.windows:
+                w = triangular_weights(length)
+                shares.append(float(np.sum(w / acc.weight[start : start + length])))
+                rows.append(row)
+            shares_a = np.asarray(shares)
+            rows_a = np.asarray(rows)
+            log_d1 = float(np.sum(shares_a * rows_a[:, 0]) / shares_a.sum())
+            log_d2 = float(np.sum(shares_a * rows_a[:, 1]) / shares_a.sum())
+            s2 = float(np.sum(shares_a * rows_a[:, 2]))
+            c2 = float(np.sum(shares_a * rows_a[:, 3]))
+            t1 = float(acquisition.diffusion_to_um2_s(math.exp(log_d1)))
+            t2 = float(acquisition.diffusion_to_um2_s(math.exp(log_d2)))
+            tt = float(theta_from_sin_cos_2theta(s2, c2))
+            d1, d2, theta = np.full(n, t1), np.full(n, t2), np.full(n, tt)
+        return TrackEstimate(
+            track_id=int(tp.track_id),
+            frames=np.asarray(tp.frames).copy(),
+            D1_um2_s=np.asarray(d1, dtype=float),
+            D2_um2_s=np.asarray(d2, dtype=float),
+            theta_deg=np.asarray(theta, dtype=float),
+            track_D1_um2_s=float(t1),
+            track_D2_um2_s=float(t2),
+            track_theta_deg=float(tt),
+            method="model",
+            flags=tuple(flags),
+            n_windows=acc.n_windows,
+            pointwise=self.pointwise,
+        )
+
+    def _classical(self, tp: TrackPatches, acquisition: Acquisition) -> TrackEstimate:
+        n = tp.n_frames
+        flags = ["classical"]
+        if n < 3:
+            d1 = d2 = th = float("nan")
+            flags.append("too_short")
+        else:
+            est = combined_tensor(
+                tp.positions_px,
+                tp.patches_photons,
+                acquisition,
+                subpixel_offset_px=tp.subpixel_offset_px,
+                outside_mask=tp.outside_mask,
+                frames=np.asarray(tp.frames),
+            )
+            d1, d2, th = est.D1_um2_s, est.D2_um2_s, est.theta_deg
+            if est.clipped:
+                flags.append("clipped")
+        if np.any(np.asarray(tp.gap_before)[1:]):
+            flags.append("gaps")
+        return TrackEstimate(
+            track_id=int(tp.track_id),
+            frames=np.asarray(tp.frames).copy(),
+            D1_um2_s=np.full(n, d1),
+            D2_um2_s=np.full(n, d2),
+            theta_deg=np.full(n, th),
+            track_D1_um2_s=float(d1),
+            track_D2_um2_s=float(d2),
+            track_theta_deg=float(th),
+            method="classical",
+            flags=tuple(flags),
+            n_windows=0,
+            pointwise=False,
+        )
+

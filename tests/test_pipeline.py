@@ -1,0 +1,277 @@
+"""Tests of pipeline.py: the whole job on a small simulated movie, contract, progress, cancel.
+
+The model here is a tiny TorchScript "toy tensor" model built in the test that follows
+the checkpoint contract and estimates each window's tensor from the covariance of its
+displacements (a real, if crude, estimator), so the wiring from movie to tables can be
+checked against the simulation's truth without the bundled checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import Tensor, nn
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.estimation.checkpoint import export_checkpoint
+from napari_spt_diffusion.estimation.estimator import Estimator, TrackEstimate
+from napari_spt_diffusion.io import InputError
+from napari_spt_diffusion.pipeline import (
+    Cancelled,
+    NoParticlesFound,
+    PipelineError,
+    Settings,
+    _tables,
+    segments_table,
+    track_and_estimate,
+)
+from napari_spt_diffusion.results import (
+    SUMMARY_COLUMNS,
+    TRACKS_COLUMNS,
+    Results,
+    parse_changepoint_frames,
+    validate_tables,
+)
+from napari_spt_diffusion.simulation.movie import simulate_movie
+
+STANDARD = Acquisition()
+
+
+class ToyTensor(nn.Module):
+    """Tensor of a window from its displacement covariance: D = <d d^T> / 2 (px^2/frame)."""
+
+    def __init__(self, pointwise: bool) -> None:
+        super().__init__()
+        self.pointwise = pointwise
+        self.min_frames = 5
+        self.max_frames = 20
+
+    def forward(self, patches_photons: Tensor, displacements_px: Tensor, valid: Tensor) -> Tensor:
+        out = self.forward_log(patches_photons, displacements_px, valid)
+        return torch.cat([out[..., :2].exp(), out[..., 2:]], dim=-1)
+
+    @torch.jit.export
+    def forward_log(self, patches_photons: Tensor, displacements_px: Tensor, valid: Tensor) -> Tensor:
+        m = valid.to(displacements_px.dtype)
+        m = torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], dim=1)
+        count = m.sum(1).clamp(min=1.0)
+        dy = displacements_px[:, :, 0]
+        dx = displacements_px[:, :, 1]
+        cyy = (dy * dy * m).sum(1) / count / 2.0
+        cxx = (dx * dx * m).sum(1) / count / 2.0
+        cxy = (dx * dy * m).sum(1) / count / 2.0
+        centre = (cxx + cyy) / 2.0
+        radius = torch.sqrt(((cxx - cyy) / 2.0) ** 2 + cxy**2)
+        d1 = (centre + radius).clamp(min=1e-4)
+        d2 = (centre - radius).clamp(min=1e-4)
+        ang = torch.atan2(2.0 * cxy, cxx - cyy)
+        row = torch.stack([d1.log(), d2.log(), torch.sin(ang), torch.cos(ang)], dim=-1)
+        if self.pointwise:
+            return row[:, None, :].expand(valid.shape[0], valid.shape[1], 4)
+        return row
+
+
+def _export(folder: Path, name: str, pointwise: bool) -> str:
+    card = {
+        "kind": "pointwise" if pointwise else "sequence",
+        "motion_model": "binding" if pointwise else "aniso",
+        "input_contract": {"patch_size_px": 11, "min_frames": 5, "max_frames": 20},
+        "outputs": {"columns": ["D1_px2_frame", "D2_px2_frame", "sin2theta", "cos2theta"]},
+        "training_acquisition": STANDARD.to_dict(),
+    }
+    return str(export_checkpoint(ToyTensor(pointwise), card, folder, name))
+
+
+@pytest.fixture(scope="module")
+def toy_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("toy")
+    return {"sequence": _export(folder, "toyseq", False), "pointwise": _export(folder, "toypw", True)}
+
+
+@pytest.fixture(scope="module")
+def small_movie():
+    return simulate_movie((64, 64), 40, STANDARD, rng=3, model="aniso", particles=6, D1_range_um2_s=(0.5, 2.0))
+
+
+@pytest.fixture(scope="module")
+def run(small_movie, toy_models):
+    seen: list[tuple[float, str]] = []
+    settings = Settings(model=toy_models["sequence"], device="cpu", min_track_length=3)
+    results = track_and_estimate(small_movie.movie, STANDARD, settings, progress=lambda f, m: seen.append((f, m)))
+    return results, seen
+
+
+def _match_truth(results: Results, truth: Results) -> dict[int, int]:
+    """Result track id -> truth track id sharing most rows (positions within 1 px)."""
+    merged = results.tracks[["track_id", "frame", "x_px", "y_px"]].merge(
+        truth.tracks[["track_id", "frame", "x_px", "y_px"]], on="frame", suffixes=("", "_t")
+    )
+    close = np.hypot(merged["x_px"] - merged["x_px_t"], merged["y_px"] - merged["y_px_t"]) < 1.0
+    pairs = merged[close].groupby(["track_id", "track_id_t"]).size().reset_index(name="n")
+    best = pairs.sort_values("n").groupby("track_id").tail(1)
+    return dict(zip(best["track_id"], best["track_id_t"]))
+
+
+# --------------------------------------------------------------- end to end
+def test_pipeline_results_follow_the_contract(run):
+    results, _ = run
+    assert isinstance(results, Results)
+    validate_tables(results.tracks, results.summary)
+    assert list(results.tracks.columns) == list(TRACKS_COLUMNS)
+    assert list(results.summary.columns)[: len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS)
+    s, t = results.summary, results.tracks
+    assert len(s) >= 3
+    assert (s["n_frames"] >= 3).all()
+    counts = t.groupby("track_id").size()
+    assert np.array_equal(counts.loc[s["track_id"]].to_numpy(), s["n_frames"].to_numpy())
+    assert np.allclose(t["t_s"], t["frame"] * STANDARD.frame_interval_s)
+    assert np.allclose(t["x_um"], t["x_px"] * 0.1) and np.allclose(t["y_um"], t["y_px"] * 0.1)
+    assert ((s["theta_deg"] >= 0) & (s["theta_deg"] < 180)).all()
+    assert np.allclose(s["anisotropy"], 1 - s["D2_um2_s"] / s["D1_um2_s"])
+    assert (s["n_changepoints"] == 0).all() and (t["state"] == 0).all()  # sequence model
+    assert set(s["method"]) <= {"model", "classical"}
+    assert results.meta["model"] == "toyseq" and results.meta["acquisition"] == STANDARD.to_dict()
+    assert all(np.isfinite(v) for v in results.meta["timings_s"].values())
+
+
+def test_pipeline_estimates_agree_with_truth(run, small_movie):
+    results, _ = run
+    truth = small_movie.truth
+    match = _match_truth(results, truth)
+    assert len(match) >= 3
+    s = results.summary.set_index("track_id")
+    ts = truth.summary.set_index("track_id")
+    ratios, msd_ratios = [], []
+    for rid, tid in match.items():
+        if s.loc[rid, "n_frames"] >= 10:
+            ratios.append(s.loc[rid, "D1_um2_s"] / ts.loc[tid, "D1_um2_s"])
+            msd_ratios.append(s.loc[rid, "D_msd_um2_s"] / (0.5 * (ts.loc[tid, "D1_um2_s"] + ts.loc[tid, "D2_um2_s"])))
+    # the toy model ignores blur (factor 1 - 2R = 0.67) and localization noise; short tracks
+    assert 0.3 < np.median(ratios) < 1.5
+    assert 0.4 < np.median(msd_ratios) < 2.5
+    # localizations lie on the true positions
+    merged = results.tracks.merge(truth.tracks, on="frame", suffixes=("", "_t"))
+    d = np.hypot(merged["x_px"] - merged["x_px_t"], merged["y_px"] - merged["y_px_t"])
+    nearest = d.groupby([merged["track_id"], merged["frame"]]).min()
+    assert np.median(nearest) < 0.3
+
+
+def test_progress_is_monotone_and_complete(run):
+    _, seen = run
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == pytest.approx(1.0)
+    assert len(fractions) > 10 and all(isinstance(m, str) and m for _, m in seen)
+
+
+def test_pointwise_model_gives_per_frame_values_and_segments(small_movie, toy_models):
+    settings = Settings(model=toy_models["pointwise"], device="cpu", min_track_length=3)
+    results = track_and_estimate(small_movie.movie, STANDARD, settings)
+    validate_tables(results.tracks, results.summary)
+    seg = segments_table(results)
+    assert set(seg["track_id"]) == set(results.summary["track_id"])
+    assert (seg.groupby("track_id")["n_frames"].sum().loc[results.summary["track_id"]].to_numpy()
+            == results.summary["n_frames"].to_numpy()).all()
+    n_cp = results.summary["n_changepoints"].to_numpy()
+    assert np.array_equal(seg.groupby("track_id").size().loc[results.summary["track_id"]].to_numpy(), n_cp + 1)
+
+
+def test_chunked_estimation_gives_the_same_results(run, small_movie, toy_models):
+    results, _ = run
+    settings = Settings(model=toy_models["sequence"], device="cpu", min_track_length=3, chunk_localizations=40)
+    chunked = track_and_estimate(small_movie.movie, STANDARD, settings)
+    pd.testing.assert_frame_equal(chunked.tracks, results.tracks)
+    pd.testing.assert_frame_equal(chunked.summary, results.summary)
+
+
+def test_estimator_can_be_reused(small_movie, toy_models):
+    est = Estimator(toy_models["sequence"], device="cpu")
+    a = track_and_estimate(small_movie.movie[:20], STANDARD, Settings(min_track_length=3), estimator=est)
+    assert a.meta["model"] == "toyseq"
+
+
+# ------------------------------------------------------------- changepoints
+def _estimate(track_id: int, frames: np.ndarray, d1: np.ndarray, pointwise: bool = True) -> TrackEstimate:
+    n = len(frames)
+    return TrackEstimate(track_id, frames, d1, 0.5 * d1, np.full(n, 30.0), float(d1.mean()), float(d1.mean() / 2),
+                         30.0, "model", (), 1, pointwise)
+
+
+def test_tables_place_changepoints_on_frame_numbers(toy_models):
+    est = Estimator(toy_models["pointwise"], device="cpu")
+    rng = np.random.default_rng(0)
+    frames_a = np.r_[np.arange(10, 22), np.arange(24, 40)]  # 28 rows with a gap
+    d1_a = np.where(np.arange(28) < 12, 0.008, 4.0) * np.exp(rng.normal(0, 0.1, 28))
+    frames_b = np.arange(0, 20)
+    d1_b = 2.0 * np.exp(rng.normal(0, 0.1, 20))
+    frames_c = np.arange(0, 90)  # longer than max_frames (20): several changepoints
+    d1_c = np.where((frames_c < 30) | (frames_c >= 60), 0.01, 3.0) * np.exp(rng.normal(0, 0.1, 90))
+    tracks = pd.DataFrame(
+        {
+            "track_id": np.r_[np.zeros(28), np.ones(20), np.full(90, 2)].astype(int),
+            "frame": np.r_[frames_a, frames_b, frames_c],
+            "x_px": 5.0,
+            "y_px": 6.0,
+        }
+    )
+    estimates = [_estimate(0, frames_a, d1_a), _estimate(1, frames_b, d1_b), _estimate(2, frames_c, d1_c)]
+    classical = {i: {"D_msd_um2_s": 1.0, "D_cve_um2_s": 1.0, "alpha_msd": 1.0} for i in range(3)}
+    t, s = _tables(tracks, estimates, classical, STANDARD, est, Settings(), "auto")
+    validate_tables(t, s)
+    assert parse_changepoint_frames(s.loc[0, "changepoint_frames"]) == [24]  # row 12 is frame 24
+    assert s.loc[1, "n_changepoints"] == 0 and s.loc[1, "changepoint_frames"] == ""
+    assert parse_changepoint_frames(s.loc[2, "changepoint_frames"]) == [30, 60]
+    rows = t[t["track_id"] == 0]
+    assert rows.loc[rows["is_changepoint"], "frame"].tolist() == [24]
+    assert (rows["state"].to_numpy() == (rows["frame"].to_numpy() >= 24)).all()
+    assert t[t["track_id"] == 2]["state"].max() == 2
+    t_none, s_none = _tables(tracks, estimates, classical, STANDARD, est, Settings(), "none")
+    assert (s_none["n_changepoints"] == 0).all() and not t_none["is_changepoint"].any()
+
+
+# -------------------------------------------------------- cancel and errors
+def test_cancel_inside_detection(small_movie, toy_models):
+    calls = {"n": 0}
+
+    def stop_after_ten() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 10
+
+    with pytest.raises(Cancelled):
+        track_and_estimate(small_movie.movie, STANDARD, Settings(model=toy_models["sequence"], device="cpu"),
+                           should_stop=stop_after_ten)
+    assert calls["n"] == 11  # stopped at the first poll that said so, inside the frame loop
+
+
+def test_cancel_between_later_steps(small_movie, toy_models):
+    est = Estimator(toy_models["sequence"], device="cpu")
+    state = {"stop": False}
+
+    def progress(fraction: float, message: str) -> None:
+        if message.startswith("linking"):
+            state["stop"] = True
+
+    with pytest.raises(Cancelled):
+        track_and_estimate(small_movie.movie, STANDARD, Settings(min_track_length=3), progress=progress,
+                           should_stop=lambda: state["stop"], estimator=est)
+
+
+def test_no_particles_and_bad_movies(toy_models):
+    est = Estimator(toy_models["sequence"], device="cpu")
+    rng = np.random.default_rng(0)
+    background = (100 + rng.poisson(10, (5, 32, 32))).astype(np.uint16)
+    with pytest.raises(NoParticlesFound, match="no particles were found") as info:
+        track_and_estimate(background, STANDARD, estimator=est)
+    assert isinstance(info.value, InputError) and str(info.value).count(". ") == 0
+    with pytest.raises(PipelineError, match=r"\(T, Y, X\)"):
+        track_and_estimate(np.zeros((32, 32), np.uint16), STANDARD, estimator=est)
+    with pytest.raises(PipelineError, match="empty"):
+        track_and_estimate(np.zeros((0, 32, 32), np.uint16), STANDARD, estimator=est)
+    with pytest.raises(PipelineError):
+        Settings(changepoints="sometimes")
+    with pytest.raises(PipelineError):
+        Settings(min_track_length=0)
