@@ -1,0 +1,43 @@
+"""Remember widget parameters between sessions (a small JSON file per widget).
+
+The folder is ``$NAPARI_SPT_DIFFUSION_CONFIG_DIR`` when set (tests point it at a
+temporary folder), else ``~/.config/napari-spt-diffusion``. Reading never fails:
+a missing or corrupt file gives ``{}``; writing failures are ignored (a read-only
+home must not break the plugin).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["config_dir", "load_values", "save_values"]
+
+
+def config_dir() -> Path:
+    """Folder holding the remembered parameters."""
+    env = os.environ.get("NAPARI_SPT_DIFFUSION_CONFIG_DIR")
+    return Path(env) if env else Path.home() / ".config" / "napari-spt-diffusion"
+
+
+def load_values(name: str) -> dict[str, Any]:
+    """Parameters saved under ``name`` (``{}`` if none)."""
+    try:
+        values = json.loads((config_dir() / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def save_values(name: str, values: dict[str, Any]) -> None:
+    """Save JSON-serialisable parameters under ``name`` (atomic replace; errors ignored)."""
+    folder = config_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, folder / f"{name}.json")
+    except (OSError, TypeError, ValueError):
+        pass

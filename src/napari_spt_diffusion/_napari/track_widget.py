@@ -1,0 +1,395 @@
+"""The "Track & Estimate" dock widget.
+
+Pick the movie layer, check the acquisition (prefilled from the layer / TIFF metadata),
+choose the motion model and device, tune detection with "Preview detections", then
+"Run": :func:`napari_spt_diffusion.pipeline.track_and_estimate` runs in a worker
+thread with a progress bar and a working Cancel, and the results appear as layers
+plus the results dock. "Export CSV" writes the results contract.
+
+No science here: every computation is a library call.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from qtpy.QtCore import QObject, Signal
+
+from ..acquisition import Acquisition
+from . import _dialogs
+from ._inputs import acquisition_values_from_layer, current_frame_index, movie_from_layer
+from ._persist import load_values, save_values
+from .layers import LayerGeometry, detections_layer
+from .results_widget import show_results
+from .writer import results_prefix
+
+__all__ = ["TrackEstimateWidget", "MODEL_CHOICES", "DEVICE_CHOICES"]
+
+#: (label, bundled model name)
+MODEL_CHOICES: tuple[tuple[str, str], ...] = (
+    ("single-state anisotropic", "aniso"),
+    ("binding / unbinding", "binding"),
+    ("two-state isotropic", "twostate"),
+    ("other model file (.pt)", "custom"),
+)
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+SETTINGS_NAME = "track_estimate"
+
+#: Acquisition fields shown: name -> (label, unit suffix, min, max, step, decimals)
+ACQUISITION_FIELDS: dict[str, tuple[str, str, float, float, float, int]] = {
+    "pixel_size_nm": ("pixel size", " nm", 1.0, 100_000.0, 1.0, 1),
+    "frame_interval_s": ("frame interval", " s", 1e-5, 1000.0, 0.001, 5),
+    "psf_sigma_nm": ("PSF sigma", " nm", 1.0, 100_000.0, 5.0, 1),
+    "signal_photons": ("signal", " photons/frame", 0.0, 1e9, 50.0, 0),
+    "background_photons": ("background", " photons/px", 0.0, 1e7, 1.0, 1),
+    "gain_adu_per_e": ("camera gain", " ADU/e⁻", 1e-4, 1e4, 0.1, 3),
+    "offset_adu": ("camera offset", " ADU", 0.0, 65535.0, 1.0, 1),
+}
+
+
+class _ProgressRelay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(float, str)
+
+
+def _float_box(name: str, label: str, suffix: str, lo: float, hi: float, step: float, decimals: int, value: float) -> FloatSpinBox:
+    box = FloatSpinBox(name=name, label=label, min=lo, max=hi, step=step, value=min(max(value, lo), hi))
+    box.native.setDecimals(decimals)
+    box.native.setSuffix(suffix)
+    box.native.setKeyboardTracking(False)
+    return box
+
+
+def pipeline_settings(values: dict[str, Any]) -> Any:
+    """Build :class:`napari_spt_diffusion.pipeline.Settings` from the widget's values."""
+    from .. import pipeline
+    from ..tracking import DetectionSettings
+
+    model = values["model"]
+    if model == "custom":
+        path = str(values.get("checkpoint") or "").strip()
+        if not path or not Path(path).is_file():
+            raise ValueError("Choose the model file (.pt) of your own checkpoint, or a bundled model")
+        model = path
+    return pipeline.Settings(
+        model=model,
+        device=values["device"],
+        detection=DetectionSettings(threshold_snr=float(values["threshold_snr"])),
+        max_D_um2_s=float(values["max_D_um2_s"]),
+        memory_frames=int(values["memory_frames"]),
+        min_track_length=int(values["min_track_length"]),
+    )
+
+
+def run_pipeline(movie: Any, acquisition: Acquisition, settings: Any, progress: Any, should_stop: Any) -> Any:
+    """The worker's job: one library call (kept at module level so tests can patch it)."""
+    from .. import pipeline
+
+    return pipeline.track_and_estimate(movie, acquisition, settings, progress=progress, should_stop=should_stop)
+
+
+class TrackEstimateWidget(Container):
+    """Dock widget: detect, link and estimate diffusion tensors on a movie layer.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it when docking the widget).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.results: Any = None
+        self.acquisition: Acquisition | None = None
+        self.display: Any = None
+        self.worker: Any = None
+        self._stop = threading.Event()
+        self._relay = _ProgressRelay()
+        self._relay.progress.connect(self._on_progress)
+        self._loading = False
+
+        self.layer_combo = ComboBox(name="layer", label="movie", choices=self._layer_choices)
+        defaults = Acquisition()
+        self.acq_boxes = {
+            name: _float_box(name, label, suffix, lo, hi, step, dec, float(getattr(defaults, name)))
+            for name, (label, suffix, lo, hi, step, dec) in ACQUISITION_FIELDS.items()
+        }
+        self.acq_source = Label(name="acq_source", label="calibration", value="")
+        self.model_combo = ComboBox(name="model", label="motion model", choices=list(MODEL_CHOICES), value="aniso")
+        self.checkpoint = FileEdit(name="checkpoint", label="model file", mode="r", filter="*.pt", visible=False)
+        self.checkpoint.tooltip = "A checkpoint made by `spt-diffusion train` (its .json model card must lie beside it)"
+        self.device_combo = ComboBox(name="device", label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self.threshold = _float_box("threshold_snr", "detection threshold", " × noise", 0.5, 1000.0, 0.5, 1, 5.0)
+        self.max_D = _float_box("max_D_um2_s", "max D (linking)", " um²/s", 0.001, 1000.0, 0.5, 3, 6.0)
+        self.memory = SpinBox(name="memory_frames", label="gap memory (frames)", min=0, max=50, value=2)
+        self.min_length = SpinBox(name="min_track_length", label="min track length (frames)", min=2, max=100_000, value=5)
+        self.preview_button = PushButton(name="preview", text="Preview detections (current frame)")
+        self.run_button = PushButton(name="run", text="Run Track && Estimate")
+        self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
+        self.progress = ProgressBar(name="progress", label="", min=0, max=1000, value=0)
+        self.status = Label(name="status", label="", value="")
+        self.export_button = PushButton(name="export", text="Export CSV…", enabled=False)
+
+        self.extend(
+            [
+                self.layer_combo,
+                *self.acq_boxes.values(),
+                self.acq_source,
+                self.model_combo,
+                self.checkpoint,
+                self.device_combo,
+                self.threshold,
+                self.max_D,
+                self.memory,
+                self.min_length,
+                self.preview_button,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+                self.export_button,
+            ]
+        )
+        self.status.native.setWordWrap(True)
+        self._load_settings()
+
+        self.layer_combo.changed.connect(self._on_layer_changed)
+        self.model_combo.changed.connect(self._on_model_changed)
+        self._on_model_changed(self.model_combo.value)
+        self.preview_button.changed.connect(self.preview_detections)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.export_button.changed.connect(self.export_csv)
+        for widget in self._persisted_widgets():
+            widget.changed.connect(self._save_settings)
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self._reset_layer_choices)
+        active = self.viewer.layers.selection.active
+        if active is not None and any(active is c for _, c in self._layer_choices()):
+            self.layer_combo.value = active
+        self._on_layer_changed(self.layer_combo.value)
+
+    # ------------------------------------------------------------------ inputs
+    def _layer_choices(self, widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image, Labels
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, (Image, Labels))]
+
+    def _reset_layer_choices(self, event: Any = None) -> None:
+        self.layer_combo.reset_choices()
+
+    def _persisted_widgets(self) -> list[Any]:
+        return [
+            *self.acq_boxes.values(),
+            self.model_combo,
+            self.checkpoint,
+            self.device_combo,
+            self.threshold,
+            self.max_D,
+            self.memory,
+            self.min_length,
+        ]
+
+    def values(self) -> dict[str, Any]:
+        """The widget's parameters (JSON-serialisable)."""
+        values = {w.name: w.value for w in self._persisted_widgets()}
+        values["checkpoint"] = str(values["checkpoint"]) if values["checkpoint"] else ""
+        return values
+
+    def _load_settings(self) -> None:
+        self._loading = True
+        try:
+            for w in self._persisted_widgets():
+                if w.name in (saved := load_values(SETTINGS_NAME)) and saved[w.name] != "":
+                    try:
+                        w.value = saved[w.name]
+                    except (ValueError, TypeError):
+                        pass
+        finally:
+            self._loading = False
+
+    def _save_settings(self, *args: Any) -> None:
+        if not self._loading:
+            save_values(SETTINGS_NAME, self.values())
+
+    def _on_model_changed(self, model: str) -> None:
+        self.checkpoint.visible = model == "custom"
+
+    def _on_layer_changed(self, layer: Any) -> None:
+        values, source = acquisition_values_from_layer(layer)
+        self._loading = True
+        try:
+            for name, box in self.acq_boxes.items():
+                if name in values and values[name] is not None:
+                    box.value = float(values[name])
+        finally:
+            self._loading = False
+        if layer is None:
+            self.acq_source.value = ""
+        elif source:
+            self.acq_source.value = f"acquisition from {source}; check and edit"
+        else:
+            self.acq_source.value = "no calibration in this layer: enter pixel size and frame interval"
+
+    def acquisition_from_fields(self) -> Acquisition:
+        """The acquisition the fields describe (other fields from the layer or the defaults)."""
+        base, _ = acquisition_values_from_layer(self.layer_combo.value)
+        values = Acquisition().to_dict()
+        values.update({k: v for k, v in base.items() if k in values})
+        values.update({name: float(box.value) for name, box in self.acq_boxes.items()})
+        if values.get("exposure_s") is not None and values["exposure_s"] > values["frame_interval_s"]:
+            values["exposure_s"] = None
+        return Acquisition.from_dict(values)
+
+    def _inputs(self) -> tuple[Any, Any, Acquisition]:
+        layer = self.layer_combo.value
+        movie = movie_from_layer(layer)
+        return layer, movie, self.acquisition_from_fields()
+
+    # ------------------------------------------------------------------ preview
+    def preview_detections(self, *args: Any) -> Any:
+        """Detect and localize spots in the current frame; show them as a points layer."""
+        from ..tracking import DetectionSettings, detect_frame, localize_frame
+
+        try:
+            layer, movie, acq = self._inputs()
+            frame_index = current_frame_index(self.viewer, layer)
+            frame = np.asarray(movie[frame_index])
+            settings = DetectionSettings(threshold_snr=float(self.threshold.value))
+            peaks = detect_frame(frame, acq, settings)
+            locs = localize_frame(frame, peaks, acq) if len(peaks) else None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
+            _dialogs.notify_error(exc)
+            return None
+        if locs is not None and len(locs):
+            yx = locs[["y_px", "x_px"]].to_numpy()
+            feats = locs.reset_index(drop=True)
+        else:
+            yx = peaks.reshape(-1, 2)
+            feats = None
+        data, kwargs, _ = detections_layer(
+            yx, frame_index, geometry=LayerGeometry.from_layer(layer), size_px=max(4.0, 4 * acq.psf_sigma_px), features=feats
+        )
+        name = kwargs["name"]
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        points = self.viewer.add_points(data, **kwargs)
+        self.viewer.layers.selection.active = layer
+        self.status.value = f"frame {frame_index}: {len(yx)} detections at threshold {self.threshold.value:g} × noise"
+        return points
+
+    # ------------------------------------------------------------------ run
+    def run(self, *args: Any) -> Any:
+        """Start the pipeline in a worker thread (returns the worker, or None on bad input)."""
+        if self.worker is not None:
+            return self.worker
+        try:
+            layer, movie, acq = self._inputs()
+            settings = pipeline_settings(self.values())
+        except Exception as exc:  # noqa: BLE001
+            _dialogs.notify_error(exc)
+            return None
+        from napari.qt.threading import create_worker
+
+        self._save_settings()
+        self._stop = threading.Event()
+        self._run_layer = layer
+        self._run_acquisition = acq
+        worker = create_worker(
+            run_pipeline, movie, acq, settings, self._relay.progress.emit, self._stop.is_set,
+            _start_thread=False, _ignore_errors=True,
+        )
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.enabled = False
+        self.preview_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.status.value = f"running on '{layer.name}'…"
+        worker.start()
+        return worker
+
+    def cancel(self, *args: Any) -> None:
+        """Ask the running pipeline to stop at its next check."""
+        if self.worker is not None:
+            self._stop.set()
+            self.status.value = "cancelling…"
+            self.cancel_button.enabled = False
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.progress.value = int(round(1000 * min(max(float(fraction), 0.0), 1.0)))
+        if not self._stop.is_set():
+            self.status.value = message
+
+    def _on_returned(self, results: Any) -> None:
+        self.results = results
+        self.acquisition = self._run_acquisition
+        layer = self._run_layer
+        geometry = LayerGeometry.from_layer(layer) if layer in self.viewer.layers else LayerGeometry.from_acquisition(self.acquisition)
+        try:
+            self.display, _ = show_results(self.viewer, results, self.acquisition, geometry, prefix=f"{layer.name} ")
+        except Exception as exc:  # noqa: BLE001
+            _dialogs.notify_error(f"Could not show the results: {_dialogs.one_sentence(exc)}")
+        self.progress.value = 1000
+        n = results.n_tracks
+        self.status.value = f"done: {n} tracks, {len(results.tracks)} localizations"
+        self.export_button.enabled = True
+
+    def _on_errored(self, exc: BaseException) -> None:
+        try:
+            from ..pipeline import Cancelled
+        except ImportError:  # pragma: no cover - pipeline missing from a broken install
+            Cancelled = ()  # type: ignore[assignment]  # noqa: N806
+        if isinstance(exc, Cancelled) or self._stop.is_set():
+            self.status.value = "cancelled"
+            _dialogs.notify_info("Track & Estimate cancelled.")
+        else:
+            self.status.value = f"failed: {_dialogs.one_sentence(exc)}"
+            _dialogs.notify_error(exc)
+        self.progress.value = 0
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.enabled = True
+        self.preview_button.enabled = True
+        self.cancel_button.enabled = False
+
+    # ------------------------------------------------------------------ export
+    def export_csv(self, *args: Any) -> list[Path] | None:
+        """Ask for a prefix and write ``<prefix>_tracks.csv``, ``_summary.csv``, ``_meta.json``."""
+        if self.results is None:
+            _dialogs.notify_error("Nothing to export yet: run Track & Estimate first")
+            return None
+        layer = getattr(self, "_run_layer", None)
+        start = ""
+        source = getattr(getattr(layer, "source", None), "path", None)
+        if source:
+            start = str(Path(str(source)).with_suffix(""))
+        path = _dialogs.ask_save_path(self.native, "Export results: file prefix", start, "CSV tables (*.csv)")
+        if not path:
+            return None
+        from .. import io
+
+        try:
+            written = io.write_results(results_prefix(path), self.results, overwrite=False, acquisition=self.acquisition)
+        except Exception as exc:  # noqa: BLE001
+            _dialogs.notify_error(exc)
+            return None
+        self.status.value = f"exported {', '.join(p.name for p in written)}"
+        _dialogs.notify_info(f"Exported {len(written)} files to {written[0].parent}")
+        return written
+
+    def __del__(self) -> None:  # stop a running worker with the widget
+        try:
+            self._stop.set()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,158 @@
+"""Track & Estimate widget with the real pipeline on the bundled sample movie (CPU).
+
+The movie is cut to its first frames to keep the test fast. The run uses a bundled
+model when the package has one; the plumbing test uses a tiny, untrained model
+exported here through the checkpoint code, chosen in the widget as a model file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_spt_diffusion import io
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion._napari import _dialogs
+from napari_spt_diffusion._napari import layers as L
+from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
+
+pytestmark = pytest.mark.gui
+
+N_FRAMES = 40
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_SPT_DIFFUSION_CONFIG_DIR", str(tmp_path / "config"))
+    messages: list[tuple[str, str]] = []
+    monkeypatch.setattr(_dialogs, "notify_error", lambda m: messages.append(("error", _dialogs.one_sentence(m))))
+    monkeypatch.setattr(_dialogs, "notify_info", lambda m: messages.append(("info", str(m))))
+    return messages
+
+
+@pytest.fixture(scope="module")
+def sample():
+    movie = io.read_movie(io.sample_movie_path())
+    acq = movie.acquisition()
+    data = np.array(movie.data[:N_FRAMES])
+    movie.close()
+    return data, acq
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from napari_spt_diffusion.estimation.checkpoint import export_checkpoint
+    from napari_spt_diffusion.estimation.models import ModelConfig, build_model
+
+    import torch
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        kind="pointwise", embed_dim=16, n_heads=2, mlp_hidden=32, n_cross=1, n_self=1, n_joint=1,
+        cnn_channels=(4, 8), head_hidden=16,
+    )
+    card = {
+        "kind": "pointwise",
+        "motion_model": "binding",
+        "input_contract": {"patch_size_px": 11, "min_frames": 5, "max_frames": 30},
+        "outputs": {"columns": ["D1_px2_frame", "D2_px2_frame", "sin2theta", "cos2theta"]},
+        "training_acquisition": Acquisition().to_dict(),
+    }
+    return export_checkpoint(build_model(cfg), card, tmp_path_factory.mktemp("ckpt"), "tiny")
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer_proxy, sample):
+    viewer = make_napari_viewer_proxy()
+    data, acq = sample
+    movie, kwargs, _ = L.image_layer(data, acq, name="sample")
+    viewer.add_image(movie, **kwargs)
+    widget = TrackEstimateWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Track & Estimate")
+    widget.device_combo.value = "cpu"
+    return viewer, widget
+
+
+def _run_and_wait(widget, qtbot, timeout_ms=120_000):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=timeout_ms):
+        pass
+
+
+def _check_results_layers(viewer, widget, sample):
+    data, acq = sample
+    res = widget.results
+    assert res is not None and res.n_tracks > 5
+    tracks = viewer.layers["sample tracks"]
+    assert tuple(tracks.scale) == pytest.approx((acq.frame_interval_s, acq.pixel_size_um, acq.pixel_size_um))
+    assert tracks.data.shape == (len(res.tracks), 4)
+    keys = np.asarray(tracks.data)[:, :2]
+    assert np.array_equal(np.lexsort((keys[:, 1], keys[:, 0])), np.arange(len(keys)))
+    for col in ("D1_um2_s", "D2_um2_s", "theta_deg", "anisotropy", "state", "D_msd_um2_s", "D_cve_um2_s"):
+        assert col in tracks.features.columns
+    assert tracks.features["track_id"].to_numpy().tolist() == keys[:, 0].astype(int).tolist()
+    assert np.all(np.asarray(tracks.data)[:, 1] < N_FRAMES)
+    ellipses = viewer.layers["sample tensor ellipses"]
+    assert ellipses.nshapes > 0 and tuple(ellipses.scale) == tuple(tracks.scale)
+    assert "sample changepoints" in viewer.layers
+    assert widget.progress.value == 1000 and widget.export_button.enabled
+
+
+def test_end_to_end_with_model_file_and_export(viewer_widget, qtbot, monkeypatch, tmp_path, sample, tiny_checkpoint, _isolated):
+    viewer, widget = viewer_widget
+    widget.model_combo.value = "custom"
+    assert not widget.checkpoint.native.isHidden()  # shown for a model file (viewer window not shown)
+    widget.checkpoint.value = tiny_checkpoint
+    _run_and_wait(widget, qtbot)
+    assert not [m for level, m in _isolated if level == "error"], _isolated
+    _check_results_layers(viewer, widget, sample)
+    assert set(widget.results.summary["model"]) == {"tiny"}
+
+    monkeypatch.setattr(_dialogs, "ask_save_path", lambda *a, **k: str(tmp_path / "sample_run.csv"))
+    written = widget.export_csv()
+    assert [p.name for p in written] == ["sample_run_tracks.csv", "sample_run_summary.csv", "sample_run_meta.json"]
+    back = io.read_results(tmp_path / "sample_run")
+    assert back.n_tracks == widget.results.n_tracks
+    assert np.allclose(back.summary["D1_um2_s"], widget.results.summary["D1_um2_s"], rtol=1e-6, equal_nan=True)
+    meta = json.loads((tmp_path / "sample_run_meta.json").read_text())
+    assert meta["acquisition"]["pixel_size_nm"] == pytest.approx(sample[1].pixel_size_nm)
+
+
+def test_cancel_stops_the_real_run(viewer_widget, qtbot, tiny_checkpoint, _isolated):
+    import time
+
+    viewer, widget = viewer_widget
+    widget.model_combo.value = "custom"
+    widget.checkpoint.value = tiny_checkpoint
+    worker = widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value > 0 or "detect" in widget.status.value, timeout=30_000)
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        widget.cancel()
+    assert time.perf_counter() - t0 < 10
+    assert widget.status.value == "cancelled" and widget.results is None
+    assert "sample tracks" not in viewer.layers
+    assert not [m for level, m in _isolated if level == "error"]
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_missing_model_file_is_one_notification(viewer_widget, _isolated):
+    viewer, widget = viewer_widget
+    widget.model_combo.value = "custom"
+    assert widget.run() is None
+    assert [level for level, _ in _isolated] == ["error"] and "model file" in _isolated[0][1]
+
+
+def test_end_to_end_bundled_binding_model(viewer_widget, qtbot, sample, _isolated):
+    from napari_spt_diffusion.estimation.checkpoint import available_models
+
+    if "binding" not in available_models():
+        pytest.skip("no bundled 'binding' model in this checkout yet")
+    viewer, widget = viewer_widget
+    widget.model_combo.value = "binding"
+    _run_and_wait(widget, qtbot)
+    assert not [m for level, m in _isolated if level == "error"], _isolated
+    _check_results_layers(viewer, widget, sample)

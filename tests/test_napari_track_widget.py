@@ -1,0 +1,213 @@
+"""The Track & Estimate dock widget: inputs, preview, run, cancel, export, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.simulation.render import camera_image, expected_photons
+from napari_spt_diffusion._napari import _dialogs, track_widget
+from napari_spt_diffusion._napari import layers as L
+from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
+
+pytestmark = pytest.mark.gui
+
+ACQ = Acquisition(pixel_size_nm=100.0, frame_interval_s=0.01)
+SPOTS_YX = np.array([[10.3, 12.6], [30.2, 40.1], [50.7, 20.4], [45.1, 52.8]])
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Remembered parameters go to a temporary folder; notifications are recorded."""
+    monkeypatch.setenv("NAPARI_SPT_DIFFUSION_CONFIG_DIR", str(tmp_path / "config"))
+    messages: list[tuple[str, str]] = []
+    monkeypatch.setattr(_dialogs, "notify_error", lambda m: messages.append(("error", _dialogs.one_sentence(m))))
+    monkeypatch.setattr(_dialogs, "notify_info", lambda m: messages.append(("info", str(m))))
+    return messages
+
+
+def static_spot_movie(n_frames: int = 4, shape=(64, 64), seed: int = 0) -> np.ndarray:
+    """Four static spots of the standard brightness (camera counts, uint16)."""
+    rng = np.random.default_rng(seed)
+    expected = expected_photons(SPOTS_YX[:, None, :], shape, ACQ).sum(axis=0)
+    return np.stack([camera_image(expected, ACQ, rng) for _ in range(n_frames)])
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    data, kwargs, _ = L.image_layer(static_spot_movie(), ACQ.replace(pixel_size_nm=107.0), name="spots")
+    viewer.add_image(data, **kwargs)
+    widget = TrackEstimateWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Track & Estimate")
+    return viewer, widget
+
+
+def test_prefill_from_layer_and_units_shown(viewer_widget):
+    viewer, widget = viewer_widget
+    assert widget.layer_combo.value.name == "spots"
+    assert widget.acq_boxes["pixel_size_nm"].value == pytest.approx(107.0)
+    assert widget.acq_boxes["frame_interval_s"].value == pytest.approx(0.01)
+    assert widget.acq_boxes["pixel_size_nm"].native.suffix() == " nm"
+    assert widget.acq_boxes["frame_interval_s"].native.suffix() == " s"
+    assert "layer metadata" in widget.acq_source.value
+    widget.acq_boxes["psf_sigma_nm"].value = 150.0
+    acq = widget.acquisition_from_fields()
+    assert acq.pixel_size_nm == pytest.approx(107.0) and acq.psf_sigma_nm == pytest.approx(150.0)
+
+
+def test_prefill_from_layer_scale_units(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.zeros((3, 16, 16), np.uint16), scale=(0.05, 0.16, 0.16), units=("s", "um", "um"), name="plain")
+    widget = TrackEstimateWidget(viewer)
+    assert widget.acq_boxes["pixel_size_nm"].value == pytest.approx(160.0)
+    assert widget.acq_boxes["frame_interval_s"].value == pytest.approx(0.05)
+    assert "layer scale" in widget.acq_source.value
+
+
+def test_bad_input_gives_one_notification(make_napari_viewer_proxy, _isolated):
+    """A 2-D image, an RGB image and a labels layer: one clear sentence each, no exception."""
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.zeros((32, 32), np.uint16), name="2d")
+    viewer.add_image(np.zeros((4, 32, 32, 3), np.uint8), rgb=True, name="rgb")
+    viewer.add_labels(np.zeros((4, 32, 32), np.int32), name="labels")
+    widget = TrackEstimateWidget(viewer)
+    for name, expected in (("2d", "single 2-D image"), ("rgb", "RGB"), ("labels", "labels layer")):
+        _isolated.clear()
+        widget.layer_combo.value = viewer.layers[name]
+        assert widget.run() is None
+        assert widget.preview_detections() is None
+        errors = [m for level, m in _isolated if level == "error"]
+        assert len(errors) == 2 and all(expected in m for m in errors), (name, errors)
+        assert all(m.count(". ") == 0 and m.endswith(".") for m in errors)  # one sentence
+        assert widget.worker is None and widget.run_button.enabled
+
+
+def test_preview_detections_current_frame(viewer_widget):
+    viewer, widget = viewer_widget
+    viewer.dims.set_current_step(0, 2)
+    points = widget.preview_detections()
+    assert points is not None and points.name == "detections (preview)"
+    data = np.asarray(points.data)
+    assert data.shape == (4, 3) and np.all(data[:, 0] == 2)
+    # sub-pixel localizations within 0.3 px of the true spots
+    d = np.linalg.norm(data[:, None, 1:] - SPOTS_YX[None], axis=-1)
+    assert np.all(d.min(axis=1) < 0.3)
+    assert points.scale[1] == pytest.approx(0.107)
+    assert "4 detections" in widget.status.value
+    # a very high threshold finds nothing, and the layer is replaced, not duplicated
+    widget.threshold.value = 1000.0
+    points = widget.preview_detections()
+    assert len(points.data) == 0
+    assert [layer.name for layer in viewer.layers].count("detections (preview)") == 1
+
+
+def test_parameters_remembered_between_sessions(viewer_widget, make_napari_viewer_proxy):
+    viewer, widget = viewer_widget
+    widget.threshold.value = 7.5
+    widget.model_combo.value = "binding"
+    widget.device_combo.value = "cpu"
+    widget.min_length.value = 12
+    other = TrackEstimateWidget(viewer)
+    assert other.threshold.value == pytest.approx(7.5)
+    assert other.model_combo.value == "binding"
+    assert other.device_combo.value == "cpu"
+    assert other.min_length.value == 12
+
+
+def test_pipeline_error_becomes_notification(viewer_widget, qtbot, monkeypatch, _isolated):
+    viewer, widget = viewer_widget
+
+    def failing(movie, acquisition, settings, progress, should_stop):
+        progress(0.1, "detecting")
+        raise ValueError("no particles were found in the movie\nmore detail")
+
+    monkeypatch.setattr(track_widget, "run_pipeline", failing)
+    monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        pass
+    assert ("error", "no particles were found in the movie.") in _isolated
+    assert widget.worker is None and widget.run_button.enabled and not widget.cancel_button.enabled
+    assert widget.status.value.startswith("failed")
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    from napari_spt_diffusion.simulation import simulate_movie
+
+    return simulate_movie((64, 64), 30, ACQ, 5, model="binding", particles=6)
+
+
+def test_run_shows_results_then_export(viewer_widget, qtbot, monkeypatch, tmp_path, simulated, _isolated):
+    """Widget plumbing with a stand-in job: progress, layers at the image's scale, export."""
+    viewer, widget = viewer_widget
+    seen = {}
+
+    def job(movie, acquisition, settings, progress, should_stop):
+        seen["acq"] = acquisition
+        progress(0.5, "halfway")
+        return simulated.truth
+
+    monkeypatch.setattr(track_widget, "run_pipeline", job)
+    monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
+    worker = widget.run()
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        pass
+    assert seen["acq"].pixel_size_nm == pytest.approx(107.0)
+    tracks = viewer.layers["spots tracks"]
+    assert tuple(tracks.scale) == tuple(viewer.layers["spots"].scale)
+    assert len(tracks.data) == len(simulated.truth.tracks)
+    assert "spots tensor ellipses" in viewer.layers and "spots changepoints" in viewer.layers
+    assert widget.export_button.enabled and widget.progress.value == 1000
+
+    from napari_spt_diffusion import io
+
+    monkeypatch.setattr(_dialogs, "ask_save_path", lambda *a, **k: str(tmp_path / "run1.csv"))
+    written = widget.export_csv()
+    assert [p.name for p in written] == ["run1_tracks.csv", "run1_summary.csv", "run1_meta.json"]
+    back = io.read_results(tmp_path / "run1")
+    assert back.n_tracks == simulated.truth.n_tracks
+    assert np.allclose(back.tracks["x_px"], simulated.truth.tracks["x_px"])
+    import json
+
+    meta = json.loads((tmp_path / "run1_meta.json").read_text())
+    assert meta["acquisition"]["pixel_size_nm"] == pytest.approx(107.0)
+    # exporting again to the same prefix never overwrites: one notification instead
+    assert widget.export_csv() is None
+    assert any(level == "error" and "exist" in m for level, m in _isolated)
+    # a cancelled dialog writes nothing
+    monkeypatch.setattr(_dialogs, "ask_save_path", lambda *a, **k: None)
+    assert widget.export_csv() is None
+
+
+def test_cancel_plumbing(viewer_widget, qtbot, monkeypatch, _isolated):
+    """Cancel sets should_stop; the job's Cancelled ends the run as 'cancelled', not an error."""
+    import time
+
+    from napari_spt_diffusion import pipeline
+
+    viewer, widget = viewer_widget
+    started = []
+
+    def job(movie, acquisition, settings, progress, should_stop):
+        started.append(True)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 20:
+            if should_stop():
+                raise pipeline.Cancelled("cancelled by the user")
+            time.sleep(0.01)
+        return None
+
+    monkeypatch.setattr(track_widget, "run_pipeline", job)
+    monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
+    worker = widget.run()
+    qtbot.waitUntil(lambda: bool(started), timeout=5000)
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        widget.cancel()
+    assert time.perf_counter() - t0 < 5
+    assert widget.status.value == "cancelled" and widget.results is None
+    assert not [m for level, m in _isolated if level == "error"]
