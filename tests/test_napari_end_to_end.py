@@ -78,8 +78,7 @@ def viewer_widget(make_napari_viewer_proxy, sample):
 def _run_and_wait(widget, qtbot, timeout_ms=120_000):
     worker = widget.run()
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=timeout_ms):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout_ms)
 
 
 def _check_results_layers(viewer, widget, sample):
@@ -130,8 +129,8 @@ def test_cancel_stops_the_real_run(viewer_widget, qtbot, tiny_checkpoint, _isola
     worker = widget.run()
     qtbot.waitUntil(lambda: widget.progress.value > 0 or "detect" in widget.status.value, timeout=30_000)
     t0 = time.perf_counter()
-    with qtbot.waitSignal(worker.finished, timeout=30_000):
-        widget.cancel()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
     assert time.perf_counter() - t0 < 10
     assert widget.status.value == "cancelled" and widget.results is None
     assert "sample tracks" not in viewer.layers

@@ -128,8 +128,7 @@ def test_simulator_preview_generate_save(make_napari_viewer_proxy, qtbot, monkey
 
     widget.model_combo.value = "binding"
     worker = widget.generate()
-    with qtbot.waitSignal(worker.finished, timeout=30_000):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
     assert widget.simulated is not None and "simulation preview" not in viewer.layers
     assert viewer.layers["simulated movie"].data.shape == (40, 64, 80)
     assert "truth tracks" in viewer.layers and "truth tensor ellipses" in viewer.layers

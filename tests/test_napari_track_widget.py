@@ -126,8 +126,7 @@ def test_pipeline_error_becomes_notification(viewer_widget, qtbot, monkeypatch, 
     monkeypatch.setattr(track_widget, "run_pipeline", failing)
     monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
     worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=10_000):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     assert ("error", "no particles were found in the movie.") in _isolated
     assert widget.worker is None and widget.run_button.enabled and not widget.cancel_button.enabled
     assert widget.status.value.startswith("failed")
@@ -154,8 +153,7 @@ def test_run_shows_results_then_export(viewer_widget, qtbot, monkeypatch, tmp_pa
     monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
     worker = widget.run()
     assert not widget.run_button.enabled and widget.cancel_button.enabled
-    with qtbot.waitSignal(worker.finished, timeout=10_000):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     assert seen["acq"].pixel_size_nm == pytest.approx(107.0)
     tracks = viewer.layers["spots tracks"]
     assert tuple(tracks.scale) == tuple(viewer.layers["spots"].scale)
@@ -206,8 +204,8 @@ def test_cancel_plumbing(viewer_widget, qtbot, monkeypatch, _isolated):
     worker = widget.run()
     qtbot.waitUntil(lambda: bool(started), timeout=5000)
     t0 = time.perf_counter()
-    with qtbot.waitSignal(worker.finished, timeout=5000):
-        widget.cancel()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
     assert time.perf_counter() - t0 < 5
     assert widget.status.value == "cancelled" and widget.results is None
     assert not [m for level, m in _isolated if level == "error"]
