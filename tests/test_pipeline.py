@@ -192,6 +192,12 @@ def test_estimator_can_be_reused(small_movie, toy_models):
     est = Estimator(toy_models["sequence"], device="cpu")
     a = track_and_estimate(small_movie.movie[:20], STANDARD, Settings(min_track_length=3), estimator=est)
     assert a.meta["model"] == "toyseq"
+    # settings may also come as a dict (None values ignored), as the CLI builds them
+    b = track_and_estimate(small_movie.movie[:20], STANDARD,
+                           {"model": toy_models["sequence"], "device": "cpu", "min_track_length": 3, "batch_size": None})
+    pd.testing.assert_frame_equal(a.summary, b.summary)
+    with pytest.raises(PipelineError, match="unknown pipeline setting"):
+        track_and_estimate(small_movie.movie[:20], STANDARD, {"colour": "red"}, estimator=est)
 
 
 # ------------------------------------------------------------- changepoints
