@@ -1,0 +1,544 @@
+"""End-to-end benchmark: simulated movie -> ``track_and_estimate`` -> accuracy and speed.
+
+Protocols (PROTOCOLS.md, standard acquisition):
+
+* ``field`` (v1, seed 7): 256 x 256 px, 200 frames, 60 particles on average entering
+  and leaving the field, one anisotropic tensor each (D1 ~ U[0.05, 3] um^2/s,
+  D2/D1 ~ U[0.1, 1)), bundled model ``aniso``.
+* ``binding`` (seed 8): 256 x 256 px, 250 frames, 30 particles, bound (D ~ U[0.005,
+  0.01]) <-> unbound (D1 ~ U[3, 6], D2/D1 ~ U[0.1, 1)) Markov switching at 2 /s each way
+  (several switches per track), mean lifetime 400 frames, model ``binding``.
+* ``twostate`` (seed 9): the same with two isotropic states, D ~ U[0.05, 3] each,
+  model ``twostate``.
+* ``speed``: 512 x 512 x 1000 uint16, 100 particles per frame (seed 10): the whole
+  ``spt-diffusion track`` command in a subprocess on CPU, its wall time, frames/s,
+  tracks/s of the model step and peak resident memory.
+
+Metrics (accuracy sets):
+
+* Result tracks are matched to truth tracks: rows at the same frame within 1 px, the
+  truth track sharing most rows wins. Only matched rows are scored.
+* per track (result tracks of >= 20 frames): MAE of D1 and D2 (um^2/s) against the
+  time-averaged truth tensor over the matched rows, angle similarity (published:
+  mean cos(dtheta); axial: mean |cos(dtheta)|) on tracks whose truth is anisotropic
+  (D2/D1 < 0.9);
+* per frame (pointwise models): MAE of D1 and D2 over matched rows, angle similarity
+  over rows whose truth is anisotropic (D2/D1 < 0.9);
+* changepoints: true changepoints inside each matched result track's frame range
+  against the detected ones, precision / recall / F1 (a detection within 2 frames of a
+  true changepoint counts) and the mean position error of matched changepoints.
+
+Beside the end-to-end figures, on the same movie:
+
+* "perfect tracking": the truth tracks (true detection and linking, all frames in the
+  field), each spot localized by the tracker's fit started at its true pixel, then the
+  same patches, model and changepoint code, scored on the truth tracks that the
+  end-to-end run found (whole tracks, not the fragments real linking may cut them into):
+  the difference to end-to-end is the cost of real detection and linking;
+* classical: the combined CVE + blur-moment tensor (per track) and a local-window CVE
+  tensor (the 9 positions around each frame) with the same changepoint code (per frame),
+  on the end-to-end tracks.
+
+Command::
+
+    .venv/bin/python benchmarks/bench_end_to_end.py [--quick] [--sets field,binding,twostate,speed]
+        [--models aniso=PATH,binding=PATH,twostate=PATH] [--out benchmarks/reports/end_to_end.md]
+
+``--quick`` shrinks every movie (a smoke run; its report goes to ``end_to_end_quick.md``).
+``--models`` replaces bundled checkpoints (e.g. a model still in training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.estimation import changepoints as cp
+from napari_spt_diffusion.estimation.classical import combined_tensor_batch, cve_tensor_batch, regular_positions
+from napari_spt_diffusion.estimation.estimator import Estimator
+from napari_spt_diffusion.estimation.tensor import angle_similarity_axial, angle_similarity_published
+from napari_spt_diffusion.pipeline import Settings, track_and_estimate, track_changepoints
+from napari_spt_diffusion.results import Results, parse_changepoint_frames
+from napari_spt_diffusion.simulation.movie import simulate_movie
+from napari_spt_diffusion.tracking.localize import localize_frame
+from napari_spt_diffusion.tracking.patches import TrackPatches, extract_track_patches
+
+ROOT = Path(__file__).resolve().parent
+MIN_TRACK_FRAMES_SCORED = 20
+MATCH_RADIUS_PX = 1.0
+ANISO_RATIO = 0.9
+CP_TOLERANCE = 2
+LOCAL_WINDOW_HALF = 4
+
+SETS: dict[str, dict[str, Any]] = {
+    "field": dict(model="aniso", shape=(256, 256), frames=200, particles=60, seed=7,
+                  sim=dict(model="aniso", D1_range_um2_s=(0.05, 3.0))),
+    "binding": dict(model="binding", shape=(256, 256), frames=250, particles=30, seed=8,
+                    sim=dict(model="binding", switch_rate_per_s=2.0, mean_lifetime_frames=400.0)),
+    "twostate": dict(model="twostate", shape=(256, 256), frames=250, particles=30, seed=9,
+                     sim=dict(model="twostate", switch_rate_per_s=2.0, mean_lifetime_frames=400.0,
+                              D1_range_um2_s=(0.05, 3.0))),
+}
+QUICK = {"shape": (128, 128), "frames": 100}
+SPEED = dict(shape=(512, 512), frames=1000, particles=100, seed=10, model="aniso")
+SPEED_QUICK = dict(shape=(256, 256), frames=200, particles=30, seed=10, model="aniso")
+
+
+# ----------------------------------------------------------------- matching
+def match_rows(results: Results, truth: Results) -> pd.DataFrame:
+    """Result rows with the truth row of the matched truth track at the same frame.
+
+    Returns the result rows (``track_id, frame`` + estimates) joined with ``truth_id``
+    and the truth labels (suffix ``_true``), only where the matched truth track has a
+    row within ``MATCH_RADIUS_PX`` at that frame.
+    """
+    r = results.tracks
+    t = truth.tracks[["track_id", "frame", "x_px", "y_px", "D1_um2_s", "D2_um2_s", "theta_deg", "is_changepoint"]]
+    merged = r[["track_id", "frame", "x_px", "y_px"]].merge(t, on="frame", suffixes=("", "_t"))
+    close = np.hypot(merged["x_px"] - merged["x_px_t"], merged["y_px"] - merged["y_px_t"]) < MATCH_RADIUS_PX
+    merged = merged[close]
+    votes = merged.groupby(["track_id", "track_id_t"]).size().reset_index(name="n")
+    best = votes.sort_values(["n", "track_id_t"]).groupby("track_id").tail(1)[["track_id", "track_id_t"]]
+    rows = merged.merge(best, on=["track_id", "track_id_t"])
+    rows = rows.rename(columns={"track_id_t": "truth_id", "D1_um2_s": "D1_true", "D2_um2_s": "D2_true",
+                                "theta_deg": "theta_true", "is_changepoint": "cp_true"})
+    est = r[["track_id", "frame", "D1_um2_s", "D2_um2_s", "theta_deg"]]
+    return rows.merge(est, on=["track_id", "frame"]).sort_values(["track_id", "frame"]).reset_index(drop=True)
+
+
+def truth_changepoints(truth: Results) -> dict[int, np.ndarray]:
+    t = truth.tracks
+    return {int(k): g.loc[g["is_changepoint"], "frame"].to_numpy() for k, g in t.groupby("track_id")}
+
+
+# ------------------------------------------------------------------ metrics
+def per_track_scores(pred: pd.DataFrame) -> dict[str, float]:
+    """``pred``: one row per scored track with D1, D2, theta and D1_true, D2_true, theta_true."""
+    if len(pred) == 0:
+        return {"n": 0, "mae_D1": np.nan, "mae_D2": np.nan, "angle_pub": np.nan, "angle_axial": np.nan}
+    aniso = pred["D2_true"] < ANISO_RATIO * pred["D1_true"]
+    return {
+        "n": int(len(pred)),
+        "mae_D1": float(np.nanmean(np.abs(pred["D1"] - pred["D1_true"]))),
+        "mae_D2": float(np.nanmean(np.abs(pred["D2"] - pred["D2_true"]))),
+        "angle_pub": angle_similarity_published(pred.loc[aniso, "theta"], pred.loc[aniso, "theta_true"]),
+        "angle_axial": angle_similarity_axial(pred.loc[aniso, "theta"], pred.loc[aniso, "theta_true"]),
+    }
+
+
+def tracks_vs_truth(rows: pd.DataFrame, values: dict[int, tuple[float, float, float]]) -> pd.DataFrame:
+    """Per-track prediction next to the time-averaged truth over the scored rows."""
+    out = []
+    for tid, g in rows.groupby("track_id"):
+        if len(g) < MIN_TRACK_FRAMES_SCORED or tid not in values:
+            continue
+        t1, t2, tt = cp.mean_tensor(g["D1_true"], g["D2_true"], g["theta_true"])
+        d1, d2, th = values[tid]
+        out.append({"track_id": tid, "D1": d1, "D2": d2, "theta": th, "D1_true": t1, "D2_true": t2, "theta_true": tt})
+    return pd.DataFrame(out, columns=["track_id", "D1", "D2", "theta", "D1_true", "D2_true", "theta_true"])
+
+
+def per_frame_scores(rows: pd.DataFrame, d1: str = "D1_um2_s", d2: str = "D2_um2_s", th: str = "theta_deg") -> dict[str, float]:
+    aniso = rows["D2_true"] < ANISO_RATIO * rows["D1_true"]
+    return {
+        "n": int(len(rows)),
+        "mae_D1": float(np.nanmean(np.abs(rows[d1] - rows["D1_true"]))),
+        "mae_D2": float(np.nanmean(np.abs(rows[d2] - rows["D2_true"]))),
+        "angle_pub": angle_similarity_published(rows.loc[aniso, th], rows.loc[aniso, "theta_true"]),
+        "angle_axial": angle_similarity_axial(rows.loc[aniso, th], rows.loc[aniso, "theta_true"]),
+    }
+
+
+def changepoint_scores_for(rows: pd.DataFrame, detected: dict[int, list[int]], truth_cps: dict[int, np.ndarray]) -> dict[str, float]:
+    """True changepoints inside each scored track's matched frame range vs detections."""
+    true_l, det_l = [], []
+    for tid, g in rows.groupby("track_id"):
+        if tid not in detected:
+            continue
+        f0, f1 = int(g["frame"].min()), int(g["frame"].max())
+        tc = truth_cps.get(int(g["truth_id"].iloc[0]), np.zeros(0))
+        true_l.append([c for c in tc if f0 < c <= f1])
+        det_l.append([c for c in detected[tid] if f0 < c <= f1])
+    return cp.changepoint_scores(true_l, det_l, tolerance=CP_TOLERANCE)
+
+
+# --------------------------------------------------------- perfect tracking
+def perfect_tracks(movie: np.ndarray, truth: Results, acq: Acquisition) -> pd.DataFrame:
+    """Truth tracks with every spot localized by the tracker's fit started at its true pixel."""
+    t = truth.tracks
+    ny, nx = movie.shape[1:]
+    inside = (t["y_px"] >= 0) & (t["y_px"] <= ny - 1) & (t["x_px"] >= 0) & (t["x_px"] <= nx - 1)
+    t = t[inside]
+    parts = []
+    for frame, g in t.groupby("frame"):
+        peaks = np.floor(g[["y_px", "x_px"]].to_numpy() + 0.5).astype(np.int64)
+        fit = localize_frame(np.asarray(movie[int(frame)]), peaks, acq)
+        fit = fit.reset_index(drop=True)
+        fit["track_id"] = g["track_id"].to_numpy()
+        fit["frame"] = int(frame)
+        parts.append(fit)
+    out = pd.concat(parts, ignore_index=True)
+    out = out[np.isfinite(out["y_px"]) & np.isfinite(out["x_px"])]
+    out = out.sort_values(["track_id", "frame"]).reset_index(drop=True)
+    lengths = out.groupby("track_id")["frame"].transform("size")
+    return out[lengths >= 5].reset_index(drop=True)
+
+
+# --------------------------------------------------------- classical baseline
+def classical_track_values(patches: list[TrackPatches], acq: Acquisition) -> dict[int, tuple[float, float, float]]:
+    """Combined CVE + blur-moment tensor per track (batched by span)."""
+    out: dict[int, tuple[float, float, float]] = {}
+    groups: dict[int, list[int]] = {}
+    grids = []
+    for i, tp in enumerate(patches):
+        grid = regular_positions(tp.positions_px, tp.frames)
+        grids.append(grid)
+        groups.setdefault(len(grid), []).append(i)
+    for length, members in groups.items():
+        if length < 3:
+            continue
+        pos = np.stack([grids[i] for i in members])
+        p = patches[members[0]].patches_photons.shape[-1]
+        pa = np.zeros((len(members), length, p, p), np.float32)
+        off = np.zeros((len(members), length, 2))
+        om = np.ones((len(members), length, p, p), bool)
+        for j, i in enumerate(members):
+            k = patches[i].frames - patches[i].frames[0]
+            pa[j, k] = patches[i].patches_photons
+            off[j, k] = patches[i].subpixel_offset_px
+            om[j, k] = patches[i].outside_mask
+        with np.errstate(all="ignore"):
+            res = combined_tensor_batch(pos, pa, acq, subpixel_offset_px=off, outside_mask=om)
+        for j, i in enumerate(members):
+            out[patches[i].track_id] = (float(res["D1_um2_s"][j]), float(res["D2_um2_s"][j]), float(res["theta_deg"][j]))
+    return out
+
+
+def local_cve(patches: list[TrackPatches], acq: Acquisition) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-frame tensor: CVE of the 2w+1 positions around each frame (w = LOCAL_WINDOW_HALF)."""
+    out = {}
+    w = LOCAL_WINDOW_HALF
+    for tp in patches:
+        grid = regular_positions(tp.positions_px, tp.frames)
+        n = len(grid)
+        padded = np.full((n + 2 * w, 2), np.nan)
+        padded[w : w + n] = grid
+        idx = np.arange(n)[:, None] + np.arange(2 * w + 1)[None, :]
+        with np.errstate(all="ignore"):
+            res = cve_tensor_batch(padded[idx], acq)
+        rows = tp.frames - tp.frames[0]
+        out[tp.track_id] = (res["D1_um2_s"][rows], res["D2_um2_s"][rows], res["theta_deg"][rows])
+    return out
+
+
+def local_changepoints(values: tuple[np.ndarray, np.ndarray, np.ndarray], frames: np.ndarray, max_frames: int) -> list[int]:
+    d1, d2, _ = values
+    feats = cp.changepoint_features(d1, d2)
+    if not np.all(np.isfinite(feats)) or len(frames) < 2:
+        return []
+    if len(frames) <= max_frames:
+        c = cp.decide_single_changepoint(feats)
+        idx = [] if c is None else [c]
+    else:
+        idx = list(cp.multiple_changepoints(feats))
+    return [int(frames[i]) for i in idx]
+
+
+# ------------------------------------------------------------------ one set
+def run_set(name: str, spec: dict[str, Any], model_path: str, quick: bool, acq: Acquisition) -> dict[str, Any]:
+    shape = QUICK["shape"] if quick else spec["shape"]
+    frames = QUICK["frames"] if quick else spec["frames"]
+    particles = spec["particles"] * (shape[0] * shape[1]) / (spec["shape"][0] * spec["shape"][1])
+    t0 = time.perf_counter()
+    sim = simulate_movie(shape, frames, acq, rng=spec["seed"], particles=particles, **spec["sim"])
+    t_sim = time.perf_counter() - t0
+    truth = sim.truth
+    estimator = Estimator(model_path, device="cpu")
+    settings = Settings(device="cpu", min_track_length=5)
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = track_and_estimate(sim.movie, acq, settings, estimator=estimator)
+    t_pipe = time.perf_counter() - t0
+    rows = match_rows(results, truth)
+    summary = results.summary.set_index("track_id")
+    truth_cps = truth_changepoints(truth)
+    out: dict[str, Any] = {
+        "name": name, "model": results.meta["model"], "kind": estimator.kind, "shape": shape, "frames": frames,
+        "particles": particles, "seed": spec["seed"], "t_sim": t_sim, "t_pipeline": t_pipe,
+        "n_truth_tracks": int(truth.n_tracks), "n_result_tracks": int(results.n_tracks),
+        "n_matched_rows": int(len(rows)), "n_result_rows": int(len(results.tracks)),
+        "timings": results.meta["timings_s"],
+    }
+
+    # -- end to end, per track
+    e2e_vals = {int(k): (float(v["D1_um2_s"]), float(v["D2_um2_s"]), float(v["theta_deg"])) for k, v in summary.iterrows()}
+    out["track_e2e"] = per_track_scores(tracks_vs_truth(rows, e2e_vals))
+    # classical on the same tracks
+    patches = extract_track_patches(sim.movie, results.tracks, acq, patch_size=estimator.patch_size)
+    out["track_classical"] = per_track_scores(tracks_vs_truth(rows, classical_track_values(patches, acq)))
+
+    # -- perfect tracking
+    perfect = perfect_tracks(sim.movie, truth, acq)
+    pp = extract_track_patches(sim.movie, perfect, acq, patch_size=estimator.patch_size)
+    est_perfect = estimator.estimate(pp, acq)
+    prow = []
+    perfect_vals = {}
+    perfect_cps: dict[int, list[int]] = {}
+    mode = "auto" if estimator.pointwise else "none"
+    tt = truth.tracks.set_index(["track_id", "frame"])
+    for e in est_perfect:
+        lab = tt.loc[[(e.track_id, f) for f in e.frames]]
+        prow.append(pd.DataFrame({
+            "track_id": e.track_id, "truth_id": e.track_id, "frame": e.frames,
+            "D1_um2_s": e.D1_um2_s, "D2_um2_s": e.D2_um2_s, "theta_deg": e.theta_deg,
+            "D1_true": lab["D1_um2_s"].to_numpy(), "D2_true": lab["D2_um2_s"].to_numpy(),
+            "theta_true": lab["theta_deg"].to_numpy(),
+        }))
+        if e.pointwise:
+            perfect_vals[e.track_id] = cp.mean_tensor(e.D1_um2_s, e.D2_um2_s, e.theta_deg)
+        else:
+            perfect_vals[e.track_id] = (e.track_D1_um2_s, e.track_D2_um2_s, e.track_theta_deg)
+        perfect_cps[e.track_id] = [int(e.frames[c]) for c in track_changepoints(e, mode, estimator, settings)]
+    prow_df = pd.concat(prow, ignore_index=True)
+    # score perfect tracking on the truth tracks that the end-to-end run found (same particles)
+    found = set(rows["truth_id"].unique())
+    prow_df = prow_df[prow_df["truth_id"].isin(found)]
+    perfect_cps = {k: v for k, v in perfect_cps.items() if k in found}
+    out["track_perfect"] = per_track_scores(tracks_vs_truth(prow_df, perfect_vals))
+
+    if estimator.pointwise:
+        out["frame_e2e"] = per_frame_scores(rows)
+        out["frame_perfect"] = per_frame_scores(prow_df)
+        loc = local_cve(patches, acq)
+        lrows = []
+        for tp in patches:
+            d1, d2, th = loc[tp.track_id]
+            lrows.append(pd.DataFrame({"track_id": tp.track_id, "frame": tp.frames, "c1": d1, "c2": d2, "ct": th}))
+        lr = rows.merge(pd.concat(lrows), on=["track_id", "frame"])
+        out["frame_classical"] = per_frame_scores(lr, "c1", "c2", "ct")
+        detected = {int(k): parse_changepoint_frames(v["changepoint_frames"]) for k, v in summary.iterrows()}
+        out["cp_e2e"] = changepoint_scores_for(rows, detected, truth_cps)
+        out["cp_perfect"] = changepoint_scores_for(prow_df, perfect_cps, truth_cps)
+        local_det = {tp.track_id: local_changepoints(loc[tp.track_id], tp.frames, estimator.max_frames) for tp in patches}
+        out["cp_classical"] = changepoint_scores_for(rows, local_det, truth_cps)
+        cps_per_track = [len(v) for k, v in truth_cps.items()]
+        out["true_cps_per_track"] = float(np.mean(cps_per_track)) if cps_per_track else 0.0
+        lengths = truth.tracks.groupby("track_id").size()
+        out["truth_frames_per_track"] = float(lengths.mean())
+    return out
+
+
+# ------------------------------------------------------------------- speed
+def run_speed(model_path: str, quick: bool, acq: Acquisition, workdir: Path) -> dict[str, Any]:
+    spec = SPEED_QUICK if quick else SPEED
+    from napari_spt_diffusion.io import write_movie
+
+    t0 = time.perf_counter()
+    movie = np.lib.format.open_memmap(workdir / "speed_frames.npy", mode="w+", dtype=np.uint16,
+                                      shape=(spec["frames"], *spec["shape"]))
+    simulate_movie(spec["shape"], spec["frames"], acq, rng=spec["seed"], particles=spec["particles"],
+                   model=spec["model"], out=movie)
+    tif = workdir / "speed.tif"
+    write_movie(tif, movie, acq, overwrite=True)
+    del movie
+    (workdir / "speed_frames.npy").unlink()
+    t_sim = time.perf_counter() - t0
+    prefix = workdir / "speed_out"
+    exe = Path(sys.executable).parent / "spt-diffusion"
+    cmd = [str(exe), "track", str(tif), "--model", model_path, "--device", "cpu", "--out", str(prefix)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise RuntimeError(f"spt-diffusion track failed: {proc.stderr[-2000:]}")
+    meta = json.loads(Path(f"{prefix}_meta.json").read_text())
+    summary = pd.read_csv(f"{prefix}_summary.csv")
+    timings = meta.get("timings_s", {})
+    n_tracks = int(len(summary))
+    return {
+        "shape": spec["shape"], "frames": spec["frames"], "particles": spec["particles"], "seed": spec["seed"],
+        "t_sim": t_sim, "wall_s": wall, "frames_per_s": spec["frames"] / wall, "n_tracks": n_tracks,
+        "n_localizations": int(meta.get("n_localizations", 0)), "timings": timings,
+        "model_tracks_per_s": n_tracks / timings["model_s"] if timings.get("model_s") else float("nan"),
+        "peak_rss_mb": max(peak_kb, before) / 1024.0,
+        "command": " ".join(["spt-diffusion", *cmd[1:]]).replace(str(workdir), "TMP"),
+        "movie_mb": tif.stat().st_size / 1e6,
+    }
+
+
+# ------------------------------------------------------------------ report
+def _fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "n/a" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _track_row(label: str, s: dict[str, float]) -> str:
+    return (f"| {label} | {s['n']} | {_fmt(s['mae_D1'])} | {_fmt(s['mae_D2'])} | {_fmt(s['angle_pub'])} | "
+            f"{_fmt(s['angle_axial'])} |")
+
+
+def _cp_row(label: str, s: dict[str, float]) -> str:
+    return (f"| {label} | {int(s['n_true'])} | {int(s['n_detected'])} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | "
+            f"{_fmt(s['f1'])} | {_fmt(s['mean_position_error_frames'], 2)} |")
+
+
+def report(results: list[dict[str, Any]], speed: dict[str, Any] | None, args: argparse.Namespace, cmdline: str,
+           models: dict[str, str], elapsed: float) -> str:
+    lines = [
+        "# End-to-end benchmark: movie -> tracks -> tensors and changepoints",
+        "",
+        f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, "
+        f"{os.cpu_count()} CPU cores (shared), Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), CPU only{' (no GPU present)' if not torch.cuda.is_available() else ''}.",
+        f"- Command: `{cmdline}`; total run time {elapsed:.0f} s; load average at the end "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} (other jobs share the cores: timings are upper bounds).",
+        "- Protocols and metrics: docstring of `benchmarks/bench_end_to_end.py` (PROTOCOLS.md `field` v1 and two "
+        "multi-state fields, standard acquisition). Models: "
+        + ", ".join(f"`{k}` = {v}" for k, v in models.items()) + ".",
+        f"- Changepoint decisions: `estimation.changepoints` defaults (single-change penalty {cp.DEFAULT_PENALTY}, "
+        f"binary segmentation {cp.DEFAULT_PENALTY_MULTI}, min effect {cp.DEFAULT_MIN_EFFECT} decades), "
+        "one decided changepoint for tracks no longer than the model's trained length, several beyond.",
+    ]
+    if args.quick:
+        lines.append("- **Quick run** (smaller movies): a smoke test, not the protocol figures.")
+    for r in results:
+        lines += [
+            "",
+            f"## {r['name']}: model `{r['model']}` ({r['kind']}), {r['shape'][0]} x {r['shape'][1]} px, {r['frames']} frames, "
+            f"{r['particles']:.0f} particles, seed {r['seed']}",
+            "",
+            f"Truth: {r['n_truth_tracks']} tracks; pipeline: {r['n_result_tracks']} tracks, {r['n_result_rows']} "
+            f"localizations, {r['n_matched_rows']} matched to truth rows; pipeline time {r['t_pipeline']:.1f} s "
+            f"({', '.join(f'{k[:-2]} {v:.1f} s' for k, v in r['timings'].items())}).",
+        ]
+        if "true_cps_per_track" in r:
+            lines.append(f"Truth tracks: {r['truth_frames_per_track']:.0f} frames and {r['true_cps_per_track']:.1f} "
+                         "changepoints on average.")
+        lines += [
+            "",
+            f"Per track (>= {MIN_TRACK_FRAMES_SCORED} frames; time-averaged tensor vs truth over the matched frames):",
+            "",
+            "| estimate | tracks | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle sim. (published) | angle sim. (axial) |",
+            "|---|---|---|---|---|---|",
+            _track_row("model, end to end", r["track_e2e"]),
+            _track_row("model, perfect tracking", r["track_perfect"]),
+            _track_row("classical CVE + blur moments, end to end", r["track_classical"]),
+        ]
+        e2e, per = r["track_e2e"]["mae_D1"], r["track_perfect"]["mae_D1"]
+        if np.isfinite(e2e) and np.isfinite(per) and per > 0:
+            lines.append("")
+            lines.append(f"End-to-end / perfect-tracking MAE D1: {e2e / per:.2f} (target <= 1.20); MAE D2: "
+                         f"{r['track_e2e']['mae_D2'] / r['track_perfect']['mae_D2']:.2f}.")
+        if "frame_e2e" in r:
+            lines += [
+                "",
+                "Per frame (matched rows; angle on rows whose truth has D2/D1 < 0.9):",
+                "",
+                "| estimate | frames | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle sim. (published) | angle sim. (axial) |",
+                "|---|---|---|---|---|---|",
+                _track_row("model, end to end", r["frame_e2e"]),
+                _track_row("model, perfect tracking", r["frame_perfect"]),
+                _track_row(f"classical local CVE ({2 * LOCAL_WINDOW_HALF + 1} positions), end to end", r["frame_classical"]),
+                "",
+                f"Changepoints (within {CP_TOLERANCE} frames):",
+                "",
+                "| estimate | true | detected | precision | recall | F1 | mean position error (frames) |",
+                "|---|---|---|---|---|---|---|",
+                _cp_row("model, end to end", r["cp_e2e"]),
+                _cp_row("model, perfect tracking", r["cp_perfect"]),
+                _cp_row("classical local CVE, end to end", r["cp_classical"]),
+            ]
+    if speed is not None:
+        t = speed["timings"]
+        lines += [
+            "",
+            f"## speed: {speed['shape'][0]} x {speed['shape'][1]} x {speed['frames']} uint16 movie, "
+            f"{speed['particles']} particles per frame, seed {speed['seed']} (TIFF {speed['movie_mb']:.0f} MB)",
+            "",
+            f"Command timed (subprocess): `{speed['command']}` (TMP = a temporary folder).",
+            "",
+            "| quantity | value |",
+            "|---|---|",
+            f"| whole command, wall time | {speed['wall_s']:.1f} s |",
+            f"| whole command, frames/s | {speed['frames_per_s']:.1f} |",
+            f"| tracks written | {speed['n_tracks']} |",
+            f"| detection + localization | {t.get('detect_localize_s', float('nan')):.1f} s "
+            f"({speed['frames'] / t.get('detect_localize_s', float('nan')):.1f} frames/s) |",
+            f"| linking | {t.get('link_s', float('nan')):.1f} s |",
+            f"| patches | {t.get('patches_s', float('nan')):.1f} s |",
+            f"| classical estimators | {t.get('classical_s', float('nan')):.1f} s |",
+            f"| model inference (CPU) | {t.get('model_s', float('nan')):.1f} s, {speed['model_tracks_per_s']:.0f} tracks/s |",
+            f"| changepoints + tables | {t.get('tables_s', float('nan')):.1f} s |",
+            f"| peak resident memory of the command | {speed['peak_rss_mb']:.0f} MB |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _model_paths(text: str | None) -> dict[str, str]:
+    paths = {"aniso": "aniso", "binding": "binding", "twostate": "twostate"}
+    if text:
+        for part in text.split(","):
+            key, _, value = part.partition("=")
+            if key not in paths or not value:
+                raise SystemExit(f"--models expects name=PATH with name in {sorted(paths)}, got {part!r}")
+            paths[key] = value
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="End-to-end accuracy and speed of track_and_estimate.")
+    parser.add_argument("--quick", action="store_true", help="small movies (smoke run)")
+    parser.add_argument("--sets", default="field,binding,twostate,speed")
+    parser.add_argument("--models", default=None, help="name=PATH,... to replace bundled checkpoints")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    argv_list = sys.argv[1:] if argv is None else argv
+    cmdline = " ".join([".venv/bin/python benchmarks/bench_end_to_end.py", *argv_list])
+    models = _model_paths(args.models)
+    wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+    acq = Acquisition()
+    started = time.perf_counter()
+    results = []
+    for name in wanted:
+        if name == "speed":
+            continue
+        if name not in SETS:
+            raise SystemExit(f"unknown set {name!r}")
+        print(f"[{time.perf_counter() - started:.0f} s] set {name}", file=sys.stderr, flush=True)
+        results.append(run_set(name, SETS[name], models[SETS[name]["model"]], args.quick, acq))
+    speed = None
+    if "speed" in wanted:
+        print(f"[{time.perf_counter() - started:.0f} s] speed", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            speed = run_speed(models["aniso"], args.quick, acq, Path(tmp))
+    text = report(results, speed, args, cmdline, {k: models[k] for k in models}, time.perf_counter() - started)
+    print(text)
+    out = args.out or str(ROOT / "reports" / ("end_to_end_quick.md" if args.quick else "end_to_end.md"))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
