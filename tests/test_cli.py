@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import json
 from pathlib import Path
 
@@ -96,12 +97,17 @@ def test_simulate_mixed_model(tmp_path, capsys):
 
 
 def test_simulate_bad_outputs(tmp_path, capsys):
-    code, _, err = _run(["simulate", tmp_path / "missing" / "m.tif", *TINY], capsys)
-    _assert_one_line_error(code, err, "does not exist")
+    # a missing output folder is created (only when the run writes its files)
+    code, _, err = _run(["simulate", tmp_path / "new" / "sub" / "m.tif", *TINY], capsys)
+    assert code == 0, err
+    assert (tmp_path / "new" / "sub" / "m.tif").exists()
+    shutil.rmtree(tmp_path / "new")
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     code, _, err = _run(["simulate", blocker / "m.tif", *TINY], capsys)
     _assert_one_line_error(code, err, "not a folder")
+    code, _, err = _run(["simulate", blocker / "deeper" / "m.tif", *TINY], capsys)
+    _assert_one_line_error(code, err, "cannot create folder", "not a folder")
     code, _, err = _run(["simulate", tmp_path / "m.png", *TINY], capsys)
     _assert_one_line_error(code, err, ".tif")
     code, _, err = _run(["simulate", tmp_path / "m.tif", "--frames", "1"], capsys)
@@ -153,8 +159,11 @@ def test_track_bad_inputs(tmp_path, capsys):
 
 def test_track_refuses_unwritable_or_existing_outputs_before_running(tmp_path, capsys):
     movie = write_movie(tmp_path / "m.tif", np.full((4, 16, 16), 110, np.uint16), Acquisition())
+    # the movie holds no particle: the run fails, and the output folder it would have
+    # created is not left behind
     code, _, err = _run(["track", movie, "--out", tmp_path / "nofolder" / "run"], capsys)
-    _assert_one_line_error(code, err, "does not exist")
+    assert code == 2 and "particle" in err
+    assert not (tmp_path / "nofolder").exists()
     (tmp_path / "m_summary.csv").write_text("keep")
     code, _, err = _run(["track", movie], capsys)
     _assert_one_line_error(code, err, "already exists")

@@ -174,12 +174,38 @@ def _simulation_acquisition(args: argparse.Namespace) -> Acquisition:
     return acquisition
 
 
+def _check_output_targets(targets: Sequence[Path], overwrite: bool) -> None:
+    """Check output files before any work; a missing output folder is allowed when it can be
+    created (its nearest existing ancestor is a writable folder). It is created only just
+    before writing (:func:`_make_output_folder`), so a failed run leaves nothing behind."""
+    folder = Path(targets[0]).parent
+    if folder.exists():
+        check_outputs(targets, overwrite=overwrite)
+        return
+    ancestor = folder.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot create folder {folder}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create folder {folder}: {ancestor} is not writable")
+
+
+def _make_output_folder(targets: Sequence[Path]) -> None:
+    """Create the output folder of ``targets`` (and its parents) if it is missing."""
+    folder = Path(targets[0]).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
+
+
 def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"the output movie must be a .tif file, got {out.name}")
     targets = simulation_paths(out)
-    check_outputs(targets, overwrite=args.overwrite)
+    _check_output_targets(targets, args.overwrite)
     acquisition = _simulation_acquisition(args)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
 
@@ -212,6 +238,7 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "seed": seed,
         "command": shlex.join([PROG, *argv]),
     }
+    _make_output_folder(targets)
     written = write_simulation(
         out,
         simulated.movie,
@@ -249,7 +276,7 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
             stem = name[: -len(movie.path.suffix)] if movie.path.suffix else name
             prefix = movie.path.with_name(stem)
         targets = list(results_paths(prefix).values())
-        check_outputs(targets, overwrite=args.overwrite)
+        _check_output_targets(targets, args.overwrite)
         source = movie.metadata_source or "none"
         _say(
             f"{movie.path.name}: {movie.n_frames} frames of {movie.shape[1]} x {movie.shape[2]} px; "
@@ -280,6 +307,7 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     results.meta["command"] = shlex.join([PROG, *argv])
     from .io import write_results
 
+    _make_output_folder(targets)
     written = write_results(prefix, results, overwrite=args.overwrite, acquisition=acquisition)
     _say(f"{results.n_tracks} tracks, {len(results.tracks)} localizations")
     for path in written:
