@@ -353,6 +353,7 @@ def train_model(
     val_data: dict[str, np.ndarray] | None = None,
     augment: bool = True,
     angle_weight: float = 4.0,
+    init_state: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Train a model and export its best epoch as a TorchScript checkpoint with a card.
 
@@ -391,6 +392,10 @@ def train_model(
         Weight of the angle term of the loss; 4 (the bundled models): with 1, the angle was
         hardly learned in the first epochs of a 3,000-track trial (axial similarity 0.64 vs
         0.91 with 5, at the cost of a slower start on D).
+    init_state
+        Optional ``best_state.pt``/``last_state.pt`` of an earlier run of the same model and
+        size: training starts from its weights (a warm start; the schedule starts afresh).
+        The card records it, and what that earlier run had seen, in ``training.warm_start``.
     train_data, val_data
         Ready datasets (dicts with ``patches, displacements, valid, D1_um2_s, D2_um2_s,
         theta_deg, state`` as :func:`make_dataset` returns) instead of generating them;
@@ -453,6 +458,9 @@ def train_model(
     cfg = config or ModelConfig(**{**DEFAULT_CONFIGS[model].to_dict(), "max_frames": n_frames, "patch_size": patch_size})
     cfg = ModelConfig.from_dict({**cfg.to_dict(), "kind": kind, "max_frames": n_frames, "patch_size": patch_size})
     net: NormalizedModel = build_model(cfg).to(dev)
+    warm_start: dict[str, Any] | None = None
+    if init_state is not None:
+        warm_start = _load_init_state(net, init_state, cfg)
     decay = [p for n_, p in net.named_parameters() if p.dim() >= 2]
     no_decay = [p for n_, p in net.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -585,6 +593,7 @@ def train_model(
             "train_samples_per_s": round(epochs_done * n_train / max(train_compute_s, 1e-9), 1),
             "device": str(dev) if dev.type != "cpu" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
             "learning_curve": "learning_curve.csv of the run folder (columns as its header)",
+            "warm_start": warm_start,
         },
         "metrics": {
             "validation": {"set": f"{int(val_np['patches'].shape[0])} held-out tracks, seed {seed + 1}",
@@ -603,6 +612,30 @@ _DESCRIPTIONS = {
     "binding": "Binding/unbinding (bound isotropic slow <-> free anisotropic fast): per-frame tensor (seed-binding physics).",
     "twostate": "Two isotropic states with one switch: per-frame D (D1 ~ D2; theta meaningless) (seed-twostate physics).",
 }
+
+
+def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: ModelConfig) -> dict[str, Any]:
+    """Load an earlier run's weights into ``net``; refuse a state of another size or kind."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"init state {p} does not exist")
+    ckpt = torch.load(p, map_location="cpu")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        raise TrainingError(f"{p} is not a training state (expected best_state.pt or last_state.pt of a run)")
+    if ckpt["config"] != cfg.to_dict():
+        raise TrainingError(f"{p} was trained with another model configuration; warm start needs the same size and kind")
+    net.load_state_dict(ckpt["state_dict"])
+    info: dict[str, Any] = {"state": str(p), "epoch_of_state": ckpt.get("epoch")}
+    status = p.with_name("status.json")
+    curve = p.with_name("learning_curve.csv")
+    if curve.is_file():
+        rows = read_learning_curve(curve)
+        if rows:
+            info["samples_seen_before"] = rows[-1].get("samples_seen")
+            info["train_time_s_before"] = rows[-1].get("elapsed_s")
+    if status.is_file():
+        info["status_before"] = json.loads(status.read_text())
+    return info
 
 
 def _cve_baseline(data: dict[str, np.ndarray], acquisition: Acquisition) -> dict[str, float]:
@@ -690,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None)
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no grid-symmetry augmentation")
     p.add_argument("--angle-weight", type=float, default=4.0, help="weight of the angle term of the loss")
+    p.add_argument("--init-state", default=None, help="warm start from a run's best_state.pt / last_state.pt")
     return p
 
 
@@ -728,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, out_dir=args.out_dir or f"runs/{args.model}", seed=args.seed, n_frames=args.n_frames,
         acquisition=acq, val_samples=args.val_samples, progress=progress, dataset_path=args.dataset_path,
         num_threads=args.threads, max_time_s=args.max_time_s, command=command, name=args.name,
-        augment=args.augment, angle_weight=args.angle_weight,
+        augment=args.augment, angle_weight=args.angle_weight, init_state=args.init_state,
     )
     print(f"exported {path}", flush=True)
     return 0
