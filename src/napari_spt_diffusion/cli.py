@@ -371,6 +371,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             max_time_s=args.max_time_s,
             command=shlex.join([PROG, *argv]),
             name=args.name,
+            init_state=args.init_state,
         )
     finally:
         bar.close()
@@ -510,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--max-time-s", type=_positive_float, help="stop after the epoch that crosses this wall time")
     trn.add_argument("--dataset-path", help=".npz cache of the generated training set")
     trn.add_argument("--name", help="checkpoint name (default: the model's)")
+    trn.add_argument("--init-state", metavar="STATE.pt",
+                     help="warm start from best_state.pt / last_state.pt of an earlier run of the same model")
     trn.add_argument("--out", metavar="DIR", help="run folder (default: runs/MODEL)")
     trn.set_defaults(func=_cmd_train)
 

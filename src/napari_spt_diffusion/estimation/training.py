@@ -416,6 +416,8 @@ def train_model(
         raise TrainingError(f"seed {seed} collides with the benchmark test seeds {sorted(_FORBIDDEN_SEEDS)}")
     if not lr > 0:
         raise TrainingError(f"lr must be positive, got {lr!r}")
+    if init_state is not None and not Path(init_state).is_file():
+        raise TrainingError(f"init state {init_state} does not exist")
     acq = acquisition if acquisition is not None else Acquisition()
     kind = MODEL_KINDS[model]
     dev = resolve_device(device)
