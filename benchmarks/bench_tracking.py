@@ -4,7 +4,8 @@ field (v1, seed 7)
     256 x 256 px, 200 frames, standard acquisition, 60 particles on average entering and
     leaving the field, each with its own anisotropic tensor (D1 ~ U[0.05, 3] um^2/s),
     simulated by ``simulation.simulate_movie``; run at 1,000 and at 250 photons/frame.
-    Tracker: ``detect_and_localize`` with default settings, then ``link`` with
+    Tracker: ``detect_and_localize`` with default settings (which include the second pass
+    over wide spots, ``overlaps=True``: close pairs split, streaks modelled), then ``link`` with
     ``max_D_um2_s = 3`` (the largest D of the protocol) and its default memory.
     Metrics: detection recall / precision (a detection matches a true position within
     1 px, Hungarian assignment per frame); localization RMSE per axis (nm) of the matched
@@ -13,7 +14,8 @@ field (v1, seed 7)
     all particles and for slow particles with no other particle within 5 px; link recall (fraction of true frame-to-frame links whose two ends are
     consecutive localizations of one reconstructed track; also given among links whose
     two ends were detected) and link precision (fraction of reported links, gap-bridging
-    ones included, that join two detections of the same true particle).
+    ones included, that join two detections of the same true particle). The same movies are
+    also run through the previous method (``overlaps=False``) and reported beside.
 
 speed (v1, seed 8)
     A 512 x 512 x 1000 uint16 movie, 100 particles per frame, standard acquisition,
@@ -29,7 +31,10 @@ speed (v1, seed 8)
 
 Command::
 
-    .venv/bin/python benchmarks/bench_tracking.py [field|speed|all] [--quick] [--out benchmarks/reports/tracking.md]
+    .venv/bin/python benchmarks/bench_tracking.py [field|speed|all] [--quick] [--threads N] [--out benchmarks/reports/tracking.md]
+
+``--threads N`` caps the BLAS/OpenMP thread pools (environment variables set before numpy
+is imported; the speed workers inherit them).
 
 ``--quick`` runs small versions (field: 128 x 128 x 60, 15 particles; speed:
 512 x 512 x 60) to check the script; the report says which was run.
@@ -51,7 +56,19 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+
+def _limit_threads(argv: list[str]) -> None:
+    """Apply ``--threads N`` to the BLAS/OpenMP pools before numpy is imported (workers inherit it)."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else None)
+        if value is not None:
+            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+                os.environ[name] = value
+
+
+_limit_threads(sys.argv[1:])
+
+import numpy as np  # noqa: E402 - after the thread limits
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
@@ -211,6 +228,12 @@ def run_field(quick: bool) -> list[dict]:
         t0 = time.perf_counter()
         det = detect_and_localize(sim.movie, acq)
         t_det = time.perf_counter() - t0
+        # the previous method (no second pass over wide spots), same movie, for comparison
+        t0 = time.perf_counter()
+        det_base = detect_and_localize(sim.movie, acq, overlaps=False)
+        t_det_base = time.perf_counter() - t0
+        base = link(det_base, acq, max_D_um2_s=FIELD_MAX_D_UM2_S).tracks
+        base_scores, base_d2t, base_t2d = detection_scores(base, truth)
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -225,7 +248,16 @@ def run_field(quick: bool) -> list[dict]:
         loc_slow_isolated = localization_scores(tracks, truth, d2t, acq, photons, slow & isolated)
         loc_all = localization_scores(tracks, truth, d2t, acq, photons, everyone)
         links = link_scores(tracks, truth, d2t, t2d)
+        slow_mask = truth["D1_um2_s"].to_numpy() < 0.1
+        previous = {
+            "detection": base_scores,
+            "loc_slow": localization_scores(base, truth, base_d2t, acq, photons, slow_mask),
+            "loc_all": localization_scores(base, truth, base_d2t, acq, photons, np.ones(len(truth), dtype=bool)),
+            "links": link_scores(base, truth, base_d2t, base_t2d),
+            "detect_localize_s": t_det_base,
+        }
         out.append({
+            "previous": previous, "n_split": int(det.attrs.get("n_split", 0)),
             "photons": photons, "shape": shape, "n_frames": n_frames, "particles": particles,
             "detection": det_scores, "loc_slow": loc_slow, "loc_slow_isolated": loc_slow_isolated, "loc_all": loc_all, "links": links,
             "n_tracks": result.n_tracks, "n_true_tracks": int(truth["track_id"].nunique()),
@@ -400,6 +432,23 @@ def write_report(path: Path, field: list[dict] | None, speed: dict | None, quick
                 f"{_fmt(ls.get('ratio', float('nan')), 2)} | {_fmt(la['rmse_nm'], 1)} | {_fmt(lk['recall'])} | {_fmt(lk['recall_detected'])} | "
                 f"{_fmt(lk['precision'])} | {r['n_tracks']} ({r['n_true_tracks']}) | {r['seconds']['detect_localize']:.1f} | {r['seconds']['link']:.1f} |"
             )
+        lines += [
+            "",
+            "Same movies, previous method (`detect_and_localize(..., overlaps=False)`: no second pass over wide "
+            "spots), measured in the same run:",
+            "",
+            "| photons/frame | det. recall | det. precision | RMSE slow (nm) [95% CI] (n) | RMSE/CRLB | RMSE all (nm) | link recall | link recall (both ends detected) | link precision | detect+localize s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in field:
+            p = r["previous"]
+            d, ls, la, lk = p["detection"], p["loc_slow"], p["loc_all"], p["links"]
+            lines.append(
+                f"| {r['photons']:.0f} | {_fmt(d['recall'])} | {_fmt(d['precision'])} | {_fmt(ls['rmse_nm'], 1)} "
+                f"[{_fmt(ls['ci95_nm'][0], 1)}, {_fmt(ls['ci95_nm'][1], 1)}] ({ls['n']}) | {_fmt(ls.get('ratio', float('nan')), 2)} | "
+                f"{_fmt(la['rmse_nm'], 1)} | {_fmt(lk['recall'])} | {_fmt(lk['recall_detected'])} | {_fmt(lk['precision'])} | "
+                f"{p['detect_localize_s']:.1f} |"
+            )
         lines += ["", "Further figures:", ""]
         for r in field:
             ls, la, li = r["loc_slow"], r["loc_all"], r["loc_slow_isolated"]
@@ -410,7 +459,8 @@ def write_report(path: Path, field: list[dict] | None, speed: dict | None, quick
                 f"{r['detection']['n_true']} true positions, {r['detection']['n_detected']} "
                 f"localizations; reported precision (median, slow particles) {_fmt(ls.get('reported_median_nm', float('nan')), 1)} nm; "
                 f"fraction fit_ok among matched: slow {_fmt(ls['fit_ok'])}, all {_fmt(la['fit_ok'])}; "
-                f"{r['links']['n_true_links']} true links, {r['links']['n_reported_links']} reported."
+                f"{r['links']['n_true_links']} true links, {r['links']['n_reported_links']} reported; "
+                f"{r['n_split']} spots split into two emitters by the second pass."
                 + (f" Linker messages: {' | '.join(r['messages'])}" if r["messages"] else "")
             )
         lines.append("")
@@ -473,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("protocol", nargs="?", default="all", choices=("field", "speed", "all"))
     parser.add_argument("--quick", action="store_true", help="small versions, to check the script")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "reports" / "tracking.md"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS/OpenMP threads (set before numpy is imported; the speed workers inherit it)")
     args = parser.parse_args(argv)
     command = "python benchmarks/bench_tracking.py " + " ".join(argv)
     start = time.perf_counter()

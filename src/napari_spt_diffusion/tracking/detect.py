@@ -373,6 +373,7 @@ def detect_and_localize(
     settings: DetectionSettings | None = None,
     progress: Callable[[float, str], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overlaps: bool = True,
     **localize_options: Any,
 ) -> pd.DataFrame:
     """Detect and localize spots in every frame of a movie, one frame at a time.
@@ -394,6 +395,12 @@ def detect_and_localize(
         Optional ``should_stop() -> bool`` checked before every frame; when it
         returns True the frames done so far are returned and
         ``result.attrs["stopped_early"]`` is True.
+    overlaps
+        Run :func:`~napari_spt_diffusion.tracking.localize.resolve_overlaps` on every
+        frame's fits: spots wider than the PSF are tested for two emitters (split when a
+        two-spot model is significantly better than both a round spot and a motion-blurred
+        streak), and spots next to a streak or a split pair are refitted with that
+        neighbour's light. Isolated round spots are not affected.
     **localize_options
         Passed to :func:`~napari_spt_diffusion.tracking.localize.localize_arrays`
         (``window_half_px``, ``max_iterations``).
@@ -409,7 +416,7 @@ def detect_and_localize(
         ``attrs``: ``n_frames`` (frames in the movie), ``frames_processed``,
         ``stopped_early``.
     """
-    from .localize import LOCALIZATION_COLUMNS, localize_arrays  # localize imports this module
+    from .localize import LOCALIZATION_COLUMNS, localize_arrays, resolve_overlaps  # localize imports this module
 
     shape = getattr(movie, "shape", None)
     if shape is None:
@@ -425,6 +432,7 @@ def detect_and_localize(
     stopped = False
     last_report = -1
     done = 0
+    n_split = 0
     for t in range(n_frames):
         if should_stop is not None and should_stop():
             stopped = True
@@ -434,7 +442,14 @@ def detect_and_localize(
         peaks, snr = detect_photons(photons, acquisition, settings)
         if len(peaks):
             fitted = localize_arrays(photons, peaks, acquisition, psf_sigma_px=psf_sigma, **localize_options)
-            fitted["frame"] = np.full(len(peaks), t, dtype=np.int64)
+            if overlaps:
+                fitted, parent = resolve_overlaps(
+                    photons, fitted, acquisition, psf_sigma_px=psf_sigma,
+                    **{key: value for key, value in localize_options.items() if key != "neighbours"},
+                )
+                n_split += len(parent) - len(peaks)
+                snr = snr[parent]  # a split spot's two emitters share the detection's DoG response
+            fitted["frame"] = np.full(len(fitted["y_px"]), t, dtype=np.int64)
             fitted["snr"] = snr
             # a spot whose centre lies outside the image belongs to a particle outside the
             # field of view whose light spills in: not a localization of this movie
@@ -457,7 +472,7 @@ def detect_and_localize(
             for c in columns
         }
     )
-    result.attrs.update({"n_frames": n_frames, "frames_processed": done, "stopped_early": stopped})
+    result.attrs.update({"n_frames": n_frames, "frames_processed": done, "stopped_early": stopped, "n_split": n_split})
     if progress is not None and not stopped:
         progress(1.0, f"detected {len(result)} spots in {n_frames} frames")
     return result

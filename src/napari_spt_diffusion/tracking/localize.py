@@ -19,6 +19,12 @@ has not converged within ``max_iterations`` keeps its last iterate, also flagged
 neighbours' fitted light added to the model (a cheap multi-emitter correction). Windows that
 cross the image border use only the pixels inside the image.
 
+A second pass over a frame's fits (:func:`resolve_overlaps`, run by
+``detect_and_localize``) splits spots that are two close particles and refits the spots
+next to motion-blurred streaks with the streak's light modelled; spots whose round fit is
+not wider than the PSF, and their neighbours, are left exactly as fitted here (see the
+comment block above :func:`resolve_overlaps`).
+
 Localization precision (nm) follows Mortensen et al. 2010 (Nat. Methods 7:377), eq. 6:
 ``var = s_a^2 / N * F(tau)^-1``, ``F(tau) = 1 + int_0^1 ln(t) / (1 + t / tau) dt``,
 ``s_a^2 = s^2 + a^2 / 12``, ``tau = 2 pi s_a^2 b / (N a^2)``, with ``a`` the pixel size,
@@ -48,6 +54,7 @@ __all__ = [
     "localize_arrays",
     "mortensen_precision_nm",
     "default_window_half_px",
+    "resolve_overlaps",
 ]
 
 #: Columns of a localization table, in order.
@@ -495,3 +502,536 @@ def localize_frame(
         psf_sigma_px=psf_sigma_px, window_half_px=window_half_px, max_iterations=max_iterations,
         neighbours=neighbours,
     )
+
+
+# ----------------------------------------------------- overlapping and blurred spots
+# A second pass over the fits of one frame (``resolve_overlaps``). The single-spot fit
+# above explains a round spot; two things break it in crowded movies: two particles
+# closer than ~3 px give one DoG maximum, hence one fit (wide, between them, often more
+# than 1 px from both), and a fast particle's motion-blurred streak is not round, so its
+# light is misplaced when it is used as a neighbour's known light.
+#
+# Design: a model comparison on the spots that can need it, rather than a residual
+# re-detection. Every spot whose round fit is wider than ``SPLIT_WIDTH_GATE`` x the PSF
+# (pairs and streaks both widen it; a sharp spot is never touched) is refitted, in a window
+# one pixel larger and with the other spots' light known, with a round spot (5 parameters),
+# a streak (a uniform segment of light, 7 parameters) and two round spots (8 parameters,
+# started on the fit and on the largest 3 x 3 residual of the round model). It is split
+# into two emitters when the two emitters are >= ``SPLIT_MIN_SEPARATION_PX`` apart, each is
+# significant on its own (``SPLIT_MIN_EMITTER_SNR``), neither lands on another detected
+# spot, and either
+#   * shape alone: the two-spot model beats *both* one-spot models by
+#     ``SPLIT_MIN_LOGLIK_GAIN`` -- testing against the streak model is what keeps fast,
+#     blurred particles whole, since a streak is two-lobed as much as a pair is; or
+#   * shape plus light: the spot holds >= ``SPLIT_BRIGHTNESS_RATIO`` x the photons of the
+#     frame's typical single spot, is not round (gain over the round model >
+#     ``SPLIT_MIN_GAIN_BRIGHT``) and both emitters are sharp (``SPLIT_MAX_PAIR_WIDTH``).
+#     Below ~2.5 px a pair and a streak have nearly the same shape (gain of the two-spot
+#     over the streak model: median 2 at 2 px, 8 at 2.5 px, 24 at 3 px, against a 99th
+#     percentile of 28 for D = 3 um^2/s streaks, all at 1,000 photons), and only the
+#     doubled light tells them apart.
+# Spots next to a streak or a split pair are then refitted with that neighbour's light
+# from its better model (the segment, or the two emitters). Spots that are not wide and
+# have no such neighbour come back bit for bit as ``localize_arrays`` fitted them, so
+# isolated spots -- those the training samples are made of -- are unchanged. Limits: a
+# single particle twice as bright as the frame's typical one and blurred can be split; a
+# pair of fast (blurred) particles closer than ~3 px is only split on shape evidence;
+# frames with fewer than ``SPLIT_MIN_SPOTS_FOR_REFERENCE`` sharp spots have no brightness
+# reference and use the shape rule only.
+
+#: A round fit wider than this multiple of the PSF sigma is tested for two emitters.
+SPLIT_WIDTH_GATE = 1.1
+#: Shape evidence alone: minimum log-likelihood gain of the two-spot model over the
+#: better of the round and streak models. A motion-blurred streak (D = 3 um^2/s, 10 ms
+#: frames) exceeds 30 in about 1 % of frames; two equal spots 3.5 px apart nearly always do.
+SPLIT_MIN_LOGLIK_GAIN = 30.0
+#: Shape plus brightness: a spot carrying at least this multiple of the frame's typical
+#: spot photons (median of the untested, round fits) is split when the two-spot model beats the
+#: round one by ``SPLIT_MIN_GAIN_BRIGHT`` (it is not round) -- below ~2.5 px two spots and a
+#: streak have nearly the same shape, and only the doubled light tells them apart.
+SPLIT_BRIGHTNESS_RATIO = 1.6
+SPLIT_MIN_GAIN_BRIGHT = 10.0
+#: ... and when the two spots are sharp (fitted width <= this multiple of the PSF sigma):
+#: the halves of a long streak (D > 3 um^2/s) are themselves blurred, two particles are not.
+SPLIT_MAX_PAIR_WIDTH = 1.2
+#: Frames with fewer spots than this use no brightness reference (shape evidence only).
+SPLIT_MIN_SPOTS_FOR_REFERENCE = 8
+#: The two emitters of a split must be at least this far apart (px).
+SPLIT_MIN_SEPARATION_PX = 1.0
+#: Each emitter's photons must stand this many standard deviations above the background
+#: light under its PSF: ``N / sqrt(N + 4 pi s^2 (b + r^2)) >= SPLIT_MIN_EMITTER_SNR``.
+SPLIT_MIN_EMITTER_SNR = 5.0
+#: Points along the segment of the streak model (spaced <= 0.75 px for streaks <= 3 px).
+SEGMENT_POINTS = 5
+#: Iterations of the model-comparison fits: the log-likelihoods are compared against
+#: margins of 10 - 30, so they need not be converged to 1e-5; accepted splits are then
+#: polished with the full ``max_iterations``.
+TEST_ITERATIONS = 12
+_SEGMENT_T = np.linspace(-0.5, 0.5, SEGMENT_POINTS)
+
+
+def _pair_model_and_jacobian(params: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two round spots sharing background and width.
+
+    ``params`` ``(K, 8)`` = y1, x1, N1, y2, x2, N2, b, s (px, photons, photons/pixel, px).
+    Returns the expected photons ``(K, W*W)`` and the Jacobian ``(K, W*W, 8)``.
+    """
+    y1, x1, n1, y2, x2, n2, b, s = params.T
+    ey1, dy1, sy1 = _psf_1d(y1, s, offsets)
+    ex1, dx1, sx1 = _psf_1d(x1, s, offsets)
+    ey2, dy2, sy2 = _psf_1d(y2, s, offsets)
+    ex2, dx2, sx2 = _psf_1d(x2, s, offsets)
+    k, w = ey1.shape
+    shape1 = ey1[:, :, None] * ex1[:, None, :]
+    shape2 = ey2[:, :, None] * ex2[:, None, :]
+    n1_, n2_ = n1[:, None, None], n2[:, None, None]
+    model = b[:, None, None] + n1_ * shape1 + n2_ * shape2
+    jac = np.empty((k, w, w, 8))
+    jac[..., 0] = n1_ * dy1[:, :, None] * ex1[:, None, :]
+    jac[..., 1] = n1_ * ey1[:, :, None] * dx1[:, None, :]
+    jac[..., 2] = shape1
+    jac[..., 3] = n2_ * dy2[:, :, None] * ex2[:, None, :]
+    jac[..., 4] = n2_ * ey2[:, :, None] * dx2[:, None, :]
+    jac[..., 5] = shape2
+    jac[..., 6] = 1.0
+    jac[..., 7] = n1_ * (sy1[:, :, None] * ex1[:, None, :] + ey1[:, :, None] * sx1[:, None, :]) + n2_ * (
+        sy2[:, :, None] * ex2[:, None, :] + ey2[:, :, None] * sx2[:, None, :]
+    )
+    return model.reshape(k, w * w), jac.reshape(k, w * w, 8)
+
+
+def _segment_model_and_jacobian(params: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A streak: ``N`` photons spread evenly along a segment, each point blurred by the PSF.
+
+    ``params`` ``(K, 7)`` = y, x (segment centre, px), N, b, s, vy, vx (segment vector, px);
+    the light is the mean of ``SEGMENT_POINTS`` pixel-integrated Gaussians at
+    ``centre + t v``, ``t`` evenly spaced in [-1/2, 1/2]. Returns ``(K, W*W)`` and ``(K, W*W, 7)``.
+    """
+    y, x, n, b, s, vy, vx = params.T
+    k, m = len(params), SEGMENT_POINTS
+    t = _SEGMENT_T
+    ys = (y[:, None] + t[None, :] * vy[:, None]).ravel()
+    xs = (x[:, None] + t[None, :] * vx[:, None]).ravel()
+    ss = np.repeat(s, m)
+    ey, dey, dsy = (a.reshape(k, m, -1) for a in _psf_1d(ys, ss, offsets))
+    ex, dex, dsx = (a.reshape(k, m, -1) for a in _psf_1d(xs, ss, offsets))
+    w = ey.shape[2]
+    scale = n[:, None, None] / m
+    shape = np.einsum("kmi,kmj->kij", ey, ex) / m
+    jac = np.empty((k, w, w, 7))
+    jac[..., 0] = scale * np.einsum("kmi,kmj->kij", dey, ex)
+    jac[..., 1] = scale * np.einsum("kmi,kmj->kij", ey, dex)
+    jac[..., 2] = shape
+    jac[..., 3] = 1.0
+    jac[..., 4] = scale * (np.einsum("kmi,kmj->kij", dsy, ex) + np.einsum("kmi,kmj->kij", ey, dsx))
+    jac[..., 5] = scale * np.einsum("m,kmi,kmj->kij", t, dey, ex)
+    jac[..., 6] = scale * np.einsum("m,kmi,kmj->kij", t, ey, dex)
+    model = b[:, None, None] + n[:, None, None] * shape
+    return model.reshape(k, w * w), jac.reshape(k, w * w, 7)
+
+
+def _fit_model(
+    model_fn: Any,
+    clip_fn: Any,
+    data: np.ndarray,
+    valid: np.ndarray,
+    start: np.ndarray,
+    extra: np.ndarray,
+    max_iterations: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Batched Levenberg-Marquardt maximisation of the Poisson likelihood for any model.
+
+    ``model_fn(params (K, P), offsets)`` returns ``(mu (K, W*W), jac (K, W*W, P))``
+    (offsets are bound by the caller); ``clip_fn`` keeps parameters in bounds (in place);
+    ``extra`` ``(K, W*W)`` is known light added to the model (read variance, neighbours).
+    Stops a spot when an accepted step gains < 1e-5 in log-likelihood or moves no
+    parameter by more than 1e-3 (px / relative photons). Returns ``(params, loglik,
+    fisher (K, P, P), converged)``.
+    """
+
+    def score(p, d, v, e):
+        model, jac = model_fn(p)
+        mu = model + e
+        ll = np.sum(v * (d * np.log(mu) - mu), axis=1)
+        weight = v / mu
+        grad = np.einsum("kp,kpi->ki", (d - mu) * weight, jac)
+        fisher = np.matmul(jac.transpose(0, 2, 1), jac * weight[:, :, None])
+        return ll, grad, fisher
+
+    k, n_par = start.shape
+    params = clip_fn(start.copy())
+    loglik, grad, fisher = score(params, data, valid, extra)
+    lam = np.full(k, 1e-3)
+    converged = np.zeros(k, dtype=bool)
+    active = np.arange(k)
+    eye = np.eye(n_par)
+    scale = np.maximum(np.abs(params), 1.0)  # photons move in relative terms, px in absolute
+    for _ in range(max_iterations):
+        if active.size == 0:
+            break
+        f_act = fisher[active]
+        damped = f_act + lam[active, None, None] * (f_act * eye + 1e-9 * eye)
+        try:
+            step = np.linalg.solve(damped, grad[active][:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            step = np.stack([np.linalg.lstsq(m, g, rcond=None)[0] for m, g in zip(damped, grad[active])])
+        trial = clip_fn(params[active] + step)
+        ll_t, g_t, f_t = score(trial, data[active], valid[active], extra[active])
+        better = np.isfinite(ll_t) & (ll_t >= loglik[active] - 1e-10 * np.abs(loglik[active]))
+        gain = ll_t - loglik[active]
+        moved = np.max(np.abs(trial - params[active]) / scale[active], axis=1)
+        idx_ok = active[better]
+        params[idx_ok], loglik[idx_ok], grad[idx_ok], fisher[idx_ok] = trial[better], ll_t[better], g_t[better], f_t[better]
+        lam[idx_ok] = np.maximum(lam[idx_ok] * 0.1, 1e-7)
+        lam[active[~better]] *= 10.0
+        done = (better & ((moved < 1e-3) | (gain < 1e-5))) | (lam[active] > 1e6)
+        converged[active[done]] = True
+        active = active[~done]
+    return params, loglik, fisher, converged
+
+
+def _light(centres: np.ndarray, source_yx: np.ndarray, source_n: np.ndarray, source_s: np.ndarray,
+           target: np.ndarray, offsets: np.ndarray, n_targets: int) -> np.ndarray:
+    """Summed round-spot light ``(n_targets, W*W)`` of sources in target windows.
+
+    ``centres`` ``(n_targets, 2)`` integer window centres; ``source_yx`` ``(M, 2)`` absolute
+    positions, ``source_n``/``source_s`` ``(M,)`` photons and widths; ``target`` ``(M,)`` the
+    window index each source row lights (a source may appear once per target).
+    """
+    w = offsets.size
+    light = np.zeros((n_targets, w, w))
+    if len(target):
+        rel = source_yx - centres[target]
+        ey = _psf_1d(rel[:, 0], source_s, offsets)[0]
+        ex = _psf_1d(rel[:, 1], source_s, offsets)[0]
+        np.add.at(light, target, source_n[:, None, None] * ey[:, :, None] * ex[:, None, :])
+    return light.reshape(n_targets, w * w)
+
+
+def _emitters(positions: np.ndarray, photons: np.ndarray, sigma: np.ndarray, kind: np.ndarray,
+              segment: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Point sources ``(yx, N, s, owner)`` that reproduce every spot's light with its best model.
+
+    Round spots are one point; streaks (``kind == 1``, ``segment`` ``(K, 2)`` vectors) are
+    ``SEGMENT_POINTS`` points sharing the photons. ``owner`` maps each point to its spot.
+    """
+    streak = np.flatnonzero(kind == 1)
+    round_ = np.flatnonzero(kind != 1)
+    yx = [positions[round_]]
+    n = [photons[round_]]
+    s = [sigma[round_]]
+    owner = [round_]
+    if streak.size:
+        pts = positions[streak, None, :] + _SEGMENT_T[None, :, None] * segment[streak, None, :]
+        yx.append(pts.reshape(-1, 2))
+        n.append(np.repeat(photons[streak] / SEGMENT_POINTS, SEGMENT_POINTS))
+        s.append(np.repeat(sigma[streak], SEGMENT_POINTS))
+        owner.append(np.repeat(streak, SEGMENT_POINTS))
+    return np.concatenate(yx), np.concatenate(n), np.concatenate(s), np.concatenate(owner)
+
+
+def _neighbour_light_of(centres: np.ndarray, spot_index: np.ndarray, yx: np.ndarray, n: np.ndarray,
+                        s: np.ndarray, owner: np.ndarray, offsets: np.ndarray, reach: float) -> np.ndarray:
+    """Light ``(len(centres), W*W)`` of all emitters not owned by ``spot_index[i]`` within ``reach`` px of window i."""
+    if len(yx) == 0 or len(centres) == 0:
+        return np.zeros((len(centres), offsets.size**2))
+    hits = cKDTree(yx).query_ball_point(centres.astype(np.float64), reach)
+    target = np.fromiter((i for i, h in enumerate(hits) for _ in h), dtype=np.int64)
+    source = np.fromiter((j for h in hits for j in h), dtype=np.int64)
+    keep = owner[source] != spot_index[target]
+    target, source = target[keep], source[keep]
+    return _light(centres, yx[source], n[source], s[source], target, offsets, len(centres))
+
+
+def _emitter_snr(photons: np.ndarray, background: np.ndarray, sigma: np.ndarray, read_var: float) -> np.ndarray:
+    """Significance of a spot's photons over the background light under its PSF (see SPLIT_MIN_EMITTER_SNR)."""
+    noise = photons + 4.0 * math.pi * sigma**2 * (np.maximum(background, 0.0) + read_var)
+    return photons / np.sqrt(np.maximum(noise, 1e-12))
+
+
+def resolve_overlaps(
+    frame_photons: np.ndarray,
+    fitted: dict[str, np.ndarray],
+    acquisition: Acquisition,
+    *,
+    psf_sigma_px: float | None = None,
+    window_half_px: int | None = None,
+    max_iterations: int = 50,
+    min_loglik_gain: float = SPLIT_MIN_LOGLIK_GAIN,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Second pass over one frame's fits: split two-emitter spots, model streaks, refit neighbours.
+
+    See the comment block above this function for the method. Spots whose round fit is
+    not wider than ``SPLIT_WIDTH_GATE`` x the PSF and that have no streak or split spot
+    within ``3 * window_half_px`` px come back unchanged (bit for bit).
+
+    Parameters
+    ----------
+    frame_photons
+        ``(Y, X)`` frame in photo-electrons.
+    fitted
+        Output of :func:`localize_arrays` for this frame: dict of ``(K,)`` arrays.
+    acquisition, psf_sigma_px, window_half_px, max_iterations
+        As for :func:`localize_arrays`.
+    min_loglik_gain
+        Log-likelihood margin of the two-spot model over the better one-spot model.
+
+    Returns
+    -------
+    (table, parent)
+        ``table``: dict of ``(K + S,)`` arrays with the :data:`LOCALIZATION_COLUMNS` keys,
+        where each of the ``S`` split spots keeps its row (now its first emitter) and its
+        second emitter is appended at the end; a split emitter's ``loc_precision_nm`` comes
+        from the inverse Fisher information of the joint two-spot fit. ``parent``:
+        ``(K + S,)`` index of the input row each output row comes from.
+    """
+    frame = np.asarray(frame_photons, dtype=np.float64)
+    k = len(fitted["y_px"])
+    parent = np.arange(k)
+    sigma_psf = float(acquisition.psf_sigma_px if psf_sigma_px is None else psf_sigma_px)
+    half = int(window_half_px) if window_half_px is not None else default_window_half_px(sigma_psf)
+    out = {c: np.array(fitted[c], copy=True) for c in LOCALIZATION_COLUMNS}
+    if k == 0:
+        return out, parent
+    positions = np.column_stack([out["y_px"], out["x_px"]])
+    finite = np.all(np.isfinite(positions), axis=1) & np.isfinite(out["sigma_px"]) & np.isfinite(out["photons"])
+    tested = np.flatnonzero(finite & (out["sigma_px"] > SPLIT_WIDTH_GATE * sigma_psf))
+    if tested.size == 0:
+        return out, parent
+    read_var = float(acquisition.read_noise_e) ** 2
+    sigma_lo, sigma_hi = SIGMA_BOUNDS[0] * sigma_psf, SIGMA_BOUNDS[1] * sigma_psf
+    height, width = frame.shape
+    # the brightness reference is a single particle's light: the median photons of the round
+    # spots (not tested), which are neither pairs nor streaks
+    usable = finite & out["fit_ok"]
+    usable[tested] = False
+    reference = float(np.median(out["photons"][usable])) if usable.sum() >= SPLIT_MIN_SPOTS_FOR_REFERENCE else None
+    with np.errstate(all="ignore"):
+        models = _test_spots(frame, positions, out, tested, finite, half + 1, sigma_psf, sigma_lo, sigma_hi,
+                             read_var, max_iterations, reference)
+    kind = np.zeros(k, dtype=np.int64)  # 0 round, 1 streak (a split pair is two round emitters)
+    segment = np.zeros((k, 2))
+    ll_round, ll_seg, ll_pair, p_seg, p_pair, pair_fisher, pair_ok, centres = models
+    kind[tested[ll_seg > ll_round]] = 1
+    segment[tested] = p_seg[:, 5:7]
+    snr1 = _emitter_snr(p_pair[:, 2], p_pair[:, 6], p_pair[:, 7], read_var)
+    snr2 = _emitter_snr(p_pair[:, 5], p_pair[:, 6], p_pair[:, 7], read_var)
+    separation = np.hypot(p_pair[:, 0] - p_pair[:, 3], p_pair[:, 1] - p_pair[:, 4])
+    bright = np.zeros(len(tested), dtype=bool)
+    if reference is not None:
+        bright = (
+            (p_pair[:, 2] + p_pair[:, 5] >= SPLIT_BRIGHTNESS_RATIO * reference)
+            & (ll_pair - ll_round > SPLIT_MIN_GAIN_BRIGHT)
+            & (p_pair[:, 7] <= SPLIT_MAX_PAIR_WIDTH * sigma_psf)
+        )
+    split = (
+        pair_ok
+        & ((ll_pair - np.maximum(ll_round, ll_seg) > float(min_loglik_gain)) | bright)
+        & (separation >= SPLIT_MIN_SEPARATION_PX)
+        & (np.minimum(snr1, snr2) >= SPLIT_MIN_EMITTER_SNR)
+    )
+    abs1 = centres + p_pair[:, 0:2]
+    abs2 = centres + p_pair[:, 3:5]
+    inside2 = (abs2[:, 0] >= -0.5) & (abs2[:, 0] < height - 0.5) & (abs2[:, 1] >= -0.5) & (abs2[:, 1] < width - 0.5)
+    split &= inside2
+    # an emitter that lands on another detected spot is that spot, seen twice
+    others = np.flatnonzero(finite)
+    if split.any() and others.size > 1:
+        tree = cKDTree(positions[others])
+        for emitter in (abs1, abs2):
+            hits = tree.query_ball_point(emitter, SPLIT_MIN_SEPARATION_PX * 1.5)
+            split &= np.array([all(others[j] == tested[i] for j in h) for i, h in enumerate(hits)], dtype=bool)
+    if np.any(split):
+        out, parent = _apply_splits(out, parent, tested[split], abs1[split], abs2[split], p_pair[split],
+                                    pair_fisher[split], acquisition)
+        kind = np.concatenate([kind, np.full(int(split.sum()), 0)])
+        kind[tested[split]] = 0
+        segment = np.concatenate([segment, np.zeros((int(split.sum()), 2))])
+    with np.errstate(all="ignore"):
+        out = _refit_neighbours(frame, out, kind, segment, parent, half, sigma_psf, sigma_lo, sigma_hi, read_var,
+                                max_iterations, acquisition)
+    return out, parent
+
+
+def _test_spots(frame, positions, table, tested, finite, half, sigma_psf, sigma_lo, sigma_hi, read_var, max_iterations,
+                reference=None):
+    """Fit the round, streak and two-spot models to the tested spots (see :func:`resolve_overlaps`).
+
+    Returns log-likelihoods ``(T,)`` of the three models, streak params ``(T, 7)``, pair
+    params ``(T, 8)`` (positions relative to ``centres``), pair Fisher ``(T, 8, 8)``, pair
+    convergence ``(T,)`` and the window centres ``(T, 2)`` int.
+    """
+    k = len(positions)
+    height, width = frame.shape
+    centres = np.rint(positions[tested]).astype(np.int64)
+    centres[:, 0] = np.clip(centres[:, 0], 0, height - 1)
+    centres[:, 1] = np.clip(centres[:, 1], 0, width - 1)
+    windows, valid, offsets = _windows(frame, centres, half)
+    t = len(tested)
+    data = np.clip(windows + read_var, 0.0, None).reshape(t, -1)
+    mask = valid.reshape(t, -1).astype(np.float64)
+    # the other spots' light (round fits) is known
+    others = np.flatnonzero(finite)
+    light = _neighbour_light_of(centres, tested, positions[others], table["photons"][others],
+                                table["sigma_px"][others], others, offsets, 3.0 * half)
+    extra = read_var + light
+    rel = positions[tested] - centres
+    n0 = np.maximum(table["photons"][tested], 1.0)
+    b0 = table["background"][tested]
+    s0 = np.clip(table["sigma_px"][tested], sigma_lo, sigma_hi)
+    start = np.column_stack([rel, n0, b0, s0])
+    test_iterations = min(int(max_iterations), TEST_ITERATIONS)
+    p_round, _ = _fit_spots(data, mask, offsets, start, read_var, sigma_lo, sigma_hi, test_iterations, extra=light)
+    ll_round = _score(p_round, offsets, data, mask, extra)[0]
+    mu_round = _model_and_jacobian(p_round, offsets)[0] + extra
+    # the largest residual (3 x 3 sums) marks the second lobe of a pair or streak
+    residual = ((data - mu_round) * mask).reshape(t, 2 * half + 1, 2 * half + 1)
+    pad = np.pad(residual, ((0, 0), (1, 1), (1, 1)))
+    box = sum(pad[:, i : i + 2 * half + 1, j : j + 2 * half + 1] for i in range(3) for j in range(3))
+    peak = np.unravel_index(np.argmax(box.reshape(t, -1), axis=1), box.shape[1:])
+    lobe = np.column_stack(peak).astype(np.float64) - half
+    fit = p_round[:, 0:2]
+    direction = lobe - fit
+    length = np.hypot(direction[:, 0], direction[:, 1])
+    unit = np.where(length[:, None] > 1e-6, direction / np.maximum(length, 1e-6)[:, None], np.array([0.0, 1.0]))
+    n_r, b_r, s_r = p_round[:, 2], p_round[:, 3], p_round[:, 4]
+    # streak: centre at the round fit, length from the excess width (uniform segment: L^2/12)
+    seg_len = np.sqrt(12.0 * np.maximum(s_r**2 - sigma_psf**2, 0.05))
+    seg_start = np.column_stack([fit, n_r, b_r, np.full(t, sigma_psf), unit * seg_len[:, None]])
+
+    def clip_seg(p):
+        p[:, 0:2] = np.clip(p[:, 0:2], -half, half)
+        p[:, 2] = np.maximum(p[:, 2], 1e-3)
+        p[:, 3] = np.maximum(p[:, 3], 1e-3 - read_var)
+        p[:, 4] = np.clip(p[:, 4], sigma_lo, sigma_hi)
+        p[:, 5:7] = np.clip(p[:, 5:7], -2.0 * half, 2.0 * half)
+        return p
+
+    # two spots: one on the lobe of the residual, one on the round fit moved away from it (a
+    # second start, symmetric about the round fit, changed the outcome of < 2 % of 3.5 px pairs)
+    start = np.column_stack([fit - 0.25 * direction, 0.7 * n_r, lobe, 0.3 * n_r, b_r, np.full(t, sigma_psf)])
+
+    def clip_pair(p):
+        p[:, [0, 1, 3, 4]] = np.clip(p[:, [0, 1, 3, 4]], -half, half)
+        p[:, [2, 5]] = np.maximum(p[:, [2, 5]], 1e-3)
+        p[:, 6] = np.maximum(p[:, 6], 1e-3 - read_var)
+        p[:, 7] = np.clip(p[:, 7], sigma_lo, sigma_hi)
+        return p
+
+    p_pair, ll_pair, fisher, _ = _fit_model(lambda p: _pair_model_and_jacobian(p, offsets), clip_pair, data, mask,
+                                            start, extra, test_iterations)
+    ll_pair = np.where(np.isfinite(ll_pair), ll_pair, -np.inf)
+    # polish the promising two-spot fits (those near enough to passing a split rule) to convergence
+    gain = ll_pair - ll_round
+    promising = gain > SPLIT_MIN_LOGLIK_GAIN - 5.0
+    if reference is not None:
+        promising |= (
+            (gain > SPLIT_MIN_GAIN_BRIGHT - 2.0)
+            & (p_pair[:, 2] + p_pair[:, 5] >= 0.9 * SPLIT_BRIGHTNESS_RATIO * reference)
+            & (p_pair[:, 7] <= 1.1 * SPLIT_MAX_PAIR_WIDTH * sigma_psf)
+        )
+    promising = np.flatnonzero(promising)
+    ok = np.zeros(t, dtype=bool)
+    if promising.size:
+        p_pol, ll_pol, f_pol, ok_pol = _fit_model(lambda p: _pair_model_and_jacobian(p, offsets), clip_pair,
+                                                  data[promising], mask[promising], p_pair[promising],
+                                                  extra[promising], int(max_iterations))
+        p_pair[promising], ll_pair[promising], fisher[promising], ok[promising] = p_pol, ll_pol, f_pol, ok_pol
+    # the two-spot model must not sit on the window's edge (a neighbour's light, not this spot's)
+    ok &= np.all(np.abs(p_pair[:, [0, 1, 3, 4]]) < half - 0.5, axis=1)
+    # The streak model is needed where it can change a decision -- the shape rule, which
+    # needs ll_pair - ll_round > SPLIT_MIN_LOGLIK_GAIN anyway -- or where the spot has a
+    # neighbour that will use its light. Elsewhere it is left unfitted (-inf: not a streak).
+    crowded = np.array([len(h) > 1 for h in cKDTree(positions[finite]).query_ball_point(positions[tested], 3.0 * half)],
+                       dtype=bool)
+    need = np.flatnonzero(crowded | (ll_pair - ll_round > SPLIT_MIN_LOGLIK_GAIN))
+    p_seg = seg_start.copy()
+    ll_seg = np.full(t, -np.inf)
+    if need.size:
+        p_seg[need], ll_seg[need], _, _ = _fit_model(lambda p: _segment_model_and_jacobian(p, offsets), clip_seg,
+                                                     data[need], mask[need], seg_start[need], extra[need],
+                                                     test_iterations)
+    ll_seg = np.where(np.isfinite(ll_seg), ll_seg, -np.inf)
+    ll_round = np.where(np.isfinite(ll_round), ll_round, -np.inf)
+    return ll_round, ll_seg, ll_pair, p_seg, p_pair, fisher, ok, centres
+
+
+def _apply_splits(out, parent, rows, abs1, abs2, p_pair, fisher, acquisition):
+    """Replace each split row by its first emitter and append the second one."""
+    try:
+        cov = np.linalg.inv(fisher)
+    except np.linalg.LinAlgError:
+        cov = np.linalg.pinv(fisher)
+    var1 = np.clip(0.5 * (cov[:, 0, 0] + cov[:, 1, 1]), 0.0, None)
+    var2 = np.clip(0.5 * (cov[:, 3, 3] + cov[:, 4, 4]), 0.0, None)
+    precision1 = acquisition.px_to_nm(np.sqrt(var1))
+    precision2 = acquisition.px_to_nm(np.sqrt(var2))
+    out["y_px"][rows], out["x_px"][rows] = abs1[:, 0], abs1[:, 1]
+    out["photons"][rows] = p_pair[:, 2]
+    out["background"][rows] = p_pair[:, 6]
+    out["sigma_px"][rows] = p_pair[:, 7]
+    out["loc_precision_nm"][rows] = precision1
+    out["fit_ok"][rows] = True
+    new = {
+        "y_px": abs2[:, 0], "x_px": abs2[:, 1], "photons": p_pair[:, 5], "background": p_pair[:, 6],
+        "sigma_px": p_pair[:, 7], "loc_precision_nm": precision2, "fit_ok": np.ones(len(rows), dtype=bool),
+    }
+    out = {c: np.concatenate([out[c], np.asarray(new[c], dtype=out[c].dtype)]) for c in LOCALIZATION_COLUMNS}
+    return out, np.concatenate([parent, parent[rows]])
+
+
+def _refit_neighbours(frame, out, kind, segment, parent, half, sigma_psf, sigma_lo, sigma_hi, read_var,
+                      max_iterations, acquisition):
+    """Refit the spots within ``3 * half`` px of a streak or a split pair, every neighbour's light known.
+
+    A streak's light is its segment model's, a split pair's its two emitters', any other
+    spot's its round fit's; the refitted spot's own window and start are those of a round
+    fit around its current position. ``kind`` ``(K,)``: 1 for streaks; ``segment``
+    ``(K, 2)`` streak vectors (px); ``parent`` ``(K,)`` from :func:`_apply_splits`.
+    Returns the updated table (a refit that goes astray keeps the previous values).
+    """
+    k = len(out["y_px"])
+    positions = np.column_stack([out["y_px"], out["x_px"]])
+    finite = np.all(np.isfinite(positions), axis=1) & np.isfinite(out["sigma_px"]) & np.isfinite(out["photons"])
+    # spots whose light model changed: streaks and split pairs (a tested spot that stays a
+    # round spot keeps the light its neighbours were already fitted with)
+    changed = (kind != 0) | (np.bincount(parent, minlength=k)[parent] > 1)
+    targets = np.flatnonzero(finite & ~changed)
+    if targets.size == 0 or not np.any(changed & finite):
+        return out
+    tree = cKDTree(positions[changed & finite])
+    near = tree.query_ball_point(positions[targets], 3.0 * half)
+    targets = targets[np.array([len(h) > 0 for h in near], dtype=bool)]
+    if targets.size == 0:
+        return out
+    height, width = frame.shape
+    centres = np.rint(positions[targets]).astype(np.int64)
+    centres[:, 0] = np.clip(centres[:, 0], 0, height - 1)
+    centres[:, 1] = np.clip(centres[:, 1], 0, width - 1)
+    windows, valid, offsets = _windows(frame, centres, half)
+    t = len(targets)
+    data = np.clip(windows + read_var, 0.0, None).reshape(t, -1)
+    mask = valid.reshape(t, -1).astype(np.float64)
+    sources = np.flatnonzero(finite)
+    yx, n, s, owner = _emitters(positions[sources], out["photons"][sources], out["sigma_px"][sources],
+                                kind[sources], segment[sources])
+    owner = sources[owner]
+    light = _neighbour_light_of(centres, targets, yx, n, s, owner, offsets, 3.0 * half)
+    start = np.column_stack([positions[targets] - centres, np.maximum(out["photons"][targets], 1.0),
+                             out["background"][targets], np.clip(out["sigma_px"][targets], sigma_lo, sigma_hi)])
+    params, converged = _fit_spots(data, mask, offsets, start, read_var, sigma_lo, sigma_hi, max_iterations,
+                                   extra=light)
+    sane = (
+        np.all(np.isfinite(params), axis=1)
+        & np.all(np.abs(params[:, :2] - start[:, :2]) <= MAX_SHIFT_PX, axis=1)
+        & (params[:, 4] > sigma_lo * 1.001) & (params[:, 4] < sigma_hi * 0.999)
+    )
+    rows = targets[sane]
+    p = params[sane]
+    out["y_px"][rows] = centres[sane, 0] + p[:, 0]
+    out["x_px"][rows] = centres[sane, 1] + p[:, 1]
+    out["photons"][rows], out["background"][rows], out["sigma_px"][rows] = p[:, 2], p[:, 3], p[:, 4]
+    out["loc_precision_nm"][rows] = mortensen_precision_nm(
+        p[:, 2], p[:, 3], acquisition.px_to_nm(p[:, 4]), acquisition.pixel_size_nm, acquisition.read_noise_e)
+    out["fit_ok"][rows] = converged[sane]
+    return out
