@@ -332,3 +332,40 @@ def test_bad_settings_and_files(models, tmp_path):
     (tmp_path / "corrupt.json").write_text(pt.with_suffix(".json").read_text())
     with pytest.raises(CheckpointError, match="does not match"):
         Estimator(str(corrupt), device="cpu")
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "sequence"])
+def test_chunked_model_calls_give_the_answers_of_one_call(tmp_path, kind):
+    torch.manual_seed(1)
+    cfg = ModelConfig(kind=kind, embed_dim=8, n_heads=2, mlp_hidden=16, head_hidden=8, cnn_channels=(2, 4),
+                      n_cross=1, n_self=1, n_joint=1, max_frames=12, min_frames=5)
+    card = _card(kind)
+    card["input_contract"].update(max_frames=12, min_frames=5)
+    path = export_checkpoint(build_model(cfg).eval(), card, tmp_path, "tiny")
+    rng = np.random.default_rng(4)
+    tracks = [_track(i, int(n)) for i, n in enumerate(rng.integers(5, 30, 23))]
+    one_call = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=1000).estimate(tracks, STANDARD)
+    chunked = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4).estimate(tracks, STANDARD)
+    for a, b in zip(one_call, chunked):
+        np.testing.assert_allclose(b.D1_um2_s, a.D1_um2_s, rtol=1e-5)
+        np.testing.assert_allclose(b.D2_um2_s, a.D2_um2_s, rtol=1e-5)
+        np.testing.assert_allclose(b.theta_deg, a.theta_deg, atol=1e-3)
+    with pytest.raises(EstimatorError, match="chunk_size"):
+        Estimator(str(path), device="cpu", chunk_size=0)
+
+
+def test_bundled_model_through_the_estimator_matches_one_direct_call():
+    from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
+
+    est = Estimator("aniso", device="cpu")
+    assert est.model_call_size() == 64 * torch.get_num_threads()
+    tracks = [_track(i, 30) for i in range(80)]
+    out = est.estimate(tracks, STANDARD)
+    module, _ = load_checkpoint("aniso")
+    patches = torch.from_numpy(np.stack([t.patches_photons for t in tracks]).astype(np.float32))
+    disp = np.stack([t.displacements_px for t in tracks]).astype(np.float32)
+    disp[:, 0] = 0.0
+    with torch.inference_mode():
+        ref = module.forward_log(patches, torch.from_numpy(disp), torch.ones(80, 30, dtype=torch.bool)).numpy()
+    np.testing.assert_allclose(np.log([r.track_D1_um2_s for r in out]), ref[:, 0], atol=1e-5)
+    np.testing.assert_allclose(np.log([r.track_D2_um2_s for r in out]), ref[:, 1], atol=1e-5)

@@ -122,3 +122,46 @@ def test_config_validation_and_round_trip() -> None:
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert isinstance(build_model(cfg), NormalizedModel)
     assert isinstance(build_model(cfg).core, CrossTransformer)
+
+
+@pytest.mark.parametrize("kind", ["sequence", "pointwise"])
+@pytest.mark.parametrize("modalities", ["image", "displacement"])
+def test_single_modality_ablation_builds_scripts_and_ignores_the_absent_input(kind: str, modalities: str) -> None:
+    torch.manual_seed(6)
+    model = build_model(ModelConfig(kind=kind, modalities=modalities, **TINY)).eval()
+    absent = "displacement_encoder" if modalities == "image" else "image_encoder"
+    assert not any(name.startswith(f"core.{absent}") for name, _ in model.named_parameters())
+    # fewer weights than the two-modality model, but the same number of blocks in the stream
+    both = build_model(ModelConfig(kind=kind, **TINY))
+    assert count_parameters(model) < count_parameters(both)
+    n_blocks = len(model.core.self_image) + len(model.core.self_displacement) + len(model.core.joint)
+    assert n_blocks == TINY["n_cross"] + TINY["n_self"] + TINY["n_joint"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(model)
+    p, d, v = _inputs(n=3, t=9)
+    v[2, 6:] = False
+    p_other, d_other = p.clone(), d.clone()
+    if modalities == "image":
+        d_other = 5.0 * torch.randn_like(d)  # the dropped input
+        p_changed, d_changed = p * torch.linspace(0.5, 1.5, 9)[None, :, None, None] + 20.0 * torch.rand_like(p), d
+    else:
+        p_other = 200.0 * torch.rand_like(p)
+        p_changed, d_changed = p, 3.0 * d + 0.5
+    with torch.no_grad():
+        ref = model(p, d, v)
+        expected = (3, 4) if kind == "sequence" else (3, 9, 4)
+        assert ref.shape == expected and torch.isfinite(ref if kind == "sequence" else ref[:2]).all()
+        torch.testing.assert_close(scripted(p, d, v), ref, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model(p_other, d_other, v), ref, atol=0.0, rtol=0.0)
+        torch.testing.assert_close(scripted.forward_log(p_other, d_other, v), model.forward_log(p, d, v), atol=1e-6, rtol=1e-6)
+        # the modality it keeps does matter
+        assert not torch.allclose(model(p_changed, d_changed, v), ref, atol=1e-4)
+
+
+def test_config_without_modalities_field_is_the_two_modality_model() -> None:
+    old = ModelConfig(kind="sequence", **TINY).to_dict()
+    del old["modalities"]  # cards written before the field existed
+    assert ModelConfig.from_dict(old).modalities == "both"
+    with pytest.raises(ValueError, match="modalities"):
+        ModelConfig(modalities="sound")

@@ -151,3 +151,26 @@ def test_bad_arguments_are_refused(tmp_path) -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(TrainingError, match="device"):
         resolve_device("tpu")
+
+
+def test_single_modality_training_and_warm_start_from_a_state_without_the_modalities_field(tmp_path) -> None:
+    data = synthetic_tracks(32, 10, seed=7)
+    val = synthetic_tracks(8, 10, seed=8)
+    cfg = ModelConfig(kind="sequence", max_frames=10, **TINY)
+    kw = dict(epochs=1, batch_size=16, n_frames=10, device="cpu", train_data=data, val_data=val, config=cfg, seed=5)
+    pt = train_model("aniso", out_dir=tmp_path / "disp", modalities="displacement", **kw)
+    module, card = load_checkpoint(pt)
+    assert card["model_config"]["modalities"] == "displacement"
+    assert "alpha_image_class_token" not in card
+    assert module(torch.zeros(2, 10, 11, 11), torch.ones(2, 10, 2), torch.ones(2, 10, dtype=torch.bool)).shape == (2, 4)
+    # a state saved before ModelConfig had `modalities` warm-starts the two-modality model
+    train_model("aniso", out_dir=tmp_path / "both", **kw)
+    state = torch.load(tmp_path / "both" / "last_state.pt")
+    del state["config"]["modalities"]
+    torch.save(state, tmp_path / "old_state.pt")
+    train_model("aniso", out_dir=tmp_path / "warm", init_state=tmp_path / "old_state.pt", **kw)
+    # but not a model with other modalities
+    with pytest.raises(TrainingError, match="another model configuration"):
+        train_model("aniso", out_dir=tmp_path / "bad", init_state=tmp_path / "old_state.pt", modalities="image", **kw)
+    with pytest.raises(TrainingError, match="modalities"):
+        train_model("aniso", out_dir=tmp_path / "bad2", modalities="sound", **kw)

@@ -35,6 +35,8 @@ consecutive frames, so a displacement spanning ``g`` frame intervals is divided 
 Memory stays bounded whatever the number of tracks: windows are generated lazily,
 sorted by length and run in batches of ``batch_size`` windows; only the per-frame
 accumulators of the tracks (a few numbers per localization) are kept.
+On the CPU each batch goes through the model in calls of :data:`CPU_CHUNK` windows per
+torch thread (faster: the activations stay in the caches); the answers do not change.
 
 Acquisition check
 -----------------
@@ -71,6 +73,7 @@ __all__ = [
     "triangular_weights",
     "window_starts",
     "DEFAULT_TOLERANCES",
+    "CPU_CHUNK",
 ]
 
 
@@ -81,6 +84,14 @@ class EstimatorError(ValueError):
 class AcquisitionWarning(UserWarning):
     """The movie's acquisition lies outside what the model was trained for."""
 
+
+#: Windows per model call and torch thread on the CPU. Measured on one thread
+#: (benchmarks/reports/inference.md): the bundled models run ~1.4x faster per CPU second
+#: in calls of 32-128 windows of 30 frames than in calls of 256-512 (the activations of a
+#: call then stay in the CPU caches). With several threads the call grows with them: on
+#: a busy machine small calls with 2 threads were far slower (every call synchronises
+#: the threads several times).
+CPU_CHUNK = 64
 
 #: Relative ranges around the training acquisition inside which no warning is given:
 #: ``quantity: (lowest ratio, highest ratio)`` of movie value / training value.
@@ -286,6 +297,10 @@ class Estimator:
         Frames shared by consecutive windows of long tracks; ``None``: half a window.
     num_threads
         CPU threads for torch (``None`` leaves torch's setting).
+    chunk_size
+        Windows per model call inside a batch; ``None``: :data:`CPU_CHUNK` windows per
+        torch thread on the CPU, the whole batch on a GPU. Each window's answer does not depend on the others of
+        its call (padding is masked), so this changes speed only, not the estimates.
 
     Raises
     ------
@@ -302,9 +317,12 @@ class Estimator:
         batch_size: int = 256,
         overlap: int | None = None,
         num_threads: int | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         if int(batch_size) < 1:
             raise EstimatorError(f"batch_size must be at least 1, got {batch_size!r}")
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise EstimatorError(f"chunk_size must be at least 1, got {chunk_size!r}")
         self.device = resolve_device(device)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
@@ -321,6 +339,7 @@ class Estimator:
         if not 1 <= self.min_frames <= self.max_frames:
             raise CheckpointError(f"model card of {self.model_name!r} has inconsistent min_frames/max_frames")
         self.batch_size = int(batch_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.overlap = self.max_frames // 2 if overlap is None else int(overlap)
         if not 0 <= self.overlap < self.max_frames:
             raise EstimatorError(f"overlap must be in [0, {self.max_frames}), got {overlap!r}")
@@ -431,13 +450,30 @@ class Estimator:
             patches[j, :length] = pa
             disp[j, :length] = d
             valid[j, :length] = True
+        lengths = valid.sum(1)
+        chunk = self.model_call_size()
+        outs = []
         with torch.inference_mode():
-            out = self.module.forward_log(
-                torch.from_numpy(patches).to(self.device),
-                torch.from_numpy(disp).to(self.device),
-                torch.from_numpy(valid).to(self.device),
-            )
-        return out.float().cpu().numpy().astype(np.float64)
+            for a in range(0, n, chunk):
+                b = min(n, a + chunk)
+                t = int(lengths[a:b].max())  # windows come sorted by length: little padding per chunk
+                out = self.module.forward_log(
+                    torch.from_numpy(patches[a:b, :t]).to(self.device),
+                    torch.from_numpy(disp[a:b, :t]).to(self.device),
+                    torch.from_numpy(valid[a:b, :t]).to(self.device),
+                ).float().cpu().numpy()
+                if out.ndim == 3 and t < t_max:  # pointwise: back to the batch's padded length
+                    out = np.concatenate([out, np.zeros((b - a, t_max - t, out.shape[2]), out.dtype)], axis=1)
+                outs.append(out)
+        return np.concatenate(outs).astype(np.float64)
+
+    def model_call_size(self) -> int:
+        """Windows per model call: ``chunk_size``, else :data:`CPU_CHUNK` x torch threads (CPU) or the batch (GPU)."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        if self.device.type == "cpu":
+            return CPU_CHUNK * max(1, torch.get_num_threads())
+        return self.batch_size
 
     def _accumulate(self, acc: _Accumulator, start: int, length: int, row: np.ndarray) -> None:
         w = triangular_weights(length)

@@ -17,6 +17,10 @@ Data flow of :class:`CrossTransformer` for a batch of ``N`` tracks of ``T`` fram
              (sequence kind: class token alpha*zA + (1-alpha)*zB, alpha = sigmoid(param))
     head:    sequence -> MLP(class token); pointwise -> MLP(concat(A_t, B_t)) per frame
 
+Ablations (``ModelConfig.modalities = "image"`` or ``"displacement"``): one token stream,
+the other encoder absent and its input ignored; the stream passes ``n_cross + n_self +
+n_joint`` self-attention blocks (the same depth) before the same head.
+
 Raw outputs are ``(log D1, log D2, sin 2theta, cos 2theta)`` with D in px^2/frame and
 ``D1 >= D2`` by construction (``log D2 = log D1 - softplus(.)``); the angle pair is
 normalised to the unit circle by the exported wrapper.
@@ -44,11 +48,14 @@ __all__ = [
     "build_model",
     "count_parameters",
     "MODEL_KINDS",
+    "MODALITIES",
     "DEFAULT_CONFIGS",
 ]
 
 #: Which output kind each named motion model uses.
 MODEL_KINDS = {"aniso": "sequence", "binding": "pointwise", "twostate": "pointwise"}
+#: Token streams a model can use (``ModelConfig.modalities``): both, or one for ablations.
+MODALITIES = ("both", "image", "displacement")
 
 
 @dataclass
@@ -85,6 +92,11 @@ class ModelConfig:
         Displacements are divided by this before the MLP (fixed, not learned).
     patch_scale
         Normalised patches are ``(patch - median) / photons * patch_scale``.
+    modalities
+        ``"both"`` (the cross-transformer), or ``"image"`` / ``"displacement"``: an
+        ablation with one token stream only, the absent encoder not built and its input
+        ignored; the stream goes through ``n_cross + n_self + n_joint`` self-attention
+        blocks (the depth of the two-modality model) before the head.
     """
 
     kind: str = "sequence"
@@ -103,8 +115,11 @@ class ModelConfig:
     min_frames: int = 5
     displacement_scale_px: float = 2.0
     patch_scale: float = 10.0
+    modalities: str = "both"
 
     def __post_init__(self) -> None:
+        if self.modalities not in MODALITIES:
+            raise ValueError(f"modalities must be one of {', '.join(MODALITIES)}, got {self.modalities!r}")
         if self.kind not in ("sequence", "pointwise"):
             raise ValueError(f"kind must be 'sequence' or 'pointwise', got {self.kind!r}")
         if self.embed_dim % self.n_heads or (self.embed_dim // self.n_heads) % 2:
@@ -123,7 +138,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; fields missing from ``values`` (older cards) take their defaults."""
         values = dict(values)
         if "cnn_channels" in values:
             values["cnn_channels"] = tuple(values["cnn_channels"])
@@ -319,20 +334,33 @@ class CrossTransformer(nn.Module):
         e = cfg.embed_dim
         self.is_sequence = cfg.kind == "sequence"
         self.patch_size = cfg.patch_size
-        self.image_encoder = PatchEncoder(cfg.patch_size, cfg.cnn_channels, e)
-        self.displacement_encoder = DisplacementEncoder(e)
-        self.modality_image = nn.Parameter(torch.zeros(e))
-        self.modality_displacement = nn.Parameter(torch.zeros(e))
-        self.cls_image = nn.Parameter(torch.zeros(e))
-        self.cls_displacement = nn.Parameter(torch.zeros(e))
-        self.alpha_logit = nn.Parameter(torch.zeros(1))
-        self.cross_image = nn.ModuleList([Block(cfg, cross=True) for _ in range(cfg.n_cross)])
-        self.cross_displacement = nn.ModuleList([Block(cfg, cross=True) for _ in range(cfg.n_cross)])
-        self.self_image = nn.ModuleList([Block(cfg, cross=False) for _ in range(cfg.n_self)])
-        self.self_displacement = nn.ModuleList([Block(cfg, cross=False) for _ in range(cfg.n_self)])
+        self.modalities = cfg.modalities
+        self.use_image = cfg.modalities in ("both", "image")
+        self.use_displacement = cfg.modalities in ("both", "displacement")
+        both = cfg.modalities == "both"
+        # an absent modality keeps its attribute names (TorchScript compiles every branch)
+        # but has no weights: an Identity encoder and empty parameters
+        self.image_encoder: nn.Module = (
+            PatchEncoder(cfg.patch_size, cfg.cnn_channels, e) if self.use_image else nn.Identity()
+        )
+        self.displacement_encoder: nn.Module = DisplacementEncoder(e) if self.use_displacement else nn.Identity()
+        self.modality_image = nn.Parameter(torch.zeros(e if self.use_image else 0))
+        self.modality_displacement = nn.Parameter(torch.zeros(e if self.use_displacement else 0))
+        self.cls_image = nn.Parameter(torch.zeros(e if self.use_image else 0))
+        self.cls_displacement = nn.Parameter(torch.zeros(e if self.use_displacement else 0))
+        self.alpha_logit = nn.Parameter(torch.zeros(1 if both else 0))
+        n_cross = cfg.n_cross if both else 0
+        # single modality: its stream takes the cross blocks' place as self-attention blocks
+        n_first = cfg.n_self if both else cfg.n_cross + cfg.n_self
+        self.cross_image = nn.ModuleList([Block(cfg, cross=True) for _ in range(n_cross)])
+        self.cross_displacement = nn.ModuleList([Block(cfg, cross=True) for _ in range(n_cross)])
+        self.self_image = nn.ModuleList([Block(cfg, cross=False) for _ in range(n_first if self.use_image else 0)])
+        self.self_displacement = nn.ModuleList(
+            [Block(cfg, cross=False) for _ in range(n_first if self.use_displacement else 0)]
+        )
         self.joint = nn.ModuleList([Block(cfg, cross=False) for _ in range(cfg.n_joint)])
         self.final_norm = nn.LayerNorm(e)
-        head_in = e if self.is_sequence else 2 * e
+        head_in = e if (self.is_sequence or not both) else 2 * e
         self.head = nn.Sequential(nn.Linear(head_in, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 4))
         self._init_weights()
 
@@ -343,7 +371,8 @@ class CrossTransformer(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         for p in (self.modality_image, self.modality_displacement, self.cls_image, self.cls_displacement):
-            nn.init.trunc_normal_(p, std=0.02)
+            if p.numel():
+                nn.init.trunc_normal_(p, std=0.02)
         last = self.head[2]
         assert isinstance(last, nn.Linear)
         # small output weights: start near D1 ~ 1 px^2/frame, D1/D2 ~ 2 (softplus(0) = 0.69)
@@ -355,18 +384,29 @@ class CrossTransformer(nn.Module):
         return torch.sigmoid(self.alpha_logit)
 
     def forward(self, patches: Tensor, displacements: Tensor, valid: Tensor) -> Tensor:
+        if self.use_image and self.use_displacement:
+            return self._forward_both(patches, displacements, valid)
+        return self._forward_single(patches, displacements, valid)
+
+    def _positions(self, t: int, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Token positions ``(L,)`` and key mask ``(N, L)``; sequence models: class token at 0, frames at 1..T."""
+        n = valid.shape[0]
+        pos = torch.arange(t, device=valid.device, dtype=torch.float32)
+        if self.is_sequence:
+            pos = torch.cat([torch.zeros(1, device=pos.device), pos + 1.0])
+            key_valid = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
+            return pos, key_valid
+        return pos, valid
+
+    def _forward_both(self, patches: Tensor, displacements: Tensor, valid: Tensor) -> Tensor:
         n, t = valid.shape
         p = self.patch_size
         img = self.image_encoder(patches.reshape(n * t, 1, p, p)).view(n, t, -1) + self.modality_image
         dsp = self.displacement_encoder(displacements) + self.modality_displacement
-        pos = torch.arange(t, device=patches.device, dtype=torch.float32)
-        key_valid = valid
+        pos, key_valid = self._positions(t, valid)
         if self.is_sequence:
-            # class token at position 0, frames at 1..T
             img = torch.cat([self.cls_image.expand(n, 1, -1), img], dim=1)
             dsp = torch.cat([self.cls_displacement.expand(n, 1, -1), dsp], dim=1)
-            pos = torch.cat([torch.zeros(1, device=pos.device), pos + 1.0])
-            key_valid = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
 
         # level 1: cross-attention (both directions from the same inputs), then self-attention
         for blk_i, blk_d in zip(self.cross_image, self.cross_displacement):
@@ -395,6 +435,29 @@ class CrossTransformer(nn.Module):
             raw = self.head(x[:, 0])
         else:
             raw = self.head(torch.cat([x[:, :t], x[:, t:]], dim=-1))
+        return _constrain(raw)
+
+    def _forward_single(self, patches: Tensor, displacements: Tensor, valid: Tensor) -> Tensor:
+        """One token stream (ablation): encoder, ``n_cross + n_self`` then ``n_joint`` self-attention blocks, head."""
+        n, t = valid.shape
+        p = self.patch_size
+        if self.use_image:
+            x = self.image_encoder(patches.reshape(n * t, 1, p, p)).view(n, t, -1) + self.modality_image
+            cls_token = self.cls_image
+        else:
+            x = self.displacement_encoder(displacements) + self.modality_displacement
+            cls_token = self.cls_displacement
+        pos, key_valid = self._positions(t, valid)
+        if self.is_sequence:
+            x = torch.cat([cls_token.expand(n, 1, -1), x], dim=1)
+        for blk in self.self_image:  # the absent modality's list is empty
+            x = blk(x, x, pos, pos, key_valid)
+        for blk in self.self_displacement:
+            x = blk(x, x, pos, pos, key_valid)
+        for blk in self.joint:
+            x = blk(x, x, pos, pos, key_valid)
+        x = self.final_norm(x)
+        raw = self.head(x[:, 0]) if self.is_sequence else self.head(x)
         return _constrain(raw)
 
 

@@ -354,6 +354,7 @@ def train_model(
     augment: bool = True,
     angle_weight: float = 4.0,
     init_state: str | os.PathLike[str] | None = None,
+    modalities: str | None = None,
 ) -> Path:
     """Train a model and export its best epoch as a TorchScript checkpoint with a card.
 
@@ -396,6 +397,9 @@ def train_model(
         Optional ``best_state.pt``/``last_state.pt`` of an earlier run of the same model and
         size: training starts from its weights (a warm start; the schedule starts afresh).
         The card records it, and what that earlier run had seen, in ``training.warm_start``.
+    modalities
+        ``"both"`` (default), ``"image"`` or ``"displacement"``: overrides ``config.modalities``;
+        the single-modality models are the ablations of ``benchmarks/bench_ablation.py``.
     train_data, val_data
         Ready datasets (dicts with ``patches, displacements, valid, D1_um2_s, D2_um2_s,
         theta_deg, state`` as :func:`make_dataset` returns) instead of generating them;
@@ -458,7 +462,13 @@ def train_model(
     # ---- model
     torch.manual_seed(seed)
     cfg = config or ModelConfig(**{**DEFAULT_CONFIGS[model].to_dict(), "max_frames": n_frames, "patch_size": patch_size})
-    cfg = ModelConfig.from_dict({**cfg.to_dict(), "kind": kind, "max_frames": n_frames, "patch_size": patch_size})
+    overrides: dict[str, Any] = {"kind": kind, "max_frames": n_frames, "patch_size": patch_size}
+    if modalities is not None:
+        overrides["modalities"] = modalities
+    try:
+        cfg = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
     net: NormalizedModel = build_model(cfg).to(dev)
     warm_start: dict[str, Any] | None = None
     if init_state is not None:
@@ -605,7 +615,8 @@ def train_model(
     card["learning_curve"] = read_learning_curve(curve_path)
     if kind == "sequence":
         card["metrics"]["validation"]["cve_tensor"] = _cve_baseline(val_np, acq)
-        card["alpha_image_class_token"] = float(final.core.alpha().item())
+        if cfg.modalities == "both":
+            card["alpha_image_class_token"] = float(final.core.alpha().item())
     return export_checkpoint(final, card, out, name, overwrite=True)
 
 
@@ -624,7 +635,11 @@ def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: Mo
     ckpt = torch.load(p, map_location="cpu")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise TrainingError(f"{p} is not a training state (expected best_state.pt or last_state.pt of a run)")
-    if ckpt["config"] != cfg.to_dict():
+    try:  # a state saved before a config field existed has that field's default
+        stored = ModelConfig.from_dict(ckpt["config"]).to_dict()
+    except (TypeError, ValueError):
+        stored = None
+    if stored != cfg.to_dict():
         raise TrainingError(f"{p} was trained with another model configuration; warm start needs the same size and kind")
     net.load_state_dict(ckpt["state_dict"])
     info: dict[str, Any] = {"state": str(p), "epoch_of_state": ckpt.get("epoch")}
@@ -726,6 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no grid-symmetry augmentation")
     p.add_argument("--angle-weight", type=float, default=4.0, help="weight of the angle term of the loss")
     p.add_argument("--init-state", default=None, help="warm start from a run's best_state.pt / last_state.pt")
+    p.add_argument("--modalities", choices=["both", "image", "displacement"], default=None,
+                   help="token streams of the model (single-modality ablations)")
     return p
 
 
@@ -765,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         acquisition=acq, val_samples=args.val_samples, progress=progress, dataset_path=args.dataset_path,
         num_threads=args.threads, max_time_s=args.max_time_s, command=command, name=args.name,
         augment=args.augment, angle_weight=args.angle_weight, init_state=args.init_state,
+        modalities=args.modalities,
     )
     print(f"exported {path}", flush=True)
     return 0
