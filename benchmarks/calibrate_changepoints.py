@@ -41,15 +41,26 @@ segmentation 1.5 (no false positive on 300 one-state 200-frame tracks; F1 0.94 /
 multi-switch binding tracks), PELT 1.0. ar(0.8) raises the single-change false
 positives to 3.8 % at 20 frames (pen 2); the local-CVE source to 10 % at 20 frames.
 
+Confirmation (``--confirm binding=PATH,twostate=PATH``, seed 13): one-state tracks
+(seed-aniso, D1 0.05-6 um^2/s, plus each model's own single states) of 30, 100 and 200
+frames and switching tracks (one switch in 30 frames; Markov switching over 200 frames)
+are rendered, localized and estimated by the models; the false-changepoint rate per
+one-state track and precision/recall/F1 of the switches are measured before the
+displacement confirmation (``changepoints.confirm_changepoints``) and after it, at
+several family-wise levels, with and without the scan correction. The section
+"Confirmation on displacements" of ``reports/changepoints.md`` is replaced.
+
 Command::
 
     .venv/bin/python benchmarks/calibrate_changepoints.py [--quick] [--out benchmarks/reports/changepoints.md]
+    .venv/bin/python benchmarks/calibrate_changepoints.py --confirm binding=binding,twostate=twostate
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import platform
 import sys
 import time
@@ -68,6 +79,18 @@ from napari_spt_diffusion.simulation.trajectories import (
 )
 
 SEED = 11
+
+
+def torch_threads(n: int) -> None:
+    """Limit torch to ``n`` threads (the machine is shared; model inference only)."""
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:  # the penalty calibration itself does not need torch
+        pass
+
+
 PENALTIES_SINGLE = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0]
 PENALTIES_MULTI = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
 PENALTIES_PELT = [1.0, 2.0, 3.0, 4.0]
@@ -232,6 +255,242 @@ def check_models(models: dict[str, str], quick: bool, out: str) -> int:
     return 0
 
 
+# ------------------------------------------- confirmation of changepoints on displacements
+CONFIRM_SEED = 13
+CONFIRM_ALPHAS = [0.01, 0.05, 0.2]
+#: (label, scan_correction) variants of the confirmation measured beside each other
+CONFIRM_VARIANTS = [("scan", True), ("cand.", False)]
+CONFIRM_SECTION = "## Confirmation on displacements"
+
+
+def _model_tracks(traj, estimator, acq: Acquisition, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per track: ``(features (T, 2), localized positions (T, 2) px, loc precision (T,) px)``."""
+    from napari_spt_diffusion.simulation.samples import samples_from_trajectories
+    from napari_spt_diffusion.tracking.patches import TrackPatches
+
+    batch = samples_from_trajectories(traj, rng)
+    n, t = batch.patches.shape[:2]
+    tracks = [
+        TrackPatches(
+            track_id=i,
+            frames=np.arange(t),
+            positions_px=batch.positions_px[i],
+            patches_photons=batch.patches[i],
+            subpixel_offset_px=batch.subpixel_offset_px[i],
+            outside_mask=batch.outside_mask[i],
+            displacements_px=batch.displacements[i].astype(np.float64),
+            gap_before=np.r_[True, np.zeros(t - 1, dtype=bool)],
+        )
+        for i in range(n)
+    ]
+    prec = batch.loc_precision_nm.astype(np.float64) / acq.pixel_size_nm
+    return [
+        (cp.changepoint_features(e.D1_um2_s, e.D2_um2_s), batch.positions_px[i], prec[i])
+        for i, e in enumerate(estimator.estimate(tracks, acq))
+    ]
+
+
+def _decide(x: np.ndarray, single: bool) -> np.ndarray:
+    if single:
+        c = cp.decide_single_changepoint(x)
+        return np.zeros(0, dtype=np.int64) if c is None else np.array([c])
+    return cp.multiple_changepoints(x)
+
+
+def _confirmed(tracks, single: bool, acq: Acquisition) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """Decisions before confirmation and after it, for every variant and alpha (variant-major)."""
+    before = [_decide(x, single) for x, _, _ in tracks]
+    after = []
+    for _, scan in CONFIRM_VARIANTS:
+        for alpha in CONFIRM_ALPHAS:
+            after.append([
+                cp.confirm_changepoints(c, pos, np.arange(len(pos)), acq.blur_coefficient, prec, alpha=alpha,
+                                        scan_correction=scan)
+                for c, (_, pos, prec) in zip(before, tracks)
+            ])
+    return before, after
+
+
+def check_confirmation(models: dict[str, str], quick: bool, out: str) -> int:
+    """False changepoints on one-state tracks and detection of switches, before/after confirmation."""
+    from napari_spt_diffusion.estimation.estimator import Estimator
+
+    rng = np.random.default_rng(CONFIRM_SEED)
+    acq = Acquisition()
+    n_one = {30: 100 if quick else 1000, 100: 40 if quick else 300, 200: 20 if quick else 150}
+    n_sw = {30: 100 if quick else 500, 200: 20 if quick else 150}
+    started = time.time()
+    rows_fp, rows_det = [], []
+    for name, path in models.items():
+        est = Estimator(path, device="cpu")
+        for t, n in n_one.items():
+            sets = [("aniso, D1 0.05-6", simulate_anisotropic(n, t, acq, rng))]
+            sets += [(("bound" if s[0]["D1_um2_s"] == (0.005, 0.01) else "unbound" if name == "binding" else "isotropic"),
+                      simulate_multistate(max(n // 3, 20), t, s, 0.0, acq, rng)) for s in MODEL_ONE_STATE[name]]
+            for label, traj in sets:
+                tracks = _model_tracks(traj, est, acq, rng)
+                single = t <= est.max_frames
+                before, after = _confirmed(tracks, single, acq)
+                rate = lambda det: float(np.mean([len(d) > 0 for d in det]))
+                rows_fp.append((name, label, len(tracks), t, rate(before), [rate(a) for a in after],
+                                float(np.mean([len(d) for d in before])), [float(np.mean([len(d) for d in a])) for a in after]))
+                if label.startswith("aniso"):
+                    d1 = traj.D1_um2_s[:, 0]
+                    for lo, hi in ((0.05, 1.0), (1.0, 3.0), (3.0, 6.01)):
+                        m = (d1 >= lo) & (d1 < hi)
+                        rows_fp.append((name, f"  aniso, D1 in [{lo:g}, {min(hi, 6):g}]", int(m.sum()), t,
+                                        float(np.mean([len(before[i]) > 0 for i in np.flatnonzero(m)])),
+                                        [float(np.mean([len(a[i]) > 0 for i in np.flatnonzero(m)])) for a in after], None, None))
+            print(f"{name} one-state {t} done at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+        sim = simulate_binding if name == "binding" else simulate_two_state
+        for t, n in n_sw.items():
+            traj = sim(n, 30, acq, rng) if t == 30 else simulate_multistate(n, t, MODEL_MULTI[name], SWITCH_RATE_PER_S, acq, rng)
+            tracks = _model_tracks(traj, est, acq, rng)
+            before, after = _confirmed(tracks, t <= est.max_frames, acq)
+            scores = [cp.changepoint_scores(traj.changepoint_frames, d, tolerance=2) for d in [before, *after]]
+            rows_det.append((name, "one switch" if t == 30 else f"Markov, {SWITCH_RATE_PER_S:g} /s", len(tracks), t, scores))
+            print(f"{name} switches {t} done at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+    limits = []
+    if "twostate" in models:
+        limits = twostate_limits(Estimator(models["twostate"], device="cpu"), acq, rng, 40 if quick else 150)
+    elapsed = time.time() - started
+    cmd = (".venv/bin/python benchmarks/calibrate_changepoints.py --confirm "
+           + ",".join(f"{k}={v}" for k, v in models.items()) + (" --quick" if quick else ""))
+    alphas = " | ".join(f"{v} a={a:g}" for v, _ in CONFIRM_VARIANTS for a in CONFIRM_ALPHAS)
+    n_cols = len(CONFIRM_VARIANTS) * len(CONFIRM_ALPHAS)
+    lines = [
+        CONFIRM_SECTION,
+        "",
+        f"- Date: {_dt.date.today().isoformat()}; command: `{cmd}` (seed {CONFIRM_SEED}); run time {elapsed:.0f} s "
+        f"(1 torch thread, machine shared: load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}).",
+        "- Tracks simulated (standard acquisition), rendered, detected and localized by the training-sample path "
+        "(`simulation.samples.samples_from_trajectories`) and estimated by the model; the changepoints decided on "
+        f"log10 D1, log10 D2 with the default penalties (single {cp.DEFAULT_PENALTY} for tracks up to the model's "
+        f"length, binary segmentation {cp.DEFAULT_PENALTY_MULTI} beyond, min effect {cp.DEFAULT_MIN_EFFECT}) are "
+        "then confirmed on the localized positions (`changepoints.confirm_changepoints`: F-test of the mean squared "
+        "displacement on the two sides, degrees of freedom corrected for anisotropy, motion blur and localization "
+        "noise, Bonferroni over the track's changepoints and, for `scan`, over the positions each changepoint could have "
+        f"taken; `cand.` = the candidates' own p-values; guard {cp.DEFAULT_CONFIRM_GUARD}). `before` = without "
+        "confirmation, `a=` = confirmed at family-wise level a per track.",
+        f"- Default of the pipeline: the `cand.` variant at **alpha = {cp.DEFAULT_CONFIRM_ALPHA:g}** "
+        "(`scan` removed every false changepoint but cost more of the binding switches).",
+        *_confirm_summary(rows_fp, rows_det),
+        "",
+        "### False changepoints: fraction of one-state tracks given any changepoint (mean number per track in brackets)",
+        "",
+        f"| model | tracks | n | frames | before | {alphas} |",
+        "|---|---|---|---|---|" + "---|" * n_cols,
+    ]
+    for name, label, n, t, b, a, nb, na in rows_fp:
+        if nb is None:
+            lines.append(f"| {name} | {label} | {n} | {t} | {b:.3f} | " + " | ".join(f"{v:.3f}" for v in a) + " |")
+        else:
+            lines.append(f"| {name} | {label} | {n} | {t} | {b:.3f} ({nb:.2f}) | "
+                         + " | ".join(f"{v:.3f} ({w:.2f})" for v, w in zip(a, na)) + " |")
+    lines += [
+        "",
+        "### Switches: precision / recall / F1 within 2 frames",
+        "",
+        f"| model | set | n | frames | before | {alphas} |",
+        "|---|---|---|---|---|" + "---|" * n_cols,
+    ]
+    for name, label, n, t, scores in rows_det:
+        cells = [f"{s['precision']:.3f} / {s['recall']:.3f} / {s['f1']:.3f}" for s in scores]
+        lines.append(f"| {name} | {label} | {n} | {t} | " + " | ".join(cells) + " |")
+    lines += limits
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not quick:
+        _replace_section(Path(out), text)
+    return 0
+
+
+def twostate_limits(est, acq: Acquisition, rng: np.random.Generator, n: int) -> list[str]:
+    """What bounds the changepoint F1 of two isotropic states (report lines).
+
+    Markov switching (2 /s each way) between two isotropic states with D ~ U[0.05, 3]
+    um^2/s each (the end-to-end ``twostate`` field), 200 frames, through the model: F1 at
+    tolerances of 2, 5 and 10 frames, over a grid of penalties and minimum effects, with
+    the true number of changepoints given (an upper bound of what any penalty can do on
+    these estimates), and the recall by the size of the change of D.
+    """
+    states = [{"D1_um2_s": (0.05, 3.0), "D2_over_D1": 1.0, "theta_deg": 0.0}] * 2
+    traj = simulate_multistate(n, 200, states, SWITCH_RATE_PER_S, acq, rng)
+    tracks = _model_tracks(traj, est, acq, rng)
+    true = traj.changepoint_frames
+    fmt = lambda s: f"{s['precision']:.3f} / {s['recall']:.3f} / {s['f1']:.3f}"
+    decided = [cp.multiple_changepoints(x) for x, _, _ in tracks]
+    confirmed = [cp.confirm_changepoints(c, pos, np.arange(len(pos)), acq.blur_coefficient, pr)
+                 for c, (_, pos, pr) in zip(decided, tracks)]
+    lines = [
+        "",
+        f"### Two isotropic states: what limits the F1 ({n} tracks of 200 frames, D ~ U[0.05, 3] um^2/s per state, "
+        f"{SWITCH_RATE_PER_S:g} switches/s each way, {np.mean([len(t) for t in true]):.1f} changepoints per track)",
+        "",
+        "| decision | tolerance (frames) | precision / recall / F1 |",
+        "|---|---|---|",
+    ]
+    for tol in (2, 5, 10):
+        lines.append(f"| default, decided | {tol} | {fmt(cp.changepoint_scores(true, decided, tolerance=tol))} |")
+        lines.append(f"| default, confirmed | {tol} | {fmt(cp.changepoint_scores(true, confirmed, tolerance=tol))} |")
+    for pen in (0.5, 1.0, 1.5, 2.0, 3.0):
+        for me in (0.0, cp.DEFAULT_MIN_EFFECT):
+            det = [cp.multiple_changepoints(x, penalty=pen, min_effect=me) for x, _, _ in tracks]
+            lines.append(f"| penalty {pen:g}, min effect {me:g} | 2 | {fmt(cp.changepoint_scores(true, det, tolerance=2))} |")
+    oracle = [cp.multiple_changepoints(x, penalty=1e-6, min_effect=0.0, max_changepoints=len(t)) if len(t)
+              else np.zeros(0, dtype=np.int64) for (x, _, _), t in zip(tracks, true)]
+    lines.append(f"| true number of changepoints given | 2 | {fmt(cp.changepoint_scores(true, oracle, tolerance=2))} |")
+    effect, hit = [], []
+    for i, t in enumerate(true):
+        matched = {a for a, _ in cp.match_changepoints(t, decided[i], 2)}
+        for c in t:
+            effect.append(abs(np.log10(traj.D1_um2_s[i, c] / traj.D1_um2_s[i, c - 1])))
+            hit.append(c in matched)
+    effect, hit = np.asarray(effect), np.asarray(hit)
+    lines += ["", "| change of log10 D at the switch | share of the switches | recall (default, decided, 2 frames) |",
+              "|---|---|---|"]
+    for lo, hi in ((0.0, 0.15), (0.15, 0.3), (0.3, 0.6), (0.6, np.inf)):
+        sel = (effect >= lo) & (effect < hi)
+        lines.append(f"| [{lo:g}, {hi:g}) | {sel.mean():.2f} | {hit[sel].mean() if sel.any() else float('nan'):.3f} |")
+    err = np.concatenate([x[:, 0] - np.log10(traj.D1_um2_s[i]) for i, (x, _, _) in enumerate(tracks)])
+    seg = np.concatenate([np.diff(np.r_[0, t, 200]) for t in true])
+    lines += ["", f"Per-frame error of log10 D1: standard deviation {err.std():.3f} decades, lag-1 correlation "
+                  f"{np.corrcoef(err[1:], err[:-1])[0, 1]:.2f}; true segments: 10 / 25 / 50 % shorter than "
+                  + " / ".join(f"{q:.0f}" for q in np.quantile(seg, [0.1, 0.25, 0.5])) + " frames."]
+    return lines
+
+
+def _confirm_summary(rows_fp: list, rows_det: list) -> list[str]:
+    """Lines stating the false-changepoint rates and switch F1 before / after the default confirmation."""
+    col = [v for v, _ in CONFIRM_VARIANTS].index("cand.") * len(CONFIRM_ALPHAS) + CONFIRM_ALPHAS.index(cp.DEFAULT_CONFIRM_ALPHA)
+    out = []
+    for name in dict.fromkeys(r[0] for r in rows_fp):
+        aniso = [r for r in rows_fp if r[0] == name and r[1].startswith("aniso")]
+        own = [r for r in rows_fp if r[0] == name and r[6] is not None and not r[1].startswith("aniso")]
+        sub = [r for r in rows_fp if r[0] == name and r[6] is None]
+        out.append(
+            f"- `{name}` model, false-changepoint rate per one-state track: anisotropic D1 0.05-6 um^2/s at "
+            + "/".join(str(r[3]) for r in aniso) + " frames: before "
+            + " / ".join(f"{r[4]:.3f}" for r in aniso) + ", after " + " / ".join(f"{r[5][col]:.3f}" for r in aniso)
+            + f" (largest in a D1 sub-range: before {max(r[4] for r in sub):.3f}, after {max(r[5][col] for r in sub):.3f}); "
+            f"the model's own single states: at most {max(r[4] for r in own):.3f} before, {max(r[5][col] for r in own):.3f} "
+            "after. Switch F1: "
+            + ", ".join(f"{r[1]} {r[4][0]['f1']:.3f} -> {r[4][col + 1]['f1']:.3f}" for r in rows_det if r[0] == name)
+            + "."
+        )
+    return out
+
+
+def _replace_section(path: Path, section: str) -> None:
+    """Write ``section`` into ``path`` in place of an earlier one with the same title (else appended)."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(CONFIRM_SECTION)
+    if start >= 0:
+        nxt = old.find("\n## ", start + len(CONFIRM_SECTION))
+        old = old[:start].rstrip("\n") + ("\n" + old[nxt:] if nxt >= 0 else "")
+    path.write_text(old.rstrip("\n") + "\n\n" + section)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer tracks (a smoke run, not for the report)")
@@ -239,7 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None,
                         help="binding=PATH,twostate=PATH: check the default decisions on these models' outputs "
                              "(writes reports/changepoints_models.md) instead of calibrating")
+    parser.add_argument("--confirm", default=None, metavar="binding=PATH,twostate=PATH",
+                        help="measure the displacement confirmation of changepoints on these models' outputs "
+                             "(replaces its section of reports/changepoints.md) instead of calibrating")
     args = parser.parse_args(argv)
+    torch_threads(1)
+    if args.confirm:
+        models = dict(part.split("=", 1) for part in args.confirm.split(","))
+        return check_confirmation(models, args.quick, args.out or str(Path(__file__).parent / "reports" / "changepoints.md"))
     if args.models:
         models = dict(part.split("=", 1) for part in args.models.split(","))
         out = args.out or str(Path(__file__).parent / "reports" / "changepoints_models.md")

@@ -200,3 +200,85 @@ def test_bad_input_is_refused():
         cp.multiple_changepoints(np.zeros((3, 3, 3)))
     with pytest.raises(cp.ChangepointError):
         cp.multiple_changepoints(np.zeros(10), method="magic")
+
+
+# ------------------------------------------------- confirmation on displacements
+def _one_state_positions(n: int, t: int, rng: np.random.Generator, loc_px: float = 0.05):
+    """(N, T, 2) localized positions (px) of one-state anisotropic tracks, D1 in 0.05-6 um^2/s."""
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.simulation.trajectories import simulate_anisotropic
+
+    acq = Acquisition()
+    traj = simulate_anisotropic(n, t, acq, rng)
+    pos = traj.frame_positions_px + rng.normal(0, loc_px, size=traj.frame_positions_px.shape)
+    return pos, acq.blur_coefficient
+
+
+def test_displacement_test_is_calibrated_on_one_state_tracks():
+    # a fixed split of one-state tracks (blur, anisotropy, 5 nm noise): about 5 % of p-values below 0.05
+    rng = np.random.default_rng(20)
+    pos, blur = _one_state_positions(600, 30, rng)
+    p = np.array([cp.displacement_variance_test(np.diff(x[:12], axis=0), np.diff(x[12:], axis=0), blur, 0.05**2)
+                  for x in pos])
+    assert 0.02 <= np.mean(p < 0.05) <= 0.08
+    assert np.all((p >= 0) & (p <= 1))
+
+
+def test_confirmation_removes_changepoints_of_one_state_tracks():
+    # worst case: on each one-state track the candidate is put where the displacements differ most
+    # (a scan); with the scan correction at most alpha = 5 % of tracks may keep it, and the default
+    # (Bonferroni over candidates only) on 3 random candidates per track stays below 5 % too
+    rng = np.random.default_rng(21)
+    pos, blur = _one_state_positions(300, 40, rng)
+    kept_scan = kept_random = 0
+    for x in pos:
+        q = np.sum(np.diff(x, axis=0) ** 2, axis=1)
+        ratios = [abs(np.log(q[: c - 1].mean() / q[c:].mean())) for c in range(3, 37)]
+        worst = 3 + int(np.argmax(ratios))
+        kept_scan += len(cp.confirm_changepoints([worst], x, np.arange(40), blur, 0.05, scan_correction=True))
+        cands = np.sort(rng.choice(np.arange(3, 37), 3, replace=False))
+        kept_random += len(cp.confirm_changepoints(cands, x, np.arange(40), blur, 0.05)) > 0
+    assert kept_scan <= 15, kept_scan
+    assert kept_random <= 15, kept_random
+
+
+def test_clear_binding_switch_is_decided_and_confirmed_at_the_right_frame():
+    # bound (0.0075 um^2/s) -> unbound (D1 4.5, D2 2 um^2/s): features from noisy per-frame
+    # estimates, positions from the walk itself; the switch is found within one frame and kept
+    from napari_spt_diffusion.acquisition import Acquisition
+
+    acq = Acquisition()
+    rng = np.random.default_rng(22)
+    found = 0
+    for _ in range(60):
+        c_true = int(rng.integers(4, 27))
+        truth = np.where(np.arange(30)[:, None] < c_true, np.log10(0.0075), np.log10([4.5, 2.0]))
+        x = truth + _ar1(1, 30, 0.5, 0.15, rng)[0]
+        d = np.where(np.arange(30)[:, None] < c_true, 0.0075, [4.5, 2.0])
+        steps = rng.normal(size=(30, 2)) * np.sqrt(2 * d * acq.frame_interval_s) / acq.pixel_size_um
+        pos = np.cumsum(steps, axis=0) + rng.normal(0, 0.05, size=(30, 2))
+        c = cp.decide_single_changepoint(x)
+        assert c is not None
+        kept = cp.confirm_changepoints([c], pos, np.arange(30), acq.blur_coefficient, 0.05)
+        found += len(kept) == 1 and abs(int(kept[0]) - c_true) <= 1
+    assert found >= 58
+
+
+def test_confirmation_needs_displacements_on_both_sides_and_skips_gaps():
+    rng = np.random.default_rng(23)
+    slow = rng.normal(0, 0.05, size=(20, 2))
+    fast = 10.0 + np.cumsum(rng.normal(0, 3.0, size=(20, 2)), axis=0)
+    pos = np.vstack([slow, fast])
+    frames = np.arange(40)
+    assert cp.confirm_changepoints([20], pos, frames, 1 / 6, 0.05).tolist() == [20]
+    # a state of a single frame at the start has no displacement of its own: not confirmable
+    assert cp.confirm_changepoints([1], np.vstack([slow[:1], fast]), np.arange(21), 1 / 6, 0.05).size == 0
+    # the big jump across a gap is not a displacement of either state
+    still = np.vstack([slow[:10], slow[10:] + 30.0])
+    gap_frames = np.r_[np.arange(10), np.arange(15, 25)]
+    assert cp.confirm_changepoints([10], still, gap_frames, 1 / 6, 0.05).size == 0
+    assert cp.confirm_changepoints([], pos, frames, 1 / 6).size == 0
+    with pytest.raises(cp.ChangepointError, match="one row per sample"):
+        cp.confirm_changepoints([5], pos, frames[:-1], 1 / 6)
+    with pytest.raises(cp.ChangepointError, match="alpha"):
+        cp.confirm_changepoints([5], pos, frames, 1 / 6, alpha=0.0)

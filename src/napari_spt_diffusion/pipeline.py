@@ -14,7 +14,9 @@
    the model's minimum get the classical combined tensor, flagged;
 6. changepoints (pointwise models): on ``log10 D1, log10 D2`` per frame, one decided
    changepoint for tracks no longer than the model's trained length, penalised
-   multiple changepoints for longer tracks (``Settings.changepoints``);
+   multiple changepoints for longer tracks (``Settings.changepoints``), each then kept
+   only if the frame-to-frame displacements on its two sides differ significantly
+   (``Settings.changepoint_confirm``);
 7. the two tables of the results contract (``results.py``), plus two extra summary
    columns, ``method`` (``model``/``classical``) and ``flags``.
 
@@ -116,6 +118,11 @@ class Settings:
         :mod:`~.estimation.changepoints`).
     changepoint_min_effect
         Smallest change of ``log10 D`` accepted as a change of state (decades).
+    changepoint_confirm
+        Keep a changepoint only if the frame-to-frame displacements on its two sides
+        differ significantly (:func:`~.estimation.changepoints.confirm_changepoints`).
+    changepoint_confirm_alpha
+        Family-wise error rate per track of that confirmation.
     chunk_localizations
         Tracks are estimated in chunks of about this many localizations (whole tracks,
         in order of their first frame): patches of one chunk only are held in memory
@@ -134,6 +141,8 @@ class Settings:
     changepoint_penalty: float | None = None
     changepoint_penalty_multi: float | None = None
     changepoint_min_effect: float = cp.DEFAULT_MIN_EFFECT
+    changepoint_confirm: bool = True
+    changepoint_confirm_alpha: float = cp.DEFAULT_CONFIRM_ALPHA
     chunk_localizations: int = 200_000
 
     def __post_init__(self) -> None:
@@ -145,6 +154,8 @@ class Settings:
             raise PipelineError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if isinstance(self.chunk_localizations, bool) or int(self.chunk_localizations) < 1:
             raise PipelineError(f"chunk_localizations must be a whole number >= 1, got {self.chunk_localizations!r}")
+        if not (0.0 < float(self.changepoint_confirm_alpha) < 1.0):
+            raise PipelineError(f"changepoint_confirm_alpha must be between 0 and 1, got {self.changepoint_confirm_alpha!r}")
         if not (math.isfinite(float(self.max_D_um2_s)) and self.max_D_um2_s > 0):
             raise PipelineError(f"max_D_um2_s must be a positive number, got {self.max_D_um2_s!r}")
 
@@ -358,6 +369,8 @@ def track_and_estimate(
             "penalty_single": settings.changepoint_penalty or cp.DEFAULT_PENALTY,
             "penalty_multi": settings.changepoint_penalty_multi or cp.DEFAULT_PENALTY_MULTI,
             "min_effect_log10": settings.changepoint_min_effect,
+            "confirmed_on_displacements": bool(settings.changepoint_confirm),
+            "confirm_alpha_per_track": settings.changepoint_confirm_alpha,
         },
         "n_frames": int(shape[0]),
         "n_localizations_detected": int(len(locs)),
@@ -434,14 +447,41 @@ def _classical_estimates(patches: list[TrackPatches], acquisition: Acquisition) 
 
 
 # ---------------------------------------------------------------- tables
-def track_changepoints(est: TrackEstimate, mode: str, estimator: Estimator, settings: Settings) -> np.ndarray:
+def track_changepoints(
+    est: TrackEstimate,
+    mode: str,
+    estimator: Estimator,
+    settings: Settings,
+    positions_px: np.ndarray | None = None,
+    loc_precision_px: np.ndarray | None = None,
+    acquisition: Acquisition | None = None,
+) -> np.ndarray:
     """Changepoint indices (rows of the track) of one track's per-frame estimates.
 
     ``mode``: ``"auto"`` (one decided changepoint when the track is no longer than the
     model's trained length, :func:`~.estimation.changepoints.multiple_changepoints`
     beyond), ``"single"``, ``"multiple"`` or ``"none"``. Only pointwise model estimates
-    have changepoints.
+    have changepoints. With ``positions_px`` (``(T, 2)`` localized ``(y, x)`` px, one row
+    per frame of ``est``) and ``acquisition`` given and ``settings.changepoint_confirm``,
+    the changepoints are then confirmed on the displacements
+    (:func:`~.estimation.changepoints.confirm_changepoints`; ``loc_precision_px``, ``(T,)``
+    px, optional).
     """
+    cps = _decided_changepoints(est, mode, estimator, settings)
+    if cps.size and settings.changepoint_confirm and positions_px is not None and acquisition is not None:
+        cps = cp.confirm_changepoints(
+            cps,
+            positions_px,
+            est.frames,
+            acquisition.blur_coefficient,
+            loc_precision_px,
+            alpha=settings.changepoint_confirm_alpha,
+        )
+    return cps
+
+
+def _decided_changepoints(est: TrackEstimate, mode: str, estimator: Estimator, settings: Settings) -> np.ndarray:
+    """Changepoints decided on the per-frame estimates alone (before confirmation)."""
     n = est.n_frames
     if mode == "none" or est.method != "model" or not est.pointwise or n < 2:
         return np.zeros(0, dtype=np.int64)
@@ -489,7 +529,15 @@ def _tables(
         if not np.array_equal(frames, est.frames):
             raise RuntimeError(f"internal error: frames of track {tid} differ between tables")
         d1[a:b], d2[a:b], th[a:b] = est.D1_um2_s, est.D2_um2_s, est.theta_deg
-        cps = track_changepoints(est, mode, estimator, settings)
+        cps = track_changepoints(
+            est,
+            mode,
+            estimator,
+            settings,
+            positions_px=np.column_stack([table["y_px"].to_numpy(dtype=float)[a:b], table["x_px"].to_numpy(dtype=float)[a:b]]),
+            loc_precision_px=_column(table, "loc_precision_nm")[a:b] / acquisition.pixel_size_nm,
+            acquisition=acquisition,
+        )
         state[a:b] = cp.state_labels(b - a, cps)
         is_cp[a + cps] = True
         if est.pointwise and est.method == "model":
