@@ -84,6 +84,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
+    return value
+
+
 def _field_size(text: str) -> tuple[int, int]:
     """``128`` -> (128, 128); ``96x128`` -> (96, 128) as (Y, X)."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
@@ -372,6 +382,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             command=shlex.join([PROG, *argv]),
             name=args.name,
             init_state=args.init_state,
+            neighbour_fraction=args.neighbour_fraction,
         )
     finally:
         bar.close()
@@ -513,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--name", help="checkpoint name (default: the model's)")
     trn.add_argument("--init-state", metavar="STATE.pt",
                      help="warm start from best_state.pt / last_state.pt of an earlier run of the same model")
+    trn.add_argument("--neighbour-fraction", type=_fraction, default=0.0, metavar="F",
+                     help="share of training tracks with a second particle 1.5-6 px away, so the model learns "
+                     "crowded scenes (default: 0)")
     trn.add_argument("--out", metavar="DIR", help="run folder (default: runs/MODEL)")
     trn.set_defaults(func=_cmd_train)
 

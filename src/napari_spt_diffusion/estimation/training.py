@@ -118,11 +118,14 @@ def make_dataset(
     seed: int,
     progress: Progress | None = None,
     chunk: int = 2000,
+    neighbour_fraction: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Generate ``n_samples`` training samples through the tracking path.
 
     Chunks get independent child seeds of ``seed`` (``numpy.random.SeedSequence``), so the
     result does not depend on the chunk size only through ``chunk``, which is fixed.
+    ``neighbour_fraction``: share of samples with a second particle nearby
+    (:func:`~napari_spt_diffusion.simulation.samples.make_samples`).
     """
     from ..simulation.samples import make_samples  # numpy-only simulator + tracking path
 
@@ -132,7 +135,8 @@ def make_dataset(
     for child in children:
         n = min(chunk, n_samples - done)
         rng = np.random.default_rng(child)
-        parts.append(_sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acquisition, rng=rng)))
+        parts.append(_sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acquisition, rng=rng,
+                                                 neighbour_fraction=neighbour_fraction)))
         done += n
         if progress is not None:
             progress(done / n_samples, f"generated {done}/{n_samples} {model} samples")
@@ -147,15 +151,18 @@ def load_dataset(
     acquisition: Acquisition,
     seed: int,
     progress: Progress | None = None,
+    neighbour_fraction: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Load a cached ``.npz`` dataset made with the same settings, or make and cache one."""
-    meta = {
+    meta: dict[str, Any] = {
         "model": model,
         "n_samples": int(n_samples),
         "n_frames": int(n_frames),
         "seed": int(seed),
         "acquisition": acquisition.to_dict(),
     }
+    if neighbour_fraction:
+        meta["neighbour_fraction"] = float(neighbour_fraction)
     if path is not None and Path(path).is_file():
         with np.load(path, allow_pickle=False) as z:
             stored = json.loads(str(z["meta"]))
@@ -163,7 +170,7 @@ def load_dataset(
                 raise TrainingError(f"dataset {path} was made with other settings ({stored}); delete it or pass another path")
             return {k: z[k] for k in z.files if k != "meta"}
     t0 = time.perf_counter()
-    data = make_dataset(model, n_samples, n_frames, acquisition, seed, progress)
+    data = make_dataset(model, n_samples, n_frames, acquisition, seed, progress, neighbour_fraction=neighbour_fraction)
     meta["generation_time_s"] = round(time.perf_counter() - t0, 2)
     if path is not None:
         p = Path(path)
@@ -355,6 +362,7 @@ def train_model(
     angle_weight: float = 4.0,
     init_state: str | os.PathLike[str] | None = None,
     modalities: str | None = None,
+    neighbour_fraction: float = 0.0,
 ) -> Path:
     """Train a model and export its best epoch as a TorchScript checkpoint with a card.
 
@@ -400,6 +408,10 @@ def train_model(
     modalities
         ``"both"`` (default), ``"image"`` or ``"displacement"``: overrides ``config.modalities``;
         the single-modality models are the ablations of ``benchmarks/bench_ablation.py``.
+    neighbour_fraction
+        Share of the training and validation tracks that get a second particle of the same
+        motion model 1.5-6 px away at the start (crowding, see
+        :func:`~napari_spt_diffusion.simulation.samples.make_samples`); 0: isolated particles.
     train_data, val_data
         Ready datasets (dicts with ``patches, displacements, valid, D1_um2_s, D2_um2_s,
         theta_deg, state`` as :func:`make_dataset` returns) instead of generating them;
@@ -422,6 +434,8 @@ def train_model(
         raise TrainingError(f"lr must be positive, got {lr!r}")
     if init_state is not None and not Path(init_state).is_file():
         raise TrainingError(f"init state {init_state} does not exist")
+    if not 0.0 <= float(neighbour_fraction) <= 1.0:
+        raise TrainingError(f"neighbour_fraction must be in [0, 1], got {neighbour_fraction!r}")
     acq = acquisition if acquisition is not None else Acquisition()
     kind = MODEL_KINDS[model]
     dev = resolve_device(device)
@@ -432,7 +446,8 @@ def train_model(
     name = name or model
     call = dict(model=model, n_samples=n_samples, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                 out_dir=str(out), seed=seed, n_frames=n_frames, val_samples=val_samples,
-                dataset_path=str(dataset_path) if dataset_path else None)
+                dataset_path=str(dataset_path) if dataset_path else None,
+                neighbour_fraction=neighbour_fraction or None)
     command = command or _default_command(call)
 
     def report(fraction: float, message: str) -> None:
@@ -448,11 +463,13 @@ def train_model(
     if train_data is not None:
         train_np = _sample_arrays(train_data)
     else:
-        train_np = load_dataset(dataset_path, model, n_samples, n_frames, acq, seed, lambda f, m: report(0.1 * f, m))
+        train_np = load_dataset(dataset_path, model, n_samples, n_frames, acq, seed, lambda f, m: report(0.1 * f, m),
+                                neighbour_fraction=neighbour_fraction)
     if val_data is not None:
         val_np = _sample_arrays(val_data)
     else:
-        val_np = load_dataset(val_path, model, val_samples, n_frames, acq, seed + 1, lambda f, m: report(0.1 + 0.02 * f, m))
+        val_np = load_dataset(val_path, model, val_samples, n_frames, acq, seed + 1,
+                              lambda f, m: report(0.1 + 0.02 * f, m), neighbour_fraction=neighbour_fraction)
     data_time = time.perf_counter() - t_data
     if train_np["patches"].shape[1] != n_frames:
         raise TrainingError(f"dataset tracks have {train_np['patches'].shape[1]} frames, expected {n_frames}")
@@ -585,7 +602,10 @@ def train_model(
         "training_acquisition": acq.to_dict(),
         "training": {
             "command": command,
-            "simulator": f"napari_spt_diffusion.simulation.samples.make_samples(model={model!r}) through the tracking patch path",
+            "simulator": f"napari_spt_diffusion.simulation.samples.make_samples(model={model!r}"
+                         + (f", neighbour_fraction={float(neighbour_fraction)}" if neighbour_fraction else "")
+                         + ") through the tracking patch path",
+            "neighbour_fraction": float(neighbour_fraction),
             "n_train_samples": int(n_train),
             "n_val_samples": int(val_np["patches"].shape[0]),
             "data_seed": seed,
@@ -743,6 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-state", default=None, help="warm start from a run's best_state.pt / last_state.pt")
     p.add_argument("--modalities", choices=["both", "image", "displacement"], default=None,
                    help="token streams of the model (single-modality ablations)")
+    p.add_argument("--neighbour-fraction", type=float, default=0.0,
+                   help="share of training tracks with a second particle nearby (crowding; default 0)")
     return p
 
 
@@ -782,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         acquisition=acq, val_samples=args.val_samples, progress=progress, dataset_path=args.dataset_path,
         num_threads=args.threads, max_time_s=args.max_time_s, command=command, name=args.name,
         augment=args.augment, angle_weight=args.angle_weight, init_state=args.init_state,
-        modalities=args.modalities,
+        modalities=args.modalities, neighbour_fraction=args.neighbour_fraction,
     )
     print(f"exported {path}", flush=True)
     return 0
