@@ -26,7 +26,7 @@ Metrics (accuracy sets):
   perfect-tracking localizations of the same particle from the first to the last
   matched frame of each (same stretch of time, no gaps; the fair reference
   for the end-to-end / perfect ratio, target <= 1.20), and a breakdown of the per-track
-  error by fragments, wrong links and tracks spanning a switch;
+  error by fragments, wrong links, tracks spanning a switch and crowded tracks;
 * per frame (pointwise models): MAE of D1 and D2 over matched rows, angle similarity
   over rows whose truth is anisotropic (D2/D1 < 0.9);
 * linking: identity changes along the truth tracks (each truth row paired with the
@@ -91,6 +91,10 @@ from napari_spt_diffusion.tracking.patches import TrackPatches, extract_track_pa
 
 ROOT = Path(__file__).resolve().parent
 MIN_TRACK_FRAMES_SCORED = 20
+#: A track is "crowded" when another true particle is within this distance (px, about the patch half-width) ...
+CROWD_RADIUS_PX = 6.0
+#: ... in more than this share of its frames.
+CROWD_SHARE = 0.05
 MATCH_RADIUS_PX = 1.0
 ANISO_RATIO = 0.9
 CP_TOLERANCE = 2
@@ -314,10 +318,13 @@ def error_breakdown(rows: pd.DataFrame, n_frames: dict[int, int], e2e_vals: dict
     Columns ``fragment`` (the track's matched rows hold < 80 % of its truth track's frames),
     ``wrong_links`` (< 95 % of the track's rows match its truth track: wrong links or
     misplaced localizations), ``switch`` (a true changepoint inside its frame range),
-    ``err_e2e``, ``err_same`` (um^2/s).
+    ``crowded`` (another true particle within :data:`CROWD_RADIUS_PX` in more than
+    :data:`CROWD_SHARE` of the truth track's frames between the track's first and last
+    frame), ``err_e2e``, ``err_same`` (um^2/s).
     """
     tlen = truth.tracks.groupby("track_id").size()
     cps = truth_changepoints(truth)
+    near = nearest_other_px(truth)
     per = []
     for tid, g in rows.groupby("track_id"):
         if len(g) < MIN_TRACK_FRAMES_SCORED or tid not in e2e_vals or tid not in same_vals:
@@ -332,11 +339,30 @@ def error_breakdown(rows: pd.DataFrame, n_frames: dict[int, int], e2e_vals: dict
             "fragment": bool(len(g) < 0.8 * tlen[truth_id]),
             "wrong_links": bool(len(g) < 0.95 * n_frames[tid]),
             "switch": bool(any(f0 < c <= f1 for c in cps.get(truth_id, []))),
+            "crowded": bool(np.mean(near.loc[truth_id].loc[f0:f1] < CROWD_RADIUS_PX) > CROWD_SHARE),
             "err_e2e": abs(e2e_vals[tid][0] - t1),
             "err_same": abs(same_vals[tid][0] - t1),
         })
-    return pd.DataFrame(per, columns=["track_id", "fragment", "wrong_links", "switch", "err_e2e", "err_same",
-                                      "err_e2e_D2", "err_same_D2"])
+    return pd.DataFrame(per, columns=["track_id", "fragment", "wrong_links", "switch", "crowded", "err_e2e",
+                                      "err_same", "err_e2e_D2", "err_same_D2"])
+
+
+def nearest_other_px(truth: Results) -> pd.Series:
+    """Distance (px) from every truth row to the nearest other true particle in its frame.
+
+    Indexed by ``(track_id, frame)``; ``inf`` when the particle is alone in its frame.
+    """
+    from scipy.spatial import cKDTree
+
+    parts = []
+    for frame, g in truth.tracks.groupby("frame"):
+        yx = g[["y_px", "x_px"]].to_numpy(dtype=float)
+        d = np.full(len(g), np.inf)
+        if len(g) > 1:
+            d = cKDTree(yx).query(yx, k=2)[0][:, 1]
+        parts.append(pd.Series(d, index=pd.MultiIndex.from_arrays([g["track_id"].to_numpy(), np.full(len(g), frame)],
+                                                                  names=["track_id", "frame"])))
+    return pd.concat(parts).sort_index()
 
 
 def linking_diagnostics(results: Results, truth: Results, radius_px: float = 3.0, duplicate_px: float = 5.0,
@@ -671,14 +697,16 @@ def _breakdown_lines(b: pd.DataFrame) -> list[str]:
     lines = [
         "",
         "Where the per-track D1 error comes from (scored end-to-end tracks; fragment = < 80 % of the truth track's "
-        "frames, wrong links = < 95 % of the track's rows on its truth track, switch = a true changepoint inside):",
+        "frames, wrong links = < 95 % of the track's rows on its truth track, switch = a true changepoint inside, "
+        f"crowded = another particle within {CROWD_RADIUS_PX:g} px in > {CROWD_SHARE:.0%} of its frames):",
         "",
         "| group | tracks | abs. error D1: end to end / same segments, perfect | share of the summed D1 error | "
         "abs. error D2: end to end / same segments, perfect | share of the summed D2 error |",
         "|---|---|---|---|---|---|",
     ]
     total2 = float(b["err_e2e_D2"].sum())
-    for col, label in (("fragment", "fragment"), ("wrong_links", "wrong links"), ("switch", "spans a switch")):
+    for col, label in (("fragment", "fragment"), ("wrong_links", "wrong links"), ("switch", "spans a switch"),
+                       ("crowded", "crowded")):
         for flag in (True, False):
             g = b[b[col] == flag]
             if len(g) == 0:
