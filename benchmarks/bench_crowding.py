@@ -18,7 +18,7 @@ CVE, blur-moment and combined tensors on the same tracks.
 
 Command::
 
-    .venv/bin/python benchmarks/bench_crowding.py [--n N] [--extra NAME=PATH ...] [--threads N] [--out PATH]
+    .venv/bin/python benchmarks/bench_crowding.py [--quick] [--n N] [--extra NAME=PATH ...] [--threads N] [--out PATH]
 """
 
 from __future__ import annotations
@@ -66,12 +66,15 @@ def _bias(pred: dict, batch) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="tracks per condition (default 1000)")
+    parser.add_argument("--n", type=int, default=None, help="tracks per condition (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="200 tracks per condition, report crowding_quick.md")
     parser.add_argument("--extra", action="append", default=[], help="NAME=PATH of another checkpoint to evaluate")
     parser.add_argument("--no-bundled", action="store_true", help="evaluate only the --extra checkpoints")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "reports" / "crowding.md")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.n = args.n or (200 if args.quick else 1000)
+    args.out = args.out or Path(__file__).resolve().parent / "reports" / ("crowding_quick.md" if args.quick else "crowding.md")
     if args.threads:
         torch.set_num_threads(args.threads)
     acq = Acquisition()
