@@ -18,7 +18,10 @@
    only if the frame-to-frame displacements on its two sides differ significantly
    (``Settings.changepoint_confirm``);
 7. the two tables of the results contract (``results.py``), plus two extra summary
-   columns, ``method`` (``model``/``classical``) and ``flags``.
+   columns, ``method`` (``model``/``classical``) and ``flags`` (the estimator's, e.g.
+   ``too_short``, ``windows``, and ``crowded``: another localization within
+   ``tracking.crowding.CROWDED_RADIUS_PX`` (6 px) in more than 5 % of the track's frames,
+   where model estimates are less reliable, ``benchmarks/reports/crowding.md``).
 
 Progress is reported through ``progress(fraction, message)`` with a fraction that never
 decreases, and ``should_stop()`` is polled between steps, before every frame of the
@@ -44,6 +47,7 @@ from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular
 from .estimation.estimator import Estimator, TrackEstimate
 from .io import InputError
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, format_changepoint_frames
+from .tracking.crowding import CROWDED_SHARE, crowded_share, nearest_other_px
 from .tracking.detect import DetectionSettings, detect_and_localize
 from .tracking.link import link
 from .tracking.patches import TrackPatches, extract_track_patches
@@ -285,8 +289,11 @@ def track_and_estimate(
     locs = detect_and_localize(movie, acquisition, settings.detection, progress=bar.report, should_stop=should_stop)
     if locs.attrs.get("stopped_early"):
         raise Cancelled("the run was cancelled")
-    timings["detect_localize_s"] = time.perf_counter() - t0
     bar.end()
+    if len(locs):
+        locs["nearest_other_px"] = nearest_other_px(locs["frame"].to_numpy(), locs["y_px"].to_numpy(),
+                                                    locs["x_px"].to_numpy())
+    timings["detect_localize_s"] = time.perf_counter() - t0
     if len(locs) == 0:
         raise NoParticlesFound(
             f"no particles were found in the {shape[0]} frames of the movie; lower the detection threshold "
@@ -566,7 +573,7 @@ def _tables(
                 "changepoint_frames": format_changepoint_frames(frames[cps]),
                 "model": estimator.model_name if est.method == "model" else "classical",
                 "method": est.method,
-                "flags": ";".join(est.flags),
+                "flags": ";".join(_track_flags(est.flags, table, a, b)),
             }
         )
     x = table["x_px"].to_numpy(dtype=float)
@@ -595,6 +602,15 @@ def _tables(
     summary = summary.astype({"track_id": np.int64, "n_frames": np.int64, "frame_start": np.int64,
                               "frame_end": np.int64, "n_changepoints": np.int64})
     return out, summary
+
+
+def _track_flags(estimate_flags: tuple[str, ...] | list[str], table: pd.DataFrame, a: int, b: int) -> list[str]:
+    """The estimator's flags of a track (rows ``a:b`` of ``table``), plus ``crowded`` (see ``tracking.crowding``)."""
+    flags = list(estimate_flags)
+    if "nearest_other_px" in table.columns:
+        if crowded_share(table["nearest_other_px"].to_numpy(dtype=float)[a:b]) > CROWDED_SHARE:
+            flags.append("crowded")
+    return flags
 
 
 def _column(table: pd.DataFrame, name: str) -> np.ndarray:
