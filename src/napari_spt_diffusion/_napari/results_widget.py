@@ -47,8 +47,11 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("D_cve_um2_s", "D CVE", "{:.3g}"),
     ("n_changepoints", "CPs", "{:d}"),
     ("changepoint_frames", "CP frames", "{}"),
+    ("flags", "flags", "{}"),
 )
-assert all(c[0] in SUMMARY_COLUMNS for c in TABLE_COLUMNS)
+#: Columns that the pipeline adds beside the contract (empty cells when a table lacks them).
+_EXTRA_COLUMNS = ("flags",)
+assert all(c[0] in SUMMARY_COLUMNS or c[0] in _EXTRA_COLUMNS for c in TABLE_COLUMNS)
 
 
 class _NumericItem(QTableWidgetItem):
@@ -168,10 +171,14 @@ class ResultsWidget(QWidget):
         if summary is None:
             return
         for col, (name, _, fmt) in enumerate(TABLE_COLUMNS):
-            values = summary[name].to_numpy()
+            if name in summary.columns:
+                values = summary[name].to_numpy()
+            else:
+                values = np.full(len(summary), "", dtype=object)
             for row, value in enumerate(values):
-                if name == "changepoint_frames":
-                    item = QTableWidgetItem(str(value))
+                if fmt == "{}":
+                    item = QTableWidgetItem("" if value is None or (isinstance(value, float) and not np.isfinite(value))
+                                            else str(value))
                 else:
                     v = float(value)
                     text = fmt.format(int(v)) if fmt == "{:d}" else (fmt.format(v) if np.isfinite(v) else "–")
