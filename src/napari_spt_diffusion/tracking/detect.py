@@ -397,9 +397,12 @@ def detect_and_localize(
         ``result.attrs["stopped_early"]`` is True.
     overlaps
         Run :func:`~napari_spt_diffusion.tracking.localize.resolve_overlaps` on every
-        frame's fits: spots wider than the PSF are tested for two emitters (split when a
-        two-spot model is significantly better than both a round spot and a motion-blurred
-        streak), and spots next to a streak or a split pair are refitted with that
+        frame's fits: two nearby spots that are the two lobes of one motion-blurred
+        streak (a streak model explains their pixels about as well as two spots, and
+        together they hold about one particle's light) are merged into one localization
+        at the streak's centre; spots wider than the PSF are tested for two emitters
+        (split when a two-spot model is significantly better than both a round spot and
+        a streak); spots next to a streak or a split pair are refitted with that
         neighbour's light. Isolated round spots are not affected.
     **localize_options
         Passed to :func:`~napari_spt_diffusion.tracking.localize.localize_arrays`
@@ -414,7 +417,8 @@ def detect_and_localize(
         fitted centre lies outside the image (``y < -0.5`` or ``y >= Y - 0.5``, same
         for x: particles outside the field whose light spills in) are left out.
         ``attrs``: ``n_frames`` (frames in the movie), ``frames_processed``,
-        ``stopped_early``.
+        ``stopped_early``, ``n_split`` (spots split into two emitters), ``n_merged``
+        (spots merged into a neighbour's streak).
     """
     from .localize import LOCALIZATION_COLUMNS, localize_arrays, resolve_overlaps  # localize imports this module
 
@@ -433,6 +437,7 @@ def detect_and_localize(
     last_report = -1
     done = 0
     n_split = 0
+    n_merged = 0
     for t in range(n_frames):
         if should_stop is not None and should_stop():
             stopped = True
@@ -447,8 +452,12 @@ def detect_and_localize(
                     photons, fitted, acquisition, psf_sigma_px=psf_sigma,
                     **{key: value for key, value in localize_options.items() if key != "neighbours"},
                 )
-                n_split += len(parent) - len(peaks)
-                snr = snr[parent]  # a split spot's two emitters share the detection's DoG response
+                n_kept = len(np.unique(parent))
+                n_split += len(parent) - n_kept
+                n_merged += len(peaks) - n_kept
+                # a split spot's two emitters share the detection's DoG response; a merged
+                # streak keeps its brighter lobe's
+                snr = snr[parent]
             fitted["frame"] = np.full(len(fitted["y_px"]), t, dtype=np.int64)
             fitted["snr"] = snr
             # a spot whose centre lies outside the image belongs to a particle outside the
@@ -472,7 +481,8 @@ def detect_and_localize(
             for c in columns
         }
     )
-    result.attrs.update({"n_frames": n_frames, "frames_processed": done, "stopped_early": stopped, "n_split": n_split})
+    result.attrs.update({"n_frames": n_frames, "frames_processed": done, "stopped_early": stopped, "n_split": n_split,
+                         "n_merged": n_merged})
     if progress is not None and not stopped:
         progress(1.0, f"detected {len(result)} spots in {n_frames} frames")
     return result

@@ -20,10 +20,10 @@ neighbours' fitted light added to the model (a cheap multi-emitter correction). 
 cross the image border use only the pixels inside the image.
 
 A second pass over a frame's fits (:func:`resolve_overlaps`, run by
-``detect_and_localize``) splits spots that are two close particles and refits the spots
-next to motion-blurred streaks with the streak's light modelled; spots whose round fit is
-not wider than the PSF, and their neighbours, are left exactly as fitted here (see the
-comment block above :func:`resolve_overlaps`).
+``detect_and_localize``) merges the two localizations of one motion-blurred streak into
+one, splits spots that are two close particles and refits the spots next to streaks with
+the streak's light modelled; isolated spots whose round fit is not wider than the PSF are
+left exactly as fitted here (see the comment block above :func:`resolve_overlaps`).
 
 Localization precision (nm) follows Mortensen et al. 2010 (Nat. Methods 7:377), eq. 6:
 ``var = s_a^2 / N * F(tau)^-1``, ``F(tau) = 1 + int_0^1 ln(t) / (1 + t / tau) dt``,
@@ -506,17 +506,39 @@ def localize_frame(
 
 # ----------------------------------------------------- overlapping and blurred spots
 # A second pass over the fits of one frame (``resolve_overlaps``). The single-spot fit
-# above explains a round spot; two things break it in crowded movies: two particles
-# closer than ~3 px give one DoG maximum, hence one fit (wide, between them, often more
-# than 1 px from both), and a fast particle's motion-blurred streak is not round, so its
-# light is misplaced when it is used as a neighbour's known light.
+# above explains a round spot; three things break it in crowded or fast movies: two
+# particles closer than ~3 px give one DoG maximum, hence one fit (wide, between them,
+# often more than 1 px from both); a fast particle's motion-blurred streak is not round, so
+# its light is misplaced when it is used as a neighbour's known light; and a long streak
+# (D = 3-6 um^2/s at 10 ms: a Brownian path several px long) has two DoG maxima, hence two
+# localizations of one particle a few px apart, each with about half its light and
+# neither at its position -- the main cause of broken and swapped tracks end to end.
 #
 # Design: a model comparison on the spots that can need it, rather than a residual
-# re-detection. Every spot whose round fit is wider than ``SPLIT_WIDTH_GATE`` x the PSF
-# (pairs and streaks both widen it; a sharp spot is never touched) is refitted, in a window
-# one pixel larger and with the other spots' light known, with a round spot (5 parameters),
-# a streak (a uniform segment of light, 7 parameters) and two round spots (8 parameters,
-# started on the fit and on the largest 3 x 3 residual of the round model). It is split
+# re-detection.
+#
+# Merging first (``_merge_streak_pairs``): every two spots closer than
+# ``MERGE_MAX_DISTANCE_PX`` are refitted together, in a window around them with the other
+# spots' light known, as two round spots (8 parameters, started on the two fits) and as one
+# streak (7 parameters, started between them). They are one particle's streak, merged into
+# one localization at the streak's centre with the streak's photons, when the streak runs
+# through both (each within ``MERGE_MAX_OFF_SEGMENT_PX`` of the segment) and
+#   * with a brightness reference: the pair holds at most ``SINGLE_PARTICLE_LIGHT_RATIO`` x
+#     the typical spot photons (one particle's light, not two: on the binding movie the
+#     lobes of one streak hold 0.90-1.10 x, two particles 3-6 px apart 1.77-2.08 x, 5th-95th
+#     percentiles) and the two-spot model beats the streak by at most
+#     ``MERGE_MAX_PAIR_GAIN`` (a Brownian path is only roughly a uniform segment, so the
+#     shape test is loose and the light decides); or
+#   * without one: the streak explains the pixels at least as well as two spots.
+# A spot joins at most one streak (the most streak-like pairs first). The merged row keeps
+# the brighter lobe's index; the dimmer lobe's row is removed.
+#
+# Splitting then: every spot (not merged) whose round fit is wider than
+# ``SPLIT_WIDTH_GATE`` x the PSF (pairs and streaks both widen it; a sharp spot is never
+# touched) is refitted, in a window one pixel larger and with the other spots' light known,
+# with a round spot (5 parameters), a streak (a uniform segment of light, 7 parameters) and
+# two round spots (8 parameters, started on the fit and on the largest 3 x 3 residual of the
+# round model). It is split
 # into two emitters when the two emitters are >= ``SPLIT_MIN_SEPARATION_PX`` apart, each is
 # significant on its own (``SPLIT_MIN_EMITTER_SNR``), neither lands on another detected
 # spot, and either
@@ -530,14 +552,26 @@ def localize_frame(
 #     over the streak model: median 2 at 2 px, 8 at 2.5 px, 24 at 3 px, against a 99th
 #     percentile of 28 for D = 3 um^2/s streaks, all at 1,000 photons), and only the
 #     doubled light tells them apart.
-# Spots next to a streak or a split pair are then refitted with that neighbour's light
-# from its better model (the segment, or the two emitters). Spots that are not wide and
-# have no such neighbour come back bit for bit as ``localize_arrays`` fitted them, so
-# isolated spots -- those the training samples are made of -- are unchanged. Limits: a
+# With a brightness reference, a spot with no other spot within ``MERGE_MAX_DISTANCE_PX``
+# that holds at most ``SINGLE_PARTICLE_LIGHT_RATIO`` x the typical photons is never split,
+# whatever its shape: such shape-only splits were one streak cut in two in 20 of 20 cases
+# (field and binding movies, 120 frames each, measured without the merge); next to another
+# spot, where the light is shared out between fits, 3 of 5 were, and the two particles of a
+# close pair can hold less than that in their fit, so those are left to the shape rule.
+# Spots next to a streak (merged or tested) or a split pair are then refitted with that
+# neighbour's light from its better model (the segment, or the two emitters). Spots that
+# are not wide, not merged and have no such neighbour come back bit for bit as
+# ``localize_arrays`` fitted them, so isolated spots -- those the training samples are made
+# of -- are unchanged. The brightness reference ("typical spot photons") is the median
+# photons of the frame's round spots with no other spot within ``MERGE_MAX_DISTANCE_PX``
+# (:func:`_reference_photons`). Limits: a
 # single particle twice as bright as the frame's typical one and blurred can be split; a
 # pair of fast (blurred) particles closer than ~3 px is only split on shape evidence;
 # frames with fewer than ``SPLIT_MIN_SPOTS_FOR_REFERENCE`` sharp spots have no brightness
-# reference and use the shape rule only.
+# reference and use the shape rules only. Two particles 3-7 px apart that together hold
+# no more than 1.4 x the typical light (e.g. two dim ones) and look streak-like are merged;
+# a streak whose dim tail lies beyond the fitted segment, and streaks with three maxima,
+# are only partly merged (pairs only).
 
 #: A round fit wider than this multiple of the PSF sigma is tested for two emitters.
 SPLIT_WIDTH_GATE = 1.1
@@ -568,6 +602,27 @@ SEGMENT_POINTS = 5
 #: polished with the full ``max_iterations``.
 TEST_ITERATIONS = 12
 _SEGMENT_T = np.linspace(-0.5, 0.5, SEGMENT_POINTS)
+
+#: Two spots closer than this (px) are tested as the two lobes of one streak (the lobes of
+#: D = 3-6 um^2/s streaks at 10 ms frames and 100 nm pixels lie 3-6 px apart).
+MERGE_MAX_DISTANCE_PX = 7.0
+#: Light of at most this multiple of the frame's typical spot photons is one particle's
+#: (the geometric middle of one and two particles' light): two spots holding it together
+#: are merged (with the shape test below), one spot holding it is never split.
+SINGLE_PARTICLE_LIGHT_RATIO = 1.4
+#: ... and the two-spot model beats the streak model by at most this log-likelihood margin
+#: (a Brownian path is not a uniform segment: on the binding movie the lobes of one
+#: particle's streak gave a median margin of 16, 95th percentile 51; two particles 3-6 px
+#: apart a median of 71).
+MERGE_MAX_PAIR_GAIN = 60.0
+#: Without a brightness reference (fewer than SPLIT_MIN_SPOTS_FOR_REFERENCE sharp spots),
+#: merge only when the streak (7 parameters) explains the pixels at least as well as two
+#: spots (8 parameters).
+MERGE_SHAPE_ONLY_MAX_GAIN = 0.0
+#: Both spots must lie within this distance (px) of the fitted streak's segment.
+MERGE_MAX_OFF_SEGMENT_PX = 1.5
+#: The streak fit starts with this multiple of the lobe-to-lobe vector as its segment.
+MERGE_SEGMENT_START_STRETCH = 1.4
 
 
 def _pair_model_and_jacobian(params: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -731,14 +786,18 @@ def _emitters(positions: np.ndarray, photons: np.ndarray, sigma: np.ndarray, kin
 
 
 def _neighbour_light_of(centres: np.ndarray, spot_index: np.ndarray, yx: np.ndarray, n: np.ndarray,
-                        s: np.ndarray, owner: np.ndarray, offsets: np.ndarray, reach: float) -> np.ndarray:
-    """Light ``(len(centres), W*W)`` of all emitters not owned by ``spot_index[i]`` within ``reach`` px of window i."""
+                        s: np.ndarray, owner: np.ndarray, offsets: np.ndarray, reach: float,
+                        second_index: np.ndarray | None = None) -> np.ndarray:
+    """Light ``(len(centres), W*W)`` of all emitters not owned by ``spot_index[i]`` (nor by
+    ``second_index[i]`` when given) within ``reach`` px of window i."""
     if len(yx) == 0 or len(centres) == 0:
         return np.zeros((len(centres), offsets.size**2))
     hits = cKDTree(yx).query_ball_point(centres.astype(np.float64), reach)
     target = np.fromiter((i for i, h in enumerate(hits) for _ in h), dtype=np.int64)
     source = np.fromiter((j for h in hits for j in h), dtype=np.int64)
     keep = owner[source] != spot_index[target]
+    if second_index is not None:
+        keep &= owner[source] != second_index[target]
     target, source = target[keep], source[keep]
     return _light(centres, yx[source], n[source], s[source], target, offsets, len(centres))
 
@@ -758,12 +817,14 @@ def resolve_overlaps(
     window_half_px: int | None = None,
     max_iterations: int = 50,
     min_loglik_gain: float = SPLIT_MIN_LOGLIK_GAIN,
+    merge_streaks: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Second pass over one frame's fits: split two-emitter spots, model streaks, refit neighbours.
+    """Second pass over one frame's fits: merge streak halves, split two-emitter spots, refit neighbours.
 
     See the comment block above this function for the method. Spots whose round fit is
-    not wider than ``SPLIT_WIDTH_GATE`` x the PSF and that have no streak or split spot
-    within ``3 * window_half_px`` px come back unchanged (bit for bit).
+    not wider than ``SPLIT_WIDTH_GATE`` x the PSF, that are not merged with a neighbour and
+    that have no streak or split spot within ``3 * window_half_px`` px come back unchanged
+    (bit for bit).
 
     Parameters
     ----------
@@ -775,15 +836,22 @@ def resolve_overlaps(
         As for :func:`localize_arrays`.
     min_loglik_gain
         Log-likelihood margin of the two-spot model over the better one-spot model.
+    merge_streaks
+        Test pairs of spots for being the two lobes of one motion-blurred streak and
+        merge them (see :func:`_merge_streak_pairs`); ``False`` gives the pass without it.
 
     Returns
     -------
     (table, parent)
-        ``table``: dict of ``(K + S,)`` arrays with the :data:`LOCALIZATION_COLUMNS` keys,
-        where each of the ``S`` split spots keeps its row (now its first emitter) and its
-        second emitter is appended at the end; a split emitter's ``loc_precision_nm`` comes
-        from the inverse Fisher information of the joint two-spot fit. ``parent``:
-        ``(K + S,)`` index of the input row each output row comes from.
+        ``table``: dict of ``(K - M + S,)`` arrays with the :data:`LOCALIZATION_COLUMNS`
+        keys. Each of the ``M`` merged pairs keeps the row of its brighter spot, which now
+        holds the streak: its centre, its photons, the width of a round spot with the same
+        spread (``sqrt(s^2 + L^2 / 12)``, ``L`` the streak length) and the Mortensen
+        precision of such a spot; the dimmer spot's row is removed. Each of the ``S``
+        split spots keeps its row (now its first emitter) and its second emitter is
+        appended at the end; a split emitter's ``loc_precision_nm`` comes from the inverse
+        Fisher information of the joint two-spot fit. ``parent``: ``(K - M + S,)`` index of
+        the input row each output row comes from (a merged row: its brighter spot's).
     """
     frame = np.asarray(frame_photons, dtype=np.float64)
     k = len(fitted["y_px"])
@@ -795,22 +863,208 @@ def resolve_overlaps(
         return out, parent
     positions = np.column_stack([out["y_px"], out["x_px"]])
     finite = np.all(np.isfinite(positions), axis=1) & np.isfinite(out["sigma_px"]) & np.isfinite(out["photons"])
-    tested = np.flatnonzero(finite & (out["sigma_px"] > SPLIT_WIDTH_GATE * sigma_psf))
-    if tested.size == 0:
-        return out, parent
+    wide = finite & (out["sigma_px"] > SPLIT_WIDTH_GATE * sigma_psf)
     read_var = float(acquisition.read_noise_e) ** 2
     sigma_lo, sigma_hi = SIGMA_BOUNDS[0] * sigma_psf, SIGMA_BOUNDS[1] * sigma_psf
+    reference = _reference_photons(positions, out["photons"], finite & out["fit_ok"] & ~wide)
+    # 0 round, 1 streak (a split pair is two round emitters); streak vectors (px); the PSF
+    # width of a merged streak's light (NaN: use the row's sigma_px)
+    kind = np.zeros(k, dtype=np.int64)
+    segment = np.zeros((k, 2))
+    streak_width = np.full(k, np.nan)
+    merged_any = False
+    if merge_streaks and finite.sum() >= 2:
+        with np.errstate(all="ignore"):
+            merges = _merge_streak_pairs(frame, out, finite, half, sigma_psf, sigma_lo, sigma_hi, read_var,
+                                         max_iterations, reference)
+        if len(merges[0]):
+            merged_any = True
+            out, parent, kind, segment, streak_width = _apply_merges(out, parent, kind, segment, streak_width,
+                                                                     *merges, acquisition)
+            k = len(out["y_px"])
+            positions = np.column_stack([out["y_px"], out["x_px"]])
+            finite = np.all(np.isfinite(positions), axis=1) & np.isfinite(out["sigma_px"]) & np.isfinite(out["photons"])
+    tested = np.flatnonzero(finite & (out["sigma_px"] > SPLIT_WIDTH_GATE * sigma_psf) & (kind == 0))
+    if tested.size == 0 and not merged_any:
+        return out, parent
+    if tested.size:
+        out, parent, kind, segment, streak_width = _split_pairs(
+            frame, out, parent, kind, segment, streak_width, positions, finite, tested, half, sigma_psf, sigma_lo,
+            sigma_hi, read_var, max_iterations, reference, min_loglik_gain, acquisition)
+    with np.errstate(all="ignore"):
+        out = _refit_neighbours(frame, out, kind, segment, streak_width, parent, half, sigma_psf, sigma_lo, sigma_hi,
+                                read_var, max_iterations, acquisition)
+    return out, parent
+
+
+def _merge_streak_pairs(frame, table, finite, half, sigma_psf, sigma_lo, sigma_hi, read_var, max_iterations,
+                        reference):
+    """Find pairs of spots that are the two lobes of one streak (see the comment block above
+    :func:`resolve_overlaps`).
+
+    ``table``: the frame's fits (dict of ``(K,)`` arrays), ``finite`` ``(K,)`` usable rows,
+    ``half`` the fit window's half-width (px), ``reference`` the typical spot photons or None.
+    Returns ``(keep (M,), drop (M,), p_seg (M, 7), converged (M,))``: the row kept (the
+    brighter spot) and the row removed for each merged pair, and the streak fit with its
+    centre in absolute pixels (y, x, N, b, s, vy, vx).
+    """
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 7)), np.zeros(0, dtype=bool))
+    rows = np.flatnonzero(finite)
+    positions = np.column_stack([table["y_px"], table["x_px"]])
+    pairs = cKDTree(positions[rows]).query_pairs(MERGE_MAX_DISTANCE_PX, output_type="ndarray")
+    if len(pairs) == 0:
+        return empty
+    # every close pair is fitted: the round fits' photons cannot pre-select, since two fits
+    # of one streak's overlapping lobes both count the light they share
+    first, second = rows[pairs[:, 0]], rows[pairs[:, 1]]
+    photons = table["photons"]
+    m = len(first)
     height, width = frame.shape
-    # the brightness reference is a single particle's light: the median photons of the round
-    # spots (not tested), which are neither pairs nor streaks
-    usable = finite & out["fit_ok"]
-    usable[tested] = False
-    reference = float(np.median(out["photons"][usable])) if usable.sum() >= SPLIT_MIN_SPOTS_FOR_REFERENCE else None
+    whalf = half + int(math.ceil(MERGE_MAX_DISTANCE_PX / 2.0))
+    n1, n2 = np.maximum(photons[first], 1.0), np.maximum(photons[second], 1.0)
+    w1 = (n1 / (n1 + n2))[:, None]
+    middle = w1 * positions[first] + (1.0 - w1) * positions[second]  # photon-weighted centre
+    centres = np.rint(middle).astype(np.int64)
+    centres[:, 0] = np.clip(centres[:, 0], 0, height - 1)
+    centres[:, 1] = np.clip(centres[:, 1], 0, width - 1)
+    windows, valid, offsets = _windows(frame, centres, whalf)
+    data = np.clip(windows + read_var, 0.0, None).reshape(m, -1)
+    mask = valid.reshape(m, -1).astype(np.float64)
+    # the other spots' light (round fits) is known
+    zeros = np.zeros(len(rows), dtype=np.int64)
+    yx, n, s, owner = _emitters(positions[rows], photons[rows], table["sigma_px"][rows], zeros,
+                                np.zeros((len(rows), 2)))
+    extra = read_var + _neighbour_light_of(centres, first, yx, n, s, rows[owner], offsets, 3.0 * whalf,
+                                           second_index=second)
+    r1, r2 = positions[first] - centres, positions[second] - centres
+    b0 = 0.5 * (table["background"][first] + table["background"][second])
+    s0 = np.clip(0.5 * (table["sigma_px"][first] + table["sigma_px"][second]), sigma_lo, sigma_hi)
+
+    def clip_pair(p):
+        p[:, [0, 1, 3, 4]] = np.clip(p[:, [0, 1, 3, 4]], -whalf, whalf)
+        p[:, [2, 5]] = np.maximum(p[:, [2, 5]], 1e-3)
+        p[:, 6] = np.maximum(p[:, 6], 1e-3 - read_var)
+        p[:, 7] = np.clip(p[:, 7], sigma_lo, sigma_hi)
+        return p
+
+    def clip_seg(p):
+        p[:, 0:2] = np.clip(p[:, 0:2], -whalf, whalf)
+        p[:, 2] = np.maximum(p[:, 2], 1e-3)
+        p[:, 3] = np.maximum(p[:, 3], 1e-3 - read_var)
+        p[:, 4] = np.clip(p[:, 4], sigma_lo, sigma_hi)
+        p[:, 5:7] = np.clip(p[:, 5:7], -2.0 * whalf, 2.0 * whalf)
+        return p
+
+    iterations = int(max_iterations)
+    p_pair, ll_pair, _, _ = _fit_model(lambda p: _pair_model_and_jacobian(p, offsets), clip_pair, data, mask,
+                                       np.column_stack([r1, n1, r2, n2, b0, s0]), extra, iterations)
+    # the streak starts on the two lobes, its ends beyond them (the lobes of a uniform streak
+    # lie inside it)
+    seg_start = np.column_stack([middle - centres, n1 + n2, b0, np.full(m, sigma_psf),
+                                 MERGE_SEGMENT_START_STRETCH * (r2 - r1)])
+    p_seg, ll_seg, _, converged = _fit_model(lambda p: _segment_model_and_jacobian(p, offsets), clip_seg, data, mask,
+                                             seg_start, extra, iterations)
+    # a failed two-spot fit gives no shape evidence either way: no merge
+    gain = np.where(np.isfinite(ll_pair), ll_pair - ll_seg, np.inf)
+    # the streak must run through both spots and stay inside the window
+    ends = p_seg[:, None, 0:2] + np.array([-0.5, 0.5])[None, :, None] * p_seg[:, None, 5:7]
+    through = (
+        (_distance_to_segment(r1, ends[:, 0], ends[:, 1]) <= MERGE_MAX_OFF_SEGMENT_PX)
+        & (_distance_to_segment(r2, ends[:, 0], ends[:, 1]) <= MERGE_MAX_OFF_SEGMENT_PX)
+        & np.all(np.abs(ends) < whalf - 0.5, axis=(1, 2))
+    )
+    ok = np.isfinite(ll_seg) & np.all(np.isfinite(p_seg), axis=1) & through
+    if reference is not None:
+        # the pair's light from the joint fits (separate round fits of overlapping lobes
+        # count their shared light twice)
+        light = np.maximum(p_pair[:, 2] + p_pair[:, 5], p_seg[:, 2])
+        merge = ok & (light <= SINGLE_PARTICLE_LIGHT_RATIO * reference) & (gain <= MERGE_MAX_PAIR_GAIN)
+    else:
+        merge = ok & (gain <= MERGE_SHAPE_ONLY_MAX_GAIN)
+    # each spot joins at most one streak: the most streak-like pairs first
+    used = np.zeros(len(table["y_px"]), dtype=bool)
+    chosen = []
+    for i in np.flatnonzero(merge)[np.argsort(gain[merge], kind="stable")]:
+        if not (used[first[i]] or used[second[i]]):
+            used[first[i]] = used[second[i]] = True
+            chosen.append(i)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    if chosen.size == 0:
+        return empty
+    brighter = photons[first[chosen]] >= photons[second[chosen]]
+    keep = np.where(brighter, first[chosen], second[chosen])
+    drop = np.where(brighter, second[chosen], first[chosen])
+    p_abs = p_seg[chosen].copy()
+    p_abs[:, 0:2] += centres[chosen]
+    return keep, drop, p_abs, converged[chosen]
+
+
+def _distance_to_segment(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distance ``(K,)`` from each point ``(K, 2)`` to the segment ``a``-``b`` (each ``(K, 2)``)."""
+    ab = b - a
+    length2 = np.sum(ab * ab, axis=1)
+    t = np.clip(np.sum((points - a) * ab, axis=1) / np.maximum(length2, 1e-12), 0.0, 1.0)
+    nearest = a + t[:, None] * ab
+    return np.hypot(points[:, 0] - nearest[:, 0], points[:, 1] - nearest[:, 1])
+
+
+def _apply_merges(out, parent, kind, segment, streak_width, keep, drop, p_seg, converged, acquisition):
+    """Write each merged streak into its kept row and remove the dropped rows.
+
+    The kept row gets the streak's centre and photons, the width ``sqrt(s^2 + L^2 / 12)`` of
+    a round spot with the same spread and that spot's Mortensen precision; ``kind`` 1, its
+    segment vector and PSF width are recorded for the neighbours' refits. Returns the
+    updated ``(out, parent, kind, segment, streak_width)``.
+    """
+    s, vector = p_seg[:, 4], p_seg[:, 5:7]
+    equivalent = np.sqrt(s**2 + np.sum(vector**2, axis=1) / 12.0)
+    out["y_px"][keep], out["x_px"][keep] = p_seg[:, 0], p_seg[:, 1]
+    out["photons"][keep], out["background"][keep] = p_seg[:, 2], p_seg[:, 3]
+    out["sigma_px"][keep] = equivalent
+    out["loc_precision_nm"][keep] = mortensen_precision_nm(
+        p_seg[:, 2], p_seg[:, 3], acquisition.px_to_nm(equivalent), acquisition.pixel_size_nm, acquisition.read_noise_e)
+    out["fit_ok"][keep] = converged
+    kind[keep], segment[keep], streak_width[keep] = 1, vector, s
+    remain = np.ones(len(parent), dtype=bool)
+    remain[drop] = False
+    out = {c: out[c][remain] for c in LOCALIZATION_COLUMNS}
+    return out, parent[remain], kind[remain], segment[remain], streak_width[remain]
+
+
+def _reference_photons(positions: np.ndarray, photons: np.ndarray, round_: np.ndarray) -> float | None:
+    """A single particle's light in this frame (photons), or None when too few spots tell it.
+
+    The median photons of the round spots (``round_`` ``(K,)``: fitted, not wide) that have
+    no other spot within ``MERGE_MAX_DISTANCE_PX``, which are neither pairs nor streaks nor
+    the lobes of a streak (in a frame where half the particles are fast, those lobes are
+    round, hold about half a particle's light each and would otherwise pull the median
+    down); with fewer than ``SPLIT_MIN_SPOTS_FOR_REFERENCE`` of them, the median over all
+    round spots; with fewer round spots than that, None.
+    """
+    rows = np.flatnonzero(round_)
+    if rows.size < SPLIT_MIN_SPOTS_FOR_REFERENCE:
+        return None
+    finite = np.flatnonzero(np.all(np.isfinite(positions), axis=1))
+    alone = rows
+    if finite.size > 1:
+        distance, _ = cKDTree(positions[finite]).query(positions[rows], k=2)
+        alone = rows[distance[:, 1] > MERGE_MAX_DISTANCE_PX]
+    if alone.size >= SPLIT_MIN_SPOTS_FOR_REFERENCE:
+        return float(np.median(photons[alone]))
+    return float(np.median(photons[rows]))
+
+
+def _split_pairs(frame, out, parent, kind, segment, streak_width, positions, finite, tested, half, sigma_psf,
+                 sigma_lo, sigma_hi, read_var, max_iterations, reference, min_loglik_gain, acquisition):
+    """Test the wide spots ``tested`` for two emitters and split those that pass (see the comment block).
+
+    Returns the updated ``(out, parent, kind, segment, streak_width)``; a tested spot that the
+    streak model explains best becomes ``kind`` 1 with its segment vector.
+    """
+    height, width = frame.shape
     with np.errstate(all="ignore"):
         models = _test_spots(frame, positions, out, tested, finite, half + 1, sigma_psf, sigma_lo, sigma_hi,
-                             read_var, max_iterations, reference)
-    kind = np.zeros(k, dtype=np.int64)  # 0 round, 1 streak (a split pair is two round emitters)
-    segment = np.zeros((k, 2))
+                             read_var, max_iterations, reference, kind, segment, streak_width)
     ll_round, ll_seg, ll_pair, p_seg, p_pair, pair_fisher, pair_ok, centres = models
     kind[tested[ll_seg > ll_round]] = 1
     segment[tested] = p_seg[:, 5:7]
@@ -832,6 +1086,13 @@ def resolve_overlaps(
     )
     abs1 = centres + p_pair[:, 0:2]
     abs2 = centres + p_pair[:, 3:5]
+    if reference is not None:
+        # a spot alone (no other spot within MERGE_MAX_DISTANCE_PX) holding about one
+        # particle's light is one (blurred) particle, whatever its shape; next to another spot
+        # the light is shared out between the fits and tells less
+        alone = np.array([len(h) == 1 for h in cKDTree(positions[finite]).query_ball_point(positions[tested],
+                                                                                           MERGE_MAX_DISTANCE_PX)])
+        split &= ~alone | (p_pair[:, 2] + p_pair[:, 5] > SINGLE_PARTICLE_LIGHT_RATIO * reference)
     inside2 = (abs2[:, 0] >= -0.5) & (abs2[:, 0] < height - 0.5) & (abs2[:, 1] >= -0.5) & (abs2[:, 1] < width - 0.5)
     split &= inside2
     # an emitter that lands on another detected spot is that spot, seen twice
@@ -842,22 +1103,22 @@ def resolve_overlaps(
             hits = tree.query_ball_point(emitter, SPLIT_MIN_SEPARATION_PX * 1.5)
             split &= np.array([all(others[j] == tested[i] for j in h) for i, h in enumerate(hits)], dtype=bool)
     if np.any(split):
+        n_new = int(split.sum())
         out, parent = _apply_splits(out, parent, tested[split], abs1[split], abs2[split], p_pair[split],
                                     pair_fisher[split], acquisition)
-        kind = np.concatenate([kind, np.full(int(split.sum()), 0)])
+        kind = np.concatenate([kind, np.full(n_new, 0)])
         kind[tested[split]] = 0
-        segment = np.concatenate([segment, np.zeros((int(split.sum()), 2))])
-    with np.errstate(all="ignore"):
-        out = _refit_neighbours(frame, out, kind, segment, parent, half, sigma_psf, sigma_lo, sigma_hi, read_var,
-                                max_iterations, acquisition)
-    return out, parent
+        segment = np.concatenate([segment, np.zeros((n_new, 2))])
+        streak_width = np.concatenate([streak_width, np.full(n_new, np.nan)])
+    return out, parent, kind, segment, streak_width
 
 
 def _test_spots(frame, positions, table, tested, finite, half, sigma_psf, sigma_lo, sigma_hi, read_var, max_iterations,
-                reference=None):
+                reference=None, kind=None, segment=None, streak_width=None):
     """Fit the round, streak and two-spot models to the tested spots (see :func:`resolve_overlaps`).
 
-    Returns log-likelihoods ``(T,)`` of the three models, streak params ``(T, 7)``, pair
+    The other spots' light is known: round fits, and merged streaks (``kind`` 1, with their
+    ``segment`` vectors and ``streak_width``) as segments. Returns log-likelihoods ``(T,)`` of the three models, streak params ``(T, 7)``, pair
     params ``(T, 8)`` (positions relative to ``centres``), pair Fisher ``(T, 8, 8)``, pair
     convergence ``(T,)`` and the window centres ``(T, 2)`` int.
     """
@@ -870,10 +1131,14 @@ def _test_spots(frame, positions, table, tested, finite, half, sigma_psf, sigma_
     t = len(tested)
     data = np.clip(windows + read_var, 0.0, None).reshape(t, -1)
     mask = valid.reshape(t, -1).astype(np.float64)
-    # the other spots' light (round fits) is known
+    # the other spots' light (round fits, merged streaks as segments) is known
     others = np.flatnonzero(finite)
-    light = _neighbour_light_of(centres, tested, positions[others], table["photons"][others],
-                                table["sigma_px"][others], others, offsets, 3.0 * half)
+    if kind is None:
+        kind, segment, streak_width = np.zeros(k, dtype=np.int64), np.zeros((k, 2)), np.full(k, np.nan)
+    widths = np.where(np.isfinite(streak_width), streak_width, table["sigma_px"])
+    yx, n, s, owner = _emitters(positions[others], table["photons"][others], widths[others], kind[others],
+                                segment[others])
+    light = _neighbour_light_of(centres, tested, yx, n, s, others[owner], offsets, 3.0 * half)
     extra = read_var + light
     rel = positions[tested] - centres
     n0 = np.maximum(table["photons"][tested], 1.0)
@@ -980,14 +1245,15 @@ def _apply_splits(out, parent, rows, abs1, abs2, p_pair, fisher, acquisition):
     return out, np.concatenate([parent, parent[rows]])
 
 
-def _refit_neighbours(frame, out, kind, segment, parent, half, sigma_psf, sigma_lo, sigma_hi, read_var,
+def _refit_neighbours(frame, out, kind, segment, streak_width, parent, half, sigma_psf, sigma_lo, sigma_hi, read_var,
                       max_iterations, acquisition):
     """Refit the spots within ``3 * half`` px of a streak or a split pair, every neighbour's light known.
 
     A streak's light is its segment model's, a split pair's its two emitters', any other
     spot's its round fit's; the refitted spot's own window and start are those of a round
     fit around its current position. ``kind`` ``(K,)``: 1 for streaks; ``segment``
-    ``(K, 2)`` streak vectors (px); ``parent`` ``(K,)`` from :func:`_apply_splits`.
+    ``(K, 2)`` streak vectors (px); ``streak_width`` ``(K,)`` PSF width of a merged streak's
+    light (NaN: the row's ``sigma_px``); ``parent`` ``(K,)`` from :func:`_apply_splits`.
     Returns the updated table (a refit that goes astray keeps the previous values).
     """
     k = len(out["y_px"])
@@ -1013,7 +1279,8 @@ def _refit_neighbours(frame, out, kind, segment, parent, half, sigma_psf, sigma_
     data = np.clip(windows + read_var, 0.0, None).reshape(t, -1)
     mask = valid.reshape(t, -1).astype(np.float64)
     sources = np.flatnonzero(finite)
-    yx, n, s, owner = _emitters(positions[sources], out["photons"][sources], out["sigma_px"][sources],
+    widths = np.where(np.isfinite(streak_width), streak_width, out["sigma_px"])
+    yx, n, s, owner = _emitters(positions[sources], out["photons"][sources], widths[sources],
                                 kind[sources], segment[sources])
     owner = sources[owner]
     light = _neighbour_light_of(centres, targets, yx, n, s, owner, offsets, 3.0 * half)
