@@ -49,7 +49,7 @@ import torch
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import classical as C
 from napari_spt_diffusion.estimation.changepoints import single_changepoint
-from napari_spt_diffusion.estimation.checkpoint import CHECKPOINT_DIR, load_checkpoint, update_card
+from napari_spt_diffusion.estimation.checkpoint import CHECKPOINT_DIR, describe_training, load_checkpoint, update_card
 from napari_spt_diffusion.estimation.tensor import (
     angle_similarity_axial,
     angle_similarity_published,
@@ -312,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         pred, rate = _run_model(module, batch, acq)
         tr = card.get("training", {})
         lines.append(f"## seed-{model} (model `{model}`: {card.get('n_parameters', '?')} parameters, "
-                     f"{tr.get('n_train_samples', '?')} training tracks x {tr.get('epochs_run', '?')} epochs, "
-                     f"{tr.get('train_time_h', '?')} h on {tr.get('device', '?')})\n")
+                     f"{describe_training(card)} on {tr.get('device', '?')})\n")
         t0 = time.perf_counter()
         if card["kind"] == "sequence":
             rows = {"model (this repo)": _track_metrics(pred, batch)}

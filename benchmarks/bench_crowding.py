@@ -37,7 +37,7 @@ import torch
 
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import classical as C
-from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
+from napari_spt_diffusion.estimation.checkpoint import describe_training, load_checkpoint
 from napari_spt_diffusion.estimation.tensor import angle_similarity_axial, angle_similarity_published, mean_absolute_error
 from napari_spt_diffusion.simulation.samples import make_samples
 
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}."]
     for name, (_, card) in models.items():
         tr = card["training"]
-        lines.append(f"- {name}: {tr['n_train_samples']} tracks x {tr['epochs_run']} epochs, {tr['train_time_h']} h, "
-                     f"neighbour fraction {tr.get('neighbour_fraction', 0.0):g}"
+        lines.append(f"- {name}: {describe_training(card)}, last stage's neighbour fraction "
+                     f"{tr.get('neighbour_fraction', 0.0):g}"
                      + (f", warm start from `{tr['warm_start']['state']}`" if tr.get("warm_start") else "")
                      + f"; command `{tr['command']}`.")
     lines += ["", "Cells: MAE D1 | MAE D2 (um^2/s) | angle similarity published | axial | median relative D1 error.", ""]

@@ -32,7 +32,7 @@ import torch
 
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import classical as C
-from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
+from napari_spt_diffusion.estimation.checkpoint import describe_training, load_checkpoint
 from napari_spt_diffusion.estimation.tensor import (
     angle_similarity_axial,
     angle_similarity_published,
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         a = card["training_acquisition"]
         tr = card["training"]
         lines.append(f"- {name}: trained at PSF sigma {a['psf_sigma_nm']:g} nm, {a['signal_photons']:g} photons; "
-                     f"{tr['n_train_samples']} tracks x {tr['epochs_run']} epochs, {tr['train_time_h']} h; command "
+                     f"{describe_training(card)}; command "
                      f"`{tr['command']}`.")
     lines.append("")
     lines.append("Cells: MAE D1 | MAE D2 (um^2/s) | angle similarity published | axial.\n")

@@ -208,6 +208,29 @@ def export_checkpoint(
     return pt_path
 
 
+def describe_training(card: dict[str, Any]) -> str:
+    """One line on how a checkpoint was trained, summed over its warm-start lineage.
+
+    For example ``"280000 training tracks x 10 epochs, 0.42 h"`` for one run, or, for a model
+    warm-started through several runs, ``"4 stages (40000 x 10, 120000 x 12, ...) = 2440000
+    track-epochs, 2.86 h"`` with the neighbour fraction of crowded stages.
+    """
+    tr = card.get("training", {})
+    stages = tr.get("lineage") or []
+    if len(stages) <= 1:
+        return f"{tr.get('n_train_samples', '?')} training tracks x {tr.get('epochs_run', '?')} epochs, {tr.get('train_time_h', '?')} h"
+    parts = []
+    for e in stages:
+        part = f"{e.get('n_train_samples', '?')} x {e.get('epochs_run', '?')}"
+        if float(e.get("neighbour_fraction") or 0.0) > 0:
+            part += f" ({float(e['neighbour_fraction']):.0%} crowded)"
+        parts.append(part)
+    track_epochs = sum(int(e.get("n_train_samples", 0)) * int(e.get("epochs_run", 0)) for e in stages)
+    hours = sum(float(e.get("train_time_h") or 0.0) for e in stages)
+    return (f"{len(stages)} warm-started stages ({', '.join(parts)} training tracks x epochs) = "
+            f"{track_epochs} track-epochs, {hours:.2f} h")
+
+
 def update_card(name_or_path: str | os.PathLike[str], changes: dict[str, Any]) -> dict[str, Any]:
     """Merge ``changes`` into a card (top-level keys) after verifying its model; returns the card.
 

@@ -490,11 +490,17 @@ def train_model(
     warm_start: dict[str, Any] | None = None
     if init_state is not None:
         warm_start = _load_init_state(net, init_state, cfg)
+    n_train = train.patches.shape[0]
+    # the run's own record, written before training so that a run cut short still says what it was
+    run_entry = {"run_folder": str(out), "command": command, "n_train_samples": int(n_train),
+                 "epochs_planned": int(epochs), "neighbour_fraction": float(neighbour_fraction),
+                 "warm_start_state": str(init_state) if init_state is not None else None}
+    lineage_before = list(warm_start.get("lineage", [])) if warm_start else []
+    _write_json_atomic(out / "run.json", {**run_entry, "lineage_before": lineage_before})
     decay = [p for n_, p in net.named_parameters() if p.dim() >= 2]
     no_decay = [p for n_, p in net.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
-    n_train = train.patches.shape[0]
     steps_per_epoch = max(1, n_train // batch_size) if n_train >= batch_size else 1
     total_steps = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, max(1, int(warmup_fraction * total_steps))))
@@ -633,6 +639,10 @@ def train_model(
         },
     }
     card["learning_curve"] = read_learning_curve(curve_path)
+    card["training"]["lineage"] = lineage_before + [{**run_entry, "epochs_run": epochs_done,
+                                                     "train_time_h": round(train_time / 3600.0, 3)}]
+    card["training"]["lineage_total_train_time_h"] = round(
+        sum(float(e.get("train_time_h") or 0.0) for e in card["training"]["lineage"]), 3)
     if kind == "sequence":
         card["metrics"]["validation"]["cve_tensor"] = _cve_baseline(val_np, acq)
         if cfg.modalities == "both":
@@ -672,7 +682,45 @@ def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: Mo
             info["train_time_s_before"] = rows[-1].get("elapsed_s")
     if status.is_file():
         info["status_before"] = json.loads(status.read_text())
+    info["lineage"] = _lineage_of_run(p.parent)
     return info
+
+
+def _lineage_of_run(run: Path) -> list[dict[str, Any]]:
+    """Training stages that produced the weights of run folder ``run``, oldest first.
+
+    Read from the run's exported card (``training.lineage``) when it has one, else from its
+    ``run.json`` (written when training starts, so a run cut short is still described) plus its
+    learning curve (epochs and hours actually run). Empty when the folder holds neither.
+    """
+    for card_path in sorted(run.glob("*.json")):
+        if card_path.stem in ("status", "run") or not card_path.with_suffix(".pt").is_file():
+            continue
+        training = json.loads(card_path.read_text()).get("training", {})
+        if "lineage" in training:
+            return list(training["lineage"])
+        if "command" in training:  # a card from before lineages: one stage, as the card describes it
+            return [{"run_folder": str(run), "command": training["command"],
+                     "n_train_samples": training.get("n_train_samples"), "epochs_planned": training.get("epochs_planned"),
+                     "epochs_run": training.get("epochs_run"), "neighbour_fraction": training.get("neighbour_fraction", 0.0),
+                     "warm_start_state": (training.get("warm_start") or {}).get("state"),
+                     "train_time_h": training.get("train_time_h")}]
+    info_path = run / "run.json"
+    if not info_path.is_file():
+        return []
+    info = json.loads(info_path.read_text())
+    entry = {k: v for k, v in info.items() if k != "lineage_before"}
+    curve = run / "learning_curve.csv"
+    rows = read_learning_curve(curve) if curve.is_file() else []
+    entry["epochs_run"] = int(rows[-1]["epoch"]) if rows else 0
+    entry["train_time_h"] = round(float(rows[-1]["elapsed_s"]) / 3600.0, 3) if rows else 0.0
+    return list(info.get("lineage_before", [])) + [entry]
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def _cve_baseline(data: dict[str, np.ndarray], acquisition: Acquisition) -> dict[str, float]:
@@ -706,12 +754,15 @@ def read_learning_curve(path: str | os.PathLike[str]) -> list[dict[str, float]]:
 
 
 def bundle_run(run_dir: str | os.PathLike[str], name: str | None = None,
-               dest: str | os.PathLike[str] | None = None) -> Path:
+               dest: str | os.PathLike[str] | None = None,
+               lineage: list[dict[str, Any]] | None = None) -> Path:
     """Copy a finished run's exported checkpoint into ``checkpoints/`` (or ``dest``).
 
     The ``.pt`` is verified against its card first (sha256); the run's learning curve is
     written into the card (``learning_curve``) so that the bundled card says how training
-    went. Returns the path of the bundled ``.pt``.
+    went. ``lineage`` (training stages, oldest first) replaces the card's
+    ``training.lineage`` for runs warm-started from folders that predate ``run.json``.
+    Returns the path of the bundled ``.pt``.
     """
     from .checkpoint import CHECKPOINT_DIR, _write_card, load_checkpoint
 
@@ -724,6 +775,12 @@ def bundle_run(run_dir: str | os.PathLike[str], name: str | None = None,
     if (run / "learning_curve.csv").is_file():
         card["learning_curve"] = read_learning_curve(run / "learning_curve.csv")
     card["training"]["run_folder"] = str(run)
+    if lineage is not None:
+        if not isinstance(lineage, list) or not all(isinstance(e, dict) for e in lineage):
+            raise TrainingError("lineage must be a list of objects (one per training stage)")
+        card["training"]["lineage"] = lineage
+        card["training"]["lineage_total_train_time_h"] = round(
+            sum(float(e.get("train_time_h") or 0.0) for e in lineage), 3)
     target_name = name or cards[0].stem
     out = Path(dest) if dest is not None else CHECKPOINT_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -779,8 +836,21 @@ def main(argv: list[str] | None = None) -> int:
         bp.add_argument("--bundle", required=True, help="run folder of train_model")
         bp.add_argument("--name", default=None)
         bp.add_argument("--dest", default=None)
+        bp.add_argument("--lineage", default=None,
+                        help="JSON file: list of training stages (oldest first) to record in the card")
         bargs = bp.parse_args(argv_list0)
-        print(f"bundled {bundle_run(bargs.bundle, bargs.name, bargs.dest)}")
+        lineage = None
+        if bargs.lineage is not None:
+            try:
+                lineage = json.loads(Path(bargs.lineage).read_text())
+            except (OSError, ValueError) as exc:
+                print(f"error: cannot read lineage file {bargs.lineage}: {exc}", file=sys.stderr)
+                return 2
+        try:
+            print(f"bundled {bundle_run(bargs.bundle, bargs.name, bargs.dest, lineage)}")
+        except TrainingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     args = build_parser().parse_args(argv)
     acq = Acquisition()
