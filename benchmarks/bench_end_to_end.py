@@ -52,7 +52,7 @@ Command::
 
     .venv/bin/python benchmarks/bench_end_to_end.py [--quick] [--sets field,binding,twostate,speed]
         [--models aniso=PATH,binding=PATH,twostate=PATH] [--out benchmarks/reports/end_to_end.md]
-        [--threads N] [--no-confirm]
+        [--threads N] [--no-confirm] [--split-encounters on|off] [--encounter-llr X]
 
 ``--quick`` shrinks every movie (a smoke run; its report goes to ``end_to_end_quick.md``).
 ``--models`` replaces bundled checkpoints (e.g. a model still in training).
@@ -101,6 +101,8 @@ CP_TOLERANCE = 2
 LOCAL_WINDOW_HALF = 4
 #: Confirm changepoints on the displacements (the pipeline's default); ``--no-confirm`` for the earlier decision.
 CONFIRM = True
+#: ``Settings`` fields set from the command line (``--split-encounters``, ``--encounter-llr``); empty: defaults.
+LINK_OPTIONS: dict[str, Any] = {}
 
 SETS: dict[str, dict[str, Any]] = {
     "field": dict(model="aniso", shape=(256, 256), frames=200, particles=60, seed=7,
@@ -428,7 +430,7 @@ def run_set(name: str, spec: dict[str, Any], model_path: str, quick: bool, acq: 
     t_sim = time.perf_counter() - t0
     truth = sim.truth
     estimator = Estimator(model_path, device="cpu")
-    settings = Settings(device="cpu", min_track_length=5, changepoint_confirm=CONFIRM)
+    settings = Settings(device="cpu", min_track_length=5, changepoint_confirm=CONFIRM, **LINK_OPTIONS)
 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -745,9 +747,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--no-confirm", action="store_true",
                         help="changepoints decided on the estimates alone (no confirmation on the displacements)")
+    parser.add_argument("--split-encounters", choices=("on", "off"), default=None,
+                        help="cut tracks at ambiguous encounters (Settings.split_encounters; default: the pipeline's)")
+    parser.add_argument("--encounter-llr", type=float, default=None,
+                        help="swap test threshold in nats (Settings.encounter_llr_threshold)")
     args = parser.parse_args(argv)
     global CONFIRM
     CONFIRM = not args.no_confirm
+    if args.split_encounters is not None:
+        LINK_OPTIONS["split_encounters"] = args.split_encounters == "on"
+    if args.encounter_llr is not None:
+        LINK_OPTIONS["encounter_llr_threshold"] = args.encounter_llr
     if args.threads:
         torch.set_num_threads(args.threads)
     argv_list = sys.argv[1:] if argv is None else argv

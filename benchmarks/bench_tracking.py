@@ -32,6 +32,7 @@ speed (v1, seed 8)
 Command::
 
     .venv/bin/python benchmarks/bench_tracking.py [field|speed|all] [--quick] [--threads N] [--out benchmarks/reports/tracking.md]
+        [--split-encounters on|off] [--encounter-llr X]
 
 ``--threads N`` caps the BLAS/OpenMP thread pools (environment variables set before numpy
 is imported; the speed workers inherit them).
@@ -93,6 +94,9 @@ TRACKPY_VARIANTS = {
     "trackpy_sep4": {"minmass": 100.0, "separation": 4},
 }
 TRACKPY_SEP4_FRAMES = 100
+#: ``link`` options of the field protocol set from the command line (``--split-encounters``,
+#: ``--encounter-llr``); empty: ``link``'s defaults. The "previous method" column keeps the defaults.
+LINK_OPTIONS: dict = {}
 
 
 # ------------------------------------------------------------------ matching
@@ -237,7 +241,7 @@ def run_field(quick: bool) -> list[dict]:
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = link(det, acq, max_D_um2_s=FIELD_MAX_D_UM2_S)
+            result = link(det, acq, max_D_um2_s=FIELD_MAX_D_UM2_S, **LINK_OPTIONS)
         t_link = time.perf_counter() - t0
         tracks = result.tracks
         det_scores, d2t, t2d = detection_scores(tracks, truth)
@@ -525,7 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "reports" / "tracking.md"))
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS/OpenMP threads (set before numpy is imported; the speed workers inherit it)")
+    parser.add_argument("--split-encounters", choices=("on", "off"), default=None,
+                        help="field: cut tracks at ambiguous encounters (link(split_encounters=...); default: link's)")
+    parser.add_argument("--encounter-llr", type=float, default=None, help="field: swap test threshold in nats")
     args = parser.parse_args(argv)
+    if args.split_encounters is not None:
+        LINK_OPTIONS["split_encounters"] = args.split_encounters == "on"
+    if args.encounter_llr is not None:
+        LINK_OPTIONS["encounter_llr_threshold"] = args.encounter_llr
     command = "python benchmarks/bench_tracking.py " + " ".join(argv)
     start = time.perf_counter()
     load_start = os.getloadavg()[0]

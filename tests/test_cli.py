@@ -282,3 +282,12 @@ def test_sample_movie_is_reproduced_by_its_recorded_command(tmp_path, capsys):
     np.testing.assert_allclose(truth.tracks[["x_px", "y_px", "D1_um2_s"]], fresh_truth.tracks[["x_px", "y_px", "D1_um2_s"]], rtol=1e-8)
     assert set(truth.summary["particle_model"]) == {"aniso", "binding"}
     assert (truth.summary["n_changepoints"] > 0).any()
+
+
+def test_track_settings_from_options():
+    parser = cli.build_parser()
+    args = parser.parse_args(["track", "m.tif", "--keep-encounters", "--memory-frames", "1"])
+    settings = cli._track_settings(args)
+    assert settings.split_encounters is False and settings.memory_frames == 1
+    default = cli._track_settings(parser.parse_args(["track", "m.tif"]))
+    assert default.split_encounters is True and default.memory_frames == 2

@@ -344,7 +344,7 @@ def _track_settings(args: argparse.Namespace) -> Any:
     from .pipeline import Settings
 
     values: dict[str, Any] = {"model": args.model, "device": args.device}
-    for name in ("max_D_um2_s", "memory_frames", "min_track_length", "changepoints"):
+    for name in ("max_D_um2_s", "memory_frames", "min_track_length", "changepoints", "split_encounters"):
         values[name] = getattr(args, name)
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     if args.threshold_snr is not None:
@@ -496,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="frames a particle may vanish and still be linked (default: 2)")
     trk.add_argument("--min-track-length", type=_positive_int,
                      help="shorter tracks are left out of the results (default: 5)")
+    trk.add_argument("--keep-encounters", dest="split_encounters", action="store_false", default=None,
+                     help="do not cut tracks where two particles came close enough to swap identities "
+                          "(default: cut them, so each track holds one particle)")
     trk.add_argument("--changepoints", choices=("auto", "single", "multiple", "none"),
                      help="changepoint detection for multi-state models (default: auto)")
     trk.add_argument("--out", metavar="PREFIX", help="output prefix (default: the movie path without .tif)")

@@ -4,7 +4,9 @@
 
 1. detection + sub-pixel localization, one frame at a time (frames are read as needed;
    the movie can be a memmap or a lazy TIFF reader);
-2. linking (trackpy with gap memory); tracks shorter than ``min_track_length``
+2. linking (trackpy with gap memory), then tracks are cut where two particles came
+   close enough that their identities may have been swapped (``Settings.split_encounters``,
+   :mod:`~.tracking.encounters`); tracks (pieces) shorter than ``min_track_length``
    localizations are left out of the results;
 3. per-track 11 x 11 patches and displacements (the models' input path);
 4. classical estimators per track: MSD ``D`` and ``alpha`` (optimal number of points)
@@ -49,6 +51,7 @@ from .io import InputError
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, format_changepoint_frames
 from .tracking.crowding import CROWDED_SHARE, crowded_share, nearest_other_px
 from .tracking.detect import DetectionSettings, detect_and_localize
+from .tracking.encounters import DEFAULT_LLR_THRESHOLD
 from .tracking.link import link
 from .tracking.patches import TrackPatches, extract_track_patches
 
@@ -109,6 +112,14 @@ class Settings:
         Frames a particle may vanish and still be linked.
     search_range_px
         Explicit linking search range (px); ``None`` derives it from ``max_D_um2_s``.
+    split_encounters
+        Cut tracks where two particles came close enough that their identities may have
+        been swapped (:mod:`~.tracking.encounters`), so that each track holds one particle
+        (on by default: shorter but cleaner tracks, lower end-to-end errors,
+        ``benchmarks/reports/encounters.md``).
+    encounter_llr_threshold
+        Swap test threshold of that splitting (nats): cut when the linked assignment is
+        less than ``exp(threshold)`` times as likely as the swapped one.
     min_track_length
         Tracks with fewer localizations are left out of the results. Tracks of at
         least this length but shorter than the model's minimum get the classical
@@ -140,6 +151,8 @@ class Settings:
     max_D_um2_s: float = 6.0
     memory_frames: int = 2
     search_range_px: float | None = None
+    split_encounters: bool = True
+    encounter_llr_threshold: float = DEFAULT_LLR_THRESHOLD
     min_track_length: int = 5
     changepoints: str = "auto"
     changepoint_penalty: float | None = None
@@ -160,6 +173,8 @@ class Settings:
             raise PipelineError(f"chunk_localizations must be a whole number >= 1, got {self.chunk_localizations!r}")
         if not (0.0 < float(self.changepoint_confirm_alpha) < 1.0):
             raise PipelineError(f"changepoint_confirm_alpha must be between 0 and 1, got {self.changepoint_confirm_alpha!r}")
+        if math.isnan(float(self.encounter_llr_threshold)):
+            raise PipelineError("encounter_llr_threshold must be a number, got nan")
         if not (math.isfinite(float(self.max_D_um2_s)) and self.max_D_um2_s > 0):
             raise PipelineError(f"max_D_um2_s must be a positive number, got {self.max_D_um2_s!r}")
 
@@ -312,6 +327,8 @@ def track_and_estimate(
             memory_frames=settings.memory_frames,
             min_track_length=settings.min_track_length,
             search_range_px=settings.search_range_px,
+            split_encounters=settings.split_encounters,
+            encounter_llr_threshold=settings.encounter_llr_threshold,
         )
     messages += list(linked.messages)
     tracks = linked.tracks[~linked.tracks["is_short"]].reset_index(drop=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from qtpy.QtCore import QObject, Signal
 
 from ..acquisition import Acquisition
@@ -83,6 +83,7 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
         max_D_um2_s=float(values["max_D_um2_s"]),
         memory_frames=int(values["memory_frames"]),
         min_track_length=int(values["min_track_length"]),
+        split_encounters=bool(values.get("split_encounters", True)),
     )
 
 
@@ -129,6 +130,9 @@ class TrackEstimateWidget(Container):
         self.max_D = _float_box("max_D_um2_s", "max D (linking)", " um²/s", 0.001, 1000.0, 0.5, 3, 6.0)
         self.memory = SpinBox(name="memory_frames", label="gap memory (frames)", min=0, max=50, value=2)
         self.min_length = SpinBox(name="min_track_length", label="min track length (frames)", min=2, max=100_000, value=5)
+        self.split_box = CheckBox(name="split_encounters", text="cut tracks where particles meet", value=True)
+        self.split_box.tooltip = ("Cut a track where another particle came close enough that the two may have swapped "
+                                  "identities: shorter tracks, each holding one particle")
         self.preview_button = PushButton(name="preview", text="Preview detections (current frame)")
         self.run_button = PushButton(name="run", text="Run Track && Estimate")
         self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
@@ -148,6 +152,7 @@ class TrackEstimateWidget(Container):
                 self.max_D,
                 self.memory,
                 self.min_length,
+                self.split_box,
                 self.preview_button,
                 self.run_button,
                 self.cancel_button,
@@ -195,6 +200,7 @@ class TrackEstimateWidget(Container):
             self.max_D,
             self.memory,
             self.min_length,
+            self.split_box,
         ]
 
     def values(self) -> dict[str, Any]:

@@ -17,13 +17,18 @@ Two rules, applied after linking:
 
    ``LLR = log L(linked) - log L(swapped)``
 
-   is computed with ``sigma^2 = max(sigma_A^2, sigma_B^2)``, each track's own robust step
-   variance (the median of ``|d|^2 / dt`` over its links, divided by ``2 ln 2``, the
-   median of a 2-D Gaussian step's squared length being ``2 ln 2 sigma^2``), floored at
-   twice the localization variance. For two links of one frame each this reduces to
-   ``LLR = (a0 - b0) . (a1 - b1) / sigma^2``: the dot product of the pair's separation
-   vectors before and after, in units of the step variance. When ``LLR < threshold``
-   (the swap is not clearly less likely), both links are cut.
+   gives each particle the step variance of its past: ``sigma_A^2`` for ``a0 -> a1`` and
+   ``a0 -> b1``, ``sigma_B^2`` for ``b0 -> b1`` and ``b0 -> a1`` (so a fast particle
+   passing a slow one is told apart from it), each track's own robust step variance: the
+   median of ``|d|^2 / dt`` over its links divided by ``2 ln 2`` (the median of a 2-D
+   Gaussian step's squared length is ``2 ln 2 sigma^2``; the median ignores the few wrong
+   links), floored at twice the localization variance. For one-frame links and equal
+   variances this is ``LLR = (a0 - b0) . (a1 - b1) / sigma^2``: the dot product of the
+   pair's separation vectors before and after, in units of the step variance. When
+   ``LLR < threshold`` (the swap is not clearly less likely), both links are cut. The
+   default threshold, 5 nats (the linked assignment less than ~150 times as likely as
+   the swap), was chosen on the field and binding benchmarks
+   (``benchmarks/reports/encounters.md``).
 2. **Gap rule.** A link bridging a gap (``ta1 - ta0 >= 2``, the linker's memory) while a
    localization of another track lay within ``gap_radius_px`` of the bridged path (the
    straight line from ``a0`` to ``a1``, at the missing frames) is cut: the particle may
@@ -51,8 +56,8 @@ __all__ = [
     "track_step_variance_px2",
 ]
 
-#: Cut when the linked assignment is less than ``exp(3) ~ 20`` times as likely as the swap.
-DEFAULT_LLR_THRESHOLD = 3.0
+#: Cut when the linked assignment is less than ``exp(5) ~ 150`` times as likely as the swap.
+DEFAULT_LLR_THRESHOLD = 5.0
 #: A bridged gap is ambiguous when another track's localization lies this close (px) to its path.
 DEFAULT_GAP_RADIUS_PX = 2.0
 #: Floor of the per-axis step variance (px^2) when no localization precision is known.
@@ -134,6 +139,7 @@ def swap_log_likelihood_ratio(
     a0: np.ndarray, a1: np.ndarray, ta0: np.ndarray, ta1: np.ndarray,
     b0: np.ndarray, b1: np.ndarray, tb0: np.ndarray, tb1: np.ndarray,
     variance_px2: np.ndarray,
+    variance_b_px2: np.ndarray | None = None,
 ) -> np.ndarray:
     """``log L(a0->a1, b0->b1) - log L(a0->b1, b0->a1)`` under isotropic Brownian steps.
 
@@ -144,7 +150,11 @@ def swap_log_likelihood_ratio(
     ta0, ta1, tb0, tb1
         ``(P,)`` their frames; the swap must keep time order (``ta0 < tb1``, ``tb0 < ta1``).
     variance_px2
-        ``(P,)`` per-axis step variance per frame (px^2) used for all four steps.
+        ``(P,)`` per-axis step variance per frame (px^2) of the particle seen at ``a0``
+        (used for ``a0 -> a1`` and ``a0 -> b1``).
+    variance_b_px2
+        The same for the particle seen at ``b0`` (``b0 -> b1``, ``b0 -> a1``);
+        ``None``: ``variance_px2``.
 
     Returns
     -------
@@ -153,12 +163,14 @@ def swap_log_likelihood_ratio(
         the more likely one.
     """
 
-    def cost(d: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        dt = np.asarray(dt, dtype=float)
-        return np.sum(d * d, axis=1) / (2.0 * dt * variance_px2) + np.log(dt)
+    var_b = variance_px2 if variance_b_px2 is None else variance_b_px2
 
-    linked = cost(a1 - a0, ta1 - ta0) + cost(b1 - b0, tb1 - tb0)
-    swapped = cost(b1 - a0, tb1 - ta0) + cost(a1 - b0, ta1 - tb0)
+    def cost(d: np.ndarray, dt: np.ndarray, var: np.ndarray) -> np.ndarray:
+        dt = np.asarray(dt, dtype=float)
+        return np.sum(d * d, axis=1) / (2.0 * dt * var) + np.log(dt)
+
+    linked = cost(a1 - a0, ta1 - ta0, variance_px2) + cost(b1 - b0, tb1 - tb0, var_b)
+    swapped = cost(b1 - a0, tb1 - ta0, variance_px2) + cost(a1 - b0, ta1 - tb0, var_b)
     return swapped - linked
 
 
@@ -200,7 +212,9 @@ def split_encounters(
     pos = np.asarray(positions_px, dtype=np.float64)
     n = len(tid)
     if frm.shape != (n,) or pos.shape != (n, 2):
-        raise ValueError(f"track_id, frame and positions_px must have shapes (N,), (N,), (N, 2); got {tid.shape}, {frm.shape}, {pos.shape}")
+        raise ValueError(
+            f"track_id, frame and positions_px must have shapes (N,), (N,), (N, 2); got {tid.shape}, {frm.shape}, {pos.shape}"
+        )
     if math.isnan(llr_threshold):
         raise ValueError("llr_threshold must be a number (or -inf to disable the swap test), got nan")
     if not math.isfinite(gap_radius_px) or gap_radius_px < 0:
@@ -219,7 +233,7 @@ def split_encounters(
     if len(link_at):
         floor = np.full(len(link_at), _MIN_STEP_VARIANCE_PX2)
         if prec is not None:
-            p2 = np.nanmax(np.stack([prec[link_at], prec[link_at + 1]]), axis=0) ** 2
+            p2 = np.fmax(prec[link_at], prec[link_at + 1]) ** 2  # NaN only where both ends lack one
             floor = np.where(np.isfinite(p2), np.maximum(2.0 * p2, floor), floor)
         steps = p_s[link_at + 1] - p_s[link_at]
         dts = f_s[link_at + 1] - f_s[link_at]
@@ -282,15 +296,15 @@ def _swap_cuts(link_at: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, var: np.nd
         if len(group) < 2:
             continue
         links = link_rep[group]
-        # LLR < threshold needs the mid-boundary separation below sqrt(threshold var dt + max|d|^2)
-        # (exact for one-frame links, see the module docstring); doubled for links over gaps.
+        # Beyond a mid-boundary separation of 2 sqrt(threshold max(var) + max|d|^2) each of the
+        # two terms of the LLR of one-frame links is >= threshold / 2: no cut is possible there.
+        # The longest span in the group widens the radius for links over gaps.
         reach2 = max(threshold, 0.0) * var[links].max() * span[links].max() + step2[links].max()
         pairs = cKDTree(mid[group]).query_pairs(2.0 * math.sqrt(reach2) + 1e-9, output_type="ndarray")
         if len(pairs) == 0:
             continue
         i, j = links[pairs[:, 0]], links[pairs[:, 1]]
-        llr = swap_log_likelihood_ratio(p0[i], p1[i], t0[i], t1[i], p0[j], p1[j], t0[j], t1[j],
-                                        np.maximum(var[i], var[j]))
+        llr = swap_log_likelihood_ratio(p0[i], p1[i], t0[i], t1[i], p0[j], p1[j], t0[j], t1[j], var[i], var[j])
         hit = llr < threshold
         cut[i[hit]] = True
         cut[j[hit]] = True

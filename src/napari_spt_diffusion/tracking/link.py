@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..acquisition import Acquisition
+from . import encounters as _encounters
 from .detect import TrackingInputError
 
 __all__ = [
@@ -135,6 +136,9 @@ def link(
     memory_frames: int = 2,
     min_track_length: int = 5,
     search_range_px: float | None = None,
+    split_encounters: bool = False,
+    encounter_llr_threshold: float = _encounters.DEFAULT_LLR_THRESHOLD,
+    encounter_gap_radius_px: float = _encounters.DEFAULT_GAP_RADIUS_PX,
 ) -> LinkResult:
     """Link per-frame localizations into tracks.
 
@@ -157,6 +161,16 @@ def link(
         Tracks with fewer localizations are kept but flagged ``is_short``.
     search_range_px
         Explicit search range (px); ``None`` uses :func:`default_search_range_px`.
+    split_encounters
+        Cut tracks where two particles may have swapped identities
+        (:func:`~napari_spt_diffusion.tracking.encounters.split_encounters`); the
+        number of cuts is reported in ``messages``.
+    encounter_llr_threshold
+        Swap test threshold (nats): a pair of links is cut when the linked assignment is
+        less than ``exp(threshold)`` times as likely as the swapped one.
+    encounter_gap_radius_px
+        Gap rule radius (px): a link bridging a gap is cut when another track's
+        localization lay this close to its path during the gap.
 
     Returns
     -------
@@ -212,6 +226,16 @@ def link(
     codes, _ = pd.factorize(particle[order])
     track_id = np.empty(len(frames), dtype=np.int64)
     track_id[order] = codes
+    if split_encounters:
+        precision_px = None
+        if "loc_precision_nm" in table.columns:
+            precision_px = table["loc_precision_nm"].to_numpy(dtype=float) / acquisition.pixel_size_nm
+        split = _encounters.split_encounters(
+            track_id, frames.astype(np.int64), positions, loc_precision_px=precision_px,
+            llr_threshold=float(encounter_llr_threshold), gap_radius_px=float(encounter_gap_radius_px),
+        )
+        track_id = split.track_id
+        messages.append(split.message())
     tracks = table.copy()
     tracks["frame"] = frames.astype(np.int64)
     tracks["track_id"] = track_id

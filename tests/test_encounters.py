@@ -1,0 +1,201 @@
+"""Tests of tracking.encounters: cutting tracks where two particles may have swapped."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.tracking.encounters import (
+    split_encounters,
+    swap_log_likelihood_ratio,
+    track_step_variance_px2,
+)
+from napari_spt_diffusion.tracking.link import link
+
+
+def _table(tracks: dict[int, list[tuple[int, float, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``{track: [(frame, y, x), ...]}`` -> (track_id, frame, positions) arrays."""
+    rows = [(k, f, y, x) for k, pts in tracks.items() for f, y, x in pts]
+    a = np.array(rows, dtype=float)
+    return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2:4]
+
+
+def _cut_links(old: np.ndarray, frame: np.ndarray, new: np.ndarray) -> set[tuple[int, int]]:
+    """Links ``(old track, frame before the cut)`` that the new ids separate."""
+    order = np.lexsort((frame, old))
+    o, f, n = old[order], frame[order], new[order]
+    same = o[1:] == o[:-1]
+    cut = same & (n[1:] != n[:-1])
+    return {(int(o[k]), int(f[k])) for k in np.flatnonzero(cut)}
+
+
+def _crossing_pair(rng: np.random.Generator, n: int = 21, separation: float = 0.5):
+    """Two particles on parallel lines ``separation`` px apart, passing each other at frame n // 2."""
+    t = np.arange(n)
+    noise = rng.normal(0.0, 0.05, size=(2, n, 2))
+    a = [(int(f), 10.0 + noise[0, f, 0], float(f) + noise[0, f, 1]) for f in t]
+    b = [(int(f), 10.0 + separation + noise[1, f, 0], float(n - 1 - f) + noise[1, f, 1]) for f in t]
+    return _table({0: a, 1: b})
+
+
+def test_crossing_at_half_a_pixel_is_cut_on_both_tracks():
+    tid, frame, pos = _crossing_pair(np.random.default_rng(1))
+    split = split_encounters(tid, frame, pos)
+    cuts = _cut_links(tid, frame, split.track_id)
+    middle = 10
+    for track in (0, 1):
+        near = [f for k, f in cuts if k == track]
+        assert near, f"track {track} was not cut at the crossing"
+        assert all(middle - 2 <= f <= middle + 1 for f in near), near
+    assert split.n_swap_cuts == len(cuts)
+    assert split.n_tracks_after == split.n_tracks_before + len(cuts)
+
+
+def test_slow_tracks_three_pixels_apart_are_not_cut():
+    rng = np.random.default_rng(2)
+    n = 40
+    a = [(f, 10.0 + rng.normal(0, 0.05), 10.0 + rng.normal(0, 0.05)) for f in range(n)]
+    b = [(f, 13.0 + rng.normal(0, 0.05), 10.0 + rng.normal(0, 0.05)) for f in range(n)]
+    tid, frame, pos = _table({0: a, 1: b})
+    split = split_encounters(tid, frame, pos)
+    assert split.n_cuts == 0
+    assert split.n_tracks_after == 2
+    # each old track keeps one id
+    assert len(set(zip(tid.tolist(), split.track_id.tolist()))) == 2
+
+
+def test_lone_track_is_never_cut_even_with_gaps_and_wild_steps():
+    rng = np.random.default_rng(3)
+    frames = np.array([0, 1, 2, 5, 6, 8, 9, 10, 11, 14])  # gaps of 3, 2 and 3 frames
+    steps = rng.normal(0, 3.0, size=(len(frames), 2))
+    pos = 50.0 + np.cumsum(steps, axis=0)
+    split = split_encounters(np.zeros(len(frames), dtype=np.int64), frames, pos, llr_threshold=1e9, gap_radius_px=100.0)
+    assert split.n_cuts == 0
+    assert np.all(split.track_id == 0)
+
+
+def test_new_ids_are_unique_consecutive_and_refine_the_old_tracks():
+    rng = np.random.default_rng(4)
+    tracks = {}
+    for k in range(12):  # a crowded little field: many crossings
+        start = rng.uniform(0, 6, size=2)
+        pts = start + np.cumsum(rng.normal(0, 0.8, size=(30, 2)), axis=0)
+        first = int(rng.integers(0, 10))
+        tracks[k * 7 + 3] = [(first + f, y, x) for f, (y, x) in enumerate(pts)]  # sparse old ids
+    tid, frame, pos = _table(tracks)
+    perm = rng.permutation(len(tid))  # row order must not matter
+    tid, frame, pos = tid[perm], frame[perm], pos[perm]
+    split = split_encounters(tid, frame, pos)
+    new = split.track_id
+    assert split.n_cuts > 0
+    # every new track lies within one old track, holds one row per frame, and is contiguous in it
+    df = pd.DataFrame({"old": tid, "new": new, "frame": frame})
+    assert (df.groupby("new")["old"].nunique() == 1).all()
+    assert not df.duplicated(["new", "frame"]).any()
+    for _, g in df.groupby("old"):
+        g = g.sort_values("frame")
+        changes = np.count_nonzero(np.diff(g["new"].to_numpy()))
+        assert changes == g["new"].nunique() - 1  # pieces do not interleave
+    # ids 0..n-1 in order of first appearance
+    assert sorted(df["new"].unique()) == list(range(split.n_tracks_after))
+    first = df.groupby("new")["frame"].min()
+    assert (np.diff(first.to_numpy()) >= 0).all()
+    assert split.n_tracks_after - split.n_tracks_before == split.n_cuts
+
+
+def test_vectorised_swap_test_matches_a_pair_by_pair_loop():
+    rng = np.random.default_rng(5)
+    tracks = {}
+    for k in range(10):
+        pts = rng.uniform(0, 8, size=2) + np.cumsum(rng.normal(0, rng.uniform(0.2, 1.0), size=(15, 2)), axis=0)
+        frames = np.sort(rng.choice(np.arange(22), size=15, replace=False))  # with gaps
+        tracks[k] = [(int(f), y, x) for f, (y, x) in zip(frames, pts)]
+    tid, frame, pos = _table(tracks)
+    threshold = 3.0
+    split = split_encounters(tid, frame, pos, llr_threshold=threshold, gap_radius_px=0.0)
+    # the same test written pair by pair
+    links = []
+    for k, pts in tracks.items():
+        for (fa, ya, xa), (fb, yb, xb) in zip(pts[:-1], pts[1:]):
+            links.append((k, fa, fb, np.array([ya, xa]), np.array([yb, xb])))
+    var = track_step_variance_px2(np.array([l[0] for l in links]), np.array([l[2] - l[1] for l in links]),
+                                  np.array([l[4] - l[3] for l in links]))
+    expected = set()
+    for a, b in itertools.combinations(links, 2):
+        if a[0] == b[0] or not (a[1] < b[2] and b[1] < a[2]):
+            continue  # same track, or no common frame boundary
+        llr = swap_log_likelihood_ratio(a[3][None], a[4][None], np.array([a[1]]), np.array([a[2]]),
+                                        b[3][None], b[4][None], np.array([b[1]]), np.array([b[2]]),
+                                        np.array([var[a[0]]]), np.array([var[b[0]]]))[0]
+        if llr < threshold:
+            expected |= {(a[0], a[1]), (b[0], b[1])}
+    assert expected, "the random field should contain ambiguous pairs"
+    assert _cut_links(tid, frame, split.track_id) == expected
+
+
+def test_swap_llr_of_one_frame_links_is_the_separation_dot_product():
+    a0, a1 = np.array([[0.0, 0.0]]), np.array([[0.3, 1.0]])
+    b0, b1 = np.array([[2.0, 0.5]]), np.array([[1.0, 1.5]])
+    one = np.array([0])
+    llr = swap_log_likelihood_ratio(a0, a1, one, one + 1, b0, b1, one, one + 1, np.array([0.7]))
+    expected = float(np.dot(a0[0] - b0[0], a1[0] - b1[0])) / 0.7
+    assert llr[0] == pytest.approx(expected)
+
+
+def _gap_scene():
+    """Track 0 moves slowly along y = 10 and is missing at frames 5 and 6; track 1 crosses its path then."""
+    a = [(f, 10.0, 10.0 + 0.1 * f) for f in range(12) if f not in (5, 6)]
+    b = [(f, 10.0 - 3.0 * (5 - f), 40.0 + 0.1 * f) for f in range(2)]  # far away at first
+    b += [(f, 10.0 + 0.05 * (f - 5), 10.5 + 0.1 * (f - 5)) for f in range(2, 12)]  # sits on track 0's path
+    return _table({0: a, 1: b})
+
+
+def test_gap_bridged_past_another_spot_is_cut_there_and_the_other_track_at_the_exit():
+    tid, frame, pos = _gap_scene()
+    split = split_encounters(tid, frame, pos, llr_threshold=-math.inf, gap_radius_px=2.0)
+    assert _cut_links(tid, frame, split.track_id) == {(0, 4), (1, 6)}
+    assert split.n_gap_cuts == 2 and split.n_swap_cuts == 0
+    off = split_encounters(tid, frame, pos, llr_threshold=-math.inf, gap_radius_px=0.0)
+    assert off.n_cuts == 0
+
+
+def test_gap_far_from_other_spots_is_kept():
+    tid, frame, pos = _gap_scene()
+    pos = pos.copy()
+    pos[tid == 1, 0] += 20.0  # move track 1 away
+    split = split_encounters(tid, frame, pos, gap_radius_px=2.0)
+    assert split.n_cuts == 0
+
+
+def test_link_splits_only_when_asked_and_says_so():
+    rng = np.random.default_rng(6)
+    tid, frame, pos = _crossing_pair(rng, n=31)
+    locs = pd.DataFrame({"frame": frame, "y_px": pos[:, 0], "x_px": pos[:, 1]})
+    acq = Acquisition()
+    plain = link(locs, acq, max_D_um2_s=1.0, min_track_length=5)
+    assert plain.n_tracks == 2 and not any("Encounter" in m for m in plain.messages)
+    split = link(locs, acq, max_D_um2_s=1.0, min_track_length=5, split_encounters=True)
+    assert split.n_tracks > 2
+    notes = [m for m in split.messages if m.startswith("Encounter splitting cut")]
+    assert len(notes) == 1 and f"became {split.n_tracks}" in notes[0]
+    t = split.tracks
+    assert list(t.columns[-2:]) == ["track_id", "is_short"]
+    assert sorted(t["track_id"].unique()) == list(range(split.n_tracks))
+    lengths = t.groupby("track_id")["frame"].transform("size")
+    assert (t["is_short"] == (lengths < 5)).all()
+    assert t.equals(t.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True))
+
+
+def test_bad_inputs_raise_one_clear_error():
+    with pytest.raises(ValueError, match="two localizations in one frame"):
+        split_encounters(np.array([0, 0]), np.array([3, 3]), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="shapes"):
+        split_encounters(np.array([0, 0]), np.array([3, 4]), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="gap_radius_px"):
+        split_encounters(np.array([0]), np.array([0]), np.zeros((1, 2)), gap_radius_px=-1.0)
+    assert len(split_encounters(np.zeros(0), np.zeros(0), np.zeros((0, 2))).track_id) == 0
