@@ -49,3 +49,13 @@ def test_pipeline_flags_tracks_with_a_close_neighbour(toy_models):  # noqa: F811
     far = (summary["x_mean_px"] - 45).abs() < 1
     assert not crowded[far].any()
     assert crowded[~far].all()
+
+
+def test_encounter_flag_on_pieces_of_a_cut_track():
+    import pandas as pd
+
+    from napari_spt_diffusion.pipeline import _track_flags
+
+    table = pd.DataFrame({"encounter_cut": [False, False, True, True], "nearest_other_px": [20.0] * 4})
+    assert _track_flags(("windows",), table, 0, 2) == ["windows"]
+    assert _track_flags((), table, 2, 4) == ["encounter"]

@@ -184,7 +184,9 @@ def test_link_splits_only_when_asked_and_says_so():
     notes = [m for m in split.messages if m.startswith("Encounter splitting cut")]
     assert len(notes) == 1 and f"became {split.n_tracks}" in notes[0]
     t = split.tracks
-    assert list(t.columns[-2:]) == ["track_id", "is_short"]
+    assert list(t.columns[-3:]) == ["track_id", "encounter_cut", "is_short"]
+    assert t["encounter_cut"].all()  # both linked tracks were cut, so every piece touches a cut
+    assert not plain.tracks["encounter_cut"].any()
     assert sorted(t["track_id"].unique()) == list(range(split.n_tracks))
     lengths = t.groupby("track_id")["frame"].transform("size")
     assert (t["is_short"] == (lengths < 5)).all()

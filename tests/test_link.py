@@ -73,7 +73,8 @@ def test_link_output_contract():
     table = brownian_table(8, 12, D_um2_s=0.5, rng=rng)
     result = link(table, ACQ, max_D_um2_s=1.0, min_track_length=5)
     tracks = result.tracks
-    assert list(tracks.columns) == [*table.columns, "track_id", "is_short"]
+    assert list(tracks.columns) == [*table.columns, "track_id", "encounter_cut", "is_short"]
+    assert not tracks["encounter_cut"].any()
     assert tracks["track_id"].dtype == np.int64 and tracks["is_short"].dtype == bool
     keys = tracks[["track_id", "frame"]].to_numpy()
     assert np.array_equal(np.lexsort((keys[:, 1], keys[:, 0])), np.arange(len(keys)))

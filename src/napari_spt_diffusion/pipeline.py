@@ -622,11 +622,15 @@ def _tables(
 
 
 def _track_flags(estimate_flags: tuple[str, ...] | list[str], table: pd.DataFrame, a: int, b: int) -> list[str]:
-    """The estimator's flags of a track (rows ``a:b`` of ``table``), plus ``crowded`` (see ``tracking.crowding``)."""
+    """The estimator's flags of a track (rows ``a:b`` of ``table``), plus ``crowded`` (see
+    ``tracking.crowding``) and ``encounter`` (the track begins or ends where the linker's track
+    was cut at a close encounter, ``tracking.encounters``)."""
     flags = list(estimate_flags)
     if "nearest_other_px" in table.columns:
         if crowded_share(table["nearest_other_px"].to_numpy(dtype=float)[a:b]) > CROWDED_SHARE:
             flags.append("crowded")
+    if "encounter_cut" in table.columns and bool(table["encounter_cut"].to_numpy()[a:b].any()):
+        flags.append("encounter")
     return flags
 
 

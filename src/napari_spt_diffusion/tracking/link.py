@@ -63,8 +63,10 @@ class LinkResult:
     ----------
     tracks
         The input table plus ``track_id`` (int64, 0..n-1 in order of first
-        appearance) and ``is_short`` (bool, track shorter than ``min_track_length``
-        frames), sorted by ``(track_id, frame)`` with a fresh index.
+        appearance), ``encounter_cut`` (bool, the track is one of several pieces of a
+        linked track cut at close encounters; always False without ``split_encounters``)
+        and ``is_short`` (bool, track shorter than ``min_track_length`` frames), sorted by
+        ``(track_id, frame)`` with a fresh index.
     messages
         Human-readable notes on what the linker had to do (empty when nothing
         unusual happened), e.g. an oversize subnetwork and how it was recovered.
@@ -190,7 +192,8 @@ def link(
         raise LinkingError(f"min_track_length must be a whole number >= 1, got {min_track_length!r}")
     memory = int(memory_frames)
 
-    table = localizations.drop(columns=[c for c in ("track_id", "is_short", "particle") if c in localizations.columns])
+    table = localizations.drop(columns=[c for c in ("track_id", "encounter_cut", "is_short", "particle")
+                                        if c in localizations.columns])
     table = table.reset_index(drop=True)
     frames = table["frame"].to_numpy()
     positions = table[["y_px", "x_px"]].to_numpy(dtype=np.float64)
@@ -213,7 +216,8 @@ def link(
 
     messages: list[str] = []
     if len(table) == 0:
-        tracks = table.assign(track_id=pd.Series(dtype=np.int64), is_short=pd.Series(dtype=bool))
+        tracks = table.assign(track_id=pd.Series(dtype=np.int64), encounter_cut=pd.Series(dtype=bool),
+                              is_short=pd.Series(dtype=bool))
         return LinkResult(tracks, messages, search_range, memory)
 
     coords = pd.DataFrame({"frame": frames.astype(np.int64), "y": positions[:, 0], "x": positions[:, 1]})
@@ -234,11 +238,16 @@ def link(
             track_id, frames.astype(np.int64), positions, loc_precision_px=precision_px,
             llr_threshold=float(encounter_llr_threshold), gap_radius_px=float(encounter_gap_radius_px),
         )
+        # a piece of a linked trajectory that was cut in several: it begins or ends at an encounter
+        encounter_cut = pd.Series(split.track_id).groupby(track_id).transform("nunique").to_numpy() > 1
         track_id = split.track_id
         messages.append(split.message())
+    else:
+        encounter_cut = np.zeros(len(frames), dtype=bool)
     tracks = table.copy()
     tracks["frame"] = frames.astype(np.int64)
     tracks["track_id"] = track_id
+    tracks["encounter_cut"] = encounter_cut
     lengths = np.bincount(track_id)
     tracks["is_short"] = lengths[track_id] < int(min_track_length)
     tracks = tracks.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
