@@ -87,14 +87,11 @@ from napari_spt_diffusion.pipeline import Settings, track_and_estimate, track_ch
 from napari_spt_diffusion.results import Results, parse_changepoint_frames
 from napari_spt_diffusion.simulation.movie import simulate_movie
 from napari_spt_diffusion.tracking.localize import localize_frame
+from napari_spt_diffusion.tracking.crowding import CROWDED_RADIUS_PX, CROWDED_SHARE, crowded_share, nearest_other_px
 from napari_spt_diffusion.tracking.patches import TrackPatches, extract_track_patches
 
 ROOT = Path(__file__).resolve().parent
 MIN_TRACK_FRAMES_SCORED = 20
-#: A track is "crowded" when another true particle is within this distance (px, about the patch half-width) ...
-CROWD_RADIUS_PX = 6.0
-#: ... in more than this share of its frames.
-CROWD_SHARE = 0.05
 MATCH_RADIUS_PX = 1.0
 ANISO_RATIO = 0.9
 CP_TOLERANCE = 2
@@ -367,13 +364,13 @@ def error_breakdown(rows: pd.DataFrame, n_frames: dict[int, int], e2e_vals: dict
     Columns ``fragment`` (the track's matched rows hold < 80 % of its truth track's frames),
     ``wrong_links`` (< 95 % of the track's rows match its truth track: wrong links or
     misplaced localizations), ``switch`` (a true changepoint inside its frame range),
-    ``crowded`` (another true particle within :data:`CROWD_RADIUS_PX` in more than
-    :data:`CROWD_SHARE` of the truth track's frames between the track's first and last
+    ``crowded`` (another true particle within :data:`CROWDED_RADIUS_PX` in more than
+    :data:`CROWDED_SHARE` of the truth track's frames between the track's first and last
     frame), ``err_e2e``, ``err_same`` (um^2/s).
     """
     tlen = truth.tracks.groupby("track_id").size()
     cps = truth_changepoints(truth)
-    near = nearest_other_px(truth)
+    near = truth_nearest_other_px(truth)
     per = []
     for tid, g in rows.groupby("track_id"):
         if len(g) < MIN_TRACK_FRAMES_SCORED or tid not in e2e_vals or tid not in same_vals:
@@ -388,7 +385,7 @@ def error_breakdown(rows: pd.DataFrame, n_frames: dict[int, int], e2e_vals: dict
             "fragment": bool(len(g) < 0.8 * tlen[truth_id]),
             "wrong_links": bool(len(g) < 0.95 * n_frames[tid]),
             "switch": bool(any(f0 < c <= f1 for c in cps.get(truth_id, []))),
-            "crowded": bool(np.mean(near.loc[truth_id].loc[f0:f1] < CROWD_RADIUS_PX) > CROWD_SHARE),
+            "crowded": crowded_share(near.loc[truth_id].loc[f0:f1].to_numpy()) > CROWDED_SHARE,
             "err_e2e": abs(e2e_vals[tid][0] - t1),
             "err_same": abs(same_vals[tid][0] - t1),
         })
@@ -396,22 +393,16 @@ def error_breakdown(rows: pd.DataFrame, n_frames: dict[int, int], e2e_vals: dict
                                       "err_same", "err_e2e_D2", "err_same_D2"])
 
 
-def nearest_other_px(truth: Results) -> pd.Series:
+def truth_nearest_other_px(truth: Results) -> pd.Series:
     """Distance (px) from every truth row to the nearest other true particle in its frame.
 
-    Indexed by ``(track_id, frame)``; ``inf`` when the particle is alone in its frame.
+    Indexed by ``(track_id, frame)``; ``inf`` when the particle is alone in its frame
+    (:func:`napari_spt_diffusion.tracking.crowding.nearest_other_px`, as the pipeline's flag).
     """
-    from scipy.spatial import cKDTree
-
-    parts = []
-    for frame, g in truth.tracks.groupby("frame"):
-        yx = g[["y_px", "x_px"]].to_numpy(dtype=float)
-        d = np.full(len(g), np.inf)
-        if len(g) > 1:
-            d = cKDTree(yx).query(yx, k=2)[0][:, 1]
-        parts.append(pd.Series(d, index=pd.MultiIndex.from_arrays([g["track_id"].to_numpy(), np.full(len(g), frame)],
-                                                                  names=["track_id", "frame"])))
-    return pd.concat(parts).sort_index()
+    t = truth.tracks
+    d = nearest_other_px(t["frame"].to_numpy(), t["y_px"].to_numpy(), t["x_px"].to_numpy())
+    index = pd.MultiIndex.from_arrays([t["track_id"].to_numpy(), t["frame"].to_numpy()], names=["track_id", "frame"])
+    return pd.Series(d, index=index).sort_index()
 
 
 def linking_diagnostics(results: Results, truth: Results, radius_px: float = 3.0, duplicate_px: float = 5.0,
@@ -773,7 +764,7 @@ def _breakdown_lines(b: pd.DataFrame) -> list[str]:
         "",
         "Where the per-track D1 error comes from (scored end-to-end tracks; fragment = < 80 % of the truth track's "
         "frames, wrong links = < 95 % of the track's rows on its truth track, switch = a true changepoint inside, "
-        f"crowded = another particle within {CROWD_RADIUS_PX:g} px in > {CROWD_SHARE:.0%} of its frames):",
+        f"crowded = another particle within {CROWDED_RADIUS_PX:g} px in > {CROWDED_SHARE:.0%} of its frames):",
         "",
         "| group | tracks | abs. error D1: end to end / same segments, perfect | share of the summed D1 error | "
         "abs. error D2: end to end / same segments, perfect | share of the summed D2 error |",

@@ -23,7 +23,8 @@
    columns, ``method`` (``model``/``classical``) and ``flags`` (the estimator's, e.g.
    ``too_short``, ``windows``, and ``crowded``: another localization within
    ``tracking.crowding.CROWDED_RADIUS_PX`` (6 px) in more than 5 % of the track's frames,
-   where model estimates are less reliable, ``benchmarks/reports/crowding.md``).
+   ``benchmarks/reports/crowding.md``; and ``encounter``: a piece of a track cut at a close
+   encounter).
 
 Progress is reported through ``progress(fraction, message)`` with a fraction that never
 decreases, and ``should_stop()`` is polled between steps, before every frame of the

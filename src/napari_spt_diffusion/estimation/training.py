@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..acquisition import Acquisition
-from .checkpoint import export_checkpoint
+from .checkpoint import _atomic_write_bytes, export_checkpoint
 from .models import DEFAULT_CONFIGS, MODEL_KINDS, ModelConfig, NormalizedModel, build_model, count_parameters
 
 __all__ = [
@@ -496,7 +496,7 @@ def train_model(
                  "epochs_planned": int(epochs), "neighbour_fraction": float(neighbour_fraction),
                  "warm_start_state": str(init_state) if init_state is not None else None}
     lineage_before = list(warm_start.get("lineage", [])) if warm_start else []
-    _write_json_atomic(out / "run.json", {**run_entry, "lineage_before": lineage_before})
+    _atomic_write_bytes(out / "run.json", json.dumps({**run_entry, "lineage_before": lineage_before}, indent=2).encode())
     decay = [p for n_, p in net.named_parameters() if p.dim() >= 2]
     no_decay = [p for n_, p in net.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -641,8 +641,7 @@ def train_model(
     card["learning_curve"] = read_learning_curve(curve_path)
     card["training"]["lineage"] = lineage_before + [{**run_entry, "epochs_run": epochs_done,
                                                      "train_time_h": round(train_time / 3600.0, 3)}]
-    card["training"]["lineage_total_train_time_h"] = round(
-        sum(float(e.get("train_time_h") or 0.0) for e in card["training"]["lineage"]), 3)
+    card["training"]["lineage_total_train_time_h"] = _lineage_hours(card["training"]["lineage"])
     if kind == "sequence":
         card["metrics"]["validation"]["cve_tensor"] = _cve_baseline(val_np, acq)
         if cfg.modalities == "both":
@@ -717,10 +716,9 @@ def _lineage_of_run(run: Path) -> list[dict[str, Any]]:
     return list(info.get("lineage_before", [])) + [entry]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def _lineage_hours(lineage: list[dict[str, Any]]) -> float:
+    """Training hours summed over the stages of a lineage (3 decimals)."""
+    return round(sum(float(e.get("train_time_h") or 0.0) for e in lineage), 3)
 
 
 def _cve_baseline(data: dict[str, np.ndarray], acquisition: Acquisition) -> dict[str, float]:
@@ -779,8 +777,7 @@ def bundle_run(run_dir: str | os.PathLike[str], name: str | None = None,
         if not isinstance(lineage, list) or not all(isinstance(e, dict) for e in lineage):
             raise TrainingError("lineage must be a list of objects (one per training stage)")
         card["training"]["lineage"] = lineage
-        card["training"]["lineage_total_train_time_h"] = round(
-            sum(float(e.get("train_time_h") or 0.0) for e in lineage), 3)
+        card["training"]["lineage_total_train_time_h"] = _lineage_hours(lineage)
     target_name = name or cards[0].stem
     out = Path(dest) if dest is not None else CHECKPOINT_DIR
     out.mkdir(parents=True, exist_ok=True)

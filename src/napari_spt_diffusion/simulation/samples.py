@@ -28,9 +28,9 @@ gets a second particle of the same motion model, started 1.5-6 px away (by defau
 diffusing on its own; its light is rendered into the same windows before the camera noise,
 so the detector, the localizer and the patch see both, as in a crowded movie. The labels
 stay those of the first particle. A model trained only on isolated particles reads a
-neighbour inside its patch as fast motion (on the ``field`` benchmark movie, tracks with
-a neighbour within 6 px in more than 5 % of their frames carried 87 % of the per-track
-D1 error).
+neighbour inside its patch as fast motion (``benchmarks/reports/accuracy.md``: on the
+``field`` benchmark movie, the crowded tracks carried most of such a model's per-track D1
+error).
 
 ``make_samples(model, n, n_frames, acquisition, seed)`` returns a :class:`SampleBatch`;
 :func:`save_samples` / :func:`load_samples` write and read it as ``.npz``.
