@@ -18,7 +18,10 @@ LSTM / Pix2D figures.
   over the frames whose true tensor is anisotropic (D2 < 0.9 D1: the free state; the bound
   state has no axis); changepoint MAE in frames, the changepoint being the single split that
   minimises the summed squared deviation of the per-frame D1 from each segment's mean
-  (``estimation.changepoints.single_changepoint``), on predictions and on labels alike.
+  (``estimation.changepoints.single_changepoint``), on predictions and on labels alike;
+  over all tracks, and over the tracks whose labels change (a switch in the first or last
+  half-frame leaves constant labels, whose changepoint has no minimiser: every split costs
+  the same, and the first split, frame 1, is taken by convention).
   Classical per-frame baselines: the blur-moment tensor and the CVE tensor over a sliding
   window of +-2 frames (5 patches) resp. +-3 frames (7 positions) around each frame,
   truncated at the track ends.
@@ -166,27 +169,75 @@ def _track_metrics(pred: dict, batch) -> dict:
     }
 
 
-def _changepoint_mae(d1_pred: np.ndarray, d1_true: np.ndarray) -> float:
+def _changepoint_errors(d1_pred: np.ndarray, d1_true: np.ndarray) -> np.ndarray:
+    """``(N,)`` absolute difference (frames) of the single changepoints of predictions and labels."""
     errs = []
     for p, q in zip(d1_pred, d1_true):
         if not np.all(np.isfinite(p)):
             p = np.where(np.isfinite(p), p, np.nanmedian(p))
         errs.append(abs(single_changepoint(p)[0] - single_changepoint(q)[0]))
-    return float(np.mean(errs))
+    return np.asarray(errs, dtype=float)
+
+
+def _labels_change(d1_true: np.ndarray) -> np.ndarray:
+    """``(N,)`` True where the per-frame labels change along the track.
+
+    A switch in the first or last half-frame leaves constant labels; every split of a
+    constant sequence has the same cost, so the labels' changepoint has no minimiser there
+    and ``single_changepoint`` returns its first split (frame 1) by convention.
+    """
+    return np.any(d1_true != d1_true[:, :1], axis=1)
 
 
 def _frame_metrics(pred: dict, batch) -> dict:
     d1t, d2t, tht = batch.D1_um2_s, batch.D2_um2_s, batch.theta_deg
     aniso = d2t < 0.9 * d1t
     th = pred["theta_deg"]
+    cp_err = _changepoint_errors(np.asarray(pred["D1_um2_s"], float), d1t.astype(float))
+    changed = _labels_change(d1t)
     return {
         "mae_D1_um2_s": mean_absolute_error(pred["D1_um2_s"], d1t),
         "mae_D2_um2_s": mean_absolute_error(pred["D2_um2_s"], d2t),
         "mae_Dmean_um2_s": mean_absolute_error(0.5 * (pred["D1_um2_s"] + pred["D2_um2_s"]), 0.5 * (d1t + d2t)),
         "angle_similarity_published": angle_similarity_published(th[aniso], tht[aniso]) if aniso.any() else None,
         "angle_similarity_axial": angle_similarity_axial(th[aniso], tht[aniso]) if aniso.any() else None,
-        "changepoint_mae_frames": _changepoint_mae(np.asarray(pred["D1_um2_s"], float), d1t.astype(float)),
+        "changepoint_mae_frames": float(cp_err.mean()),
+        "changepoint_mae_frames_labelled_change": float(cp_err[changed].mean()) if changed.any() else None,
+        "n_tracks_labelled_change": int(changed.sum()),
     }
+
+
+#: Edges (decades of D, |log10| of the ratio of the two states' mean D) of the changepoint table.
+CHANGE_SIZE_EDGES_DECADES = (0.0, 0.15, 0.3, 0.6, np.inf)
+
+
+def _change_size_decades(batch) -> np.ndarray:
+    """``(N,)`` |log10| of the ratio of the labels' mean D, (D1 + D2) / 2, after and before the change.
+
+    Tracks whose labels do not change get NaN.
+    """
+    d = 0.5 * (batch.D1_um2_s.astype(float) + batch.D2_um2_s.astype(float))
+    size = np.abs(np.log10(d[:, -1] / d[:, 0]))
+    return np.where(_labels_change(batch.D1_um2_s), size, np.nan)
+
+
+def _table_changepoint_by_size(preds: dict[str, dict], batch) -> list[str]:
+    """Changepoint MAE (frames) per size of the change, tracks whose labels change only."""
+    size = _change_size_decades(batch)
+    edges = CHANGE_SIZE_EDGES_DECADES
+    bins = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    masks = [(size >= lo) & (size < hi) for lo, hi in bins]
+    head = [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">= {lo:g}" for lo, hi in bins]
+    lines = ["Changepoint MAE (frames) by the size of the change (|log10| of the ratio of the two states' mean D; "
+             "tracks whose labels change):\n",
+             "| estimator | " + " | ".join(f"{h} decades" for h in head) + " |",
+             "|---|" + "---|" * len(bins),
+             "| tracks | " + " | ".join(str(int(m.sum())) for m in masks) + " |"]
+    for name, pred in preds.items():
+        err = _changepoint_errors(np.asarray(pred["D1_um2_s"], float), batch.D1_um2_s.astype(float))
+        lines.append(f"| {name} | " + " | ".join(_fmt(err[m].mean()) if m.any() else "n/a" for m in masks) + " |")
+    lines.append("")
+    return lines
 
 
 # ------------------------------------------------------------------------------- report
@@ -203,16 +254,18 @@ def _table_tracks(rows: dict[str, dict], published: dict) -> list[str]:
 
 def _table_frames(rows: dict[str, dict], published: dict, twostate: bool) -> list[str]:
     lines = ["| estimator | MAE D1 (um^2/s) | MAE D2 (um^2/s) | MAE (D1+D2)/2 | angle sim. published (free frames) | "
-             "angle sim. axial (free frames) | changepoint MAE (frames) |", "|---|---|---|---|---|---|---|"]
+             "angle sim. axial (free frames) | changepoint MAE, all tracks (frames) | "
+             "changepoint MAE, tracks whose labels change (frames) |", "|---|---|---|---|---|---|---|---|"]
     for name, m in rows.items():
         lines.append(f"| {name} | {_fmt(m['mae_D1_um2_s'])} | {_fmt(m['mae_D2_um2_s'])} | {_fmt(m['mae_Dmean_um2_s'])} | "
                      f"{_fmt(m['angle_similarity_published'])} | {_fmt(m['angle_similarity_axial'])} | "
-                     f"{_fmt(m['changepoint_mae_frames'])} |")
+                     f"{_fmt(m['changepoint_mae_frames'])} | {_fmt(m['changepoint_mae_frames_labelled_change'])} |")
     for name, (m1, m2, ang, cp) in published.items():
         if twostate:
-            lines.append(f"| {name} (published, one D) | n/a | n/a | {m1:.3f} | n/a | n/a | {cp:.3f} |")
+            lines.append(f"| {name} (published, one D) | n/a | n/a | {m1:.3f} | n/a | n/a | {cp:.3f} (tracks not stated) | |")
         else:
-            lines.append(f"| {name} (published) | {m1:.3f} | {m2:.3f} | n/a | {ang:.3f} | n/a | {cp:.3f} |")
+            lines.append(f"| {name} (published) | {m1:.3f} | {m2:.3f} | n/a | {ang:.3f} | n/a | "
+                         f"{cp:.3f} (tracks not stated) | |")
     return lines
 
 
@@ -239,8 +292,9 @@ def _verdict(summary: dict) -> list[str]:
              "classical / model | >= 1.5x? |", "|---|---|---|---|---|---|---|---|"]
     spec = {"aniso": (("mae_D1_um2_s", 0, True), ("mae_D2_um2_s", 1, True), ("angle_similarity_published", 2, False)),
             "binding": (("mae_D1_um2_s", 0, True), ("mae_D2_um2_s", 1, True), ("angle_similarity_published", 2, False),
-                        ("changepoint_mae_frames", 3, True)),
-            "twostate": (("mae_Dmean_um2_s", 0, True), ("changepoint_mae_frames", 3, True))}
+                        ("changepoint_mae_frames", 3, True), ("changepoint_mae_frames_labelled_change", 3, True)),
+            "twostate": (("mae_Dmean_um2_s", 0, True), ("changepoint_mae_frames", 3, True),
+                         ("changepoint_mae_frames_labelled_change", 3, True))}
     for model, res in summary.items():
         rows = res["rows"]
         mine = rows["model (this repo)"]
@@ -322,10 +376,13 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("mae_D1_um2_s", "mae_D2_um2_s")
         else:
             rows = {"model (this repo)": _frame_metrics(pred, batch)}
-            for name, est in _classical_frames(batch, acq).items():
+            classical = _classical_frames(batch, acq)
+            for name, est in classical.items():
                 rows[name] = _frame_metrics(est, batch)
             lines += _table_frames(rows, PUBLISHED[model], twostate=model == "twostate")
-            keys = ("mae_D1_um2_s", "mae_D2_um2_s", "changepoint_mae_frames")
+            keys = ("mae_D1_um2_s", "mae_D2_um2_s", "changepoint_mae_frames", "changepoint_mae_frames_labelled_change")
+            lines.append("")
+            lines += _table_changepoint_by_size({"model (this repo)": pred, **classical}, batch)
         print(f"{model}: classical baselines in {time.perf_counter() - t0:.1f} s", flush=True)
         lines.append("")
         lines.append(_ratio_line(rows["model (this repo)"], rows, keys))

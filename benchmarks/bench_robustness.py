@@ -1,19 +1,25 @@
-"""Robustness of the anisotropic model to the microscope: PSF width and photon count.
+"""Robustness of the bundled models to the microscope: PSF width and photon count.
 
-Protocol: PROTOCOLS.md seed-aniso physics (v1) with the acquisition swept as PROTOCOLS.md
-lists it: PSF sigma 1.0 / 1.5 / 2.0 px at 1,000 photons, and 250 / 500 / 1,000 / 4,000
-photons per frame at sigma 1.0 px; everything else standard. Each condition is a fresh test
-set from ``make_samples("aniso", n, 30, acquisition, seed=2025)`` (the tracking path).
+Protocol: PROTOCOLS.md seed-aniso, seed-binding and seed-twostate physics (v1) with the
+acquisition swept as PROTOCOLS.md lists it: PSF sigma 1.0 / 1.5 / 2.0 px at 1,000 photons,
+and 250 / 500 / 1,000 / 4,000 photons per frame at sigma 1.0 px; everything else standard.
+Each condition is a fresh test set from ``make_samples(model, n, 30, acquisition, seed)``
+(the tracking path; seeds 2025 / 2026 / 2027 as in bench_accuracy.py).
 Default n = 1,000 tracks per condition (``--quick``: 300).
 
-Rows: the bundled ``aniso`` model (trained at sigma 1.0 px, 1,000 photons only), any extra
-checkpoints given with ``--extra NAME=PATH`` (e.g. a model retrained for sigma 2.0 px with
-the train command), and the classical CVE, blur-moment and combined tensors, which are
-given the true acquisition (PSF width) of each condition.
+Rows per set: the bundled model (trained at sigma 1.0 px, 1,000 photons only), any extra
+checkpoints of that motion model given with ``--extra NAME=PATH`` (e.g. a model retrained
+for sigma 2.0 px with the train command), and the classical estimators, which are given the
+true acquisition (PSF width) of each condition: for seed-aniso the per-track CVE,
+blur-moment and combined tensors; for the two-state sets the per-frame sliding-window
+blur-moment (+-2 frames) and CVE (+-3 frames) tensors of bench_accuracy.py. The metrics
+are those of bench_accuracy.py (per track for seed-aniso, per frame and changepoint MAE
+for the two-state sets).
 
 Command::
 
-    .venv/bin/python benchmarks/bench_robustness.py [--quick] [--extra NAME=PATH ...] [--out PATH]
+    .venv/bin/python benchmarks/bench_robustness.py [--quick] [--sets aniso,binding,twostate]
+        [--extra NAME=PATH ...] [--threads K] [--out PATH]
 """
 
 from __future__ import annotations
@@ -33,15 +39,12 @@ import torch
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import classical as C
 from napari_spt_diffusion.estimation.checkpoint import describe_training, load_checkpoint
-from napari_spt_diffusion.estimation.tensor import (
-    angle_similarity_axial,
-    angle_similarity_published,
-    mean_absolute_error,
-    theta_from_sin_cos_2theta,
-)
 from napari_spt_diffusion.simulation.samples import make_samples
 
-SEED = 2025
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_accuracy import SEEDS, _classical_frames, _frame_metrics, _run_model, _track_metrics  # noqa: E402
+
 CONDITIONS = [  # (label, psf_sigma_nm, signal_photons)
     ("sigma 1.0 px, 1000 photons (standard)", 100.0, 1000.0),
     ("sigma 1.5 px, 1000 photons", 150.0, 1000.0),
@@ -52,28 +55,50 @@ CONDITIONS = [  # (label, psf_sigma_nm, signal_photons)
 ]
 
 
-@torch.no_grad()
-def _model(module, batch, acq: Acquisition) -> dict:
-    out = []
-    for a in range(0, len(batch), 512):
-        p = torch.from_numpy(np.ascontiguousarray(batch.patches[a:a + 512], dtype=np.float32))
-        d = torch.from_numpy(np.ascontiguousarray(batch.displacements[a:a + 512], dtype=np.float32))
-        out.append(module(p, d, torch.ones(p.shape[:2], dtype=torch.bool)).numpy())
-    o = np.concatenate(out).astype(np.float64)
-    return {"D1_um2_s": acq.diffusion_to_um2_s(o[:, 0]), "D2_um2_s": acq.diffusion_to_um2_s(o[:, 1]),
-            "theta_deg": theta_from_sin_cos_2theta(o[:, 2], o[:, 3])}
+def _track_cells(m: dict) -> str:
+    return " | ".join(_fmt(m[k]) for k in ("mae_D1_um2_s", "mae_D2_um2_s", "angle_similarity_published",
+                                            "angle_similarity_axial"))
 
 
-def _metrics(pred: dict, batch) -> str:
-    d1, d2, th = batch.D1_um2_s[:, 0], batch.D2_um2_s[:, 0], batch.theta_deg[:, 0]
-    return (f"{mean_absolute_error(pred['D1_um2_s'], d1):.3f} | {mean_absolute_error(pred['D2_um2_s'], d2):.3f} | "
-            f"{angle_similarity_published(pred['theta_deg'], th):.3f} | {angle_similarity_axial(pred['theta_deg'], th):.3f}")
+def _frame_cells(m: dict) -> str:
+    return " | ".join(_fmt(m[k]) for k in ("mae_D1_um2_s", "mae_D2_um2_s", "mae_Dmean_um2_s",
+                                            "angle_similarity_published", "angle_similarity_axial",
+                                            "changepoint_mae_frames_labelled_change"))
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
+def _aniso_rows(models: dict, batch, acq: Acquisition) -> list[str]:
+    lines = ["| estimator | MAE D1 | MAE D2 | angle (published) | angle (axial) |", "|---|---|---|---|---|"]
+    for name, (module, _) in models.items():
+        lines.append(f"| {name} | {_track_cells(_track_metrics(_run_model(module, batch, acq)[0], batch))} |")
+    kw = {"subpixel_offset_px": batch.subpixel_offset_px, "outside_mask": batch.outside_mask}
+    classical = {"CVE tensor": C.cve_tensor_batch(batch.positions_px, acq),
+                 "blur-moment tensor": C.blur_moment_tensor_batch(batch.patches, acq, **kw),
+                 "combined (CVE + blur)": C.combined_tensor_batch(batch.positions_px, batch.patches, acq, **kw)}
+    for name, est in classical.items():
+        lines.append(f"| {name} | {_track_cells(_track_metrics(est, batch))} |")
+    return lines
+
+
+def _frame_rows(models: dict, batch, acq: Acquisition) -> list[str]:
+    lines = ["| estimator | MAE D1 | MAE D2 | MAE (D1+D2)/2 | angle (published, free frames) | "
+             "angle (axial, free frames) | changepoint MAE (frames, tracks whose labels change) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (module, _) in models.items():
+        lines.append(f"| {name} | {_frame_cells(_frame_metrics(_run_model(module, batch, acq)[0], batch))} |")
+    for name, est in _classical_frames(batch, acq).items():
+        lines.append(f"| {name} | {_frame_cells(_frame_metrics(est, batch))} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 tracks per condition instead of 1,000")
     parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--sets", default="aniso,binding,twostate", help="comma-separated motion models")
     parser.add_argument("--extra", action="append", default=[], help="NAME=PATH of another checkpoint to evaluate")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -83,44 +108,45 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (300 if args.quick else 1000)
     out = args.out or Path(__file__).resolve().parent / "reports" / ("robustness_quick.md" if args.quick and args.n is None
                                                                       else "robustness.md")
-    models = {"model `aniso` (bundled)": load_checkpoint("aniso")}
+    sets = [x.strip() for x in args.sets.split(",") if x.strip()]
+    unknown = sorted(set(sets) - set(SEEDS))
+    if unknown:
+        parser.error(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(SEEDS)}")
+    models: dict[str, dict] = {m: {f"model `{m}` (bundled)": load_checkpoint(m)} for m in sets}
     for spec in args.extra:
         name, _, path = spec.partition("=")
-        models[f"model `{name}`"] = load_checkpoint(path)
+        module, card = load_checkpoint(path)
+        if card["motion_model"] not in models:
+            parser.error(f"--extra {name}: a {card['motion_model']} model, but that set is not in --sets")
+        models[card["motion_model"]][f"model `{name}`"] = (module, card)
     cmd = " ".join([".venv/bin/python", "benchmarks/bench_robustness.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
-    lines = ["# Robustness: PSF width and photon count (seed-aniso physics)\n",
-             f"- Protocol: PROTOCOLS.md seed-aniso v1 physics and sweeps, {n} tracks per condition, seed {SEED}, "
-             "test sets made through the tracking path (`make_samples`).",
+    lines = ["# Robustness: PSF width and photon count\n",
+             f"- Protocol: PROTOCOLS.md {', '.join(f'seed-{m} (seed {SEEDS[m]})' for m in sets)} v1 physics and the "
+             f"acquisition sweeps, {n} tracks per condition, test sets made through the tracking path (`make_samples`).",
              f"- Command: `{cmd}`",
              f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, {os.cpu_count()} CPU "
-             f"cores (shared), torch {torch.__version__}.",
+             f"cores (shared), torch {torch.__version__}, {torch.get_num_threads()} torch thread(s).",
              "- Models trained for one acquisition are evaluated outside it; the classical estimators are given each "
-             "condition's true PSF width.\n"]
-    for name, (_, card) in models.items():
-        a = card["training_acquisition"]
-        tr = card["training"]
-        lines.append(f"- {name}: trained at PSF sigma {a['psf_sigma_nm']:g} nm, {a['signal_photons']:g} photons; "
-                     f"{describe_training(card)}; command "
-                     f"`{tr['command']}`.")
-    lines.append("")
-    lines.append("Cells: MAE D1 | MAE D2 (um^2/s) | angle similarity published | axial.\n")
-    for label, sigma_nm, photons in CONDITIONS:
-        acq = Acquisition(psf_sigma_nm=sigma_nm, signal_photons=photons)
-        t0 = time.perf_counter()
-        batch = make_samples("aniso", n, n_frames=30, acquisition=acq, seed=SEED)
-        lines.append(f"## {label}\n")
-        lines.append("| estimator | MAE D1 | MAE D2 | angle (published) | angle (axial) |")
-        lines.append("|---|---|---|---|---|")
-        for name, (module, _) in models.items():
-            lines.append(f"| {name} | {_metrics(_model(module, batch, acq), batch)} |")
-        kw = {"subpixel_offset_px": batch.subpixel_offset_px, "outside_mask": batch.outside_mask}
-        lines.append(f"| CVE tensor | {_metrics(C.cve_tensor_batch(batch.positions_px, acq), batch)} |")
-        lines.append(f"| blur-moment tensor | {_metrics(C.blur_moment_tensor_batch(batch.patches, acq, **kw), batch)} |")
-        lines.append(f"| combined (CVE + blur) | "
-                     f"{_metrics(C.combined_tensor_batch(batch.positions_px, batch.patches, acq, **kw), batch)} |")
-        lines.append(f"\nDetection found the spot in {100 * batch.detected.mean():.2f} % of frames; "
-                     f"{time.perf_counter() - t0:.0f} s for this condition.\n")
-        print("\n".join(lines[-9:]), flush=True)
+             "condition's true PSF width. Metrics as in `bench_accuracy.py` (per track for seed-aniso; per frame, "
+             "angle over the free frames and changepoint MAE over the tracks whose labels change for the two-state sets).\n"]
+    for model in sets:
+        lines.append(f"# seed-{model}\n")
+        for name, (_, card) in models[model].items():
+            a = card["training_acquisition"]
+            tr = card["training"]
+            lines.append(f"- {name}: trained at PSF sigma {a['psf_sigma_nm']:g} nm, {a['signal_photons']:g} photons; "
+                         f"{describe_training(card)}; command `{tr['command']}`.")
+        lines.append("")
+        for label, sigma_nm, photons in CONDITIONS:
+            acq = Acquisition(psf_sigma_nm=sigma_nm, signal_photons=photons)
+            t0 = time.perf_counter()
+            batch = make_samples(model, n, n_frames=30, acquisition=acq, seed=SEEDS[model])
+            lines.append(f"## seed-{model}, {label}\n")
+            rows = _aniso_rows if model == "aniso" else _frame_rows
+            lines += rows(models[model], batch, acq)
+            lines.append(f"\nDetection found the spot in {100 * batch.detected.mean():.2f} % of frames; "
+                         f"{time.perf_counter() - t0:.0f} s for this condition.\n")
+            print("\n".join(lines[-10:]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
