@@ -174,3 +174,37 @@ def test_single_modality_training_and_warm_start_from_a_state_without_the_modali
         train_model("aniso", out_dir=tmp_path / "bad", init_state=tmp_path / "old_state.pt", modalities="image", **kw)
     with pytest.raises(TrainingError, match="modalities"):
         train_model("aniso", out_dir=tmp_path / "bad2", modalities="sound", **kw)
+
+
+def _changed_patch_encoder_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A PatchEncoder.forward that computes something else (image token from the raw pixels only)."""
+    return self.skip(x.flatten(1)) + 1.0
+
+
+def test_reexport_keeps_weights_outputs_and_card_and_refuses_a_changed_computation(tmp_path, monkeypatch) -> None:
+    from napari_spt_diffusion.estimation import models
+    from napari_spt_diffusion.estimation.checkpoint import read_card
+    from napari_spt_diffusion.estimation.training import main, reexport_checkpoint
+
+    data = synthetic_tracks(32, 10, seed=3, pointwise=True)
+    cfg = ModelConfig(kind="pointwise", max_frames=10, **TINY)
+    pt = train_model("binding", epochs=1, batch_size=16, n_frames=10, device="cpu", train_data=data, val_data=data,
+                     config=cfg, seed=2, out_dir=tmp_path / "run")
+    old_module, old_card = load_checkpoint(pt)
+    x = (torch.from_numpy(data["patches"][:4]), torch.from_numpy(data["displacements"][:4]), torch.ones(4, 10, dtype=torch.bool))
+
+    out = reexport_checkpoint(pt, dest=tmp_path / "new", reason="test")
+    module, card = load_checkpoint(out)  # sha256 verified
+    assert torch.allclose(module.forward_log(*x), old_module.forward_log(*x), atol=1e-5)
+    assert card["training"] == old_card["training"] and card["metrics"] == old_card["metrics"]
+    assert card["reexports"][-1]["previous_sha256"] == old_card["sha256"]
+    assert card["reexports"][-1]["reason"] == "test" and card["reexports"][-1]["max_abs_difference"] <= 1e-5
+
+    # a model-code change that alters the answers is refused and writes nothing
+    monkeypatch.setattr(models.PatchEncoder, "forward", _changed_patch_encoder_forward)
+    before = (pt.read_bytes(), pt.with_suffix(".json").read_text())
+    with pytest.raises(TrainingError, match="changes the outputs"):
+        reexport_checkpoint(pt)
+    assert (pt.read_bytes(), pt.with_suffix(".json").read_text()) == before
+    assert main(["--reexport", str(pt)]) == 2
+    assert read_card(pt)["sha256"] == old_card["sha256"]

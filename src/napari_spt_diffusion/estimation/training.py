@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..acquisition import Acquisition
-from .checkpoint import _atomic_write_bytes, export_checkpoint
+from .checkpoint import CheckpointError, _atomic_write_bytes, export_checkpoint
 from .models import DEFAULT_CONFIGS, MODEL_KINDS, ModelConfig, NormalizedModel, build_model, count_parameters
 
 __all__ = [
@@ -792,6 +792,51 @@ def bundle_run(run_dir: str | os.PathLike[str], name: str | None = None,
     return target
 
 
+def reexport_checkpoint(name_or_path: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None,
+                        reason: str = "re-exported with the current model code",
+                        tolerance: float = 1e-5) -> Path:
+    """Re-script a checkpoint's weights with the current :mod:`.models` code (same weights).
+
+    A TorchScript file carries the code of ``forward`` as it was at export time; after a
+    change of :mod:`.models` that leaves the computed values alone (e.g. a faster memory
+    layout), this writes the same weights with the new code. Before writing, the old and
+    the new module are run on the same random inputs (4 tracks of the model's maximum
+    length); if their ``forward_log`` outputs differ by more than ``tolerance`` (log D and
+    angle-vector units), nothing is written and :class:`TrainingError` is raised.
+
+    The card is kept (metrics, learning curve, training record) and gets
+    ``reexports``: a list of ``{"date", "reason", "previous_sha256", "max_abs_difference"}``.
+    Returns the path of the written ``.pt`` (``dest`` folder, default: where it was).
+    """
+    from .checkpoint import checkpoint_paths, load_checkpoint
+
+    old_module, card = load_checkpoint(name_or_path)
+    pt_path, _ = checkpoint_paths(name_or_path)
+    cfg = ModelConfig.from_dict(card["model_config"])
+    model = build_model(cfg).eval()
+    model.load_state_dict(old_module.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(0)
+    t, size = cfg.max_frames, cfg.patch_size
+    patches = torch.rand(4, t, size, size, generator=gen) * 100.0 + 10.0
+    displacements = torch.randn(4, t, 2, generator=gen)
+    valid = torch.ones(4, t, dtype=torch.bool)
+    valid[1, t // 2:] = False
+    with torch.no_grad():
+        before = old_module.forward_log(patches, displacements, valid)
+        after = model.forward_log(patches, displacements, valid)
+    rows = valid if before.dim() == 3 else torch.ones(4, dtype=torch.bool)
+    diff = float((before - after).abs()[rows].max())
+    if not diff <= tolerance:
+        raise TrainingError(f"{pt_path.name}: the current model code changes the outputs by {diff:.3g} "
+                            f"(> {tolerance:g}); not re-exported")
+    new_card = {k: v for k, v in card.items() if k not in ("sha256", "file_size_bytes")}
+    new_card["reexports"] = list(card.get("reexports", [])) + [{
+        "date": time.strftime("%Y-%m-%d %H:%M"), "reason": reason,
+        "previous_sha256": card.get("sha256"), "max_abs_difference": diff}]
+    out = Path(dest) if dest is not None else pt_path.parent
+    return export_checkpoint(model, new_card, out, pt_path.stem, overwrite=True)
+
+
 # ---------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``spt-diffusion train`` / ``python -m ...training``."""
@@ -828,6 +873,18 @@ def main(argv: list[str] | None = None) -> int:
     ``--bundle RUN_DIR [--name NAME]`` instead copies a finished run into ``checkpoints/``.
     """
     argv_list0 = sys.argv[1:] if argv is None else list(argv)
+    if argv_list0 and argv_list0[0] == "--reexport":
+        rp = argparse.ArgumentParser(description="Re-export a checkpoint's weights with the current model code.")
+        rp.add_argument("--reexport", required=True, nargs="+", help="bundled model names or .pt paths")
+        rp.add_argument("--reason", default="re-exported with the current model code")
+        rargs = rp.parse_args(argv_list0)
+        for item in rargs.reexport:
+            try:
+                print(f"re-exported {reexport_checkpoint(item, reason=rargs.reason)}")
+            except (TrainingError, CheckpointError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        return 0
     if argv_list0 and argv_list0[0] == "--bundle":
         bp = argparse.ArgumentParser(description="Bundle a finished training run into checkpoints/.")
         bp.add_argument("--bundle", required=True, help="run folder of train_model")
