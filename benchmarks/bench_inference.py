@@ -8,12 +8,15 @@ Brownian displacements (seed ``--seed``). The content does not change the amount
 For each bundled model and each thread count (``--threads``, default 1 and 2):
 
 - ``module, calls of B``: the TorchScript module's ``forward_log`` called directly on the
-  whole set in calls of B tracks, B = 64 and 128 (the Estimator's CPU calls at 1 and 2
-  threads) and 512 (the setting of bench_accuracy.py);
+  whole set in calls of B tracks, one after the other with torch's own threads, B = 64 and
+  128 and 512 (the setting of bench_accuracy.py);
 - ``Estimator``: ``Estimator(model, device="cpu").estimate(tracks, Acquisition())`` end to
   end (input packing, windows, unit conversion, results), with its defaults (batches of
-  256 windows, model calls of ``CPU_CHUNK`` = 64 windows per torch thread), and with
-  ``chunk_size=256`` (one model call per batch: the behaviour before the chunking).
+  256 windows, model calls of ``CPU_CHUNK`` = 64 windows run side by side in as many
+  Python threads as torch has threads, one torch thread each); with calls of 64 windows
+  per torch thread one after the other (``parallel_calls=1``: the previous default); and
+  with ``chunk_size=256, parallel_calls=1`` (one model call per batch: the behaviour
+  before the chunking).
 
 Each figure is the best of ``--reps`` timed passes after one untimed pass (TorchScript
 optimises during its first calls). "wall" is tracks per wall-clock second; "CPU" is tracks
@@ -105,9 +108,12 @@ def measure(model: str, tracks: list[TrackPatches], threads: int, reps: int) -> 
     for call in (CPU_CHUNK, 2 * CPU_CHUNK, 512):
         wall, cpu = _time(_direct(module, tracks, call), reps)
         rows.append((f"module, calls of {call}", n / wall, n / cpu))
-    for label, chunk in ((f"Estimator (defaults: batches of 256, calls of {CPU_CHUNK} x threads)", None),
-                         ("Estimator, calls of 256 (before chunking)", 256)):
-        est = Estimator(model, device="cpu", chunk_size=chunk)
+    for label, chunk, parallel in (
+            (f"Estimator (defaults: batches of 256, calls of {CPU_CHUNK} side by side, one per thread)", None, None),
+            (f"Estimator, calls of {CPU_CHUNK} x threads one after the other (previous default)",
+             CPU_CHUNK * threads, 1),
+            ("Estimator, calls of 256 (before chunking)", 256, 1)):
+        est = Estimator(model, device="cpu", chunk_size=chunk, parallel_calls=parallel)
         wall, cpu = _time(lambda: est.estimate(tracks, acq), reps)
         rows.append((label, n / wall, n / cpu))
     return rows

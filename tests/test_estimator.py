@@ -345,20 +345,27 @@ def test_chunked_model_calls_give_the_answers_of_one_call(tmp_path, kind):
     rng = np.random.default_rng(4)
     tracks = [_track(i, int(n)) for i, n in enumerate(rng.integers(5, 30, 23))]
     one_call = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=1000).estimate(tracks, STANDARD)
-    chunked = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4).estimate(tracks, STANDARD)
-    for a, b in zip(one_call, chunked):
-        np.testing.assert_allclose(b.D1_um2_s, a.D1_um2_s, rtol=1e-5)
-        np.testing.assert_allclose(b.D2_um2_s, a.D2_um2_s, rtol=1e-5)
-        np.testing.assert_allclose(b.theta_deg, a.theta_deg, atol=1e-3)
+    chunked = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4, parallel_calls=1).estimate(tracks, STANDARD)
+    threads = torch.get_num_threads()
+    parallel = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4, parallel_calls=3).estimate(tracks, STANDARD)
+    assert torch.get_num_threads() == threads  # restored after the side-by-side calls
+    for other in (chunked, parallel):
+        assert [r.track_id for r in other] == [r.track_id for r in one_call]
+        for a, b in zip(one_call, other):
+            np.testing.assert_allclose(b.D1_um2_s, a.D1_um2_s, rtol=1e-5)
+            np.testing.assert_allclose(b.D2_um2_s, a.D2_um2_s, rtol=1e-5)
+            np.testing.assert_allclose(b.theta_deg, a.theta_deg, atol=1e-3)
     with pytest.raises(EstimatorError, match="chunk_size"):
         Estimator(str(path), device="cpu", chunk_size=0)
+    with pytest.raises(EstimatorError, match="parallel_calls"):
+        Estimator(str(path), device="cpu", parallel_calls=0)
 
 
 def test_bundled_model_through_the_estimator_matches_one_direct_call():
     from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
 
     est = Estimator("aniso", device="cpu")
-    assert est.model_call_size() == 64 * torch.get_num_threads()
+    assert est.model_call_size() == 64 and est.parallel_workers() == torch.get_num_threads()
     tracks = [_track(i, 30) for i in range(80)]
     out = est.estimate(tracks, STANDARD)
     module, _ = load_checkpoint("aniso")

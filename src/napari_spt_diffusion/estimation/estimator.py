@@ -35,8 +35,11 @@ consecutive frames, so a displacement spanning ``g`` frame intervals is divided 
 Memory stays bounded whatever the number of tracks: windows are generated lazily,
 sorted by length and run in batches of ``batch_size`` windows; only the per-frame
 accumulators of the tracks (a few numbers per localization) are kept.
-On the CPU each batch goes through the model in calls of :data:`CPU_CHUNK` windows per
-torch thread (faster: the activations stay in the caches); the answers do not change.
+On the CPU each batch goes through the model in calls of :data:`CPU_CHUNK` windows
+(faster: the activations stay in the caches), and with ``k > 1`` torch threads the calls run
+side by side in ``k`` Python threads of one torch thread each (torch's own parallelism is
+inefficient for operations this small; measured in ``benchmarks/reports/inference.md``);
+torch's thread setting is restored after each batch. The answers do not change.
 
 Acquisition check
 -----------------
@@ -50,6 +53,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,9 +302,14 @@ class Estimator:
     num_threads
         CPU threads for torch (``None`` leaves torch's setting).
     chunk_size
-        Windows per model call inside a batch; ``None``: :data:`CPU_CHUNK` windows per
-        torch thread on the CPU, the whole batch on a GPU. Each window's answer does not depend on the others of
+        Windows per model call inside a batch; ``None``: :data:`CPU_CHUNK` windows on the
+        CPU, the whole batch on a GPU. Each window's answer does not depend on the others of
         its call (padding is masked), so this changes speed only, not the estimates.
+    parallel_calls
+        CPU only: model calls run side by side in this many Python threads, each with one
+        torch thread (torch's thread count is set to 1 during a batch and restored after).
+        ``None``: torch's thread count at the time of the batch; 1: one call at a time,
+        using torch's own threads.
 
     Raises
     ------
@@ -318,11 +327,15 @@ class Estimator:
         overlap: int | None = None,
         num_threads: int | None = None,
         chunk_size: int | None = None,
+        parallel_calls: int | None = None,
     ) -> None:
         if int(batch_size) < 1:
             raise EstimatorError(f"batch_size must be at least 1, got {batch_size!r}")
         if chunk_size is not None and int(chunk_size) < 1:
             raise EstimatorError(f"chunk_size must be at least 1, got {chunk_size!r}")
+        if parallel_calls is not None and int(parallel_calls) < 1:
+            raise EstimatorError(f"parallel_calls must be at least 1, got {parallel_calls!r}")
+        self.parallel_calls = None if parallel_calls is None else int(parallel_calls)
         self.device = resolve_device(device)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
@@ -452,27 +465,48 @@ class Estimator:
             valid[j, :length] = True
         lengths = valid.sum(1)
         chunk = self.model_call_size()
-        outs = []
-        with torch.inference_mode():
-            for a in range(0, n, chunk):
-                b = min(n, a + chunk)
-                t = int(lengths[a:b].max())  # windows come sorted by length: little padding per chunk
+        calls = [(a, min(n, a + chunk)) for a in range(0, n, chunk)]
+
+        def call(ab: tuple[int, int]) -> np.ndarray:
+            a, b = ab
+            t = int(lengths[a:b].max())  # windows come sorted by length: little padding per chunk
+            with torch.inference_mode():  # thread-local: entered in the thread that runs the call
                 out = self.module.forward_log(
                     torch.from_numpy(patches[a:b, :t]).to(self.device),
                     torch.from_numpy(disp[a:b, :t]).to(self.device),
                     torch.from_numpy(valid[a:b, :t]).to(self.device),
                 ).float().cpu().numpy()
-                if out.ndim == 3 and t < t_max:  # pointwise: back to the batch's padded length
-                    out = np.concatenate([out, np.zeros((b - a, t_max - t, out.shape[2]), out.dtype)], axis=1)
-                outs.append(out)
+            if out.ndim == 3 and t < t_max:  # pointwise: back to the batch's padded length
+                out = np.concatenate([out, np.zeros((b - a, t_max - t, out.shape[2]), out.dtype)], axis=1)
+            return out
+
+        workers = min(self.parallel_workers(), len(calls))
+        if workers <= 1:
+            outs = [call(ab) for ab in calls]
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    outs = list(pool.map(call, calls))
+            finally:
+                torch.set_num_threads(threads)
         return np.concatenate(outs).astype(np.float64)
 
+    def parallel_workers(self) -> int:
+        """Model calls run side by side: ``parallel_calls``, else torch's thread count (CPU); 1 on a GPU."""
+        if self.device.type != "cpu":
+            return 1
+        if self.parallel_calls is not None:
+            return self.parallel_calls
+        return max(1, torch.get_num_threads())
+
     def model_call_size(self) -> int:
-        """Windows per model call: ``chunk_size``, else :data:`CPU_CHUNK` x torch threads (CPU) or the batch (GPU)."""
+        """Windows per model call: ``chunk_size``, else :data:`CPU_CHUNK` (CPU) or the batch (GPU)."""
         if self.chunk_size is not None:
             return self.chunk_size
         if self.device.type == "cpu":
-            return CPU_CHUNK * max(1, torch.get_num_threads())
+            return CPU_CHUNK
         return self.batch_size
 
     def _accumulate(self, acc: _Accumulator, start: int, length: int, row: np.ndarray) -> None:
