@@ -244,11 +244,13 @@ def _labels_change(d1_true: np.ndarray) -> np.ndarray:
     return np.any(d1_true != d1_true[:, :1], axis=1)
 
 
-def _frame_metrics(pred: dict, batch) -> dict:
+def _frame_metrics(pred: dict, batch, cp_err: np.ndarray | None = None) -> dict:
+    """Per-frame metrics; ``cp_err``: the ``_changepoint_errors`` of ``pred`` when already computed."""
     d1t, d2t, tht = batch.D1_um2_s, batch.D2_um2_s, batch.theta_deg
     aniso = d2t < 0.9 * d1t
     th = pred["theta_deg"]
-    cp_err = _changepoint_errors(np.asarray(pred["D1_um2_s"], float), d1t.astype(float))
+    if cp_err is None:
+        cp_err = _changepoint_errors(np.asarray(pred["D1_um2_s"], float), d1t.astype(float))
     changed = _labels_change(d1t)
     return {
         "mae_D1_um2_s": mean_absolute_error(pred["D1_um2_s"], d1t),
@@ -276,8 +278,11 @@ def _change_size_decades(batch) -> np.ndarray:
     return np.where(_labels_change(batch.D1_um2_s), size, np.nan)
 
 
-def _table_changepoint_by_size(preds: dict[str, dict], batch) -> list[str]:
-    """Changepoint MAE (frames) per size of the change, tracks whose labels change only."""
+def _table_changepoint_by_size(errors: dict[str, np.ndarray], batch) -> list[str]:
+    """Changepoint MAE (frames) per size of the change, tracks whose labels change only.
+
+    ``errors``: per estimator, its ``(N,)`` ``_changepoint_errors``.
+    """
     size = _change_size_decades(batch)
     edges = CHANGE_SIZE_EDGES_DECADES
     bins = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
@@ -288,8 +293,7 @@ def _table_changepoint_by_size(preds: dict[str, dict], batch) -> list[str]:
              "| estimator | " + " | ".join(f"{h} decades" for h in head) + " |",
              "|---|" + "---|" * len(bins),
              "| tracks | " + " | ".join(str(int(m.sum())) for m in masks) + " |"]
-    for name, pred in preds.items():
-        err = _changepoint_errors(np.asarray(pred["D1_um2_s"], float), batch.D1_um2_s.astype(float))
+    for name, err in errors.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(err[m].mean()) if m.any() else "n/a" for m in masks) + " |")
     lines.append("")
     return lines
@@ -449,17 +453,17 @@ def main(argv: list[str] | None = None) -> int:
             lines += _table_tracks(rows, PUBLISHED[model])
             keys = ("mae_D1_um2_s", "mae_D2_um2_s")
         else:
-            rows = {"model (this repo)": _frame_metrics(pred, batch)}
-            classical = _classical_frames(batch, acq)
-            for name, est in classical.items():
-                rows[name] = _frame_metrics(est, batch)
+            estimates = {"model (this repo)": pred, **_classical_frames(batch, acq)}
+            cp_errors = {name: _changepoint_errors(np.asarray(est["D1_um2_s"], float), batch.D1_um2_s.astype(float))
+                         for name, est in estimates.items()}
+            rows = {name: _frame_metrics(est, batch, cp_errors[name]) for name, est in estimates.items()}
             oracle = _substep_oracle(model, batch, acq)
             if oracle is not None:
                 rows[ORACLE] = _frame_metrics(oracle, batch)
             lines += _table_frames(rows, PUBLISHED[model], twostate=model == "twostate")
             keys = ("mae_D1_um2_s", "mae_D2_um2_s", "changepoint_mae_frames", "changepoint_mae_frames_labelled_change")
             lines.append("")
-            lines += _table_changepoint_by_size({"model (this repo)": pred, **classical}, batch)
+            lines += _table_changepoint_by_size(cp_errors, batch)
         print(f"{model}: classical baselines in {time.perf_counter() - t0:.1f} s", flush=True)
         lines.append("")
         lines.append(_ratio_line(rows["model (this repo)"], rows, keys))

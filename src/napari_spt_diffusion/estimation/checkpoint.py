@@ -208,6 +208,11 @@ def export_checkpoint(
     return pt_path
 
 
+def lineage_hours(lineage: list[dict[str, Any]]) -> float:
+    """Training hours summed over the stages of a card's ``training.lineage``."""
+    return sum(float(e.get("train_time_h") or 0.0) for e in lineage)
+
+
 def describe_training(card: dict[str, Any]) -> str:
     """One line on how a checkpoint was trained, summed over its warm-start lineage.
 
@@ -226,7 +231,7 @@ def describe_training(card: dict[str, Any]) -> str:
             part += f" ({float(e['neighbour_fraction']):.0%} crowded)"
         parts.append(part)
     track_epochs = sum(int(e.get("n_train_samples", 0)) * int(e.get("epochs_run", 0)) for e in stages)
-    hours = sum(float(e.get("train_time_h") or 0.0) for e in stages)
+    hours = lineage_hours(stages)
     return (f"{len(stages)} warm-started stages ({', '.join(parts)} training tracks x epochs) = "
             f"{track_epochs} track-epochs, {hours:.2f} h")
 

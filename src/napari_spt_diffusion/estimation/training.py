@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..acquisition import Acquisition
-from .checkpoint import CheckpointError, _atomic_write_bytes, export_checkpoint
+from .checkpoint import CheckpointError, _atomic_write_bytes, export_checkpoint, lineage_hours
 from .models import DEFAULT_CONFIGS, MODEL_KINDS, ModelConfig, NormalizedModel, build_model, count_parameters
 
 __all__ = [
@@ -641,7 +641,7 @@ def train_model(
     card["learning_curve"] = read_learning_curve(curve_path)
     card["training"]["lineage"] = lineage_before + [{**run_entry, "epochs_run": epochs_done,
                                                      "train_time_h": round(train_time / 3600.0, 3)}]
-    card["training"]["lineage_total_train_time_h"] = _lineage_hours(card["training"]["lineage"])
+    card["training"]["lineage_total_train_time_h"] = round(lineage_hours(card["training"]["lineage"]), 3)
     if kind == "sequence":
         card["metrics"]["validation"]["cve_tensor"] = _cve_baseline(val_np, acq)
         if cfg.modalities == "both":
@@ -716,11 +716,6 @@ def _lineage_of_run(run: Path) -> list[dict[str, Any]]:
     return list(info.get("lineage_before", [])) + [entry]
 
 
-def _lineage_hours(lineage: list[dict[str, Any]]) -> float:
-    """Training hours summed over the stages of a lineage (3 decimals)."""
-    return round(sum(float(e.get("train_time_h") or 0.0) for e in lineage), 3)
-
-
 def _cve_baseline(data: dict[str, np.ndarray], acquisition: Acquisition) -> dict[str, float]:
     """CVE tensor on the positions integrated from the displacements, scored like the model."""
     try:
@@ -777,7 +772,7 @@ def bundle_run(run_dir: str | os.PathLike[str], name: str | None = None,
         if not isinstance(lineage, list) or not all(isinstance(e, dict) for e in lineage):
             raise TrainingError("lineage must be a list of objects (one per training stage)")
         card["training"]["lineage"] = lineage
-        card["training"]["lineage_total_train_time_h"] = _lineage_hours(lineage)
+        card["training"]["lineage_total_train_time_h"] = round(lineage_hours(lineage), 3)
     target_name = name or cards[0].stem
     out = Path(dest) if dest is not None else CHECKPOINT_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -870,7 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints progress lines and the exported checkpoint path.
 
-    ``--bundle RUN_DIR [--name NAME]`` instead copies a finished run into ``checkpoints/``.
+    ``--bundle RUN_DIR [--name NAME]`` instead copies a finished run into ``checkpoints/``;
+    ``--reexport NAME_OR_PT ...`` re-scripts checkpoints with the current model code.
     """
     argv_list0 = sys.argv[1:] if argv is None else list(argv)
     if argv_list0 and argv_list0[0] == "--reexport":
