@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SptDiffusionError
+
 __all__ = ["Acquisition", "AcquisitionError"]
 
 
-class AcquisitionError(ValueError):
+class AcquisitionError(SptDiffusionError, ValueError):
     """Raised for acquisition settings that cannot describe a real movie."""
 
 

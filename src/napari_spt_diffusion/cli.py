@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from . import __version__
-from .acquisition import Acquisition, AcquisitionError
+from .acquisition import Acquisition
+from .errors import SptDiffusionError
 from .io import InputError, check_outputs, read_movie, results_paths, simulation_paths
 
 __all__ = ["main", "build_parser", "ProgressBar", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -548,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------- main
-_USER_ERRORS = (InputError, AcquisitionError, ValueError, OSError)
+_USER_ERRORS = (SptDiffusionError, ValueError, OSError)
 
 
 def _one_line(exc: BaseException) -> str:

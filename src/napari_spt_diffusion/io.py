@@ -36,6 +36,7 @@ import pandas as pd
 import tifffile
 
 from .acquisition import Acquisition
+from .errors import SptDiffusionError
 from .results import (
     SUMMARY_COLUMNS,
     TRACKS_COLUMNS,
@@ -66,7 +67,7 @@ _PLAUSIBLE_PIXEL_NM = (1.0, 100_000.0)
 _CSV_FLOAT_FORMAT = "%.9g"
 
 
-class InputError(ValueError):
+class InputError(SptDiffusionError, ValueError):
     """A problem with the user's input or output paths, described in one sentence."""
 
 

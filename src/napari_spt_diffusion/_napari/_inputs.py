@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from ..acquisition import Acquisition
+from ..errors import SptDiffusionError
 
 __all__ = ["LayerInputError", "acquisition_values_from_layer", "current_frame_index", "movie_from_layer"]
 
 
-class LayerInputError(ValueError):
+class LayerInputError(SptDiffusionError, ValueError):
     """A layer cannot be used as a single-particle-tracking movie (one sentence)."""
 
 

@@ -107,6 +107,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import SptDiffusionError
+
 __all__ = [
     "DEFAULT_PENALTY",
     "DEFAULT_PENALTY_MULTI",
@@ -154,7 +156,7 @@ _RHO_MAX = 0.95
 _SE_MULT = 1.5
 
 
-class ChangepointError(ValueError):
+class ChangepointError(SptDiffusionError, ValueError):
     """Raised for value sequences that cannot be segmented (wrong shape, NaN)."""
 
 

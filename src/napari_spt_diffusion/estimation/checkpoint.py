@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ..errors import SptDiffusionError
+
 __all__ = [
     "CheckpointError",
     "CHECKPOINT_DIR",
@@ -44,7 +46,7 @@ CARD_FORMAT_VERSION = 1
 REQUIRED_CARD_KEYS = ("name", "kind", "motion_model", "input_contract", "outputs", "training_acquisition", "sha256")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SptDiffusionError, ValueError):
     """A checkpoint that is missing, corrupt, or does not match its model card."""
 
 

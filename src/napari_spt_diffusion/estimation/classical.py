@@ -35,6 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..acquisition import Acquisition
+from ..errors import SptDiffusionError
 from .tensor import eigen_from_tensor, tensor_from_eigen
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class ClassicalInputError(ValueError):
+class ClassicalInputError(SptDiffusionError, ValueError):
     """Raised for track data the classical estimators cannot use."""
 
 

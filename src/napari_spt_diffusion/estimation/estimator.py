@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from ..acquisition import Acquisition
+from ..errors import SptDiffusionError
 from ..tracking.patches import TrackPatches
 from .changepoints import mean_tensor
 from .checkpoint import CheckpointError, load_checkpoint
@@ -81,7 +82,7 @@ __all__ = [
 ]
 
 
-class EstimatorError(ValueError):
+class EstimatorError(SptDiffusionError, ValueError):
     """Bad estimator settings or inputs (one sentence)."""
 
 

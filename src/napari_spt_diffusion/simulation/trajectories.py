@@ -37,6 +37,7 @@ import numpy as np
 from scipy.linalg import expm
 
 from ..acquisition import Acquisition
+from ..errors import SptDiffusionError
 
 __all__ = [
     "D1_GRID_UM2_S",
@@ -59,7 +60,7 @@ UNBOUND_D1_RANGE_UM2_S: tuple[float, float] = (3.0, 6.0)
 D2_OVER_D1_RANGE: tuple[float, float] = (0.1, 1.0)
 
 
-class SimulationError(ValueError):
+class SimulationError(SptDiffusionError, ValueError):
     """Raised for simulation parameters that cannot describe a physical experiment."""
 
 

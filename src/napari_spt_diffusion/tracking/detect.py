@@ -35,6 +35,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..acquisition import Acquisition
+from ..errors import SptDiffusionError
 
 __all__ = [
     "DetectionSettings",
@@ -58,7 +59,7 @@ _TRUNCATE = 3.5
 _MAD_TO_SIGMA = 1.4826
 
 
-class TrackingInputError(ValueError):
+class TrackingInputError(SptDiffusionError, ValueError):
     """A frame or table handed to the tracker cannot be processed (one sentence)."""
 
 

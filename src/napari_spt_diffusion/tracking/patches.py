@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..acquisition import Acquisition
+from ..errors import SptDiffusionError
 
 __all__ = [
     "PatchError",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class PatchError(ValueError):
+class PatchError(SptDiffusionError, ValueError):
     """Raised for inputs from which patches cannot be cut."""
 
 
