@@ -278,7 +278,7 @@ def test_failure_mid_write_leaves_no_file(tmp_path, monkeypatch, error):
 
         real_imwrite(path, first_frames(), **kwargs)
 
-    monkeypatch.setattr(sio.tifffile, "imwrite", failing_imwrite)
+    monkeypatch.setattr(tifffile, "imwrite", failing_imwrite)
     expected = InputError if isinstance(error, OSError) else KeyboardInterrupt
     with pytest.raises(expected):
         write_movie(target, _movie(), Acquisition())
@@ -357,7 +357,7 @@ def test_results_all_or_nothing(tmp_path, monkeypatch):
             raise OSError(5, "Input/output error")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(sio.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(InputError):
         write_results(tmp_path / "third", results)
     monkeypatch.undo()

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .acquisition import Acquisition
-from .errors import SptDiffusionError
-from .results import (
+from ..acquisition import Acquisition
+from ..errors import SptDiffusionError
+from ..results import (
     SUMMARY_COLUMNS,
     TRACKS_COLUMNS,
     Results,
@@ -698,7 +698,7 @@ def _uint16_frames(movie: Any, n_frames: int) -> Iterator[np.ndarray]:
 
 def _imagej_movie_kwargs(acquisition: Acquisition) -> dict[str, Any]:
     px_per_um = 1.0 / acquisition.pixel_size_um
-    from . import __version__
+    from .. import __version__
 
     info = {_INFO_KEY: {"version": __version__, "acquisition": acquisition.to_dict()}}
     return {
@@ -818,7 +818,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _results_meta(results: Results, paths: dict[str, Path], acquisition: Acquisition | None) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     meta: dict[str, Any] = dict(results.meta or {})
     if acquisition is not None:
@@ -1024,7 +1024,7 @@ def sample_movie_path() -> Path:
     Its ground truth lies beside it (``sample_movie_truth_*.csv``) and the command that
     generated it is in ``sample_data/README.md``.
     """
-    path = Path(__file__).resolve().parent / "sample_data" / "sample_movie.tif"
+    path = Path(__file__).resolve().parent.parent / "sample_data" / "sample_movie.tif"
     if not path.is_file():
         raise InputError(f"the bundled sample movie is missing ({path}); reinstall napari-spt-diffusion")
     return path
