@@ -173,8 +173,8 @@ def test_settings_are_validated():
         DetectionSettings(threshold_snr=0)
     with pytest.raises(ValueError):
         DetectionSettings(min_separation_px=float("nan"))
-    with pytest.raises(ValueError):
-        DetectionSettings(psf_sigma_px=-1.0)
+    with pytest.raises(TypeError):  # the PSF width comes from the acquisition only
+        DetectionSettings(psf_sigma_px=1.0)
 
 
 # ----------------------------------------------------------------- whole movies

@@ -16,9 +16,10 @@ from scipy.spatial import cKDTree
 from napari_spt_diffusion import Acquisition
 from napari_spt_diffusion.simulation.render import camera_image as camera
 from napari_spt_diffusion.simulation.render import expected_photons
-from napari_spt_diffusion.tracking import detect_and_localize, detect_frame, localize_frame
+from napari_spt_diffusion.tracking import detect_and_localize, detect_frame, locate_frame, localize_frame
 from napari_spt_diffusion.tracking.detect import detect_photons
-from napari_spt_diffusion.tracking.localize import localize_arrays, resolve_overlaps
+from napari_spt_diffusion.tracking.localize import localize_arrays
+from napari_spt_diffusion.tracking.overlaps import resolve_overlaps
 
 ACQ = Acquisition()
 SHAPE = (192, 192)
@@ -185,9 +186,10 @@ def test_isolated_round_spots_are_unchanged_next_to_merged_streaks():
     assert n_merged >= 15 and n_isolated >= 80
 
 
-def test_training_path_is_not_merged():
-    # detect_frame + localize_frame (the path the training samples use) keep one row per DoG
-    # maximum: a two-lobed streak still gives two rows there, and one in detect_and_localize
+def test_single_spot_fit_keeps_both_lobes_and_spot_path_merges_them():
+    # detect_frame + localize_frame (the single-spot fit alone) keep one row per DoG maximum:
+    # a two-lobed streak gives two rows there, and one in the spot path (detect_and_localize
+    # and locate_frame, which the training samples and the napari Preview use)
     rng = np.random.default_rng(10)
     sites = grid(rng, 24)
     fast = np.arange(len(sites)) % 2 == 0
@@ -203,4 +205,14 @@ def test_training_path_is_not_merged():
     result = detect_and_localize(frame[None], ACQ)
     assert result.attrs["n_merged"] >= twice.sum() - 1
     assert len(result) == len(table) - result.attrs["n_merged"] + result.attrs["n_split"]
+    located = locate_frame(frame, ACQ)
+    inside = located[located_inside(located, frame.shape)]
+    for column in ("y_px", "x_px", "photons"):
+        np.testing.assert_allclose(np.sort(inside[column].to_numpy()), np.sort(result[column].to_numpy()))
+
+
+def located_inside(table, shape):
+    """Rows of a ``locate_frame`` table whose centre lies inside a frame of ``shape``."""
+    y, x = table["y_px"].to_numpy(), table["x_px"].to_numpy()
+    return (y >= -0.5) & (y < shape[0] - 0.5) & (x >= -0.5) & (x < shape[1] - 0.5)
     assert math.isfinite(float(result["loc_precision_nm"].max()))

@@ -262,24 +262,20 @@ class TrackEstimateWidget(Container):
     # ------------------------------------------------------------------ preview
     def preview_detections(self, *args: Any) -> Any:
         """Detect and localize spots in the current frame; show them as a points layer."""
-        from ..tracking import DetectionSettings, detect_frame, localize_frame
+        from ..tracking import DetectionSettings, locate_frame
 
         try:
             layer, movie, acq = self._inputs()
             frame_index = current_frame_index(self.viewer, layer)
             frame = np.asarray(movie[frame_index])
             settings = DetectionSettings(threshold_snr=float(self.threshold.value))
-            peaks = detect_frame(frame, acq, settings)
-            locs = localize_frame(frame, peaks, acq) if len(peaks) else None
+            # the pipeline's own per-frame path: detection, fit and overlap pass
+            locs = locate_frame(frame, acq, settings)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
             _dialogs.notify_error(exc)
             return None
-        if locs is not None and len(locs):
-            yx = locs[["y_px", "x_px"]].to_numpy()
-            feats = locs.reset_index(drop=True)
-        else:
-            yx = peaks.reshape(-1, 2)
-            feats = None
+        yx = locs[["y_px", "x_px"]].to_numpy()
+        feats = locs.reset_index(drop=True) if len(locs) else None
         data, kwargs, _ = detections_layer(
             yx, frame_index, geometry=LayerGeometry.from_layer(layer), size_px=max(4.0, 4 * acq.psf_sigma_px), features=feats
         )

@@ -2,7 +2,10 @@
 
 Headless numpy/scipy/trackpy code (no Qt, no torch). The data flow is
 ``detect_and_localize(movie, acquisition)`` -> ``link(localizations, acquisition)``
--> ``extract_track_patches(movie, tracks, acquisition)``.
+-> ``extract_track_patches(movie, tracks, acquisition)``. :mod:`.spots` is the one
+per-frame path (detection, single-spot fit, overlap pass) used by the pipeline, the
+training samples and the napari Preview alike; it sits above :mod:`.detect`,
+:mod:`.localize` and :mod:`.overlaps`, none of which imports it.
 """
 
 from .detect import (
@@ -10,7 +13,6 @@ from .detect import (
     TrackingInputError,
     border_noise_gain,
     check_frame,
-    detect_and_localize,
     detect_frame,
     detect_photons,
     dog_filter,
@@ -26,6 +28,8 @@ from .localize import (
     localize_photons,
     mortensen_precision_nm,
 )
+from .overlaps import resolve_overlaps
+from .spots import SPOT_COLUMNS, FoundSpots, detect_and_localize, find_spots, locate_frame
 
 __all__ = [
     "DetectionSettings",
@@ -43,6 +47,11 @@ __all__ = [
     "localize_frame",
     "localize_photons",
     "mortensen_precision_nm",
+    "resolve_overlaps",
+    "SPOT_COLUMNS",
+    "FoundSpots",
+    "find_spots",
+    "locate_frame",
     "LinkResult",
     "LinkingError",
     "LinkingWarning",

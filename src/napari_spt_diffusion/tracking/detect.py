@@ -24,13 +24,11 @@ spots perturb the response little, while losing only 8 % of the optimal SNR.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -47,7 +45,6 @@ __all__ = [
     "check_frame",
     "detect_photons",
     "detect_frame",
-    "detect_and_localize",
 ]
 
 #: Ratio sigma2 / sigma1 of the DoG (see the module docstring for the choice).
@@ -80,14 +77,13 @@ class DetectionSettings:
         brighter. ``None``: ``2 * psf_sigma_px`` (two Gaussian spots closer than
         about two widths do not show two maxima after smoothing anyway), at
         least 1.5 px.
-    psf_sigma_px
-        PSF standard deviation (pixels) the DoG is matched to; ``None`` takes it
-        from the acquisition.
+
+    The DoG is matched to the acquisition's PSF width: the acquisition is the one source
+    of the PSF for detection, localization and estimation alike.
     """
 
     threshold_snr: float = 5.0
     min_separation_px: float | None = None
-    psf_sigma_px: float | None = None
 
     def __post_init__(self) -> None:
         if not _finite_positive(self.threshold_snr):
@@ -96,18 +92,12 @@ class DetectionSettings:
             raise TrackingInputError(
                 f"min_separation_px must be a positive number or None, got {self.min_separation_px!r}"
             )
-        if self.psf_sigma_px is not None and not _finite_positive(self.psf_sigma_px):
-            raise TrackingInputError(f"psf_sigma_px must be a positive number or None, got {self.psf_sigma_px!r}")
-
-    def resolved_psf_sigma_px(self, acquisition: Acquisition) -> float:
-        """PSF sigma in pixels: the explicit setting or the acquisition's."""
-        return float(self.psf_sigma_px) if self.psf_sigma_px is not None else float(acquisition.psf_sigma_px)
 
     def resolved_min_separation_px(self, acquisition: Acquisition) -> float:
         """Minimum separation in pixels: the explicit setting or ``max(2 sigma, 1.5)``."""
         if self.min_separation_px is not None:
             return float(self.min_separation_px)
-        return max(2.0 * self.resolved_psf_sigma_px(acquisition), 1.5)
+        return max(2.0 * float(acquisition.psf_sigma_px), 1.5)
 
 
 def _finite_positive(value: Any) -> bool:
@@ -281,7 +271,7 @@ def detect_photons(
     empty = (np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32))
     if frame_photons.size == 0:
         return empty
-    psf_sigma = settings.resolved_psf_sigma_px(acquisition)
+    psf_sigma = float(acquisition.psf_sigma_px)
     dog = dog_filter(frame_photons, psf_sigma)
     noise = max(robust_noise(dog), _noise_floor(frame_photons, acquisition, psf_sigma))
     threshold = np.float32(settings.threshold_snr * noise)
@@ -366,124 +356,3 @@ def detect_frame(
     frame = check_frame(frame_adu)
     peaks, _ = detect_photons(acquisition.adu_to_photons(frame), acquisition, settings)
     return peaks
-
-
-def detect_and_localize(
-    movie: Any,
-    acquisition: Acquisition,
-    settings: DetectionSettings | None = None,
-    progress: Callable[[float, str], Any] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    overlaps: bool = True,
-    **localize_options: Any,
-) -> pd.DataFrame:
-    """Detect and localize spots in every frame of a movie, one frame at a time.
-
-    Parameters
-    ----------
-    movie
-        ``(T, Y, X)`` array-like in ADU: a numpy array, memmap, dask/zarr array or
-        any object with ``shape`` and ``__getitem__(t)``; only one frame is read
-        into memory at a time.
-    acquisition
-        Camera conversion, PSF width and pixel size.
-    settings
-        :class:`DetectionSettings` (defaults when ``None``).
-    progress
-        Optional ``progress(fraction, message)`` callback, ``fraction`` in [0, 1];
-        called about 100 times over the movie and once at the end.
-    should_stop
-        Optional ``should_stop() -> bool`` checked before every frame; when it
-        returns True the frames done so far are returned and
-        ``result.attrs["stopped_early"]`` is True.
-    overlaps
-        Run :func:`~napari_spt_diffusion.tracking.localize.resolve_overlaps` on every
-        frame's fits: two nearby spots that are the two lobes of one motion-blurred
-        streak (a streak model explains their pixels about as well as two spots, and
-        together they hold about one particle's light) are merged into one localization
-        at the streak's centre; spots wider than the PSF are tested for two emitters
-        (split when a two-spot model is significantly better than both a round spot and
-        a streak); spots next to a streak or a split pair are refitted with that
-        neighbour's light. Isolated round spots are not affected.
-    **localize_options
-        Passed to :func:`~napari_spt_diffusion.tracking.localize.localize_arrays`
-        (``window_half_px``, ``max_iterations``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per localization, columns ``frame, y_px, x_px, photons,
-        background, sigma_px, loc_precision_nm, fit_ok, snr`` (``snr``: the DoG
-        response in units of the frame's noise), sorted by frame. Spots whose
-        fitted centre lies outside the image (``y < -0.5`` or ``y >= Y - 0.5``, same
-        for x: particles outside the field whose light spills in) are left out.
-        ``attrs``: ``n_frames`` (frames in the movie), ``frames_processed``,
-        ``stopped_early``, ``n_split`` (spots split into two emitters), ``n_merged``
-        (spots merged into a neighbour's streak).
-    """
-    from .localize import LOCALIZATION_COLUMNS, localize_arrays, resolve_overlaps  # localize imports this module
-
-    shape = getattr(movie, "shape", None)
-    if shape is None:
-        movie = np.asarray(movie)
-        shape = movie.shape
-    if len(shape) != 3:
-        raise TrackingInputError(f"a movie must be a 3-D (T, Y, X) array, got shape {tuple(shape)}")
-    n_frames = int(shape[0])
-    settings = settings or DetectionSettings()
-    psf_sigma = settings.resolved_psf_sigma_px(acquisition)
-    columns = ["frame", *LOCALIZATION_COLUMNS, "snr"]
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    stopped = False
-    last_report = -1
-    done = 0
-    n_split = 0
-    n_merged = 0
-    for t in range(n_frames):
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        frame = check_frame(movie[t])
-        photons = acquisition.adu_to_photons(frame)
-        peaks, snr = detect_photons(photons, acquisition, settings)
-        if len(peaks):
-            fitted = localize_arrays(photons, peaks, acquisition, psf_sigma_px=psf_sigma, **localize_options)
-            if overlaps:
-                fitted, parent = resolve_overlaps(
-                    photons, fitted, acquisition, psf_sigma_px=psf_sigma,
-                    **{key: value for key, value in localize_options.items() if key != "neighbours"},
-                )
-                n_kept = len(np.unique(parent))
-                n_split += len(parent) - n_kept
-                n_merged += len(peaks) - n_kept
-                # a split spot's two emitters share the detection's DoG response; a merged
-                # streak keeps its brighter lobe's
-                snr = snr[parent]
-            fitted["frame"] = np.full(len(fitted["y_px"]), t, dtype=np.int64)
-            fitted["snr"] = snr
-            # a spot whose centre lies outside the image belongs to a particle outside the
-            # field of view whose light spills in: not a localization of this movie
-            inside = (
-                (fitted["y_px"] >= -0.5) & (fitted["y_px"] < frame.shape[0] - 0.5)
-                & (fitted["x_px"] >= -0.5) & (fitted["x_px"] < frame.shape[1] - 0.5)
-            )
-            for c in columns:
-                parts[c].append(fitted[c][inside])
-        done = t + 1
-        if progress is not None:
-            percent = (100 * done) // max(n_frames, 1)
-            if percent != last_report:
-                last_report = percent
-                progress(done / n_frames, f"detecting and localizing: frame {done} of {n_frames}")
-    dtypes = {"frame": np.int64, "fit_ok": bool}
-    result = pd.DataFrame(
-        {
-            c: (np.concatenate(parts[c]) if parts[c] else np.zeros(0)).astype(dtypes.get(c, np.float64))
-            for c in columns
-        }
-    )
-    result.attrs.update({"n_frames": n_frames, "frames_processed": done, "stopped_early": stopped, "n_split": n_split,
-                         "n_merged": n_merged})
-    if progress is not None and not stopped:
-        progress(1.0, f"detected {len(result)} spots in {n_frames} frames")
-    return result
