@@ -261,9 +261,15 @@ def test_progress_bar_on_a_pipe():
 
 # ------------------------------------------------------------------ sample data
 def test_sample_movie_is_reproduced_by_its_recorded_command(tmp_path, capsys):
-    """The bundled sample is exactly what the command in its README produces.
+    """The bundled sample is what the command in its README produces, up to floating point.
 
-    If the simulator changes on purpose, regenerate the sample with that command.
+    The exact pixels depend on the CPU's SIMD path (a Poisson draw whose mean changes in the
+    last bit can change by one count: 2 of 3.3 M pixels differed by 1 ADU on one machine,
+    38,517 with AVX2 turned off), so the movie is compared by tolerance, not bit for bit.
+    What this still catches: any change of the simulator's physics or random stream (PSF
+    width, photons, background, camera, motion, seeding), which changes most pixels, the
+    per-frame mean by far more than 0.05 ADU, or the truth tables. If the simulator changes
+    on purpose, regenerate the sample with that command.
     """
     sample = sio.sample_movie_path()
     readme = (sample.parent / "README.md").read_text()
@@ -276,7 +282,13 @@ def test_sample_movie_is_reproduced_by_its_recorded_command(tmp_path, capsys):
     with read_movie(sample) as bundled, read_movie(argv[1]) as fresh:
         assert bundled.shape == (200, 128, 128)
         assert bundled.pixel_size_nm == pytest.approx(100.0) and bundled.frame_interval_s == pytest.approx(0.01)
-        np.testing.assert_array_equal(np.asarray(bundled.data), np.asarray(fresh.data))
+        a = np.asarray(bundled.data).astype(np.int64)
+        b = np.asarray(fresh.data).astype(np.int64)
+    assert a.shape == b.shape
+    differ = a != b
+    assert differ.mean() < 0.02, f"{differ.mean():.2%} of the pixels differ"
+    assert np.abs(a - b).max() <= 3
+    np.testing.assert_allclose(a.mean(axis=(1, 2)), b.mean(axis=(1, 2)), atol=0.05)
     truth = read_results(sample.parent / "sample_movie_truth")
     fresh_truth = read_results(tmp_path / "sample_movie_truth")
     np.testing.assert_allclose(truth.tracks[["x_px", "y_px", "D1_um2_s"]], fresh_truth.tracks[["x_px", "y_px", "D1_um2_s"]], rtol=1e-8)
