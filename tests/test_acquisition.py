@@ -39,7 +39,7 @@ def test_length_conversions():
 
 
 def test_blur_coefficient_matches_closed_forms():
-    # Continuous exposure with n averaged sub-positions: (1 - 1/n^2) / 6 (STYLE.md).
+    # Continuous exposure with n averaged sub-positions: R = (1 - 1/n^2) / 6, tending to 1/6 for many sub-steps.
     for n in (1, 2, 10, 50):
         acq = Acquisition(substeps_per_frame=n)
         assert acq.blur_coefficient == pytest.approx((1 - 1 / n**2) / 6)

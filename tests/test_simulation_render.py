@@ -221,7 +221,7 @@ def test_clipping_to_uint16_range():
 
 
 def test_snr_helpers_match_protocol():
-    # standard acquisition: about 40 (PROTOCOLS.md): 1000 * 0.1466 / sqrt(10 + 1.5^2)
+    # standard acquisition: about 40 (docs/protocols.md): 1000 * 0.1466 / sqrt(10 + 1.5^2)
     assert static_snr(ACQ) == pytest.approx(1000 * erf(0.5 / math.sqrt(2)) ** 2 / math.sqrt(12.25), rel=1e-9)
     assert 38 < static_snr(ACQ) < 44
     photons = signal_photons_for_snr(20.0, ACQ)
