@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..io._atomic import atomic_write_text
+
 __all__ = ["config_dir", "load_values", "save_values"]
 
 
@@ -36,8 +38,6 @@ def save_values(name: str, values: dict[str, Any]) -> None:
     folder = config_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, folder / f"{name}.json")
+        atomic_write_text(folder / f"{name}.json", json.dumps(values, indent=1, sort_keys=True))
     except (OSError, TypeError, ValueError):
         pass

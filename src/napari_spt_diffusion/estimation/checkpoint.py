@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import SptDiffusionError
+from ..io._atomic import atomic_path, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "CheckpointError",
@@ -43,6 +43,8 @@ __all__ = [
 #: Folder of the bundled models.
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 CARD_FORMAT_VERSION = 1
+#: Permission bits of the files written here: checkpoints are package data, readable by all.
+_FILE_MODE = 0o644
 REQUIRED_CARD_KEYS = ("name", "kind", "motion_model", "input_contract", "outputs", "training_acquisition", "sha256")
 
 
@@ -136,20 +138,12 @@ def load_checkpoint(
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; package data must be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a file of a training run or a checkpoint atomically, world-readable."""
+    atomic_write_bytes(path, data, mode=_FILE_MODE)
 
 
 def _write_card(path: Path, card: dict[str, Any]) -> None:
-    _atomic_write_bytes(path, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_json(path, card, indent=2, mode=_FILE_MODE)
 
 
 def export_checkpoint(
@@ -193,17 +187,10 @@ def export_checkpoint(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is "deprecated" in 2.x, still supported
         scripted = torch.jit.script(model)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f"{name}.pt", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp)
+    with atomic_path(pt_path, mode=_FILE_MODE) as tmp:
+        torch.jit.save(scripted, str(tmp))
         full["sha256"] = sha256_file(tmp)
         full["file_size_bytes"] = os.path.getsize(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, pt_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     _write_card(card_path, full)
     if was_training:
         model.train()
