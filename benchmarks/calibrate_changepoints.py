@@ -71,6 +71,8 @@ import numpy as np
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import changepoints as cp
 from napari_spt_diffusion.estimation.classical import cve_tensor_batch
+from napari_spt_diffusion.estimation.confirmation import DEFAULT_CONFIRM_ALPHA, DEFAULT_CONFIRM_GUARD, confirm_changepoints
+from napari_spt_diffusion.metrics import changepoint_scores, match_changepoints
 from napari_spt_diffusion.simulation.trajectories import (
     simulate_anisotropic,
     simulate_binding,
@@ -236,13 +238,13 @@ def check_models(models: dict[str, str], quick: bool, out: str) -> int:
         traj = sim(n1, 30, acq, rng)
         seqs = _sequences_model(traj, est, acq, rng)
         det = [[] if (c := cp.decide_single_changepoint(x)) is None else [c] for x in seqs]
-        sc = cp.changepoint_scores(traj.changepoint_frames, det, tolerance=2)
+        sc = changepoint_scores(traj.changepoint_frames, det, tolerance=2)
         lines.append(f"| {name} | one switch | {len(seqs)} | 30 | | {sc['recall']:.3f} / {sc['precision']:.3f} / "
                      f"{sc['f1']:.3f} | {sc['mean_position_error_frames']:.2f} |")
         traj = simulate_multistate(nm, 200, MODEL_MULTI[name], SWITCH_RATE_PER_S, acq, rng)
         seqs = _sequences_model(traj, est, acq, rng)
         det = [cp.multiple_changepoints(x) for x in seqs]
-        sc = cp.changepoint_scores(traj.changepoint_frames, det, tolerance=2)
+        sc = changepoint_scores(traj.changepoint_frames, det, tolerance=2)
         lines.append(f"| {name} | Markov, 2 /s | {len(seqs)} | 200 | | {sc['recall']:.3f} / {sc['precision']:.3f} / "
                      f"{sc['f1']:.3f} | {sc['mean_position_error_frames']:.2f} |")
         print(f"{name} done at {time.time() - started:.0f} s", file=sys.stderr)
@@ -304,7 +306,7 @@ def _confirmed(tracks, single: bool, acq: Acquisition) -> tuple[list[np.ndarray]
     for _, scan in CONFIRM_VARIANTS:
         for alpha in CONFIRM_ALPHAS:
             after.append([
-                cp.confirm_changepoints(c, pos, np.arange(len(pos)), acq.blur_coefficient, prec, alpha=alpha,
+                confirm_changepoints(c, pos, np.arange(len(pos)), acq.blur_coefficient, prec, alpha=alpha,
                                         scan_correction=scan)
                 for c, (_, pos, prec) in zip(before, tracks)
             ])
@@ -347,7 +349,7 @@ def check_confirmation(models: dict[str, str], quick: bool, out: str) -> int:
             traj = sim(n, 30, acq, rng) if t == 30 else simulate_multistate(n, t, MODEL_MULTI[name], SWITCH_RATE_PER_S, acq, rng)
             tracks = _model_tracks(traj, est, acq, rng)
             before, after = _confirmed(tracks, t <= est.max_frames, acq)
-            scores = [cp.changepoint_scores(traj.changepoint_frames, d, tolerance=2) for d in [before, *after]]
+            scores = [changepoint_scores(traj.changepoint_frames, d, tolerance=2) for d in [before, *after]]
             rows_det.append((name, "one switch" if t == 30 else f"Markov, {SWITCH_RATE_PER_S:g} /s", len(tracks), t, scores))
             print(f"{name} switches {t} done at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     limits = []
@@ -370,9 +372,9 @@ def check_confirmation(models: dict[str, str], quick: bool, out: str) -> int:
         "then confirmed on the localized positions (`changepoints.confirm_changepoints`: F-test of the mean squared "
         "displacement on the two sides, degrees of freedom corrected for anisotropy, motion blur and localization "
         "noise, Bonferroni over the track's changepoints and, for `scan`, over the positions each changepoint could have "
-        f"taken; `cand.` = the candidates' own p-values; guard {cp.DEFAULT_CONFIRM_GUARD}). `before` = without "
+        f"taken; `cand.` = the candidates' own p-values; guard {DEFAULT_CONFIRM_GUARD}). `before` = without "
         "confirmation, `a=` = confirmed at family-wise level a per track.",
-        f"- Default of the pipeline: the `cand.` variant at **alpha = {cp.DEFAULT_CONFIRM_ALPHA:g}** "
+        f"- Default of the pipeline: the `cand.` variant at **alpha = {DEFAULT_CONFIRM_ALPHA:g}** "
         "(`scan` removed every false changepoint but cost more of the binding switches).",
         *_confirm_summary(rows_fp, rows_det),
         "",
@@ -420,7 +422,7 @@ def twostate_limits(est, acq: Acquisition, rng: np.random.Generator, n: int) -> 
     true = traj.changepoint_frames
     fmt = lambda s: f"{s['precision']:.3f} / {s['recall']:.3f} / {s['f1']:.3f}"
     decided = [cp.multiple_changepoints(x) for x, _, _ in tracks]
-    confirmed = [cp.confirm_changepoints(c, pos, np.arange(len(pos)), acq.blur_coefficient, pr)
+    confirmed = [confirm_changepoints(c, pos, np.arange(len(pos)), acq.blur_coefficient, pr)
                  for c, (_, pos, pr) in zip(decided, tracks)]
     lines = [
         "",
@@ -431,18 +433,18 @@ def twostate_limits(est, acq: Acquisition, rng: np.random.Generator, n: int) -> 
         "|---|---|---|",
     ]
     for tol in (2, 5, 10):
-        lines.append(f"| default, decided | {tol} | {fmt(cp.changepoint_scores(true, decided, tolerance=tol))} |")
-        lines.append(f"| default, confirmed | {tol} | {fmt(cp.changepoint_scores(true, confirmed, tolerance=tol))} |")
+        lines.append(f"| default, decided | {tol} | {fmt(changepoint_scores(true, decided, tolerance=tol))} |")
+        lines.append(f"| default, confirmed | {tol} | {fmt(changepoint_scores(true, confirmed, tolerance=tol))} |")
     for pen in (0.5, 1.0, 1.5, 2.0, 3.0):
         for me in (0.0, cp.DEFAULT_MIN_EFFECT):
             det = [cp.multiple_changepoints(x, penalty=pen, min_effect=me) for x, _, _ in tracks]
-            lines.append(f"| penalty {pen:g}, min effect {me:g} | 2 | {fmt(cp.changepoint_scores(true, det, tolerance=2))} |")
+            lines.append(f"| penalty {pen:g}, min effect {me:g} | 2 | {fmt(changepoint_scores(true, det, tolerance=2))} |")
     oracle = [cp.multiple_changepoints(x, penalty=1e-6, min_effect=0.0, max_changepoints=len(t)) if len(t)
               else np.zeros(0, dtype=np.int64) for (x, _, _), t in zip(tracks, true)]
-    lines.append(f"| true number of changepoints given | 2 | {fmt(cp.changepoint_scores(true, oracle, tolerance=2))} |")
+    lines.append(f"| true number of changepoints given | 2 | {fmt(changepoint_scores(true, oracle, tolerance=2))} |")
     effect, hit = [], []
     for i, t in enumerate(true):
-        matched = {a for a, _ in cp.match_changepoints(t, decided[i], 2)}
+        matched = {a for a, _ in match_changepoints(t, decided[i], 2)}
         for c in t:
             effect.append(abs(np.log10(traj.D1_um2_s[i, c] / traj.D1_um2_s[i, c - 1])))
             hit.append(c in matched)
@@ -462,7 +464,7 @@ def twostate_limits(est, acq: Acquisition, rng: np.random.Generator, n: int) -> 
 
 def _confirm_summary(rows_fp: list, rows_det: list) -> list[str]:
     """Lines stating the false-changepoint rates and switch F1 before / after the default confirmation."""
-    col = [v for v, _ in CONFIRM_VARIANTS].index("cand.") * len(CONFIRM_ALPHAS) + CONFIRM_ALPHAS.index(cp.DEFAULT_CONFIRM_ALPHA)
+    col = [v for v, _ in CONFIRM_VARIANTS].index("cand.") * len(CONFIRM_ALPHAS) + CONFIRM_ALPHAS.index(DEFAULT_CONFIRM_ALPHA)
     out = []
     for name in dict.fromkeys(r[0] for r in rows_fp):
         aniso = [r for r in rows_fp if r[0] == name and r[1].startswith("aniso")]
@@ -571,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                 fp_multi[(source, method, pen)] = float(np.mean([len(d) > 0 for d in det]))
                 for name, traj, seqs in (("binding", traj_bind, seq_bind), ("twostate", traj_two, seq_two)):
                     det = [cp.multiple_changepoints(s, penalty=pen, method=method) for s in seqs[:n_use]]
-                    scores_multi[(name, source, method, pen)] = cp.changepoint_scores(
+                    scores_multi[(name, source, method, pen)] = changepoint_scores(
                         traj.changepoint_frames[:n_use], det, tolerance=2
                     )
         print(f"source {source} done at {time.time() - started:.0f} s", file=sys.stderr)

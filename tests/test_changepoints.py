@@ -1,4 +1,5 @@
-"""Tests of estimation/changepoints.py: cost, decisions (including "none"), several changes."""
+"""Tests of estimation/changepoints.py (cost, decisions including "none", several changes),
+estimation/confirmation.py, estimation/segments.py and the tensor mean of estimation/tensor.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import numpy as np
 import pytest
 
 from napari_spt_diffusion.estimation import changepoints as cp
+from napari_spt_diffusion.estimation import confirmation as cc
+from napari_spt_diffusion.estimation.segments import segments
+from napari_spt_diffusion.estimation.tensor import mean_tensor
 
 
 def _ar1(n: int, t: int, rho: float, sigma: float, rng: np.random.Generator, k: int = 2) -> np.ndarray:
@@ -146,7 +150,7 @@ def test_segments_and_state_labels():
     d1 = np.r_[np.full(10, 4.0), np.full(5, 0.01), np.full(5, 2.0)]
     d2 = np.r_[np.full(10, 1.0), np.full(5, 0.01), np.full(5, 2.0)]
     theta = np.r_[np.full(5, 179.0), np.full(5, 1.0), np.zeros(10)]
-    table = cp.segments([10, 15], d1, d2, theta, frames=np.arange(100, 120))
+    table = segments([10, 15], d1, d2, theta, frames=np.arange(100, 120))
     assert list(table["state"]) == [0, 1, 2]
     assert list(table["start_frame"]) == [100, 110, 115]
     assert list(table["end_frame"]) == [109, 114, 119]
@@ -163,34 +167,23 @@ def test_segments_and_state_labels():
 
 def test_mean_tensor_is_the_time_averaged_tensor():
     # an isotropic frame with a meaningless angle must not pull the mean orientation
-    d1, d2, th = cp.mean_tensor([4.0, 1.0], [1.0, 1.0], [30.0, 120.0])
+    d1, d2, th = mean_tensor([4.0, 1.0], [1.0, 1.0], [30.0, 120.0])
     assert (d1, d2, th) == pytest.approx((2.5, 1.0, 30.0))
     # perpendicular frames of equal anisotropy average to an isotropic tensor
-    d1, d2, th = cp.mean_tensor([3.0, 3.0], [1.0, 1.0], [10.0, 100.0])
+    d1, d2, th = mean_tensor([3.0, 3.0], [1.0, 1.0], [10.0, 100.0])
     assert (d1, d2, th) == pytest.approx((2.0, 2.0, 0.0))
     from napari_spt_diffusion.estimation.tensor import eigen_from_tensor, tensor_from_eigen
 
     rng = np.random.default_rng(10)
     a, b, t = rng.uniform(1, 5, 7), rng.uniform(0, 1, 7), rng.uniform(0, 180, 7)
     ref = eigen_from_tensor(tensor_from_eigen(a, b, t).mean(axis=0))
-    assert cp.mean_tensor(a, b, t) == pytest.approx(tuple(float(v) for v in ref))
+    assert mean_tensor(a, b, t) == pytest.approx(tuple(float(v) for v in ref))
 
 
 def test_features_are_floored_log10():
     f = cp.changepoint_features([1.0, 0.0, 10.0], [0.1, 0.0, 1.0])
     assert f.shape == (3, 2)
     assert f[:, 0].tolist() == pytest.approx([0.0, -3.0, 1.0])
-
-
-# ---------------------------------------------------------------- scoring
-def test_match_and_scores():
-    pairs = cp.match_changepoints([10, 50, 90], [11, 48, 70, 91])
-    assert sorted(pairs) == [(10, 11), (50, 48), (90, 91)]
-    s = cp.changepoint_scores([[10, 50, 90], []], [[11, 48, 70, 91], [5]], tolerance=2)
-    assert s["precision"] == pytest.approx(3 / 5)
-    assert s["recall"] == pytest.approx(1.0)
-    assert s["f1"] == pytest.approx(2 * 3 / 8)
-    assert s["mean_position_error_frames"] == pytest.approx(4 / 3)
 
 
 def test_bad_input_is_refused():
@@ -218,7 +211,7 @@ def test_displacement_test_is_calibrated_on_one_state_tracks():
     # a fixed split of one-state tracks (blur, anisotropy, 5 nm noise): about 5 % of p-values below 0.05
     rng = np.random.default_rng(20)
     pos, blur = _one_state_positions(600, 30, rng)
-    p = np.array([cp.displacement_variance_test(np.diff(x[:12], axis=0), np.diff(x[12:], axis=0), blur, 0.05**2)
+    p = np.array([cc.displacement_variance_test(np.diff(x[:12], axis=0), np.diff(x[12:], axis=0), blur, 0.05**2)
                   for x in pos])
     assert 0.02 <= np.mean(p < 0.05) <= 0.08
     assert np.all((p >= 0) & (p <= 1))
@@ -235,9 +228,9 @@ def test_confirmation_removes_changepoints_of_one_state_tracks():
         q = np.sum(np.diff(x, axis=0) ** 2, axis=1)
         ratios = [abs(np.log(q[: c - 1].mean() / q[c:].mean())) for c in range(3, 37)]
         worst = 3 + int(np.argmax(ratios))
-        kept_scan += len(cp.confirm_changepoints([worst], x, np.arange(40), blur, 0.05, scan_correction=True))
+        kept_scan += len(cc.confirm_changepoints([worst], x, np.arange(40), blur, 0.05, scan_correction=True))
         cands = np.sort(rng.choice(np.arange(3, 37), 3, replace=False))
-        kept_random += len(cp.confirm_changepoints(cands, x, np.arange(40), blur, 0.05)) > 0
+        kept_random += len(cc.confirm_changepoints(cands, x, np.arange(40), blur, 0.05)) > 0
     assert kept_scan <= 15, kept_scan
     assert kept_random <= 15, kept_random
 
@@ -259,7 +252,7 @@ def test_clear_binding_switch_is_decided_and_confirmed_at_the_right_frame():
         pos = np.cumsum(steps, axis=0) + rng.normal(0, 0.05, size=(30, 2))
         c = cp.decide_single_changepoint(x)
         assert c is not None
-        kept = cp.confirm_changepoints([c], pos, np.arange(30), acq.blur_coefficient, 0.05)
+        kept = cc.confirm_changepoints([c], pos, np.arange(30), acq.blur_coefficient, 0.05)
         found += len(kept) == 1 and abs(int(kept[0]) - c_true) <= 1
     assert found >= 58
 
@@ -270,15 +263,15 @@ def test_confirmation_needs_displacements_on_both_sides_and_skips_gaps():
     fast = 10.0 + np.cumsum(rng.normal(0, 3.0, size=(20, 2)), axis=0)
     pos = np.vstack([slow, fast])
     frames = np.arange(40)
-    assert cp.confirm_changepoints([20], pos, frames, 1 / 6, 0.05).tolist() == [20]
+    assert cc.confirm_changepoints([20], pos, frames, 1 / 6, 0.05).tolist() == [20]
     # a state of a single frame at the start has no displacement of its own: not confirmable
-    assert cp.confirm_changepoints([1], np.vstack([slow[:1], fast]), np.arange(21), 1 / 6, 0.05).size == 0
+    assert cc.confirm_changepoints([1], np.vstack([slow[:1], fast]), np.arange(21), 1 / 6, 0.05).size == 0
     # the big jump across a gap is not a displacement of either state
     still = np.vstack([slow[:10], slow[10:] + 30.0])
     gap_frames = np.r_[np.arange(10), np.arange(15, 25)]
-    assert cp.confirm_changepoints([10], still, gap_frames, 1 / 6, 0.05).size == 0
-    assert cp.confirm_changepoints([], pos, frames, 1 / 6).size == 0
+    assert cc.confirm_changepoints([10], still, gap_frames, 1 / 6, 0.05).size == 0
+    assert cc.confirm_changepoints([], pos, frames, 1 / 6).size == 0
     with pytest.raises(cp.ChangepointError, match="one row per sample"):
-        cp.confirm_changepoints([5], pos, frames[:-1], 1 / 6)
+        cc.confirm_changepoints([5], pos, frames[:-1], 1 / 6)
     with pytest.raises(cp.ChangepointError, match="alpha"):
-        cp.confirm_changepoints([5], pos, frames, 1 / 6, alpha=0.0)
+        cc.confirm_changepoints([5], pos, frames, 1 / 6, alpha=0.0)

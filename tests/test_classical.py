@@ -1,4 +1,5 @@
-"""Classical estimators (estimation/classical.py) and tensor helpers (estimation/tensor.py).
+"""Classical estimators (estimation/classical.py, estimation/blur_moments.py) and tensor helpers
+(estimation/tensor.py).
 
 Statistical tests use fixed seeds; tolerances are a few standard errors of the mean over
 the simulated tracks (the standard error is measured from the same tracks).
@@ -8,17 +9,15 @@ import numpy as np
 import pytest
 
 from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.estimation import blur_moments as B
 from napari_spt_diffusion.estimation import classical as C
 from napari_spt_diffusion.estimation.tensor import (
-    angle_cos,
-    angle_similarity_axial,
-    angle_similarity_published,
     eigen_from_tensor,
-    mean_absolute_error,
     sin_cos_2theta,
     tensor_from_eigen,
     theta_from_sin_cos_2theta,
 )
+from napari_spt_diffusion.metrics import angle_similarity_axial, mean_absolute_error
 from napari_spt_diffusion.simulation.render import camera_image, render_windows
 from napari_spt_diffusion.simulation.trajectories import simulate_anisotropic
 from napari_spt_diffusion.tracking.patches import crop_patches
@@ -41,17 +40,6 @@ def test_tensor_round_trip_and_angle_convention():
     assert np.allclose(th[[0, 2]], [30.0, 170.0]) and th[1] == 0.0
     s, c = sin_cos_2theta(theta)
     assert np.allclose(theta_from_sin_cos_2theta(s, c), theta)
-
-
-def test_angle_similarity_published_and_axial():
-    assert angle_cos(179.0, 1.0) == pytest.approx(np.cos(np.deg2rad(178.0)))
-    assert angle_similarity_published([179.0, 10.0], [1.0, 10.0]) == pytest.approx((np.cos(np.deg2rad(178)) + 1) / 2)
-    assert angle_similarity_axial([179.0, 10.0], [1.0, 10.0]) == pytest.approx((np.cos(np.deg2rad(2)) + 1) / 2)
-    # random guesses: axial similarity 2/pi
-    rng = np.random.default_rng(0)
-    a, b = rng.uniform(0, 180, 20000), rng.uniform(0, 180, 20000)
-    assert angle_similarity_axial(a, b) == pytest.approx(2 / np.pi, abs=0.01)
-    assert mean_absolute_error([1.0, np.nan, 3.0], [2.0, 5.0, 3.0]) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------------- CVE
@@ -162,13 +150,13 @@ def _blur_patches(acq, n, t, D1, ratio, theta, seed, photons=None, noise=True):
 def test_blur_moments_recover_D_of_fast_particles():
     acq = Acquisition()
     patches, offsets, _ = _blur_patches(acq, 100, 30, 4.0, 0.5, 60.0, seed=3)
-    out = C.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
+    out = B.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
     for key, truth in (("D1_um2_s", 4.0), ("D2_um2_s", 2.0)):
         assert abs(out[key].mean() - truth) < max(4 * _sem(out[key]), 0.05 * truth), key
     assert angle_similarity_axial(out["theta_deg"], np.full(100, 60.0)) > 0.95
     # the frame-scatter variance describes the spread of the estimates
     assert np.sqrt(np.nanmean(out["var_D1_um2_s2"])) == pytest.approx(out["D1_um2_s"].std(), rel=0.3)
-    single = C.blur_moment_tensor(patches[0], acq, subpixel_offset_px=offsets[0])
+    single = B.blur_moment_tensor(patches[0], acq, subpixel_offset_px=offsets[0])
     assert single.D1_um2_s == pytest.approx(out["D1_um2_s"][0], rel=1e-3)
 
 
@@ -178,7 +166,7 @@ def test_blur_factor_is_exact_for_a_partial_exposure():
     acq = Acquisition(exposure_s=0.005)
     assert acq.exposed_substeps == 5 and acq.blur_coefficient == pytest.approx(0.08)
     patches, offsets, _ = _blur_patches(acq, 150, 30, 3.0, 1.0, 0.0, seed=5, noise=False)
-    out = C.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
+    out = B.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
     trace = out["D1_um2_s"] + out["D2_um2_s"]
     assert abs(trace.mean() - 6.0) < max(4 * _sem(trace), 0.3)
     # the continuous-exposure factor would be off by a factor 0.08 / (1/6)
@@ -186,7 +174,7 @@ def test_blur_factor_is_exact_for_a_partial_exposure():
     # the standard acquisition's factor (1 - 1/n^2) / 6 for n = 10 averaged sub-positions
     std = Acquisition()
     patches, offsets, _ = _blur_patches(std, 150, 30, 3.0, 1.0, 0.0, seed=6, noise=False)
-    out = C.blur_moment_tensor_batch(patches, std, subpixel_offset_px=offsets)
+    out = B.blur_moment_tensor_batch(patches, std, subpixel_offset_px=offsets)
     trace = out["D1_um2_s"] + out["D2_um2_s"]
     assert trace.mean() == pytest.approx(6.0, rel=0.06)
 
@@ -194,16 +182,16 @@ def test_blur_factor_is_exact_for_a_partial_exposure():
 def test_blur_moments_of_a_static_particle_are_near_zero_and_ignore_outside_pixels():
     acq = Acquisition()
     patches, offsets, _ = _blur_patches(acq, 60, 30, 0.0, 1.0, 0.0, seed=8)
-    out = C.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
+    out = B.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
     assert np.mean(out["D1_um2_s"] + out["D2_um2_s"]) < 0.3
     # masking the outer two columns changes little (pixels outside an image are ignored)
     mask = np.zeros(patches.shape, bool)
     mask[..., :2] = True
     masked = patches.copy()
     masked[mask] = 1e4  # garbage where the mask says "outside"
-    out2 = C.blur_moment_tensor_batch(masked, acq, subpixel_offset_px=offsets, outside_mask=mask)
+    out2 = B.blur_moment_tensor_batch(masked, acq, subpixel_offset_px=offsets, outside_mask=mask)
     assert np.mean(out2["D1_um2_s"] + out2["D2_um2_s"]) < 0.5
-    none = C.blur_moment_tensor_batch(patches[:2], Acquisition(substeps_per_frame=1), subpixel_offset_px=offsets[:2])
+    none = B.blur_moment_tensor_batch(patches[:2], Acquisition(substeps_per_frame=1), subpixel_offset_px=offsets[:2])
     assert np.all(np.isnan(none["D1_um2_s"])) and none["clipped"].all()
 
 
@@ -216,13 +204,13 @@ def test_combined_is_at_least_as_good_as_either_estimator():
     patches, offsets, pos = _blur_patches(acq, 200, 30, D1, ratio, theta, seed=12)
     positions = pos + rng.normal(0, 0.05, pos.shape)
     cve = C.cve_tensor_batch(positions, acq)
-    blur = C.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
-    comb = C.combined_tensor_batch(positions, patches, acq, subpixel_offset_px=offsets)
+    blur = B.blur_moment_tensor_batch(patches, acq, subpixel_offset_px=offsets)
+    comb = B.combined_tensor_batch(positions, patches, acq, subpixel_offset_px=offsets)
     mae = {name: mean_absolute_error(o["D1_um2_s"], D1) + mean_absolute_error(o["D2_um2_s"], ratio * D1)
            for name, o in (("cve", cve), ("blur", blur), ("comb", comb))}
     assert mae["blur"] < 0.6 * mae["cve"]
     assert mae["comb"] <= 1.03 * min(mae["cve"], mae["blur"])
-    single = C.combined_tensor(positions[0], patches[0], acq, subpixel_offset_px=offsets[0])
+    single = B.combined_tensor(positions[0], patches[0], acq, subpixel_offset_px=offsets[0])
     assert single.D1_um2_s == pytest.approx(comb["D1_um2_s"][0], rel=1e-3)
     assert np.isfinite(single.loc_variance_um2)
 
@@ -239,5 +227,5 @@ def test_path_covariance_of_cve_and_blur_matches_simulation():
     spread = sub.var(axis=-1).mean(axis=-1) / (2 * acq.blur_coefficient)
     D = acq.diffusion_to_px2_per_frame(1.0)
     assert cve.mean() == pytest.approx(D, rel=0.03) and spread.mean() == pytest.approx(D, rel=0.02)
-    kappa = C._cve_blur_path_covariance(30, acq.substeps_per_frame, acq.exposed_substeps)
+    kappa = B._cve_blur_path_covariance(30, acq.substeps_per_frame, acq.exposed_substeps)
     assert np.cov(cve, spread)[0, 1] == pytest.approx(kappa * D**2, rel=0.15)

@@ -47,7 +47,10 @@ import pandas as pd
 from .acquisition import Acquisition
 from .estimation import changepoints as cp
 from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular_positions
+from .estimation.confirmation import DEFAULT_CONFIRM_ALPHA, confirm_changepoints
 from .estimation.estimator import Estimator, TrackEstimate
+from .estimation.segments import segments
+from .estimation.tensor import mean_tensor
 from .io import InputError
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, format_changepoint_frames
 from .tracking.crowding import CROWDED_SHARE, crowded_share, nearest_other_px
@@ -136,7 +139,7 @@ class Settings:
         Smallest change of ``log10 D`` accepted as a change of state (decades).
     changepoint_confirm
         Keep a changepoint only if the frame-to-frame displacements on its two sides
-        differ significantly (:func:`~.estimation.changepoints.confirm_changepoints`).
+        differ significantly (:func:`~.estimation.confirmation.confirm_changepoints`).
     changepoint_confirm_alpha
         Family-wise error rate per track of that confirmation.
     chunk_localizations
@@ -160,7 +163,7 @@ class Settings:
     changepoint_penalty_multi: float | None = None
     changepoint_min_effect: float = cp.DEFAULT_MIN_EFFECT
     changepoint_confirm: bool = True
-    changepoint_confirm_alpha: float = cp.DEFAULT_CONFIRM_ALPHA
+    changepoint_confirm_alpha: float = DEFAULT_CONFIRM_ALPHA
     chunk_localizations: int = 200_000
 
     def __post_init__(self) -> None:
@@ -489,12 +492,12 @@ def track_changepoints(
     have changepoints. With ``positions_px`` (``(T, 2)`` localized ``(y, x)`` px, one row
     per frame of ``est``) and ``acquisition`` given and ``settings.changepoint_confirm``,
     the changepoints are then confirmed on the displacements
-    (:func:`~.estimation.changepoints.confirm_changepoints`; ``loc_precision_px``, ``(T,)``
+    (:func:`~.estimation.confirmation.confirm_changepoints`; ``loc_precision_px``, ``(T,)``
     px, optional).
     """
     cps = _decided_changepoints(est, mode, estimator, settings)
     if cps.size and settings.changepoint_confirm and positions_px is not None and acquisition is not None:
-        cps = cp.confirm_changepoints(
+        cps = confirm_changepoints(
             cps,
             positions_px,
             est.frames,
@@ -566,7 +569,7 @@ def _tables(
         state[a:b] = cp.state_labels(b - a, cps)
         is_cp[a + cps] = True
         if est.pointwise and est.method == "model":
-            t1, t2, tt = cp.mean_tensor(est.D1_um2_s, est.D2_um2_s, est.theta_deg)
+            t1, t2, tt = mean_tensor(est.D1_um2_s, est.D2_um2_s, est.theta_deg)
         else:
             t1, t2, tt = est.track_D1_um2_s, est.track_D2_um2_s, est.track_theta_deg
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -655,7 +658,7 @@ def segments_table(results: Results) -> pd.DataFrame:
         rows = rows.sort_values("frame")
         labels = rows["state"].to_numpy()
         cps = np.flatnonzero(np.diff(labels) != 0) + 1
-        seg = cp.segments(cps, rows["D1_um2_s"], rows["D2_um2_s"], rows["theta_deg"], frames=rows["frame"].to_numpy())
+        seg = segments(cps, rows["D1_um2_s"], rows["D2_um2_s"], rows["theta_deg"], frames=rows["frame"].to_numpy())
         seg.insert(0, "track_id", int(tid))
         parts.append(seg)
     columns = ["track_id", "state", "start_frame", "end_frame", "n_frames", "D1_um2_s", "D2_um2_s", "theta_deg"]

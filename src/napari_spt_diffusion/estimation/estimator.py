@@ -23,7 +23,7 @@ How tracks of any length are handled
     represents (the sum over its frames of ``w_i / sum of the weights of that frame``),
     so every frame counts once whatever the overlap.
 * ``T < min_frames``: the model is not used; the classical
-  :func:`~.classical.combined_tensor` (CVE and blur moments) gives the track's tensor
+  :func:`~.blur_moments.combined_tensor` (CVE and blur moments) gives the track's tensor
   and the result is flagged ``"classical"`` (``"clipped"`` too if that tensor was not
   positive-definite). Tracks of fewer than 3 localizations get NaN, flagged
   ``"too_short"``.
@@ -63,10 +63,9 @@ import torch
 from ..acquisition import Acquisition
 from ..errors import SptDiffusionError
 from ..tracking.patches import TrackPatches
-from .changepoints import mean_tensor
+from .blur_moments import combined_tensor
 from .checkpoint import CheckpointError, load_checkpoint
-from .classical import combined_tensor
-from .tensor import theta_from_sin_cos_2theta
+from .tensor import mean_tensor, theta_from_sin_cos_2theta
 
 __all__ = [
     "AcquisitionWarning",
@@ -232,7 +231,7 @@ class TrackEstimate:
     track_D1_um2_s, track_D2_um2_s, track_theta_deg
         The track's tensor (um^2/s, degrees in ``[0, 180)``). For pointwise models, the
         mean of the per-frame values (D arithmetic, theta on the doubled angle weighted by
-        ``D1 - D2``, see :func:`~.changepoints.mean_tensor`).
+        ``D1 - D2``, see :func:`~.tensor.mean_tensor`).
     method
         ``"model"`` or ``"classical"``.
     flags

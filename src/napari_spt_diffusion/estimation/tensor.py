@@ -1,6 +1,6 @@
-"""Shared helpers for 2-D diffusion tensors and the accuracy metrics of the benchmarks.
+"""Shared helpers for 2-D diffusion tensors.
 
-Conventions (docs/API_CONTRACT.md): tensors are written in ``(y, x)`` order, i.e. a
+Conventions (``docs/results_contract.md``): tensors are written in ``(y, x)`` order, i.e. a
 ``(..., 2, 2)`` array ``[[D_yy, D_yx], [D_xy, D_xx]]``; ``theta_deg`` is the angle of
 the D1 (largest eigenvalue) axis measured from +x towards +y, in ``[0, 180)``; the D1
 unit vector in ``(y, x)`` order is ``(sin theta, cos theta)``.
@@ -15,6 +15,9 @@ which is used here, vectorised over any leading shape, instead of ``numpy.linalg
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 __all__ = [
@@ -23,10 +26,7 @@ __all__ = [
     "wrap_angle_deg",
     "theta_from_sin_cos_2theta",
     "sin_cos_2theta",
-    "angle_cos",
-    "angle_similarity_published",
-    "angle_similarity_axial",
-    "mean_absolute_error",
+    "mean_tensor",
 ]
 
 
@@ -100,34 +100,42 @@ def theta_from_sin_cos_2theta(sin2: np.ndarray | float, cos2: np.ndarray | float
     return wrap_angle_deg(np.rad2deg(0.5 * np.arctan2(np.asarray(sin2, float), np.asarray(cos2, float))))
 
 
-def angle_cos(theta_pred_deg: np.ndarray | float, theta_true_deg: np.ndarray | float) -> np.ndarray:
-    """``cos(theta_pred - theta_true)`` with both angles first wrapped to ``[0, 180)``.
+def mean_tensor(D1_um2_s: Any, D2_um2_s: Any, theta_deg: Any) -> tuple[float, float, float]:
+    """Time-averaged tensor of per-frame estimates.
 
-    This is the per-track term of the published angle similarity: it is -1 for two almost
-    identical axes on either side of 0/180 degrees (e.g. 179 and 1), which the axial
-    version ``|cos|`` does not penalise.
+    The per-frame tensors ``D1 u1 u1^T + D2 u2 u2^T`` are averaged and eigen-decomposed
+    (the same definition as the simulator's truth tables for multi-segment tracks). Its
+    angle is the doubled-angle mean of the frames' angles weighted by ``D1 - D2``
+    (so 179 and 1 degrees average to 0, and an isotropic frame, whose angle means
+    nothing, does not pull it); its eigenvalues are ``mean((D1 + D2) / 2)`` plus/minus
+    the length of that weighted mean. Non-finite frames are ignored.
+
+    Parameters
+    ----------
+    D1_um2_s, D2_um2_s
+        ``(T,)`` per-frame eigenvalues (um^2/s, or any one unit).
+    theta_deg
+        ``(T,)`` per-frame D1 angles (degrees).
+
+    Returns
+    -------
+    (float, float, float)
+        ``D1_um2_s, D2_um2_s, theta_deg`` with theta in ``[0, 180)`` (0 for an isotropic
+        mean); NaN if no frame is finite.
     """
-    a = np.deg2rad(wrap_angle_deg(theta_pred_deg))
-    b = np.deg2rad(wrap_angle_deg(theta_true_deg))
-    return np.cos(a - b)
-
-
-def angle_similarity_published(theta_pred_deg: np.ndarray, theta_true_deg: np.ndarray) -> float:
-    """Published angle similarity: mean of ``cos(theta_pred - theta_true)``, both in [0, 180).
-
-    NaN predictions are ignored (the caller reports how many there were).
-    """
-    values = angle_cos(theta_pred_deg, theta_true_deg)
-    return float(np.nanmean(values)) if np.any(np.isfinite(values)) else float("nan")
-
-
-def angle_similarity_axial(theta_pred_deg: np.ndarray, theta_true_deg: np.ndarray) -> float:
-    """Axial angle similarity: mean of ``|cos(theta_pred - theta_true)|`` (1 = perfect, 2/pi = random)."""
-    values = np.abs(angle_cos(theta_pred_deg, theta_true_deg))
-    return float(np.nanmean(values)) if np.any(np.isfinite(values)) else float("nan")
-
-
-def mean_absolute_error(pred: np.ndarray, true: np.ndarray) -> float:
-    """Mean absolute error ignoring NaN predictions (same unit as the inputs)."""
-    err = np.abs(np.asarray(pred, float) - np.asarray(true, float))
-    return float(np.nanmean(err)) if np.any(np.isfinite(err)) else float("nan")
+    d1 = np.asarray(D1_um2_s, dtype=float).reshape(-1)
+    d2 = np.asarray(D2_um2_s, dtype=float).reshape(-1)
+    th = np.deg2rad(np.asarray(theta_deg, dtype=float).reshape(-1))
+    ok = np.isfinite(d1) & np.isfinite(d2) & np.isfinite(th)
+    if not np.any(ok):
+        return float("nan"), float("nan"), float("nan")
+    d1, d2, th = d1[ok], d2[ok], th[ok]
+    half_diff = 0.5 * (d1 - d2)
+    c = float(np.mean(half_diff * np.cos(2 * th)))
+    s = float(np.mean(half_diff * np.sin(2 * th)))
+    centre = float(np.mean(0.5 * (d1 + d2)))
+    radius = math.hypot(c, s)
+    theta = float(np.rad2deg(0.5 * math.atan2(s, c)) % 180.0) if radius > 1e-12 * max(abs(centre), 1e-300) else 0.0
+    if theta >= 180.0:
+        theta = 0.0
+    return centre + radius, centre - radius, theta
