@@ -11,6 +11,8 @@ import pytest
 
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.tracking.encounters import (
+    EncounterRules,
+    LinkEnds,
     split_encounters,
     swap_log_likelihood_ratio,
     track_step_variance_px2,
@@ -129,8 +131,8 @@ def test_vectorised_swap_test_matches_a_pair_by_pair_loop():
     for a, b in itertools.combinations(links, 2):
         if a[0] == b[0] or not (a[1] < b[2] and b[1] < a[2]):
             continue  # same track, or no common frame boundary
-        llr = swap_log_likelihood_ratio(a[3][None], a[4][None], np.array([a[1]]), np.array([a[2]]),
-                                        b[3][None], b[4][None], np.array([b[1]]), np.array([b[2]]),
+        llr = swap_log_likelihood_ratio(LinkEnds(a[3][None], a[4][None], np.array([a[1]]), np.array([a[2]])),
+                                        LinkEnds(b[3][None], b[4][None], np.array([b[1]]), np.array([b[2]])),
                                         np.array([var[a[0]]]), np.array([var[b[0]]]))[0]
         if llr < threshold:
             expected |= {(a[0], a[1]), (b[0], b[1])}
@@ -142,7 +144,7 @@ def test_swap_llr_of_one_frame_links_is_the_separation_dot_product():
     a0, a1 = np.array([[0.0, 0.0]]), np.array([[0.3, 1.0]])
     b0, b1 = np.array([[2.0, 0.5]]), np.array([[1.0, 1.5]])
     one = np.array([0])
-    llr = swap_log_likelihood_ratio(a0, a1, one, one + 1, b0, b1, one, one + 1, np.array([0.7]))
+    llr = swap_log_likelihood_ratio(LinkEnds(a0, a1, one, one + 1), LinkEnds(b0, b1, one, one + 1), np.array([0.7]))
     expected = float(np.dot(a0[0] - b0[0], a1[0] - b1[0])) / 0.7
     assert llr[0] == pytest.approx(expected)
 
@@ -188,6 +190,10 @@ def test_link_splits_only_when_asked_and_says_so():
     assert t["encounter_cut"].all()  # both linked tracks were cut, so every piece touches a cut
     assert not plain.tracks["encounter_cut"].any()
     assert sorted(t["track_id"].unique()) == list(range(split.n_tracks))
+    # both rules switched off through the rules object: nothing is cut
+    off = link(locs, acq, max_D_um2_s=1.0, min_track_length=5, split_encounters=True,
+               encounter_rules=EncounterRules(llr_threshold=-math.inf, gap_radius_px=0.0))
+    assert off.n_tracks == 2
     lengths = t.groupby("track_id")["frame"].transform("size")
     assert (t["is_short"] == (lengths < 5)).all()
     assert t.equals(t.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True))

@@ -54,10 +54,11 @@ from .estimation.tensor import mean_tensor
 from .io import InputError
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, format_changepoint_frames
 from .tracking.crowding import CROWDED_SHARE, crowded_share, nearest_other_px
-from .tracking.detect import DetectionSettings, detect_and_localize
-from .tracking.encounters import DEFAULT_LLR_THRESHOLD
+from .tracking.detect import DetectionSettings
+from .tracking.encounters import DEFAULT_LLR_THRESHOLD, EncounterRules
 from .tracking.link import link
 from .tracking.patches import TrackPatches, extract_track_patches
+from .tracking.spots import detect_and_localize
 
 __all__ = [
     "Cancelled",
@@ -332,7 +333,7 @@ def track_and_estimate(
             min_track_length=settings.min_track_length,
             search_range_px=settings.search_range_px,
             split_encounters=settings.split_encounters,
-            encounter_llr_threshold=settings.encounter_llr_threshold,
+            encounter_rules=EncounterRules(llr_threshold=settings.encounter_llr_threshold),
         )
     messages += list(linked.messages)
     tracks = linked.tracks[~linked.tracks["is_short"]].reset_index(drop=True)

@@ -50,7 +50,9 @@ import numpy as np
 __all__ = [
     "DEFAULT_GAP_RADIUS_PX",
     "DEFAULT_LLR_THRESHOLD",
+    "EncounterRules",
     "EncounterSplit",
+    "LinkEnds",
     "split_encounters",
     "swap_log_likelihood_ratio",
     "track_step_variance_px2",
@@ -63,6 +65,41 @@ DEFAULT_GAP_RADIUS_PX = 2.0
 #: Floor of the per-axis step variance (px^2) when no localization precision is known.
 _MIN_STEP_VARIANCE_PX2 = 1e-3
 _TWO_LN2 = 2.0 * math.log(2.0)
+
+
+@dataclass(frozen=True)
+class EncounterRules:
+    """Thresholds of the two rules of :func:`split_encounters`.
+
+    Attributes
+    ----------
+    llr_threshold
+        Swap test: links of a pair are cut when ``log L(linked) - log L(swapped)`` is below
+        this (nats); ``-inf`` disables the swap test.
+    gap_radius_px
+        Gap rule radius (px); ``0`` disables it.
+    """
+
+    llr_threshold: float = DEFAULT_LLR_THRESHOLD
+    gap_radius_px: float = DEFAULT_GAP_RADIUS_PX
+
+
+@dataclass(frozen=True)
+class LinkEnds:
+    """The two ends of ``P`` links (one particle's step from one localization to the next).
+
+    Attributes
+    ----------
+    start_px, end_px
+        ``(P, 2)`` positions ``(y, x)`` (px) of the links' first and last localization.
+    start_frame, end_frame
+        ``(P,)`` their frames.
+    """
+
+    start_px: np.ndarray
+    end_px: np.ndarray
+    start_frame: np.ndarray
+    end_frame: np.ndarray
 
 
 @dataclass
@@ -136,8 +173,8 @@ def track_step_variance_px2(
 
 
 def swap_log_likelihood_ratio(
-    a0: np.ndarray, a1: np.ndarray, ta0: np.ndarray, ta1: np.ndarray,
-    b0: np.ndarray, b1: np.ndarray, tb0: np.ndarray, tb1: np.ndarray,
+    a: LinkEnds,
+    b: LinkEnds,
     variance_px2: np.ndarray,
     variance_b_px2: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -145,10 +182,10 @@ def swap_log_likelihood_ratio(
 
     Parameters
     ----------
-    a0, a1, b0, b1
-        ``(P, 2)`` positions (px) of the two links' ends.
-    ta0, ta1, tb0, tb1
-        ``(P,)`` their frames; the swap must keep time order (``ta0 < tb1``, ``tb0 < ta1``).
+    a, b
+        The two links of each of ``P`` pairs: ``a0 = a.start_px``, ``a1 = a.end_px`` (px)
+        at frames ``ta0 = a.start_frame``, ``ta1 = a.end_frame``, and the same for ``b``;
+        the swap must keep time order (``ta0 < tb1``, ``tb0 < ta1``).
     variance_px2
         ``(P,)`` per-axis step variance per frame (px^2) of the particle seen at ``a0``
         (used for ``a0 -> a1`` and ``a0 -> b1``).
@@ -163,6 +200,8 @@ def swap_log_likelihood_ratio(
         the more likely one.
     """
 
+    a0, a1, ta0, ta1 = a.start_px, a.end_px, a.start_frame, a.end_frame
+    b0, b1, tb0, tb1 = b.start_px, b.end_px, b.start_frame, b.end_frame
     var_b = variance_px2 if variance_b_px2 is None else variance_b_px2
 
     def cost(d: np.ndarray, dt: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -304,7 +343,8 @@ def _swap_cuts(link_at: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, var: np.nd
         if len(pairs) == 0:
             continue
         i, j = links[pairs[:, 0]], links[pairs[:, 1]]
-        llr = swap_log_likelihood_ratio(p0[i], p1[i], t0[i], t1[i], p0[j], p1[j], t0[j], t1[j], var[i], var[j])
+        llr = swap_log_likelihood_ratio(LinkEnds(p0[i], p1[i], t0[i], t1[i]), LinkEnds(p0[j], p1[j], t0[j], t1[j]),
+                                        var[i], var[j])
         hit = llr < threshold
         cut[i[hit]] = True
         cut[j[hit]] = True

@@ -139,8 +139,7 @@ def link(
     min_track_length: int = 5,
     search_range_px: float | None = None,
     split_encounters: bool = False,
-    encounter_llr_threshold: float = _encounters.DEFAULT_LLR_THRESHOLD,
-    encounter_gap_radius_px: float = _encounters.DEFAULT_GAP_RADIUS_PX,
+    encounter_rules: _encounters.EncounterRules | None = None,
 ) -> LinkResult:
     """Link per-frame localizations into tracks.
 
@@ -167,12 +166,12 @@ def link(
         Cut tracks where two particles may have swapped identities
         (:func:`~napari_spt_diffusion.tracking.encounters.split_encounters`); the
         number of cuts is reported in ``messages``.
-    encounter_llr_threshold
-        Swap test threshold (nats): a pair of links is cut when the linked assignment is
-        less than ``exp(threshold)`` times as likely as the swapped one.
-    encounter_gap_radius_px
-        Gap rule radius (px): a link bridging a gap is cut when another track's
-        localization lay this close to its path during the gap.
+    encounter_rules
+        Thresholds of the cuts (:class:`~napari_spt_diffusion.tracking.encounters.EncounterRules`):
+        the swap test threshold (nats; a pair of links is cut when the linked assignment is
+        less than ``exp(threshold)`` times as likely as the swapped one) and the gap rule
+        radius (px; a link bridging a gap is cut when another track's localization lay this
+        close to its path during the gap). ``None``: the defaults (5 nats, 2 px).
 
     Returns
     -------
@@ -234,9 +233,10 @@ def link(
         precision_px = None
         if "loc_precision_nm" in table.columns:
             precision_px = table["loc_precision_nm"].to_numpy(dtype=float) / acquisition.pixel_size_nm
+        rules = _encounters.EncounterRules() if encounter_rules is None else encounter_rules
         split = _encounters.split_encounters(
             track_id, frames.astype(np.int64), positions, loc_precision_px=precision_px,
-            llr_threshold=float(encounter_llr_threshold), gap_radius_px=float(encounter_gap_radius_px),
+            llr_threshold=float(rules.llr_threshold), gap_radius_px=float(rules.gap_radius_px),
         )
         # a piece of a linked trajectory that was cut in several: it begins or ends at an encounter
         encounter_cut = pd.Series(split.track_id).groupby(track_id).transform("nunique").to_numpy() > 1
