@@ -125,7 +125,7 @@ def test_simulate_ctrl_c_leaves_no_file(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sio, "_write_results_files", interrupted)  # after the TIFF temporary is written
+    monkeypatch.setattr(sio.results, "_write_results_files", interrupted)  # after the TIFF temporary is written
     code, _, err = _run(["simulate", tmp_path / "c.tif", *TINY], capsys)
     assert code == cli.EXIT_INTERRUPTED
     assert "Traceback" not in err

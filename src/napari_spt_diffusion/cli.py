@@ -23,6 +23,7 @@ from typing import Any, Sequence, TextIO
 
 from . import __version__
 from .acquisition import Acquisition
+from .acquisition_resolver import resolve_acquisition
 from .errors import SptDiffusionError
 from .io import InputError, check_outputs, read_movie, results_paths, simulation_paths
 
@@ -164,22 +165,24 @@ def _say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 
 
+def _given(args: argparse.Namespace, **options: str) -> dict[str, Any]:
+    """Acquisition fields the user gave: ``field=option`` pairs whose option is set."""
+    return {name: getattr(args, option) for name, option in options.items() if getattr(args, option) is not None}
+
+
 # ----------------------------------------------------------------- simulate
 def _simulation_acquisition(args: argparse.Namespace) -> Acquisition:
     from .simulation.render import signal_photons_for_snr
 
-    changes: dict[str, Any] = {}
-    if args.pixel_size_nm is not None:
-        changes["pixel_size_nm"] = args.pixel_size_nm
-    if args.frame_interval_s is not None:
-        changes["frame_interval_s"] = args.frame_interval_s
-    if args.psf_sigma_nm is not None:
-        changes["psf_sigma_nm"] = args.psf_sigma_nm
-    if args.background_photons is not None:
-        changes["background_photons"] = args.background_photons
-    if args.photons is not None:
-        changes["signal_photons"] = args.photons
-    acquisition = Acquisition().replace(**changes)
+    changes = _given(
+        args,
+        pixel_size_nm="pixel_size_nm",
+        frame_interval_s="frame_interval_s",
+        psf_sigma_nm="psf_sigma_nm",
+        background_photons="background_photons",
+        signal_photons="photons",
+    )
+    acquisition = resolve_acquisition(explicit=changes)
     if args.snr is not None:
         acquisition = acquisition.replace(signal_photons=signal_photons_for_snr(args.snr, acquisition))
     return acquisition
@@ -272,11 +275,7 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     movie = read_movie(args.movie)
     try:
-        changes: dict[str, Any] = {}
-        if args.psf_sigma_nm is not None:
-            changes["psf_sigma_nm"] = args.psf_sigma_nm
-        if args.photons is not None:
-            changes["signal_photons"] = args.photons
+        changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons")
         acquisition = movie.acquisition(
             pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **changes
         )
@@ -357,11 +356,8 @@ def _track_settings(args: argparse.Namespace) -> Any:
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .estimation.training import train_model
 
-    acquisition = Acquisition()
-    if args.psf_sigma_nm is not None:
-        acquisition = acquisition.replace(psf_sigma_nm=args.psf_sigma_nm)
-    if args.photons is not None:
-        acquisition = acquisition.replace(signal_photons=args.photons)
+    changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons")
+    acquisition = resolve_acquisition(explicit=changes)
     bar = ProgressBar()
     try:
         path = train_model(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..acquisition import Acquisition
+from ..acquisition_resolver import acquisition_values
 from ..errors import SptDiffusionError
 
 __all__ = ["LayerInputError", "acquisition_values_from_layer", "current_frame_index", "movie_from_layer"]
@@ -99,13 +100,7 @@ def acquisition_values_from_layer(layer: Any) -> tuple[dict[str, Any], str]:
         except ValueError:
             movie = None
         if movie is not None:
-            values: dict[str, Any] = {}
-            if movie.acquisition_dict:
-                values.update({k: v for k, v in movie.acquisition_dict.items()})
-            if movie.pixel_size_nm is not None:
-                values["pixel_size_nm"] = float(movie.pixel_size_nm)
-            if movie.frame_interval_s is not None:
-                values["frame_interval_s"] = float(movie.frame_interval_s)
+            values = acquisition_values(movie.acquisition_dict, movie.calibration)
             movie.close()
             if values:
                 return values, f"TIFF metadata ({Path(str(source)).name})"

@@ -18,6 +18,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..acquisition import Acquisition
+from ..acquisition_resolver import resolve_acquisition
 from . import _dialogs
 from ._persist import load_values, save_values
 from .layers import LayerGeometry, image_layer, tracks_layer
@@ -69,13 +70,8 @@ def simulation_kwargs(values: dict[str, Any]) -> tuple[tuple[int, int], int, Acq
     -------
     (shape_yx, n_frames, acquisition, options)
     """
-    acq = Acquisition().replace(
-        pixel_size_nm=float(values["pixel_size_nm"]),
-        frame_interval_s=float(values["frame_interval_s"]),
-        psf_sigma_nm=float(values["psf_sigma_nm"]),
-        signal_photons=float(values["signal_photons"]),
-        background_photons=float(values["background_photons"]),
-    )
+    fields = ("pixel_size_nm", "frame_interval_s", "psf_sigma_nm", "signal_photons", "background_photons")
+    acq = resolve_acquisition(explicit={name: float(values[name]) for name in fields})
     d1 = (float(values["D1_min_um2_s"]), float(values["D1_max_um2_s"]))
     ratio = (float(values["D2_over_D1_min"]), float(values["D2_over_D1_max"]))
     if d1[0] > d1[1]:

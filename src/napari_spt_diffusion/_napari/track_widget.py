@@ -20,6 +20,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from qtpy.QtCore import QObject, Signal
 
 from ..acquisition import Acquisition
+from ..acquisition_resolver import resolve_acquisition
 from . import _dialogs
 from ._inputs import acquisition_values_from_layer, current_frame_index, movie_from_layer
 from ._persist import load_values, save_values
@@ -246,13 +247,8 @@ class TrackEstimateWidget(Container):
 
     def acquisition_from_fields(self) -> Acquisition:
         """The acquisition the fields describe (other fields from the layer or the defaults)."""
-        base, _ = acquisition_values_from_layer(self.layer_combo.value)
-        values = Acquisition().to_dict()
-        values.update({k: v for k, v in base.items() if k in values})
-        values.update({name: float(box.value) for name, box in self.acq_boxes.items()})
-        if values.get("exposure_s") is not None and values["exposure_s"] > values["frame_interval_s"]:
-            values["exposure_s"] = None
-        return Acquisition.from_dict(values)
+        known, _ = acquisition_values_from_layer(self.layer_combo.value)
+        return resolve_acquisition(known, explicit={name: float(box.value) for name, box in self.acq_boxes.items()})
 
     def _inputs(self) -> tuple[Any, Any, Acquisition]:
         layer = self.layer_combo.value

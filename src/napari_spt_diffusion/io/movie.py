@@ -22,6 +22,7 @@ import numpy as np
 import tifffile
 
 from ..acquisition import Acquisition
+from ..acquisition_resolver import resolve_acquisition
 from ._atomic import AtomicFileSet
 from ._errors import InputError
 from .tiff_metadata import file_calibration, imagej_movie_kwargs, stored_acquisition
@@ -188,9 +189,11 @@ class MovieFile:
     ) -> Acquisition:
         """The movie's :class:`Acquisition`: file metadata, then explicit values.
 
-        Precedence, lowest first: ``base`` (default: the standard acquisition), the
-        acquisition stored by this package in the file, the file's ImageJ/OME
-        calibration, then ``pixel_size_nm``/``frame_interval_s``/``changes`` given here.
+        Precedence, lowest first (:func:`~napari_spt_diffusion.acquisition_resolver.resolve_acquisition`):
+        ``base`` (default: the standard acquisition), the acquisition stored by this
+        package in the file, the file's ImageJ/OME calibration, then
+        ``pixel_size_nm`` (nm), ``frame_interval_s`` (s) and ``changes`` given here
+        (``None`` for the first two means "not given").
 
         Raises
         ------
@@ -198,13 +201,6 @@ class MovieFile:
             If ``require_calibration`` and the pixel size or frame interval is neither
             in the file nor given.
         """
-        values = (base or Acquisition()).to_dict()
-        if self.acquisition_dict:
-            values.update({k: v for k, v in self.acquisition_dict.items() if k in values})
-        if self.pixel_size_nm is not None:
-            values["pixel_size_nm"] = self.pixel_size_nm
-        if self.frame_interval_s is not None:
-            values["frame_interval_s"] = self.frame_interval_s
         if require_calibration:
             if pixel_size_nm is None and self.pixel_size_nm is None and not self.acquisition_dict:
                 raise InputError(
@@ -216,15 +212,14 @@ class MovieFile:
                     f"{self.path.name} has no frame interval in its metadata: give it explicitly "
                     "(frame_interval_s, or --frame-interval-s on the command line)"
                 )
-        if pixel_size_nm is not None:
-            values["pixel_size_nm"] = pixel_size_nm
-        if frame_interval_s is not None:
-            values["frame_interval_s"] = frame_interval_s
-            exposure = values.get("exposure_s")
-            if exposure is not None and exposure > frame_interval_s:
-                values["exposure_s"] = None
-        values.update(changes)
-        return Acquisition.from_dict(values)
+        given = {"pixel_size_nm": pixel_size_nm, "frame_interval_s": frame_interval_s}
+        explicit = {**{k: v for k, v in given.items() if v is not None}, **changes}
+        return resolve_acquisition(self.acquisition_dict, self.calibration, explicit, base=base)
+
+    @property
+    def calibration(self) -> dict[str, float | None]:
+        """The file's own calibration: ``pixel_size_nm`` (nm) and ``frame_interval_s`` (s), ``None`` if unknown."""
+        return {"pixel_size_nm": self.pixel_size_nm, "frame_interval_s": self.frame_interval_s}
 
     def close(self) -> None:
         """Release the file (a memmap is released when no array refers to it any more)."""
@@ -439,3 +434,4 @@ def sample_movie_path() -> Path:
     path = Path(__file__).resolve().parent.parent / "sample_data" / "sample_movie.tif"
     if not path.is_file():
         raise InputError(f"the bundled sample movie is missing ({path}); reinstall napari-spt-diffusion")
+    return path
