@@ -17,6 +17,7 @@ from napari_spt_diffusion.simulation import (
     plan_movie,
     simulate_movie,
 )
+from napari_spt_diffusion.simulation.movie import MovieOptions
 
 ACQ = Acquisition()
 
@@ -54,7 +55,7 @@ def test_movie_shape_dtype_and_truth_contract(aniso_movie):
 
 
 def test_mean_number_present_matches_request():
-    sim = plan_movie((96, 96), 400, ACQ, 11, particles=40, mean_lifetime_frames=50)
+    sim = plan_movie((96, 96), 400, ACQ, 11, particles=40, options=MovieOptions(mean_lifetime_frames=50))
     per_frame = sim.truth.tracks.groupby("frame").size().reindex(range(400), fill_value=0)
     # Poisson count (variance 40) correlated over ~ a lifetime: ~8 independent blocks of 50 frames
     se = math.sqrt(40 / 8)
@@ -104,8 +105,9 @@ def test_movie_pixels_match_truth_positions():
 
 def test_blinking_removes_rows_but_keeps_tracks():
     sim = plan_movie(
-        (64, 64), 200, ACQ, 17, particles=30, D1_range_um2_s=(0.01, 0.05),
-        blink_off_probability=0.3, blink_on_probability=0.5, mean_lifetime_frames=1e9,
+        (64, 64), 200, ACQ, 17, particles=30,
+        options=MovieOptions(D1_range_um2_s=(0.01, 0.05), blink_off_probability=0.3, blink_on_probability=0.5,
+                             mean_lifetime_frames=1e9),
     )
     tracks = sim.truth.tracks
     spans = tracks.groupby("track_id")["frame"].agg(["min", "max", "size"])
@@ -120,7 +122,7 @@ def test_blinking_removes_rows_but_keeps_tracks():
 
 
 def test_binding_movie_labels_and_changepoints():
-    sim = plan_movie((64, 64), 300, ACQ, 23, model="binding", particles=15, switch_rate_per_s=3.0)
+    sim = plan_movie((64, 64), 300, ACQ, 23, model="binding", particles=15, options=MovieOptions(switch_rate_per_s=3.0))
     tracks, summary = sim.truth.tracks, sim.truth.summary
     bound = tracks["state_kind"] == 0
     assert tracks.loc[bound, "D1_um2_s"].between(0.005, 0.01).all()
@@ -139,7 +141,7 @@ def test_binding_movie_labels_and_changepoints():
 
 
 def test_multi_segment_summary_is_time_averaged_tensor():
-    sim = plan_movie((64, 64), 300, ACQ, 29, model="binding", particles=15, switch_rate_per_s=3.0)
+    sim = plan_movie((64, 64), 300, ACQ, 29, model="binding", particles=15, options=MovieOptions(switch_rate_per_s=3.0))
     tracks, summary = sim.truth.tracks, sim.truth.summary
     tid = summary.loc[summary["n_changepoints"] >= 1, "track_id"].iloc[0]
     t = tracks[tracks["track_id"] == tid]
@@ -159,10 +161,10 @@ def test_multi_segment_summary_is_time_averaged_tensor():
 
 
 def test_mixed_and_twostate_models():
-    mixed = plan_movie((64, 64), 100, ACQ, 31, model="mixed", particles=40, binding_fraction=0.25)
+    mixed = plan_movie((64, 64), 100, ACQ, 31, model="mixed", particles=40, options=MovieOptions(binding_fraction=0.25))
     kinds = mixed.truth.summary["particle_model"].value_counts()
     assert set(kinds.index) == {"aniso", "binding"} and kinds["aniso"] > kinds["binding"]
-    two = plan_movie((64, 64), 200, ACQ, 37, model="twostate", particles=20, switch_rate_per_s=4.0)
+    two = plan_movie((64, 64), 200, ACQ, 37, model="twostate", particles=20, options=MovieOptions(switch_rate_per_s=4.0))
     t = two.truth.tracks
     assert (t["D1_um2_s"] == t["D2_um2_s"]).all() and (t["theta_deg"] == 0).all()
     assert t["is_changepoint"].sum() > 10

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..results import SUMMARY_COLUMNS
-from .display import ResultsDisplay
+from .display import DisplayOptions, ResultsDisplay
 from .layers import COLOR_KEYS
 from .plots import ColorBarCanvas, HistogramCanvas, TimelineCanvas
 
@@ -298,7 +298,8 @@ def show_results(
     """Add the layers of ``results`` to ``viewer`` and show them in the results dock.
 
     A previous display in the dock is disconnected (its layers stay unless they had
-    the same names, in which case they are replaced).
+    the same names, in which case they are replaced). ``display_options`` are the fields
+    of :class:`~.display.DisplayOptions` (``color_by``, ``max_static_ellipses``, ...).
 
     Returns
     -------
@@ -307,7 +308,7 @@ def show_results(
     widget = _results_widget_for(viewer)
     if widget.display is not None:
         widget.display.close()
-    display = ResultsDisplay(viewer, results, acquisition, geometry, prefix=prefix, **display_options)
+    display = ResultsDisplay(viewer, results, acquisition, geometry, prefix=prefix, options=DisplayOptions(**display_options))
     widget.set_display(display)
     return display, widget
 

@@ -61,6 +61,7 @@ from .trajectories import (
 
 __all__ = [
     "MOVIE_MODELS",
+    "MovieOptions",
     "MoviePlan",
     "SimulatedMovie",
     "plan_movie",
@@ -236,6 +237,53 @@ def _default_margin(acq: Acquisition, max_D_um2_s: float, frames: float, shape: 
 
 
 # ----------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class MovieOptions:
+    """The particles' parameter ranges, lifetime, blinking, brightness and margin of a movie.
+
+    The options of :func:`plan_movie` (and keyword options of :func:`simulate_movie`);
+    every field has the default of protocol "field".
+
+    Attributes
+    ----------
+    D1_range_um2_s
+        Uniform range of D1 of anisotropic particles and of the D of both two-state
+        states (um^2/s); ``None``: (0.05, 3.0).
+    D2_over_D1_range
+        Uniform range of ``D2 / D1`` of anisotropic (and unbound) states.
+    bound_D_range_um2_s, unbound_D1_range_um2_s
+        Ranges of the binding model (um^2/s; defaults of protocol seed-binding).
+    switch_rate_per_s
+        Switching rates of the two-state models (1/s): a number for both directions or a
+        2 x 2 matrix ``[i, j]`` = rate ``i -> j`` (binding: state 0 bound, 1 unbound).
+    binding_fraction
+        Fraction of binding particles in the ``"mixed"`` model.
+    mean_lifetime_frames
+        Mean number of frames a particle lives before it bleaches (geometric lifetime).
+    blink_off_probability, blink_on_probability
+        Per-frame probabilities of an emitting particle switching off and of a dark one
+        switching back on; 0 disables blinking.
+    photons_per_frame
+        Expected signal photons per particle per frame; ``None``: ``acquisition.signal_photons``.
+    margin_px
+        Width of the band around the field where particles also live (px); ``None``: three
+        diffusion lengths at the largest D over the shorter of a mean lifetime and the
+        movie, plus the PSF (at most twice the field size).
+    """
+
+    D1_range_um2_s: tuple[float, float] | None = None
+    D2_over_D1_range: tuple[float, float] = D2_OVER_D1_RANGE
+    bound_D_range_um2_s: tuple[float, float] = BOUND_D_RANGE_UM2_S
+    unbound_D1_range_um2_s: tuple[float, float] = UNBOUND_D1_RANGE_UM2_S
+    switch_rate_per_s: Any = 1.0
+    binding_fraction: float = 0.25
+    mean_lifetime_frames: float = 100.0
+    blink_off_probability: float = 0.0
+    blink_on_probability: float = 0.5
+    photons_per_frame: float | None = None
+    margin_px: int | None = None
+
+
 def plan_movie(
     shape_yx: tuple[int, int],
     n_frames: int,
@@ -244,17 +292,7 @@ def plan_movie(
     *,
     model: str = "aniso",
     particles: float = 30.0,
-    D1_range_um2_s: tuple[float, float] | None = None,
-    D2_over_D1_range: tuple[float, float] = D2_OVER_D1_RANGE,
-    bound_D_range_um2_s: tuple[float, float] = BOUND_D_RANGE_UM2_S,
-    unbound_D1_range_um2_s: tuple[float, float] = UNBOUND_D1_RANGE_UM2_S,
-    switch_rate_per_s: Any = 1.0,
-    binding_fraction: float = 0.25,
-    mean_lifetime_frames: float = 100.0,
-    blink_off_probability: float = 0.0,
-    blink_on_probability: float = 0.5,
-    photons_per_frame: float | None = None,
-    margin_px: int | None = None,
+    options: MovieOptions | None = None,
 ) -> MoviePlan:
     """Draw the particles of a movie and its ground truth, without rendering pixels.
 
@@ -275,34 +313,20 @@ def plan_movie(
         the rest anisotropic).
     particles
         Mean number of particles in the field of view at any frame.
-    D1_range_um2_s
-        Uniform range of D1 of anisotropic particles and of the D of both two-state
-        states (um^2/s); ``None``: (0.05, 3.0).
-    D2_over_D1_range
-        Uniform range of ``D2 / D1`` of anisotropic (and unbound) states.
-    bound_D_range_um2_s, unbound_D1_range_um2_s
-        Ranges of the binding model (defaults of protocol seed-binding).
-    switch_rate_per_s
-        Switching rates of the two-state models (1/s): a number for both directions or a
-        2 x 2 matrix ``[i, j]`` = rate ``i -> j`` (binding: state 0 bound, 1 unbound).
-    binding_fraction
-        Fraction of binding particles in the ``"mixed"`` model.
-    mean_lifetime_frames
-        Mean number of frames a particle lives before it bleaches (geometric lifetime).
-    blink_off_probability, blink_on_probability
-        Per-frame probabilities of an emitting particle switching off and of a dark one
-        switching back on; 0 disables blinking.
-    photons_per_frame
-        Expected signal photons per particle per frame; ``None``: ``acquisition.signal_photons``.
-    margin_px
-        Width of the band around the field where particles also live; ``None``: three
-        diffusion lengths at the largest D over the shorter of a mean lifetime and the
-        movie, plus the PSF (at most twice the field size).
+    options
+        Parameter ranges, switching rates, lifetime, blinking, brightness and margin
+        (:class:`MovieOptions`); ``None``: its defaults.
 
     Returns
     -------
     MoviePlan
     """
+    opts = MovieOptions() if options is None else options
+    D1_range_um2_s, D2_over_D1_range = opts.D1_range_um2_s, opts.D2_over_D1_range
+    bound_D_range_um2_s, unbound_D1_range_um2_s = opts.bound_D_range_um2_s, opts.unbound_D1_range_um2_s
+    switch_rate_per_s, binding_fraction = opts.switch_rate_per_s, opts.binding_fraction
+    mean_lifetime_frames, photons_per_frame, margin_px = opts.mean_lifetime_frames, opts.photons_per_frame, opts.margin_px
+    blink_off_probability, blink_on_probability = opts.blink_off_probability, opts.blink_on_probability
     try:
         ny, nx = (int(v) for v in shape_yx)
     except (TypeError, ValueError):
@@ -417,9 +441,8 @@ def plan_movie(
     emit = np.nonzero(on & touches)[0]
     emit = emit[np.argsort(frame[emit], kind="stable")]
 
-    truth = _truth_tables(
-        particle, frame, frame_pos, in_field, on, frame_kind, D1, D2, theta, kind_of, photons, acq
-    )
+    rows = _ParticleFrames(particle, frame, frame_pos, frame_kind, D1, D2, theta, in_field, on)
+    truth = _truth_tables(rows, kind_of, photons, acq)
     settings = {
         "shape_yx": [ny, nx],
         "n_frames": t_total,
@@ -461,20 +484,39 @@ def _ranges(lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
 
 
-def _truth_tables(
-    particle: np.ndarray,
-    frame: np.ndarray,
-    frame_pos: np.ndarray,
-    in_field: np.ndarray,
-    on: np.ndarray,
-    frame_kind: np.ndarray,
-    D1: np.ndarray,
-    D2: np.ndarray,
-    theta: np.ndarray,
-    kind_of: np.ndarray,
-    photons: float,
-    acq: Acquisition,
-) -> Results:
+@dataclass(frozen=True)
+class _ParticleFrames:
+    """Every simulated particle-frame (``F`` rows, particle after particle, frames in order).
+
+    Attributes
+    ----------
+    particle, frame
+        ``(F,)`` particle id and frame.
+    frame_pos
+        ``(F, 2)`` true frame position ``(y, x)`` (px): mean of the exposed sub-positions.
+    frame_kind
+        ``(F,)`` physical state of the frame (``state_kind`` of the truth).
+    D1, D2, theta
+        ``(F,)`` per-frame labels (um^2/s, um^2/s, degrees).
+    in_field, on
+        ``(F,)`` whether the frame position is inside the field, and the particle emitting.
+    """
+
+    particle: np.ndarray
+    frame: np.ndarray
+    frame_pos: np.ndarray
+    frame_kind: np.ndarray
+    D1: np.ndarray
+    D2: np.ndarray
+    theta: np.ndarray
+    in_field: np.ndarray
+    on: np.ndarray
+
+
+def _truth_tables(rows: _ParticleFrames, kind_of: np.ndarray, photons: float, acq: Acquisition) -> Results:
+    """The truth :class:`Results` of the visible particle-frames (``kind_of``: (P,) model of each particle)."""
+    particle, frame, frame_pos, frame_kind = rows.particle, rows.frame, rows.frame_pos, rows.frame_kind
+    D1, D2, theta, in_field, on = rows.D1, rows.D2, rows.theta, rows.in_field, rows.on
     # a track is a run of consecutive in-field frames of one particle
     new_particle = np.ones(particle.shape[0], dtype=bool)
     new_particle[1:] = particle[1:] != particle[:-1]
@@ -681,9 +723,9 @@ def simulate_movie(
     progress
         Called as ``progress(fraction, message)`` after each chunk of frames.
     **options
-        Further keyword options of :func:`plan_movie` (``D1_range_um2_s``,
-        ``mean_lifetime_frames``, ``blink_off_probability``, ``photons_per_frame``, ...)
-        and ``chunk_frames`` of :func:`iter_movie_frames`.
+        Fields of :class:`MovieOptions` (``D1_range_um2_s``, ``mean_lifetime_frames``,
+        ``blink_off_probability``, ``photons_per_frame``, ...) and ``chunk_frames`` of
+        :func:`iter_movie_frames`.
 
     Returns
     -------
@@ -693,7 +735,8 @@ def simulate_movie(
     """
     chunk_frames = options.pop("chunk_frames", None)
     gen = as_generator(rng)
-    plan = plan_movie(shape_yx, n_frames, acquisition, gen, model=model, particles=particles, **options)
+    plan = plan_movie(shape_yx, n_frames, acquisition, gen, model=model, particles=particles,
+                      options=MovieOptions(**options))
     ny, nx = plan.shape_yx
     shape = (plan.n_frames, ny, nx)
     if out is None:

@@ -324,18 +324,22 @@ def _segments(frame_kind: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 def _assemble(
     model: str,
     substep_kind: np.ndarray,
-    n_kinds: int,
-    D1_um2_s: np.ndarray,
-    D2_um2_s: np.ndarray,
-    theta_deg: np.ndarray,
+    state_tensors: tuple[np.ndarray, np.ndarray, np.ndarray],
     start_px: np.ndarray,
     acquisition: Acquisition,
     rng: np.random.Generator,
-    n_frames: int,
     switch_substep: np.ndarray | None = None,
 ) -> Trajectories:
+    """Integrate ``N`` tracks and label their frames.
+
+    ``substep_kind`` is the ``(N, T * S)`` state of every sub-step; ``state_tensors`` the
+    ``(N, k)`` ``D1_um2_s, D2_um2_s, theta_deg`` of each track's ``k`` states.
+    """
+    D1_um2_s, D2_um2_s, theta_deg = state_tensors
+    n_kinds = D1_um2_s.shape[1]
     n, length = substep_kind.shape
     s = acquisition.substeps_per_frame
+    n_frames = length // s
     flat_kind = None if n_kinds == 1 else substep_kind.reshape(-1)
     positions = _integrate(flat_kind, np.full(n, length), D1_um2_s, D2_um2_s, theta_deg, start_px, acquisition, rng)
     sub_kind = substep_kind.reshape(n, n_frames, s).astype(np.int8)
@@ -421,7 +425,7 @@ def simulate_anisotropic(
         th = np.mod(_per_track(theta_deg, n, "theta_deg", -np.inf, np.inf), 180.0)
     start = _start_positions(start_px, n)
     kinds = np.zeros((n, t * acq.substeps_per_frame), dtype=np.int8)
-    return _assemble("aniso", kinds, 1, d1[:, None], (r * d1)[:, None], th[:, None], start, acq, gen, t)
+    return _assemble("aniso", kinds, (d1[:, None], (r * d1)[:, None], th[:, None]), start, acq, gen)
 
 
 def simulate_binding(
@@ -455,7 +459,7 @@ def simulate_binding(
     D1 = np.stack([d_bound, d1_unbound], axis=1)
     D2 = np.stack([d_bound, r * d1_unbound], axis=1)
     theta = np.stack([np.zeros(n), th], axis=1)
-    return _assemble("binding", kinds, 2, D1, D2, theta, _start_positions(start_px, n), acq, gen, t, switch)
+    return _assemble("binding", kinds, (D1, D2, theta), _start_positions(start_px, n), acq, gen, switch)
 
 
 def simulate_two_state(
@@ -481,7 +485,7 @@ def simulate_two_state(
     D = gen.choice(D1_GRID_UM2_S, (n, 2))
     switch, after = _single_switch_kinds(n, t * acq.substeps_per_frame, gen)
     kinds = after.astype(np.int8)
-    return _assemble("twostate", kinds, 2, D, D.copy(), np.zeros((n, 2)), _start_positions(start_px, n), acq, gen, t, switch)
+    return _assemble("twostate", kinds, (D, D.copy(), np.zeros((n, 2))), _start_positions(start_px, n), acq, gen, switch)
 
 
 def _rate_matrix(switch_rate_per_s: Any, k: int) -> np.ndarray:
@@ -650,6 +654,6 @@ def simulate_multistate(
     initial = gen.choice(k, n, p=pi)
     length = t * acq.substeps_per_frame
     kinds = markov_chain(np.full(n, length), p, initial, gen).reshape(n, length)
-    traj = _assemble("multistate", kinds, k, D1, D2, th, _start_positions(start_px, n), acq, gen, t)
+    traj = _assemble("multistate", kinds, (D1, D2, th), _start_positions(start_px, n), acq, gen)
     traj.meta["transition_per_substep"] = p
     return traj
