@@ -316,10 +316,32 @@ def test_results_round_trip(tmp_path):
 
 def test_empty_results_round_trip(tmp_path):
     empty = Results(empty_tracks_table(), empty_summary_table(), {"model": "binding"})
-    write_results(tmp_path / "none", empty, acquisition=Acquisition())
+    assert empty.acquisition is None
+    write_results(tmp_path / "unknown", empty)
+    assert json.loads((tmp_path / "unknown_meta.json").read_text())["acquisition"] is None
+    assert read_results(tmp_path / "unknown").acquisition is None
+    empty.acquisition = Acquisition()
+    write_results(tmp_path / "none", empty)
     back = read_results(tmp_path / "none")
     assert back.n_tracks == 0 and tuple(back.tracks.columns) == TRACKS_COLUMNS
     assert json.loads((tmp_path / "none_meta.json").read_text())["acquisition"]["pixel_size_nm"] == 100.0
+    assert back.acquisition == Acquisition()
+
+
+def test_results_carry_their_acquisition(tmp_path):
+    results = _results()
+    assert results.acquisition == Acquisition(pixel_size_nm=65.0)
+    results.acquisition = Acquisition(pixel_size_nm=80.0, exposure_s=0.005)
+    assert results.meta["acquisition"] == Acquisition(pixel_size_nm=80.0, exposure_s=0.005).to_dict()
+    write_results(tmp_path / "run", results)
+    assert read_results(tmp_path / "run").acquisition == Acquisition(pixel_size_nm=80.0, exposure_s=0.005)
+    meta_file = tmp_path / "run_meta.json"
+    meta_file.write_text(meta_file.read_text().replace('"pixel_size_nm": 80.0', '"pixel_size_nm": -1'))
+    with pytest.raises(InputError, match="invalid acquisition"):
+        read_results(tmp_path / "run")
+    meta_file.write_text("[1, 2]")
+    with pytest.raises(InputError, match="JSON object"):
+        read_results(tmp_path / "run")
 
 
 def test_results_all_or_nothing(tmp_path, monkeypatch):
@@ -378,12 +400,14 @@ def test_read_results_errors(tmp_path):
 
 def test_write_simulation_writes_movie_and_truth(tmp_path):
     results = _results()
-    written = sio.write_simulation(tmp_path / "sim.tif", _movie(), Acquisition(), results)
+    written = sio.write_simulation(tmp_path / "sim.tif", _movie(), results)
     assert [p.name for p in written] == ["sim.tif", "sim_truth_tracks.csv", "sim_truth_summary.csv", "sim_truth_meta.json"]
     assert read_results(tmp_path / "sim_truth").n_tracks == 2
+    with read_movie(tmp_path / "sim.tif") as movie:  # calibrated with the truth's acquisition
+        assert movie.acquisition() == results.acquisition
     with pytest.raises(InputError, match="already exists"):
-        sio.write_simulation(tmp_path / "sim.tif", _movie(), Acquisition(), results)
+        sio.write_simulation(tmp_path / "sim.tif", _movie(), results)
     (tmp_path / "sim.tif").unlink()
     with pytest.raises(InputError, match="already exists"):  # the truth files still block
-        sio.write_simulation(tmp_path / "sim.tif", _movie(), Acquisition(), results)
+        sio.write_simulation(tmp_path / "sim.tif", _movie(), results)
     assert not (tmp_path / "sim.tif").exists()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.results import Results
 from napari_spt_diffusion.simulation.render import camera_image, expected_photons
 from napari_spt_diffusion._napari import _dialogs, track_widget
 from napari_spt_diffusion._napari import layers as L
@@ -152,7 +153,8 @@ def test_run_shows_results_then_export(viewer_widget, qtbot, monkeypatch, tmp_pa
     def job(movie, acquisition, settings, progress, should_stop):
         seen["acq"] = acquisition
         progress(0.5, "halfway")
-        return simulated.truth
+        truth = simulated.truth  # as the pipeline's results do, they carry the run's acquisition
+        return Results(truth.tracks, truth.summary, {**truth.meta, "acquisition": acquisition.to_dict()})
 
     monkeypatch.setattr(track_widget, "run_pipeline", job)
     monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)

@@ -256,7 +256,6 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     written = write_simulation(
         out,
         simulated.movie,
-        simulated.acquisition,
         truth,
         overwrite=args.overwrite,
         compression="zlib" if args.compress else None,
@@ -318,7 +317,7 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .io import write_results
 
     _make_output_folder(targets)
-    written = write_results(prefix, results, overwrite=args.overwrite, acquisition=acquisition)
+    written = write_results(prefix, results, overwrite=args.overwrite)
     _say(f"{results.n_tracks} tracks, {len(results.tracks)} localizations")
     for path in written:
         _say(f"wrote {path}")

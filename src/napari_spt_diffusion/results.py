@@ -1,4 +1,4 @@
-"""The results contract: the per-localization and per-track tables (DESIGN.md).
+"""The results contract: the per-localization and per-track tables (docs/results_contract.md).
 
 Both the tracker's output and the simulator's ground truth use exactly these
 columns, so a truth table and a result table can be compared column by column.
@@ -6,11 +6,14 @@ columns, so a truth table and a result table can be compared column by column.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .acquisition import Acquisition
 
 __all__ = [
     "TRACKS_COLUMNS",
@@ -137,6 +140,8 @@ class Results:
         One row per track, columns :data:`SUMMARY_COLUMNS`.
     meta
         JSON-serialisable metadata: ``{"acquisition": {...}, "model": ..., ...}``.
+        ``meta["acquisition"]`` (``Acquisition.to_dict()`` form) is the acquisition the
+        tables were measured or simulated with; :attr:`acquisition` reads and sets it.
     """
 
     tracks: pd.DataFrame
@@ -150,3 +155,30 @@ class Results:
     def n_tracks(self) -> int:
         """Number of tracks."""
         return int(len(self.summary))
+
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """The acquisition of the movie these tables describe, ``None`` if unknown.
+
+        Read from ``meta["acquisition"]`` (an :class:`Acquisition` or its dictionary);
+        setting it stores ``Acquisition.to_dict()`` there.
+
+        Raises
+        ------
+        napari_spt_diffusion.acquisition.AcquisitionError
+            If ``meta["acquisition"]`` is a dictionary that is not a valid acquisition.
+        """
+        value = (self.meta or {}).get("acquisition")
+        if isinstance(value, Acquisition):
+            return value
+        if isinstance(value, Mapping):
+            return Acquisition.from_dict(dict(value))
+        return None
+
+    @acquisition.setter
+    def acquisition(self, value: Acquisition | None) -> None:
+        if value is not None and not isinstance(value, Acquisition):
+            raise TypeError(f"acquisition must be an Acquisition or None, got {type(value).__name__}")
+        if self.meta is None:
+            self.meta = {}
+        self.meta["acquisition"] = None if value is None else value.to_dict()

@@ -307,7 +307,6 @@ def tracks_layer(
     name: str = "tracks",
     tail_length: int = 30,
     tail_width: float = 2.0,
-    acquisition: Acquisition | None = None,
 ) -> LayerDataTuple:
     """Tracks layer data tuple of the results.
 
@@ -321,17 +320,16 @@ def tracks_layer(
         Placement (scale/translate/units); default: pixels and frames.
     name, tail_length, tail_width
         napari layer options (tail length in frames).
-    acquisition
-        Stored (as a dict) in ``metadata["acquisition"]`` beside the results themselves
-        (``metadata["spt_results"]``), so the layer can be written back to CSV.
 
     Returns
     -------
     tuple
         ``(data, kwargs, "tracks")`` with ``data`` ``(N, 4)`` float64 rows
         ``(track_id, frame, y_px, x_px)`` sorted by ``(track_id, frame)``, and kwargs
-        holding ``features`` (one row per vertex), ``color_by``, ``colormaps_dict`` and
-        ``metadata["color_scales"]`` (the :class:`ColorScale` of each key).
+        holding ``features`` (one row per vertex), ``color_by``, ``colormaps_dict``,
+        ``metadata["color_scales"]`` (the :class:`ColorScale` of each key) and
+        ``metadata["spt_results"]`` (the results, with their acquisition, so the layer
+        can be written back to CSV).
     """
     if color_by not in COLOR_KEYS:
         raise ValueError(f"cannot colour by {color_by!r}; choose one of {', '.join(COLOR_KEYS)}")
@@ -358,7 +356,6 @@ def tracks_layer(
             "spt_kind": "tracks",
             "color_scales": scales,
             "spt_results": results,
-            "acquisition": acquisition.to_dict() if acquisition is not None else results.meta.get("acquisition"),
         },
         **(geometry or LayerGeometry()).kwargs(),
     }
@@ -679,7 +676,7 @@ def results_layers(
     """
     geometry = geometry or LayerGeometry.from_acquisition(acquisition)
     return [
-        tracks_layer(results, color_by=color_by, geometry=geometry, name=f"{prefix}tracks", acquisition=acquisition),
+        tracks_layer(results, color_by=color_by, geometry=geometry, name=f"{prefix}tracks"),
         ellipses_layer(
             results,
             acquisition,

@@ -55,7 +55,6 @@ def simulated_movie(seed: int | None = None) -> list[tuple[Any, dict[str, Any], 
                 sim.truth,
                 geometry=LayerGeometry.from_acquisition(sim.acquisition),
                 name="truth tracks",
-                acquisition=sim.acquisition,
             )
         )
     return layers

@@ -230,9 +230,7 @@ class SimulatorWidget(Container):
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = False
             return
-        data, kwargs, _ = tracks_layer(
-            sim.truth, geometry=LayerGeometry.from_acquisition(sim.acquisition), name=name, acquisition=sim.acquisition
-        )
+        data, kwargs, _ = tracks_layer(sim.truth, geometry=LayerGeometry.from_acquisition(sim.acquisition), name=name)
         if name in self.viewer.layers:
             tracks = self.viewer.layers[name]
             tracks.color_by = "track_id"  # new data drops the old features: avoid a fallback warning
@@ -318,7 +316,7 @@ class SimulatorWidget(Container):
         sim = self.simulated
         try:
             # the save dialog already asked before replacing an existing movie file
-            written = io.write_simulation(target, sim.movie, sim.acquisition, sim.truth, overwrite=target.exists())
+            written = io.write_simulation(target, sim.movie, sim.truth, overwrite=target.exists())
         except Exception as exc:  # noqa: BLE001
             _dialogs.notify_error(exc)
             return None

@@ -378,7 +378,7 @@ class TrackEstimateWidget(Container):
         from .. import io
 
         try:
-            written = io.write_results(results_prefix(path), self.results, overwrite=False, acquisition=self.acquisition)
+            written = io.write_results(results_prefix(path), self.results, overwrite=False)
         except Exception as exc:  # noqa: BLE001
             _dialogs.notify_error(exc)
             return None

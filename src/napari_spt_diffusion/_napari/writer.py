@@ -38,7 +38,6 @@ def write_tracks_layer(path: str, data: Any, attributes: dict[str, Any]) -> list
         existing result files of that prefix are replaced.
     """
     from .. import io
-    from ..acquisition import Acquisition
 
     metadata = (attributes or {}).get("metadata") or {}
     results = metadata.get("spt_results")
@@ -46,7 +45,5 @@ def write_tracks_layer(path: str, data: Any, attributes: dict[str, Any]) -> list
         raise io.InputError(
             "this tracks layer was not made by napari-spt-diffusion, so it has no results tables to write"
         )
-    acq = metadata.get("acquisition")
-    acquisition = Acquisition.from_dict(acq) if isinstance(acq, dict) else None
-    written = io.write_results(results_prefix(path), results, overwrite=True, acquisition=acquisition)
+    written = io.write_results(results_prefix(path), results, overwrite=True)
     return [str(p) for p in written]

@@ -87,15 +87,11 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _results_meta(results: Results, paths: dict[str, Path], acquisition: Acquisition | None) -> dict[str, Any]:
+def _results_meta(results: Results, paths: dict[str, Path]) -> dict[str, Any]:
     from .. import __version__
 
     meta: dict[str, Any] = dict(results.meta or {})
-    if acquisition is not None:
-        meta["acquisition"] = acquisition.to_dict()
-    elif isinstance(meta.get("acquisition"), Acquisition):
-        meta["acquisition"] = meta["acquisition"].to_dict()
-    meta.setdefault("acquisition", None)
+    meta.setdefault("acquisition", None)  # an Acquisition is written as its dictionary by _json_safe
     if not meta.get("model"):
         models = sorted({str(m) for m in results.summary.get("model", pd.Series(dtype=object)).dropna() if str(m)})
         meta["model"] = models[0] if len(models) == 1 else (models or None)
@@ -128,14 +124,12 @@ def _ordered_columns(table: pd.DataFrame, contract: Sequence[str]) -> pd.DataFra
     return table.loc[:, list(contract) + extra]
 
 
-def _write_results_files(
-    staging: AtomicFileSet, paths: dict[str, Path], results: Results, acquisition: Acquisition | None
-) -> None:
+def _write_results_files(staging: AtomicFileSet, paths: dict[str, Path], results: Results) -> None:
     tracks = _ordered_columns(results.tracks, TRACKS_COLUMNS)
     summary = _ordered_columns(results.summary, SUMMARY_COLUMNS)
     tracks.to_csv(staging.temp(paths["tracks"]), index=False, float_format=_CSV_FLOAT_FORMAT, lineterminator="\n")
     summary.to_csv(staging.temp(paths["summary"]), index=False, float_format=_CSV_FLOAT_FORMAT, lineterminator="\n")
-    meta = _results_meta(results, paths, acquisition)
+    meta = _results_meta(results, paths)
     with open(staging.temp(paths["meta"]), "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=2, allow_nan=False)
         handle.write("\n")
@@ -145,16 +139,14 @@ def write_results(
     prefix: str | os.PathLike[str],
     results: Results,
     overwrite: bool = False,
-    *,
-    acquisition: Acquisition | None = None,
 ) -> list[Path]:
     """Write ``<prefix>_tracks.csv``, ``<prefix>_summary.csv`` and ``<prefix>_meta.json``.
 
     All or nothing: every target is checked before anything is written, the three
     files are written as temporaries in the same folder and renamed into place at the
     end. The contract's columns come first, extra columns follow. The JSON sidecar
-    holds the acquisition, the model name, the software version, the date (UTC) and
-    every entry of ``results.meta``.
+    holds the acquisition (``results.acquisition``, ``null`` if unknown), the model
+    name, the software version, the date (UTC) and every entry of ``results.meta``.
 
     Parameters
     ----------
@@ -165,8 +157,6 @@ def write_results(
     overwrite
         Replace existing files; otherwise any existing target raises :class:`InputError`
         and nothing is written.
-    acquisition
-        Recorded in the sidecar; default ``results.meta["acquisition"]``.
 
     Returns
     -------
@@ -180,7 +170,7 @@ def write_results(
     paths = results_paths(prefix)
     targets = [paths["tracks"], paths["summary"], paths["meta"]]
     with AtomicFileSet(targets, overwrite) as staging:
-        _write_results_files(staging, paths, results, acquisition)
+        _write_results_files(staging, paths, results)
         staging.commit()
     return targets
 
@@ -188,7 +178,6 @@ def write_results(
 def write_simulation(
     path: str | os.PathLike[str],
     movie: Any,
-    acquisition: Acquisition,
     truth: Results,
     overwrite: bool = False,
     *,
@@ -196,23 +185,39 @@ def write_simulation(
 ) -> list[Path]:
     """Write a simulated movie and its ground truth together, all or nothing.
 
-    Files: ``path`` (see :func:`write_movie`) and ``<stem>_truth_tracks.csv``,
-    ``<stem>_truth_summary.csv``, ``<stem>_truth_meta.json`` beside it (see
-    :func:`write_results`).
+    Files: ``path`` (see :func:`~napari_spt_diffusion.io.write_movie`) and
+    ``<stem>_truth_tracks.csv``, ``<stem>_truth_summary.csv``, ``<stem>_truth_meta.json``
+    beside it (see :func:`write_results`).
+
+    Parameters
+    ----------
+    path
+        Output ``.tif`` file of the movie.
+    movie
+        ``(T, Y, X)`` array-like of camera counts (ADU).
+    truth
+        The ground truth; ``truth.acquisition`` calibrates the movie file.
+    overwrite
+        Replace existing files; otherwise any existing target raises :class:`InputError`.
+    compression
+        ``None`` or ``"zlib"`` (see :func:`~napari_spt_diffusion.io.write_movie`).
 
     Returns
     -------
     list of pathlib.Path
         The movie, then the three truth files.
     """
-    if not isinstance(acquisition, Acquisition):
-        raise TypeError("acquisition must be an Acquisition")
+    if not isinstance(truth, Results):
+        raise TypeError("truth must be a Results")
+    acquisition = truth.acquisition
+    if acquisition is None:
+        raise InputError("the ground truth carries no acquisition (meta['acquisition']) to calibrate the movie with")
     targets = simulation_paths(path)
     path = targets[0]
     paths = results_paths(_truth_prefix(path))
     with AtomicFileSet(targets, overwrite) as staging:
         write_movie_file(staging.temp(path), movie, acquisition, compression)
-        _write_results_files(staging, paths, truth, acquisition)
+        _write_results_files(staging, paths, truth)
         staging.commit()
     return targets
 
@@ -265,7 +270,14 @@ def read_results(prefix: str | os.PathLike[str]) -> Results:
     """Read tables written by :func:`write_results` back into :class:`Results`.
 
     ``prefix`` may also be the path of one of the three files. A missing
-    ``_meta.json`` gives ``meta = {}``.
+    ``_meta.json`` gives ``meta = {}``; the acquisition recorded in it is
+    ``Results.acquisition`` of the tables read (``None`` if not recorded).
+
+    Raises
+    ------
+    InputError
+        For a missing or unreadable table, a sidecar that is not a JSON object or
+        records an invalid acquisition, or tables that break the results contract.
     """
     paths = results_paths(prefix)
     for key in ("tracks", "summary"):
@@ -281,7 +293,14 @@ def read_results(prefix: str | os.PathLike[str]) -> Results:
             meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
         except ValueError:
             raise InputError(f"{paths['meta'].name} is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise InputError(f"{paths['meta'].name} does not hold a JSON object")
     try:
-        return Results(tracks=tracks, summary=summary, meta=meta)
+        results = Results(tracks=tracks, summary=summary, meta=meta)
     except ValueError as exc:
         raise InputError(f"results {paths['tracks'].name}/{paths['summary'].name}: {exc}") from None
+    try:
+        results.acquisition  # noqa: B018 - checks the recorded acquisition now, naming the file
+    except ValueError as exc:
+        raise InputError(f"{paths['meta'].name} records an invalid acquisition: {exc}") from None
+    return results
