@@ -1,0 +1,427 @@
+"""Measure the acquisition from the movie itself: camera, background, PSF width, signal.
+
+A user's movie comes from a microscope we never simulated, often with no camera or PSF
+metadata. :func:`calibrate_movie` measures, from the frames alone:
+
+* **camera gain and offset** (ADU per photo-electron, ADU) from the background pixels
+  (pixels with no spot near them in that frame). Per pixel over time the background is
+  ``offset + gain * (Poisson(b) + read noise)``, whose cumulants are
+  ``k2 = g^2 (b + r^2)`` and ``k3 = g^3 b``; with the read noise ``r`` (e-) taken from the
+  acquisition (it is not identifiable from one light level; its range 0-3 e- is carried
+  into the gain's uncertainty) they give ``g`` (the root of ``r^2 g^3 - k2 g + k3 = 0``
+  near ``k3 / k2``), ``b`` and the offset. Cumulants are pooled over pixels after removing
+  each pixel's own mean (per-pixel sCMOS offsets cancel). Not valid for EMCCD cameras
+  (excess noise changes the cumulant ratios): give gain and offset for those.
+* **background** photons per pixel per frame, from the same pixels;
+* **PSF width** from the narrowest, most static spots: every bright isolated spot is
+  fitted with a free-width pixel-integrated Gaussian; the motion blur of each spot is
+  removed using its displacement to the nearest spot in the next frame (Brownian blur over
+  a continuous exposure adds ``D T / 3 = <|d|^2> / 8`` per axis, ``d`` the frame-to-frame
+  step of the blurred positions, whose per-axis variance is ``(4 / 3) D T``), and
+  the median over spots is taken;
+* **PSF shape**: Gaussian-like or Airy-like, by comparing the two profiles on the mean
+  radial profile of the sharpest spots;
+* **signal photons** per spot: the median fitted photons of the bright isolated spots
+  (a lower bound for the brightest particles, since detection favours them).
+
+Each value carries a standard uncertainty (bootstrap over frames or tiles). Values the
+user gave are never replaced (:meth:`Calibration.apply`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import special
+from scipy.spatial import cKDTree
+
+from .acquisition import Acquisition
+from .errors import SptDiffusionError
+from .tracking.detect import DetectionSettings, check_frame, detect_photons
+from .tracking.localize import localize_arrays
+
+__all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "CALIBRATED_FIELDS"]
+
+#: Acquisition fields that calibration can measure.
+CALIBRATED_FIELDS = ("offset_adu", "gain_adu_per_e", "background_photons", "psf_sigma_nm", "signal_photons")
+_FRAMES_USED = 120
+_TILE_PX = 16
+#: Spots are masked out of the background down to this DoG signal-to-noise ratio (lower than
+#: the tracker's 5: dim and blurred spots would otherwise skew the background statistics) ...
+MASK_THRESHOLD_SNR = 3.0
+#: ... over ``3 sigma`` plus this margin (px), for streak tails.
+MASK_MARGIN_PX = 4.0
+_BOOTSTRAP = 200
+#: Read-noise range (e-) over which an unmeasured read noise moves the gain.
+_READ_NOISE_RANGE_E = (0.0, 3.0)
+
+
+class CalibrationError(SptDiffusionError, ValueError):
+    """The movie does not allow a measurement (one sentence)."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measured quantity: value, standard uncertainty, unit and how it was measured."""
+
+    value: float
+    uncertainty: float
+    unit: str
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN as None)."""
+        return {
+            "value": self.value if math.isfinite(self.value) else None,
+            "uncertainty": self.uncertainty if math.isfinite(self.uncertainty) else None,
+            "unit": self.unit,
+            "method": self.method,
+        }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The acquisition measured from a movie.
+
+    Attributes
+    ----------
+    values
+        ``{field: Measured}`` for the fields of :data:`CALIBRATED_FIELDS` that could be
+        measured (an Acquisition field name each).
+    psf_shape
+        ``"gaussian"``, ``"airy"`` or ``"unknown"``; ``psf_shape_evidence`` the ratio of the
+        two profiles' squared residuals (Gaussian / Airy: above 1 favours Airy).
+    n_frames, n_spots
+        Frames and spots the measurement used.
+    notes
+        Sentences on what could not be measured and why.
+    """
+
+    values: dict[str, Measured]
+    psf_shape: str = "unknown"
+    psf_shape_evidence: float = float("nan")
+    n_frames: int = 0
+    n_spots: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, as saved under ``acquisition_measured`` in ``_meta.json``."""
+        evidence = self.psf_shape_evidence
+        return {
+            **{key: m.to_dict() for key, m in self.values.items()},
+            "psf_shape": self.psf_shape,
+            "psf_shape_evidence": evidence if math.isfinite(evidence) else None,
+            "n_frames": self.n_frames,
+            "n_spots": self.n_spots,
+            "notes": list(self.notes),
+        }
+
+    def apply(self, acquisition: Acquisition, given: set[str] | frozenset[str] = frozenset()) -> Acquisition:
+        """``acquisition`` with every measured value the user did not give (``given``)."""
+        changes = {
+            key: m.value for key, m in self.values.items()
+            if key not in given and math.isfinite(m.value) and m.value > 0
+        }
+        return acquisition.replace(**changes) if changes else acquisition
+
+    def table(self) -> list[tuple[str, str, str, str]]:
+        """Rows ``(quantity, value, uncertainty, method)`` for printing."""
+        rows = []
+        for key, m in self.values.items():
+            rows.append((key, f"{m.value:.4g} {m.unit}".strip(), f"+- {m.uncertainty:.2g}", m.method))
+        rows.append(("psf_shape", self.psf_shape, f"evidence {self.psf_shape_evidence:.3g}", "radial profile"))
+        return rows
+
+
+# --------------------------------------------------------------------- camera
+def _gain_root(k2: float, k3: float, read_noise_e: float) -> float:
+    """Gain ``g`` with ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b``: root of ``r^2 g^3 - k2 g + k3``."""
+    g0 = k3 / k2
+    r2 = read_noise_e**2
+    if r2 <= 0 or not math.isfinite(g0) or g0 <= 0:
+        return g0
+    g = g0
+    for _ in range(50):  # Newton from k3/k2 (the r = 0 root); converges to the root above it
+        f = r2 * g**3 - k2 * g + k3
+        df = 3 * r2 * g**2 - k2
+        if df >= 0:
+            return float("nan")  # no root: the read noise is too large for these cumulants
+        step = f / df
+        g -= step
+        if abs(step) < 1e-10 * g:
+            break
+    return g
+
+
+def _tile_cumulants(frames: np.ndarray, background_mask: np.ndarray) -> np.ndarray:
+    """Per ``_TILE_PX`` tile: pooled ``(n, mean, k2, k3)`` of the background pixels.
+
+    Each pixel's mean over its background frames is removed first; ``k2`` and ``k3`` use
+    the unbiased per-pixel k-statistics, pooled with weights ``n_p``.
+    """
+    t, h, w = frames.shape
+    x = np.where(background_mask, frames, 0.0)
+    n_p = background_mask.sum(axis=0).astype(float)
+    ok = n_p >= 10
+    safe = np.where(ok, n_p, 1.0)
+    mean_p = x.sum(axis=0) / safe
+    centred = np.where(background_mask, frames - mean_p, 0.0)
+    s2 = (centred**2).sum(axis=0)
+    s3 = (centred**3).sum(axis=0)
+    k2_p = s2 / np.maximum(safe - 1.0, 1.0)
+    k3_p = safe * s3 / np.maximum((safe - 1.0) * (safe - 2.0), 1.0)
+    rows = []
+    for y0 in range(0, h - _TILE_PX + 1, _TILE_PX):
+        for x0 in range(0, w - _TILE_PX + 1, _TILE_PX):
+            sl = (slice(y0, y0 + _TILE_PX), slice(x0, x0 + _TILE_PX))
+            good = ok[sl]
+            if good.sum() < _TILE_PX:
+                continue
+            weight = n_p[sl][good]
+            rows.append((
+                weight.sum(),
+                float(np.average(mean_p[sl][good], weights=weight)),
+                float(np.average(k2_p[sl][good], weights=weight)),
+                float(np.average(k3_p[sl][good], weights=weight)),
+            ))
+    return np.asarray(rows, dtype=float).reshape(-1, 4)
+
+
+def _camera_from_tiles(tiles: np.ndarray, read_noise_e: float) -> tuple[float, float, float]:
+    """``(gain ADU/e-, offset ADU, background photons)`` from pooled tile cumulants."""
+    n = tiles[:, 0]
+    mean, k2, k3 = (np.average(tiles[:, i], weights=n) for i in (1, 2, 3))
+    gain = _gain_root(k2, k3, read_noise_e)
+    if not (math.isfinite(gain) and gain > 0):
+        return float("nan"), float("nan"), float("nan")
+    # from the variance (error 2x the gain's relative error; the third cumulant's is 3x)
+    background = max(k2 / gain**2 - read_noise_e**2, 0.0)
+    return gain, mean - gain * background, background
+
+
+# --------------------------------------------------------------------- spots
+def _spot_table(photons: np.ndarray, acquisition: Acquisition, threshold_snr: float = 5.0) -> dict[str, np.ndarray]:
+    """Free-width single-spot fits of every detection in ``(T, Y, X)`` photon frames."""
+    parts: dict[str, list[np.ndarray]] = {}
+    settings = DetectionSettings(threshold_snr=threshold_snr)
+    for t, frame in enumerate(photons):
+        peaks, _ = detect_photons(frame, acquisition, settings)
+        if not len(peaks):
+            continue
+        fit = localize_arrays(frame, peaks, acquisition, neighbours=False)
+        fit["frame"] = np.full(len(peaks), t)
+        for key, value in fit.items():
+            parts.setdefault(key, []).append(np.asarray(value))
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def _static_widths(spots: dict[str, np.ndarray], psf_guess_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Blur-corrected widths (px) and photons of bright isolated spots seen in the next frame."""
+    if not spots or len(spots.get("y_px", ())) == 0:
+        return np.zeros(0), np.zeros(0)
+    yx = np.column_stack([spots["y_px"], spots["x_px"]])
+    frame = spots["frame"]
+    isolation = 6.0 * psf_guess_px + 2.0
+    widths, photons = [], []
+    for t in np.unique(frame):
+        now = np.flatnonzero(frame == t)
+        nxt = np.flatnonzero(frame == t + 1)
+        if now.size < 1 or nxt.size < 1:
+            continue
+        tree_now = cKDTree(yx[now])
+        if now.size > 1:
+            d_self, _ = tree_now.query(yx[now], k=2)
+            alone = d_self[:, 1] > isolation
+        else:
+            alone = np.ones(1, dtype=bool)
+        step, _ = cKDTree(yx[nxt]).query(yx[now], k=1, distance_upper_bound=3.0 * psf_guess_px + 2.0)
+        keep = alone & np.isfinite(step) & spots["fit_ok"][now]
+        rows = now[keep]
+        corrected2 = spots["sigma_px"][rows] ** 2 - step[keep] ** 2 / 8.0
+        widths.append(np.sqrt(np.clip(corrected2, 0.0, None)))
+        photons.append(spots["photons"][rows])
+    if not widths:
+        return np.zeros(0), np.zeros(0)
+    widths_all, photons_all = np.concatenate(widths), np.concatenate(photons)
+    bright = photons_all >= np.median(photons_all)
+    return widths_all[bright], photons_all[bright]
+
+
+def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    if values.size == 0:
+        return float("nan"), float("nan")
+    boot = np.median(values[rng.integers(0, values.size, size=(_BOOTSTRAP, values.size))], axis=1)
+    return float(np.median(values)), float(np.std(boot))
+
+
+def _psf_shape(photons: np.ndarray, spots: dict[str, np.ndarray], sigma_px: float) -> tuple[str, float]:
+    """``("gaussian" | "airy" | "unknown", SSE ratio Gaussian / Airy)`` from the mean radial profile."""
+    if not spots or len(spots.get("y_px", ())) < 20 or not math.isfinite(sigma_px):
+        return "unknown", float("nan")
+    narrow = spots["fit_ok"] & (spots["sigma_px"] <= np.quantile(spots["sigma_px"], 0.3))
+    rows = np.flatnonzero(narrow)[:2000]
+    half = int(math.ceil(4 * sigma_px)) + 2
+    offsets = np.arange(-half, half + 1)
+    radii, values = [], []
+    t_all, h, w = photons.shape
+    for i in rows:
+        t, y, x = int(spots["frame"][i]), spots["y_px"][i], spots["x_px"][i]
+        cy, cx = int(round(y)), int(round(x))
+        if cy - half < 0 or cx - half < 0 or cy + half >= h or cx + half >= w:
+            continue
+        window = photons[t, cy - half : cy + half + 1, cx - half : cx + half + 1]
+        rr = np.hypot(offsets[:, None] + cy - y, offsets[None, :] + cx - x)
+        excess = (window - spots["background"][i]) / max(spots["photons"][i], 1.0)
+        radii.append(rr.ravel())
+        values.append(excess.ravel())
+    if len(radii) < 10:
+        return "unknown", float("nan")
+    r, v = np.concatenate(radii), np.concatenate(values)
+    edges = np.arange(0.0, half, 0.25)
+    index = np.digitize(r, edges) - 1
+    valid = (index >= 0) & (index < len(edges) - 1)
+    counts = np.bincount(index[valid], minlength=len(edges) - 1)
+    profile = np.bincount(index[valid], weights=v[valid], minlength=len(edges) - 1) / np.maximum(counts, 1)
+    centre = 0.5 * (edges[:-1] + edges[1:])
+    used = counts > 5
+    centre, profile = centre[used], profile[used]
+
+    def sse(model: np.ndarray) -> float:
+        scale = float(np.dot(model, profile) / max(np.dot(model, model), 1e-30))
+        return float(np.sum((profile - scale * model) ** 2))
+
+    best_gauss = min(sse(np.exp(-(centre**2) / (2 * s**2))) for s in sigma_px * np.linspace(0.8, 1.25, 19))
+    best_airy = float("inf")
+    for s in sigma_px * np.linspace(0.8, 1.25, 19):
+        # Airy intensity with the Gaussian-equivalent width s: first zero at 1.22 lambda/NA,
+        # s = 0.21 lambda/NA, so v = 2 pi NA r / lambda = 0.21 * 2 pi r / s
+        vv = np.maximum(0.21 * 2 * math.pi * centre / s, 1e-9)
+        best_airy = min(best_airy, sse((2 * special.j1(vv) / vv) ** 2))
+    ratio = best_gauss / max(best_airy, 1e-30)
+    return ("airy" if ratio > 1.0 else "gaussian"), ratio
+
+
+# --------------------------------------------------------------------- driver
+def calibrate_movie(
+    movie: Any,
+    acquisition: Acquisition | None = None,
+    *,
+    given: set[str] | frozenset[str] = frozenset(),
+    max_frames: int = _FRAMES_USED,
+    rng: np.random.Generator | int | None = 0,
+) -> Calibration:
+    """Measure camera, background, PSF width and signal of a ``(T, Y, X)`` ADU movie.
+
+    Parameters
+    ----------
+    movie
+        ``(T, Y, X)`` array-like in ADU (``movie[t]`` reads one frame).
+    acquisition
+        Pixel size and frame interval (needed to express the PSF in nm), the read noise
+        assumed for the camera, and any value the user gave; default: the standard one.
+    given
+        Acquisition fields the user gave: they are used as they are, not measured
+        (giving ``gain_adu_per_e`` and ``offset_adu`` skips the camera measurement).
+    max_frames
+        Frames used at most, evenly spaced over the movie.
+    rng
+        Seed or generator of the bootstraps.
+
+    Returns
+    -------
+    Calibration
+
+    Raises
+    ------
+    CalibrationError
+        Fewer than 2 frames, or no spot and no background to measure.
+    """
+    acq = acquisition or Acquisition()
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    shape = getattr(movie, "shape", None)
+    if shape is None or len(shape) != 3 or shape[0] < 2:
+        raise CalibrationError("calibration needs a (T, Y, X) movie of at least 2 frames")
+    n_total = int(shape[0])
+    chosen = np.unique(np.linspace(0, n_total - 1, min(int(max_frames), n_total)).round().astype(int))
+    frames = np.stack([check_frame(movie[int(t)]).astype(np.float64) for t in chosen])
+    notes: list[str] = []
+    values: dict[str, Measured] = {}
+
+    # 1 - spots on a provisional photon scale (detection thresholds are in noise units, so
+    # the scale does not matter), to mask them out of the background
+    psf_guess = float(acq.psf_sigma_px) if "psf_sigma_nm" in given else 1.0
+    provisional = acq.replace(psf_sigma_nm=psf_guess * acq.pixel_size_nm)
+    rough_offset = float(np.percentile(frames, 1.0)) if "offset_adu" not in given else float(acq.offset_adu)
+    rough_gain = float(acq.gain_adu_per_e) if "gain_adu_per_e" in given else 1.0
+    provisional = provisional.replace(offset_adu=rough_offset, gain_adu_per_e=rough_gain)
+    spots = _spot_table(np.stack([provisional.adu_to_photons(f) for f in frames]), provisional,
+                        threshold_snr=MASK_THRESHOLD_SNR)
+    if spots and "psf_sigma_nm" not in given:
+        widths, _ = _static_widths(spots, psf_guess)
+        if widths.size >= 5:
+            psf_guess = float(np.clip(np.median(widths), 0.4, 8.0))
+    mask = np.ones(frames.shape, dtype=bool)
+    if spots:
+        radius = int(math.ceil(3.0 * psf_guess + MASK_MARGIN_PX))
+        for t, y, x in zip(spots["frame"], spots["y_px"], spots["x_px"]):
+            y0, x0 = int(round(y)), int(round(x))
+            mask[int(t), max(0, y0 - radius) : y0 + radius + 1, max(0, x0 - radius) : x0 + radius + 1] = False
+
+    # 2 - camera and background
+    camera_given = "gain_adu_per_e" in given and "offset_adu" in given
+    gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
+    tiles = _tile_cumulants(frames, mask)
+    if camera_given:
+        photons_bg = (frames[mask] - offset) / gain
+        if photons_bg.size:
+            b = float(np.mean(photons_bg))
+            values["background_photons"] = Measured(b, float(np.std(photons_bg) / math.sqrt(photons_bg.size)),
+                                                    "photons/px/frame", "mean of background pixels, given camera")
+    elif len(tiles) >= 4:
+        gain, offset, background = _camera_from_tiles(tiles, float(acq.read_noise_e))
+        boot = np.array([_camera_from_tiles(tiles[gen.integers(0, len(tiles), len(tiles))], float(acq.read_noise_e))
+                         for _ in range(_BOOTSTRAP)])
+        spread = np.nanstd(boot, axis=0)
+        # the read noise is assumed, not measured: its plausible range moves the gain
+        bounds = [_camera_from_tiles(tiles, r) for r in _READ_NOISE_RANGE_E]
+        read_spread = np.nanmax(np.abs(np.array(bounds) - np.array([gain, offset, background])), axis=0) / math.sqrt(3)
+        total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
+        if math.isfinite(offset) and offset < 0:
+            notes.append(f"the measured camera offset ({offset:.0f} ADU) is negative: the movie may be background-"
+                         "subtracted or scaled; offset set to 0 ADU (give --offset-adu if it is known)")
+            offset = 0.0
+        if math.isfinite(gain) and gain > 0:
+            method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
+            values["gain_adu_per_e"] = Measured(gain, float(total[0]), "ADU/e-", method)
+            values["offset_adu"] = Measured(offset, float(total[1]), "ADU", method)
+            values["background_photons"] = Measured(background, float(total[2]), "photons/px/frame", method)
+        else:
+            notes.append("the background's noise statistics do not fit a Poisson camera (EMCCD or processed data?); "
+                         "give --gain-adu-per-e and --offset-adu")
+            gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
+    else:
+        notes.append("too little background without spots to measure the camera")
+
+    # 3 - PSF and signal on the calibrated photon scale
+    camera = acq.replace(gain_adu_per_e=gain, offset_adu=offset, psf_sigma_nm=psf_guess * acq.pixel_size_nm)
+    photons = np.stack([camera.adu_to_photons(f) for f in frames])
+    spots = _spot_table(photons, camera)
+    widths, spot_photons = _static_widths(spots, psf_guess)
+    n_spots = int(widths.size)
+    if n_spots >= 5:
+        if "psf_sigma_nm" not in given:
+            w, w_se = _median_and_se(widths, gen)
+            values["psf_sigma_nm"] = Measured(w * acq.pixel_size_nm, w_se * acq.pixel_size_nm, "nm",
+                                              f"median blur-corrected width of {n_spots} bright isolated spots")
+            camera = camera.replace(psf_sigma_nm=w * acq.pixel_size_nm)
+        n, n_se = _median_and_se(spot_photons, gen)
+        values["signal_photons"] = Measured(n, n_se, "photons/frame", f"median of {n_spots} bright isolated spots")
+    else:
+        notes.append(f"only {n_spots} bright isolated spots: PSF width and signal not measured")
+    shape_name, evidence = _psf_shape(photons, spots, float(camera.psf_sigma_px))
+    if not values and not notes:
+        raise CalibrationError("nothing in the movie could be measured")
+    return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes))
