@@ -13,6 +13,7 @@ changes; below that, all ellipses are built once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,35 @@ from ..acquisition import Acquisition
 from ..results import Results
 from . import layers as L
 
-__all__ = ["ResultsDisplay", "MAX_STATIC_ELLIPSES"]
+__all__ = ["DisplayOptions", "ResultsDisplay", "MAX_STATIC_ELLIPSES"]
 
 #: Above this many localizations the ellipse layer follows the current frame.
 MAX_STATIC_ELLIPSES = 3000
 #: A click selects the nearest track whose current-frame position is closer than this (px).
 PICK_RADIUS_PX = 6.0
+
+
+@dataclass(frozen=True)
+class DisplayOptions:
+    """How a :class:`ResultsDisplay` starts out.
+
+    Attributes
+    ----------
+    color_by
+        Initial colour key (:data:`~.layers.COLOR_KEYS`).
+    ellipse_scale_factor
+        Initial magnification of the tensor ellipses (dimensionless).
+    show_ellipses, show_changepoints
+        Whether to create those layers.
+    max_static_ellipses
+        Above this many localizations the ellipses follow the current frame (module docstring).
+    """
+
+    color_by: str = "D1"
+    ellipse_scale_factor: float = 1.0
+    show_ellipses: bool = True
+    show_changepoints: bool = True
+    max_static_ellipses: int = MAX_STATIC_ELLIPSES
 
 
 class ResultsDisplay:
@@ -45,12 +69,9 @@ class ResultsDisplay:
         Placement of the layers (copy of the image layer's); default from the acquisition.
     prefix
         Prepended to the layer names (``"truth "`` for simulated truth).
-    color_by
-        Initial colour key (:data:`~.layers.COLOR_KEYS`).
-    show_ellipses, show_changepoints
-        Whether to create those layers.
-    max_static_ellipses
-        See the module docstring.
+    options
+        Initial colour key, ellipse scale, which layers to create (:class:`DisplayOptions`);
+        ``None``: the defaults.
     """
 
     selection_changed = Signal(object)  # track id (int) or None
@@ -64,12 +85,13 @@ class ResultsDisplay:
         geometry: L.LayerGeometry | None = None,
         *,
         prefix: str = "",
-        color_by: str = "D1",
-        ellipse_scale_factor: float = 1.0,
-        show_ellipses: bool = True,
-        show_changepoints: bool = True,
-        max_static_ellipses: int = MAX_STATIC_ELLIPSES,
+        options: DisplayOptions | None = None,
     ) -> None:
+        opts = DisplayOptions() if options is None else options
+        color_by, ellipse_scale_factor = opts.color_by, opts.ellipse_scale_factor
+        show_ellipses, show_changepoints, max_static_ellipses = (
+            opts.show_ellipses, opts.show_changepoints, opts.max_static_ellipses
+        )
         self.viewer = viewer
         self.results = results
         self.acquisition = acquisition
