@@ -93,7 +93,7 @@ def test_multiple_changepoints_recovers_switches(method):
     rng = np.random.default_rng(5)
     true = [40, 75, 140]
     levels = [np.log10([4.0, 1.5]), np.log10([0.008, 0.008]), np.log10([3.0, 2.5]), np.log10([0.006, 0.006])]
-    truth = np.concatenate([np.tile(l, (b - a, 1)) for l, a, b in zip(levels, [0, *true], [*true, 200])])
+    truth = np.concatenate([np.tile(lv, (b - a, 1)) for lv, a, b in zip(levels, [0, *true], [*true, 200])])
     for _ in range(10):
         x = truth + _ar1(1, 200, 0.5, 0.12, rng)[0]
         found = cp.multiple_changepoints(x, method=method)

@@ -55,14 +55,18 @@ def _weighted_moments(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame weighted central second moments ``(N, T, 3)`` (yy, xx, xy) and their frame mean ``(N, 3)``."""
     n, t, p, _ = images.shape
-    basis = np.stack([np.ones(p * p), yy.ravel(), xx.ravel(), (yy * yy).ravel(), (xx * xx).ravel(), (yy * xx).ravel()], axis=1)
+    basis = np.stack(
+        [np.ones(p * p), yy.ravel(), xx.ravel(), (yy * yy).ravel(), (xx * xx).ravel(), (yy * xx).ravel()], axis=1
+    )
     raw = ((images * weights).reshape(n * t, p * p) @ basis).reshape(n, t, 6)
     total = raw[..., 0]
     ok = frame_ok & (total > 0)
     total = np.where(ok, total, 1.0)
     cy = raw[..., 1] / total
     cx = raw[..., 2] / total
-    per_frame = np.stack([raw[..., 3] / total - cy * cy, raw[..., 4] / total - cx * cx, raw[..., 5] / total - cy * cx], axis=-1)
+    per_frame = np.stack(
+        [raw[..., 3] / total - cy * cy, raw[..., 4] / total - cx * cx, raw[..., 5] / total - cy * cx], axis=-1
+    )
     per_frame = np.where(ok[..., None], per_frame, np.nan)
     with np.errstate(invalid="ignore"):
         if t == 0 or not np.any(ok):
@@ -175,18 +179,19 @@ def blur_moment_tensor_batch(
     n = shape[0]
     parts = []
     for a in range(0, max(n, 1), _BLUR_CHUNK_TRACKS):
-        b = min(a + _BLUR_CHUNK_TRACKS, n)
-
-        def cut(x: np.ndarray | None) -> np.ndarray | None:
-            return None if x is None else np.asarray(x)[a:b]
-
+        rows = slice(a, min(a + _BLUR_CHUNK_TRACKS, n))
         parts.append(
             _blur_moment_chunk(
-                np.asarray(patches_photons[a:b], dtype=float), acquisition, cut(subpixel_offset_px),
-                cut(outside_mask), cut(frame_valid), weight_sigma_px, max_iter,
+                np.asarray(patches_photons[rows], dtype=float), acquisition, _rows_of(subpixel_offset_px, rows),
+                _rows_of(outside_mask, rows), _rows_of(frame_valid, rows), weight_sigma_px, max_iter,
             )
         )
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def _rows_of(x: np.ndarray | None, rows: slice) -> np.ndarray | None:
+    """Rows ``rows`` of an optional per-track array."""
+    return None if x is None else np.asarray(x)[rows]
 
 
 def _blur_moment_chunk(
@@ -220,7 +225,9 @@ def _blur_moment_chunk(
     w0 = valid_px.astype(float)
     s = np.sum(signal * w0, axis=(-1, -2))
     s_safe = np.where(s > 0, s, 1.0)
-    centroid = np.stack([np.sum(signal * w0 * yy, axis=(-1, -2)) / s_safe, np.sum(signal * w0 * xx, axis=(-1, -2)) / s_safe], -1)
+    centroid = np.stack(
+        [np.sum(signal * w0 * yy, axis=(-1, -2)) / s_safe, np.sum(signal * w0 * xx, axis=(-1, -2)) / s_safe], -1
+    )
     if subpixel_offset_px is None:
         anchor = np.zeros((n, t, 2))
         centroid = np.where((s > 0)[..., None], centroid, 0.0)
@@ -256,7 +263,9 @@ def _blur_moment_chunk(
             break
     blur_cov = spot_cov - np.array([pixel_var, pixel_var, 0.0])
 
-    tensor = np.stack([np.stack([blur_cov[:, 0], blur_cov[:, 2]], -1), np.stack([blur_cov[:, 2], blur_cov[:, 1]], -1)], -2)
+    tensor = np.stack(
+        [np.stack([blur_cov[:, 0], blur_cov[:, 2]], -1), np.stack([blur_cov[:, 2], blur_cov[:, 1]], -1)], -2
+    )
     tensor = tensor / (2.0 * blur) if blur > 0 else np.full_like(tensor, np.nan)
     D1, D2, theta = eigen_from_tensor(tensor)
     out = _finish_tensor(D1, D2, theta, acquisition)
@@ -280,7 +289,11 @@ def _blur_moment_chunk(
             warnings.simplefilter("ignore", RuntimeWarning)
             var_mean = np.nanvar(proj, axis=1, ddof=1) / n_ok if t > 1 else np.full(n, np.nan)
             slope = (sw**2 / (c + sw**2)) ** 2
-            out[name] = np.where(n_ok > 1, var_mean / slope**2 / (2.0 * blur) ** 2 * scale, np.nan) if blur > 0 else np.full(n, np.nan)
+            out[name] = (
+                np.where(n_ok > 1, var_mean / slope**2 / (2.0 * blur) ** 2 * scale, np.nan)
+                if blur > 0
+                else np.full(n, np.nan)
+            )
     out["tensor_px2_frame"] = tensor
     out["background_photons"] = background
     return out
@@ -552,7 +565,13 @@ def combined_tensor(
     if outside_mask is not None:
         mask = np.zeros(full.shape, dtype=bool)
         mask[rows] = np.asarray(outside_mask, dtype=bool)
-    out = combined_tensor_batch(grid[None], full[None], acquisition, subpixel_offset_px=None if offsets is None else offsets[None], outside_mask=None if mask is None else mask[None])
+    out = combined_tensor_batch(
+        grid[None],
+        full[None],
+        acquisition,
+        subpixel_offset_px=None if offsets is None else offsets[None],
+        outside_mask=None if mask is None else mask[None],
+    )
     return TensorEstimate(
         D1_um2_s=float(out["D1_um2_s"][0]),
         D2_um2_s=float(out["D2_um2_s"][0]),

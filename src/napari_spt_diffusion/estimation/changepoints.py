@@ -550,7 +550,11 @@ def _strongest(x: np.ndarray, cps: list[int], m: int) -> list[int]:
             left, right = x[a:c], x[c:b]
             whole = x[a:b]
             gains.append(
-                float(((whole - whole.mean(0)) ** 2).sum() - ((left - left.mean(0)) ** 2).sum() - ((right - right.mean(0)) ** 2).sum())
+                float(
+                    ((whole - whole.mean(0)) ** 2).sum()
+                    - ((left - left.mean(0)) ** 2).sum()
+                    - ((right - right.mean(0)) ** 2).sum()
+                )
             )
         del cps[int(np.argmin(gains))]
     return cps

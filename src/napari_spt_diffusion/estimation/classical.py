@@ -451,7 +451,9 @@ def msd_tensor_batch(positions_px: np.ndarray, acquisition: Acquisition) -> dict
     return _finish_tensor(D1, D2, theta, acquisition) | {"n_points": iso["n_points"]}
 
 
-def _finish_tensor(D1_px: np.ndarray, D2_px: np.ndarray, theta: np.ndarray, acquisition: Acquisition) -> dict[str, np.ndarray]:
+def _finish_tensor(
+    D1_px: np.ndarray, D2_px: np.ndarray, theta: np.ndarray, acquisition: Acquisition
+) -> dict[str, np.ndarray]:
     """Clip non-positive-definite tensors (px^2/frame) at 0, flag them, convert to um^2/s."""
     bad = ~np.isfinite(D1_px) | ~np.isfinite(D2_px)
     clipped = bad | (D2_px < 0)
@@ -485,7 +487,9 @@ def _cve_moments(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return s0, s1, n0, n1
 
 
-def cve_variance_px2(D_px2_frame: np.ndarray, loc_var_px2: np.ndarray, blur: float, n_displacements: np.ndarray) -> np.ndarray:
+def cve_variance_px2(
+    D_px2_frame: np.ndarray, loc_var_px2: np.ndarray, blur: float, n_displacements: np.ndarray
+) -> np.ndarray:
     """Variance of the 1-D CVE ``D = <dx^2>/2 + <dx dx'>`` (px^2/frame)^2 for a Brownian axis.
 
     Exact for Gaussian increments: with ``c0 = 2D(1 - 2R) + 2 s^2`` and ``c1 = 2RD - s^2``

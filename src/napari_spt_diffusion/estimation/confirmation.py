@@ -153,20 +153,21 @@ def confirm_changepoints(
     changepoints of the track (Bonferroni over all candidates, kept fixed: a count of the
     remaining ones would let the last survivor, the best of several, pass at the full
     level); the least significant changepoint is removed and the tests are redone with
-    the merged segments, until every remaining one passes ``alpha``. The candidates were chosen where the estimates jump most, which the
-    p-values do not know about; on simulated one-state tracks through the bundled
-    models this selection kept the family-wise rate below ``alpha`` (measured in
-    ``benchmarks/reports/changepoints.md``: at ``alpha = 0.05`` at most 2 % of the
-    one-state tracks of 30-200 frames kept a changepoint, 4.2 % in the worst D1
-    sub-range). ``scan_correction``
-    additionally multiplies each p-value by the number of positions the changepoint
-    could have taken between its neighbours (Bonferroni over the scan: guaranteed, but
-    it measured 0 false changepoints at the price of 2-4 % of the binding switches).
+    the merged segments, until every remaining one passes ``alpha``. The candidates were
+    chosen where the estimates jump most, which the p-values do not know about; on
+    simulated one-state tracks through the bundled models this selection kept the
+    family-wise rate below ``alpha`` (measured in ``benchmarks/reports/changepoints.md``:
+    at ``alpha = 0.05`` at most 2 % of the one-state tracks of 30-200 frames kept a
+    changepoint, 4.2 % in the worst D1 sub-range). ``scan_correction`` additionally
+    multiplies each p-value by the number of positions the changepoint could have taken
+    between its neighbours (Bonferroni over the scan: guaranteed, but it measured 0 false
+    changepoints at the price of 2-4 % of the binding switches).
 
     Parameters
     ----------
     changepoints
-        ``(m,)`` increasing row indices (as from :func:`multiple_changepoints`).
+        ``(m,)`` increasing row indices (as from
+        :func:`~napari_spt_diffusion.estimation.changepoints.multiple_changepoints`).
     positions_px
         ``(T, 2)`` localized positions (px).
     frames

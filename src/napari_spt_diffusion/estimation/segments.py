@@ -31,7 +31,8 @@ def segments(
     Parameters
     ----------
     changepoints
-        Indices along the sequence (as returned by :func:`multiple_changepoints`).
+        Indices along the sequence (as returned by
+        :func:`~napari_spt_diffusion.estimation.changepoints.multiple_changepoints`).
     D1_um2_s, D2_um2_s, theta_deg
         ``(T,)`` per-frame estimates (um^2/s, degrees).
     frames
@@ -69,4 +70,5 @@ def segments(
                 "theta_deg": mt,
             }
         )
-    return pd.DataFrame(rows, columns=["state", "start_frame", "end_frame", "n_frames", "D1_um2_s", "D2_um2_s", "theta_deg"])
+    columns = ["state", "start_frame", "end_frame", "n_frames", "D1_um2_s", "D2_um2_s", "theta_deg"]
+    return pd.DataFrame(rows, columns=columns)

@@ -52,7 +52,9 @@ def tensor_from_eigen(D1: np.ndarray | float, D2: np.ndarray | float, theta_deg:
     numpy.ndarray
         ``(..., 2, 2)`` tensors in ``(y, x)`` order, same unit as ``D1``.
     """
-    D1, D2, theta = np.broadcast_arrays(np.asarray(D1, float), np.asarray(D2, float), np.deg2rad(np.asarray(theta_deg, float)))
+    D1, D2, theta = np.broadcast_arrays(
+        np.asarray(D1, float), np.asarray(D2, float), np.deg2rad(np.asarray(theta_deg, float))
+    )
     c, s = np.cos(theta), np.sin(theta)
     out = np.empty(D1.shape + (2, 2))
     out[..., 1, 1] = D1 * c * c + D2 * s * s  # xx
