@@ -103,7 +103,9 @@ class ResultsDisplay:
         self.follow_frame = len(results.tracks) > max_static_ellipses
         self.scales = {k: L.color_scale(results, k) for k in L.COLOR_KEYS}
 
-        self.tracks_layer = self._add(L.tracks_layer(results, color_by=color_by, geometry=self.geometry, name=f"{prefix}tracks"))
+        self.tracks_layer = self._add(
+            L.tracks_layer(results, color_by=color_by, geometry=self.geometry, name=f"{prefix}tracks")
+        )
         self.ellipses_layer = None
         if show_ellipses:
             self.ellipses_layer = self._add(self._ellipse_tuple())
