@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.estimation.checkpoint import CheckpointError, export_checkpoint
+from napari_spt_diffusion.estimation.checkpoint import CheckpointError
 from napari_spt_diffusion.estimation.estimator import (
     AcquisitionWarning,
     Estimator,
@@ -27,8 +27,9 @@ from napari_spt_diffusion.estimation.estimator import (
     triangular_weights,
     window_starts,
 )
-from napari_spt_diffusion.estimation.models import ModelConfig, build_model
 from napari_spt_diffusion.tracking.patches import TrackPatches
+from napari_spt_diffusion.training.card import export_checkpoint
+from napari_spt_diffusion.training.models import ModelConfig, build_model
 
 MAX_FRAMES = 30
 MIN_FRAMES = 5
@@ -345,9 +346,11 @@ def test_chunked_model_calls_give_the_answers_of_one_call(tmp_path, kind):
     rng = np.random.default_rng(4)
     tracks = [_track(i, int(n)) for i, n in enumerate(rng.integers(5, 30, 23))]
     one_call = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=1000).estimate(tracks, STANDARD)
-    chunked = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4, parallel_calls=1).estimate(tracks, STANDARD)
+    chunked = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4, parallel_calls=1).estimate(
+        tracks, STANDARD)
     threads = torch.get_num_threads()
-    parallel = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4, parallel_calls=3).estimate(tracks, STANDARD)
+    parallel = Estimator(str(path), device="cpu", batch_size=1000, chunk_size=4, parallel_calls=3).estimate(
+        tracks, STANDARD)
     assert torch.get_num_threads() == threads  # restored after the side-by-side calls
     for other in (chunked, parallel):
         assert [r.track_id for r in other] == [r.track_id for r in one_call]

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from napari_spt_diffusion.estimation.models import (
+from napari_spt_diffusion.training.models import (
     CrossTransformer,
     ModelConfig,
     NormalizedModel,
@@ -154,7 +154,8 @@ def test_single_modality_ablation_builds_scripts_and_ignores_the_absent_input(ki
         assert ref.shape == expected and torch.isfinite(ref if kind == "sequence" else ref[:2]).all()
         torch.testing.assert_close(scripted(p, d, v), ref, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(model(p_other, d_other, v), ref, atol=0.0, rtol=0.0)
-        torch.testing.assert_close(scripted.forward_log(p_other, d_other, v), model.forward_log(p, d, v), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(scripted.forward_log(p_other, d_other, v), model.forward_log(p, d, v),
+                                   atol=1e-6, rtol=1e-6)
         # the modality it keeps does matter
         assert not torch.allclose(model(p_changed, d_changed, v), ref, atol=1e-4)
 

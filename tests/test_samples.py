@@ -1,4 +1,4 @@
-"""Training/test samples made through the tracking path (simulation/samples.py)."""
+"""Training/test samples made through the tracking path (training/samples.py)."""
 
 import numpy as np
 import pandas as pd
@@ -6,17 +6,16 @@ import pytest
 
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.simulation.render import camera_image, render_windows
-from napari_spt_diffusion.simulation.samples import (
+from napari_spt_diffusion.simulation.trajectories import SimulationError, simulate_anisotropic
+from napari_spt_diffusion.tracking.patches import extract_track_patches
+from napari_spt_diffusion.tracking.spots import locate_frame
+from napari_spt_diffusion.training.samples import (
     SampleBatch,
     load_samples,
     make_samples,
     samples_from_trajectories,
     save_samples,
 )
-from napari_spt_diffusion.simulation.trajectories import SimulationError, simulate_anisotropic
-from napari_spt_diffusion.tracking.detect import detect_frame
-from napari_spt_diffusion.tracking.localize import localize_frame
-from napari_spt_diffusion.tracking.patches import extract_track_patches
 
 
 @pytest.fixture(scope="module")
@@ -65,29 +64,37 @@ def test_same_seed_same_samples_other_seed_other_samples(aniso):
 
 
 def test_samples_equal_what_the_tracker_gives_on_the_same_frames():
-    """The patch of a sample is the patch that inference cuts from a movie of that window."""
+    """The patch of a sample is the patch that inference cuts from a movie of that window,
+    and its position is the pipeline's spot path's localization on a frame of those windows."""
     acq = Acquisition()
-    traj = simulate_anisotropic(6, 8, acq, np.random.default_rng(3), D1_um2_s=2.0, start_px=np.full((6, 2), 40.0))
+    n, t_len, w = 7, 7, 19  # 49 windows tile one 7 x 7 mosaic exactly: row = track, column = frame
+    traj = simulate_anisotropic(n, t_len, acq, np.random.default_rng(3), D1_um2_s=2.0, start_px=np.full((n, 2), 40.0))
     batch = samples_from_trajectories(traj, np.random.default_rng(4))
+    assert batch.meta["window_size"] == w
     # Re-render the identical windows (same generator, one mosaic) and put each into a movie.
     pos = traj.frame_positions_px
-    origin = np.floor(pos + 0.5).astype(int) - 9
-    windows = camera_image(render_windows(traj.substep_positions_px, origin, 19, acq), acq, np.random.default_rng(4))
-    for i in range(6):
-        movie = np.full((8, 100, 100), 110, dtype=np.uint16)
-        for t in range(8):
+    origin = np.floor(pos + 0.5).astype(int) - w // 2
+    windows = camera_image(render_windows(traj.substep_positions_px, origin, w, acq), acq, np.random.default_rng(4))
+    for i in range(n):
+        movie = np.full((t_len, 100, 100), 110, dtype=np.uint16)
+        for t in range(t_len):
             y, x = origin[i, t]
-            movie[t, y : y + 19, x : x + 19] = windows[i, t]
-        table = pd.DataFrame({"track_id": 0, "frame": np.arange(8), "y_px": batch.positions_px[i, :, 0], "x_px": batch.positions_px[i, :, 1]})
+            movie[t, y : y + w, x : x + w] = windows[i, t]
+        table = pd.DataFrame({"track_id": 0, "frame": np.arange(t_len), "y_px": batch.positions_px[i, :, 0],
+                              "x_px": batch.positions_px[i, :, 1]})
         (tp,) = extract_track_patches(movie, table, acq)
         assert np.array_equal(tp.patches_photons, batch.patches[i])
         assert np.allclose(tp.displacements_px, batch.displacements[i], atol=1e-4)
-        # detection + localization on the movie frame give the same positions
-        for t in range(0, 8, 3):
-            peaks = detect_frame(movie[t], acq)
-            near = peaks[np.argmin(np.hypot(*(peaks - pos[i, t]).T))]
-            fit = localize_frame(movie[t], near[None], acq)
-            assert np.allclose(fit[["y_px", "x_px"]].to_numpy()[0], batch.positions_px[i, t], atol=1e-3)
+    # the pipeline's per-frame spot path on one frame made of all the windows gives the same positions
+    frame = windows.transpose(0, 2, 1, 3).reshape(n * w, t_len * w)
+    spots = locate_frame(frame, acq)[["y_px", "x_px"]].to_numpy()
+    for i in range(n):
+        for t in range(t_len):
+            true_in_frame = pos[i, t] - origin[i, t] + (i * w, t * w)
+            near = spots[np.argmin(np.hypot(*(spots - true_in_frame).T))]
+            if batch.detected[i, t]:
+                assert np.allclose(near - (i * w, t * w) + origin[i, t], batch.positions_px[i, t], atol=1e-9)
+    assert batch.detected.mean() > 0.9
 
 
 def test_two_state_models_carry_changepoints():

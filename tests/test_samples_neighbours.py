@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.estimation.training import TrainingError, load_dataset, make_dataset, train_model
-from napari_spt_diffusion.simulation.samples import make_samples, samples_from_trajectories
 from napari_spt_diffusion.simulation.trajectories import SimulationError, simulate_anisotropic
+from napari_spt_diffusion.training.config import TrainConfig, TrainingError
+from napari_spt_diffusion.training.data import load_dataset, make_dataset
+from napari_spt_diffusion.training.samples import make_samples, samples_from_trajectories
 
 ACQ = Acquisition()
 
@@ -62,7 +63,7 @@ def test_bad_neighbour_settings_are_refused():
     with pytest.raises(SimulationError, match="trajectories of 3 frames"):
         samples_from_trajectories(traj, 1, neighbours=other, neighbour_index=[0, 1, 2])
     with pytest.raises(TrainingError, match="neighbour_fraction"):
-        train_model("aniso", n_samples=4, val_samples=2, epochs=1, neighbour_fraction=-0.1)
+        TrainConfig("aniso", n_samples=4, val_samples=2, epochs=1, neighbour_fraction=-0.1)
 
 
 def test_training_datasets_carry_the_neighbour_fraction(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, parse_changepoint_frames
 from napari_spt_diffusion.simulation import (
-    MOVIE_MODELS,
     SimulationError,
     expected_photons,
     iter_movie_frames,
+    movie_model_names,
     plan_movie,
     simulate_movie,
 )
@@ -164,7 +164,8 @@ def test_mixed_and_twostate_models():
     mixed = plan_movie((64, 64), 100, ACQ, 31, model="mixed", particles=40, options=MovieOptions(binding_fraction=0.25))
     kinds = mixed.truth.summary["particle_model"].value_counts()
     assert set(kinds.index) == {"aniso", "binding"} and kinds["aniso"] > kinds["binding"]
-    two = plan_movie((64, 64), 200, ACQ, 37, model="twostate", particles=20, options=MovieOptions(switch_rate_per_s=4.0))
+    two = plan_movie((64, 64), 200, ACQ, 37, model="twostate", particles=20,
+                     options=MovieOptions(switch_rate_per_s=4.0))
     t = two.truth.tracks
     assert (t["D1_um2_s"] == t["D2_um2_s"]).all() and (t["theta_deg"] == 0).all()
     assert t["is_changepoint"].sum() > 10
@@ -218,4 +219,4 @@ def test_bad_movie_input(kwargs):
 
 
 def test_models_listed():
-    assert MOVIE_MODELS == ("aniso", "binding", "twostate", "mixed")
+    assert movie_model_names() == ("aniso", "binding", "twostate", "mixed")

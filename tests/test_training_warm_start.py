@@ -6,19 +6,20 @@ import json
 
 import pytest
 import torch
-
-from napari_spt_diffusion.estimation.models import ModelConfig
-from napari_spt_diffusion.estimation.training import TrainingError, train_model
-
 from test_training import TINY, synthetic_tracks
+
+from napari_spt_diffusion.training.config import TrainConfig, TrainingError
+from napari_spt_diffusion.training.loop import train_model
+from napari_spt_diffusion.training.models import ModelConfig
 
 
 def _train(tmp_path, name, **kw):
     data = synthetic_tracks(64, 12, seed=3)
     val = synthetic_tracks(16, 12, seed=4)
     cfg = ModelConfig(kind="sequence", max_frames=12, **TINY)
-    return train_model("aniso", epochs=1, batch_size=16, n_frames=12, out_dir=tmp_path / name, device="cpu",
-                       train_data=data, val_data=val, config=cfg, seed=5, **kw)
+    config = TrainConfig("aniso", epochs=1, batch_size=16, n_frames=12, out_dir=tmp_path / name, device="cpu",
+                         model_config=cfg, seed=5, **kw)
+    return train_model(config, train_data=data, val_data=val)
 
 
 def test_warm_start_begins_from_the_earlier_weights(tmp_path):
@@ -44,12 +45,14 @@ def test_warm_start_refuses_missing_or_mismatched_state(tmp_path):
     data = synthetic_tracks(32, 12, seed=3)
     bigger = ModelConfig(kind="sequence", max_frames=12, **{**TINY, "embed_dim": 32})
     with pytest.raises(TrainingError, match="another model configuration"):
-        train_model("aniso", epochs=1, batch_size=16, n_frames=12, out_dir=tmp_path / "y", device="cpu",
-                    train_data=data, val_data=data, config=bigger, init_state=tmp_path / "first" / "last_state.pt")
+        train_model(TrainConfig("aniso", epochs=1, batch_size=16, n_frames=12, out_dir=tmp_path / "y", device="cpu",
+                                model_config=bigger, init_state=tmp_path / "first" / "last_state.pt"),
+                    train_data=data, val_data=data)
 
 
 def test_lineage_records_every_stage_even_of_a_run_cut_short(tmp_path):
-    from napari_spt_diffusion.estimation.training import bundle_run, main
+    from napari_spt_diffusion.training.__main__ import main
+    from napari_spt_diffusion.training.card import bundle_run
 
     _train(tmp_path, "first")
     (tmp_path / "first" / "aniso.json").unlink()  # as if the run ended before its export

@@ -18,23 +18,23 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from .acquisition import Acquisition
 from .acquisition_resolver import resolve_acquisition
 from .errors import SptDiffusionError
 from .io import InputError, check_outputs, read_movie, results_paths, simulation_paths
+from .simulation.motion_models import motion_model_names, movie_model_names
+from .training.config import add_train_arguments, config_from_args
 
 __all__ = ["main", "build_parser", "ProgressBar", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 PROG = "spt-diffusion"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-#: Movie models of ``simulate`` (``simulation.movie.MOVIE_MODELS``; kept here so that
-#: ``--help`` works without importing the simulator).
-SIMULATION_MODELS = ("aniso", "binding", "twostate", "mixed")
 
 
 class _UsageError(Exception):
@@ -353,33 +353,12 @@ def _track_settings(args: argparse.Namespace) -> Any:
 
 # -------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .estimation.training import train_model
+    from .training.loop import train_model
 
-    changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons")
-    acquisition = resolve_acquisition(explicit=changes)
+    config = config_from_args(args)
     bar = ProgressBar()
     try:
-        path = train_model(
-            model=args.model,
-            n_samples=args.samples,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            device=args.device,
-            out_dir=args.out or f"runs/{args.model}",
-            seed=args.seed,
-            n_frames=args.n_frames,
-            acquisition=acquisition,
-            val_samples=args.val_samples,
-            progress=bar,
-            dataset_path=args.dataset_path,
-            num_threads=args.threads,
-            max_time_s=args.max_time_s,
-            command=shlex.join([PROG, *argv]),
-            name=args.name,
-            init_state=args.init_state,
-            neighbour_fraction=args.neighbour_fraction,
-        )
+        path = train_model(config, bar, command=shlex.join([PROG, *argv]))
     finally:
         bar.close()
     _say(f"exported {path}")
@@ -449,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT_truth_summary.csv and OUT_truth_meta.json.",
     )
     sim.add_argument("out", metavar="OUT.tif", help="output movie")
-    sim.add_argument("--model", choices=SIMULATION_MODELS, default="aniso",
+    sim.add_argument("--model", choices=movie_model_names(), default="aniso",
                      help="motion model (default: aniso)")
     sim.add_argument("--frames", type=_frame_count, default=200, help="number of frames (default: 200)")
     sim.add_argument("--particles", type=_non_negative_int, default=30,
@@ -483,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm (default: from the file or 100)")
     trk.add_argument("--photons", type=_positive_float, help="expected signal photons per frame")
     trk.add_argument("--model", default=None,
-                     help="bundled model (aniso, binding, twostate) or a checkpoint path (default: aniso)")
+                     help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
     trk.add_argument("--threshold-snr", type=_positive_float,
                      help="detection threshold in units of the filtered image's noise (default: 5)")
     trk.add_argument("--max-d", dest="max_D_um2_s", type=_positive_float, metavar="D_UM2_S",
@@ -504,29 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     trk.set_defaults(func=_cmd_track)
 
     trn = sub.add_parser("train", help="train a model on simulated data",
-                         description="Train a cross-transformer model on tracks simulated on the fly through "
-                         "the tracking code's patch path, and export it as a TorchScript checkpoint with its card.")
-    trn.add_argument("--model", required=True, choices=("aniso", "binding", "twostate"), help="model to train")
-    trn.add_argument("--samples", type=_positive_int, default=20000, help="training tracks (default: 20000)")
-    trn.add_argument("--val-samples", type=_positive_int, default=1000, help="held-out tracks (default: 1000)")
-    trn.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default: 10)")
-    trn.add_argument("--batch-size", type=_positive_int, default=64, help="tracks per step (default: 64)")
-    trn.add_argument("--lr", type=_positive_float, default=2e-3, help="peak AdamW learning rate (default: 2e-3)")
-    trn.add_argument("--n-frames", type=_positive_int, default=30, help="track length of the samples (default: 30)")
-    trn.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
-    trn.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm of the training data")
-    trn.add_argument("--photons", type=_positive_float, help="signal photons per frame of the training data")
-    trn.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="(default: auto)")
-    trn.add_argument("--threads", type=_positive_int, help="torch CPU threads")
-    trn.add_argument("--max-time-s", type=_positive_float, help="stop after the epoch that crosses this wall time")
-    trn.add_argument("--dataset-path", help=".npz cache of the generated training set")
-    trn.add_argument("--name", help="checkpoint name (default: the model's)")
-    trn.add_argument("--init-state", metavar="STATE.pt",
-                     help="warm start from best_state.pt / last_state.pt of an earlier run of the same model")
-    trn.add_argument("--neighbour-fraction", type=_fraction, default=0.0, metavar="F",
-                     help="share of training tracks with a second particle 1.5-6 px away, so the model learns "
-                     "crowded scenes (default: 0)")
-    trn.add_argument("--out", metavar="DIR", help="run folder (default: runs/MODEL)")
+                         description="Train a cross-transformer model on tracks simulated through the pipeline's "
+                         "spot path and the tracking code's patch path, and export it as a TorchScript checkpoint "
+                         "with its card; the run folder keeps the settings as train_config.json.")
+    add_train_arguments(trn)
     trn.set_defaults(func=_cmd_train)
 
     bench = sub.add_parser(

@@ -19,6 +19,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..acquisition import Acquisition
 from ..acquisition_resolver import resolve_acquisition
+from ..simulation.motion_models import movie_model_choices
 from . import _dialogs
 from ._persist import load_values, save_values
 from .layers import LayerGeometry, image_layer, tracks_layer
@@ -26,12 +27,8 @@ from .results_widget import show_results
 
 __all__ = ["SimulatorWidget", "simulation_kwargs", "SIM_MODEL_CHOICES"]
 
-SIM_MODEL_CHOICES: tuple[tuple[str, str], ...] = (
-    ("single-state anisotropic", "aniso"),
-    ("binding / unbinding", "binding"),
-    ("two-state isotropic", "twostate"),
-    ("mixed (anisotropic + binding)", "mixed"),
-)
+#: (label, movie model name), from the motion-model registry
+SIM_MODEL_CHOICES: tuple[tuple[str, str], ...] = movie_model_choices()
 SETTINGS_NAME = "simulator"
 PREVIEW_FRAMES = 20
 PREVIEW_MAX_SIDE_PX = 256

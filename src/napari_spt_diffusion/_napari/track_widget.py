@@ -21,6 +21,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..acquisition import Acquisition
 from ..acquisition_resolver import resolve_acquisition
+from ..simulation.motion_models import MOTION_MODELS
 from . import _dialogs
 from ._inputs import acquisition_values_from_layer, current_frame_index, movie_from_layer
 from ._persist import load_values, save_values
@@ -30,11 +31,9 @@ from .writer import results_prefix
 
 __all__ = ["TrackEstimateWidget", "MODEL_CHOICES", "DEVICE_CHOICES"]
 
-#: (label, bundled model name)
+#: (label, bundled model name): one per motion model of the registry, then a model file
 MODEL_CHOICES: tuple[tuple[str, str], ...] = (
-    ("single-state anisotropic", "aniso"),
-    ("binding / unbinding", "binding"),
-    ("two-state isotropic", "twostate"),
+    *((m.label, name) for name, m in MOTION_MODELS.items()),
     ("other model file (.pt)", "custom"),
 )
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")

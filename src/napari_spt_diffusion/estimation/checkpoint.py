@@ -1,4 +1,4 @@
-"""TorchScript checkpoints with JSON model cards: export, verified loading, listing.
+"""TorchScript checkpoints with JSON model cards: verified loading, listing, description.
 
 A checkpoint is two files side by side::
 
@@ -9,7 +9,8 @@ A checkpoint is two files side by side::
 
 Loading needs only torch (no model classes, no training code) and refuses a file whose
 sha256 does not match its card, or a card that is incomplete, with a
-:class:`CheckpointError`.
+:class:`CheckpointError`. Writing checkpoints and cards (export, bundling, test metrics)
+is the training side: :mod:`napari_spt_diffusion.training.card`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import SptDiffusionError
-from ..io._atomic import atomic_path, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "CheckpointError",
@@ -33,18 +32,16 @@ __all__ = [
     "REQUIRED_CARD_KEYS",
     "available_models",
     "checkpoint_paths",
-    "export_checkpoint",
+    "describe_training",
+    "lineage_hours",
     "load_checkpoint",
     "read_card",
     "sha256_file",
-    "update_card",
 ]
 
 #: Folder of the bundled models.
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 CARD_FORMAT_VERSION = 1
-#: Permission bits of the files written here: checkpoints are package data, readable by all.
-_FILE_MODE = 0o644
 REQUIRED_CARD_KEYS = ("name", "kind", "motion_model", "input_contract", "outputs", "training_acquisition", "sha256")
 
 
@@ -83,7 +80,8 @@ def read_card(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The model card of a checkpoint (not verified against the .pt)."""
     _, card_path = checkpoint_paths(name_or_path)
     if not card_path.is_file():
-        raise CheckpointError(f"model card {card_path} not found (available: {', '.join(available_models()) or 'none'})")
+        available = ", ".join(available_models()) or "none"
+        raise CheckpointError(f"model card {card_path} not found (available: {available})")
     try:
         card = json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -137,66 +135,6 @@ def load_checkpoint(
     return module, card
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file of a training run or a checkpoint atomically, world-readable."""
-    atomic_write_bytes(path, data, mode=_FILE_MODE)
-
-
-def _write_card(path: Path, card: dict[str, Any]) -> None:
-    atomic_write_json(path, card, indent=2, mode=_FILE_MODE)
-
-
-def export_checkpoint(
-    model: torch.nn.Module, card: dict[str, Any], out_dir: str | os.PathLike[str], name: str, overwrite: bool = False
-) -> Path:
-    """Script ``model`` with TorchScript and write ``<name>.pt`` and ``<name>.json``.
-
-    Parameters
-    ----------
-    model
-        An exportable module (a :class:`~.models.NormalizedModel`); exported in eval mode on CPU.
-    card
-        Model-card fields; ``name``, ``sha256``, ``torch_version`` and ``format_version`` are
-        filled in here. It must contain the other :data:`REQUIRED_CARD_KEYS`.
-    out_dir
-        Destination folder (created if needed).
-    name
-        File stem, e.g. ``"aniso"``.
-    overwrite
-        Replace existing files of that name.
-
-    Returns
-    -------
-    pathlib.Path
-        Path of the ``.pt`` file.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pt_path, card_path = out / f"{name}.pt", out / f"{name}.json"
-    if not overwrite and (pt_path.exists() or card_path.exists()):
-        raise CheckpointError(f"checkpoint {pt_path} already exists (pass overwrite=True to replace it)")
-    full = dict(card)
-    full["name"] = name
-    full["format_version"] = CARD_FORMAT_VERSION
-    full["torch_version"] = torch.__version__
-    missing = [k for k in REQUIRED_CARD_KEYS if k not in full and k != "sha256"]
-    if missing:
-        raise CheckpointError(f"model card lacks the field(s) {', '.join(missing)}")
-    was_training = model.training
-    model = model.to("cpu").eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is "deprecated" in 2.x, still supported
-        scripted = torch.jit.script(model)
-    with atomic_path(pt_path, mode=_FILE_MODE) as tmp:
-        torch.jit.save(scripted, str(tmp))
-        full["sha256"] = sha256_file(tmp)
-        full["file_size_bytes"] = os.path.getsize(tmp)
-    _write_card(card_path, full)
-    if was_training:
-        model.train()
-    return pt_path
-
-
 def lineage_hours(lineage: list[dict[str, Any]]) -> float:
     """Training hours summed over the stages of a card's ``training.lineage``."""
     return sum(float(e.get("train_time_h") or 0.0) for e in lineage)
@@ -212,7 +150,8 @@ def describe_training(card: dict[str, Any]) -> str:
     tr = card.get("training", {})
     stages = tr.get("lineage") or []
     if len(stages) <= 1:
-        return f"{tr.get('n_train_samples', '?')} training tracks x {tr.get('epochs_run', '?')} epochs, {tr.get('train_time_h', '?')} h"
+        return (f"{tr.get('n_train_samples', '?')} training tracks x {tr.get('epochs_run', '?')} epochs, "
+                f"{tr.get('train_time_h', '?')} h")
     parts = []
     for e in stages:
         part = f"{e.get('n_train_samples', '?')} x {e.get('epochs_run', '?')}"
@@ -223,16 +162,3 @@ def describe_training(card: dict[str, Any]) -> str:
     hours = lineage_hours(stages)
     return (f"{len(stages)} warm-started stages ({', '.join(parts)} training tracks x epochs) = "
             f"{track_epochs} track-epochs, {hours:.2f} h")
-
-
-def update_card(name_or_path: str | os.PathLike[str], changes: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``changes`` into a card (top-level keys) after verifying its model; returns the card.
-
-    Used by the accuracy benchmark to record test-set metrics. ``sha256`` cannot be changed.
-    """
-    if "sha256" in changes:
-        raise CheckpointError("the sha256 of a card is set by export_checkpoint only")
-    _, card = load_checkpoint(name_or_path)
-    card.update(changes)
-    _write_card(checkpoint_paths(name_or_path)[1], card)
-    return card

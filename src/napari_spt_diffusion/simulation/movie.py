@@ -44,8 +44,13 @@ import pandas as pd
 
 from ..acquisition import Acquisition
 from ..results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, format_changepoint_frames
-from .render import camera_image_from_counts, expected_photons, localization_crlb_nm
-from .render import _poisson_variable  # exact per-box photon draws
+from .motion_models import MIXED, MIXED_PARTS, get_motion_model, movie_model_names
+from .render import (
+    _poisson_variable,  # exact per-box photon draws
+    camera_image_from_counts,
+    expected_photons,
+    localization_crlb_nm,
+)
 from .trajectories import (
     BOUND_D_RANGE_UM2_S,
     D2_OVER_D1_RANGE,
@@ -60,7 +65,6 @@ from .trajectories import (
 )
 
 __all__ = [
-    "MOVIE_MODELS",
     "MovieOptions",
     "MoviePlan",
     "SimulatedMovie",
@@ -68,9 +72,6 @@ __all__ = [
     "iter_movie_frames",
     "simulate_movie",
 ]
-
-#: Models of :func:`simulate_movie`.
-MOVIE_MODELS: tuple[str, ...] = ("aniso", "binding", "twostate", "mixed")
 
 #: Default D1 range (um^2/s) of anisotropic particles and of both two-state states (protocol "field").
 DEFAULT_D1_RANGE_UM2_S: tuple[float, float] = (0.05, 3.0)
@@ -181,37 +182,15 @@ def _simulate_particles(
     n = birth.shape[0]
     s = acq.substeps_per_frame
     lengths = n_frames * s
-    if model == "aniso":
-        lo, hi = options["D1_range_um2_s"]
-        d1 = rng.uniform(lo, hi, n)
-        d2 = d1 * rng.uniform(*options["D2_over_D1_range"], n)
-        th = rng.uniform(0.0, 180.0, n)
-        D1, D2, TH = d1[:, None], d2[:, None], th[:, None]
-        kinds = None
-    else:
-        if model == "binding":
-            d_b = rng.uniform(*options["bound_D_range_um2_s"], n)
-            d1_u = rng.uniform(*options["unbound_D1_range_um2_s"], n)
-            d2_u = d1_u * rng.uniform(*options["D2_over_D1_range"], n)
-            th_u = rng.uniform(0.0, 180.0, n)
-            D1 = np.stack([d_b, d1_u], axis=1)
-            D2 = np.stack([d_b, d2_u], axis=1)
-            TH = np.stack([np.zeros(n), th_u], axis=1)
-        else:  # twostate
-            lo, hi = options["D1_range_um2_s"]
-            D1 = rng.uniform(lo, hi, (n, 2))
-            D2 = D1.copy()
-            TH = np.zeros((n, 2))
-        p = transition_matrix(options["switch_rate_per_s"], 2, acq.substep_interval_s)
-        initial = rng.choice(2, n, p=stationary_distribution(p))
-        kinds = markov_chain(lengths, p, initial, rng) if n else np.zeros(0, dtype=np.int8)
+    states = get_motion_model(model).particle_states(n, lengths, acq, rng, options)
+    D1, D2, TH, kinds = states.D1_um2_s, states.D2_um2_s, states.theta_deg, states.substep_kind
     positions = _integrate(kinds, lengths, D1, D2, TH, start, acq, rng) if n else np.zeros((0, 2))
     f = int(n_frames.sum())
     positions = positions.reshape(f, s, 2)
     if kinds is None:
         frame_kind = np.zeros(f, dtype=np.int64)
     else:
-        frame_kind = _frame_labels(kinds.reshape(f, s), 2)
+        frame_kind = _frame_labels(kinds.reshape(f, s), D1.shape[1])
     owner = np.repeat(np.arange(n), n_frames)
     return _Particles(
         model=model,
@@ -309,8 +288,9 @@ def plan_movie(
     model
         ``"aniso"`` (one anisotropic state per particle), ``"binding"`` (bound isotropic
         <-> unbound anisotropic, Markov switching), ``"twostate"`` (two isotropic states,
-        Markov switching) or ``"mixed"`` (``binding_fraction`` of the particles binding,
-        the rest anisotropic).
+        Markov switching), any other motion model of :data:`.motion_models.MOTION_MODELS`
+        with a particle-state function, or ``"mixed"`` (``binding_fraction`` of the
+        particles binding, the rest anisotropic).
     particles
         Mean number of particles in the field of view at any frame.
     options
@@ -325,7 +305,8 @@ def plan_movie(
     D1_range_um2_s, D2_over_D1_range = opts.D1_range_um2_s, opts.D2_over_D1_range
     bound_D_range_um2_s, unbound_D1_range_um2_s = opts.bound_D_range_um2_s, opts.unbound_D1_range_um2_s
     switch_rate_per_s, binding_fraction = opts.switch_rate_per_s, opts.binding_fraction
-    mean_lifetime_frames, photons_per_frame, margin_px = opts.mean_lifetime_frames, opts.photons_per_frame, opts.margin_px
+    mean_lifetime_frames, photons_per_frame = opts.mean_lifetime_frames, opts.photons_per_frame
+    margin_px = opts.margin_px
     blink_off_probability, blink_on_probability = opts.blink_off_probability, opts.blink_on_probability
     try:
         ny, nx = (int(v) for v in shape_yx)
@@ -336,8 +317,8 @@ def plan_movie(
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
         raise SimulationError(f"n_frames must be a whole number >= 1, got {n_frames!r}")
     t_total = int(n_frames)
-    if model not in MOVIE_MODELS:
-        raise SimulationError(f"model must be one of {', '.join(MOVIE_MODELS)}, got {model!r}")
+    if model not in movie_model_names():
+        raise SimulationError(f"model must be one of {', '.join(movie_model_names())}, got {model!r}")
     try:
         mean_particles = float(particles)
     except (TypeError, ValueError):
@@ -354,7 +335,8 @@ def plan_movie(
     if not (math.isfinite(photons) and photons >= 0):
         raise SimulationError(f"photons_per_frame must be a non-negative number, got {photons_per_frame!r}")
     options = {
-        "D1_range_um2_s": _check_range(DEFAULT_D1_RANGE_UM2_S if D1_range_um2_s is None else D1_range_um2_s, "D1_range_um2_s"),
+        "D1_range_um2_s": _check_range(DEFAULT_D1_RANGE_UM2_S if D1_range_um2_s is None else D1_range_um2_s,
+                                       "D1_range_um2_s"),
         "D2_over_D1_range": _check_range(D2_over_D1_range, "D2_over_D1_range", 0.0, 1.0),
         "bound_D_range_um2_s": _check_range(bound_D_range_um2_s, "bound_D_range_um2_s"),
         "unbound_D1_range_um2_s": _check_range(unbound_D1_range_um2_s, "unbound_D1_range_um2_s"),
@@ -368,9 +350,9 @@ def plan_movie(
         raise SimulationError("blink_on_probability must be positive when particles can blink off")
     gen = as_generator(rng)
 
-    max_D = options["D1_range_um2_s"][1]
-    if model in ("binding", "mixed"):
-        max_D = max(max_D, options["unbound_D1_range_um2_s"][1], options["bound_D_range_um2_s"][1])
+    present = MIXED_PARTS if model == MIXED else (model,)
+    max_D = max([options["D1_range_um2_s"][1]]
+                + [options[key][1] for name in present for key in get_motion_model(name).movie_D_options])
     if margin_px is None:
         margin = _default_margin(acq, max_D, min(lifetime, t_total), (ny, nx))
     else:
@@ -390,12 +372,12 @@ def plan_movie(
     start = np.column_stack(
         [gen.uniform(-margin - 0.5, ny + margin - 0.5, n), gen.uniform(-margin - 0.5, nx + margin - 0.5, n)]
     )
-    if model == "mixed":
-        kind_of = np.where(gen.random(n) < fraction, "binding", "aniso")
+    if model == MIXED:
+        kind_of = np.where(gen.random(n) < fraction, *MIXED_PARTS)
     else:
         kind_of = np.full(n, model)
     groups = []
-    for name in ("aniso", "binding", "twostate"):
+    for name in movie_model_names():
         sel = np.nonzero(kind_of == name)[0]
         if sel.size:
             groups.append((sel, _simulate_particles(name, birth[sel], n_alive[sel], start[sel], acq, gen, options)))
@@ -411,7 +393,9 @@ def plan_movie(
 
     group_offsets = np.concatenate([[0], np.cumsum(rows_per)[:-1]]).astype(np.int64)
     row_index = np.repeat(group_offsets[inverse], rows_per[inverse]) + _ranges(rows_per[inverse])
-    positions = (np.concatenate([g.positions for _, g in groups]) if groups else np.zeros((0, acq.substeps_per_frame, 2)))[row_index]
+    all_positions = (np.concatenate([g.positions for _, g in groups]) if groups
+                     else np.zeros((0, acq.substeps_per_frame, 2)))
+    positions = all_positions[row_index]
     frame_kind = cat("frame_kind")[row_index].astype(np.int64)
     D1 = cat("D1")[row_index]
     D2 = cat("D2")[row_index]
@@ -432,12 +416,14 @@ def plan_movie(
     exposed = positions[:, :m, :]
     frame_pos = exposed.mean(axis=1)
     in_field = (
-        (frame_pos[:, 0] >= -0.5) & (frame_pos[:, 0] < ny - 0.5) & (frame_pos[:, 1] >= -0.5) & (frame_pos[:, 1] < nx - 0.5)
+        (frame_pos[:, 0] >= -0.5) & (frame_pos[:, 0] < ny - 0.5)
+        & (frame_pos[:, 1] >= -0.5) & (frame_pos[:, 1] < nx - 0.5)
     )
     reach = 4.0 * acq.psf_sigma_px + 1.0
     lo = exposed.min(axis=1)
     hi = exposed.max(axis=1)
-    touches = (hi[:, 0] > -0.5 - reach) & (lo[:, 0] < ny - 0.5 + reach) & (hi[:, 1] > -0.5 - reach) & (lo[:, 1] < nx - 0.5 + reach)
+    touches = ((hi[:, 0] > -0.5 - reach) & (lo[:, 0] < ny - 0.5 + reach)
+               & (hi[:, 1] > -0.5 - reach) & (lo[:, 1] < nx - 0.5 + reach))
     emit = np.nonzero(on & touches)[0]
     emit = emit[np.argsort(frame[emit], kind="stable")]
 
@@ -536,7 +522,6 @@ def _truth_tables(rows: _ParticleFrames, kind_of: np.ndarray, photons: float, ac
     change[1:] = (kind[1:] != kind[:-1]) & ~first[1:]
     cum = np.cumsum(change)
     track_first_row = np.nonzero(first)[0]
-    n_tracks = track_first_row.shape[0]
     state = cum - np.repeat(cum[track_first_row], np.diff(np.append(track_first_row, n_rows)))
     yx = frame_pos[keep]
     crlb = float(localization_crlb_nm(photons, acq.background_photons, acq)) if photons > 0 else math.nan

@@ -23,6 +23,12 @@ Conventions shared by all models
   multistate: index into the given list of states).
 * An isotropic state drawn without an explicit angle carries the label ``theta_deg = 0``.
 
+Each named motion model has two functions here, both listed in
+:mod:`.motion_models`: a trajectory function (``simulate_*``: equal-length tracks of the
+protocol's parameter ranges, for training and test samples) and a particle-state function
+(``particle_states_*``: state parameters and switching of particles of any length, for
+full-field movies, with the movie's parameter ranges).
+
 Random numbers are drawn from the given generator in a fixed order (parameters first,
 then switches, then steps), so a seed reproduces a data set exactly.
 """
@@ -49,6 +55,10 @@ __all__ = [
     "simulate_binding",
     "simulate_two_state",
     "simulate_multistate",
+    "ParticleStates",
+    "particle_states_anisotropic",
+    "particle_states_binding",
+    "particle_states_two_state",
 ]
 
 #: The seed-aniso grid of D1 values: 0.05, 0.10, ..., 6.00 um^2/s (120 values).
@@ -170,7 +180,7 @@ class DiffusionState:
     theta_deg: float | tuple[float, float] | None = None
 
     @classmethod
-    def coerce(cls, spec: "DiffusionState | Mapping[str, Any] | Sequence[Any]") -> "DiffusionState":
+    def coerce(cls, spec: DiffusionState | Mapping[str, Any] | Sequence[Any]) -> DiffusionState:
         """Build from a ``DiffusionState``, a dict of its fields, or a tuple ``(D1, D2/D1, theta)``."""
         if isinstance(spec, DiffusionState):
             return spec
@@ -233,7 +243,9 @@ def _draw(spec: Any, n: int, rng: np.random.Generator, name: str, low: float, hi
 
 
 # --------------------------------------------------------------------- core
-def _substep_sigmas(D1_um2_s: np.ndarray, D2_um2_s: np.ndarray, acquisition: Acquisition) -> tuple[np.ndarray, np.ndarray]:
+def _substep_sigmas(
+    D1_um2_s: np.ndarray, D2_um2_s: np.ndarray, acquisition: Acquisition
+) -> tuple[np.ndarray, np.ndarray]:
     """Standard deviations (px) of one sub-step along the D1 and D2 axes."""
     s1 = np.sqrt(2.0 * acquisition.diffusion_to_px2_per_substep(np.asarray(D1_um2_s, dtype=float)))
     s2 = np.sqrt(2.0 * acquisition.diffusion_to_px2_per_substep(np.asarray(D2_um2_s, dtype=float)))
@@ -485,7 +497,8 @@ def simulate_two_state(
     D = gen.choice(D1_GRID_UM2_S, (n, 2))
     switch, after = _single_switch_kinds(n, t * acq.substeps_per_frame, gen)
     kinds = after.astype(np.int8)
-    return _assemble("twostate", kinds, (D, D.copy(), np.zeros((n, 2))), _start_positions(start_px, n), acq, gen, switch)
+    states = (D, D.copy(), np.zeros((n, 2)))
+    return _assemble("twostate", kinds, states, _start_positions(start_px, n), acq, gen, switch)
 
 
 def _rate_matrix(switch_rate_per_s: Any, k: int) -> np.ndarray:
@@ -657,3 +670,69 @@ def simulate_multistate(
     traj = _assemble("multistate", kinds, (D1, D2, th), _start_positions(start_px, n), acq, gen)
     traj.meta["transition_per_substep"] = p
     return traj
+
+
+# ------------------------------------------------------------- movie particles
+@dataclass
+class ParticleStates:
+    """State parameters of ``N`` particles of any lengths and the state of every sub-step.
+
+    Attributes
+    ----------
+    D1_um2_s, D2_um2_s, theta_deg
+        ``(N, k)`` parameters of each particle's ``k`` states (um^2/s, um^2/s, degrees).
+    substep_kind
+        ``(M,)`` int8 state of every sub-step, particle after particle (``M`` the total
+        number of sub-steps); ``None`` when every particle has a single state (``k = 1``).
+    """
+
+    D1_um2_s: np.ndarray
+    D2_um2_s: np.ndarray
+    theta_deg: np.ndarray
+    substep_kind: np.ndarray | None
+
+
+def _markov_switching(
+    lengths: np.ndarray, switch_rate_per_s: Any, acquisition: Acquisition, rng: np.random.Generator
+) -> np.ndarray:
+    """``(sum(lengths),)`` int8 two-state Markov chain per particle, started in its stationary law."""
+    n = lengths.shape[0]
+    p = transition_matrix(switch_rate_per_s, 2, acquisition.substep_interval_s)
+    initial = rng.choice(2, n, p=stationary_distribution(p))
+    return markov_chain(lengths, p, initial, rng) if n else np.zeros(0, dtype=np.int8)
+
+
+def particle_states_anisotropic(
+    n: int, lengths: np.ndarray, acquisition: Acquisition, rng: np.random.Generator, options: Mapping[str, Any]
+) -> ParticleStates:
+    """One anisotropic state per particle: ``D1 ~ U(D1_range_um2_s)``, ``D2 = r D1`` with
+    ``r ~ U(D2_over_D1_range)``, ``theta ~ U[0, 180)`` (``options`` as in ``movie.plan_movie``)."""
+    d1 = rng.uniform(*options["D1_range_um2_s"], n)
+    d2 = d1 * rng.uniform(*options["D2_over_D1_range"], n)
+    th = rng.uniform(0.0, 180.0, n)
+    return ParticleStates(d1[:, None], d2[:, None], th[:, None], None)
+
+
+def particle_states_binding(
+    n: int, lengths: np.ndarray, acquisition: Acquisition, rng: np.random.Generator, options: Mapping[str, Any]
+) -> ParticleStates:
+    """Bound isotropic (state 0, ``D ~ U(bound_D_range_um2_s)``, theta 0) <-> unbound
+    anisotropic (state 1, ``D1 ~ U(unbound_D1_range_um2_s)``, ``D2 = r D1``), Markov
+    switching at ``switch_rate_per_s`` (1/s) per sub-step."""
+    d_b = rng.uniform(*options["bound_D_range_um2_s"], n)
+    d1_u = rng.uniform(*options["unbound_D1_range_um2_s"], n)
+    d2_u = d1_u * rng.uniform(*options["D2_over_D1_range"], n)
+    th_u = rng.uniform(0.0, 180.0, n)
+    kinds = _markov_switching(lengths, options["switch_rate_per_s"], acquisition, rng)
+    return ParticleStates(np.stack([d_b, d1_u], axis=1), np.stack([d_b, d2_u], axis=1),
+                          np.stack([np.zeros(n), th_u], axis=1), kinds)
+
+
+def particle_states_two_state(
+    n: int, lengths: np.ndarray, acquisition: Acquisition, rng: np.random.Generator, options: Mapping[str, Any]
+) -> ParticleStates:
+    """Two isotropic states, each ``D ~ U(D1_range_um2_s)`` (theta 0), Markov switching at
+    ``switch_rate_per_s`` (1/s) per sub-step."""
+    D1 = rng.uniform(*options["D1_range_um2_s"], (n, 2))
+    kinds = _markov_switching(lengths, options["switch_rate_per_s"], acquisition, rng)
+    return ParticleStates(D1, D1.copy(), np.zeros((n, 2)), kinds)

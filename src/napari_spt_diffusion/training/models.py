@@ -33,7 +33,6 @@ not change the answer, and returns D in **px^2/frame** (convert to um^2/s with
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,26 +40,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import MODALITIES
+
 __all__ = [
     "ModelConfig",
     "CrossTransformer",
     "NormalizedModel",
     "build_model",
     "count_parameters",
-    "MODEL_KINDS",
     "MODALITIES",
-    "DEFAULT_CONFIGS",
 ]
-
-#: Which output kind each named motion model uses.
-MODEL_KINDS = {"aniso": "sequence", "binding": "pointwise", "twostate": "pointwise"}
-#: Token streams a model can use (``ModelConfig.modalities``): both, or one for ablations.
-MODALITIES = ("both", "image", "displacement")
 
 
 @dataclass
 class ModelConfig:
-    """Hyper-parameters of a :class:`CrossTransformer`.
+    """Hyper-parameters of a :class:`CrossTransformer` (defaults: the size of the bundled models).
+
+    Why this size (measured on the 2-core CPU machine): the published model (E 64, hidden
+    128, 6 layers, ~900k parameters) would train ~3x slower than this one; here E = 64, 4
+    heads, MLP 128, 1 cross + 1 self block per modality and 2 joint blocks (6 blocks, as
+    published) but a lighter CNN (8 then 16 channels), ~266k parameters. The CNN dominates
+    the cost: (16, 32) channels trained at 169 samples/s, (12, 24) at 220 and (8, 16) at 311
+    (2 threads, batch 64, same load), so (8, 16) was taken; the bundled models trained at
+    250-290 samples/s on one thread each. On the seed-aniso/-binding/-twostate test sets they
+    beat the published cross-transformer MAE figures (benchmarks/reports/accuracy.md), so
+    the smaller size costs no D accuracy measured against those figures. The output kind of
+    each motion model is in :data:`~napari_spt_diffusion.simulation.motion_models.MOTION_MODELS`.
 
     Attributes
     ----------
@@ -137,29 +142,12 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; fields missing from ``values`` (older cards) take their defaults."""
         values = dict(values)
         if "cnn_channels" in values:
             values["cnn_channels"] = tuple(values["cnn_channels"])
         return cls(**values)
-
-
-#: Sizes used for the bundled models. Why this size (measured on the 2-core CPU machine):
-#: the published model (E 64, hidden 128, 6 layers, ~900k parameters) would train ~3x
-#: slower than this one; here E = 64, 4 heads, MLP 128, 1 cross + 1 self block per modality
-#: and 2 joint blocks (6 blocks, as published) but a lighter CNN (8 then 16 channels),
-#: ~266k parameters. The CNN dominates the cost: (16, 32) channels trained at 169
-#: samples/s, (12, 24) at 220 and (8, 16) at 311 (2 threads, batch 64, same load), so
-#: (8, 16) was taken; the bundled models trained at 250-290 samples/s on one thread each.
-#: On the seed-aniso/-binding/-twostate test sets they beat the published cross-transformer
-#: MAE figures (benchmarks/reports/accuracy.md), so the smaller size costs no D accuracy
-#: measured against those figures.
-DEFAULT_CONFIGS: dict[str, ModelConfig] = {
-    "aniso": ModelConfig(kind="sequence"),
-    "binding": ModelConfig(kind="pointwise"),
-    "twostate": ModelConfig(kind="pointwise"),
-}
 
 
 # ----------------------------------------------------------------------------- encoders

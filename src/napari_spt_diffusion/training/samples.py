@@ -1,19 +1,21 @@
-"""Training and test samples made through the tracking code path.
+"""Training and test samples made through the pipeline's spot path.
 
-A model must never see data made differently from inference data (DESIGN.md). So a
+A model must never see data made differently from inference data (docs/architecture.md). So a
 sample is not cut from the simulator's truth: for ``N`` simulated trajectories, every
 frame is rendered as a small camera window that follows the particle (motion blur,
 pixel-integrated PSF, Poisson and read noise, uint16 ADU), and then the *tracker*
 finds and fits the spot exactly as in a movie:
 
 1. all windows of a chunk are tiled side by side into one mosaic image per chunk, and
-   :func:`~napari_spt_diffusion.tracking.detect.detect_frame` runs on the mosaic;
-   each window keeps the detection nearest to the particle's true position (within
-   ``match_radius_px``); a window without one falls back to the pixel under the true
-   position and is flagged (``detected = False``) -- in a movie such a frame would be a
-   gap in the track;
-2. :func:`~napari_spt_diffusion.tracking.localize.localize_frame` fits all those peaks
-   of the mosaic in one call (the same sub-pixel fit, background and precision);
+   :func:`~napari_spt_diffusion.tracking.spots.locate_frame` runs on the mosaic: the
+   pipeline's per-frame path (detection, maximum-likelihood fit, then the overlap pass
+   that merges the two lobes of a motion-blurred streak and splits two overlapping
+   emitters);
+2. each window keeps the localization nearest to the particle's true position (within
+   ``match_radius_px``, ``detected = True``); a window without one is fitted at the
+   pixel under the true position by the single-spot fit
+   (:func:`~napari_spt_diffusion.tracking.localize.localize_frame`) and flagged
+   (``detected = False``) -- in a movie such a frame would be a gap in the track;
 3. :func:`~napari_spt_diffusion.tracking.patches.crop_patches` cuts the ``P x P`` patch
    around the *localized* position from the window, in photo-electrons, with the same
    centring, sub-pixel offset and edge handling as :func:`extract_track_patches`;
@@ -26,7 +28,8 @@ windows do not reach its neighbours when ``window_size >= patch_size + 8``.
 Crowding: with ``neighbour_fraction > 0`` (:func:`make_samples`), that share of the samples
 gets a second particle of the same motion model, started 1.5-6 px away (by default) and
 diffusing on its own; its light is rendered into the same windows before the camera noise,
-so the detector, the localizer and the patch see both, as in a crowded movie. The labels
+so the detector, the localizer and the patch see both, as in a crowded movie (the window
+keeps whatever localization of the spot path lies nearest the first particle). The labels
 stay those of the first particle. A model trained only on isolated particles reads a
 neighbour inside its patch as fast motion (``benchmarks/reports/accuracy.md``: on the
 ``field`` benchmark movie, the crowded tracks carried most of such a model's per-track D1
@@ -41,35 +44,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..acquisition import Acquisition
-from ..tracking.detect import DetectionSettings, detect_frame
+from ..io._atomic import atomic_path
+from ..simulation.motion_models import get_motion_model
+from ..simulation.render import camera_image, render_windows
+from ..simulation.trajectories import SimulationError, Trajectories, as_generator
+from ..tracking.detect import DetectionSettings
 from ..tracking.localize import localize_frame
 from ..tracking.patches import crop_patches, displacements_from_positions
-from .render import camera_image, render_windows
-from .trajectories import (
-    SimulationError,
-    Trajectories,
-    as_generator,
-    simulate_anisotropic,
-    simulate_binding,
-    simulate_two_state,
-)
+from ..tracking.spots import locate_frame
 
-__all__ = ["SAMPLE_MODELS", "SampleBatch", "make_samples", "samples_from_trajectories", "save_samples", "load_samples"]
-
-#: Motion models that :func:`make_samples` knows (PROTOCOLS.md seed-aniso, seed-binding, seed-twostate).
-SAMPLE_MODELS: dict[str, Any] = {
-    "aniso": simulate_anisotropic,
-    "binding": simulate_binding,
-    "twostate": simulate_two_state,
-}
+__all__ = ["SampleBatch", "SampleSettings", "make_samples", "samples_from_trajectories", "save_samples", "load_samples"]
 
 _FORMAT_VERSION = 1
 _MAX_TILES_PER_MOSAIC = 4096
@@ -178,45 +170,94 @@ def _windows_mosaic(windows: np.ndarray) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(mosaic), cols
 
 
-def _pick_peaks(
-    peaks: np.ndarray, true_local: np.ndarray, window: int, cols: int, match_radius_px: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One peak per tile: the detection nearest the true position, else the true pixel.
+@dataclass(frozen=True)
+class SampleSettings:
+    """How samples are cut from the rendered windows (defaults: those of the bundled models).
 
-    Returns ``(K, 2)`` peak pixels in mosaic coordinates and ``(K,)`` detected flags.
+    Attributes
+    ----------
+    patch_size
+        Odd patch side (px).
+    window_size
+        Side of the rendered window that follows each particle (px); ``None``:
+        ``patch_size + 8`` (19 for 11-px patches), enlarged for wide PSFs so that the
+        window holds the patch plus ``4 psf_sigma`` of margin.
+    detection
+        Detection settings of the spot path (``None``: the tracker's defaults).
+    match_radius_px
+        A localization farther than this from the true position (px) does not count as
+        the particle's.
+    """
+
+    patch_size: int = 11
+    window_size: int | None = None
+    detection: DetectionSettings | None = None
+    match_radius_px: float = 3.0
+
+
+_SPOT_FIELDS = ("y_px", "x_px", "photons", "background", "loc_precision_nm", "fit_ok")
+
+
+def _tile_origins(k: int, window: int, cols: int) -> np.ndarray:
+    """``(K, 2)`` top-left pixel ``(y, x)`` of each tile of the mosaic."""
+    tiles = np.arange(k)
+    return np.stack([(tiles // cols) * window, (tiles % cols) * window], axis=1)
+
+
+def _match_spots(
+    spots: pd.DataFrame, true_local: np.ndarray, window: int, cols: int, match_radius_px: float
+) -> np.ndarray:
+    """Per tile, the row of ``spots`` nearest the true position within ``match_radius_px``, else -1.
+
+    ``spots``: localizations in mosaic pixels (``y_px``, ``x_px``); a localization belongs
+    to the tile of the pixel under it. ``true_local`` ``(K, 2)``: true positions in tile
+    pixels. Returns ``(K,)`` int64 row indices.
     """
     k = len(true_local)
-    tile_row = np.arange(k) // cols
-    tile_col = np.arange(k) % cols
-    origin = np.stack([tile_row * window, tile_col * window], axis=1)
-    fallback = origin + np.clip(np.floor(true_local + 0.5).astype(np.int64), 0, window - 1)
-    chosen = fallback.copy()
-    detected = np.zeros(k, dtype=bool)
-    if len(peaks):
-        tile = (peaks[:, 0] // window) * cols + peaks[:, 1] // window
-        inside = tile < k
-        peaks, tile = peaks[inside], tile[inside]
-        dist = np.hypot(*(peaks - origin[tile] - true_local[tile]).T)
-        close = dist <= match_radius_px
-        peaks, tile, dist = peaks[close], tile[close], dist[close]
-        order = np.lexsort((dist, tile))
-        first_tiles, first = np.unique(tile[order], return_index=True)
-        chosen[first_tiles] = peaks[order[first]]
-        detected[first_tiles] = True
-    return chosen, detected
+    chosen = np.full(k, -1, dtype=np.int64)
+    yx = spots[["y_px", "x_px"]].to_numpy(dtype=np.float64)
+    if not len(yx):
+        return chosen
+    pixel = np.floor(yx + 0.5)
+    ok = np.isfinite(pixel).all(axis=1)
+    pixel = np.where(ok[:, None], pixel, -1).astype(np.int64)
+    ok &= (pixel >= 0).all(axis=1) & (pixel[:, 1] < cols * window)
+    tile = (pixel[:, 0] // window) * cols + pixel[:, 1] // window
+    ok &= tile < k
+    rows, tile = np.flatnonzero(ok), tile[ok]
+    dist = np.hypot(*(yx[rows] - _tile_origins(k, window, cols)[tile] - true_local[tile]).T)
+    close = dist <= match_radius_px
+    rows, tile, dist = rows[close], tile[close], dist[close]
+    order = np.lexsort((dist, tile))
+    first_tiles, first = np.unique(tile[order], return_index=True)
+    chosen[first_tiles] = rows[order[first]]
+    return chosen
 
 
-def _other_peaks(peaks: np.ndarray, chosen: np.ndarray, crowded: np.ndarray, window: int, cols: int) -> np.ndarray:
-    """``(M, 2)`` detected peaks of crowded tiles (``crowded`` ``(K,)`` bool) other than the chosen ones."""
-    if not len(peaks):
-        return peaks.reshape(0, 2)
-    tile = (peaks[:, 0] // window) * cols + peaks[:, 1] // window
-    inside = tile < len(crowded)
-    keep = np.zeros(len(peaks), dtype=bool)
-    keep[inside] = crowded[tile[inside]]
-    taken = {(int(y), int(x)) for y, x in chosen}
-    keep &= np.array([(int(y), int(x)) not in taken for y, x in peaks], dtype=bool)
-    return peaks[keep]
+def _tile_spots(
+    mosaic: np.ndarray, true_local: np.ndarray, window: int, cols: int, acquisition: Acquisition,
+    settings: SampleSettings,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One localization per tile of a mosaic (ADU): the pipeline's spot path, else a fit at the true pixel.
+
+    Returns the ``(K,)`` arrays :data:`_SPOT_FIELDS` (``y_px, x_px`` in mosaic pixels) and
+    the ``(K,)`` ``detected`` flags.
+    """
+    k = len(true_local)
+    spots = locate_frame(mosaic, acquisition, settings.detection)
+    row = _match_spots(spots, true_local, window, cols, settings.match_radius_px)
+    detected = row >= 0
+    out = {name: np.empty(k, dtype=spots[name].dtype) for name in _SPOT_FIELDS}
+    for name in _SPOT_FIELDS:
+        out[name][detected] = spots[name].to_numpy()[row[detected]]
+    missed = np.flatnonzero(~detected)
+    if len(missed):
+        # a missed particle is fitted at the pixel under its true position
+        pixel = np.clip(np.floor(true_local[missed] + 0.5).astype(np.int64), 0, window - 1)
+        fits = localize_frame(mosaic, _tile_origins(k, window, cols)[missed] + pixel, acquisition)
+        for name in _SPOT_FIELDS:
+            out[name][missed] = fits[name].to_numpy()
+    return out, detected
 
 
 def _neighbour_rows(
@@ -244,15 +285,12 @@ def samples_from_trajectories(
     trajectories: Trajectories,
     rng: np.random.Generator | int | None = None,
     *,
-    patch_size: int = 11,
-    window_size: int | None = None,
-    detection: DetectionSettings | None = None,
-    match_radius_px: float = 3.0,
+    settings: SampleSettings | None = None,
     photons_per_frame: Any = None,
     neighbours: Trajectories | None = None,
     neighbour_index: Any = None,
 ) -> SampleBatch:
-    """Render trajectories and run detection, localization and patch cutting on them.
+    """Render trajectories and run the pipeline's spot path and patch cutting on them.
 
     Parameters
     ----------
@@ -260,17 +298,9 @@ def samples_from_trajectories(
         Simulated trajectories (their ``acquisition`` is used throughout).
     rng
         Generator or seed for the camera noise.
-    patch_size
-        Odd patch side (px).
-    window_size
-        Side of the rendered window that follows each particle (px); default
-        ``patch_size + 8`` (19 for 11-px patches), enlarged for wide PSFs so that the
-        window holds the patch plus ``4 psf_sigma`` of margin.
-    detection
-        Detection settings (default: the tracker's defaults).
-    match_radius_px
-        A detection farther than this from the true position does not count as the
-        particle's.
+    settings
+        Patch and window sizes, detection settings, match radius
+        (:class:`SampleSettings`; ``None``: the defaults).
     photons_per_frame
         Signal photons per frame (number or ``(N, T)``); ``None``: the acquisition's.
     neighbours, neighbour_index
@@ -285,6 +315,8 @@ def samples_from_trajectories(
     """
     acq = trajectories.acquisition
     gen = as_generator(rng)
+    settings = settings if settings is not None else SampleSettings()
+    patch_size, window_size, match_radius_px = settings.patch_size, settings.window_size, settings.match_radius_px
     if int(patch_size) != patch_size or patch_size < 3 or patch_size % 2 == 0:
         raise SimulationError(f"patch_size must be an odd whole number >= 3, got {patch_size!r}")
     margin = max(4, int(math.ceil(4 * acq.psf_sigma_px)))
@@ -328,27 +360,17 @@ def samples_from_trajectories(
                 expected[has] += render_windows(neighbour_sub[rows[has]], flat_origin[a:b][has], window, acq)
         windows_adu = camera_image(expected, acq, gen)  # (K, W, W) uint16
         mosaic, cols = _windows_mosaic(windows_adu)
-        true_local = flat_true[a:b] - flat_origin[a:b]
-        peaks = detect_frame(mosaic, acq, detection)
-        chosen, found = _pick_peaks(peaks, true_local, window, cols, match_radius_px)
-        others = _other_peaks(peaks, chosen, neighbour_of[a:b] >= 0, window, cols) if neighbour_of is not None else None
-        if others is not None and len(others):
-            # crowded tiles: every detected spot is fitted, as in a movie, so that the
-            # localizer models the neighbour's light beside the particle's
-            table = localize_frame(mosaic, np.concatenate([chosen, others]), acq).iloc[: len(chosen)]
-        else:
-            table = localize_frame(mosaic, chosen, acq)
+        table, found = _tile_spots(mosaic, flat_true[a:b] - flat_origin[a:b], window, cols, acq, settings)
         tiles = np.arange(b - a)
-        tile_origin = np.stack([(tiles // cols) * window, (tiles % cols) * window], axis=1)
-        local = table[["y_px", "x_px"]].to_numpy() - tile_origin
+        local = np.stack([table["y_px"], table["x_px"]], axis=1) - _tile_origins(b - a, window, cols)
         p, m, o = crop_patches(acq.adu_to_photons(windows_adu), local, patch_size, image_index=tiles)
         patches[a:b], outside[a:b], offsets[a:b] = p, m, o
         loc[a:b] = local + flat_origin[a:b]
         detected[a:b] = found
-        fit_ok[a:b] = table["fit_ok"].to_numpy()
-        photons[a:b] = table["photons"].to_numpy()
-        background[a:b] = table["background"].to_numpy()
-        precision[a:b] = table["loc_precision_nm"].to_numpy()
+        fit_ok[a:b] = table["fit_ok"]
+        photons[a:b] = table["photons"]
+        background[a:b] = table["background"]
+        precision[a:b] = table["loc_precision_nm"]
 
     positions = loc.reshape(n, t, 2)
     disp, _ = displacements_from_positions(positions)
@@ -386,12 +408,9 @@ def make_samples(
     n: int,
     n_frames: int = 30,
     acquisition: Acquisition | None = None,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = None,
     *,
-    rng: np.random.Generator | None = None,
-    patch_size: int = 11,
-    window_size: int | None = None,
-    detection: DetectionSettings | None = None,
+    settings: SampleSettings | None = None,
     neighbour_fraction: float = 0.0,
     neighbour_distance_px: tuple[float, float] = (1.5, 6.0),
 ) -> SampleBatch:
@@ -400,8 +419,9 @@ def make_samples(
     Parameters
     ----------
     model
+        A motion model of :data:`~napari_spt_diffusion.simulation.motion_models.MOTION_MODELS`:
         ``"aniso"`` (seed-aniso), ``"binding"`` (seed-binding) or ``"twostate"``
-        (seed-twostate), as in PROTOCOLS.md.
+        (seed-twostate), as in docs/protocols.md; its trajectory function draws the tracks.
     n
         Number of samples.
     n_frames
@@ -409,12 +429,10 @@ def make_samples(
     acquisition
         Acquisition; ``None`` for the standard one.
     seed
-        Seed of the generator (the protocol test sets: aniso 2025, binding 2026,
-        twostate 2027). Ignored when ``rng`` is given.
-    rng
-        A generator to draw from instead of ``seed``.
-    patch_size, window_size, detection
-        See :func:`samples_from_trajectories`.
+        Seed of the generator (a protocol test set: the model's ``MotionModel.test_seed``),
+        or a ``numpy.random.Generator`` to draw from.
+    settings
+        Patch and window sizes, detection settings, match radius (:class:`SampleSettings`).
     neighbour_fraction
         Share of the samples (each drawn with this probability) that get a second
         particle of the same motion model (its own D, anisotropy and angle), started at a
@@ -428,20 +446,19 @@ def make_samples(
         The random numbers are drawn in a fixed order (start offsets, trajectories,
         neighbours when asked for, camera noise), so a seed reproduces the set exactly.
     """
-    if model not in SAMPLE_MODELS:
-        raise SimulationError(f"model must be one of {', '.join(SAMPLE_MODELS)}, got {model!r}")
+    simulate = get_motion_model(model).simulate
     acq = acquisition if acquisition is not None else Acquisition()
-    gen = rng if rng is not None else as_generator(seed)
+    gen = as_generator(seed)
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise SimulationError(f"n must be a whole number >= 1, got {n!r}")
     n = int(n)
     # Random start within a pixel, so that the sub-pixel phase of slow particles is uniform.
     start = gen.uniform(-0.5, 0.5, (n, 2))
-    traj = SAMPLE_MODELS[model](n, n_frames, acq, gen, start_px=start)
+    traj = simulate(n, n_frames, acq, gen, start_px=start)
     neighbours, index = _draw_neighbours(model, traj, gen, neighbour_fraction, neighbour_distance_px)
-    batch = samples_from_trajectories(traj, gen, patch_size=patch_size, window_size=window_size, detection=detection,
-                                      neighbours=neighbours, neighbour_index=index)
-    batch.meta.update({"seed": seed if rng is None else None, "model": model, "n_frames": int(n_frames),
+    batch = samples_from_trajectories(traj, gen, settings=settings, neighbours=neighbours, neighbour_index=index)
+    batch.meta.update({"seed": None if isinstance(seed, np.random.Generator) else seed, "model": model,
+                       "n_frames": int(n_frames),
                        "neighbour_fraction": float(neighbour_fraction),
                        "neighbour_distance_px": [float(v) for v in neighbour_distance_px]})
     return batch
@@ -464,7 +481,7 @@ def _draw_neighbours(
     r = gen.uniform(lo, hi, len(index))
     phi = gen.uniform(0.0, 2.0 * math.pi, len(index))
     start = traj.substep_positions_px[index, 0, 0] + np.stack([r * np.sin(phi), r * np.cos(phi)], axis=1)
-    others = SAMPLE_MODELS[model](len(index), traj.n_frames, traj.acquisition, gen, start_px=start)
+    others = get_motion_model(model).simulate(len(index), traj.n_frames, traj.acquisition, gen, start_px=start)
     return others, index
 
 
@@ -502,15 +519,8 @@ def save_samples(path: str | os.PathLike[str], batch: SampleBatch, overwrite: bo
         "meta": batch.meta,
     }
     arrays = {name: getattr(batch, name) for name in _ARRAY_FIELDS}
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, header=np.array(json.dumps(header)), **arrays)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "xb") as fh:
+        np.savez(fh, header=np.array(json.dumps(header)), **arrays)
     return out
 
 
