@@ -41,7 +41,7 @@ import torch
 
 from ..acquisition import Acquisition
 from ..estimation.estimator import EstimatorError, resolve_device
-from ..io._atomic import atomic_write_json
+from ..io._atomic import atomic_path, atomic_write_json
 from ..simulation.motion_models import get_motion_model
 from .card import (
     RunRecord,
@@ -336,9 +336,9 @@ def _save_epoch(run: _Run, net: NormalizedModel, cfg: ModelConfig, epoch: int, i
     """``last_state.pt`` every epoch, ``best_state.pt`` when the validation loss improved."""
     state = {"config": cfg.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
              "epoch": epoch}
-    torch.save(state, run.out / "last_state.pt")
-    if is_best:
-        torch.save(state, run.out / "best_state.pt")
+    for name in ("last_state.pt", "best_state.pt") if is_best else ("last_state.pt",):
+        with atomic_path(run.out / name) as tmp:
+            torch.save(state, tmp)
 
 
 def _append_curve(run: _Run, row: list[Any]) -> None:
