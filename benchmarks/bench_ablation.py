@@ -6,7 +6,7 @@ in ``ModelConfig.modalities`` are trained at the same budget and scored on the s
 - ``both``: the cross-transformer of the bundled models (two token streams, cross-attention).
 - ``image`` / ``displacement``: one token stream; the absent encoder is not built and its
   input is ignored; the stream goes through ``n_cross + n_self + n_joint`` self-attention
-  blocks, the depth of the two-modality model (``estimation/models.py``).
+  blocks, the depth of the two-modality model (``training/models.py``).
 
 Training budget (identical for the three): the first ``--n-train`` (default 20,000) tracks
 of ``runs/data/aniso_train.npz`` (seed-100 tracks made by ``training.load_dataset``), the
@@ -16,8 +16,8 @@ augmentation, model seed 100, 1 torch thread. The best epoch on the validation l
 exported to ``runs/ablation_<modalities>/`` (never into ``checkpoints/``); the report scores
 each run's ``best_state.pt`` (the same weights) in eager PyTorch.
 
-Test: PROTOCOLS.md seed-aniso v1 (5,000 tracks, seed 2025), the cache of
-``bench_accuracy.py`` (``--cache runs/bench_cache``; made there when missing).
+Test: seed-aniso v1 of docs/protocols.md (5,000 tracks, seed 2025), the cache of
+``bench_accuracy.py`` (``--cache runs/bench_cache``; made there when missing, ``_common.seed_test_set``).
 
 Commands::
 
@@ -30,11 +30,7 @@ Commands::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -42,12 +38,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import (
+    PROTOCOLS,
+    command_line,
+    report_header,
+    report_path,
+    run_model,
+    seed_test_set,
+    track_metrics,
+    write_report,
+)
 from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.estimation.models import MODALITIES, ModelConfig, build_model, count_parameters
-from napari_spt_diffusion.estimation.training import read_learning_curve, train_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import _run_model, _test_set, _track_metrics  # noqa: E402
+from napari_spt_diffusion.training.card import read_learning_curve
+from napari_spt_diffusion.training.config import TrainConfig
+from napari_spt_diffusion.training.loop import train_model
+from napari_spt_diffusion.training.models import MODALITIES, ModelConfig, build_model, count_parameters
 
 TRAIN_SEED = 100  # the seed runs/data/aniso_train.npz was made with (its .gen.json)
 
@@ -73,11 +78,10 @@ def _train(args: argparse.Namespace, command: str) -> int:
         if "val" in message or "step 0/" in message:
             print(f"[{time.strftime('%H:%M:%S')}] {fraction:6.1%} {message}", flush=True)
 
-    path = train_model(
-        model="aniso", n_samples=args.n_train, epochs=args.epochs, device="cpu", out_dir=out, seed=TRAIN_SEED,
-        num_threads=args.threads, command=command, name=f"aniso_{args.modalities}", train_data=train, val_data=val,
-        modalities=args.modalities, progress=progress,
-    )
+    config = TrainConfig(model="aniso", n_samples=args.n_train, epochs=args.epochs, device="cpu", out_dir=str(out),
+                         seed=TRAIN_SEED, threads=args.threads, name=f"aniso_{args.modalities}",
+                         modalities=args.modalities)
+    path = train_model(config, progress, command=command, train_data=train, val_data=val)
     print(f"exported {path}", flush=True)
     return 0
 
@@ -115,7 +119,7 @@ def _report(args: argparse.Namespace, command: str) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     acq = Acquisition()
-    batch, _ = _test_set("aniso", 5000, acq, Path(args.cache))
+    batch, _ = seed_test_set("aniso", 5000, acq, Path(args.cache))
     rows = {}
     for mod in MODALITIES:
         run = Path(args.runs) / f"ablation_{mod}"
@@ -124,13 +128,15 @@ def _report(args: argparse.Namespace, command: str) -> int:
             continue
         model = _load_best(run)
         with torch.inference_mode():
-            pred, rate = _run_model(model, batch, acq)
-        rows[mod] = {**_track_metrics(pred, batch), **_run_summary(run, mod), "params": count_parameters(model),
+            pred, rate = run_model(model, batch, acq)
+        rows[mod] = {**track_metrics(pred, batch), **_run_summary(run, mod), "params": count_parameters(model),
                      "inference_tracks_per_s": rate}
         print(mod, {k: rows[mod][k] for k in ("mae_D1_um2_s", "mae_D2_um2_s", "angle_similarity_axial")}, flush=True)
-    load = os.getloadavg()
-    lines = [
-        "# Modality ablation of the anisotropic model\n",
+    lines = report_header(
+        "Modality ablation of the anisotropic model",
+        f"{PROTOCOLS} seed-aniso v1, 5,000 tracks, seed 2025 (cache of bench_accuracy.py), per-track MAE "
+        "(um^2/s) and angle similarity over all tracks (published: mean cos; axial: mean |cos|).", command)
+    lines += [
         "- Question (issue 4): what does each input modality contribute? Three `aniso` models that differ only in "
         "`ModelConfig.modalities`, trained at the same budget, scored on the same tracks.",
         "- Architectures: `both` = the bundled cross-transformer (image and displacement token streams, 1 cross + 1 "
@@ -139,18 +145,14 @@ def _report(args: argparse.Namespace, command: str) -> int:
         "- Training (identical budget): the first 20,000 tracks of `runs/data/aniso_train.npz` (seed 100), "
         "validation on the 2,000 tracks of `runs/data/aniso_train_val.npz` (seed 101), 6 epochs, batch 64, AdamW "
         "lr 2e-3, angle weight 4, grid-symmetry augmentation, model seed 100, CPU 1 thread; the best validation "
-        "epoch is kept in `runs/ablation_<modalities>/best_state.pt` and scored here (not bundled). The bundled `aniso` model saw 40,000 tracks x 10 "
-        "epochs, so its absolute figures (benchmarks/reports/accuracy.md) are better than the `both` row here.",
-        "- Test: PROTOCOLS.md seed-aniso v1, 5,000 tracks, seed 2025 (cache of bench_accuracy.py), per-track MAE "
-        "(um^2/s) and angle similarity over all tracks (published: mean cos; axial: mean |cos|).",
-        f"- Report command: `{command}`",
-        f"- Date {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine {platform.machine()}, {os.cpu_count()} CPU "
-        f"cores shared with other jobs (load average at the end of this report run {load[0]:.2f} / {load[1]:.2f} / "
-        f"{load[2]:.2f}: training and inference speeds are under that load), torch {torch.__version__}.\n",
-        "| modalities | parameters | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle similarity (published) | "
-        "angle similarity (axial) | best epoch / epochs run | train samples/s (1 thread, mean of epochs) | "
-        "train time incl. validation (s) | "
-        "inference tracks/s |",
+        "epoch is kept in `runs/ablation_<modalities>/best_state.pt` and scored here (not bundled). The bundled "
+        "`aniso` model saw 40,000 tracks x 10 epochs, so its absolute figures (benchmarks/reports/accuracy.md) are "
+        "better than the `both` row here.",
+        "- The load average above is that of the end of this report run: training and inference speeds are under "
+        "that load.\n",
+        "| modalities | parameters | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle similarity (published) | angle "
+        "similarity (axial) | best epoch / epochs run | train samples/s (1 thread, mean of epochs) | train time incl. "
+        "validation (s) | inference tracks/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mod, m in rows.items():
@@ -163,17 +165,12 @@ def _report(args: argparse.Namespace, command: str) -> int:
     lines += ["", "Models: the best validation epoch (`best_state.pt` of each run folder) in eager PyTorch. "
               "Inference tracks/s: batches of 512 of 30-frame tracks, "
               f"{torch.get_num_threads()} torch thread(s), under the load above.", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    out = write_report(args.out, lines)
     print(f"wrote {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one ablation model")
@@ -187,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--runs", default="runs")
     r.add_argument("--cache", default="runs/bench_cache")
     r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--out", default=str(here / "reports" / "ablation.md"))
+    r.add_argument("--out", default=str(report_path("ablation", False)))
     argv_list = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv_list)
-    command = " ".join([".venv/bin/python", "benchmarks/bench_ablation.py"] + [shlex.quote(a) for a in argv_list])
+    command = command_line("bench_ablation.py", argv_list)
     return _train(args, command) if args.command == "train" else _report(args, command)
 
 

@@ -1,8 +1,8 @@
 """Accuracy of the bundled cross-transformer models next to the classical estimators.
 
-Protocols: PROTOCOLS.md seed-aniso (seed 2025), seed-binding (seed 2026) and seed-twostate
+Protocols (docs/protocols.md): seed-aniso (seed 2025), seed-binding (seed 2026) and seed-twostate
 (seed 2027), v1: 30-frame tracks at the standard acquisition, made by
-``simulation.samples.make_samples(model, n, 30, Acquisition(), seed=...)`` -- rendered,
+``make_samples(model, n, 30, Acquisition(), seed=...)`` (``training.samples``) -- rendered,
 then detected, localized and cropped by the tracking code, exactly as at inference.
 5,000 tracks per set; ``--quick``: 1,000 tracks (same seeds, a smaller set; the report says
 which).
@@ -37,11 +37,7 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -49,115 +45,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.estimation import classical as C
-from napari_spt_diffusion.estimation.changepoints import single_changepoint
-from napari_spt_diffusion.estimation.checkpoint import CHECKPOINT_DIR, describe_training, load_checkpoint, update_card
-from napari_spt_diffusion.estimation.tensor import (
-    eigen_from_tensor,
-    angle_similarity_axial,
-    angle_similarity_published,
-    mean_absolute_error,
-    theta_from_sin_cos_2theta,
+from _common import (
+    PROTOCOLS,
+    PUBLISHED,
+    SEEDS,
+    changepoint_errors,
+    classical_frames,
+    classical_tracks,
+    command_line,
+    fmt,
+    frame_metrics,
+    labels_change,
+    report_header,
+    report_path,
+    run_model,
+    seed_test_set,
+    size_bins,
+    track_metrics,
+    write_report,
 )
-from napari_spt_diffusion.simulation.samples import SAMPLE_MODELS, load_samples, make_samples, save_samples
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.estimation.checkpoint import CHECKPOINT_DIR, describe_training, load_checkpoint
+from napari_spt_diffusion.estimation.tensor import eigen_from_tensor
+from napari_spt_diffusion.simulation.motion_models import get_motion_model
 from napari_spt_diffusion.simulation.trajectories import as_generator
-
-SEEDS = {"aniso": 2025, "binding": 2026, "twostate": 2027}
-#: Published figures (PROTOCOLS.md): MAE D1, MAE D2, angle similarity, changepoint MAE (frames).
-PUBLISHED = {
-    "aniso": {"cross-transformer": (0.361, 0.245, 0.914, None), "LSTM": (0.37, 0.261, 0.902, None),
-              "Pix2D": (0.47, 0.353, 0.906, None)},
-    "binding": {"cross-transformer": (0.279, 0.228, 0.945, 0.412), "LSTM": (0.375, 0.339, 0.92, 0.713),
-                "Pix2D": (0.578, 0.556, 0.87, 0.674)},
-    "twostate": {"cross-transformer": (0.394, 0.394, None, 5.02), "LSTM": (0.559, 0.559, None, 6.393),
-                 "Pix2D": (0.97, 0.97, None, 5.802)},
-}
-
-
-def _fmt(x, digits: int = 3) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _test_set(model: str, n: int, acq: Acquisition, cache: Path | None):
-    path = None if cache is None else cache / f"seed-{model}-{SEEDS[model]}-n{n}.npz"
-    if path is not None and path.exists():
-        return load_samples(path), None
-    t0 = time.perf_counter()
-    batch = make_samples(model, n, n_frames=30, acquisition=acq, seed=SEEDS[model])
-    rate = n / (time.perf_counter() - t0)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_samples(path, batch, overwrite=True)
-    return batch, rate
-
-
-@torch.no_grad()
-def _run_model(module, batch, acq: Acquisition, batch_size: int = 512):
-    outs = []
-    n = len(batch)
-    # TorchScript's profiling executor optimises during the first calls: warm up before timing
-    w = min(n, batch_size)
-    warm = (torch.from_numpy(np.ascontiguousarray(batch.patches[:w], dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(batch.displacements[:w], dtype=np.float32)),
-            torch.ones((w, batch.patches.shape[1]), dtype=torch.bool))
-    for _ in range(3):
-        module(*warm)
-    t0 = time.perf_counter()
-    for a in range(0, n, batch_size):
-        p = torch.from_numpy(np.ascontiguousarray(batch.patches[a:a + batch_size], dtype=np.float32))
-        d = torch.from_numpy(np.ascontiguousarray(batch.displacements[a:a + batch_size], dtype=np.float32))
-        v = torch.ones(p.shape[:2], dtype=torch.bool)
-        outs.append(module(p, d, v).numpy())
-    rate = n / (time.perf_counter() - t0)
-    out = np.concatenate(outs).astype(np.float64)
-    return {
-        "D1_um2_s": acq.diffusion_to_um2_s(out[..., 0]),
-        "D2_um2_s": acq.diffusion_to_um2_s(out[..., 1]),
-        "theta_deg": theta_from_sin_cos_2theta(out[..., 2], out[..., 3]),
-    }, rate
-
-
-# ------------------------------------------------------------------ classical baselines
-def _classical_tracks(batch, acq: Acquisition) -> dict[str, dict]:
-    pos, patches = batch.positions_px, batch.patches
-    kw = {"subpixel_offset_px": batch.subpixel_offset_px, "outside_mask": batch.outside_mask}
-    msd = C.msd_diffusion_batch(pos, acq)
-    return {
-        "MSD (isotropic)": {"D1_um2_s": msd["D_um2_s"], "D2_um2_s": msd["D_um2_s"], "theta_deg": None},
-        "MSD tensor": C.msd_tensor_batch(pos, acq),
-        "CVE tensor": C.cve_tensor_batch(pos, acq),
-        "blur-moment tensor": C.blur_moment_tensor_batch(patches, acq, **kw),
-        "combined (CVE + blur)": C.combined_tensor_batch(pos, patches, acq, **kw),
-    }
-
-
-def _window_index(t: int, half: int) -> np.ndarray:
-    """(T, 2 half + 1) frame indices of a window around each frame, shifted inside the track."""
-    start = np.clip(np.arange(t) - half, 0, t - (2 * half + 1))
-    return start[:, None] + np.arange(2 * half + 1)[None, :]
-
-
-def _classical_frames(batch, acq: Acquisition, chunk: int = 250) -> dict[str, dict]:
-    n, t = batch.patches.shape[:2]
-    res = {"blur-moment, 5-frame window": {k: np.empty((n, t)) for k in ("D1_um2_s", "D2_um2_s", "theta_deg")},
-           "CVE, 7-frame window": {k: np.empty((n, t)) for k in ("D1_um2_s", "D2_um2_s", "theta_deg")}}
-    wb, wc = _window_index(t, 2), _window_index(t, 3)
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
-        m = b - a
-        pw = batch.patches[a:b][:, wb].reshape(m * t, wb.shape[1], *batch.patches.shape[2:])
-        ow = batch.subpixel_offset_px[a:b][:, wb].reshape(m * t, wb.shape[1], 2)
-        mw = batch.outside_mask[a:b][:, wb].reshape(m * t, wb.shape[1], *batch.patches.shape[2:])
-        est = C.blur_moment_tensor_batch(pw, acq, subpixel_offset_px=ow, outside_mask=mw)
-        for k in ("D1_um2_s", "D2_um2_s", "theta_deg"):
-            res["blur-moment, 5-frame window"][k][a:b] = est[k].reshape(m, t)
-        xw = batch.positions_px[a:b][:, wc].reshape(m * t, wc.shape[1], 2)
-        est = C.cve_tensor_batch(xw, acq)
-        for k in ("D1_um2_s", "D2_um2_s", "theta_deg"):
-            res["CVE, 7-frame window"][k][a:b] = est[k].reshape(m, t)
-    return res
-
+from napari_spt_diffusion.training.card import update_card
 
 # --------------------------------------------------------------------- information floor
 #: Row name of the sub-step oracle: a reference, not an estimator (excluded from "best classical").
@@ -167,7 +79,7 @@ ORACLE = "sub-step oracle (true path, not an estimator)"
 def _substep_oracle(model: str, batch, acq: Acquisition) -> dict | None:
     """ML tensor of each state segment from the track's true sub-step path (the information floor).
 
-    The simulator moves a particle by independent Gaussian sub-steps (PROTOCOLS.md), so the
+    The simulator moves a particle by independent Gaussian sub-steps (docs/protocols.md), so the
     ``T * S - 1`` true sub-step increments of a track hold all the information about its
     tensor that any movie of it can carry; their sample covariance (zero mean known) is the
     maximum-likelihood tensor, ``D = C / (2 dt_substep)``. A microscope records only blurred,
@@ -189,7 +101,7 @@ def _substep_oracle(model: str, batch, acq: Acquisition) -> dict | None:
     n, t = batch.D1_um2_s.shape
     gen = as_generator(SEEDS[model])
     start = gen.uniform(-0.5, 0.5, (n, 2))
-    traj = SAMPLE_MODELS[model](n, t, acq, gen, start_px=start)
+    traj = get_motion_model(model).simulate(n, t, acq, gen, start_px=start)
     if not (np.allclose(traj.D1_um2_s, batch.D1_um2_s, rtol=1e-5, atol=1e-6)
             and np.allclose(traj.theta_deg, batch.theta_deg, atol=1e-3)):
         return None
@@ -211,63 +123,6 @@ def _substep_oracle(model: str, batch, acq: Acquisition) -> dict | None:
 
 
 # ------------------------------------------------------------------------------ metrics
-def _track_metrics(pred: dict, batch) -> dict:
-    d1t, d2t, tht = batch.D1_um2_s[:, 0], batch.D2_um2_s[:, 0], batch.theta_deg[:, 0]
-    th = pred.get("theta_deg")
-    return {
-        "mae_D1_um2_s": mean_absolute_error(pred["D1_um2_s"], d1t),
-        "mae_D2_um2_s": mean_absolute_error(pred["D2_um2_s"], d2t),
-        "angle_similarity_published": None if th is None else angle_similarity_published(th, tht),
-        "angle_similarity_axial": None if th is None else angle_similarity_axial(th, tht),
-    }
-
-
-def _changepoint_errors(d1_pred: np.ndarray, d1_true: np.ndarray) -> np.ndarray:
-    """``(N,)`` absolute difference (frames) of the single changepoints of predictions and labels."""
-    errs = []
-    for p, q in zip(d1_pred, d1_true):
-        if not np.all(np.isfinite(p)):
-            p = np.where(np.isfinite(p), p, np.nanmedian(p))
-        errs.append(abs(single_changepoint(p)[0] - single_changepoint(q)[0]))
-    return np.asarray(errs, dtype=float)
-
-
-def _labels_change(d1_true: np.ndarray) -> np.ndarray:
-    """``(N,)`` True where the per-frame labels change along the track.
-
-    A switch in the first or last half-frame leaves constant labels; every split of a
-    constant sequence has the same cost, so the labels' changepoint has no minimiser there
-    (``single_changepoint`` returns frame 1 for these labels, and for a constant estimate
-    whichever split floating-point round-off favours: even an exact answer scores errors of
-    up to 28 frames on such tracks).
-    """
-    return np.any(d1_true != d1_true[:, :1], axis=1)
-
-
-def _frame_metrics(pred: dict, batch, cp_err: np.ndarray | None = None) -> dict:
-    """Per-frame metrics; ``cp_err``: the ``_changepoint_errors`` of ``pred`` when already computed."""
-    d1t, d2t, tht = batch.D1_um2_s, batch.D2_um2_s, batch.theta_deg
-    aniso = d2t < 0.9 * d1t
-    th = pred["theta_deg"]
-    if cp_err is None:
-        cp_err = _changepoint_errors(np.asarray(pred["D1_um2_s"], float), d1t.astype(float))
-    changed = _labels_change(d1t)
-    return {
-        "mae_D1_um2_s": mean_absolute_error(pred["D1_um2_s"], d1t),
-        "mae_D2_um2_s": mean_absolute_error(pred["D2_um2_s"], d2t),
-        "mae_Dmean_um2_s": mean_absolute_error(0.5 * (pred["D1_um2_s"] + pred["D2_um2_s"]), 0.5 * (d1t + d2t)),
-        "angle_similarity_published": angle_similarity_published(th[aniso], tht[aniso]) if aniso.any() else None,
-        "angle_similarity_axial": angle_similarity_axial(th[aniso], tht[aniso]) if aniso.any() else None,
-        "changepoint_mae_frames": float(cp_err.mean()),
-        "changepoint_mae_frames_labelled_change": float(cp_err[changed].mean()) if changed.any() else None,
-        "n_tracks_labelled_change": int(changed.sum()),
-    }
-
-
-#: Edges (decades of D, |log10| of the ratio of the two states' mean D) of the changepoint table.
-CHANGE_SIZE_EDGES_DECADES = (0.0, 0.15, 0.3, 0.6, np.inf)
-
-
 def _change_size_decades(batch) -> np.ndarray:
     """``(N,)`` |log10| of the ratio of the labels' mean D, (D1 + D2) / 2, after and before the change.
 
@@ -275,37 +130,37 @@ def _change_size_decades(batch) -> np.ndarray:
     """
     d = 0.5 * (batch.D1_um2_s.astype(float) + batch.D2_um2_s.astype(float))
     size = np.abs(np.log10(d[:, -1] / d[:, 0]))
-    return np.where(_labels_change(batch.D1_um2_s), size, np.nan)
+    return np.where(labels_change(batch.D1_um2_s), size, np.nan)
 
 
 def _table_changepoint_by_size(errors: dict[str, np.ndarray], batch) -> list[str]:
     """Changepoint MAE (frames) per size of the change, tracks whose labels change only.
 
-    ``errors``: per estimator, its ``(N,)`` ``_changepoint_errors``.
+    ``errors``: per estimator, its ``(N,)`` ``changepoint_errors``.
     """
     size = _change_size_decades(batch)
-    edges = CHANGE_SIZE_EDGES_DECADES
-    bins = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
-    masks = [(size >= lo) & (size < hi) for lo, hi in bins]
-    head = [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">= {lo:g}" for lo, hi in bins]
+    bins = size_bins()
+    masks = [(size >= lo) & (size < hi) for lo, hi, _ in bins]
+    head = [label for _, _, label in bins]
     lines = ["Changepoint MAE (frames) by the size of the change (|log10| of the ratio of the two states' mean D; "
              "tracks whose labels change):\n",
              "| estimator | " + " | ".join(f"{h} decades" for h in head) + " |",
              "|---|" + "---|" * len(bins),
              "| tracks | " + " | ".join(str(int(m.sum())) for m in masks) + " |"]
     for name, err in errors.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(err[m].mean()) if m.any() else "n/a" for m in masks) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(err[m].mean()) if m.any() else "n/a" for m in masks) + " |")
     lines.append("")
     return lines
 
 
 # ------------------------------------------------------------------------------- report
 def _table_tracks(rows: dict[str, dict], published: dict) -> list[str]:
-    lines = ["| estimator | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle similarity (published) | angle similarity (axial) |",
+    lines = ["| estimator | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle similarity (published) | angle similarity "
+             "(axial) |",
              "|---|---|---|---|---|"]
     for name, m in rows.items():
-        lines.append(f"| {name} | {_fmt(m['mae_D1_um2_s'])} | {_fmt(m['mae_D2_um2_s'])} | "
-                     f"{_fmt(m['angle_similarity_published'])} | {_fmt(m['angle_similarity_axial'])} |")
+        lines.append(f"| {name} | {fmt(m['mae_D1_um2_s'])} | {fmt(m['mae_D2_um2_s'])} | "
+                     f"{fmt(m['angle_similarity_published'])} | {fmt(m['angle_similarity_axial'])} |")
     for name, (m1, m2, ang, _) in published.items():
         lines.append(f"| {name} (published) | {m1:.3f} | {m2:.3f} | {ang:.3f} | n/a |")
     return lines
@@ -316,12 +171,13 @@ def _table_frames(rows: dict[str, dict], published: dict, twostate: bool) -> lis
              "angle sim. axial (free frames) | changepoint MAE, all tracks (frames) | "
              "changepoint MAE, tracks whose labels change (frames) |", "|---|---|---|---|---|---|---|---|"]
     for name, m in rows.items():
-        lines.append(f"| {name} | {_fmt(m['mae_D1_um2_s'])} | {_fmt(m['mae_D2_um2_s'])} | {_fmt(m['mae_Dmean_um2_s'])} | "
-                     f"{_fmt(m['angle_similarity_published'])} | {_fmt(m['angle_similarity_axial'])} | "
-                     f"{_fmt(m['changepoint_mae_frames'])} | {_fmt(m['changepoint_mae_frames_labelled_change'])} |")
+        lines.append(f"| {name} | {fmt(m['mae_D1_um2_s'])} | {fmt(m['mae_D2_um2_s'])} | {fmt(m['mae_Dmean_um2_s'])} | "
+                     f"{fmt(m['angle_similarity_published'])} | {fmt(m['angle_similarity_axial'])} | "
+                     f"{fmt(m['changepoint_mae_frames'])} | {fmt(m['changepoint_mae_frames_labelled_change'])} |")
     for name, (m1, m2, ang, cp) in published.items():
         if twostate:
-            lines.append(f"| {name} (published, one D) | n/a | n/a | {m1:.3f} | n/a | n/a | {cp:.3f} (tracks not stated) | |")
+            lines.append(f"| {name} (published, one D) | n/a | n/a | {m1:.3f} | n/a | n/a | {cp:.3f} (tracks not "
+                         "stated) | |")
         else:
             lines.append(f"| {name} (published) | {m1:.3f} | {m2:.3f} | n/a | {ang:.3f} | n/a | "
                          f"{cp:.3f} (tracks not stated) | |")
@@ -373,23 +229,23 @@ def _verdict(summary: dict) -> list[str]:
         mine = rows["model (this repo)"]
         floor = rows.get(ORACLE, {})
         for key, idx, lower_better in spec[model]:
-            orc = _fmt(floor.get(key))
+            orc = fmt(floor.get(key))
             pub = PUBLISHED[model]["cross-transformer"][idx]
             v = mine[key]
             beats = "n/a" if pub is None else ("yes" if (v < pub if lower_better else v > pub) else "**no**")
-            cls = [(n, m[key]) for n, m in rows.items() if n not in ("model (this repo)", ORACLE) and m.get(key) is not None
-                   and np.isfinite(m[key])]
+            cls = [(n, m[key]) for n, m in rows.items()
+                   if n not in ("model (this repo)", ORACLE) and m.get(key) is not None and np.isfinite(m[key])]
             if cls and lower_better:
                 name, best = min(cls, key=lambda x: x[1])
                 ratio = best / v
-                lines.append(f"| seed-{model} | {key} | {v:.3f} | {_fmt(pub)} | {beats} | {name} {best:.3f} | "
+                lines.append(f"| seed-{model} | {key} | {v:.3f} | {fmt(pub)} | {beats} | {name} {best:.3f} | "
                              f"{ratio:.2f}x | {'yes' if ratio >= 1.5 else '**no**'} | {orc} |")
             elif cls:
                 name, best = max(cls, key=lambda x: x[1])
-                lines.append(f"| seed-{model} | {key} | {v:.3f} | {_fmt(pub)} | {beats} | {name} {best:.3f} | "
+                lines.append(f"| seed-{model} | {key} | {v:.3f} | {fmt(pub)} | {beats} | {name} {best:.3f} | "
                              f"{'better' if v > best else 'worse'} | n/a | {orc} |")
             else:
-                lines.append(f"| seed-{model} | {key} | {v:.3f} | {_fmt(pub)} | {beats} | n/a | n/a | n/a | {orc} |")
+                lines.append(f"| seed-{model} | {key} | {v:.3f} | {fmt(pub)} | {beats} | n/a | n/a | n/a | {orc} |")
     lines.append("")
     return lines
 
@@ -408,58 +264,57 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.n or (1000 if args.quick else 5000)
-    here = Path(__file__).resolve().parent
-    out = args.out or here / "reports" / ("accuracy_quick.md" if args.quick and args.n is None else "accuracy.md")
+    out = args.out or report_path("accuracy", args.quick and args.n is None)
     ckdir = args.checkpoints or CHECKPOINT_DIR
     acq = Acquisition()
-    cmd = " ".join([".venv/bin/python", "benchmarks/bench_accuracy.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    cmd = command_line("bench_accuracy.py", argv)
 
-    lines = ["# Accuracy: cross-transformer models vs classical estimators\n",
-             f"- Protocols: PROTOCOLS.md seed-aniso / seed-binding / seed-twostate v1, **{n} tracks per set** "
-             f"({'quick run, not the full 5,000' if n < 5000 else 'full size'}), 30 frames, standard acquisition, seeds "
-             + ", ".join(f"{k} {v}" for k, v in SEEDS.items()) + ".",
-             "- Test sets: `simulation.samples.make_samples(model, n, 30, Acquisition(), seed)` (rendered, then the "
-             "tracker's detection, localization and 11 x 11 patches: the inference path). Training never used these seeds.",
-             f"- Models: `{ckdir}` loaded with `load_checkpoint` (sha256 verified). Inference on CPU, "
-             f"{torch.get_num_threads()} torch thread(s).",
-             f"- Command: `{cmd}`",
-             f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, {os.cpu_count()} CPU "
-             f"cores shared with other jobs, Python {platform.python_version()}, torch {torch.__version__}.",
-             "- Published rows: other simulator, photon counts not given -- indicative; the firm comparison is with the "
-             "classical rows on the same tracks.",
-             "- Reading the tables: the published angle similarity (mean cos of the difference of two angles in [0, 180)) "
-             "counts two almost equal axes on either side of 0/180 degrees as opposite; the axial column (mean |cos|) does "
-             "not. On seed-aniso it is scored over all tracks, near-isotropic ones (D2/D1 -> 1, no defined axis) included. "
-             "The per-frame classical baselines of the two-state sets are sliding-window estimates (no changepoint-aware "
-             "segmentation), so they are a weak reference; seed-aniso's classical rows are the full per-track estimators.\n"]
+    lines = report_header(
+        "Accuracy: cross-transformer models vs classical estimators",
+        f"{PROTOCOLS} seed-aniso / seed-binding / seed-twostate v1, **{n} tracks per set** "
+        f"({'quick run, not the full 5,000' if n < 5000 else 'full size'}), 30 frames, standard acquisition, seeds "
+        + ", ".join(f"{k} {v}" for k, v in SEEDS.items()) + ".", cmd)
+    lines += ["- Test sets: `training.samples.make_samples(model, n, 30, Acquisition(), seed)` (rendered, then the "
+              "tracker's detection, localization and 11 x 11 patches: the inference path). Training never used these "
+              "seeds.",
+              f"- Models: `{ckdir}` loaded with `load_checkpoint` (sha256 verified). Inference on CPU, "
+              f"{torch.get_num_threads()} torch thread(s).",
+              "- Published rows: other simulator, photon counts not given -- indicative; the firm comparison is with "
+              "the classical rows on the same tracks.",
+              "- Reading the tables: the published angle similarity (mean cos of the difference of two angles in [0, "
+              "180)) counts two almost equal axes on either side of 0/180 degrees as opposite; the axial column (mean "
+              "|cos|) does not. On seed-aniso it is scored over all tracks, near-isotropic ones (D2/D1 -> 1, no "
+              "defined axis) included. The per-frame classical baselines of the two-state sets are sliding-window "
+              "estimates (no changepoint-aware segmentation), so they are a weak reference; seed-aniso's classical "
+              "rows are the full per-track estimators.\n"]
     summary = {}
     for model in [s.strip() for s in args.sets.split(",") if s.strip()]:
         module, card = load_checkpoint(ckdir / f"{model}.pt")
         t0 = time.perf_counter()
-        batch, gen_rate = _test_set(model, n, acq, args.cache)
+        batch, gen_rate = seed_test_set(model, n, acq, args.cache)
         print(f"{model}: test set ready in {time.perf_counter() - t0:.1f} s", flush=True)
-        pred, rate = _run_model(module, batch, acq)
+        pred, rate = run_model(module, batch, acq)
         tr = card.get("training", {})
         lines.append(f"## seed-{model} (model `{model}`: {card.get('n_parameters', '?')} parameters, "
                      f"{describe_training(card)} on {tr.get('device', '?')})\n")
         t0 = time.perf_counter()
         if card["kind"] == "sequence":
-            rows = {"model (this repo)": _track_metrics(pred, batch)}
-            for name, est in _classical_tracks(batch, acq).items():
-                rows[name] = _track_metrics(est, batch)
+            rows = {"model (this repo)": track_metrics(pred, batch)}
+            for name, est in classical_tracks(batch, acq).items():
+                rows[name] = track_metrics(est, batch)
             oracle = _substep_oracle(model, batch, acq)
             if oracle is not None:
-                rows[ORACLE] = _track_metrics(oracle, batch)
+                rows[ORACLE] = track_metrics(oracle, batch)
             lines += _table_tracks(rows, PUBLISHED[model])
             keys = ("mae_D1_um2_s", "mae_D2_um2_s")
         else:
-            estimates = {"model (this repo)": pred, **_classical_frames(batch, acq)}
-            cp_errors = {name: _changepoint_errors(np.asarray(est["D1_um2_s"], float), batch.D1_um2_s.astype(float))
+            estimates = {"model (this repo)": pred, **classical_frames(batch, acq)}
+            cp_errors = {name: changepoint_errors(np.asarray(est["D1_um2_s"], float), batch.D1_um2_s.astype(float))
                          for name, est in estimates.items()}
-            rows = {name: _frame_metrics(est, batch, cp_errors[name]) for name, est in estimates.items()}
+            rows = {name: frame_metrics(est, batch, cp_errors[name]) for name, est in estimates.items()}
             oracle = _substep_oracle(model, batch, acq)
             if oracle is not None:
-                rows[ORACLE] = _frame_metrics(oracle, batch)
+                rows[ORACLE] = frame_metrics(oracle, batch)
             lines += _table_frames(rows, PUBLISHED[model], twostate=model == "twostate")
             keys = ("mae_D1_um2_s", "mae_D2_um2_s", "changepoint_mae_frames", "changepoint_mae_frames_labelled_change")
             lines.append("")
@@ -478,18 +333,19 @@ def main(argv: list[str] | None = None) -> int:
         if curve:
             lines.append(f"Learning curve of the bundled model (held-out validation set of the card, "
                          f"{card['metrics']['validation']['set']}; angle over tracks/frames with D2 < 0.9 D1):\n")
-            lines.append("| epoch | samples seen | train loss | val loss | val MAE D1 | val MAE D2 | val angle (published) | val angle (axial) |")
+            lines.append("| epoch | samples seen | train loss | val loss | val MAE D1 | val MAE D2 | val angle "
+                         "(published) | val angle (axial) |")
             lines.append("|---|---|---|---|---|---|---|---|")
             for r in curve:
                 lines.append(f"| {r['epoch']} | {r['samples_seen']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | "
-                             f"{r['val_mae_D1_um2_s']:.3f} | {r['val_mae_D2_um2_s']:.3f} | {_fmt(r['val_angle_published'])} | "
-                             f"{_fmt(r['val_angle_axial'])} |")
+                             f"{r['val_mae_D1_um2_s']:.3f} | {r['val_mae_D2_um2_s']:.3f} | "
+                             f"{fmt(r['val_angle_published'])} | {fmt(r['val_angle_axial'])} |")
             lines.append("")
         summary[model] = {"rows": rows, "rate": rate}
         if args.update_cards:
             metrics = dict(card.get("metrics", {}))
             metrics["test"] = {
-                "protocol": f"PROTOCOLS.md seed-{model} v1, seed {SEEDS[model]}, {n} tracks, standard acquisition",
+                "protocol": f"{PROTOCOLS} seed-{model} v1, seed {SEEDS[model]}, {n} tracks, standard acquisition",
                 "command": cmd,
                 "rows": {k: {kk: (None if vv is None else float(vv)) for kk, vv in v.items()} for k, v in rows.items()},
                 "published": {k: list(v) for k, v in PUBLISHED[model].items()},
@@ -499,12 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines[-12:]), flush=True)
 
     lines += _verdict(summary)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
-    (out.with_suffix(".json")).write_text(json.dumps(
-        {k: {"rows": v["rows"], "inference_tracks_per_s": v["rate"]} for k, v in summary.items()}, indent=2, default=float))
+    write_report(out, lines)
+    figures = {k: {"rows": v["rows"], "inference_tracks_per_s": v["rate"]} for k, v in summary.items()}
+    write_report(out.with_suffix(".json"), json.dumps(figures, indent=2, default=float))
     print(f"wrote {out}")
     return 0
 

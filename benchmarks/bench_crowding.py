@@ -1,6 +1,6 @@
 """Robustness of the anisotropic model to crowding: a second particle next to the tracked one.
 
-Protocol "crowding" (v1): PROTOCOLS.md seed-aniso physics at the standard acquisition; every
+Protocol "crowding" (v1): the seed-aniso physics of docs/protocols.md at the standard acquisition; every
 track gets a neighbour of the same physics (its own D1, D2/D1 and angle) started at a distance
 drawn uniformly from a bin (1.5-3, 3-4.5 or 4.5-6 px; the 11 x 11 patch reaches 5 px from its
 centre) in a uniform direction, diffusing independently; both are rendered into the same
@@ -24,10 +24,6 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,16 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import SEEDS, classical_tracks, command_line, report_header, report_path, run_model, write_report
 from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.estimation import classical as C
 from napari_spt_diffusion.estimation.checkpoint import describe_training, load_checkpoint
-from napari_spt_diffusion.estimation.tensor import angle_similarity_axial, angle_similarity_published, mean_absolute_error
-from napari_spt_diffusion.simulation.samples import make_samples
+from napari_spt_diffusion.metrics import angle_similarity_axial, angle_similarity_published, mean_absolute_error
+from napari_spt_diffusion.training.samples import make_samples
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_robustness import _model  # noqa: E402  (same batched model call)
-
-SEED = 2025
+SEED = SEEDS["aniso"]
 CONDITIONS = [  # (label, neighbour distance bin in px or None)
     ("isolated (no neighbour)", None),
     ("neighbour 1.5-3 px away at the start", (1.5, 3.0)),
@@ -74,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.n = args.n or (200 if args.quick else 1000)
-    args.out = args.out or Path(__file__).resolve().parent / "reports" / ("crowding_quick.md" if args.quick else "crowding.md")
+    args.out = args.out or report_path("crowding", args.quick)
     if args.threads:
         torch.set_num_threads(args.threads)
     acq = Acquisition()
@@ -82,22 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.extra:
         name, _, path = spec.partition("=")
         models[f"model `{name}`"] = load_checkpoint(path)
-    cmd = " ".join([".venv/bin/python", "benchmarks/bench_crowding.py"]
-                   + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
-    lines = ["# Crowding: a second particle next to the tracked one (seed-aniso physics)\n",
-             f"- Protocol: crowding v1 (docstring of `benchmarks/bench_crowding.py`), {args.n} tracks per condition, "
-             f"seed {SEED}, standard acquisition, test sets made through the tracking path (`make_samples`).",
-             f"- Command: `{cmd}`",
-             f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, {os.cpu_count()} "
-             f"CPU cores (shared), torch {torch.__version__}; load average at the start "
-             f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}."]
+    lines = report_header("Crowding: a second particle next to the tracked one (seed-aniso physics)",
+                          f"crowding v1 (docstring of `benchmarks/bench_crowding.py`), {args.n} tracks per condition, "
+                          f"seed {SEED}, standard acquisition, test sets made through the tracking path "
+                          "(`make_samples`).", command_line("bench_crowding.py", argv))
     for name, (_, card) in models.items():
         tr = card["training"]
         lines.append(f"- {name}: {describe_training(card)}, last stage's neighbour fraction "
                      f"{tr.get('neighbour_fraction', 0.0):g}"
                      + (f", warm start from `{tr['warm_start']['state']}`" if tr.get("warm_start") else "")
                      + f"; command `{tr['command']}`.")
-    lines += ["", "Cells: MAE D1 | MAE D2 (um^2/s) | angle similarity published | axial | median relative D1 error.", ""]
+    lines += ["", "Cells: MAE D1 | MAE D2 (um^2/s) | angle similarity published | axial | median relative D1 "
+                  "error.", ""]
     for label, dist in CONDITIONS:
         t0 = time.perf_counter()
         if dist is None:
@@ -105,23 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             batch = make_samples("aniso", args.n, n_frames=30, acquisition=acq, seed=SEED, neighbour_fraction=1.0,
                                  neighbour_distance_px=dist)
-        lines += [f"## {label}", "", "| estimator | MAE D1 | MAE D2 | angle (published) | angle (axial) | median rel. D1 error |",
+        lines += [f"## {label}", "", "| estimator | MAE D1 | MAE D2 | angle (published) | angle (axial) | median rel. "
+                                     "D1 error |",
                   "|---|---|---|---|---|---|"]
-        kw = {"subpixel_offset_px": batch.subpixel_offset_px, "outside_mask": batch.outside_mask}
-        rows = {name: _model(module, batch, acq) for name, (module, _) in models.items()}
-        rows["CVE tensor"] = C.cve_tensor_batch(batch.positions_px, acq)
-        rows["blur-moment tensor"] = C.blur_moment_tensor_batch(batch.patches, acq, **kw)
-        rows["combined (CVE + blur)"] = C.combined_tensor_batch(batch.positions_px, batch.patches, acq, **kw)
+        rows = {name: run_model(module, batch, acq)[0] for name, (module, _) in models.items()}
+        rows.update(classical_tracks(batch, acq, ("CVE tensor", "blur-moment tensor", "combined (CVE + blur)")))
         for name, pred in rows.items():
             s = _scores(pred, batch)
             lines.append(f"| {name} | {s[0]:.3f} | {s[1]:.3f} | {s[2]:.3f} | {s[3]:.3f} | {_bias(pred, batch):+.3f} |")
         lines += ["", f"Detection found the tracked spot in {100 * batch.detected.mean():.2f} % of frames; "
                   f"{time.perf_counter() - t0:.0f} s for this condition.", ""]
         print("\n".join(lines[-len(rows) - 6:]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, args.out)
+    write_report(args.out, lines)
     print(f"wrote {args.out}")
     return 0
 

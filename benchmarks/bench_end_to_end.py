@@ -1,6 +1,6 @@
 """End-to-end benchmark: simulated movie -> ``track_and_estimate`` -> accuracy and speed.
 
-Protocols (PROTOCOLS.md, standard acquisition):
+Protocols (docs/protocols.md, standard acquisition):
 
 * ``field`` (v1, seed 7): 256 x 256 px, 200 frames, 60 particles on average entering
   and leaving the field, one anisotropic tensor each (D1 ~ U[0.05, 3] um^2/s,
@@ -61,10 +61,7 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -78,23 +75,35 @@ import numpy as np
 import pandas as pd
 import torch
 
+from _common import (
+    CP_TOLERANCE,
+    MIN_TRACK_FRAMES_SCORED,
+    PROTOCOLS,
+    changepoint_scores_for,
+    fmt,
+    match_rows,
+    report_header,
+    report_path,
+    scores,
+    size_bins,
+    tracks_vs_truth,
+    truth_changepoints,
+    write_report,
+)
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import changepoints as cp
-from napari_spt_diffusion.estimation.classical import combined_tensor_batch, cve_tensor_batch, regular_positions
+from napari_spt_diffusion.estimation.blur_moments import combined_tensor_batch
+from napari_spt_diffusion.estimation.classical import cve_tensor_batch, regular_positions
+from napari_spt_diffusion.estimation.confirmation import DEFAULT_CONFIRM_ALPHA, confirm_changepoints
 from napari_spt_diffusion.estimation.estimator import Estimator
-from napari_spt_diffusion.estimation.tensor import angle_similarity_axial, angle_similarity_published
+from napari_spt_diffusion.estimation.tensor import mean_tensor
 from napari_spt_diffusion.pipeline import Settings, track_and_estimate, track_changepoints
 from napari_spt_diffusion.results import Results, parse_changepoint_frames
 from napari_spt_diffusion.simulation.movie import simulate_movie
-from napari_spt_diffusion.tracking.localize import localize_frame
 from napari_spt_diffusion.tracking.crowding import CROWDED_RADIUS_PX, CROWDED_SHARE, crowded_share, nearest_other_px
+from napari_spt_diffusion.tracking.localize import localize_frame
 from napari_spt_diffusion.tracking.patches import TrackPatches, extract_track_patches
 
-ROOT = Path(__file__).resolve().parent
-MIN_TRACK_FRAMES_SCORED = 20
-MATCH_RADIUS_PX = 1.0
-ANISO_RATIO = 0.9
-CP_TOLERANCE = 2
 LOCAL_WINDOW_HALF = 4
 #: Confirm changepoints on the displacements (the pipeline's default); ``--no-confirm`` for the earlier decision.
 CONFIRM = True
@@ -115,87 +124,7 @@ SPEED = dict(shape=(512, 512), frames=1000, particles=100, seed=10, model="aniso
 SPEED_QUICK = dict(shape=(256, 256), frames=200, particles=30, seed=10, model="aniso")
 
 
-# ----------------------------------------------------------------- matching
-def match_rows(results: Results, truth: Results) -> pd.DataFrame:
-    """Result rows with the truth row of the matched truth track at the same frame.
-
-    Returns the result rows (``track_id, frame`` + estimates) joined with ``truth_id``
-    and the truth labels (suffix ``_true``), only where the matched truth track has a
-    row within ``MATCH_RADIUS_PX`` at that frame.
-    """
-    r = results.tracks
-    t = truth.tracks[["track_id", "frame", "x_px", "y_px", "D1_um2_s", "D2_um2_s", "theta_deg", "is_changepoint"]]
-    merged = r[["track_id", "frame", "x_px", "y_px"]].merge(t, on="frame", suffixes=("", "_t"))
-    close = np.hypot(merged["x_px"] - merged["x_px_t"], merged["y_px"] - merged["y_px_t"]) < MATCH_RADIUS_PX
-    merged = merged[close]
-    votes = merged.groupby(["track_id", "track_id_t"]).size().reset_index(name="n")
-    best = votes.sort_values(["n", "track_id_t"]).groupby("track_id").tail(1)[["track_id", "track_id_t"]]
-    rows = merged.merge(best, on=["track_id", "track_id_t"])
-    rows = rows.rename(columns={"track_id_t": "truth_id", "D1_um2_s": "D1_true", "D2_um2_s": "D2_true",
-                                "theta_deg": "theta_true", "is_changepoint": "cp_true"})
-    est = r[["track_id", "frame", "D1_um2_s", "D2_um2_s", "theta_deg"]]
-    return rows.merge(est, on=["track_id", "frame"]).sort_values(["track_id", "frame"]).reset_index(drop=True)
-
-
-def truth_changepoints(truth: Results) -> dict[int, np.ndarray]:
-    t = truth.tracks
-    return {int(k): g.loc[g["is_changepoint"], "frame"].to_numpy() for k, g in t.groupby("track_id")}
-
-
-# ------------------------------------------------------------------ metrics
-def per_track_scores(pred: pd.DataFrame) -> dict[str, float]:
-    """``pred``: one row per scored track with D1, D2, theta and D1_true, D2_true, theta_true."""
-    if len(pred) == 0:
-        return {"n": 0, "mae_D1": np.nan, "mae_D2": np.nan, "angle_pub": np.nan, "angle_axial": np.nan}
-    aniso = pred["D2_true"] < ANISO_RATIO * pred["D1_true"]
-    return {
-        "n": int(len(pred)),
-        "mae_D1": float(np.nanmean(np.abs(pred["D1"] - pred["D1_true"]))),
-        "mae_D2": float(np.nanmean(np.abs(pred["D2"] - pred["D2_true"]))),
-        "angle_pub": angle_similarity_published(pred.loc[aniso, "theta"], pred.loc[aniso, "theta_true"]),
-        "angle_axial": angle_similarity_axial(pred.loc[aniso, "theta"], pred.loc[aniso, "theta_true"]),
-    }
-
-
-def tracks_vs_truth(rows: pd.DataFrame, values: dict[int, tuple[float, float, float]]) -> pd.DataFrame:
-    """Per-track prediction next to the time-averaged truth over the scored rows."""
-    out = []
-    for tid, g in rows.groupby("track_id"):
-        if len(g) < MIN_TRACK_FRAMES_SCORED or tid not in values:
-            continue
-        t1, t2, tt = cp.mean_tensor(g["D1_true"], g["D2_true"], g["theta_true"])
-        d1, d2, th = values[tid]
-        out.append({"track_id": tid, "D1": d1, "D2": d2, "theta": th, "D1_true": t1, "D2_true": t2, "theta_true": tt})
-    return pd.DataFrame(out, columns=["track_id", "D1", "D2", "theta", "D1_true", "D2_true", "theta_true"])
-
-
-def per_frame_scores(rows: pd.DataFrame, d1: str = "D1_um2_s", d2: str = "D2_um2_s", th: str = "theta_deg") -> dict[str, float]:
-    aniso = rows["D2_true"] < ANISO_RATIO * rows["D1_true"]
-    return {
-        "n": int(len(rows)),
-        "mae_D1": float(np.nanmean(np.abs(rows[d1] - rows["D1_true"]))),
-        "mae_D2": float(np.nanmean(np.abs(rows[d2] - rows["D2_true"]))),
-        "angle_pub": angle_similarity_published(rows.loc[aniso, th], rows.loc[aniso, "theta_true"]),
-        "angle_axial": angle_similarity_axial(rows.loc[aniso, th], rows.loc[aniso, "theta_true"]),
-    }
-
-
-def changepoint_scores_for(rows: pd.DataFrame, detected: dict[int, list[int]], truth_cps: dict[int, np.ndarray]) -> dict[str, float]:
-    """True changepoints inside each scored track's matched frame range vs detections."""
-    true_l, det_l = [], []
-    for tid, g in rows.groupby("track_id"):
-        if tid not in detected:
-            continue
-        f0, f1 = int(g["frame"].min()), int(g["frame"].max())
-        tc = truth_cps.get(int(g["truth_id"].iloc[0]), np.zeros(0))
-        true_l.append([c for c in tc if f0 < c <= f1])
-        det_l.append([c for c in detected[tid] if f0 < c <= f1])
-    return cp.changepoint_scores(true_l, det_l, tolerance=CP_TOLERANCE)
-
-
-CONTRAST_BINS_DECADES = (0.0, 0.15, 0.3, 0.6, np.inf)
-
-
+# ------------------------------------------------------------------ changepoints
 def changepoint_contrast(truth: Results) -> dict[tuple[int, int], float]:
     """|log10| of the change of the mean diffusivity (D1 + D2) / 2 at each true changepoint.
 
@@ -216,7 +145,7 @@ def recall_by_contrast(rows: pd.DataFrame, detected: dict[int, list[int]], truth
                        contrast: dict[tuple[int, int], float]) -> list[tuple[str, int, float]]:
     """Share of true changepoints with a detection within ``CP_TOLERANCE`` frames, per contrast bin.
 
-    Same scored tracks and frame ranges as :func:`changepoint_scores_for`; a detection may
+    Same scored tracks and frame ranges as ``changepoint_scores_for``; a detection may
     count for two close true changepoints here (no one-to-one matching). Returns
     ``(bin label, true changepoints, recall)`` per bin.
     """
@@ -232,10 +161,8 @@ def recall_by_contrast(rows: pd.DataFrame, detected: dict[int, list[int]], truth
                 hit = bool(len(det)) and bool(np.min(np.abs(det - c)) <= CP_TOLERANCE)
                 found.append((contrast[(truth_id, int(c))], hit))
     out = []
-    edges = CONTRAST_BINS_DECADES
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi, label in size_bins():
         sel = [h for v, h in found if lo <= v < hi]
-        label = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">= {lo:g}"
         out.append((label, len(sel), float(np.mean(sel)) if sel else float("nan")))
     return out
 
@@ -288,7 +215,7 @@ def classical_track_values(patches: list[TrackPatches], acq: Acquisition) -> dic
         with np.errstate(all="ignore"):
             res = combined_tensor_batch(pos, pa, acq, subpixel_offset_px=off, outside_mask=om)
         for j, i in enumerate(members):
-            out[patches[i].track_id] = (float(res["D1_um2_s"][j]), float(res["D2_um2_s"][j]), float(res["theta_deg"][j]))
+            out[patches[i].track_id] = tuple(float(res[k][j]) for k in ("D1_um2_s", "D2_um2_s", "theta_deg"))
     return out
 
 
@@ -323,7 +250,7 @@ def local_changepoints(values: tuple[np.ndarray, np.ndarray, np.ndarray], tp: Tr
     else:
         idx = cp.multiple_changepoints(feats)
     if idx.size and CONFIRM:
-        idx = cp.confirm_changepoints(idx, tp.positions_px, frames, acq.blur_coefficient, loc_precision_px)
+        idx = confirm_changepoints(idx, tp.positions_px, frames, acq.blur_coefficient, loc_precision_px)
     return [int(frames[i]) for i in idx]
 
 
@@ -351,7 +278,7 @@ def same_segment_perfect(movie: np.ndarray, rows: pd.DataFrame, perfect: pd.Data
     out = {}
     for e in estimator.estimate(extract_track_patches(movie, seg, acq, patch_size=estimator.patch_size), acq):
         if e.pointwise and e.method == "model":
-            out[e.track_id] = cp.mean_tensor(e.D1_um2_s, e.D2_um2_s, e.theta_deg)
+            out[e.track_id] = mean_tensor(e.D1_um2_s, e.D2_um2_s, e.theta_deg)
         else:
             out[e.track_id] = (e.track_D1_um2_s, e.track_D2_um2_s, e.track_theta_deg)
     return out
@@ -375,7 +302,7 @@ def error_breakdown(rows: pd.DataFrame, n_frames: dict[int, int], e2e_vals: dict
     for tid, g in rows.groupby("track_id"):
         if len(g) < MIN_TRACK_FRAMES_SCORED or tid not in e2e_vals or tid not in same_vals:
             continue
-        t1, t2, _ = cp.mean_tensor(g["D1_true"], g["D2_true"], g["theta_true"])
+        t1, t2, _ = mean_tensor(g["D1_true"], g["D2_true"], g["theta_true"])
         truth_id = int(g["truth_id"].iloc[0])
         f0, f1 = int(g["frame"].min()), int(g["frame"].max())
         per.append({
@@ -459,6 +386,12 @@ def linking_diagnostics(results: Results, truth: Results, radius_px: float = 3.0
 
 
 # ------------------------------------------------------------------ one set
+def _mean_scored_length(rows: pd.DataFrame) -> float:
+    """Mean rows per track over the tracks of at least ``MIN_TRACK_FRAMES_SCORED`` rows."""
+    size = rows.groupby("track_id").size()
+    return float(size[size >= MIN_TRACK_FRAMES_SCORED].mean())
+
+
 def run_set(name: str, spec: dict[str, Any], model_path: str, quick: bool, acq: Acquisition) -> dict[str, Any]:
     shape = QUICK["shape"] if quick else spec["shape"]
     frames = QUICK["frames"] if quick else spec["frames"]
@@ -487,11 +420,12 @@ def run_set(name: str, spec: dict[str, Any], model_path: str, quick: bool, acq: 
     }
 
     # -- end to end, per track
-    e2e_vals = {int(k): (float(v["D1_um2_s"]), float(v["D2_um2_s"]), float(v["theta_deg"])) for k, v in summary.iterrows()}
-    out["track_e2e"] = per_track_scores(tracks_vs_truth(rows, e2e_vals))
+    e2e_vals = {int(k): (float(v["D1_um2_s"]), float(v["D2_um2_s"]), float(v["theta_deg"]))
+                for k, v in summary.iterrows()}
+    out["track_e2e"] = scores(tracks_vs_truth(rows, e2e_vals))
     # classical on the same tracks
     patches = extract_track_patches(sim.movie, results.tracks, acq, patch_size=estimator.patch_size)
-    out["track_classical"] = per_track_scores(tracks_vs_truth(rows, classical_track_values(patches, acq)))
+    out["track_classical"] = scores(tracks_vs_truth(rows, classical_track_values(patches, acq)))
 
     # -- perfect tracking
     perfect = perfect_tracks(sim.movie, truth, acq)
@@ -514,7 +448,7 @@ def run_set(name: str, spec: dict[str, Any], model_path: str, quick: bool, acq: 
             "theta_true": lab["theta_deg"].to_numpy(),
         }))
         if e.pointwise:
-            perfect_vals[e.track_id] = cp.mean_tensor(e.D1_um2_s, e.D2_um2_s, e.theta_deg)
+            perfect_vals[e.track_id] = mean_tensor(e.D1_um2_s, e.D2_um2_s, e.theta_deg)
         else:
             perfect_vals[e.track_id] = (e.track_D1_um2_s, e.track_D2_um2_s, e.track_theta_deg)
         lp = perfect_prec.get(e.track_id)
@@ -525,28 +459,28 @@ def run_set(name: str, spec: dict[str, Any], model_path: str, quick: bool, acq: 
     found = set(rows["truth_id"].unique())
     prow_df = prow_df[prow_df["truth_id"].isin(found)]
     perfect_cps = {k: v for k, v in perfect_cps.items() if k in found}
-    out["track_perfect"] = per_track_scores(tracks_vs_truth(prow_df, perfect_vals))
+    out["track_perfect"] = scores(tracks_vs_truth(prow_df, perfect_vals))
     # the fair comparison: the same segments (frames) of the same tracks with perfect tracking
     same_vals = same_segment_perfect(sim.movie, rows, perfect, estimator, acq)
     scored = {k: v for k, v in e2e_vals.items() if k in same_vals}
-    out["track_e2e_same"] = per_track_scores(tracks_vs_truth(rows, scored))
-    out["track_perfect_same"] = per_track_scores(tracks_vs_truth(rows, same_vals))
+    out["track_e2e_same"] = scores(tracks_vs_truth(rows, scored))
+    out["track_perfect_same"] = scores(tracks_vs_truth(rows, same_vals))
     n_frames = {int(k): int(v) for k, v in summary["n_frames"].items()}
     out["breakdown"] = error_breakdown(rows, n_frames, e2e_vals, same_vals, truth)
     out["linking"] = linking_diagnostics(results, truth)
-    out["truth_frames_scored_perfect"] = float(prow_df.groupby("track_id").size().loc[lambda x: x >= MIN_TRACK_FRAMES_SCORED].mean())
-    out["e2e_frames_scored"] = float(rows.groupby("track_id").size().loc[lambda x: x >= MIN_TRACK_FRAMES_SCORED].mean())
+    out["truth_frames_scored_perfect"] = _mean_scored_length(prow_df)
+    out["e2e_frames_scored"] = _mean_scored_length(rows)
 
     if estimator.pointwise:
-        out["frame_e2e"] = per_frame_scores(rows)
-        out["frame_perfect"] = per_frame_scores(prow_df)
+        out["frame_e2e"] = scores(rows, "D1_um2_s", "D2_um2_s", "theta_deg")
+        out["frame_perfect"] = scores(prow_df, "D1_um2_s", "D2_um2_s", "theta_deg")
         loc = local_cve(patches, acq)
         lrows = []
         for tp in patches:
             d1, d2, th = loc[tp.track_id]
             lrows.append(pd.DataFrame({"track_id": tp.track_id, "frame": tp.frames, "c1": d1, "c2": d2, "ct": th}))
         lr = rows.merge(pd.concat(lrows), on=["track_id", "frame"])
-        out["frame_classical"] = per_frame_scores(lr, "c1", "c2", "ct")
+        out["frame_classical"] = scores(lr, "c1", "c2", "ct")
         detected = {int(k): parse_changepoint_frames(v["changepoint_frames"]) for k, v in summary.iterrows()}
         out["cp_e2e"] = changepoint_scores_for(rows, detected, truth_cps)
         out["cp_perfect"] = changepoint_scores_for(prow_df, perfect_cps, truth_cps)
@@ -608,39 +542,30 @@ def run_speed(model_path: str, quick: bool, acq: Acquisition, workdir: Path) -> 
 
 
 # ------------------------------------------------------------------ report
-def _fmt(v: Any, digits: int = 3) -> str:
-    if isinstance(v, (float, np.floating)):
-        return "n/a" if not np.isfinite(v) else f"{v:.{digits}f}"
-    return str(v)
-
-
 def _track_row(label: str, s: dict[str, float]) -> str:
-    return (f"| {label} | {s['n']} | {_fmt(s['mae_D1'])} | {_fmt(s['mae_D2'])} | {_fmt(s['angle_pub'])} | "
-            f"{_fmt(s['angle_axial'])} |")
+    return (f"| {label} | {s['n']} | {fmt(s['mae_D1'])} | {fmt(s['mae_D2'])} | {fmt(s['angle_pub'])} | "
+            f"{fmt(s['angle_axial'])} |")
 
 
 def _cp_row(label: str, s: dict[str, float]) -> str:
-    return (f"| {label} | {int(s['n_true'])} | {int(s['n_detected'])} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | "
-            f"{_fmt(s['f1'])} | {_fmt(s['mean_position_error_frames'], 2)} |")
+    return (f"| {label} | {int(s['n_true'])} | {int(s['n_detected'])} | {fmt(s['precision'])} | {fmt(s['recall'])} | "
+            f"{fmt(s['f1'])} | {fmt(s['mean_position_error_frames'], 2)} |")
 
 
 def report(results: list[dict[str, Any]], speed: dict[str, Any] | None, args: argparse.Namespace, cmdline: str,
            models: dict[str, str], elapsed: float) -> str:
-    lines = [
-        "# End-to-end benchmark: movie -> tracks -> tensors and changepoints",
-        "",
-        f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, "
-        f"{os.cpu_count()} CPU cores (shared), Python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), CPU only{' (no GPU present)' if not torch.cuda.is_available() else ''}.",
-        f"- Command: `{cmdline}`; total run time {elapsed:.0f} s; load average at the end "
-        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} (other jobs share the cores: timings are upper bounds).",
-        "- Protocols and metrics: docstring of `benchmarks/bench_end_to_end.py` (PROTOCOLS.md `field` v1 and two "
-        "multi-state fields, standard acquisition). Models: "
-        + ", ".join(f"`{k}` = {v}" for k, v in models.items()) + ".",
+    lines = report_header(
+        "End-to-end benchmark: movie -> tracks -> tensors and changepoints",
+        f"{PROTOCOLS} `field` v1 and two multi-state fields, standard acquisition (docstring of "
+        "`benchmarks/bench_end_to_end.py`: protocols and metrics). Models: "
+        + ", ".join(f"`{k}` = {v}" for k, v in models.items()) + ".", cmdline)
+    lines += [
+        f"- Models run on the CPU only. Total run time {elapsed:.0f} s (other jobs share the cores: timings are upper "
+        "bounds; load average at the end of the run above).",
         f"- Changepoint decisions: `estimation.changepoints` defaults (single-change penalty {cp.DEFAULT_PENALTY}, "
         f"binary segmentation {cp.DEFAULT_PENALTY_MULTI}, min effect {cp.DEFAULT_MIN_EFFECT} decades), "
         "one decided changepoint for tracks no longer than the model's trained length, several beyond; "
-        + (f"then confirmed on the displacements (`confirm_changepoints`, alpha {cp.DEFAULT_CONFIRM_ALPHA:g} per track)."
+        + (f"then confirmed on the displacements (`confirm_changepoints`, alpha {DEFAULT_CONFIRM_ALPHA:g} per track)."
            if CONFIRM else "**not** confirmed on the displacements (`--no-confirm`)."),
     ]
     if args.quick:
@@ -648,8 +573,8 @@ def report(results: list[dict[str, Any]], speed: dict[str, Any] | None, args: ar
     for r in results:
         lines += [
             "",
-            f"## {r['name']}: model `{r['model']}` ({r['kind']}), {r['shape'][0]} x {r['shape'][1]} px, {r['frames']} frames, "
-            f"{r['particles']:.0f} particles, seed {r['seed']}",
+            f"## {r['name']}: model `{r['model']}` ({r['kind']}), {r['shape'][0]} x {r['shape'][1]} px, {r['frames']} "
+            f"frames, {r['particles']:.0f} particles, seed {r['seed']}",
             "",
             f"Truth: {r['n_truth_tracks']} tracks; pipeline: {r['n_result_tracks']} tracks, {r['n_result_rows']} "
             f"localizations, {r['n_matched_rows']} matched to truth rows; pipeline time {r['t_pipeline']:.1f} s "
@@ -688,14 +613,15 @@ def report(results: list[dict[str, Any]], speed: dict[str, Any] | None, args: ar
         ]
         e2e_s, per_s = r["track_e2e_same"]["mae_D1"], r["track_perfect_same"]["mae_D1"]
         if np.isfinite(e2e_s) and np.isfinite(per_s) and per_s > 0:
-            lines += ["", f"End-to-end / perfect-tracking MAE D1 on the same segments: {e2e_s / per_s:.2f} (target <= 1.20); "
-                          f"MAE D2: {r['track_e2e_same']['mae_D2'] / r['track_perfect_same']['mae_D2']:.2f}."]
+            lines += ["", f"End-to-end / perfect-tracking MAE D1 on the same segments: {e2e_s / per_s:.2f} (target <= "
+                          f"1.20); MAE D2: {r['track_e2e_same']['mae_D2'] / r['track_perfect_same']['mae_D2']:.2f}."]
         lines += _breakdown_lines(r["breakdown"])
         lk = r["linking"]
         lines += ["", f"Linking (truth rows paired with the nearest result localization within 3 px): "
-                      f"{lk['identity_changes']} identity changes along the truth tracks, {lk['duplicate']} where the spot "
-                      f"was detected twice (a second result localization within 5 px that no other truth particle within 1.5 px "
-                      f"explains), {lk['crossing']} where another particle was within 8 px (close encounters), "
+                      f"{lk['identity_changes']} identity changes along the truth tracks, {lk['duplicate']} where "
+                      "the spot was detected twice (a second result localization within 5 px that no other truth "
+                      f"particle within 1.5 px explains), {lk['crossing']} where another particle was within 8 px "
+                      "(close encounters), "
                       f"{lk['other']} other; {lk['truth_rows_detected_twice']} of {lk['truth_rows']} truth rows were "
                       f"detected twice in that sense."]
         if "frame_e2e" in r:
@@ -703,11 +629,13 @@ def report(results: list[dict[str, Any]], speed: dict[str, Any] | None, args: ar
                 "",
                 "Per frame (matched rows; angle on rows whose truth has D2/D1 < 0.9):",
                 "",
-                "| estimate | frames | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle sim. (published) | angle sim. (axial) |",
+                "| estimate | frames | MAE D1 (um^2/s) | MAE D2 (um^2/s) | angle sim. (published) | angle sim. "
+                "(axial) |",
                 "|---|---|---|---|---|---|",
                 _track_row("model, end to end", r["frame_e2e"]),
                 _track_row("model, perfect tracking", r["frame_perfect"]),
-                _track_row(f"classical local CVE ({2 * LOCAL_WINDOW_HALF + 1} positions), end to end", r["frame_classical"]),
+                _track_row(f"classical local CVE ({2 * LOCAL_WINDOW_HALF + 1} positions), end "
+                           "to end", r["frame_classical"]),
                 "",
                 f"Changepoints (within {CP_TOLERANCE} frames):",
                 "",
@@ -725,11 +653,12 @@ def report(results: list[dict[str, Any]], speed: dict[str, Any] | None, args: ar
                     "decision's minimum effect; a detection within 2 frames of the true changepoint, not matched one "
                     "to one):",
                     "",
-                    "| change (decades) | true (end to end) | recall, end to end | true (perfect) | recall, perfect tracking |",
+                    "| change (decades) | true (end to end) | recall, end to end | true (perfect) | recall, perfect "
+                    "tracking |",
                     "|---|---|---|---|---|",
                 ]
                 for (lab, n_e, r_e), (_, n_p, r_p) in zip(rc["e2e"], rc["perfect"]):
-                    lines.append(f"| {lab} | {n_e} | {_fmt(r_e)} | {n_p} | {_fmt(r_p)} |")
+                    lines.append(f"| {lab} | {n_e} | {fmt(r_e)} | {n_p} | {fmt(r_p)} |")
     if speed is not None:
         t = speed["timings"]
         lines += [
@@ -749,7 +678,8 @@ def report(results: list[dict[str, Any]], speed: dict[str, Any] | None, args: ar
             f"| linking | {t.get('link_s', float('nan')):.1f} s |",
             f"| patches | {t.get('patches_s', float('nan')):.1f} s |",
             f"| classical estimators | {t.get('classical_s', float('nan')):.1f} s |",
-            f"| model inference (CPU) | {t.get('model_s', float('nan')):.1f} s, {speed['model_tracks_per_s']:.0f} tracks/s |",
+            f"| model inference (CPU) | {t.get('model_s', float('nan')):.1f} s, {speed['model_tracks_per_s']:.0f} "
+            "tracks/s |",
             f"| changepoints + tables | {t.get('tables_s', float('nan')):.1f} s |",
             f"| peak resident memory of the command | {speed['peak_rss_mb']:.0f} MB |",
         ]
@@ -778,7 +708,8 @@ def _breakdown_lines(b: pd.DataFrame) -> list[str]:
             if len(g) == 0:
                 continue
             lines.append(f"| {label if flag else 'not ' + label} | {len(g)} | {g['err_e2e'].mean():.3f} / "
-                         f"{g['err_same'].mean():.3f} | {g['err_e2e'].sum() / total:.2f} | {g['err_e2e_D2'].mean():.3f} / "
+                         f"{g['err_same'].mean():.3f} | {g['err_e2e'].sum() / total:.2f} | "
+                         f"{g['err_e2e_D2'].mean():.3f} / "
                          f"{g['err_same_D2'].mean():.3f} | {g['err_e2e_D2'].sum() / total2:.2f} |")
     return lines
 
@@ -837,9 +768,7 @@ def main(argv: list[str] | None = None) -> int:
             speed = run_speed(models["aniso"], args.quick, acq, Path(tmp))
     text = report(results, speed, args, cmdline, {k: models[k] for k in models}, time.perf_counter() - started)
     print(text)
-    out = args.out or str(ROOT / "reports" / ("end_to_end_quick.md" if args.quick else "end_to_end.md"))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(text)
+    write_report(args.out or report_path("end_to_end", args.quick), text)
     return 0
 
 

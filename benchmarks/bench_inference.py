@@ -1,6 +1,6 @@
 """Inference throughput of the bundled models on the CPU: tracks/s for 30-frame tracks.
 
-Protocol (PROTOCOLS.md "speed", the model-inference part, on synthetic inputs): ``--n``
+Protocol ("speed" of docs/protocols.md, the model-inference part, on synthetic inputs): ``--n``
 (default 1,024) tracks of 30 frames, each frame an 11 x 11 patch of a Gaussian spot
 (sigma 1 px, 1,000 photons) on a background of 10 photons/pixel with Poisson noise, and
 Brownian displacements (seed ``--seed``). The content does not change the amount of work.
@@ -33,18 +33,17 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _common import PROTOCOLS, command_line, report_header, report_path, write_report
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
 from napari_spt_diffusion.estimation.estimator import CPU_CHUNK, Estimator
@@ -114,7 +113,7 @@ def measure(model: str, tracks: list[TrackPatches], threads: int, reps: int) -> 
              CPU_CHUNK * threads, 1),
             ("Estimator, calls of 256 (before chunking)", 256, 1)):
         est = Estimator(model, device="cpu", chunk_size=chunk, parallel_calls=parallel)
-        wall, cpu = _time(lambda: est.estimate(tracks, acq), reps)
+        wall, cpu = _time(partial(est.estimate, tracks, acq), reps)
         rows.append((label, n / wall, n / cpu))
     return rows
 
@@ -137,20 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--models", default="aniso,binding,twostate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "reports" / "inference.md")
+    parser.add_argument("--out", type=Path, default=report_path("inference", False))
     argv_list = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv_list)
-    cmd = " ".join([".venv/bin/python", "benchmarks/bench_inference.py"] + [shlex.quote(a) for a in argv_list])
+    cmd = command_line("bench_inference.py", argv_list)
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
     tracks = synthetic_tracks(args.n, args.seed)
-    lines = [
-        "# Inference throughput of the bundled models (CPU)\n",
-        f"- {args.n} synthetic tracks of {N_FRAMES} frames (11 x 11 spot patches, Poisson noise, Brownian steps; "
-        f"seed {args.seed}); protocol in the docstring of `benchmarks/bench_inference.py` (PROTOCOLS.md speed, "
-        "model-inference part).",
-        f"- Command: `{cmd}`",
-        f"- Date {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}, torch {torch.__version__}.",
+    lines = report_header(
+        "Inference throughput of the bundled models (CPU)",
+        f"{PROTOCOLS} speed, model-inference part (docstring of `benchmarks/bench_inference.py`): {args.n} synthetic "
+        f"tracks of {N_FRAMES} frames (11 x 11 spot patches, Poisson noise, Brownian steps; seed {args.seed}).", cmd)
+    lines += [
         "- wall: tracks per wall-clock second; CPU: tracks per CPU second of the process (all threads). Best of "
         f"{args.reps} passes after one warm-up pass.\n",
         "| model | threads | setting | tracks/s (wall) | tracks/CPU-s | load avg before -> after |",
@@ -166,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(lines[-1], flush=True)
     lines.append("")
     lines += _kept_notes(args.out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, args.out)
+    write_report(args.out, lines)
     print(f"wrote {args.out}")
     return 0
 

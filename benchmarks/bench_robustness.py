@@ -1,10 +1,10 @@
 """Robustness of the bundled models to the microscope: PSF width and photon count.
 
-Protocol: PROTOCOLS.md seed-aniso, seed-binding and seed-twostate physics (v1) with the
-acquisition swept as PROTOCOLS.md lists it: PSF sigma 1.0 / 1.5 / 2.0 px at 1,000 photons,
+Protocol (docs/protocols.md): seed-aniso, seed-binding and seed-twostate physics (v1) with the
+acquisition swept as the standard acquisition's sweeps list it: PSF sigma 1.0 / 1.5 / 2.0 px at 1,000 photons,
 and 250 / 500 / 1,000 / 4,000 photons per frame at sigma 1.0 px; everything else standard.
 Each condition is a fresh test set from ``make_samples(model, n, 30, acquisition, seed)``
-(the tracking path; seeds 2025 / 2026 / 2027 as in bench_accuracy.py).
+(the tracking path; seeds 2025 / 2026 / 2027 as in bench_accuracy.py, ``_common.SEEDS``).
 Default n = 1,000 tracks per condition (``--quick``: 300).
 
 Rows per set: the bundled model (trained at sigma 1.0 px, 1,000 photons only), any extra
@@ -12,8 +12,8 @@ checkpoints of that motion model given with ``--extra NAME=PATH`` (e.g. a model 
 for sigma 2.0 px with the train command), and the classical estimators, which are given the
 true acquisition (PSF width) of each condition: for seed-aniso the per-track CVE,
 blur-moment and combined tensors; for the two-state sets the per-frame sliding-window
-blur-moment (+-2 frames) and CVE (+-3 frames) tensors of bench_accuracy.py. The metrics
-are those of bench_accuracy.py (per track for seed-aniso, per frame and changepoint MAE
+blur-moment (+-2 frames) and CVE (+-3 frames) tensors of ``_common.classical_frames``. The
+metrics are those of bench_accuracy.py (``_common``) (per track for seed-aniso, per frame and changepoint MAE
 for the two-state sets).
 
 Command::
@@ -25,25 +25,29 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from _common import (
+    PROTOCOLS,
+    SEEDS,
+    classical_frames,
+    classical_tracks,
+    command_line,
+    fmt,
+    frame_metrics,
+    report_header,
+    report_path,
+    run_model,
+    seed_test_set,
+    track_metrics,
+    write_report,
+)
 from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.estimation import classical as C
 from napari_spt_diffusion.estimation.checkpoint import describe_training, load_checkpoint
-from napari_spt_diffusion.simulation.samples import make_samples
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_accuracy import SEEDS, _classical_frames, _frame_metrics, _run_model, _track_metrics  # noqa: E402
 
 CONDITIONS = [  # (label, psf_sigma_nm, signal_photons)
     ("sigma 1.0 px, 1000 photons (standard)", 100.0, 1000.0),
@@ -56,30 +60,23 @@ CONDITIONS = [  # (label, psf_sigma_nm, signal_photons)
 
 
 def _track_cells(m: dict) -> str:
-    return " | ".join(_fmt(m[k]) for k in ("mae_D1_um2_s", "mae_D2_um2_s", "angle_similarity_published",
+    return " | ".join(fmt(m[k]) for k in ("mae_D1_um2_s", "mae_D2_um2_s", "angle_similarity_published",
                                             "angle_similarity_axial"))
 
 
 def _frame_cells(m: dict) -> str:
-    return " | ".join(_fmt(m[k]) for k in ("mae_D1_um2_s", "mae_D2_um2_s", "mae_Dmean_um2_s",
+    return " | ".join(fmt(m[k]) for k in ("mae_D1_um2_s", "mae_D2_um2_s", "mae_Dmean_um2_s",
                                             "angle_similarity_published", "angle_similarity_axial",
                                             "changepoint_mae_frames_labelled_change"))
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
 def _aniso_rows(models: dict, batch, acq: Acquisition) -> list[str]:
     lines = ["| estimator | MAE D1 | MAE D2 | angle (published) | angle (axial) |", "|---|---|---|---|---|"]
     for name, (module, _) in models.items():
-        lines.append(f"| {name} | {_track_cells(_track_metrics(_run_model(module, batch, acq)[0], batch))} |")
-    kw = {"subpixel_offset_px": batch.subpixel_offset_px, "outside_mask": batch.outside_mask}
-    classical = {"CVE tensor": C.cve_tensor_batch(batch.positions_px, acq),
-                 "blur-moment tensor": C.blur_moment_tensor_batch(batch.patches, acq, **kw),
-                 "combined (CVE + blur)": C.combined_tensor_batch(batch.positions_px, batch.patches, acq, **kw)}
+        lines.append(f"| {name} | {_track_cells(track_metrics(run_model(module, batch, acq)[0], batch))} |")
+    classical = classical_tracks(batch, acq, ("CVE tensor", "blur-moment tensor", "combined (CVE + blur)"))
     for name, est in classical.items():
-        lines.append(f"| {name} | {_track_cells(_track_metrics(est, batch))} |")
+        lines.append(f"| {name} | {_track_cells(track_metrics(est, batch))} |")
     return lines
 
 
@@ -88,9 +85,9 @@ def _frame_rows(models: dict, batch, acq: Acquisition) -> list[str]:
              "angle (axial, free frames) | changepoint MAE (frames, tracks whose labels change) |",
              "|---|---|---|---|---|---|---|"]
     for name, (module, _) in models.items():
-        lines.append(f"| {name} | {_frame_cells(_frame_metrics(_run_model(module, batch, acq)[0], batch))} |")
-    for name, est in _classical_frames(batch, acq).items():
-        lines.append(f"| {name} | {_frame_cells(_frame_metrics(est, batch))} |")
+        lines.append(f"| {name} | {_frame_cells(frame_metrics(run_model(module, batch, acq)[0], batch))} |")
+    for name, est in classical_frames(batch, acq).items():
+        lines.append(f"| {name} | {_frame_cells(frame_metrics(est, batch))} |")
     return lines
 
 
@@ -106,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.n or (300 if args.quick else 1000)
-    out = args.out or Path(__file__).resolve().parent / "reports" / ("robustness_quick.md" if args.quick and args.n is None
-                                                                      else "robustness.md")
+    out = args.out or report_path("robustness", args.quick and args.n is None)
     sets = [x.strip() for x in args.sets.split(",") if x.strip()]
     unknown = sorted(set(sets) - set(SEEDS))
     if unknown:
@@ -119,16 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         if card["motion_model"] not in models:
             parser.error(f"--extra {name}: a {card['motion_model']} model, but that set is not in --sets")
         models[card["motion_model"]][f"model `{name}`"] = (module, card)
-    cmd = " ".join([".venv/bin/python", "benchmarks/bench_robustness.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
-    lines = ["# Robustness: PSF width and photon count\n",
-             f"- Protocol: PROTOCOLS.md {', '.join(f'seed-{m} (seed {SEEDS[m]})' for m in sets)} v1 physics and the "
-             f"acquisition sweeps, {n} tracks per condition, test sets made through the tracking path (`make_samples`).",
-             f"- Command: `{cmd}`",
-             f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, {os.cpu_count()} CPU "
-             f"cores (shared), torch {torch.__version__}, {torch.get_num_threads()} torch thread(s).",
-             "- Models trained for one acquisition are evaluated outside it; the classical estimators are given each "
-             "condition's true PSF width. Metrics as in `bench_accuracy.py` (per track for seed-aniso; per frame, "
-             "angle over the free frames and changepoint MAE over the tracks whose labels change for the two-state sets).\n"]
+    cmd = command_line("bench_robustness.py", argv)
+    lines = report_header("Robustness: PSF width and photon count",
+                          f"{PROTOCOLS} {', '.join(f'seed-{m} (seed {SEEDS[m]})' for m in sets)} v1 physics and the "
+                          f"acquisition sweeps, {n} tracks per condition, test sets made through the tracking path "
+                          "(`make_samples`).", cmd)
+    lines += ["- Models trained for one acquisition are evaluated outside it; the classical estimators are given each "
+              "condition's true PSF width. Metrics as in `bench_accuracy.py` (per track for seed-aniso; per frame, "
+              "angle over the free frames and changepoint MAE over the tracks whose labels change for the two-state "
+              "sets).\n"]
     for model in sets:
         lines.append(f"# seed-{model}\n")
         for name, (_, card) in models[model].items():
@@ -140,17 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         for label, sigma_nm, photons in CONDITIONS:
             acq = Acquisition(psf_sigma_nm=sigma_nm, signal_photons=photons)
             t0 = time.perf_counter()
-            batch = make_samples(model, n, n_frames=30, acquisition=acq, seed=SEEDS[model])
+            batch, _ = seed_test_set(model, n, acq)
             lines.append(f"## seed-{model}, {label}\n")
             rows = _aniso_rows if model == "aniso" else _frame_rows
             lines += rows(models[model], batch, acq)
             lines.append(f"\nDetection found the spot in {100 * batch.detected.mean():.2f} % of frames; "
                          f"{time.perf_counter() - t0:.0f} s for this condition.\n")
             print("\n".join(lines[-10:]), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    write_report(out, lines)
     print(f"wrote {out}")
     return 0
 

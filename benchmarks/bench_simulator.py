@@ -7,7 +7,7 @@ samples (v1, seed 1)
     and given camera noise (``camera_image``). Batches of 2,000 samples; the figure is
     samples per second of wall time and per CPU-second of this process (the CPU is
     shared with other jobs, so wall time depends on the machine's load), best and median
-    of the repetitions. The tracking-based training samples of ``simulation/samples.py``
+    of the repetitions. The tracking-based training samples of ``training/samples.py``
     (detection, localization, patch cropping) are not included.
 
 movies (v1, seeds 2 and 3)
@@ -29,7 +29,6 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 import platform
 import resource
@@ -40,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import REPO, command_line, load_average, report_header, report_path, write_report
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.simulation import camera_image, render_windows, simulate_anisotropic
 from napari_spt_diffusion.simulation.movie import iter_movie_frames, plan_movie
 
-REPO = Path(__file__).resolve().parents[1]
 BATCH = 2000
 WINDOW = 11
 
@@ -174,34 +173,19 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _report(args: argparse.Namespace, samples: dict, movies: list[dict], load: tuple, load_end: tuple) -> str:
-    cmd = "  .venv/bin/python benchmarks/bench_simulator.py" + (" --quick" if args.quick else "")
-    if args.out != str(Path("benchmarks/reports/simulator.md")):
-        cmd += f" --out {args.out}"
-    lines = [
-        "# Simulator speed",
-        "",
-        f"Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}  ",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-        f"numpy {np.__version__}  ",
-        f"Load average (1/5/15 min) at start: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; "
-        f"at end: {load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f}  ",
-        "The 2 CPU cores were shared with other jobs running at the same time: wall-clock",
-        "figures depend on that load; the per-CPU-second figures count only this process's",
-        "CPU time (they still suffer from the shared caches).",
-        "",
-        "Command:",
-        "",
-        "```",
-        cmd,
-        "```",
+def _report(args: argparse.Namespace, samples: dict, movies: list[dict], load_start: str) -> str:
+    lines = report_header("Simulator speed", "samples v1 (seed 1) and movies v1 (seeds 2 and 3): docstring of "
+                          "`benchmarks/bench_simulator.py`.", command_line("bench_simulator.py", args.argv))
+    lines += [
+        f"- Processor: {_cpu_name()}; load average (1/5/15 min) at the start: {load_start}, at the end: above. The CPU "
+        "cores were shared with other jobs running at the same time: wall-clock figures depend on that load; the "
+        "per-CPU-second figures count only this process's CPU time (they still suffer from the shared caches).",
         "",
     ]
     if args.quick:
         lines += ["**Quick run** (`--quick`): reduced sizes, for checking the script only.", ""]
     lines += [
-        "Protocols: see the docstring of `benchmarks/bench_simulator.py` (samples v1, seed 1;",
-        "movies v1, seeds 2 and 3). Single process, one thread.",
+        "Single process, one thread.",
         "",
         "## Training-style samples (seed-aniso, 30 frames x 10 sub-steps, 11 x 11 px, camera noise)",
         "",
@@ -210,9 +194,9 @@ def _report(args: argparse.Namespace, samples: dict, movies: list[dict], load: t
         f"| {samples['n_samples']:,} | {samples['repeats']} | {samples['wall_best']:,.0f} / "
         f"{samples['wall_median']:,.0f} | {samples['cpu_best']:,.0f} / {samples['cpu_median']:,.0f} | 5,000 |",
         "",
-        f"All {samples['parallel']['workers']} cores, one process each: {samples['parallel']['n_samples']:,} samples in "
-        f"{samples['parallel']['wall_s']:.2f} s wall = **{samples['parallel']['samples_per_s']:,.0f} samples/s** "
-        "(target 5,000).",
+        f"All {samples['parallel']['workers']} cores, one process each: "
+        f"{samples['parallel']['n_samples']:,} samples in {samples['parallel']['wall_s']:.2f} s wall = "
+        f"**{samples['parallel']['samples_per_s']:,.0f} samples/s** (target 5,000).",
         "",
         "CPU time per sample by stage (all runs): "
         + ", ".join(f"{k} {v:.0f} us" for k, v in samples["stage_us_per_sample"].items())
@@ -243,9 +227,11 @@ def _report(args: argparse.Namespace, samples: dict, movies: list[dict], load: t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
-    parser.add_argument("--out", default=str(Path("benchmarks/reports/simulator.md")), help="markdown report")
+    parser.add_argument("--out", default=None, help="markdown report (default: "
+                                                    "benchmarks/reports/simulator[_quick].md)")
     args = parser.parse_args(argv)
-    load = os.getloadavg()
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    load_start = load_average()
     if args.quick:
         samples = bench_samples(4000, 2)
         movie_specs = [((128, 128), 50, 30.0, 2), ((512, 512), 50, 100.0, 3)]
@@ -258,14 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     for shape, frames, particles, seed in movie_specs:
         movies.append(bench_movie(shape, frames, particles, seed))
         print(f"movie: {movies[-1]}", flush=True)
-    text = _report(args, samples, movies, load, os.getloadavg())
-    out = Path(args.out)
+    text = _report(args, samples, movies, load_start)
+    out = report_path("simulator", args.quick) if args.out is None else Path(args.out)
     if not out.is_absolute():
         out = REPO / out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_report(out, text)
     print(f"wrote {out}")
     return 0
 

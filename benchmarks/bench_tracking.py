@@ -1,4 +1,4 @@
-"""Tracking benchmarks: protocols "field" and "speed" of PROTOCOLS.md.
+"""Tracking benchmarks: protocols "field" and "speed" of docs/protocols.md.
 
 field (v1, seed 7)
     256 x 256 px, 200 frames, standard acquisition, 60 particles on average entering and
@@ -11,11 +11,12 @@ field (v1, seed 7)
     1 px, Hungarian assignment per frame); localization RMSE per axis (nm) of the matched
     detections of slow particles (true D1 < 0.1 um^2/s) next to the Cramer-Rao bound
     (Mortensen et al. 2010 with the true photons, background and read noise), also for
-    all particles and for slow particles with no other particle within 5 px; link recall (fraction of true frame-to-frame links whose two ends are
-    consecutive localizations of one reconstructed track; also given among links whose
-    two ends were detected) and link precision (fraction of reported links, gap-bridging
-    ones included, that join two detections of the same true particle). The same movies are
-    also run through the previous method (``overlaps=False``) and reported beside.
+    all particles and for slow particles with no other particle within 5 px; link recall
+    (fraction of true frame-to-frame links whose two ends are consecutive localizations of
+    one reconstructed track; also given among links whose two ends were detected) and link
+    precision (fraction of reported links, gap-bridging ones included, that join two
+    detections of the same true particle). The same movies are also run through the
+    previous method (``overlaps=False``) and reported beside.
 
 speed (v1, seed 8)
     A 512 x 512 x 1000 uint16 movie, 100 particles per frame, standard acquisition,
@@ -31,7 +32,8 @@ speed (v1, seed 8)
 
 Command::
 
-    .venv/bin/python benchmarks/bench_tracking.py [field|speed|all] [--quick] [--threads N] [--out benchmarks/reports/tracking.md]
+    .venv/bin/python benchmarks/bench_tracking.py [field|speed|all] [--quick] [--threads N]
+        [--out benchmarks/reports/tracking.md]
         [--split-encounters on|off] [--encounter-llr X]
 
 ``--threads N`` caps the BLAS/OpenMP thread pools (environment variables set before numpy
@@ -44,11 +46,9 @@ is imported; the speed workers inherit them).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -61,7 +61,10 @@ from pathlib import Path
 def _limit_threads(argv: list[str]) -> None:
     """Apply ``--threads N`` to the BLAS/OpenMP pools before numpy is imported (workers inherit it)."""
     for i, arg in enumerate(argv):
-        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else None)
+        if arg.startswith("--threads="):
+            value = arg.split("=", 1)[1]
+        else:
+            value = argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else None
         if value is not None:
             for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
                 os.environ[name] = value
@@ -69,15 +72,18 @@ def _limit_threads(argv: list[str]) -> None:
 
 _limit_threads(sys.argv[1:])
 
-import numpy as np  # noqa: E402 - after the thread limits
+# Imports below the thread limits (E402 is ignored for this file in pyproject.toml).
+import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from _common import PROTOCOLS, command_line, fmt, report_header, report_path, write_report
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.simulation import simulate_movie
-from napari_spt_diffusion.tracking import detect_and_localize, link, mortensen_precision_nm
+from napari_spt_diffusion.tracking import default_search_range_px, detect_and_localize, link, mortensen_precision_nm
+from napari_spt_diffusion.tracking.crowding import nearest_other_px
+from napari_spt_diffusion.tracking.encounters import EncounterRules
 
-REPO = Path(__file__).resolve().parents[1]
 MATCH_RADIUS_PX = 1.0
 FIELD_SEED = 7
 SPEED_SEED = 8
@@ -157,7 +163,8 @@ def localization_scores(det, truth, d2t, acq, photons, mask_truth):
     se_ms = sq.mean(axis=1).std(ddof=1) / math.sqrt(len(sel)) if len(sel) > 1 else float("nan")
     lo = math.sqrt(max(sq.mean() - 1.96 * se_ms, 0.0))
     hi = math.sqrt(sq.mean() + 1.96 * se_ms)
-    crlb = float(mortensen_precision_nm(photons, acq.background_photons, acq.psf_sigma_nm, acq.pixel_size_nm, acq.read_noise_e))
+    crlb = float(mortensen_precision_nm(photons, acq.background_photons, acq.psf_sigma_nm, acq.pixel_size_nm,
+                                        acq.read_noise_e))
     return {
         "n": int(len(sel)),
         "rmse_nm": rmse,
@@ -207,19 +214,6 @@ def link_scores(tracks, truth, d2t, t2d):
 ISOLATION_PX = 5.0
 
 
-def nearest_other_particle_px(truth: pd.DataFrame) -> np.ndarray:
-    """Distance (px) from every truth row to the nearest other particle of its frame (inf if alone)."""
-    from scipy.spatial import cKDTree
-
-    out = np.full(len(truth), np.inf)
-    positions = truth[["y_px", "x_px"]].to_numpy(float)
-    for _, rows in truth.groupby("frame").indices.items():
-        if len(rows) > 1:
-            distance, _ = cKDTree(positions[rows]).query(positions[rows], k=2)
-            out[rows] = distance[:, 1]
-    return out
-
-
 def run_field(quick: bool) -> list[dict]:
     shape, n_frames, particles = ((128, 128), 60, 15.0) if quick else ((256, 256), 200, 60.0)
     out = []
@@ -247,7 +241,8 @@ def run_field(quick: bool) -> list[dict]:
         det_scores, d2t, t2d = detection_scores(tracks, truth)
         slow = truth["D1_um2_s"].to_numpy() < 0.1
         everyone = np.ones(len(truth), dtype=bool)
-        isolated = nearest_other_particle_px(truth) > ISOLATION_PX
+        nearest = nearest_other_px(truth["frame"].to_numpy(), truth["y_px"].to_numpy(), truth["x_px"].to_numpy())
+        isolated = nearest > ISOLATION_PX
         loc_slow = localization_scores(tracks, truth, d2t, acq, photons, slow)
         loc_slow_isolated = localization_scores(tracks, truth, d2t, acq, photons, slow & isolated)
         loc_all = localization_scores(tracks, truth, d2t, acq, photons, everyone)
@@ -263,13 +258,15 @@ def run_field(quick: bool) -> list[dict]:
         out.append({
             "previous": previous, "n_split": int(det.attrs.get("n_split", 0)),
             "photons": photons, "shape": shape, "n_frames": n_frames, "particles": particles,
-            "detection": det_scores, "loc_slow": loc_slow, "loc_slow_isolated": loc_slow_isolated, "loc_all": loc_all, "links": links,
+            "detection": det_scores, "loc_slow": loc_slow, "loc_slow_isolated": loc_slow_isolated, "loc_all": loc_all,
+            "links": links,
             "n_tracks": result.n_tracks, "n_true_tracks": int(truth["track_id"].nunique()),
             "search_range_px": result.search_range_px, "memory_frames": result.memory_frames,
             "messages": result.messages + [str(w.message) for w in caught if "inplace" not in str(w.message)],
             "seconds": {"simulate": t_sim, "detect_localize": t_det, "link": t_link},
         })
-        print(f"field {photons:.0f} photons: {json.dumps(out[-1]['detection'])} {json.dumps(out[-1]['links'])}", flush=True)
+        print(f"field {photons:.0f} photons: {json.dumps(out[-1]['detection'])} "
+              f"{json.dumps(out[-1]['links'])}", flush=True)
     return out
 
 
@@ -281,7 +278,8 @@ class NpyFrames:
         self.path = path
         with open(path, "rb") as handle:
             version = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, fortran, dtype = read_header(handle)
             self.offset = handle.tell()
         if fortran or len(shape) != 3:
@@ -361,7 +359,7 @@ def run_speed(quick: bool) -> dict:
     n_frames = 60 if quick else 1000
     shape = (512, 512)
     acq = Acquisition()
-    search_range = float(__import__("napari_spt_diffusion.tracking.link", fromlist=["x"]).default_search_range_px(acq, FIELD_MAX_D_UM2_S))
+    search_range = float(default_search_range_px(acq, FIELD_MAX_D_UM2_S))
     memory = 2
     with tempfile.TemporaryDirectory(prefix="bench_tracking_") as tmp:
         movie_path = os.path.join(tmp, "speed.npy")
@@ -379,7 +377,8 @@ def run_speed(quick: bool) -> dict:
             load_before = os.getloadavg()[0]
             limit = TRACKPY_SEP4_FRAMES if (method == "trackpy_sep4" and not quick) else 0
             subprocess.run(
-                [sys.executable, __file__, "_worker", method, movie_path, out_path, repr(search_range), str(memory), str(limit)],
+                [sys.executable, __file__, "_worker", method, movie_path, out_path, repr(search_range), str(memory),
+                 str(limit)],
                 check=True,
             )
             with open(out_path) as handle:
@@ -398,21 +397,14 @@ def run_speed(quick: bool) -> dict:
 
 
 # -------------------------------------------------------------------- report
-def _fmt(x, digits=3):
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def write_report(path: Path, field: list[dict] | None, speed: dict | None, quick: bool, command: str, seconds: float,
-                 load_start: float) -> None:
-    lines = [
-        "# Tracking benchmarks: protocols field and speed",
-        "",
-        f"- Date: {_dt.date.today().isoformat()}; machine: {platform.machine()}, {platform.system()}, "
-        f"{os.cpu_count()} CPU cores (shared with other jobs: load average at start {load_start:.1f}), "
-        f"Python {platform.python_version()}, numpy {np.__version__}, trackpy {__import__('trackpy').__version__} (no numba).",
-        f"- Command: `{command}`{' (QUICK: reduced sizes, not the protocol)' if quick else ''}; wall time {seconds:.0f} s.",
-        "- Protocols: PROTOCOLS.md `field` (seed 7) and `speed` (seed 8); details in the docstring of "
-        "`benchmarks/bench_tracking.py`.",
+def write_tracking_report(path: Path, field: list[dict] | None, speed: dict | None, quick: bool, command: str,
+                          seconds: float) -> None:
+    lines = report_header("Tracking benchmarks: protocols field and speed",
+                          f"{PROTOCOLS} `field` (seed {FIELD_SEED}) and `speed` (seed {SPEED_SEED}); details in the "
+                          "docstring of `benchmarks/bench_tracking.py`.", command)
+    lines += [
+        f"- trackpy {__import__('trackpy').__version__} (no numba); "
+        f"wall time {seconds:.0f} s{' (QUICK: reduced sizes, not the protocol)' if quick else ''}.",
         "",
     ]
     if field:
@@ -420,56 +412,65 @@ def write_report(path: Path, field: list[dict] | None, speed: dict | None, quick
         lines += [
             "## field",
             "",
-            f"{first['shape'][0]} x {first['shape'][1]} px, {first['n_frames']} frames, {first['particles']:.0f} particles on "
-            f"average, D1 ~ U[0.05, 3] um^2/s, standard acquisition; linking with max_D_um2_s = {FIELD_MAX_D_UM2_S} "
+            f"{first['shape'][0]} x {first['shape'][1]} px, {first['n_frames']} frames, "
+            f"{first['particles']:.0f} particles on average, D1 ~ U[0.05, 3] um^2/s, standard acquisition; linking "
+            f"with max_D_um2_s = {FIELD_MAX_D_UM2_S} "
             f"(search range {first['search_range_px']:.2f} px), memory {first['memory_frames']} frames. "
-            "Targets at 1,000 photons: recall and precision >= 0.95, RMSE <= 1.3 x CRLB (slow particles), link recall >= 0.95.",
+            "Targets at 1,000 photons: recall and precision >= 0.95, RMSE <= 1.3 x CRLB (slow particles), link recall "
+            ">= 0.95.",
             "",
-            "| photons/frame | det. recall | det. precision | RMSE slow (nm) [95% CI] (n) | CRLB (nm) | RMSE/CRLB | RMSE all (nm) | link recall | link recall (both ends detected) | link precision | tracks (true) | detect+localize s | link s |",
+            "| photons/frame | det. recall | det. precision | RMSE slow (nm) [95% CI] (n) | CRLB (nm) | RMSE/CRLB | "
+            "RMSE all (nm) | link recall | link recall (both ends detected) | link precision | tracks (true) | "
+            "detect+localize s | link s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in field:
             d, ls, la, lk = r["detection"], r["loc_slow"], r["loc_all"], r["links"]
             lines.append(
-                f"| {r['photons']:.0f} | {_fmt(d['recall'])} | {_fmt(d['precision'])} | {_fmt(ls['rmse_nm'], 1)} "
-                f"[{_fmt(ls['ci95_nm'][0], 1)}, {_fmt(ls['ci95_nm'][1], 1)}] ({ls['n']}) | {_fmt(ls.get('crlb_nm', float('nan')), 1)} | "
-                f"{_fmt(ls.get('ratio', float('nan')), 2)} | {_fmt(la['rmse_nm'], 1)} | {_fmt(lk['recall'])} | {_fmt(lk['recall_detected'])} | "
-                f"{_fmt(lk['precision'])} | {r['n_tracks']} ({r['n_true_tracks']}) | {r['seconds']['detect_localize']:.1f} | {r['seconds']['link']:.1f} |"
+                f"| {r['photons']:.0f} | {fmt(d['recall'])} | {fmt(d['precision'])} | {fmt(ls['rmse_nm'], 1)} "
+                f"[{fmt(ls['ci95_nm'][0], 1)}, {fmt(ls['ci95_nm'][1], 1)}] ({ls['n']}) | "
+                f"{fmt(ls.get('crlb_nm', float('nan')), 1)} | "
+                f"{fmt(ls.get('ratio', float('nan')), 2)} | {fmt(la['rmse_nm'], 1)} | {fmt(lk['recall'])} | "
+                f"{fmt(lk['recall_detected'])} | "
+                f"{fmt(lk['precision'])} | {r['n_tracks']} ({r['n_true_tracks']}) | "
+                f"{r['seconds']['detect_localize']:.1f} | {r['seconds']['link']:.1f} |"
             )
         lines += [
             "",
             "Same movies, previous method (`detect_and_localize(..., overlaps=False)`: no second pass over wide "
             "spots), measured in the same run:",
             "",
-            "| photons/frame | det. recall | det. precision | RMSE slow (nm) [95% CI] (n) | RMSE/CRLB | RMSE all (nm) | link recall | link recall (both ends detected) | link precision | detect+localize s |",
+            "| photons/frame | det. recall | det. precision | RMSE slow (nm) [95% CI] (n) | RMSE/CRLB | RMSE all (nm) "
+            "| link recall | link recall (both ends detected) | link precision | detect+localize s |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in field:
             p = r["previous"]
             d, ls, la, lk = p["detection"], p["loc_slow"], p["loc_all"], p["links"]
             lines.append(
-                f"| {r['photons']:.0f} | {_fmt(d['recall'])} | {_fmt(d['precision'])} | {_fmt(ls['rmse_nm'], 1)} "
-                f"[{_fmt(ls['ci95_nm'][0], 1)}, {_fmt(ls['ci95_nm'][1], 1)}] ({ls['n']}) | {_fmt(ls.get('ratio', float('nan')), 2)} | "
-                f"{_fmt(la['rmse_nm'], 1)} | {_fmt(lk['recall'])} | {_fmt(lk['recall_detected'])} | {_fmt(lk['precision'])} | "
-                f"{p['detect_localize_s']:.1f} |"
+                f"| {r['photons']:.0f} | {fmt(d['recall'])} | {fmt(d['precision'])} | {fmt(ls['rmse_nm'], 1)} "
+                f"[{fmt(ls['ci95_nm'][0], 1)}, {fmt(ls['ci95_nm'][1], 1)}] ({ls['n']}) | "
+                f"{fmt(ls.get('ratio', float('nan')), 2)} | "
+                f"{fmt(la['rmse_nm'], 1)} | {fmt(lk['recall'])} | {fmt(lk['recall_detected'])} | "
+                f"{fmt(lk['precision'])} | {p['detect_localize_s']:.1f} |"
             )
         lines += ["", "Further figures:", ""]
         for r in field:
             ls, la, li = r["loc_slow"], r["loc_all"], r["loc_slow_isolated"]
             lines.append(
                 f"- {r['photons']:.0f} photons: slow particles with no other particle within {ISOLATION_PX:g} px: "
-                f"RMSE {_fmt(li['rmse_nm'], 1)} nm [{_fmt(li['ci95_nm'][0], 1)}, {_fmt(li['ci95_nm'][1], 1)}] (n = {li['n']}), "
-                f"{_fmt(li.get('ratio', float('nan')), 2)} x CRLB; "
+                f"RMSE {fmt(li['rmse_nm'], 1)} nm [{fmt(li['ci95_nm'][0], 1)}, {fmt(li['ci95_nm'][1], 1)}] (n = "
+                f"{li['n']}), {fmt(li.get('ratio', float('nan')), 2)} x CRLB; "
                 f"{r['detection']['n_true']} true positions, {r['detection']['n_detected']} "
-                f"localizations; reported precision (median, slow particles) {_fmt(ls.get('reported_median_nm', float('nan')), 1)} nm; "
-                f"fraction fit_ok among matched: slow {_fmt(ls['fit_ok'])}, all {_fmt(la['fit_ok'])}; "
+                "localizations; reported precision (median, slow particles) "
+                f"{fmt(ls.get('reported_median_nm', float('nan')), 1)} nm; "
+                f"fraction fit_ok among matched: slow {fmt(ls['fit_ok'])}, all {fmt(la['fit_ok'])}; "
                 f"{r['links']['n_true_links']} true links, {r['links']['n_reported_links']} reported; "
                 f"{r['n_split']} spots split into two emitters by the second pass."
                 + (f" Linker messages: {' | '.join(r['messages'])}" if r["messages"] else "")
             )
         lines.append("")
     if speed:
-        ours, tp_ = speed["methods"]["ours"], speed["methods"]["trackpy"]
         n = speed["n_frames"]
         variant_text = ", ".join(
             f"`{name}`: `batch(frames, {TRACKPY_DIAMETER}, processes=1, "
@@ -479,22 +480,25 @@ def write_report(path: Path, field: list[dict] | None, speed: dict | None, quick
         lines += [
             "## speed",
             "",
-            f"{speed['shape'][0]} x {speed['shape'][1]} px x {n} frames, {speed['particles']} particles per frame, standard "
-            f"acquisition (simulated in {speed['simulate_s']:.0f} s). Each method in a fresh process, frames read one at a "
-            f"time from a .npy file; same linking settings for all (search range {speed['search_range_px']:.2f} px = "
+            f"{speed['shape'][0]} x {speed['shape'][1]} px x {n} frames, {speed['particles']} particles per frame, "
+            f"standard acquisition (simulated in {speed['simulate_s']:.0f} s). Each method in a fresh process, "
+            "frames read one at a time from a .npy file; same linking settings for all (search range "
+            f"{speed['search_range_px']:.2f} px = "
             f"3 sqrt(4 D dt) at D = {FIELD_MAX_D_UM2_S} um^2/s, memory {speed['memory']}). {variant_text}. "
             "Target: >= 2x trackpy's frames/s.",
             "",
-            "| method | frames | detect (+localize) s | link s | total s | frames/s | peak RSS MB (after imports) | det. recall | det. precision | link recall | load avg before/after |",
+            "| method | frames | detect (+localize) s | link s | total s | frames/s | peak RSS MB (after imports) | "
+            "det. recall | det. precision | link recall | load avg before/after |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         labels = {"ours": "ours: detect_and_localize + link"}
         for name, r in speed["methods"].items():
             lines.append(
-                f"| {labels.get(name, name + ': batch + link')} | {r['n_frames']} | {r['detect_s']:.1f} | {r['link_s']:.1f} | "
-                f"{r['total_s']:.1f} | {r['n_frames'] / r['total_s']:.1f} | "
-                f"{r['peak_rss_mb']:.0f} ({r['rss_after_imports_mb']:.0f}) | {_fmt(r['detection']['recall'])} | "
-                f"{_fmt(r['detection']['precision'])} | {_fmt(r['links']['recall'])} | {r['load_before']:.1f} / {r['load_after']:.1f} |"
+                f"| {labels.get(name, name + ': batch + link')} | {r['n_frames']} | {r['detect_s']:.1f} | "
+                f"{r['link_s']:.1f} | {r['total_s']:.1f} | {r['n_frames'] / r['total_s']:.1f} | "
+                f"{r['peak_rss_mb']:.0f} ({r['rss_after_imports_mb']:.0f}) | {fmt(r['detection']['recall'])} | "
+                f"{fmt(r['detection']['precision'])} | {fmt(r['links']['recall'])} | {r['load_before']:.1f} / "
+                f"{r['load_after']:.1f} |"
             )
         fps = {name: r["n_frames"] / r["total_s"] for name, r in speed["methods"].items()}
         det_fps = {name: r["n_frames"] / r["detect_s"] for name, r in speed["methods"].items()}
@@ -511,10 +515,7 @@ def write_report(path: Path, field: list[dict] | None, speed: dict | None, quick
             "pipelines, so link times differ only through the number of localizations.",
             "",
         ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_report(path, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("protocol", nargs="?", default="all", choices=("field", "speed", "all"))
     parser.add_argument("--quick", action="store_true", help="small versions, to check the script")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "reports" / "tracking.md"))
+    parser.add_argument("--out", default=None, help="report (default: benchmarks/reports/tracking[_quick].md)")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS/OpenMP threads (set before numpy is imported; the speed workers inherit it)")
     parser.add_argument("--split-encounters", choices=("on", "off"), default=None,
@@ -536,14 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.split_encounters is not None:
         LINK_OPTIONS["split_encounters"] = args.split_encounters == "on"
     if args.encounter_llr is not None:
-        LINK_OPTIONS["encounter_llr_threshold"] = args.encounter_llr
-    command = "python benchmarks/bench_tracking.py " + " ".join(argv)
+        LINK_OPTIONS["encounter_rules"] = EncounterRules(llr_threshold=args.encounter_llr)
+    command = command_line("bench_tracking.py", argv)
     start = time.perf_counter()
-    load_start = os.getloadavg()[0]
     field = run_field(args.quick) if args.protocol in ("field", "all") else None
     speed = run_speed(args.quick) if args.protocol in ("speed", "all") else None
-    write_report(Path(args.out), field, speed, args.quick, command.strip(), time.perf_counter() - start, load_start)
-    print(f"report written to {args.out}")
+    out = Path(args.out) if args.out else report_path("tracking", args.quick)
+    write_tracking_report(out, field, speed, args.quick, command, time.perf_counter() - start)
+    print(f"report written to {out}")
     return 0
 
 

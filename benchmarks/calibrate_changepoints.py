@@ -59,19 +59,21 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import REPORTS, run_lines, write_report
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import changepoints as cp
 from napari_spt_diffusion.estimation.classical import cve_tensor_batch
-from napari_spt_diffusion.estimation.confirmation import DEFAULT_CONFIRM_ALPHA, DEFAULT_CONFIRM_GUARD, confirm_changepoints
+from napari_spt_diffusion.estimation.confirmation import (
+    DEFAULT_CONFIRM_ALPHA,
+    DEFAULT_CONFIRM_GUARD,
+    confirm_changepoints,
+)
 from napari_spt_diffusion.metrics import changepoint_scores, match_changepoints
 from napari_spt_diffusion.simulation.trajectories import (
     simulate_anisotropic,
@@ -127,7 +129,8 @@ def sequences_ar(D1: np.ndarray, D2: np.ndarray, rho: float, rng: np.random.Gene
 
 def sequences_local(traj, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
     """(N, T, 2) log10 D features of a local-window CVE estimator."""
-    pos = traj.frame_positions_px + rng.normal(scale=LOC_NOISE_NM / acq.pixel_size_nm, size=traj.frame_positions_px.shape)
+    noise = rng.normal(scale=LOC_NOISE_NM / acq.pixel_size_nm, size=traj.frame_positions_px.shape)
+    pos = traj.frame_positions_px + noise
     n, t, _ = pos.shape
     w = WINDOW_HALF
     padded = np.full((n, t + 2 * w, 2), np.nan)
@@ -166,8 +169,8 @@ SWITCH_RATE_PER_S = 2.0
 # ------------------------------------------------------- check on model outputs
 def _sequences_model(traj, estimator, acq: Acquisition, rng: np.random.Generator) -> list[np.ndarray]:
     """log10 D features of a model's per-frame estimates on rendered, tracked trajectories."""
-    from napari_spt_diffusion.simulation.samples import samples_from_trajectories
     from napari_spt_diffusion.tracking.patches import TrackPatches
+    from napari_spt_diffusion.training.samples import samples_from_trajectories
 
     batch = samples_from_trajectories(traj, rng)
     n, t = batch.patches.shape[:2]
@@ -207,25 +210,27 @@ def check_models(models: dict[str, str], quick: bool, out: str) -> int:
     n1 = 60 if quick else 300
     nm = 20 if quick else 80
     started = time.time()
+    cmd = (".venv/bin/python benchmarks/calibrate_changepoints.py --models "
+           + ",".join(f"{k}={v}" for k, v in models.items()) + (" --quick" if quick else ""))
     lines = [
         "# Changepoint decisions on model outputs",
         "",
-        f"- Date: {_dt.date.today().isoformat()}; command: `.venv/bin/python benchmarks/calibrate_changepoints.py "
-        f"--models {','.join(f'{k}={v}' for k, v in models.items())}{' --quick' if quick else ''}` (seed {SEED + 1}).",
+        *run_lines(cmd),
+        f"- Seed {SEED + 1}.",
         "- Tracks simulated (standard acquisition), rendered and tracked by the training-sample path "
-        "(`simulation.samples.samples_from_trajectories`), estimated by the model with the `Estimator` "
+        "(`training.samples.samples_from_trajectories`), estimated by the model with the `Estimator` "
         "(windows for long tracks); features log10 D1, log10 D2; default penalties "
         f"(single {cp.DEFAULT_PENALTY}, binary segmentation {cp.DEFAULT_PENALTY_MULTI}, min effect "
         f"{cp.DEFAULT_MIN_EFFECT}).",
         "",
-        "| model | set | tracks | frames | false-positive rate (one state) | recall / precision / F1 within 2 frames | mean position error (frames) |",
+        "| model | set | tracks | frames | false-positive rate (one state) | recall / precision / F1 within 2 frames | "
+        "mean position error (frames) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, path in models.items():
         est = Estimator(path, device="cpu")
         for states in MODEL_ONE_STATE[name]:
-            label = "one state " + ("bound" if states[0]["D1_um2_s"] == (0.005, 0.01) else
-                                    "unbound" if name == "binding" else "isotropic")
+            label = "one state " + _state_label(name, states)
             for t in (30, 100):
                 traj = simulate_multistate(n1 if t == 30 else nm, t, states, 0.0, acq, rng)
                 seqs = _sequences_model(traj, est, acq, rng)
@@ -253,7 +258,7 @@ def check_models(models: dict[str, str], quick: bool, out: str) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not quick:
-        Path(out).write_text(text)
+        write_report(out, text)
     return 0
 
 
@@ -265,10 +270,11 @@ CONFIRM_VARIANTS = [("scan", True), ("cand.", False)]
 CONFIRM_SECTION = "## Confirmation on displacements"
 
 
-def _model_tracks(traj, estimator, acq: Acquisition, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _model_tracks(traj, estimator, acq: Acquisition,
+                  rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per track: ``(features (T, 2), localized positions (T, 2) px, loc precision (T,) px)``."""
-    from napari_spt_diffusion.simulation.samples import samples_from_trajectories
     from napari_spt_diffusion.tracking.patches import TrackPatches
+    from napari_spt_diffusion.training.samples import samples_from_trajectories
 
     batch = samples_from_trajectories(traj, rng)
     n, t = batch.patches.shape[:2]
@@ -299,6 +305,21 @@ def _decide(x: np.ndarray, single: bool) -> np.ndarray:
     return cp.multiple_changepoints(x)
 
 
+def _state_label(model: str, states: list[dict]) -> str:
+    """Name of a one-state set of :data:`MODEL_ONE_STATE`."""
+    return "bound" if states[0]["D1_um2_s"] == (0.005, 0.01) else "unbound" if model == "binding" else "isotropic"
+
+
+def _share_with_any(detected: list) -> float:
+    """Share of the tracks given at least one changepoint."""
+    return float(np.mean([len(d) > 0 for d in detected]))
+
+
+def _mean_count(detected: list) -> float:
+    """Mean number of changepoints per track."""
+    return float(np.mean([len(d) for d in detected]))
+
+
 def _confirmed(tracks, single: bool, acq: Acquisition) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Decisions before confirmation and after it, for every variant and alpha (variant-major)."""
     before = [_decide(x, single) for x, _, _ in tracks]
@@ -327,30 +348,35 @@ def check_confirmation(models: dict[str, str], quick: bool, out: str) -> int:
         est = Estimator(path, device="cpu")
         for t, n in n_one.items():
             sets = [("aniso, D1 0.05-6", simulate_anisotropic(n, t, acq, rng))]
-            sets += [(("bound" if s[0]["D1_um2_s"] == (0.005, 0.01) else "unbound" if name == "binding" else "isotropic"),
-                      simulate_multistate(max(n // 3, 20), t, s, 0.0, acq, rng)) for s in MODEL_ONE_STATE[name]]
+            sets += [(_state_label(name, s), simulate_multistate(max(n // 3, 20), t, s, 0.0, acq, rng))
+                     for s in MODEL_ONE_STATE[name]]
             for label, traj in sets:
                 tracks = _model_tracks(traj, est, acq, rng)
                 single = t <= est.max_frames
                 before, after = _confirmed(tracks, single, acq)
-                rate = lambda det: float(np.mean([len(d) > 0 for d in det]))
-                rows_fp.append((name, label, len(tracks), t, rate(before), [rate(a) for a in after],
-                                float(np.mean([len(d) for d in before])), [float(np.mean([len(d) for d in a])) for a in after]))
+                rows_fp.append((name, label, len(tracks), t, _share_with_any(before),
+                                [_share_with_any(a) for a in after], _mean_count(before),
+                                [_mean_count(a) for a in after]))
                 if label.startswith("aniso"):
                     d1 = traj.D1_um2_s[:, 0]
                     for lo, hi in ((0.05, 1.0), (1.0, 3.0), (3.0, 6.01)):
                         m = (d1 >= lo) & (d1 < hi)
+                        sel = np.flatnonzero(m)
                         rows_fp.append((name, f"  aniso, D1 in [{lo:g}, {min(hi, 6):g}]", int(m.sum()), t,
-                                        float(np.mean([len(before[i]) > 0 for i in np.flatnonzero(m)])),
-                                        [float(np.mean([len(a[i]) > 0 for i in np.flatnonzero(m)])) for a in after], None, None))
+                                        _share_with_any([before[i] for i in sel]),
+                                        [_share_with_any([a[i] for i in sel]) for a in after], None, None))
             print(f"{name} one-state {t} done at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         sim = simulate_binding if name == "binding" else simulate_two_state
         for t, n in n_sw.items():
-            traj = sim(n, 30, acq, rng) if t == 30 else simulate_multistate(n, t, MODEL_MULTI[name], SWITCH_RATE_PER_S, acq, rng)
+            if t == 30:
+                traj = sim(n, 30, acq, rng)
+            else:
+                traj = simulate_multistate(n, t, MODEL_MULTI[name], SWITCH_RATE_PER_S, acq, rng)
             tracks = _model_tracks(traj, est, acq, rng)
             before, after = _confirmed(tracks, t <= est.max_frames, acq)
             scores = [changepoint_scores(traj.changepoint_frames, d, tolerance=2) for d in [before, *after]]
-            rows_det.append((name, "one switch" if t == 30 else f"Markov, {SWITCH_RATE_PER_S:g} /s", len(tracks), t, scores))
+            rows_det.append((name, "one switch" if t == 30 else "Markov, "
+                                                                f"{SWITCH_RATE_PER_S:g} /s", len(tracks), t, scores))
             print(f"{name} switches {t} done at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     limits = []
     if "twostate" in models:
@@ -363,22 +389,23 @@ def check_confirmation(models: dict[str, str], quick: bool, out: str) -> int:
     lines = [
         CONFIRM_SECTION,
         "",
-        f"- Date: {_dt.date.today().isoformat()}; command: `{cmd}` (seed {CONFIRM_SEED}); run time {elapsed:.0f} s "
-        f"(1 torch thread, machine shared: load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}).",
+        *run_lines(cmd),
+        f"- Seed {CONFIRM_SEED}; run time {elapsed:.0f} s (1 torch thread).",
         "- Tracks simulated (standard acquisition), rendered, detected and localized by the training-sample path "
-        "(`simulation.samples.samples_from_trajectories`) and estimated by the model; the changepoints decided on "
+        "(`training.samples.samples_from_trajectories`) and estimated by the model; the changepoints decided on "
         f"log10 D1, log10 D2 with the default penalties (single {cp.DEFAULT_PENALTY} for tracks up to the model's "
         f"length, binary segmentation {cp.DEFAULT_PENALTY_MULTI} beyond, min effect {cp.DEFAULT_MIN_EFFECT}) are "
         "then confirmed on the localized positions (`changepoints.confirm_changepoints`: F-test of the mean squared "
         "displacement on the two sides, degrees of freedom corrected for anisotropy, motion blur and localization "
-        "noise, Bonferroni over the track's changepoints and, for `scan`, over the positions each changepoint could have "
-        f"taken; `cand.` = the candidates' own p-values; guard {DEFAULT_CONFIRM_GUARD}). `before` = without "
+        "noise, Bonferroni over the track's changepoints and, for `scan`, over the positions each changepoint "
+        f"could have taken; `cand.` = the candidates' own p-values; guard {DEFAULT_CONFIRM_GUARD}). `before` = without "
         "confirmation, `a=` = confirmed at family-wise level a per track.",
         f"- Default of the pipeline: the `cand.` variant at **alpha = {DEFAULT_CONFIRM_ALPHA:g}** "
         "(`scan` removed every false changepoint but cost more of the binding switches).",
         *_confirm_summary(rows_fp, rows_det),
         "",
-        "### False changepoints: fraction of one-state tracks given any changepoint (mean number per track in brackets)",
+        "### False changepoints: fraction of one-state tracks given any changepoint (mean number per track in "
+        "brackets)",
         "",
         f"| model | tracks | n | frames | before | {alphas} |",
         "|---|---|---|---|---|" + "---|" * n_cols,
@@ -420,7 +447,10 @@ def twostate_limits(est, acq: Acquisition, rng: np.random.Generator, n: int) -> 
     traj = simulate_multistate(n, 200, states, SWITCH_RATE_PER_S, acq, rng)
     tracks = _model_tracks(traj, est, acq, rng)
     true = traj.changepoint_frames
-    fmt = lambda s: f"{s['precision']:.3f} / {s['recall']:.3f} / {s['f1']:.3f}"
+
+    def fmt(s: dict) -> str:
+        return f"{s['precision']:.3f} / {s['recall']:.3f} / {s['f1']:.3f}"
+
     decided = [cp.multiple_changepoints(x) for x, _, _ in tracks]
     confirmed = [confirm_changepoints(c, pos, np.arange(len(pos)), acq.blur_coefficient, pr)
                  for c, (_, pos, pr) in zip(decided, tracks)]
@@ -438,7 +468,8 @@ def twostate_limits(est, acq: Acquisition, rng: np.random.Generator, n: int) -> 
     for pen in (0.5, 1.0, 1.5, 2.0, 3.0):
         for me in (0.0, cp.DEFAULT_MIN_EFFECT):
             det = [cp.multiple_changepoints(x, penalty=pen, min_effect=me) for x, _, _ in tracks]
-            lines.append(f"| penalty {pen:g}, min effect {me:g} | 2 | {fmt(changepoint_scores(true, det, tolerance=2))} |")
+            lines.append(f"| penalty {pen:g}, min effect {me:g} | 2 | "
+                         f"{fmt(changepoint_scores(true, det, tolerance=2))} |")
     oracle = [cp.multiple_changepoints(x, penalty=1e-6, min_effect=0.0, max_changepoints=len(t)) if len(t)
               else np.zeros(0, dtype=np.int64) for (x, _, _), t in zip(tracks, true)]
     lines.append(f"| true number of changepoints given | 2 | {fmt(changepoint_scores(true, oracle, tolerance=2))} |")
@@ -464,7 +495,8 @@ def twostate_limits(est, acq: Acquisition, rng: np.random.Generator, n: int) -> 
 
 def _confirm_summary(rows_fp: list, rows_det: list) -> list[str]:
     """Lines stating the false-changepoint rates and switch F1 before / after the default confirmation."""
-    col = [v for v, _ in CONFIRM_VARIANTS].index("cand.") * len(CONFIRM_ALPHAS) + CONFIRM_ALPHAS.index(DEFAULT_CONFIRM_ALPHA)
+    variant = [v for v, _ in CONFIRM_VARIANTS].index("cand.")
+    col = variant * len(CONFIRM_ALPHAS) + CONFIRM_ALPHAS.index(DEFAULT_CONFIRM_ALPHA)
     out = []
     for name in dict.fromkeys(r[0] for r in rows_fp):
         aniso = [r for r in rows_fp if r[0] == name and r[1].startswith("aniso")]
@@ -474,9 +506,10 @@ def _confirm_summary(rows_fp: list, rows_det: list) -> list[str]:
             f"- `{name}` model, false-changepoint rate per one-state track: anisotropic D1 0.05-6 um^2/s at "
             + "/".join(str(r[3]) for r in aniso) + " frames: before "
             + " / ".join(f"{r[4]:.3f}" for r in aniso) + ", after " + " / ".join(f"{r[5][col]:.3f}" for r in aniso)
-            + f" (largest in a D1 sub-range: before {max(r[4] for r in sub):.3f}, after {max(r[5][col] for r in sub):.3f}); "
-            f"the model's own single states: at most {max(r[4] for r in own):.3f} before, {max(r[5][col] for r in own):.3f} "
-            "after. Switch F1: "
+            + f" (largest in a D1 sub-range: before {max(r[4] for r in sub):.3f}, after "
+              f"{max(r[5][col] for r in sub):.3f}); "
+            f"the model's own single states: at most {max(r[4] for r in own):.3f} before, "
+            f"{max(r[5][col] for r in own):.3f} after. Switch F1: "
             + ", ".join(f"{r[1]} {r[4][0]['f1']:.3f} -> {r[4][col + 1]['f1']:.3f}" for r in rows_det if r[0] == name)
             + "."
         )
@@ -507,12 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     torch_threads(1)
     if args.confirm:
         models = dict(part.split("=", 1) for part in args.confirm.split(","))
-        return check_confirmation(models, args.quick, args.out or str(Path(__file__).parent / "reports" / "changepoints.md"))
+        return check_confirmation(models, args.quick, args.out or str(REPORTS / "changepoints.md"))
     if args.models:
         models = dict(part.split("=", 1) for part in args.models.split(","))
-        out = args.out or str(Path(__file__).parent / "reports" / "changepoints_models.md")
+        out = args.out or str(REPORTS / "changepoints_models.md")
         return check_models(models, args.quick, out)
-    args.out = args.out or str(Path(__file__).parent / "reports" / "changepoints.md")
+    args.out = args.out or str(REPORTS / "changepoints.md")
     rng = np.random.default_rng(SEED)
     acq = Acquisition()
     n_single = 200 if args.quick else 1000
@@ -612,9 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "# Changepoint penalties: calibration",
         "",
-        f"- Date: {_dt.date.today().isoformat()}; machine: {platform.processor() or platform.machine()}, "
-        f"{platform.system()}, Python {platform.python_version()}; run time {elapsed:.0f} s.",
-        f"- Command: `{cmd}` (seed {SEED}).",
+        *run_lines(cmd),
+        f"- Seed {SEED}; run time {elapsed:.0f} s.",
         "- Protocol: see the docstring of `benchmarks/calibrate_changepoints.py` (features log10 D1, log10 D2 per "
         "frame; sources `ar0`/`ar0.5`/`ar0.8` = labels + AR(1) noise of 0.10 decades (0.25 below 0.05 um^2/s) with "
         f"lag-1 correlation 0/0.5/0.8; `local` = CVE tensor of the {2 * WINDOW_HALF + 1} positions around each frame, "
@@ -635,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {source} | {t} | " + " | ".join(f"{r:.3f}" for r in fp_single[(source, t)]) + " |")
     lines += [
         "",
-        f"## Single-change test on 30-frame single-switch tracks: detection rate / mean location error (frames), {n_single} tracks",
+        "## Single-change test on 30-frame single-switch tracks: detection rate / mean location error (frames), "
+        f"{n_single} tracks",
         "",
         "| set | source | " + " | ".join(f"pen {p:g}" for p in PENALTIES_SINGLE) + " |",
         "|---|---|" + "---|" * len(PENALTIES_SINGLE),
@@ -657,13 +690,13 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for name in ("binding", "twostate"):
             s = scores_multi[(name, source, method, pen)]
-            cells.append(f"{s['precision']:.3f} / {s['recall']:.3f} / {s['f1']:.3f} / {s['mean_position_error_frames']:.2f}")
+            cells.append(f"{s['precision']:.3f} / {s['recall']:.3f} / {s['f1']:.3f} / "
+                         f"{s['mean_position_error_frames']:.2f}")
         lines.append(f"| {method} | {source} | {pen:g} | {fp:.3f} | {cells[0]} | {cells[1]} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_report(args.out, text)
     return 0
 
 
