@@ -10,8 +10,6 @@ from napari_spt_diffusion.pipeline import Settings, track_and_estimate
 from napari_spt_diffusion.simulation.render import camera_image, expected_photons
 from napari_spt_diffusion.tracking.crowding import CROWDED_RADIUS_PX, crowded_share, nearest_other_px
 
-from test_pipeline import toy_models  # noqa: F401  (fixture)
-
 ACQ = Acquisition()
 
 
@@ -31,7 +29,7 @@ def test_nearest_other_distance_per_frame():
         nearest_other_px(frame[:3], y, x)
 
 
-def test_pipeline_flags_tracks_with_a_close_neighbour(toy_models):  # noqa: F811
+def test_pipeline_flags_tracks_with_a_close_neighbour(toy_models):
     rng = np.random.default_rng(4)
     centres = np.array([[20.0, 20.0], [20.0, 20.0 + CROWDED_RADIUS_PX - 2.0], [45.0, 45.0]])
     n_frames, s = 12, ACQ.substeps_per_frame

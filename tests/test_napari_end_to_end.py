@@ -18,18 +18,9 @@ from napari_spt_diffusion._napari import _dialogs
 from napari_spt_diffusion._napari import layers as L
 from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("_isolated")]
 
 N_FRAMES = 40
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("NAPARI_SPT_DIFFUSION_CONFIG_DIR", str(tmp_path / "config"))
-    messages: list[tuple[str, str]] = []
-    monkeypatch.setattr(_dialogs, "notify_error", lambda m: messages.append(("error", _dialogs.one_sentence(m))))
-    monkeypatch.setattr(_dialogs, "notify_info", lambda m: messages.append(("info", str(m))))
-    return messages
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +34,8 @@ def sample():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from napari_spt_diffusion.estimation.checkpoint import export_checkpoint
-    from napari_spt_diffusion.estimation.models import ModelConfig, build_model
+    from napari_spt_diffusion.training.card import export_checkpoint
+    from napari_spt_diffusion.training.models import ModelConfig, build_model
 
     import torch
 

@@ -15,13 +15,7 @@ from napari_spt_diffusion._napari.writer import results_prefix, write_tracks_lay
 
 MANIFEST = Path(__file__).resolve().parents[1] / "src" / "napari_spt_diffusion" / "napari.yaml"
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("NAPARI_SPT_DIFFUSION_CONFIG_DIR", str(tmp_path / "config"))
-    messages: list[str] = []
-    monkeypatch.setattr(_dialogs, "notify_error", lambda m: messages.append(_dialogs.one_sentence(m)))
-    return messages
+pytestmark = pytest.mark.usefixtures("_isolated")
 
 
 # ---------------------------------------------------------------- manifest
@@ -142,10 +136,11 @@ def test_simulator_preview_generate_save(make_napari_viewer_proxy, qtbot, monkey
     assert movie.shape == (40, 64, 80) and movie.pixel_size_nm == pytest.approx(80.0)
     assert np.array_equal(np.asarray(movie.data), widget.simulated.movie)
     movie.close()
-    assert not _isolated
+    assert not [m for level, m in _isolated if level == "error"]
 
     # bad parameters: one notification, no exception
     widget.float_boxes["D1_min_um2_s"].value = 5.0
     widget.float_boxes["D1_max_um2_s"].value = 1.0
     assert widget.preview() is None and widget.generate() is None
-    assert len(_isolated) == 2 and "must not exceed" in _isolated[0]
+    errors = [m for level, m in _isolated if level == "error"]
+    assert len(errors) == 2 and "must not exceed" in errors[0]

@@ -12,20 +12,10 @@ from napari_spt_diffusion._napari import _dialogs, track_widget
 from napari_spt_diffusion._napari import layers as L
 from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("_isolated")]
 
 ACQ = Acquisition(pixel_size_nm=100.0, frame_interval_s=0.01)
 SPOTS_YX = np.array([[10.3, 12.6], [30.2, 40.1], [50.7, 20.4], [45.1, 52.8]])
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    """Remembered parameters go to a temporary folder; notifications are recorded."""
-    monkeypatch.setenv("NAPARI_SPT_DIFFUSION_CONFIG_DIR", str(tmp_path / "config"))
-    messages: list[tuple[str, str]] = []
-    monkeypatch.setattr(_dialogs, "notify_error", lambda m: messages.append(("error", _dialogs.one_sentence(m))))
-    monkeypatch.setattr(_dialogs, "notify_info", lambda m: messages.append(("info", str(m))))
-    return messages
 
 
 def static_spot_movie(n_frames: int = 4, shape=(64, 64), seed: int = 0) -> np.ndarray:

@@ -8,16 +8,12 @@ checked against the simulation's truth without the bundled checkpoints.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import Tensor, nn
 
 from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.estimation.checkpoint import export_checkpoint
 from napari_spt_diffusion.estimation.estimator import Estimator, TrackEstimate
 from napari_spt_diffusion.io import InputError
 from napari_spt_diffusion.pipeline import (
@@ -40,57 +36,6 @@ from napari_spt_diffusion.results import (
 from napari_spt_diffusion.simulation.movie import simulate_movie
 
 STANDARD = Acquisition()
-
-
-class ToyTensor(nn.Module):
-    """Tensor of a window from its displacement covariance: D = <d d^T> / 2 (px^2/frame)."""
-
-    def __init__(self, pointwise: bool) -> None:
-        super().__init__()
-        self.pointwise = pointwise
-        self.min_frames = 5
-        self.max_frames = 20
-
-    def forward(self, patches_photons: Tensor, displacements_px: Tensor, valid: Tensor) -> Tensor:
-        out = self.forward_log(patches_photons, displacements_px, valid)
-        return torch.cat([out[..., :2].exp(), out[..., 2:]], dim=-1)
-
-    @torch.jit.export
-    def forward_log(self, patches_photons: Tensor, displacements_px: Tensor, valid: Tensor) -> Tensor:
-        m = valid.to(displacements_px.dtype)
-        m = torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], dim=1)
-        count = m.sum(1).clamp(min=1.0)
-        dy = displacements_px[:, :, 0]
-        dx = displacements_px[:, :, 1]
-        cyy = (dy * dy * m).sum(1) / count / 2.0
-        cxx = (dx * dx * m).sum(1) / count / 2.0
-        cxy = (dx * dy * m).sum(1) / count / 2.0
-        centre = (cxx + cyy) / 2.0
-        radius = torch.sqrt(((cxx - cyy) / 2.0) ** 2 + cxy**2)
-        d1 = (centre + radius).clamp(min=1e-4)
-        d2 = (centre - radius).clamp(min=1e-4)
-        ang = torch.atan2(2.0 * cxy, cxx - cyy)
-        row = torch.stack([d1.log(), d2.log(), torch.sin(ang), torch.cos(ang)], dim=-1)
-        if self.pointwise:
-            return row[:, None, :].expand(valid.shape[0], valid.shape[1], 4)
-        return row
-
-
-def _export(folder: Path, name: str, pointwise: bool) -> str:
-    card = {
-        "kind": "pointwise" if pointwise else "sequence",
-        "motion_model": "binding" if pointwise else "aniso",
-        "input_contract": {"patch_size_px": 11, "min_frames": 5, "max_frames": 20},
-        "outputs": {"columns": ["D1_px2_frame", "D2_px2_frame", "sin2theta", "cos2theta"]},
-        "training_acquisition": STANDARD.to_dict(),
-    }
-    return str(export_checkpoint(ToyTensor(pointwise), card, folder, name))
-
-
-@pytest.fixture(scope="module")
-def toy_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("toy")
-    return {"sequence": _export(folder, "toyseq", False), "pointwise": _export(folder, "toypw", True)}
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +206,7 @@ def test_tables_place_changepoints_on_frame_numbers(toy_models):
 
 def _model_estimates(traj, est: Estimator, rng: np.random.Generator):
     """Render, localize and estimate simulated trajectories; returns (estimates, positions, precision px)."""
-    from napari_spt_diffusion.simulation.samples import samples_from_trajectories
+    from napari_spt_diffusion.training.samples import samples_from_trajectories
     from napari_spt_diffusion.tracking.patches import TrackPatches
 
     batch = samples_from_trajectories(traj, rng)
