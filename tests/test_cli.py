@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +181,8 @@ def tiny_movie(tmp_path_factory):
 
 def test_track_end_to_end(tiny_movie, tmp_path, capsys):
     prefix = tmp_path / "run"
-    code, out, err = _run(["track", tiny_movie, "--out", prefix, "--device", "cpu", "--frame-interval-s", "0.02"], capsys)
+    code, out, err = _run(["track", tiny_movie, "--out", prefix, "--device", "cpu", "--frame-interval-s", "0.02"],
+                          capsys)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_meta.json", "run_summary.csv", "run_tracks.csv"]
     results = read_results(prefix)
@@ -291,7 +292,8 @@ def test_sample_movie_is_reproduced_by_its_recorded_command(tmp_path, capsys):
     np.testing.assert_allclose(a.mean(axis=(1, 2)), b.mean(axis=(1, 2)), atol=0.05)
     truth = read_results(sample.parent / "sample_movie_truth")
     fresh_truth = read_results(tmp_path / "sample_movie_truth")
-    np.testing.assert_allclose(truth.tracks[["x_px", "y_px", "D1_um2_s"]], fresh_truth.tracks[["x_px", "y_px", "D1_um2_s"]], rtol=1e-8)
+    columns = ["x_px", "y_px", "D1_um2_s"]
+    np.testing.assert_allclose(truth.tracks[columns], fresh_truth.tracks[columns], rtol=1e-8)
     assert set(truth.summary["particle_model"]) == {"aniso", "binding"}
     assert (truth.summary["n_changepoints"] > 0).any()
 

@@ -207,7 +207,8 @@ def test_detect_and_localize_reads_one_frame_at_a_time_and_reports_progress():
     reports = []
     table = detect_and_localize(movie, ACQ, progress=lambda f, m: reports.append((f, m)))
     assert movie.reads == list(range(6))
-    assert list(table.columns[:8]) == ["frame", "y_px", "x_px", "photons", "background", "sigma_px", "loc_precision_nm", "fit_ok"]
+    assert list(table.columns[:8]) == ["frame", "y_px", "x_px", "photons", "background", "sigma_px", "loc_precision_nm",
+                                       "fit_ok"]
     assert table["frame"].dtype == np.int64 and table["fit_ok"].dtype == bool
     assert (table.groupby("frame").size() == len(positions)).all()
     fractions = [f for f, _ in reports]

@@ -125,8 +125,9 @@ def test_vectorised_swap_test_matches_a_pair_by_pair_loop():
     for k, pts in tracks.items():
         for (fa, ya, xa), (fb, yb, xb) in zip(pts[:-1], pts[1:]):
             links.append((k, fa, fb, np.array([ya, xa]), np.array([yb, xb])))
-    var = track_step_variance_px2(np.array([l[0] for l in links]), np.array([l[2] - l[1] for l in links]),
-                                  np.array([l[4] - l[3] for l in links]))
+    var = track_step_variance_px2(np.array([link[0] for link in links]),
+                                  np.array([link[2] - link[1] for link in links]),
+                                  np.array([link[4] - link[3] for link in links]))
     expected = set()
     for a, b in itertools.combinations(links, 2):
         if a[0] == b[0] or not (a[1] < b[2] and b[1] < a[2]):

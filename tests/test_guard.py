@@ -30,7 +30,8 @@ def test_guard_fires_on_a_biased_model(bias):
 
 def test_guard_stays_silent_on_unbiased_models():
     rng = np.random.default_rng(6)
-    decisions = [decide(population_ratio(*brownian_population(rng, 100, 1.0), blur=0.0, rng=seed)) for seed in range(20)]
+    decisions = [decide(population_ratio(*brownian_population(rng, 100, 1.0), blur=0.0, rng=seed))
+                 for seed in range(20)]
     # the target is <= 1 % false alarms (measured in benchmarks/bench_guard.py); 1 of 20 here
     assert sum(d.rejected for d in decisions) <= 1
     assert np.median([d.bias_factor for d in decisions]) == pytest.approx(1.0, abs=0.05)

@@ -14,7 +14,13 @@ import tifffile
 from napari_spt_diffusion import io as sio
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.io import InputError, read_movie, read_results, write_movie, write_results
-from napari_spt_diffusion.results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, empty_summary_table, empty_tracks_table
+from napari_spt_diffusion.results import (
+    SUMMARY_COLUMNS,
+    TRACKS_COLUMNS,
+    Results,
+    empty_summary_table,
+    empty_tracks_table,
+)
 
 
 def _movie(n_frames=6, ny=12, nx=17, seed=0):
@@ -102,7 +108,8 @@ def test_write_movie_compressed_gives_lazy_reader(tmp_path):
         np.testing.assert_array_equal(data[[1, 5]], movie[[1, 5]])
         np.testing.assert_array_equal(data[3, 2:5, 1], movie[3, 2:5, 1])
         np.testing.assert_array_equal(data[..., 3], movie[..., 3])
-        np.testing.assert_array_equal(data[movie.mean(axis=(1, 2)) > movie.mean()], movie[movie.mean(axis=(1, 2)) > movie.mean()])
+        bright = movie.mean(axis=(1, 2)) > movie.mean()
+        np.testing.assert_array_equal(data[bright], movie[bright])
         np.testing.assert_array_equal(np.asarray(data), movie)
         assert data.shape == movie.shape and data.ndim == 3 and len(data) == 9
         with pytest.raises(IndexError):
@@ -218,11 +225,14 @@ def test_bad_inputs_raise_input_error(tmp_path):
 
     cases = {
         "single.tif": (np.zeros((12, 17), np.uint16), {}, "single 2-D image"),
-        "oneframe.tif": (np.zeros((1, 12, 17), np.uint16), {"imagej": True, "metadata": {"axes": "TYX"}}, "single 2-D image"),
+        "oneframe.tif": (np.zeros((1, 12, 17), np.uint16), {"imagej": True, "metadata": {"axes": "TYX"}},
+                         "single 2-D image"),
         "rgb.tif": (np.zeros((12, 17, 3), np.uint8), {"photometric": "rgb"}, "RGB"),
         "rgbstack.tif": (np.zeros((4, 12, 17, 3), np.uint8), {"photometric": "rgb"}, "RGB"),
-        "channels.tif": (np.zeros((5, 2, 12, 17), np.uint16), {"imagej": True, "metadata": {"axes": "TCYX"}}, "2 channels"),
-        "tz.tif": (np.zeros((5, 3, 12, 17), np.uint16), {"imagej": True, "metadata": {"axes": "TZYX"}}, "more than one non-spatial axis"),
+        "channels.tif": (np.zeros((5, 2, 12, 17), np.uint16), {"imagej": True, "metadata": {"axes": "TCYX"}},
+                         "2 channels"),
+        "tz.tif": (np.zeros((5, 3, 12, 17), np.uint16), {"imagej": True, "metadata": {"axes": "TZYX"}},
+                   "more than one non-spatial axis"),
         "complex.tif": (np.zeros((4, 12, 17), np.complex64), {"photometric": "minisblack"}, "pixel type"),
     }
     for name, (data, kwargs, message) in cases.items():
@@ -401,7 +411,8 @@ def test_read_results_errors(tmp_path):
 def test_write_simulation_writes_movie_and_truth(tmp_path):
     results = _results()
     written = sio.write_simulation(tmp_path / "sim.tif", _movie(), results)
-    assert [p.name for p in written] == ["sim.tif", "sim_truth_tracks.csv", "sim_truth_summary.csv", "sim_truth_meta.json"]
+    assert [p.name for p in written] == ["sim.tif", "sim_truth_tracks.csv", "sim_truth_summary.csv",
+                                         "sim_truth_meta.json"]
     assert read_results(tmp_path / "sim_truth").n_tracks == 2
     with read_movie(tmp_path / "sim.tif") as movie:  # calibrated with the truth's acquisition
         assert movie.acquisition() == results.acquisition

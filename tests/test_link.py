@@ -48,7 +48,8 @@ def test_default_search_range_follows_diffusion_and_acquisition():
     # 3 * sqrt(4 D dt) with D = 6 um^2/s, dt = 10 ms, 100 nm pixels: 3 * 0.4899 um = 14.70 px
     assert default_search_range_px(ACQ, 6.0) == pytest.approx(3 * math.sqrt(4 * 6.0 * 0.01) / 0.1, rel=1e-12)
     # slower frames or larger D widen it as sqrt; localization precision adds in quadrature
-    assert default_search_range_px(ACQ.replace(frame_interval_s=0.04), 6.0) == pytest.approx(2 * default_search_range_px(ACQ, 6.0))
+    slower = ACQ.replace(frame_interval_s=0.04)
+    assert default_search_range_px(slower, 6.0) == pytest.approx(2 * default_search_range_px(ACQ, 6.0))
     with_noise = default_search_range_px(ACQ, 1.0, loc_precision_nm=50.0)
     assert with_noise == pytest.approx(3 * math.sqrt(4 * 1.0 * 0.01 / 0.01 + 4 * 0.5**2))
     with pytest.raises(ValueError):
@@ -94,7 +95,8 @@ def test_short_tracks_are_kept_and_flagged():
     short[["y_px", "x_px"]] += 400.0  # far from the others
     table = pd.concat([long, short], ignore_index=True)
     tracks = link(table, ACQ, max_D_um2_s=0.5, min_track_length=10).tracks
-    per_track = tracks.groupby("track_id").agg(n=("frame", "size"), short=("is_short", "first"), truth=("truth", "first"))
+    per_track = tracks.groupby("track_id").agg(n=("frame", "size"), short=("is_short", "first"),
+                                               truth=("truth", "first"))
     assert len(per_track) == 5
     assert (per_track["short"] == (per_track["n"] < 10)).all()
     assert per_track["short"].sum() == 2 and set(per_track.loc[per_track["short"], "truth"]) == {100, 101}
@@ -137,7 +139,8 @@ def test_no_warning_in_the_ordinary_case():
 
 
 def test_empty_table_gives_empty_tracks():
-    empty = pd.DataFrame({"frame": pd.Series(dtype=np.int64), "y_px": pd.Series(dtype=float), "x_px": pd.Series(dtype=float)})
+    empty = pd.DataFrame({"frame": pd.Series(dtype=np.int64), "y_px": pd.Series(dtype=float),
+                          "x_px": pd.Series(dtype=float)})
     result = link(empty, ACQ)
     assert len(result.tracks) == 0 and result.n_tracks == 0
     assert {"track_id", "is_short"} <= set(result.tracks.columns)
@@ -160,6 +163,7 @@ def test_bad_tables_are_refused(table, match):
 
 def test_bad_parameters_are_refused():
     table = pd.DataFrame({"frame": [0, 1], "y_px": [1.0, 2.0], "x_px": [1.0, 2.0]})
-    for kwargs in ({"memory_frames": -1}, {"min_track_length": 0}, {"search_range_px": -3.0}, {"max_D_um2_s": float("nan")}):
+    for kwargs in ({"memory_frames": -1}, {"min_track_length": 0}, {"search_range_px": -3.0},
+                   {"max_D_um2_s": float("nan")}):
         with pytest.raises(ValueError):
             link(table, ACQ, **kwargs)

@@ -196,8 +196,9 @@ def test_isolated_spots_are_unchanged_by_the_second_pass():
     # (9 px) must be the same, bit for bit, with and without the second pass. (A streak
     # the DoG sees as two maxima ~4 px apart is not isolated: its two localizations are
     # merged into one, as intended.)
-    from napari_spt_diffusion.tracking import detect_and_localize
     from scipy.spatial import cKDTree
+
+    from napari_spt_diffusion.tracking import detect_and_localize
 
     rng = np.random.default_rng(31)
     frames = []

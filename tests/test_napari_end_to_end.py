@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from napari_spt_diffusion import io
-from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion._napari import _dialogs
 from napari_spt_diffusion._napari import layers as L
 from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
+from napari_spt_diffusion.acquisition import Acquisition
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("_isolated")]
 
@@ -34,10 +34,10 @@ def sample():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
+    import torch
+
     from napari_spt_diffusion.training.card import export_checkpoint
     from napari_spt_diffusion.training.models import ModelConfig, build_model
-
-    import torch
 
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -91,7 +91,8 @@ def _check_results_layers(viewer, widget, sample):
     assert widget.progress.value == 1000 and widget.export_button.enabled
 
 
-def test_end_to_end_with_model_file_and_export(viewer_widget, qtbot, monkeypatch, tmp_path, sample, tiny_checkpoint, _isolated):
+def test_end_to_end_with_model_file_and_export(viewer_widget, qtbot, monkeypatch, tmp_path, sample, tiny_checkpoint,
+                                               _isolated):
     viewer, widget = viewer_widget
     widget.model_combo.value = "custom"
     assert not widget.checkpoint.native.isHidden()  # shown for a model file (viewer window not shown)
@@ -117,7 +118,7 @@ def test_cancel_stops_the_real_run(viewer_widget, qtbot, tiny_checkpoint, _isola
     viewer, widget = viewer_widget
     widget.model_combo.value = "custom"
     widget.checkpoint.value = tiny_checkpoint
-    worker = widget.run()
+    widget.run()
     qtbot.waitUntil(lambda: widget.progress.value > 0 or "detect" in widget.status.value, timeout=30_000)
     t0 = time.perf_counter()
     widget.cancel()

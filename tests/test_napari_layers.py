@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_spt_diffusion._napari import layers
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, format_changepoint_frames
 from napari_spt_diffusion.simulation.trajectories import simulate_anisotropic, simulate_binding
-from napari_spt_diffusion._napari import layers
 
 ACQ = Acquisition(pixel_size_nm=110.0, frame_interval_s=0.02)
 
@@ -150,7 +150,7 @@ def test_geometry_scale_from_acquisition(aniso):
     assert geo.scale == pytest.approx((0.02, 0.11, 0.11))
     _, kwargs, _ = layers.tracks_layer(aniso, geometry=geo)
     assert kwargs["scale"] == geo.scale and kwargs["units"] == ("s", "um", "um")
-    for data, kw, kind in layers.results_layers(aniso, ACQ):
+    for _data, kw, kind in layers.results_layers(aniso, ACQ):
         assert kw["scale"] == pytest.approx((0.02, 0.11, 0.11)), kind
 
 

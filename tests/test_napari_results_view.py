@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_napari_layers import results_from_trajectories
 
-from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.simulation.trajectories import simulate_binding
 from napari_spt_diffusion._napari import layers as L
 from napari_spt_diffusion._napari.results_widget import show_results
-
-from test_napari_layers import results_from_trajectories
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.simulation.trajectories import simulate_binding
 
 pytestmark = pytest.mark.gui
 
@@ -137,7 +136,8 @@ def test_table_shows_the_pipeline_flags(viewer_with_movie, binding):
     flagged = Results(binding.tracks, summary, dict(binding.meta))
     _, widget = show_results(viewer_with_movie, flagged, ACQ)
     col = [c[0] for c in TABLE_COLUMNS].index("flags")
-    texts = {widget.table.item(r, 0).data(0x0100): widget.table.item(r, col).text() for r in range(widget.table.rowCount())}
+    texts = {widget.table.item(r, 0).data(0x0100): widget.table.item(r, col).text()
+             for r in range(widget.table.rowCount())}
     first = int(summary["track_id"].iloc[0])
     assert texts[first] == "crowded"
     assert all(t == "" for k, t in texts.items() if k != first)

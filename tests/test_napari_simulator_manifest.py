@@ -121,7 +121,7 @@ def test_simulator_preview_generate_save(make_napari_viewer_proxy, qtbot, monkey
         widget.int_boxes["seed"].value = 7
 
     widget.model_combo.value = "binding"
-    worker = widget.generate()
+    widget.generate()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
     assert widget.simulated is not None and "simulation preview" not in viewer.layers
     assert viewer.layers["simulated movie"].data.shape == (40, 64, 80)
@@ -131,7 +131,8 @@ def test_simulator_preview_generate_save(make_napari_viewer_proxy, qtbot, monkey
     target = tmp_path / "sim"
     monkeypatch.setattr(_dialogs, "ask_save_path", lambda *a, **k: str(target))
     written = widget.save()
-    assert [p.name for p in written] == ["sim.tif", "sim_truth_tracks.csv", "sim_truth_summary.csv", "sim_truth_meta.json"]
+    assert [p.name for p in written] == ["sim.tif", "sim_truth_tracks.csv", "sim_truth_summary.csv",
+                                         "sim_truth_meta.json"]
     movie = io.read_movie(tmp_path / "sim.tif")
     assert movie.shape == (40, 64, 80) and movie.pixel_size_nm == pytest.approx(80.0)
     assert np.array_equal(np.asarray(movie.data), widget.simulated.movie)

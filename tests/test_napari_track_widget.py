@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spt_diffusion.acquisition import Acquisition
-from napari_spt_diffusion.results import Results
-from napari_spt_diffusion.simulation.render import camera_image, expected_photons
 from napari_spt_diffusion._napari import _dialogs, track_widget
 from napari_spt_diffusion._napari import layers as L
 from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.results import Results
+from napari_spt_diffusion.simulation.render import camera_image, expected_photons
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("_isolated")]
 
@@ -121,7 +121,7 @@ def test_pipeline_error_becomes_notification(viewer_widget, qtbot, monkeypatch, 
 
     monkeypatch.setattr(track_widget, "run_pipeline", failing)
     monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
-    worker = widget.run()
+    widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     assert ("error", "no particles were found in the movie.") in _isolated
     assert widget.worker is None and widget.run_button.enabled and not widget.cancel_button.enabled
@@ -148,7 +148,7 @@ def test_run_shows_results_then_export(viewer_widget, qtbot, monkeypatch, tmp_pa
 
     monkeypatch.setattr(track_widget, "run_pipeline", job)
     monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
-    worker = widget.run()
+    widget.run()
     assert not widget.run_button.enabled and widget.cancel_button.enabled
     qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     assert seen["acq"].pixel_size_nm == pytest.approx(107.0)
@@ -198,7 +198,7 @@ def test_cancel_plumbing(viewer_widget, qtbot, monkeypatch, _isolated):
 
     monkeypatch.setattr(track_widget, "run_pipeline", job)
     monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: values)
-    worker = widget.run()
+    widget.run()
     qtbot.waitUntil(lambda: bool(started), timeout=5000)
     t0 = time.perf_counter()
     widget.cancel()

@@ -167,6 +167,7 @@ def test_batched_patches_match_the_track_path():
     windows = np.stack([movie, movie[::-1], movie])
     per_track = extract_patches_array(windows, positions, acq)
     assert np.array_equal(per_track.patches_photons[0], batched.patches_photons[0])
-    assert np.array_equal(per_track.patches_photons[1, 0], crop_patches(acq.adu_to_photons(movie[4]), positions[1, :1])[0][0])
+    cropped = crop_patches(acq.adu_to_photons(movie[4]), positions[1, :1])[0][0]
+    assert np.array_equal(per_track.patches_photons[1, 0], cropped)
     with pytest.raises(PatchError):
         extract_patches_array(windows[:, :4], positions, acq)

@@ -22,9 +22,9 @@ from napari_spt_diffusion.pipeline import (
     PipelineError,
     Settings,
     _tables,
-    track_changepoints,
     segments_table,
     track_and_estimate,
+    track_changepoints,
 )
 from napari_spt_diffusion.results import (
     SUMMARY_COLUMNS,
@@ -140,7 +140,8 @@ def test_estimator_can_be_reused(small_movie, toy_models):
     assert a.meta["model"] == "toyseq"
     # settings may also come as a dict (None values ignored), as the CLI builds them
     b = track_and_estimate(small_movie.movie[:20], STANDARD,
-                           {"model": toy_models["sequence"], "device": "cpu", "min_track_length": 3, "batch_size": None})
+                           {"model": toy_models["sequence"], "device": "cpu", "min_track_length": 3,
+                            "batch_size": None})
     pd.testing.assert_frame_equal(a.summary, b.summary)
     with pytest.raises(PipelineError, match="unknown pipeline setting"):
         track_and_estimate(small_movie.movie[:20], STANDARD, {"colour": "red"}, estimator=est)
@@ -206,8 +207,8 @@ def test_tables_place_changepoints_on_frame_numbers(toy_models):
 
 def _model_estimates(traj, est: Estimator, rng: np.random.Generator):
     """Render, localize and estimate simulated trajectories; returns (estimates, positions, precision px)."""
-    from napari_spt_diffusion.training.samples import samples_from_trajectories
     from napari_spt_diffusion.tracking.patches import TrackPatches
+    from napari_spt_diffusion.training.samples import samples_from_trajectories
 
     batch = samples_from_trajectories(traj, rng)
     n, t = batch.patches.shape[:2]
@@ -232,7 +233,8 @@ def test_binding_model_changepoints_on_one_state_and_switching_tracks():
     settings, unconfirmed = Settings(), Settings(changepoint_confirm=False)
     estimates, pos, prec = _model_estimates(simulate_anisotropic(120, 30, STANDARD, rng), est, rng)
     n_confirmed = sum(
-        len(track_changepoints(e, "auto", est, settings, positions_px=pos[i], loc_precision_px=prec[i], acquisition=STANDARD)) > 0
+        len(track_changepoints(e, "auto", est, settings, positions_px=pos[i], loc_precision_px=prec[i],
+                               acquisition=STANDARD)) > 0
         for i, e in enumerate(estimates)
     )
     n_decided = sum(len(track_changepoints(e, "auto", est, unconfirmed)) > 0 for e in estimates)
@@ -241,7 +243,8 @@ def test_binding_model_changepoints_on_one_state_and_switching_tracks():
     estimates, pos, prec = _model_estimates(traj, est, rng)
     found = 0
     for i, e in enumerate(estimates):
-        c = track_changepoints(e, "auto", est, settings, positions_px=pos[i], loc_precision_px=prec[i], acquisition=STANDARD)
+        c = track_changepoints(e, "auto", est, settings, positions_px=pos[i], loc_precision_px=prec[i],
+                               acquisition=STANDARD)
         true = traj.changepoint_frames[i]
         found += len(c) == 1 and len(true) == 1 and abs(int(c[0]) - int(true[0])) <= 2
     n_inside = sum(len(t) == 1 and 2 <= int(t[0]) <= 28 for t in traj.changepoint_frames)

@@ -235,7 +235,7 @@ def test_crlb_matches_mortensen_integral():
     sa2 = s * s + a * a / 12
     for n_ph, b in ((1000.0, 10.0), (250.0, 10.0), (4000.0, 2.0)):
         tau = 2 * math.pi * sa2 * b / (n_ph * a * a)
-        integral = quad(lambda t: math.log(t) / (1 + t / tau), 0, 1)[0]
+        integral = quad(lambda t, tau=tau: math.log(t) / (1 + t / tau), 0, 1)[0]
         ref = math.sqrt(sa2 / n_ph / (1 + integral))
         assert float(localization_crlb_nm(n_ph, b, ACQ)) == pytest.approx(ref, rel=1e-4)
     # no background: sigma_a / sqrt(N)

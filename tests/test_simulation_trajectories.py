@@ -185,14 +185,17 @@ def test_binding_motion_switches_at_the_switch_substep():
     steps = np.diff(_substep_series(traj), axis=1)  # step j -> j+1 is taken in the state of sub-step j+1
     kind = traj.substep_state_kind.reshape(n, -1)[:, 1:]
     # state parameters per track, read back from the frame labels
-    D1b = np.array([traj.D1_um2_s[i][traj.state_kind[i] == 0][0] if (traj.state_kind[i] == 0).any() else np.nan for i in range(n)])
+    D1b = np.array([traj.D1_um2_s[i][traj.state_kind[i] == 0][0] if (traj.state_kind[i] == 0).any() else np.nan
+                    for i in range(n)])
     sq = np.sum(steps**2, axis=2)
     unit = ACQ.diffusion_to_px2_per_substep(1.0)
-    bound_ratio = np.nansum(np.where(kind == 0, sq / (4 * D1b[:, None] * unit), 0)) / np.sum((kind == 0) & ~np.isnan(D1b)[:, None])
+    bound_steps = np.sum((kind == 0) & ~np.isnan(D1b)[:, None])
+    bound_ratio = np.nansum(np.where(kind == 0, sq / (4 * D1b[:, None] * unit), 0)) / bound_steps
     n_bound = np.sum(kind == 0)
     assert abs(bound_ratio - 1) < 5 * math.sqrt(1 / n_bound)  # sum of 2 chi2(1)/2: rel var 1/n
     ub = traj.D1_um2_s + traj.D2_um2_s
-    ub_track = np.array([ub[i][traj.state_kind[i] == 1][0] if (traj.state_kind[i] == 1).any() else np.nan for i in range(n)])
+    ub_track = np.array([ub[i][traj.state_kind[i] == 1][0] if (traj.state_kind[i] == 1).any() else np.nan
+                         for i in range(n)])
     sel = (kind == 1) & ~np.isnan(ub_track)[:, None]
     ratio = np.sum(np.where(sel, sq / (2 * ub_track[:, None] * unit), 0)) / sel.sum()
     assert abs(ratio - 1) < 5 * math.sqrt(1 / sel.sum())

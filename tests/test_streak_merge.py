@@ -16,7 +16,7 @@ from scipy.spatial import cKDTree
 from napari_spt_diffusion import Acquisition
 from napari_spt_diffusion.simulation.render import camera_image as camera
 from napari_spt_diffusion.simulation.render import expected_photons
-from napari_spt_diffusion.tracking import detect_and_localize, detect_frame, locate_frame, localize_frame
+from napari_spt_diffusion.tracking import detect_and_localize, detect_frame, localize_frame, locate_frame
 from napari_spt_diffusion.tracking.detect import detect_photons
 from napari_spt_diffusion.tracking.localize import localize_arrays
 from napari_spt_diffusion.tracking.overlaps import resolve_overlaps
@@ -109,7 +109,7 @@ def test_streak_alone_in_a_frame_is_merged_on_shape_alone():
     rng = np.random.default_rng(6)
     t = np.linspace(-0.5, 0.5, ACQ.substeps_per_frame)
     merged_any = 0
-    for trial in range(8):
+    for _trial in range(8):
         centre = np.array([[96.3, 95.6]]) + rng.uniform(-0.5, 0.5, (1, 2))
         angle = rng.uniform(0.0, 2.0 * np.pi)
         path = centre[:, None, :] + 9.0 * t[None, :, None] * np.array([np.sin(angle), np.cos(angle)])
@@ -205,6 +205,7 @@ def test_single_spot_fit_keeps_both_lobes_and_spot_path_merges_them():
     result = detect_and_localize(frame[None], ACQ)
     assert result.attrs["n_merged"] >= twice.sum() - 1
     assert len(result) == len(table) - result.attrs["n_merged"] + result.attrs["n_split"]
+    assert math.isfinite(float(result["loc_precision_nm"].max()))
     located = locate_frame(frame, ACQ)
     inside = located[located_inside(located, frame.shape)]
     for column in ("y_px", "x_px", "photons"):
@@ -215,4 +216,3 @@ def located_inside(table, shape):
     """Rows of a ``locate_frame`` table whose centre lies inside a frame of ``shape``."""
     y, x = table["y_px"].to_numpy(), table["x_px"].to_numpy()
     return (y >= -0.5) & (y < shape[0] - 0.5) & (x >= -0.5) & (x < shape[1] - 0.5)
-    assert math.isfinite(float(result["loc_precision_nm"].max()))
