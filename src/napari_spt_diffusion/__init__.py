@@ -1,7 +1,7 @@
 """napari-spt-diffusion: single-particle tracking and diffusion-tensor estimation.
 
 Headless library (no Qt) plus a CLI (``spt-diffusion``) and a napari plugin
-(``_napari/``). See DESIGN.md in the repository for the data flow.
+(``_napari/``). See docs/architecture.md in the repository for the data flow.
 """
 
 from .acquisition import Acquisition, AcquisitionError

@@ -3,7 +3,7 @@
 Every physical quantity of the project is converted between pixels/frames and
 physical units (nm, um, s, um^2/s) here and nowhere else.
 
-The defaults are the "standard" acquisition of ``PROTOCOLS.md``: 100 nm pixels,
+The defaults are the "standard" acquisition of ``docs/protocols.md``: 100 nm pixels,
 10 ms frames exposed continuously (simulated as 10 sub-steps of 1 ms), a Gaussian
 PSF of sigma 100 nm, 1,000 signal photons per frame, 10 background photons per
 pixel per frame, camera gain 1 ADU/e-, offset 100 ADU and 1.5 e- rms read noise.
@@ -124,7 +124,7 @@ class Acquisition:
 
         For ``m`` exposed sub-positions (spaced by one sub-step) averaged in a frame of
         ``n`` sub-steps, ``R = (m^2 - 1) / (6 m n)``; continuous exposure with many
-        sub-steps tends to 1/6, and ``m = n`` gives ``(1 - 1/n^2)/6`` as in STYLE.md.
+        sub-steps tends to 1/6, and ``m = n`` gives ``(1 - 1/n^2)/6``.
         It enters ``<dx_k^2> = 2 D dt (1 - 2R) + 2 s^2`` and
         ``<dx_k dx_(k+1)> = 2 R D dt - s^2`` (Vestergaard et al. 2014).
         """

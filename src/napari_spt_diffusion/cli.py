@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="simulate a movie with ground truth",
         description="Simulate a camera movie of diffusing particles (standard acquisition of "
-        "PROTOCOLS.md unless changed) and write OUT.tif plus OUT_truth_tracks.csv, "
+        "docs/protocols.md unless changed) and write OUT.tif plus OUT_truth_tracks.csv, "
         "OUT_truth_summary.csv and OUT_truth_meta.json.",
     )
     sim.add_argument("out", metavar="OUT.tif", help="output movie")

@@ -1,6 +1,6 @@
 """The whole job, headless: movie -> tracks -> diffusion tensors -> results tables.
 
-:func:`track_and_estimate` runs, in order (DESIGN.md data flow):
+:func:`track_and_estimate` runs, in order (data flow of docs/architecture.md):
 
 1. detection + sub-pixel localization, one frame at a time (frames are read as needed;
    the movie can be a memmap or a lazy TIFF reader);

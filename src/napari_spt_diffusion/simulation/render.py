@@ -527,7 +527,7 @@ def peak_pixel_fraction(acquisition: Acquisition) -> float:
 
 
 def static_snr(acquisition: Acquisition, photons_per_frame: float | None = None) -> float:
-    """SNR of PROTOCOLS.md: peak pixel signal of a static, pixel-centred particle over the
+    """SNR of docs/protocols.md: peak pixel signal of a static, pixel-centred particle over the
     standard deviation of background pixels (photo-electrons: ``sqrt(background + read_noise^2)``)."""
     n = acquisition.signal_photons if photons_per_frame is None else float(photons_per_frame)
     noise = math.sqrt(acquisition.background_photons + acquisition.read_noise_e**2)

@@ -64,7 +64,7 @@ __all__ = [
 #: The seed-aniso grid of D1 values: 0.05, 0.10, ..., 6.00 um^2/s (120 values).
 D1_GRID_UM2_S: np.ndarray = np.round(np.arange(1, 121) * 0.05, 2)
 
-#: seed-binding parameter ranges (PROTOCOLS.md).
+#: seed-binding parameter ranges (docs/protocols.md).
 BOUND_D_RANGE_UM2_S: tuple[float, float] = (0.005, 0.01)
 UNBOUND_D1_RANGE_UM2_S: tuple[float, float] = (3.0, 6.0)
 D2_OVER_D1_RANGE: tuple[float, float] = (0.1, 1.0)
