@@ -86,6 +86,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -274,10 +284,12 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     movie = read_movie(args.movie)
     try:
-        changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons")
+        changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons", offset_adu="offset_adu",
+                         gain_adu_per_e="gain_adu_per_e", background_photons="background_photons")
         acquisition = movie.acquisition(
             pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **changes
         )
+        measure = _fields_to_measure(args, movie, changes)
         if args.out is not None:
             prefix = Path(args.out)
         else:
@@ -296,6 +308,8 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from .pipeline import track_and_estimate
 
         settings = _track_settings(args)
+        settings.measure = measure
+        settings.trust_model = bool(args.trust_model)
         bar = ProgressBar()
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -334,6 +348,18 @@ def _report_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
         if text not in seen:
             seen.add(text)
             print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+
+def _fields_to_measure(args: argparse.Namespace, movie: Any, given: dict[str, Any]) -> tuple[str, ...]:
+    """Acquisition fields to measure from the movie: those neither the options nor the file give.
+
+    A movie written by this package stores its whole acquisition: nothing is measured then.
+    """
+    from .calibration import CALIBRATED_FIELDS
+
+    if not args.calibrate or movie.acquisition_dict:
+        return ()
+    return tuple(name for name in CALIBRATED_FIELDS if name not in given)
 
 
 def _track_settings(args: argparse.Namespace) -> Any:
@@ -461,6 +487,17 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--frame-interval-s", type=_positive_float, help="frame interval in s (overrides the file)")
     trk.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm (default: from the file or 100)")
     trk.add_argument("--photons", type=_positive_float, help="expected signal photons per frame")
+    trk.add_argument("--offset-adu", type=_non_negative_float, help="camera offset in ADU (default: measured)")
+    trk.add_argument("--gain-adu-per-e", type=_positive_float, help="camera gain in ADU per photo-electron "
+                     "(default: measured)")
+    trk.add_argument("--background-photons", type=_non_negative_float,
+                     help="background photons per pixel per frame (default: measured)")
+    trk.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                     help="use the standard values for what neither the file nor the options give, instead of "
+                          "measuring camera, background, PSF width and signal from the movie")
+    trk.add_argument("--trust-model", action="store_true",
+                     help="report the model's values even where the guard finds it biased on this movie or the "
+                          "movie outside its training range (default: the classical values are reported then)")
     trk.add_argument("--model", default=None,
                      help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
     trk.add_argument("--threshold-snr", type=_positive_float,

@@ -45,7 +45,9 @@ import numpy as np
 import pandas as pd
 
 from .acquisition import Acquisition
+from .calibration import CALIBRATED_FIELDS, calibrate_movie
 from .estimation import changepoints as cp
+from .estimation import guard
 from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular_positions
 from .estimation.confirmation import DEFAULT_CONFIRM_ALPHA, confirm_changepoints
 from .estimation.estimator import Estimator, TrackEstimate
@@ -76,8 +78,9 @@ ProgressCallback = Callable[[float, str], Any]
 
 #: Share of the progress bar given to each step (they add up to 1).
 STEP_FRACTIONS: dict[str, float] = {
+    "calibrate": 0.03,
     "load": 0.02,
-    "detect": 0.55,
+    "detect": 0.52,
     "link": 0.05,
     "estimate": 0.33,
     "tables": 0.05,
@@ -147,6 +150,14 @@ class Settings:
         Tracks are estimated in chunks of about this many localizations (whole tracks,
         in order of their first frame): patches of one chunk only are held in memory
         (~600 bytes per localization for 11 x 11 patches).
+    measure
+        Acquisition fields to measure from the movie before tracking
+        (:func:`~.calibration.calibrate_movie`; any of
+        :data:`~.calibration.CALIBRATED_FIELDS`): the callers pass the fields the user and
+        the file did not give. Empty: the acquisition is used as given.
+    trust_model
+        Report the model's values even when the guard (:mod:`~.estimation.guard`) finds
+        the model biased on this movie or the movie outside its training range.
     """
 
     model: str = "aniso"
@@ -166,8 +177,14 @@ class Settings:
     changepoint_confirm: bool = True
     changepoint_confirm_alpha: float = DEFAULT_CONFIRM_ALPHA
     chunk_localizations: int = 200_000
+    measure: tuple[str, ...] = ()
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
+        self.measure = tuple(self.measure)
+        unknown = set(self.measure) - set(CALIBRATED_FIELDS)
+        if unknown:
+            raise PipelineError(f"cannot measure {sorted(unknown)} from a movie; measurable: {list(CALIBRATED_FIELDS)}")
         if self.changepoints not in ("auto", "single", "multiple", "none"):
             raise PipelineError(f"changepoints must be 'auto', 'single', 'multiple' or 'none', got {self.changepoints!r}")
         if isinstance(self.min_track_length, bool) or int(self.min_track_length) != self.min_track_length or self.min_track_length < 1:
@@ -293,13 +310,27 @@ def track_and_estimate(
     bar = _Progress(progress, should_stop)
     timings: dict[str, float] = {}
     messages: list[str] = []
+    measured = None
+    bar.begin("calibrate", "measuring the camera and the PSF from the movie")
+    if settings.measure:
+        # the acquisition the user and the file did not give, measured from the frames
+        t0 = time.perf_counter()
+        given = set(CALIBRATED_FIELDS) - set(settings.measure)
+        measured = calibrate_movie(movie, acquisition, given=given)
+        acquisition = measured.apply(acquisition, given)
+        for note in measured.notes:
+            _warn(note)
+        messages += list(measured.notes)
+        timings["calibrate_s"] = time.perf_counter() - t0
+    bar.end()
 
     # 0 - model first, so a bad model name or device fails before the long part
     bar.begin("load", "loading the model")
     t0 = time.perf_counter()
     if estimator is None:
         estimator = Estimator(settings.model, device=settings.device, batch_size=settings.batch_size)
-    messages += estimator.check_acquisition(acquisition, warn=True)  # warns once per estimator
+    # the guard (step 6) decides what an acquisition outside the model's range means
+    acquisition_messages = estimator.check_acquisition(acquisition, warn=False)
     timings["load_s"] = time.perf_counter() - t0
     bar.end()
 
@@ -350,6 +381,7 @@ def track_and_estimate(
     bar.begin("estimate", f"estimating {tracks['track_id'].nunique()} tracks")
     chunks = _track_chunks(tracks, settings.chunk_localizations)
     classical: dict[int, dict[str, float]] = {}
+    fallback: dict[int, TrackEstimate] = {}
     estimates: list[TrackEstimate] = []
     for k in ("patches_s", "classical_s", "model_s"):
         timings[k] = 0.0
@@ -363,18 +395,30 @@ def track_and_estimate(
         bar.inner(base + 0.3 * width, f"classical estimators (part {i + 1}/{n_chunks})")
         t0 = time.perf_counter()
         classical.update(_classical_estimates(patches, acquisition))
+        fallback.update({tp.track_id: estimator.classical_estimate(tp, acquisition) for tp in patches})
         timings["classical_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         estimates += estimator.estimate(
             patches,
             acquisition,
             progress=lambda f, m, base=base, width=width: bar.inner(base + width * (0.4 + 0.6 * f), m),
+            warn_acquisition=False,
         )
         timings["model_s"] += time.perf_counter() - t0
         del patches
     bar.end()
 
-    # 6, 7 - changepoints and tables
+    # 6 - the guard: is the model biased on this movie's tracks, or the movie out of its range?
+    precision_px = _column(tracks, "loc_precision_nm") / acquisition.pixel_size_nm
+    loc_var = pd.Series(precision_px**2).groupby(tracks["track_id"].to_numpy()).mean().to_dict()
+    decision = guard_model(estimates, classical, acquisition, estimator, acquisition_messages, loc_var)
+    if decision.rejected:
+        _warn(decision.reason)
+        messages.append(decision.reason)
+        if not settings.trust_model:
+            estimates = [_rejected(fallback[e.track_id]) if e.method == "model" else e for e in estimates]
+
+    # 7, 8 - changepoints and tables
     bar.begin("tables", "changepoints and result tables")
     t0 = time.perf_counter()
     mode = settings.changepoints
@@ -387,6 +431,8 @@ def track_and_estimate(
 
     meta = {
         "acquisition": acquisition.to_dict(),
+        "acquisition_measured": None if measured is None else measured.to_dict(),
+        "guard": {**decision.to_dict(), "model_reported": not decision.rejected or settings.trust_model},
         "model": estimator.model_name,
         "model_kind": estimator.kind,
         "model_sha256": estimator.card.get("sha256"),
@@ -409,6 +455,44 @@ def track_and_estimate(
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
     return Results(tracks_table, summary, meta)
+
+
+def guard_model(
+    estimates: list[TrackEstimate],
+    classical: dict[int, dict[str, float]],
+    acquisition: Acquisition,
+    estimator: Estimator,
+    acquisition_messages: list[str],
+    loc_var_px2: Mapping[int, float],
+) -> guard.GuardDecision:
+    """The guard's verdict on the model's estimates of this movie's tracks.
+
+    Compares the model's mean diffusivity ``(D1 + D2) / 2`` per track with the unclipped
+    CVE of the same track (``classical[id]["D_cve_raw_px2"]``, see
+    :func:`_classical_estimates`) over the whole population (:mod:`~.estimation.guard`);
+    ``loc_var_px2`` the mean squared localization precision (px^2) of each track.
+    """
+    rows = [
+        (0.5 * (e.track_D1_um2_s + e.track_D2_um2_s), classical[e.track_id])
+        for e in estimates if e.method == "model" and e.track_id in classical
+    ]
+    d_model = acquisition.diffusion_to_px2_per_frame(np.array([r[0] for r in rows], dtype=float))
+    d_cve = np.array([r[1]["D_cve_raw_px2"] for r in rows], dtype=float)
+    ids = [e.track_id for e in estimates if e.method == "model" and e.track_id in classical]
+    loc_var = np.array([loc_var_px2.get(i, np.nan) for i in ids], dtype=float)
+    n_disp = np.array([r[1]["n_displacements"] for r in rows], dtype=float)
+    bias = guard.population_ratio(d_model, d_cve, loc_var, n_disp, blur=acquisition.blur_coefficient)
+    return guard.decide(bias, acquisition_messages, model_name=estimator.model_name)
+
+
+def _rejected(fallback: TrackEstimate) -> TrackEstimate:
+    """A track's classical estimate standing in for a rejected model's, flagged ``model_rejected``."""
+    return dataclasses.replace(fallback, flags=(*fallback.flags, "model_rejected"))
+
+
+def _warn(message: str) -> None:
+    """Issue a library warning the CLI prints and the widget shows."""
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _check_movie(movie: Any) -> tuple[int, int, int]:
@@ -463,15 +547,19 @@ def _classical_estimates(patches: list[TrackPatches], acquisition: Acquisition) 
                 cve = cve_tensor_batch(stack, acquisition)
             d_cve_px = 0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2)
             d_cve = np.clip(acquisition.diffusion_to_um2_s(d_cve_px), 0.0, None)
+            steps = np.all(np.isfinite(np.diff(stack, axis=1)), axis=2).sum(axis=1)
             for j, i in enumerate(members):
                 out[patches[i].track_id] = {
                     "D_msd_um2_s": float(msd["D_um2_s"][j]),
                     "alpha_msd": float(msd["alpha"][j]),
                     "D_cve_um2_s": float(d_cve[j]),
+                    "D_cve_raw_px2": float(d_cve_px[j]),
+                    "n_displacements": int(steps[j]),
                 }
         else:
             for i in members:
-                out[patches[i].track_id] = {"D_msd_um2_s": nan, "alpha_msd": nan, "D_cve_um2_s": nan}
+                out[patches[i].track_id] = {"D_msd_um2_s": nan, "alpha_msd": nan, "D_cve_um2_s": nan,
+                                            "D_cve_raw_px2": nan, "n_displacements": 0}
     return out
 
 

@@ -384,6 +384,8 @@ class Estimator:
         track_patches: Sequence[TrackPatches],
         acquisition: Acquisition,
         progress: Callable[[float, str], Any] | None = None,
+        *,
+        warn_acquisition: bool = True,
     ) -> list[TrackEstimate]:
         """Estimate every track.
 
@@ -397,13 +399,16 @@ class Estimator:
         progress
             Optional ``progress(fraction, message)`` called after every batch; it may raise
             to stop the run (the pipeline raises ``Cancelled`` there).
+        warn_acquisition
+            Warn when the acquisition lies outside the model's training range (the
+            pipeline leaves that to its guard, :mod:`~.guard`).
 
         Returns
         -------
         list of TrackEstimate
             In the order of ``track_patches``.
         """
-        self.check_acquisition(acquisition)
+        self.check_acquisition(acquisition, warn=warn_acquisition)
         tracks = list(track_patches)
         for tp in tracks:
             if tp.patches_photons.shape[1:] != (self.patch_size, self.patch_size):
@@ -415,7 +420,7 @@ class Estimator:
         accumulators: dict[int, _Accumulator] = {}
         for i, tp in enumerate(tracks):
             if tp.n_frames < self.min_frames:
-                results[i] = self._classical(tp, acquisition)
+                results[i] = self.classical_estimate(tp, acquisition)
             else:
                 accumulators[i] = _Accumulator(tp.n_frames, self.pointwise)
         items = [
@@ -567,7 +572,10 @@ class Estimator:
             pointwise=self.pointwise,
         )
 
-    def _classical(self, tp: TrackPatches, acquisition: Acquisition) -> TrackEstimate:
+    def classical_estimate(self, tp: TrackPatches, acquisition: Acquisition) -> TrackEstimate:
+        """The classical estimate of one track (CVE and blur moments, :func:`~.blur_moments.combined_tensor`),
+        flagged ``classical``: used for tracks shorter than the model's minimum and where the
+        guard rejects the model."""
         n = tp.n_frames
         flags = ["classical"]
         if n < 3:
