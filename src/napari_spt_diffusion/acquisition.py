@@ -187,7 +187,7 @@ class Acquisition:
         return (np.asarray(adu, dtype=np.float32) - np.float32(self.offset_adu)) / np.float32(self.gain_adu_per_e)
 
     # ----------------------------------------------------------- serialisation
-    def replace(self, **changes: Any) -> "Acquisition":
+    def replace(self, **changes: Any) -> Acquisition:
         """Return a copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -196,7 +196,7 @@ class Acquisition:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Acquisition":
+    def from_dict(cls, values: dict[str, Any]) -> Acquisition:
         """Build from a dictionary as written by :meth:`to_dict`; unknown keys are refused."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

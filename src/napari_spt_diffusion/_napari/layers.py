@@ -82,7 +82,7 @@ class LayerGeometry:
     axis_labels: tuple[str, str, str] = ("t", "y", "x")
 
     @classmethod
-    def from_acquisition(cls, acquisition: Acquisition) -> "LayerGeometry":
+    def from_acquisition(cls, acquisition: Acquisition) -> LayerGeometry:
         """Physical geometry: time in s, lengths in um (napari then shows a true scale bar)."""
         px_um = float(acquisition.pixel_size_um)
         return cls(
@@ -91,7 +91,7 @@ class LayerGeometry:
         )
 
     @classmethod
-    def from_layer(cls, layer: Any) -> "LayerGeometry":
+    def from_layer(cls, layer: Any) -> LayerGeometry:
         """Copy the placement of an existing napari layer (its last three axes)."""
         scale = tuple(float(s) for s in np.asarray(layer.scale)[-3:])
         translate = tuple(float(s) for s in np.asarray(layer.translate)[-3:])

@@ -255,7 +255,7 @@ class ResultsWidget(QWidget):
         axis = len(step) - 3 if len(step) >= 3 else 0
         self.viewer.dims.set_current_step(axis, int(frame))
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+    def closeEvent(self, event: Any) -> None:
         try:
             self.viewer.dims.events.current_step.disconnect(self._on_frame)
         except (TypeError, ValueError, RuntimeError):
@@ -265,7 +265,7 @@ class ResultsWidget(QWidget):
         super().closeEvent(event)
 
 
-_WIDGETS: "weakref.WeakKeyDictionary[Any, ResultsWidget]" = weakref.WeakKeyDictionary()
+_WIDGETS: weakref.WeakKeyDictionary[Any, ResultsWidget] = weakref.WeakKeyDictionary()
 
 
 def _results_widget_for(viewer: Any) -> ResultsWidget:

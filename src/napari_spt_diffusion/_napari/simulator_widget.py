@@ -193,7 +193,7 @@ class SimulatorWidget(Container):
             shape, n_frames, acq, options = simulation_kwargs(self.values())
             shape = (min(shape[0], PREVIEW_MAX_SIDE_PX), min(shape[1], PREVIEW_MAX_SIDE_PX))
             sim = simulate_movie(shape, min(n_frames, PREVIEW_FRAMES), acq, int(self.int_boxes["seed"].value), **options)
-        except Exception as exc:  # noqa: BLE001 - shown as one notification
+        except Exception as exc:
             _dialogs.notify_error(exc)
             return None
         self._show_preview(sim)
@@ -250,7 +250,7 @@ class SimulatorWidget(Container):
         self._timer.stop()  # a pending preview would only be replaced by the full movie
         try:
             shape, n_frames, acq, options = simulation_kwargs(self.values())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _dialogs.notify_error(exc)
             return None
         from napari.qt.threading import create_worker
@@ -314,7 +314,7 @@ class SimulatorWidget(Container):
         try:
             # the save dialog already asked before replacing an existing movie file
             written = io.write_simulation(target, sim.movie, sim.truth, overwrite=target.exists())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _dialogs.notify_error(exc)
             return None
         self.status.value = f"saved {', '.join(p.name for p in written)}"

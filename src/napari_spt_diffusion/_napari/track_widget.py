@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from qtpy.QtCore import QObject, Signal
 
 from ..acquisition import Acquisition
@@ -266,7 +276,7 @@ class TrackEstimateWidget(Container):
             settings = DetectionSettings(threshold_snr=float(self.threshold.value))
             # the pipeline's own per-frame path: detection, fit and overlap pass
             locs = locate_frame(frame, acq, settings)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
+        except Exception as exc:
             _dialogs.notify_error(exc)
             return None
         yx = locs[["y_px", "x_px"]].to_numpy()
@@ -290,7 +300,7 @@ class TrackEstimateWidget(Container):
         try:
             layer, movie, acq = self._inputs()
             settings = pipeline_settings(self.values())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _dialogs.notify_error(exc)
             return None
         from napari.qt.threading import create_worker
@@ -334,7 +344,7 @@ class TrackEstimateWidget(Container):
         geometry = LayerGeometry.from_layer(layer) if layer in self.viewer.layers else LayerGeometry.from_acquisition(self.acquisition)
         try:
             self.display, _ = show_results(self.viewer, results, self.acquisition, geometry, prefix=f"{layer.name} ")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _dialogs.notify_error(f"Could not show the results: {_dialogs.one_sentence(exc)}")
         self.progress.value = 1000
         n = results.n_tracks
@@ -345,7 +355,7 @@ class TrackEstimateWidget(Container):
         try:
             from ..pipeline import Cancelled
         except ImportError:  # pragma: no cover - pipeline missing from a broken install
-            Cancelled = ()  # type: ignore[assignment]  # noqa: N806
+            Cancelled = ()  # type: ignore[assignment]
         if isinstance(exc, Cancelled) or self._stop.is_set():
             self.status.value = "cancelled"
             _dialogs.notify_info("Track & Estimate cancelled.")
@@ -378,7 +388,7 @@ class TrackEstimateWidget(Container):
 
         try:
             written = io.write_results(results_prefix(path), self.results, overwrite=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _dialogs.notify_error(exc)
             return None
         self.status.value = f"exported {', '.join(p.name for p in written)}"
@@ -388,5 +398,5 @@ class TrackEstimateWidget(Container):
     def __del__(self) -> None:  # stop a running worker with the widget
         try:
             self._stop.set()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass

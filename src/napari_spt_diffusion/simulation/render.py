@@ -411,7 +411,7 @@ class _CameraTables:
         return _GRID_ROWS * (_poisson_kmax(background_photons + _GRID_MAX) * g + 20.0 * acquisition.read_noise_e * g + 3)
 
     @classmethod
-    def get(cls, acquisition: Acquisition, background_photons: float) -> "_CameraTables | None":
+    def get(cls, acquisition: Acquisition, background_photons: float) -> _CameraTables | None:
         g, off = acquisition.gain_adu_per_e, acquisition.offset_adu
         if not (float(g).is_integer() and float(off).is_integer()):
             return None

@@ -20,7 +20,6 @@ from .detect import (
     robust_noise,
 )
 from .link import LinkingError, LinkingWarning, LinkResult, default_search_range_px, link
-from .patches import TrackPatches, extract_track_patches
 from .localize import (
     LOCALIZATION_COLUMNS,
     localize_arrays,
@@ -29,6 +28,7 @@ from .localize import (
     mortensen_precision_nm,
 )
 from .overlaps import resolve_overlaps
+from .patches import TrackPatches, extract_track_patches
 from .spots import SPOT_COLUMNS, FoundSpots, detect_and_localize, find_spots, locate_frame
 
 __all__ = [

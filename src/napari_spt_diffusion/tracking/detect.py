@@ -24,8 +24,8 @@ spots perturb the response little, while losing only 8 % of the optimal SNR.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np

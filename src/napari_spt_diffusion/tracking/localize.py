@@ -96,7 +96,7 @@ class FitLimits:
     sigma_hi: float
 
     @classmethod
-    def for_psf(cls, acquisition: Acquisition, sigma_psf: float) -> "FitLimits":
+    def for_psf(cls, acquisition: Acquisition, sigma_psf: float) -> FitLimits:
         """Limits for a PSF of ``sigma_psf`` px on the acquisition's camera."""
         return cls(float(acquisition.read_noise_e) ** 2, SIGMA_BOUNDS[0] * sigma_psf, SIGMA_BOUNDS[1] * sigma_psf)
 
@@ -115,7 +115,8 @@ def _mortensen_table() -> tuple[np.ndarray, CubicSpline]:
     for lt in log_tau:
         tau = 10.0**lt
         # int_0^1 ln(t) w(t) dt with w = 1 / (1 + t / tau): quad's algebraic-log weight.
-        integral, _ = integrate.quad(lambda t: 1.0 / (1.0 + t / tau), 0.0, 1.0, weight="alg-loga", wvar=(0.0, 0.0))
+        integral, _ = integrate.quad(lambda t, tau=tau: 1.0 / (1.0 + t / tau), 0.0, 1.0, weight="alg-loga",
+                                     wvar=(0.0, 0.0))
         values.append(1.0 + integral)
     return log_tau, CubicSpline(log_tau, np.log(np.asarray(values)))
 

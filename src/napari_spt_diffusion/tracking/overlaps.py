@@ -27,16 +27,14 @@ from .localize import (
     LOCALIZATION_COLUMNS,
     MAX_SHIFT_PX,
     FitLimits,
+    default_window_half_px,
     fit_spots,
+    gather_windows,
+    mortensen_precision_nm,
     spot_model_and_jacobian,
     spot_score,
-    gather_windows,
-    default_window_half_px,
-    mortensen_precision_nm,
 )
 from .streak_models import (
-    SEGMENT_POINTS,
-    Emitters,
     emitters_of,
     fit_model,
     neighbour_light_of,
@@ -77,7 +75,7 @@ class FitContext:
     @classmethod
     def for_frame(
         cls, frame: np.ndarray, acquisition: Acquisition, window_half_px: int | None, max_iterations: int
-    ) -> "FitContext":
+    ) -> FitContext:
         """The context of ``frame`` (photo-electrons) with the acquisition's PSF."""
         sigma_psf = float(acquisition.psf_sigma_px)
         half = int(window_half_px) if window_half_px is not None else default_window_half_px(sigma_psf)
@@ -109,7 +107,7 @@ class SpotState:
     streak_width: np.ndarray
 
     @classmethod
-    def start(cls, fitted: dict[str, Any]) -> "SpotState":
+    def start(cls, fitted: dict[str, Any]) -> SpotState:
         """Copy of the single-spot fits, every row a round spot of its own."""
         k = len(fitted["y_px"])
         table = {c: np.array(fitted[c], copy=True) for c in LOCALIZATION_COLUMNS}
