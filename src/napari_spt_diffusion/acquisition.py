@@ -87,7 +87,11 @@ class Acquisition:
         for name, value in non_negative.items():
             if not _is_finite_number(value) or value < 0:
                 raise AcquisitionError(f"{name} must be a non-negative number, got {value!r}")
-        if isinstance(self.substeps_per_frame, bool) or int(self.substeps_per_frame) != self.substeps_per_frame or self.substeps_per_frame < 1:
+        if (
+            isinstance(self.substeps_per_frame, bool)
+            or int(self.substeps_per_frame) != self.substeps_per_frame
+            or self.substeps_per_frame < 1
+        ):
             raise AcquisitionError(
                 f"substeps_per_frame must be a whole number >= 1, got {self.substeps_per_frame!r}"
             )
@@ -145,19 +149,35 @@ class Acquisition:
 
     def px_to_um(self, value_px: Any) -> Any:
         """Convert lengths/positions from pixels to um (scalars or arrays)."""
-        return np.asarray(value_px, dtype=float) * self.pixel_size_um if not np.isscalar(value_px) else float(value_px) * self.pixel_size_um
+        return (
+            np.asarray(value_px, dtype=float) * self.pixel_size_um
+            if not np.isscalar(value_px)
+            else float(value_px) * self.pixel_size_um
+        )
 
     def um_to_px(self, value_um: Any) -> Any:
         """Convert lengths/positions from um to pixels (scalars or arrays)."""
-        return np.asarray(value_um, dtype=float) / self.pixel_size_um if not np.isscalar(value_um) else float(value_um) / self.pixel_size_um
+        return (
+            np.asarray(value_um, dtype=float) / self.pixel_size_um
+            if not np.isscalar(value_um)
+            else float(value_um) / self.pixel_size_um
+        )
 
     def px_to_nm(self, value_px: Any) -> Any:
         """Convert lengths from pixels to nm (scalars or arrays)."""
-        return np.asarray(value_px, dtype=float) * self.pixel_size_nm if not np.isscalar(value_px) else float(value_px) * self.pixel_size_nm
+        return (
+            np.asarray(value_px, dtype=float) * self.pixel_size_nm
+            if not np.isscalar(value_px)
+            else float(value_px) * self.pixel_size_nm
+        )
 
     def frames_to_s(self, frames: Any) -> Any:
         """Convert frame indices/counts to seconds."""
-        return np.asarray(frames, dtype=float) * self.frame_interval_s if not np.isscalar(frames) else float(frames) * self.frame_interval_s
+        return (
+            np.asarray(frames, dtype=float) * self.frame_interval_s
+            if not np.isscalar(frames)
+            else float(frames) * self.frame_interval_s
+        )
 
     # --------------------------------------------------------- diffusion units
     @property

@@ -186,15 +186,23 @@ class Settings:
         if unknown:
             raise PipelineError(f"cannot measure {sorted(unknown)} from a movie; measurable: {list(CALIBRATED_FIELDS)}")
         if self.changepoints not in ("auto", "single", "multiple", "none"):
-            raise PipelineError(f"changepoints must be 'auto', 'single', 'multiple' or 'none', got {self.changepoints!r}")
-        if isinstance(self.min_track_length, bool) or int(self.min_track_length) != self.min_track_length or self.min_track_length < 1:
+            raise PipelineError(
+                f"changepoints must be 'auto', 'single', 'multiple' or 'none', got {self.changepoints!r}"
+            )
+        if (
+            isinstance(self.min_track_length, bool)
+            or int(self.min_track_length) != self.min_track_length
+            or self.min_track_length < 1
+        ):
             raise PipelineError(f"min_track_length must be a whole number >= 1, got {self.min_track_length!r}")
         if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:
             raise PipelineError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if isinstance(self.chunk_localizations, bool) or int(self.chunk_localizations) < 1:
             raise PipelineError(f"chunk_localizations must be a whole number >= 1, got {self.chunk_localizations!r}")
         if not (0.0 < float(self.changepoint_confirm_alpha) < 1.0):
-            raise PipelineError(f"changepoint_confirm_alpha must be between 0 and 1, got {self.changepoint_confirm_alpha!r}")
+            raise PipelineError(
+                f"changepoint_confirm_alpha must be between 0 and 1, got {self.changepoint_confirm_alpha!r}"
+            )
         if math.isnan(float(self.encounter_llr_threshold)):
             raise PipelineError("encounter_llr_threshold must be a number, got nan")
         if not (math.isfinite(float(self.max_D_um2_s)) and self.max_D_um2_s > 0):
@@ -651,7 +659,9 @@ def _tables(
             mode,
             estimator,
             settings,
-            positions_px=np.column_stack([table["y_px"].to_numpy(dtype=float)[a:b], table["x_px"].to_numpy(dtype=float)[a:b]]),
+            positions_px=np.column_stack(
+                [table["y_px"].to_numpy(dtype=float)[a:b], table["x_px"].to_numpy(dtype=float)[a:b]]
+            ),
             loc_precision_px=_column(table, "loc_precision_nm")[a:b] / acquisition.pixel_size_nm,
             acquisition=acquisition,
         )

@@ -57,7 +57,9 @@ def movie_from_layer(layer: Any) -> Any:
         )
     if min(shape) < 1 or shape[0] < 2:
         raise LayerInputError(f"'{layer.name}' has shape {shape}: the tracker needs at least 2 frames")
-    if not np.issubdtype(np.dtype(layer.data.dtype), np.number) or np.issubdtype(np.dtype(layer.data.dtype), np.complexfloating):
+    if not np.issubdtype(np.dtype(layer.data.dtype), np.number) or np.issubdtype(
+        np.dtype(layer.data.dtype), np.complexfloating
+    ):
         raise LayerInputError(f"'{layer.name}' holds {layer.data.dtype} values, not camera counts")
     return layer.data
 

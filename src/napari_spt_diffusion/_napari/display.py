@@ -133,7 +133,11 @@ class ResultsDisplay:
     @property
     def layers(self) -> list[Any]:
         """The napari layers this display owns (in creation order)."""
-        return [lay for lay in (self.tracks_layer, self.ellipses_layer, self.changepoints_layer, self.selected_layer) if lay is not None]
+        return [
+            lay
+            for lay in (self.tracks_layer, self.ellipses_layer, self.changepoints_layer, self.selected_layer)
+            if lay is not None
+        ]
 
     def current_frame(self) -> int:
         """The viewer's current frame (index along the time axis of the layers)."""
@@ -201,7 +205,9 @@ class ResultsDisplay:
         if track_id == self.selected_track:
             return
         self.selected_track = track_id
-        data, kwargs, _ = L.selected_track_layer(self.results, track_id, geometry=self.geometry, name=f"{self.prefix}selected track")
+        data, kwargs, _ = L.selected_track_layer(
+            self.results, track_id, geometry=self.geometry, name=f"{self.prefix}selected track"
+        )
         if self.selected_layer is None or self.selected_layer not in self.viewer.layers:
             if track_id is not None:
                 active = self.viewer.layers.selection.active

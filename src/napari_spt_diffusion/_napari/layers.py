@@ -375,7 +375,12 @@ def selected_track_layer(
     rows = t[t["track_id"] == track_id] if track_id is not None else t.iloc[:0]
     rows = rows.sort_values("frame")
     data = np.column_stack(
-        [np.zeros(len(rows)), np.asarray(rows["frame"], float), np.asarray(rows["y_px"], float), np.asarray(rows["x_px"], float)]
+        [
+            np.zeros(len(rows)),
+            np.asarray(rows["frame"], float),
+            np.asarray(rows["y_px"], float),
+            np.asarray(rows["x_px"], float),
+        ]
     ).reshape(-1, 4)
     white = Colormap(colors=[[1, 1, 1, 1], [1, 1, 1, 1]], name="spt_white")
     kwargs: dict[str, Any] = {

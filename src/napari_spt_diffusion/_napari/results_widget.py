@@ -87,7 +87,9 @@ class ResultsWidget(QWidget):
         self.ellipse_factor.setSingleStep(0.5)
         self.ellipse_factor.setValue(1.0)
         self.ellipse_factor.setPrefix("× ")
-        self.ellipse_factor.setToolTip("Ellipse semi-axes = RMS displacement in one frame, sqrt(2 D dt), times this factor")
+        self.ellipse_factor.setToolTip(
+            "Ellipse semi-axes = RMS displacement in one frame, sqrt(2 D dt), times this factor"
+        )
         self.info = QLabel("no results")
         self.info.setWordWrap(True)
 
@@ -255,7 +257,7 @@ class ResultsWidget(QWidget):
         axis = len(step) - 3 if len(step) >= 3 else 0
         self.viewer.dims.set_current_step(axis, int(frame))
 
-    def closeEvent(self, event: Any) -> None:
+    def closeEvent(self, event: Any) -> None:  # Qt name
         try:
             self.viewer.dims.events.current_step.disconnect(self._on_frame)
         except (TypeError, ValueError, RuntimeError):
@@ -308,7 +310,9 @@ def show_results(
     widget = _results_widget_for(viewer)
     if widget.display is not None:
         widget.display.close()
-    display = ResultsDisplay(viewer, results, acquisition, geometry, prefix=prefix, options=DisplayOptions(**display_options))
+    display = ResultsDisplay(
+        viewer, results, acquisition, geometry, prefix=prefix, options=DisplayOptions(**display_options)
+    )
     widget.set_display(display)
     return display, widget
 

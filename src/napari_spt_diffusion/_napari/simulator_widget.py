@@ -192,8 +192,10 @@ class SimulatorWidget(Container):
         try:
             shape, n_frames, acq, options = simulation_kwargs(self.values())
             shape = (min(shape[0], PREVIEW_MAX_SIDE_PX), min(shape[1], PREVIEW_MAX_SIDE_PX))
-            sim = simulate_movie(shape, min(n_frames, PREVIEW_FRAMES), acq, int(self.int_boxes["seed"].value), **options)
-        except Exception as exc:
+            sim = simulate_movie(
+                shape, min(n_frames, PREVIEW_FRAMES), acq, int(self.int_boxes["seed"].value), **options
+            )
+        except Exception as exc:  # shown as one notification
             _dialogs.notify_error(exc)
             return None
         self._show_preview(sim)

@@ -67,7 +67,9 @@ class _ProgressRelay(QObject):
     progress = Signal(float, str)
 
 
-def _float_box(name: str, label: str, suffix: str, lo: float, hi: float, step: float, decimals: int, value: float) -> FloatSpinBox:
+def _float_box(
+    name: str, label: str, suffix: str, lo: float, hi: float, step: float, decimals: int, value: float
+) -> FloatSpinBox:
     box = FloatSpinBox(name=name, label=label, min=lo, max=hi, step=step, value=min(max(value, lo), hi))
     box.native.setDecimals(decimals)
     box.native.setSuffix(suffix)
@@ -139,7 +141,9 @@ class TrackEstimateWidget(Container):
         self.threshold = _float_box("threshold_snr", "detection threshold", " × noise", 0.5, 1000.0, 0.5, 1, 5.0)
         self.max_D = _float_box("max_D_um2_s", "max D (linking)", " um²/s", 0.001, 1000.0, 0.5, 3, 6.0)
         self.memory = SpinBox(name="memory_frames", label="gap memory (frames)", min=0, max=50, value=2)
-        self.min_length = SpinBox(name="min_track_length", label="min track length (frames)", min=2, max=100_000, value=5)
+        self.min_length = SpinBox(
+            name="min_track_length", label="min track length (frames)", min=2, max=100_000, value=5
+        )
         self.split_box = CheckBox(name="split_encounters", text="cut tracks where particles meet", value=True)
         self.split_box.tooltip = ("Cut a track where another particle came close enough that the two may have swapped "
                                   "identities: shorter tracks, each holding one particle")
@@ -276,13 +280,17 @@ class TrackEstimateWidget(Container):
             settings = DetectionSettings(threshold_snr=float(self.threshold.value))
             # the pipeline's own per-frame path: detection, fit and overlap pass
             locs = locate_frame(frame, acq, settings)
-        except Exception as exc:
+        except Exception as exc:  # every failure becomes one notification
             _dialogs.notify_error(exc)
             return None
         yx = locs[["y_px", "x_px"]].to_numpy()
         feats = locs.reset_index(drop=True) if len(locs) else None
         data, kwargs, _ = detections_layer(
-            yx, frame_index, geometry=LayerGeometry.from_layer(layer), size_px=max(4.0, 4 * acq.psf_sigma_px), features=feats
+            yx,
+            frame_index,
+            geometry=LayerGeometry.from_layer(layer),
+            size_px=max(4.0, 4 * acq.psf_sigma_px),
+            features=feats,
         )
         name = kwargs["name"]
         if name in self.viewer.layers:
@@ -341,7 +349,11 @@ class TrackEstimateWidget(Container):
         self.results = results
         self.acquisition = self._run_acquisition
         layer = self._run_layer
-        geometry = LayerGeometry.from_layer(layer) if layer in self.viewer.layers else LayerGeometry.from_acquisition(self.acquisition)
+        geometry = (
+            LayerGeometry.from_layer(layer)
+            if layer in self.viewer.layers
+            else LayerGeometry.from_acquisition(self.acquisition)
+        )
         try:
             self.display, _ = show_results(self.viewer, results, self.acquisition, geometry, prefix=f"{layer.name} ")
         except Exception as exc:

@@ -186,7 +186,12 @@ def check_acquisition(
         "frame_interval_s": (acquisition.frame_interval_s, ref.frame_interval_s, "frame interval", "s"),
         "psf_sigma_px": (acquisition.psf_sigma_px, ref.psf_sigma_px, "PSF sigma", "px"),
         "signal_photons": (acquisition.signal_photons, ref.signal_photons, "signal", "photons/frame"),
-        "background_photons": (acquisition.background_photons, ref.background_photons, "background", "photons/pixel/frame"),
+        "background_photons": (
+            acquisition.background_photons,
+            ref.background_photons,
+            "background",
+            "photons/pixel/frame",
+        ),
         "exposure_fraction": (
             acquisition.exposure_time_s / acquisition.frame_interval_s,
             ref.exposure_time_s / ref.frame_interval_s,
@@ -437,7 +442,10 @@ class Estimator:
             for (i, start, length), row in zip(batch, out):
                 self._accumulate(accumulators[i], start, length, row)
             if progress is not None:
-                progress(min(1.0, (b // self.batch_size + 1) / n_batches), f"model {self.model_name}: batch {b // self.batch_size + 1}/{n_batches}")
+                progress(
+                    min(1.0, (b // self.batch_size + 1) / n_batches),
+                    f"model {self.model_name}: batch {b // self.batch_size + 1}/{n_batches}",
+                )
         for i, acc in accumulators.items():
             results[i] = self._finish(tracks[i], acc, acquisition)
         if progress is not None and not items:

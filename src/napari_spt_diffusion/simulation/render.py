@@ -408,7 +408,9 @@ class _CameraTables:
     @staticmethod
     def size(acquisition: Acquisition, background_photons: float) -> float:
         g = acquisition.gain_adu_per_e
-        return _GRID_ROWS * (_poisson_kmax(background_photons + _GRID_MAX) * g + 20.0 * acquisition.read_noise_e * g + 3)
+        return _GRID_ROWS * (
+            _poisson_kmax(background_photons + _GRID_MAX) * g + 20.0 * acquisition.read_noise_e * g + 3
+        )
 
     @classmethod
     def get(cls, acquisition: Acquisition, background_photons: float) -> _CameraTables | None:

@@ -140,7 +140,10 @@ class EncounterSplit:
 
 
 def track_step_variance_px2(
-    track_id: np.ndarray, dt_frames: np.ndarray, step_px: np.ndarray, floor_px2: np.ndarray | float = _MIN_STEP_VARIANCE_PX2
+    track_id: np.ndarray,
+    dt_frames: np.ndarray,
+    step_px: np.ndarray,
+    floor_px2: np.ndarray | float = _MIN_STEP_VARIANCE_PX2,
 ) -> dict[int, float]:
     """Robust per-axis step variance (px^2 per frame) of each track, from its links.
 
@@ -252,7 +255,8 @@ def split_encounters(
     n = len(tid)
     if frm.shape != (n,) or pos.shape != (n, 2):
         raise ValueError(
-            f"track_id, frame and positions_px must have shapes (N,), (N,), (N, 2); got {tid.shape}, {frm.shape}, {pos.shape}"
+            "track_id, frame and positions_px must have shapes (N,), (N,), (N, 2); "
+            f"got {tid.shape}, {frm.shape}, {pos.shape}"
         )
     if math.isnan(llr_threshold):
         raise ValueError("llr_threshold must be a number (or -inf to disable the swap test), got nan")
@@ -389,7 +393,9 @@ def _gap_cuts(link_at: np.ndarray, t_s: np.ndarray, f_s: np.ndarray, p_s: np.nda
     return cut
 
 
-def _links_spanning(link_at: np.ndarray, t_s: np.ndarray, f_s: np.ndarray, track: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+def _links_spanning(
+    link_at: np.ndarray, t_s: np.ndarray, f_s: np.ndarray, track: np.ndarray, boundary: np.ndarray
+) -> np.ndarray:
     """Indices of the links of ``track`` spanning ``boundary | boundary + 1`` (where such a link exists)."""
     # rows are sorted by (track, frame): the last row of the track at or before the boundary
     key_rows = np.stack([t_s, f_s])

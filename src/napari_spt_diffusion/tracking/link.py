@@ -122,7 +122,10 @@ def _trackpy_link(coords: pd.DataFrame, search_range: float, memory: int, adapti
 
     kwargs = {}
     if adaptive:
-        kwargs = {"adaptive_stop": max(_ADAPTIVE_STOP_FRACTION * search_range, _MIN_SEARCH_RANGE_PX), "adaptive_step": 0.9}
+        kwargs = {
+            "adaptive_stop": max(_ADAPTIVE_STOP_FRACTION * search_range, _MIN_SEARCH_RANGE_PX),
+            "adaptive_step": 0.9,
+        }
     with _quiet_trackpy(), warnings.catch_warnings():
         # trackpy 0.7 sorts with pandas' deprecated ``inplace=`` keyword; not the user's concern.
         warnings.filterwarnings("ignore", message=".*inplace keyword.*")
@@ -199,7 +202,11 @@ def link(
     if len(table):
         if not np.all(np.isfinite(positions)):
             raise LinkingError("the localization table has NaN or infinite positions")
-        if not np.all(np.isfinite(frames.astype(float))) or np.any(frames.astype(float) != np.round(frames.astype(float))) or np.any(frames < 0):
+        if (
+            not np.all(np.isfinite(frames.astype(float)))
+            or np.any(frames.astype(float) != np.round(frames.astype(float)))
+            or np.any(frames < 0)
+        ):
             raise LinkingError("frame numbers must be whole numbers >= 0")
 
     if search_range_px is None:

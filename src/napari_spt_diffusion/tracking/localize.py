@@ -346,7 +346,12 @@ def localize_arrays(
     if frame.ndim != 2:
         raise TrackingInputError(f"a frame must be a 2-D (Y, X) array, got shape {frame.shape}")
     height, width = frame.shape
-    if len(peaks) and (peaks.min(axis=0)[0] < 0 or peaks.min(axis=0)[1] < 0 or peaks[:, 0].max() >= height or peaks[:, 1].max() >= width):
+    if len(peaks) and (
+        peaks.min(axis=0)[0] < 0
+        or peaks.min(axis=0)[1] < 0
+        or peaks[:, 0].max() >= height
+        or peaks[:, 1].max() >= width
+    ):
         raise TrackingInputError("every peak must lie inside the frame")
     sigma_psf = float(acquisition.psf_sigma_px)
     half = int(window_half_px) if window_half_px is not None else default_window_half_px(sigma_psf)
@@ -409,7 +414,9 @@ def localize_arrays(
         params[~sane] = _centroid_fallback(excess[~sane], offsets, sigma_psf, background0[~sane])
 
     sigma_nm = acquisition.px_to_nm(params[:, 4])
-    precision = mortensen_precision_nm(params[:, 2], params[:, 3], sigma_nm, acquisition.pixel_size_nm, acquisition.read_noise_e)
+    precision = mortensen_precision_nm(
+        params[:, 2], params[:, 3], sigma_nm, acquisition.pixel_size_nm, acquisition.read_noise_e
+    )
     return {
         "y_px": peaks[:, 0] + params[:, 0],
         "x_px": peaks[:, 1] + params[:, 1],
@@ -472,7 +479,9 @@ def localize_photons(
     **options: Any,
 ) -> pd.DataFrame:
     """As :func:`localize_frame` but for a frame already converted to photo-electrons."""
-    return pd.DataFrame(localize_arrays(frame_photons, peaks_yx, acquisition, **options), columns=list(LOCALIZATION_COLUMNS))
+    return pd.DataFrame(
+        localize_arrays(frame_photons, peaks_yx, acquisition, **options), columns=list(LOCALIZATION_COLUMNS)
+    )
 
 
 def localize_frame(

@@ -120,7 +120,9 @@ class SpotState:
     def finite(self) -> np.ndarray:
         """``(K,)`` rows with finite position, width and photons."""
         out = self.table
-        return np.all(np.isfinite(self.positions()), axis=1) & np.isfinite(out["sigma_px"]) & np.isfinite(out["photons"])
+        return (
+            np.all(np.isfinite(self.positions()), axis=1) & np.isfinite(out["sigma_px"]) & np.isfinite(out["photons"])
+        )
 
 
 class Merges(NamedTuple):
@@ -744,7 +746,9 @@ def _refit_neighbours(ctx: FitContext, state: SpotState) -> None:
     mask = valid.reshape(t, -1).astype(np.float64)
     sources = np.flatnonzero(finite)
     widths = np.where(np.isfinite(streak_width), streak_width, out["sigma_px"])
-    emitters = emitters_of(positions[sources], out["photons"][sources], widths[sources], kind[sources], segment[sources])
+    emitters = emitters_of(
+        positions[sources], out["photons"][sources], widths[sources], kind[sources], segment[sources]
+    )
     emitters = emitters._replace(owner=sources[emitters.owner])
     light = neighbour_light_of(centres, targets, emitters, offsets, 3.0 * half)
     start = np.column_stack([positions[targets] - centres, np.maximum(out["photons"][targets], 1.0),

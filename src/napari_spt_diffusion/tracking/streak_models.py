@@ -143,7 +143,12 @@ def fit_model(
         gain = ll_t - loglik[active]
         moved = np.max(np.abs(trial - params[active]) / scale[active], axis=1)
         idx_ok = active[better]
-        params[idx_ok], loglik[idx_ok], grad[idx_ok], fisher[idx_ok] = trial[better], ll_t[better], g_t[better], f_t[better]
+        params[idx_ok], loglik[idx_ok], grad[idx_ok], fisher[idx_ok] = (
+            trial[better],
+            ll_t[better],
+            g_t[better],
+            f_t[better],
+        )
         lam[idx_ok] = np.maximum(lam[idx_ok] * 0.1, 1e-7)
         lam[active[~better]] *= 10.0
         done = (better & ((moved < 1e-3) | (gain < 1e-5))) | (lam[active] > 1e6)
