@@ -99,3 +99,18 @@ def test_lineage_of_a_card_without_one_is_the_card_itself(tmp_path):
     lineage = json.loads((tmp_path / "new" / "aniso.json").read_text())["training"]["lineage"]
     assert len(lineage) == 2 and lineage[0]["command"] == card["training"]["command"]
     assert lineage[0]["n_train_samples"] == 64 and lineage[0]["epochs_run"] == 1
+
+
+def test_warm_start_from_a_bundled_model_keeps_its_lineage(tmp_path):
+    from napari_spt_diffusion.estimation.checkpoint import read_card
+    from napari_spt_diffusion.training.config import TrainConfig
+    from napari_spt_diffusion.training.loop import train_model
+
+    config = TrainConfig(model="aniso", n_samples=16, val_samples=8, epochs=1, n_frames=30, init_state="aniso",
+                         out_dir=str(tmp_path / "run"), threads=1, seed=101)
+    card = read_card(train_model(config))
+    bundled = read_card("aniso")
+    assert card["training"]["warm_start"]["state"].startswith("bundled checkpoint aniso")
+    lineage = card["training"]["lineage"]
+    assert lineage[: len(bundled["training"]["lineage"])] == bundled["training"]["lineage"]
+    assert len(lineage) == len(bundled["training"]["lineage"]) + 1

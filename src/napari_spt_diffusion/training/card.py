@@ -43,6 +43,7 @@ from ..estimation.checkpoint import (
 )
 from ..io._atomic import atomic_path, atomic_write_json
 from ..simulation.motion_models import get_motion_model
+from .acquisition_ranges import get_range
 from .config import TrainConfig, TrainingError
 from .models import ModelConfig, NormalizedModel, build_model, count_parameters
 
@@ -227,6 +228,8 @@ def _training_section(record: RunRecord) -> dict[str, Any]:
         "simulator": f"napari_spt_diffusion.training.samples.make_samples(model={c.model!r}{crowding}) "
                      "through the pipeline's spot path (locate_frame) and the tracking patch path",
         "neighbour_fraction": float(c.neighbour_fraction),
+        "acquisition_range": None if c.acquisition_range is None else {
+            "name": c.acquisition_range, **get_range(c.acquisition_range).to_dict()},
         "n_train_samples": int(record.n_train),
         "n_val_samples": int(record.n_val),
         "data_seed": c.seed,
@@ -271,6 +274,10 @@ def build_card(record: RunRecord, model: NormalizedModel) -> dict[str, Any]:
         "metrics": {"validation": {"set": f"{record.n_val} held-out tracks, seed {c.seed + 1}",
                                    "model": record.best["metrics"], "val_loss": record.best["val_loss"]}},
     }
+    acquisition_range = get_range(c.acquisition_range)
+    if acquisition_range is not None:
+        # the estimator's acquisition check compares a movie with these ranges
+        card["training_ranges"] = acquisition_range.card_ranges(record.acquisition)
     curve = c.run_folder / "learning_curve.csv"
     card["learning_curve"] = read_learning_curve(curve) if curve.is_file() else []
     if record.baseline is not None:

@@ -28,6 +28,7 @@ from ..acquisition import Acquisition
 from ..errors import SptDiffusionError
 from ..io._atomic import atomic_write_json
 from ..simulation.motion_models import benchmark_seeds, motion_model_names
+from .acquisition_ranges import RANGES
 
 __all__ = [
     "TrainingError",
@@ -85,6 +86,10 @@ class TrainConfig:
     neighbour_fraction: float = field(default=0.0, metadata=_option(
         "share of training tracks with a second particle 1.5-6 px away, so the model learns crowded scenes",
         metavar="F"))
+    acquisition_range: str | None = field(default=None, metadata=_option(
+        "simulate every chunk of 250 training tracks at its own acquisition drawn from this named range "
+        "(PSF width, photons, background, read noise, exposure: training.acquisition_ranges; "
+        "default: one acquisition)", choices=lambda: tuple(RANGES)))
     psf_sigma_nm: float | None = field(default=None, metadata=_option(
         "PSF sigma (nm) of the simulated microscope (default: the standard acquisition's)"))
     photons: float | None = field(default=None, metadata=_option(
@@ -107,7 +112,8 @@ class TrainConfig:
     dataset_path: str | None = field(default=None, metadata=_option(
         ".npz cache of the generated training set (validation set beside it as *_val.npz)"))
     init_state: str | None = field(default=None, metadata=_option(
-        "warm start from best_state.pt / last_state.pt of an earlier run of the same model and size",
+        "warm start from best_state.pt / last_state.pt of an earlier run of the same model and size, or from a "
+        "bundled model by name (e.g. aniso)",
         metavar="STATE.pt"))
 
     def __post_init__(self) -> None:
@@ -144,6 +150,8 @@ class TrainConfig:
         _check_number("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
         _check_number("angle_weight", self.angle_weight, 0.0, math.inf)
         _check_number("neighbour_fraction", self.neighbour_fraction, 0.0, 1.0)
+        if self.acquisition_range is not None and self.acquisition_range not in RANGES:
+            raise TrainingError(f"acquisition_range must be one of {', '.join(RANGES)}, got {self.acquisition_range!r}")
         for name in ("psf_sigma_nm", "photons", "max_time_s"):
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name), 0.0, math.inf, low_open=True)

@@ -29,6 +29,7 @@ import torch
 
 from ..acquisition import Acquisition
 from ..io._atomic import atomic_path, atomic_write_json
+from .acquisition_ranges import AcquisitionRange
 from .config import TrainingError
 
 __all__ = [
@@ -71,6 +72,10 @@ def sample_arrays(batch: Any) -> dict[str, np.ndarray]:
     return out
 
 
+#: Samples per chunk (one acquisition each) when training over an acquisition range.
+RANGE_CHUNK = 250
+
+
 def make_dataset(
     model: str,
     n_samples: int,
@@ -80,23 +85,30 @@ def make_dataset(
     progress: Progress | None = None,
     chunk: int = 2000,
     neighbour_fraction: float = 0.0,
+    acquisition_range: AcquisitionRange | None = None,
 ) -> dict[str, np.ndarray]:
     """Generate ``n_samples`` training samples of ``n_frames`` frames through the tracking path.
 
     Chunks of ``chunk`` samples get independent child seeds of ``seed``
     (``numpy.random.SeedSequence``), so the result depends on ``chunk`` (fixed) but not on
     how the work is run. ``neighbour_fraction``: share of samples with a second particle
-    nearby (:func:`~napari_spt_diffusion.training.samples.make_samples`).
+    nearby (:func:`~napari_spt_diffusion.training.samples.make_samples`). With an
+    ``acquisition_range``, chunks hold :data:`RANGE_CHUNK` samples and each is simulated at
+    its own acquisition drawn from the range (pixel size and frame interval stay
+    ``acquisition``'s).
     """
     from .samples import make_samples  # numpy simulator + tracking path, no torch
 
+    if acquisition_range is not None:
+        chunk = RANGE_CHUNK
     children = np.random.SeedSequence(seed).spawn(math.ceil(n_samples / chunk))
     parts: list[dict[str, np.ndarray]] = []
     done = 0
     for child in children:
         n = min(chunk, n_samples - done)
         rng = np.random.default_rng(child)
-        parts.append(sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acquisition, seed=rng,
+        acq = acquisition if acquisition_range is None else acquisition_range.draw(rng, acquisition)
+        parts.append(sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acq, seed=rng,
                                                 neighbour_fraction=neighbour_fraction)))
         done += n
         if progress is not None:
@@ -113,6 +125,7 @@ def load_dataset(
     seed: int,
     progress: Progress | None = None,
     neighbour_fraction: float = 0.0,
+    acquisition_range: AcquisitionRange | None = None,
 ) -> dict[str, np.ndarray]:
     """Load a cached ``.npz`` dataset made with the same settings, or make and cache one.
 
@@ -129,6 +142,8 @@ def load_dataset(
     }
     if neighbour_fraction:
         meta["neighbour_fraction"] = float(neighbour_fraction)
+    if acquisition_range is not None:
+        meta["acquisition_range"] = acquisition_range.to_dict()
     if path is not None and Path(path).is_file():
         with np.load(path, allow_pickle=False) as z:
             stored = json.loads(str(z["meta"]))
@@ -137,7 +152,8 @@ def load_dataset(
                                     "delete it or pass another path")
             return {k: z[k] for k in z.files if k != "meta"}
     t0 = time.perf_counter()
-    data = make_dataset(model, n_samples, n_frames, acquisition, seed, progress, neighbour_fraction=neighbour_fraction)
+    data = make_dataset(model, n_samples, n_frames, acquisition, seed, progress, neighbour_fraction=neighbour_fraction,
+                        acquisition_range=acquisition_range)
     if path is not None:
         _write_cache(Path(path), data, meta, round(time.perf_counter() - t0, 2))
     return data

@@ -40,9 +40,11 @@ import numpy as np
 import torch
 
 from ..acquisition import Acquisition
+from ..estimation.checkpoint import CHECKPOINT_DIR, CheckpointError, available_models, load_checkpoint
 from ..estimation.estimator import EstimatorError, resolve_device
 from ..io._atomic import atomic_path, atomic_write_json
 from ..simulation.motion_models import get_motion_model
+from .acquisition_ranges import get_range
 from .card import (
     RunRecord,
     build_card,
@@ -198,8 +200,9 @@ class _Optimiser:
 
 def _start_run(config: TrainConfig, progress: Progress | None) -> _Run:
     """Check what the config cannot check by itself, prepare the device and the run folder."""
-    if config.init_state is not None and not Path(config.init_state).is_file():
-        raise TrainingError(f"init state {config.init_state} does not exist")
+    if (config.init_state is not None and not Path(config.init_state).is_file()
+            and config.init_state not in available_models()):
+        raise TrainingError(f"init state {config.init_state} does not exist (neither a file nor a bundled model)")
     try:
         device = resolve_device(config.device)
     except EstimatorError as exc:
@@ -224,12 +227,14 @@ def _datasets(run: _Run, train_data: Any, val_data: Any) -> tuple[dict[str, np.n
         train = sample_arrays(train_data)
     else:
         train = load_dataset(c.dataset_path, c.model, c.n_samples, c.n_frames, run.acquisition, c.seed,
-                             lambda f, m: run.report(0.1 * f, m), neighbour_fraction=c.neighbour_fraction)
+                             lambda f, m: run.report(0.1 * f, m), neighbour_fraction=c.neighbour_fraction,
+                             acquisition_range=get_range(c.acquisition_range))
     if val_data is not None:
         val = sample_arrays(val_data)
     else:
         val = load_dataset(val_path, c.model, c.val_samples, c.n_frames, run.acquisition, c.seed + 1,
-                           lambda f, m: run.report(0.1 + 0.02 * f, m), neighbour_fraction=c.neighbour_fraction)
+                           lambda f, m: run.report(0.1 + 0.02 * f, m), neighbour_fraction=c.neighbour_fraction,
+                           acquisition_range=get_range(c.acquisition_range))
     if train["patches"].shape[1] != c.n_frames:
         raise TrainingError(f"dataset tracks have {train['patches'].shape[1]} frames, expected {c.n_frames}")
     return train, val
@@ -253,8 +258,12 @@ def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: Mo
     had seen and its lineage.
     """
     p = Path(path)
+    if not p.is_file() and p.suffix == "" and p.name in available_models():
+        return _load_bundled_state(net, p.name, cfg)
     if not p.is_file():
         raise TrainingError(f"init state {p} does not exist")
+    if p.with_suffix(".json").is_file() and p.parent.resolve() == CHECKPOINT_DIR.resolve():
+        return _load_bundled_state(net, p.stem, cfg)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for files it cannot read
@@ -281,6 +290,26 @@ def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: Mo
         info["status_before"] = json.loads(status.read_text())
     info["lineage"] = lineage_of_run(p.parent)
     return info
+
+
+def _load_bundled_state(net: torch.nn.Module, name: str, cfg: ModelConfig) -> dict[str, Any]:
+    """Warm start from a bundled checkpoint (TorchScript, checksum verified): its weights, and
+    the lineage of its card, so the new card lists every stage behind the weights."""
+    try:
+        module, card = load_checkpoint(name)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from None
+    try:
+        stored = ModelConfig.from_dict(card.get("model_config") or {}).to_dict()
+    except (TypeError, ValueError):
+        stored = None
+    if stored != cfg.to_dict():
+        raise TrainingError(f"bundled model {name!r} has another model configuration; warm start needs the same "
+                            "size and kind")
+    net.load_state_dict(module.state_dict())
+    training = card.get("training", {})
+    return {"state": f"bundled checkpoint {name} (sha256 {card.get('sha256')})", "epoch_of_state": None,
+            "lineage": list(training.get("lineage", []))}
 
 
 def _optimiser(net: torch.nn.Module, config: TrainConfig, n_train: int) -> _Optimiser:

@@ -1,0 +1,128 @@
+"""Ranges of acquisitions that training data can be drawn from (models for any microscope).
+
+A model trained at one acquisition is biased at others (another PSF width, photon level or
+exposure). With an :class:`AcquisitionRange`, the training set is made in small chunks,
+each simulated with its own acquisition drawn from the range, so that one model learns
+every microscope in it. The model is not told the acquisition: it reads the PSF width,
+the brightness and the noise from its patches (they are normalised per track, so the
+camera's gain and offset do not matter), and the displacements carry the motion.
+
+Pixel size and frame interval stay those of the base acquisition: the model works in
+px^2/frame, converted with the movie's own pixel size and frame interval at inference.
+
+:data:`RANGES` names the ranges a ``TrainConfig`` can ask for (``acquisition_range``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..acquisition import Acquisition
+
+__all__ = ["AcquisitionRange", "RANGES", "get_range"]
+
+
+@dataclass(frozen=True)
+class AcquisitionRange:
+    """Bounds of the acquisitions training chunks are drawn from.
+
+    Attributes
+    ----------
+    psf_sigma_px
+        PSF sigma (px), drawn log-uniformly.
+    signal_photons
+        Signal photons per frame, drawn log-uniformly.
+    background_photons
+        Background photons per pixel per frame, drawn log-uniformly.
+    read_noise_e
+        Camera read noise (e- rms), drawn uniformly.
+    exposure_fraction
+        Exposed fraction of the frame, drawn uniformly (1: continuous exposure).
+    min_snr
+        Draws whose static spot would be below this signal-to-noise ratio (peak pixel over
+        the background noise) are drawn again: such particles are not tracked at all.
+    standard_share
+        Share of chunks simulated at the base acquisition itself, which keeps the accuracy
+        at the standard acquisition.
+    """
+
+    psf_sigma_px: tuple[float, float] = (0.6, 2.6)
+    signal_photons: tuple[float, float] = (150.0, 10_000.0)
+    background_photons: tuple[float, float] = (1.0, 1_000.0)
+    read_noise_e: tuple[float, float] = (0.0, 3.0)
+    exposure_fraction: tuple[float, float] = (0.3, 1.0)
+    min_snr: float = 4.0
+    standard_share: float = 0.2
+
+    def draw(self, rng: np.random.Generator, base: Acquisition) -> Acquisition:
+        """One acquisition of the range (or ``base`` with probability ``standard_share``)."""
+        if rng.uniform() < self.standard_share:
+            return base
+        for _ in range(1000):
+            sigma = _log_uniform(rng, self.psf_sigma_px)
+            photons = _log_uniform(rng, self.signal_photons)
+            background = _log_uniform(rng, self.background_photons)
+            read = float(rng.uniform(*self.read_noise_e))
+            exposure = float(rng.uniform(*self.exposure_fraction))
+            if static_snr(photons, background, sigma, read) >= self.min_snr:
+                break
+        return base.replace(
+            psf_sigma_nm=sigma * base.pixel_size_nm,
+            signal_photons=photons,
+            background_photons=background,
+            read_noise_e=read,
+            exposure_s=None if exposure >= 0.999 else exposure * base.frame_interval_s,
+        )
+
+    def card_ranges(self, base: Acquisition) -> dict[str, list[float]]:
+        """``training_ranges`` of a model card (physical units; the estimator's acquisition check)."""
+        return {
+            "psf_sigma_px": [float(v) for v in self.psf_sigma_px],
+            "signal_photons": [float(v) for v in self.signal_photons],
+            "background_photons": [float(v) for v in self.background_photons],
+            "exposure_fraction": [float(v) for v in self.exposure_fraction],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (dataset caches and model cards)."""
+        return {
+            "psf_sigma_px": list(self.psf_sigma_px),
+            "signal_photons": list(self.signal_photons),
+            "background_photons": list(self.background_photons),
+            "read_noise_e": list(self.read_noise_e),
+            "exposure_fraction": list(self.exposure_fraction),
+            "min_snr": self.min_snr,
+            "standard_share": self.standard_share,
+            "psf_shape": "gaussian (pixel-integrated)",
+            "camera": "Poisson + Gaussian read noise (no EMCCD excess noise)",
+        }
+
+
+def static_snr(photons: float, background: float, sigma_px: float, read_noise_e: float) -> float:
+    """Peak-pixel signal of a static pixel-integrated Gaussian spot over the background noise."""
+    sigma_a2 = sigma_px**2 + 1.0 / 12.0
+    peak = photons / (2.0 * math.pi * sigma_a2)
+    return peak / math.sqrt(background + read_noise_e**2)
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
+#: Named ranges: ``wide`` covers the microscopes of issue "Any microscope" with a Gaussian PSF.
+RANGES: dict[str, AcquisitionRange] = {"wide": AcquisitionRange()}
+
+
+def get_range(name: str | None) -> AcquisitionRange | None:
+    """The named range, or None for ``None`` (training at one acquisition)."""
+    if name is None:
+        return None
+    try:
+        return RANGES[name]
+    except KeyError:
+        raise KeyError(f"unknown acquisition range {name!r}; known: {', '.join(RANGES)}") from None

@@ -1,0 +1,48 @@
+"""Training over a range of acquisitions (models for any microscope)."""
+
+import numpy as np
+import pytest
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.training.acquisition_ranges import RANGES, AcquisitionRange, get_range, static_snr
+from napari_spt_diffusion.training.config import TrainConfig, TrainingError
+from napari_spt_diffusion.training.data import make_dataset
+
+
+def test_draws_cover_the_range_and_keep_pixel_size_and_frame_interval():
+    rng = np.random.default_rng(0)
+    wide = RANGES["wide"]
+    base = Acquisition()
+    draws = [wide.draw(rng, base) for _ in range(400)]
+    standard = sum(a == base for a in draws)
+    assert 40 <= standard <= 120  # standard_share 0.2
+    others = [a for a in draws if a != base]
+    sigma = np.array([a.psf_sigma_px for a in others])
+    photons = np.array([a.signal_photons for a in others])
+    assert sigma.min() >= 0.6 and sigma.max() <= 2.6 and sigma.max() > 2.0 and sigma.min() < 0.8
+    assert photons.min() >= 150 and photons.max() <= 10_000
+    assert all(a.pixel_size_nm == 100.0 and a.frame_interval_s == 0.01 for a in others)
+    assert all(static_snr(a.signal_photons, a.background_photons, a.psf_sigma_px, a.read_noise_e) >= wide.min_snr
+               for a in others)
+    fractions = np.array([a.exposure_time_s / a.frame_interval_s for a in others])
+    assert fractions.min() < 0.4 and fractions.max() > 0.95
+    assert wide.card_ranges(base)["psf_sigma_px"] == [0.6, 2.6]
+
+
+def test_dataset_chunks_use_their_own_acquisitions():
+    narrow = AcquisitionRange(psf_sigma_px=(2.0, 2.5), standard_share=0.0, background_photons=(1.0, 5.0))
+    data = make_dataset("aniso", 500, 8, Acquisition(), 3, acquisition_range=narrow)
+    assert data["patches"].shape == (500, 8, 11, 11)
+    # wide spots: the light spreads over the patch far more than at the standard 1 px
+    standard = make_dataset("aniso", 250, 8, Acquisition(), 3)
+    def spread(patches):
+        excess = patches - np.median(patches, axis=(-2, -1), keepdims=True)
+        return float(np.mean(excess[..., 5, 5] / np.maximum(excess.sum(axis=(-2, -1)), 1.0)))
+    assert spread(data["patches"]) < 0.8 * spread(standard["patches"])
+
+
+def test_config_names_a_known_range():
+    assert get_range(None) is None and get_range("wide") is RANGES["wide"]
+    TrainConfig(model="aniso", acquisition_range="wide")
+    with pytest.raises(TrainingError, match="acquisition_range"):
+        TrainConfig(model="aniso", acquisition_range="everything")
