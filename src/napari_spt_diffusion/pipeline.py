@@ -389,7 +389,6 @@ def track_and_estimate(
     bar.begin("estimate", f"estimating {tracks['track_id'].nunique()} tracks")
     chunks = _track_chunks(tracks, settings.chunk_localizations)
     classical: dict[int, dict[str, float]] = {}
-    fallback: dict[int, TrackEstimate] = {}
     estimates: list[TrackEstimate] = []
     for k in ("patches_s", "classical_s", "model_s"):
         timings[k] = 0.0
@@ -403,7 +402,6 @@ def track_and_estimate(
         bar.inner(base + 0.3 * width, f"classical estimators (part {i + 1}/{n_chunks})")
         t0 = time.perf_counter()
         classical.update(_classical_estimates(patches, acquisition))
-        fallback.update({tp.track_id: estimator.classical_estimate(tp, acquisition) for tp in patches})
         timings["classical_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         estimates += estimator.estimate(
@@ -424,7 +422,7 @@ def track_and_estimate(
         _warn(decision.reason)
         messages.append(decision.reason)
         if not settings.trust_model:
-            estimates = [_rejected(fallback[e.track_id]) if e.method == "model" else e for e in estimates]
+            estimates = [_rejected(e, classical[e.track_id]) if e.method == "model" else e for e in estimates]
 
     # 7, 8 - changepoints and tables
     bar.begin("tables", "changepoints and result tables")
@@ -493,9 +491,25 @@ def guard_model(
     return guard.decide(bias, acquisition_messages, model_name=estimator.model_name)
 
 
-def _rejected(fallback: TrackEstimate) -> TrackEstimate:
-    """A track's classical estimate standing in for a rejected model's, flagged ``model_rejected``."""
-    return dataclasses.replace(fallback, flags=(*fallback.flags, "model_rejected"))
+def _rejected(model: TrackEstimate, classical: Mapping[str, Any]) -> TrackEstimate:
+    """The CVE tensor of a track standing in for a rejected model's estimate.
+
+    The CVE needs nothing of the optics or the camera (blur and localization noise cancel),
+    so it is the estimate to trust where the model is not; the blur-moment estimator
+    would assume the Gaussian PSF of the acquisition. Flagged ``classical`` and
+    ``model_rejected`` (``clipped`` when the tensor was not positive definite).
+    """
+    n = len(model.frames)
+    d1, d2, theta = (float(classical[k]) for k in ("cve_D1_um2_s", "cve_D2_um2_s", "cve_theta_deg"))
+    flags = ["classical", "model_rejected"]
+    if classical.get("cve_clipped"):
+        flags.append("clipped")
+    flags += [f for f in model.flags if f == "gaps"]
+    return TrackEstimate(
+        track_id=model.track_id, frames=model.frames, D1_um2_s=np.full(n, d1), D2_um2_s=np.full(n, d2),
+        theta_deg=np.full(n, theta), track_D1_um2_s=d1, track_D2_um2_s=d2, track_theta_deg=theta,
+        method="classical", flags=tuple(flags), n_windows=0, pointwise=False,
+    )
 
 
 def _warn(message: str) -> None:
@@ -563,11 +577,16 @@ def _classical_estimates(patches: list[TrackPatches], acquisition: Acquisition) 
                     "D_cve_um2_s": float(d_cve[j]),
                     "D_cve_raw_px2": float(d_cve_px[j]),
                     "n_displacements": int(steps[j]),
+                    "cve_D1_um2_s": float(cve["D1_um2_s"][j]),
+                    "cve_D2_um2_s": float(cve["D2_um2_s"][j]),
+                    "cve_theta_deg": float(cve["theta_deg"][j]),
+                    "cve_clipped": bool(cve["clipped"][j]),
                 }
         else:
             for i in members:
                 out[patches[i].track_id] = {"D_msd_um2_s": nan, "alpha_msd": nan, "D_cve_um2_s": nan,
-                                            "D_cve_raw_px2": nan, "n_displacements": 0}
+                                            "D_cve_raw_px2": nan, "n_displacements": 0, "cve_D1_um2_s": nan,
+                                            "cve_D2_um2_s": nan, "cve_theta_deg": nan, "cve_clipped": True}
     return out
 
 
