@@ -6,7 +6,7 @@ import pytest
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.training.acquisition_ranges import RANGES, AcquisitionRange, get_range, static_snr
 from napari_spt_diffusion.training.config import TrainConfig, TrainingError
-from napari_spt_diffusion.training.data import make_dataset
+from napari_spt_diffusion.training.data import DataOptions, make_dataset
 
 
 def test_draws_cover_the_range_and_keep_pixel_size_and_frame_interval():
@@ -31,7 +31,7 @@ def test_draws_cover_the_range_and_keep_pixel_size_and_frame_interval():
 
 def test_dataset_chunks_use_their_own_acquisitions():
     narrow = AcquisitionRange(psf_sigma_px=(2.0, 2.5), standard_share=0.0, background_photons=(1.0, 5.0))
-    data = make_dataset("aniso", 500, 8, Acquisition(), 3, acquisition_range=narrow)
+    data = make_dataset("aniso", 500, 8, Acquisition(), 3, options=DataOptions(acquisition_range=narrow))
     assert data["patches"].shape == (500, 8, 11, 11)
     # wide spots: the light spreads over the patch far more than at the standard 1 px
     standard = make_dataset("aniso", 250, 8, Acquisition(), 3)

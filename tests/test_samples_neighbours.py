@@ -8,7 +8,7 @@ import pytest
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.simulation.trajectories import SimulationError, simulate_anisotropic
 from napari_spt_diffusion.training.config import TrainConfig, TrainingError
-from napari_spt_diffusion.training.data import load_dataset, make_dataset
+from napari_spt_diffusion.training.data import DataOptions, load_dataset, make_dataset
 from napari_spt_diffusion.training.samples import make_samples, samples_from_trajectories
 
 ACQ = Acquisition()
@@ -67,13 +67,13 @@ def test_bad_neighbour_settings_are_refused():
 
 
 def test_training_datasets_carry_the_neighbour_fraction(tmp_path):
-    crowded = make_dataset("aniso", 6, 4, ACQ, seed=12, neighbour_fraction=1.0)
+    crowded = make_dataset("aniso", 6, 4, ACQ, seed=12, options=DataOptions(neighbour_fraction=1.0))
     plain = make_dataset("aniso", 6, 4, ACQ, seed=12)
     assert crowded["patches"].shape == plain["patches"].shape
     assert crowded["patches"].sum() > plain["patches"].sum() + 6 * 4 * 0.3 * ACQ.signal_photons
     path = tmp_path / "set.npz"
-    load_dataset(path, "aniso", 6, 4, ACQ, 12, neighbour_fraction=1.0)
-    again = load_dataset(path, "aniso", 6, 4, ACQ, 12, neighbour_fraction=1.0)
+    load_dataset(path, "aniso", 6, 4, ACQ, 12, options=DataOptions(neighbour_fraction=1.0))
+    again = load_dataset(path, "aniso", 6, 4, ACQ, 12, options=DataOptions(neighbour_fraction=1.0))
     assert np.array_equal(again["patches"], crowded["patches"])
     with pytest.raises(TrainingError, match="other settings"):
         load_dataset(path, "aniso", 6, 4, ACQ, 12)

@@ -76,6 +76,23 @@ def sample_arrays(batch: Any) -> dict[str, np.ndarray]:
 RANGE_CHUNK = 250
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """What a training set varies beyond its motion model and size.
+
+    Attributes
+    ----------
+    neighbour_fraction
+        Share of samples with a second particle nearby
+        (:func:`~napari_spt_diffusion.training.samples.make_samples`).
+    acquisition_range
+        Draw each chunk's acquisition from this range (None: one acquisition).
+    """
+
+    neighbour_fraction: float = 0.0
+    acquisition_range: AcquisitionRange | None = None
+
+
 def make_dataset(
     model: str,
     n_samples: int,
@@ -84,21 +101,21 @@ def make_dataset(
     seed: int,
     progress: Progress | None = None,
     chunk: int = 2000,
-    neighbour_fraction: float = 0.0,
-    acquisition_range: AcquisitionRange | None = None,
+    options: DataOptions | None = None,
 ) -> dict[str, np.ndarray]:
     """Generate ``n_samples`` training samples of ``n_frames`` frames through the tracking path.
 
     Chunks of ``chunk`` samples get independent child seeds of ``seed``
     (``numpy.random.SeedSequence``), so the result depends on ``chunk`` (fixed) but not on
-    how the work is run. ``neighbour_fraction``: share of samples with a second particle
-    nearby (:func:`~napari_spt_diffusion.training.samples.make_samples`). With an
-    ``acquisition_range``, chunks hold :data:`RANGE_CHUNK` samples and each is simulated at
-    its own acquisition drawn from the range (pixel size and frame interval stay
-    ``acquisition``'s).
+    how the work is run. ``options`` (:class:`DataOptions`): crowded samples, and an
+    acquisition range, with which chunks hold :data:`RANGE_CHUNK` samples and each is
+    simulated at its own acquisition drawn from the range (pixel size and frame interval
+    stay ``acquisition``'s).
     """
     from .samples import make_samples  # numpy simulator + tracking path, no torch
 
+    options = options or DataOptions()
+    neighbour_fraction, acquisition_range = options.neighbour_fraction, options.acquisition_range
     if acquisition_range is not None:
         chunk = RANGE_CHUNK
     children = np.random.SeedSequence(seed).spawn(math.ceil(n_samples / chunk))
@@ -124,8 +141,7 @@ def load_dataset(
     acquisition: Acquisition,
     seed: int,
     progress: Progress | None = None,
-    neighbour_fraction: float = 0.0,
-    acquisition_range: AcquisitionRange | None = None,
+    options: DataOptions | None = None,
 ) -> dict[str, np.ndarray]:
     """Load a cached ``.npz`` dataset made with the same settings, or make and cache one.
 
@@ -140,10 +156,11 @@ def load_dataset(
         "seed": int(seed),
         "acquisition": acquisition.to_dict(),
     }
-    if neighbour_fraction:
-        meta["neighbour_fraction"] = float(neighbour_fraction)
-    if acquisition_range is not None:
-        meta["acquisition_range"] = acquisition_range.to_dict()
+    options = options or DataOptions()
+    if options.neighbour_fraction:
+        meta["neighbour_fraction"] = float(options.neighbour_fraction)
+    if options.acquisition_range is not None:
+        meta["acquisition_range"] = options.acquisition_range.to_dict()
     if path is not None and Path(path).is_file():
         with np.load(path, allow_pickle=False) as z:
             stored = json.loads(str(z["meta"]))
@@ -152,8 +169,7 @@ def load_dataset(
                                     "delete it or pass another path")
             return {k: z[k] for k in z.files if k != "meta"}
     t0 = time.perf_counter()
-    data = make_dataset(model, n_samples, n_frames, acquisition, seed, progress, neighbour_fraction=neighbour_fraction,
-                        acquisition_range=acquisition_range)
+    data = make_dataset(model, n_samples, n_frames, acquisition, seed, progress, options=options)
     if path is not None:
         _write_cache(Path(path), data, meta, round(time.perf_counter() - t0, 2))
     return data

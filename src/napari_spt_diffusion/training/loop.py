@@ -56,7 +56,7 @@ from .card import (
     write_run_record,
 )
 from .config import CONFIG_FILE_NAME, TrainConfig, TrainingError
-from .data import Progress, Split, augment, load_dataset, sample_arrays, targets_from_labels, to_split
+from .data import DataOptions, Progress, Split, augment, load_dataset, sample_arrays, targets_from_labels, to_split
 from .models import ModelConfig, NormalizedModel, build_model
 
 __all__ = [
@@ -219,6 +219,7 @@ def _start_run(config: TrainConfig, progress: Progress | None) -> _Run:
 def _datasets(run: _Run, train_data: Any, val_data: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Training and validation arrays: given, cached (``dataset_path``) or generated (seed, seed + 1)."""
     c = run.config
+    options = DataOptions(c.neighbour_fraction, get_range(c.acquisition_range))
     val_path = None
     if c.dataset_path is not None:
         dp = Path(c.dataset_path)
@@ -227,14 +228,12 @@ def _datasets(run: _Run, train_data: Any, val_data: Any) -> tuple[dict[str, np.n
         train = sample_arrays(train_data)
     else:
         train = load_dataset(c.dataset_path, c.model, c.n_samples, c.n_frames, run.acquisition, c.seed,
-                             lambda f, m: run.report(0.1 * f, m), neighbour_fraction=c.neighbour_fraction,
-                             acquisition_range=get_range(c.acquisition_range))
+                             lambda f, m: run.report(0.1 * f, m), options=options)
     if val_data is not None:
         val = sample_arrays(val_data)
     else:
         val = load_dataset(val_path, c.model, c.val_samples, c.n_frames, run.acquisition, c.seed + 1,
-                           lambda f, m: run.report(0.1 + 0.02 * f, m), neighbour_fraction=c.neighbour_fraction,
-                           acquisition_range=get_range(c.acquisition_range))
+                           lambda f, m: run.report(0.1 + 0.02 * f, m), options=options)
     if train["patches"].shape[1] != c.n_frames:
         raise TrainingError(f"dataset tracks have {train['patches'].shape[1]} frames, expected {c.n_frames}")
     return train, val
