@@ -1,7 +1,7 @@
 """Per-track image patches and displacements: the single input path of the estimators.
 
 Both inference (tracks found in a movie) and training-sample generation
-(``simulation/samples.py``) go through :func:`crop_patches`, so a model never sees
+(``training/samples.py``) go through :func:`crop_patches`, so a model never sees
 patches made differently from the ones it was trained on:
 
 * each patch is ``P x P`` pixels centred on the integer pixel nearest the *localized*
