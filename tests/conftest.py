@@ -24,7 +24,7 @@ from napari_spt_diffusion.acquisition import Acquisition
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, str]]:
     """Remembered parameters go to a temporary folder; notifications are recorded as ``(level, message)``.
 
-    ``level`` is ``"error"`` (the one sentence a user reads) or ``"info"``.
+    ``level`` is ``"error"`` (the one sentence a user reads), ``"warning"`` or ``"info"``.
     """
     from napari_spt_diffusion._napari import _dialogs
 
@@ -32,6 +32,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str
     messages: list[tuple[str, str]] = []
     monkeypatch.setattr(_dialogs, "notify_error", lambda m: messages.append(("error", _dialogs.one_sentence(m))))
     monkeypatch.setattr(_dialogs, "notify_info", lambda m: messages.append(("info", str(m))))
+    monkeypatch.setattr(_dialogs, "notify_warning", lambda m: messages.append(("warning", str(m))))
     return messages
 
 

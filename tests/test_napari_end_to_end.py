@@ -152,3 +152,37 @@ def test_end_to_end_bundled_binding_model(viewer_widget, qtbot, sample, _isolate
     _run_and_wait(widget, qtbot)
     assert not [m for level, m in _isolated if level == "error"], _isolated
     _check_results_layers(viewer, widget, sample)
+
+
+def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_rejected(
+        make_napari_viewer_proxy, qtbot, _isolated):
+    """A movie from the independent renderer (Airy PSF, sCMOS camera of unknown gain and
+    offset), opened as a plain image: the widget measures the acquisition, shows it in the
+    fields, and warns that the guard reported the classical values."""
+    from napari_spt_diffusion.validation.foreign_renderer import (
+        ForeignCamera,
+        ForeignMotion,
+        ForeignOptics,
+        ForeignScene,
+        render_foreign_movie,
+    )
+
+    scene = ForeignScene(shape_yx=(96, 96), n_frames=40, n_particles=14, photons=3000.0, background=600.0)
+    truth = render_foreign_movie(scene, ForeignOptics(na=0.8, wavelength_nm=640.0), ForeignCamera(),
+                                 ForeignMotion(kind="free"), 4201)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(truth.movie, name="foreign", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
+                     units=("s", "um", "um"))
+    widget = TrackEstimateWidget(viewer)
+    widget.device_combo.value = "cpu"
+    widget.min_length.value = 10
+    _run_and_wait(widget, qtbot)
+    res = widget.results
+    measured = res.meta["acquisition_measured"]
+    assert measured["psf_sigma_nm"]["value"] == pytest.approx(truth.acquisition["psf_sigma_equivalent_nm"], rel=0.05)
+    assert widget.acq_boxes["psf_sigma_nm"].value == pytest.approx(measured["psf_sigma_nm"]["value"], rel=1e-3)
+    assert widget.acq_source.value.startswith("measured from the movie")
+    assert res.meta["guard"]["rejected"]
+    assert set(res.summary["method"]) == {"classical"}
+    assert any(level == "warning" and ("biased" in m or "outside" in m) for level, m in _isolated)
+    assert "model rejected" in widget.status.value

@@ -96,6 +96,8 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
         memory_frames=int(values["memory_frames"]),
         min_track_length=int(values["min_track_length"]),
         split_encounters=bool(values.get("split_encounters", True)),
+        trust_model=bool(values.get("trust_model", False)),
+        measure=tuple(values.get("measure", ())),
     )
 
 
@@ -134,6 +136,10 @@ class TrackEstimateWidget(Container):
             for name, (label, suffix, lo, hi, step, dec) in ACQUISITION_FIELDS.items()
         }
         self.acq_source = Label(name="acq_source", label="calibration", value="")
+        self.measure_box = CheckBox(name="measure_acquisition", text="measure camera and PSF from the movie",
+                                    value=True)
+        self.measure_box.tooltip = ("Measure camera gain and offset, background, PSF width and signal from the movie "
+                                    "wherever the file does not store them; the fields then show the measured values")
         self.model_combo = ComboBox(name="model", label="motion model", choices=list(MODEL_CHOICES), value="aniso")
         self.checkpoint = FileEdit(name="checkpoint", label="model file", mode="r", filter="*.pt", visible=False)
         self.checkpoint.tooltip = "A checkpoint made by `spt-diffusion train` (its .json model card must lie beside it)"
@@ -147,6 +153,9 @@ class TrackEstimateWidget(Container):
         self.split_box = CheckBox(name="split_encounters", text="cut tracks where particles meet", value=True)
         self.split_box.tooltip = ("Cut a track where another particle came close enough that the two may have swapped "
                                   "identities: shorter tracks, each holding one particle")
+        self.trust_box = CheckBox(name="trust_model", text="report the model even if the guard rejects it", value=False)
+        self.trust_box.tooltip = ("The guard compares the model with the classical estimate over all tracks; when the "
+                                  "model is biased on this movie the classical values are reported unless this is on")
         self.preview_button = PushButton(name="preview", text="Preview detections (current frame)")
         self.run_button = PushButton(name="run", text="Run Track && Estimate")
         self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
@@ -159,6 +168,7 @@ class TrackEstimateWidget(Container):
                 self.layer_combo,
                 *self.acq_boxes.values(),
                 self.acq_source,
+                self.measure_box,
                 self.model_combo,
                 self.checkpoint,
                 self.device_combo,
@@ -167,6 +177,7 @@ class TrackEstimateWidget(Container):
                 self.memory,
                 self.min_length,
                 self.split_box,
+                self.trust_box,
                 self.preview_button,
                 self.run_button,
                 self.cancel_button,
@@ -215,12 +226,14 @@ class TrackEstimateWidget(Container):
             self.memory,
             self.min_length,
             self.split_box,
+            self.measure_box,
         ]
 
     def values(self) -> dict[str, Any]:
         """The widget's parameters (JSON-serialisable)."""
         values = {w.name: w.value for w in self._persisted_widgets()}
         values["checkpoint"] = str(values["checkpoint"]) if values["checkpoint"] else ""
+        values["trust_model"] = bool(self.trust_box.value)  # never persisted: each run opts in again
         return values
 
     def _load_settings(self) -> None:
@@ -307,7 +320,7 @@ class TrackEstimateWidget(Container):
             return self.worker
         try:
             layer, movie, acq = self._inputs()
-            settings = pipeline_settings(self.values())
+            settings = pipeline_settings({**self.values(), "measure": self._fields_to_measure(layer)})
         except Exception as exc:
             _dialogs.notify_error(exc)
             return None
@@ -333,6 +346,33 @@ class TrackEstimateWidget(Container):
         worker.start()
         return worker
 
+    def _fields_to_measure(self, layer: Any) -> tuple[str, ...]:
+        """Calibrated fields the layer does not store (none when the box is off)."""
+        from ..calibration import CALIBRATED_FIELDS
+
+        if not self.measure_box.value:
+            return ()
+        known, _ = acquisition_values_from_layer(layer)
+        return tuple(name for name in CALIBRATED_FIELDS if name not in known)
+
+    def _show_measured(self, results: Any) -> None:
+        """Fill the fields with the measured acquisition and say so; warn when the guard rejected the model."""
+        meta = results.meta or {}
+        measured = meta.get("acquisition_measured") or {}
+        used = results.acquisition
+        shown = []
+        for name, box in self.acq_boxes.items():
+            entry = measured.get(name)
+            if isinstance(entry, dict) and entry.get("value") is not None and used is not None:
+                box.value = float(getattr(used, name))
+                shown.append(f"{ACQUISITION_FIELDS[name][0]} {entry['value']:.4g} ± {entry['uncertainty']:.2g}"
+                             f"{ACQUISITION_FIELDS[name][1]}")
+        if shown:
+            self.acq_source.value = "measured from the movie: " + "; ".join(shown)
+        guard = meta.get("guard") or {}
+        if guard.get("rejected"):
+            _dialogs.notify_warning(guard.get("reason", "the model was rejected"))
+
     def cancel(self, *args: Any) -> None:
         """Ask the running pipeline to stop at its next check."""
         if self.worker is not None:
@@ -347,7 +387,8 @@ class TrackEstimateWidget(Container):
 
     def _on_returned(self, results: Any) -> None:
         self.results = results
-        self.acquisition = self._run_acquisition
+        # the acquisition the run used: measured values where the movie was calibrated
+        self.acquisition = results.acquisition or self._run_acquisition
         layer = self._run_layer
         geometry = (
             LayerGeometry.from_layer(layer)
@@ -358,9 +399,12 @@ class TrackEstimateWidget(Container):
             self.display, _ = show_results(self.viewer, results, self.acquisition, geometry, prefix=f"{layer.name} ")
         except Exception as exc:
             _dialogs.notify_error(f"Could not show the results: {_dialogs.one_sentence(exc)}")
+        self._show_measured(results)
         self.progress.value = 1000
         n = results.n_tracks
-        self.status.value = f"done: {n} tracks, {len(results.tracks)} localizations"
+        guard = (results.meta or {}).get("guard") or {}
+        rejected = " (model rejected by the guard: classical values)" if not guard.get("model_reported", True) else ""
+        self.status.value = f"done: {n} tracks, {len(results.tracks)} localizations{rejected}"
         self.export_button.enabled = True
 
     def _on_errored(self, exc: BaseException) -> None:
