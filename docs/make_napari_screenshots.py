@@ -4,8 +4,10 @@
 
 Writes docs/screenshot_results.png (the sample movie with Track & Estimate results:
 tracks coloured by D1, tensor ellipses, changepoints, the results dock with timeline,
-histogram and table) and docs/screenshot_simulator.png (the simulator widget with its
-live preview). When the pipeline cannot run (no bundled models yet), pass
+histogram and table), docs/screenshot_simulator.png (the simulator widget with its
+live preview) and docs/screenshot_foreign.png (a movie from the independent foreign-optics
+renderer opened as a plain image: the widget's measured acquisition and the guard's warning).
+When the pipeline cannot run (no bundled models yet), pass
 ``--truth`` to show the simulated ground truth through the same layers instead.
 """
 
@@ -122,19 +124,55 @@ def simulator_screenshot(out: Path, seed: int) -> None:
     viewer.close()
 
 
+def foreign_screenshot(out: Path) -> None:
+    """A foreign-optics movie (NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user would."""
+    import napari
+
+    from napari_spt_diffusion._napari import _dialogs
+    from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
+    from napari_spt_diffusion.validation.foreign_renderer import foreign_case, render_foreign_movie
+
+    case = foreign_case("free_wide")
+    truth = render_foreign_movie(case["scene"], case["optics"], case["camera"], case["motion"], case["seed"])
+    viewer = napari.Viewer(title="napari-spt-diffusion: a movie from another microscope")
+    viewer.window._qt_window.resize(1900, 1150)
+    viewer.add_image(truth.movie, name="foreign NA 0.8", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
+                     units=("s", "um", "um"))
+    widget = TrackEstimateWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Track & Estimate", area="right")
+    widget.device_combo.value = "cpu"
+    warnings_seen: list[str] = []
+    notify = _dialogs.notify_warning
+    _dialogs.notify_warning = lambda m: (warnings_seen.append(m), notify(m))
+    widget.run()
+    while widget.worker is not None:
+        _settle(viewer, 0.5)
+    viewer.dims.set_current_step(0, 60)
+    viewer.reset_view()
+    _settle(viewer, 2.0)
+    viewer.screenshot(str(out), canvas_only=False)
+    print(f"wrote {out}; warnings: {warnings_seen}")
+    viewer.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--truth", action="store_true", help="show the simulated truth instead of running the pipeline")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out-dir", type=Path, default=DOCS)
+    parser.add_argument("--only", choices=("results", "simulator", "foreign"), help="take one screenshot only")
     args = parser.parse_args(argv)
     import os
     import tempfile
 
     # the widgets' remembered parameters must not leak into (or come from) the user's
     os.environ["NAPARI_SPT_DIFFUSION_CONFIG_DIR"] = tempfile.mkdtemp(prefix="spt-screens-")
-    results_screenshot(args.out_dir / "screenshot_results.png", args.truth, args.seed)
-    simulator_screenshot(args.out_dir / "screenshot_simulator.png", args.seed)
+    if args.only in (None, "results"):
+        results_screenshot(args.out_dir / "screenshot_results.png", args.truth, args.seed)
+    if args.only in (None, "simulator"):
+        simulator_screenshot(args.out_dir / "screenshot_simulator.png", args.seed)
+    if args.only in (None, "foreign"):
+        foreign_screenshot(args.out_dir / "screenshot_foreign.png")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,9 @@ class ResultsWidget(QWidget):
         res = display.results
         n_cp = int(res.summary["n_changepoints"].sum()) if len(res.summary) else 0
         model = res.meta.get("model") or ", ".join(sorted(set(res.summary["model"].astype(str)))) or "?"
+        guard = res.meta.get("guard") or {}
+        if not guard.get("model_reported", True):
+            model = f"{model}, rejected by the guard: classical values shown"
         self.info.setText(
             f"{display.prefix}{res.n_tracks} tracks, {len(res.tracks)} localizations, {n_cp} changepoints "
             f"(model: {model})"

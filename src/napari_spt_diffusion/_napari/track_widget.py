@@ -187,6 +187,7 @@ class TrackEstimateWidget(Container):
             ]
         )
         self.status.native.setWordWrap(True)
+        self.acq_source.native.setWordWrap(True)
         self._load_settings()
 
         self.layer_combo.changed.connect(self._on_layer_changed)
@@ -368,7 +369,7 @@ class TrackEstimateWidget(Container):
                 shown.append(f"{ACQUISITION_FIELDS[name][0]} {entry['value']:.4g} ± {entry['uncertainty']:.2g}"
                              f"{ACQUISITION_FIELDS[name][1]}")
         if shown:
-            self.acq_source.value = "measured from the movie: " + "; ".join(shown)
+            self.acq_source.value = "measured from the movie:\n" + "\n".join(shown)
         guard = meta.get("guard") or {}
         if guard.get("rejected"):
             _dialogs.notify_warning(guard.get("reason", "the model was rejected"))
