@@ -247,6 +247,10 @@ def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,
 
 
 # ------------------------------------------------------------------------------------ tool run
+#: Options added to every ``track`` call (``--model PATH`` of the benchmark; empty: the defaults).
+TRACK_EXTRA_ARGS: list[str] = []
+
+
 def spt_command() -> list[str]:
     """The installed ``spt-diffusion`` next to this interpreter, else ``python -m napari_spt_diffusion.cli``."""
     script = Path(sys.executable).with_name("spt-diffusion")
@@ -255,8 +259,9 @@ def spt_command() -> list[str]:
 
 def run_tool(movie_path: Path, prefix: Path, attempts: int = 3, wait_s: float = 120.0,
              timeout_s: float = 900.0) -> dict[str, Any]:
-    """``spt-diffusion track MOVIE --out PREFIX`` with defaults; retried when the package fails to import."""
-    cmd = [*spt_command(), "track", str(movie_path), "--out", str(prefix)]
+    """``spt-diffusion track MOVIE --out PREFIX`` with defaults (plus ``--model`` when the
+    benchmark was given one); retried when the package fails to import."""
+    cmd = [*spt_command(), "track", str(movie_path), "--out", str(prefix), *TRACK_EXTRA_ARGS]
     for attempt in range(attempts):
         t0 = time.perf_counter()
         try:
@@ -619,7 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default=",".join(FOREIGN_CASES), help="comma-separated cases")
     ap.add_argument("--out", type=Path, default=None,
                     help="report path (default benchmarks/reports/foreign[_quick].md)")
+    ap.add_argument("--model", default=None,
+                    help="model name or checkpoint for track (default: track's default, the bundled aniso model)")
     args = ap.parse_args(argv)
+    if args.model is not None:
+        TRACK_EXTRA_ARGS[:] = ["--model", args.model]
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in names if c not in FOREIGN_CASES]
     if unknown:
