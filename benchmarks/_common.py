@@ -13,6 +13,8 @@ model (tracking, simulator, classical) stay free of it.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import math
 import os
 import platform
 import shlex
@@ -31,6 +33,7 @@ from napari_spt_diffusion.estimation import blur_moments as B
 from napari_spt_diffusion.estimation import classical as C
 from napari_spt_diffusion.estimation.changepoints import single_changepoint
 from napari_spt_diffusion.estimation.tensor import mean_tensor, theta_from_sin_cos_2theta
+from napari_spt_diffusion.io._atomic import atomic_write_text
 from napari_spt_diffusion.metrics import (
     angle_similarity_axial,
     angle_similarity_published,
@@ -124,15 +127,36 @@ def report_path(name: str, quick: bool) -> Path:
 
 
 def write_report(path: str | os.PathLike[str], text: str | Sequence[str]) -> Path:
-    """Write a report (text or lines) through a temporary file, so a report is never half written."""
+    """Write a report (text or lines) atomically (the package's one atomic writer), so a report
+    is never half written."""
     path = Path(path)
     if not isinstance(text, str):
         text = "\n".join(text)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path
+
+
+def json_clean(x: Any) -> Any:
+    """JSON-ready copy: numpy scalars and arrays as Python ones, NaN and infinities as null."""
+    if isinstance(x, dict):
+        return {str(k): json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_clean(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write a report's figures as strict JSON (:func:`json_clean`; other objects as text), atomically."""
+    return write_report(path, json.dumps(json_clean(data), indent=1, default=str, allow_nan=False))
 
 
 # ---------------------------------------------------------------------------- test sets

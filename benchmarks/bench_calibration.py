@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 import sys
 import time
@@ -68,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import command_line, load_average, report_header, report_path, write_report
+from _common import command_line, load_average, report_header, report_path, write_json, write_report
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.calibration import calibrate_movie
 from napari_spt_diffusion.simulation import simulate_movie
@@ -477,23 +476,6 @@ def build_report(results: list[dict[str, Any]], args: argparse.Namespace, comman
     return lines
 
 
-def _clean(x: Any) -> Any:
-    """JSON-ready: numpy scalars as Python numbers, NaN and infinities as null."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    return x
-
-
 def select(cells: list[Cell], spec: str | None, quick: bool) -> list[Cell]:
     """Cells named by ``spec`` (names or fnmatch patterns, comma-separated); default all, or the quick three."""
     if spec is None:
@@ -533,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(out, lines)
     js = {"protocol": PROTOCOL, "version": VERSION, "command": command, "quick": args.quick, "n_frames": n_frames,
           "targets": TARGETS, "emccd_camera": EMCCD, "total_s": total, "header": lines[:5], "results": results}
-    out.with_suffix(".json").write_text(json.dumps(_clean(js), indent=1, allow_nan=False) + "\n")
+    write_json(out.with_suffix(".json"), js)
     print(f"wrote {out} and {out.with_suffix('.json')} ({total:.0f} s)")
     return 0
 

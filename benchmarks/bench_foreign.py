@@ -75,6 +75,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from _common import report_header, write_json, write_report
 from napari_spt_diffusion.validation.foreign_renderer import (
     FOREIGN_CASES,
     AiryPSF,
@@ -83,15 +84,7 @@ from napari_spt_diffusion.validation.foreign_renderer import (
     write_imagej_tiff,
 )
 
-try:  # the shared report helpers, when benchmarks/_common.py imports cleanly
-    from _common import report_header as _common_header
-    from _common import write_report as _common_write
-except Exception:  # any import failure: the local helpers below
-    _common_header = None
-    _common_write = None
-
 BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 PROTOCOL = "foreign optics"
 PROTOCOL_VERSION = 1
 MATCH_RADIUS_PX = 1.5
@@ -101,48 +94,6 @@ RECOVERED_SHARE = 0.8
 TRACKPY_DIAMETER = 7
 TRACKPY_MEMORY = 2
 MIN_TRACK_LENGTH = 5
-
-
-# ------------------------------------------------------------------------------------ header
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit} (with uncommitted changes)" if dirty else commit
-
-
-def _local_header(title: str, protocol: str, command: str) -> list[str]:
-    """Fallback header (same content as ``_common.report_header``) when ``_common`` is absent."""
-    import datetime as _dt
-    import platform
-
-    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    return [f"# {title}", "", f"- Protocol: {protocol}", f"- Command: `{command}`",
-            f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, "
-            f"{os.cpu_count()} CPU cores (shared with other jobs), Python {platform.python_version()}, "
-            f"numpy {np.__version__}; git commit {_git_commit()}; load average at the start {load}."]
-
-
-def header(title: str, protocol: str, command: str) -> list[str]:
-    if _common_header is not None:
-        try:
-            return list(_common_header(title, protocol, command))
-        except Exception:
-            pass
-    return _local_header(title, protocol, command)
-
-
-def write_text(path: Path, lines: list[str]) -> None:
-    text = "\n".join(lines) + "\n"
-    if _common_write is not None:
-        _common_write(path, text)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
 
 
 # ------------------------------------------------------------------------------------ matching
@@ -639,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol = (f"{PROTOCOL}, version {PROTOCOL_VERSION} (docs/protocols.md); seeds {seeds}; "
                 + ("QUICK smoke run: 96 x 96 px, 40 frames, 12 particles" if args.quick
                    else "128 x 128 px, 120 frames, 24 particles per movie"))
-    head = header("Foreign optics: end to end on movies from an independent renderer", protocol, command)
+    head = report_header("Foreign optics: end to end on movies from an independent renderer", protocol, command)
     t_start = time.perf_counter()
     tmp = None
     if args.keep is not None:
@@ -682,33 +633,12 @@ def main(argv: list[str] | None = None) -> int:
               "97 x 97 px window is given per case."]
     for r in results:
         lines += case_lines(r)
-    write_text(out, lines)
+    write_report(out, lines)
     js = {"protocol": PROTOCOL, "version": PROTOCOL_VERSION, "command": command, "quick": args.quick,
           "seed_offset": args.seed_offset, "total_s": total, "header": head, "results": results}
-    out.with_suffix(".json").write_text(json.dumps(_clean(js), indent=1, default=_json_default, allow_nan=False) + "\n")
+    write_json(out.with_suffix(".json"), js)
     print(f"wrote {out} and {out.with_suffix('.json')} ({total:.0f} s)")
     return 0
-
-
-def _clean(x: Any) -> Any:
-    """NaN and infinities as null, so the JSON is strict."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import REPO, command_line, fmt, report_header, report_path, run_model, seed_test_set, write_report
+from _common import (
+    REPO,
+    command_line,
+    fmt,
+    report_header,
+    report_path,
+    run_model,
+    seed_test_set,
+    write_json,
+    write_report,
+)
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import guard
 from napari_spt_diffusion.estimation.checkpoint import describe_training, load_checkpoint, read_card
@@ -415,21 +425,6 @@ def rates_overview(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def _clean(x: Any) -> Any:
-    """NaN and infinities as null, numpy scalars as Python ones, so the JSON is strict."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -512,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
           "sizes": sizes, "subset_seed": SUBSET_SEED, "classes": {"unbiased_within": UNBIASED, "biased_beyond": BIASED},
           "targets": {"false_alarms_max": TARGET_FALSE_ALARMS, "detection_min": TARGET_DETECTION},
           "models": results}
-    out.with_suffix(".json").write_text(json.dumps(_clean(js), indent=1, allow_nan=False) + "\n")
+    write_json(out.with_suffix(".json"), js)
     print(f"wrote {out} and {out.with_suffix('.json')} ({total:.0f} s)")
     return 0
 

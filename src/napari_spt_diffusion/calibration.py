@@ -31,6 +31,7 @@ user gave are never replaced (:meth:`Calibration.apply`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
 from .tracking.localize import localize_arrays
 
-__all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "CALIBRATED_FIELDS"]
+__all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "fields_to_measure", "CALIBRATED_FIELDS"]
 
 #: The PSF shape is called Gaussian or Airy only when one profile's squared residuals are this
 #: many times smaller than the other's (on the grid, wrong verdicts had ratios 0.82-1.41).
@@ -60,6 +61,13 @@ MASK_MARGIN_PX = 4.0
 _BOOTSTRAP = 200
 #: Read-noise range (e-) over which an unmeasured read noise moves the gain.
 _READ_NOISE_RANGE_E = (0.0, 3.0)
+
+
+def fields_to_measure(known: Iterable[str]) -> tuple[str, ...]:
+    """The :data:`CALIBRATED_FIELDS` not in ``known`` (the fields the user or the file gave),
+    in their fixed order: what the command line and the widget measure from a movie."""
+    known = set(known)
+    return tuple(name for name in CALIBRATED_FIELDS if name not in known)
 
 
 class CalibrationError(SptDiffusionError, ValueError):

@@ -355,11 +355,11 @@ def _fields_to_measure(args: argparse.Namespace, movie: Any, given: dict[str, An
 
     A movie written by this package stores its whole acquisition: nothing is measured then.
     """
-    from .calibration import CALIBRATED_FIELDS
+    from .calibration import fields_to_measure
 
     if not args.calibrate or movie.acquisition_dict:
         return ()
-    return tuple(name for name in CALIBRATED_FIELDS if name not in given)
+    return fields_to_measure(given)
 
 
 def _track_settings(args: argparse.Namespace) -> Any:

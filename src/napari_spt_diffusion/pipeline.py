@@ -478,15 +478,12 @@ def guard_model(
     :func:`_classical_estimates`) over the whole population (:mod:`~.estimation.guard`);
     ``loc_var_px2`` the mean squared localization precision (px^2) of each track.
     """
-    rows = [
-        (0.5 * (e.track_D1_um2_s + e.track_D2_um2_s), classical[e.track_id])
-        for e in estimates if e.method == "model" and e.track_id in classical
-    ]
-    d_model = acquisition.diffusion_to_px2_per_frame(np.array([r[0] for r in rows], dtype=float))
-    d_cve = np.array([r[1]["D_cve_raw_px2"] for r in rows], dtype=float)
-    ids = [e.track_id for e in estimates if e.method == "model" and e.track_id in classical]
-    loc_var = np.array([loc_var_px2.get(i, np.nan) for i in ids], dtype=float)
-    n_disp = np.array([r[1]["n_displacements"] for r in rows], dtype=float)
+    used = [e for e in estimates if e.method == "model" and e.track_id in classical]
+    d_model = acquisition.diffusion_to_px2_per_frame(
+        np.array([0.5 * (e.track_D1_um2_s + e.track_D2_um2_s) for e in used], dtype=float))
+    d_cve = np.array([classical[e.track_id]["D_cve_raw_px2"] for e in used], dtype=float)
+    loc_var = np.array([loc_var_px2.get(e.track_id, np.nan) for e in used], dtype=float)
+    n_disp = np.array([classical[e.track_id]["n_displacements"] for e in used], dtype=float)
     bias = guard.population_ratio(d_model, d_cve, loc_var, n_disp, blur=acquisition.blur_coefficient)
     return guard.decide(bias, acquisition_messages, model_name=estimator.model_name)
 

@@ -349,12 +349,12 @@ class TrackEstimateWidget(Container):
 
     def _fields_to_measure(self, layer: Any) -> tuple[str, ...]:
         """Calibrated fields the layer does not store (none when the box is off)."""
-        from ..calibration import CALIBRATED_FIELDS
+        from ..calibration import fields_to_measure
 
         if not self.measure_box.value:
             return ()
         known, _ = acquisition_values_from_layer(layer)
-        return tuple(name for name in CALIBRATED_FIELDS if name not in known)
+        return fields_to_measure(known)
 
     def _show_measured(self, results: Any) -> None:
         """Fill the fields with the measured acquisition and say so; warn when the guard rejected the model."""

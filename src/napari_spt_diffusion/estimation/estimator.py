@@ -425,7 +425,7 @@ class Estimator:
         accumulators: dict[int, _Accumulator] = {}
         for i, tp in enumerate(tracks):
             if tp.n_frames < self.min_frames:
-                results[i] = self.classical_estimate(tp, acquisition)
+                results[i] = self._classical(tp, acquisition)
             else:
                 accumulators[i] = _Accumulator(tp.n_frames, self.pointwise)
         items = [
@@ -580,10 +580,7 @@ class Estimator:
             pointwise=self.pointwise,
         )
 
-    def classical_estimate(self, tp: TrackPatches, acquisition: Acquisition) -> TrackEstimate:
-        """The classical estimate of one track (CVE and blur moments, :func:`~.blur_moments.combined_tensor`),
-        flagged ``classical``: used for tracks shorter than the model's minimum and where the
-        guard rejects the model."""
+    def _classical(self, tp: TrackPatches, acquisition: Acquisition) -> TrackEstimate:
         n = tp.n_frames
         flags = ["classical"]
         if n < 3:

@@ -35,6 +35,7 @@ from .localize import (
     spot_score,
 )
 from .streak_models import (
+    Emitters,
     emitters_of,
     fit_model,
     neighbour_light_of,
@@ -261,6 +262,40 @@ def _emitter_snr(photons: np.ndarray, background: np.ndarray, sigma: np.ndarray,
     return photons / np.sqrt(np.maximum(noise, 1e-12))
 
 
+def _windows_around(
+    frame: np.ndarray, points_yx: np.ndarray, half: int, read_var: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit windows of half-width ``half`` around the pixels nearest ``points_yx`` ``(K, 2)``.
+
+    Returns the window centres ``(K, 2)`` int (clipped into the frame), the data ``(K, W*W)``
+    (photons plus the read variance, clipped at 0), the mask of pixels inside the frame
+    ``(K, W*W)`` float and the pixel offsets ``(W,)``.
+    """
+    height, width = frame.shape
+    centres = np.rint(points_yx).astype(np.int64)
+    centres[:, 0] = np.clip(centres[:, 0], 0, height - 1)
+    centres[:, 1] = np.clip(centres[:, 1], 0, width - 1)
+    windows, valid, offsets = gather_windows(frame, centres, half)
+    k = len(centres)
+    data = np.clip(windows + read_var, 0.0, None).reshape(k, -1)
+    return centres, data, valid.reshape(k, -1).astype(np.float64), offsets
+
+
+def _light_sources(
+    positions: np.ndarray,
+    photons: np.ndarray,
+    widths: np.ndarray,
+    shapes: tuple[np.ndarray, np.ndarray],
+    rows: np.ndarray,
+) -> Emitters:
+    """Point sources of the light of table rows ``rows``: ``positions`` ``(K, 2)``, ``photons``
+    and ``widths`` ``(K,)`` cover the whole table; ``shapes`` = ``(kind, segment)`` of those rows
+    only. The sources' ``owner`` is a table row."""
+    kind, segment = shapes
+    emitters = emitters_of(positions[rows], photons[rows], widths[rows], kind, segment)
+    return emitters._replace(owner=rows[emitters.owner])
+
+
 def resolve_overlaps(
     frame_photons: np.ndarray,
     fitted: dict[str, np.ndarray],
@@ -354,21 +389,15 @@ def _merge_streak_pairs(
     first, second = rows[pairs[:, 0]], rows[pairs[:, 1]]
     photons = table["photons"]
     m = len(first)
-    height, width = frame.shape
     whalf = half + int(math.ceil(MERGE_MAX_DISTANCE_PX / 2.0))
     n1, n2 = np.maximum(photons[first], 1.0), np.maximum(photons[second], 1.0)
     w1 = (n1 / (n1 + n2))[:, None]
     middle = w1 * positions[first] + (1.0 - w1) * positions[second]  # photon-weighted centre
-    centres = np.rint(middle).astype(np.int64)
-    centres[:, 0] = np.clip(centres[:, 0], 0, height - 1)
-    centres[:, 1] = np.clip(centres[:, 1], 0, width - 1)
-    windows, valid, offsets = gather_windows(frame, centres, whalf)
-    data = np.clip(windows + read_var, 0.0, None).reshape(m, -1)
-    mask = valid.reshape(m, -1).astype(np.float64)
+    centres, data, mask, offsets = _windows_around(frame, middle, whalf, read_var)
     # the other spots' light (round fits) is known
     zeros = np.zeros(len(rows), dtype=np.int64)
-    emitters = emitters_of(positions[rows], photons[rows], table["sigma_px"][rows], zeros, np.zeros((len(rows), 2)))
-    emitters = emitters._replace(owner=rows[emitters.owner])
+    emitters = _light_sources(positions, table["photons"], table["sigma_px"], (zeros, np.zeros((len(rows), 2))),
+                              rows)
     extra = read_var + neighbour_light_of(centres, first, emitters, offsets, 3.0 * whalf, second_index=second)
     r1, r2 = positions[first] - centres, positions[second] - centres
     b0 = 0.5 * (table["background"][first] + table["background"][second])
@@ -575,19 +604,12 @@ def _test_spots(
     limits = ctx.limits
     read_var, sigma_lo, sigma_hi = limits.read_var, limits.sigma_lo, limits.sigma_hi
     table, kind, segment, streak_width = state.table, state.kind, state.segment, state.streak_width
-    height, width = frame.shape
-    centres = np.rint(positions[tested]).astype(np.int64)
-    centres[:, 0] = np.clip(centres[:, 0], 0, height - 1)
-    centres[:, 1] = np.clip(centres[:, 1], 0, width - 1)
-    windows, valid, offsets = gather_windows(frame, centres, half)
+    centres, data, mask, offsets = _windows_around(frame, positions[tested], half, read_var)
     t = len(tested)
-    data = np.clip(windows + read_var, 0.0, None).reshape(t, -1)
-    mask = valid.reshape(t, -1).astype(np.float64)
     # the other spots' light (round fits, merged streaks as segments) is known
     others = np.flatnonzero(finite)
     widths = np.where(np.isfinite(streak_width), streak_width, table["sigma_px"])
-    emitters = emitters_of(positions[others], table["photons"][others], widths[others], kind[others], segment[others])
-    emitters = emitters._replace(owner=others[emitters.owner])
+    emitters = _light_sources(positions, table["photons"], widths, (kind[others], segment[others]), others)
     light = neighbour_light_of(centres, tested, emitters, offsets, 3.0 * half)
     extra = read_var + light
     rel = positions[tested] - centres
@@ -736,20 +758,10 @@ def _refit_neighbours(ctx: FitContext, state: SpotState) -> None:
     targets = targets[np.array([len(h) > 0 for h in near], dtype=bool)]
     if targets.size == 0:
         return
-    height, width = frame.shape
-    centres = np.rint(positions[targets]).astype(np.int64)
-    centres[:, 0] = np.clip(centres[:, 0], 0, height - 1)
-    centres[:, 1] = np.clip(centres[:, 1], 0, width - 1)
-    windows, valid, offsets = gather_windows(frame, centres, half)
-    t = len(targets)
-    data = np.clip(windows + read_var, 0.0, None).reshape(t, -1)
-    mask = valid.reshape(t, -1).astype(np.float64)
+    centres, data, mask, offsets = _windows_around(frame, positions[targets], half, read_var)
     sources = np.flatnonzero(finite)
     widths = np.where(np.isfinite(streak_width), streak_width, out["sigma_px"])
-    emitters = emitters_of(
-        positions[sources], out["photons"][sources], widths[sources], kind[sources], segment[sources]
-    )
-    emitters = emitters._replace(owner=sources[emitters.owner])
+    emitters = _light_sources(positions, out["photons"], widths, (kind[sources], segment[sources]), sources)
     light = neighbour_light_of(centres, targets, emitters, offsets, 3.0 * half)
     start = np.column_stack([positions[targets] - centres, np.maximum(out["photons"][targets], 1.0),
                              out["background"][targets], np.clip(out["sigma_px"][targets], sigma_lo, sigma_hi)])
