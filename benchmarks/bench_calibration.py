@@ -422,7 +422,8 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
     if wrong:
         ev = [r["shape_evidence"] for r in results if r["cell"] in wrong and r.get("shape_evidence") is not None]
         out.append(f"PSF shape wrong on {len(wrong)} cells ({', '.join(wrong)}); their evidence ratios lie in "
-                   f"{min(ev):.2f}-{max(ev):.2f} (the verdict has no 'unknown' band around 1).")
+                   f"{min(ev):.2f}-{max(ev):.2f} (a verdict of 'unknown', given when neither profile fits "
+                   "1.5 x better, counts as wrong).")
     for g in GROUPS[:3]:
         sel = [r for r in results if r["group"] == g and "scores" in r]
         for f in ("psf_sigma_nm", "signal_photons"):
