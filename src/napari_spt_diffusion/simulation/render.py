@@ -19,6 +19,7 @@ from scipy.special import erf  # exact erf for scalar figures; images use fast_e
 from scipy.stats import poisson as _poisson_dist
 
 from ..acquisition import Acquisition
+from .optics import IDEAL_OPTICS, RenderOptics
 from .trajectories import SimulationError
 
 __all__ = [
@@ -83,6 +84,7 @@ def expected_photons(
     window_shape: tuple[int, int],
     acquisition: Acquisition,
     photons_per_frame: Any = None,
+    optics: RenderOptics | None = None,
 ) -> np.ndarray:
     """Expected signal photons per pixel of a moving particle's frame (no background, no noise).
 
@@ -101,6 +103,9 @@ def expected_photons(
     photons_per_frame
         Photons detected per frame, a number or an array broadcastable to the leading
         shape ``(...)``; ``None``: ``acquisition.signal_photons``.
+    optics
+        PSF shape (ellipticity, Airy-like halo; :class:`~.optics.RenderOptics`); ``None``:
+        the round Gaussian of sigma ``acquisition.psf_sigma_px``.
 
     Returns
     -------
@@ -122,14 +127,32 @@ def expected_photons(
     )
     flat = pos.reshape(-1, s, 2)
     per_sub = (photons.reshape(-1) / np.float32(s)).astype(np.float32)
-    out = np.empty((flat.shape[0], h, w), dtype=np.float32)
-    scale = np.float32(1.0 / (math.sqrt(2.0) * acquisition.psf_sigma_px))
+    out = np.zeros((flat.shape[0], h, w), dtype=np.float32)
+    components = (optics or IDEAL_OPTICS).components(acquisition.psf_sigma_px)
+    part = np.empty_like(out) if len(components) > 1 else out
+    for weight, sigma_y, sigma_x in components:
+        _gaussian_windows(flat, per_sub * np.float32(weight), (sigma_y, sigma_x), part)
+        if part is not out:
+            out += part
+    return out.reshape(*lead, h, w)
+
+
+def _gaussian_windows(
+    flat_px: np.ndarray, per_sub: np.ndarray, sigma_yx_px: tuple[float, float], out: np.ndarray
+) -> None:
+    """Write into ``out`` ``(n, H, W)`` the photons of an axis-aligned Gaussian PSF.
+
+    ``flat_px`` ``(n, S, 2)`` sub-positions; ``per_sub`` ``(n,)`` photons per sub-position.
+    """
+    n, h, w = out.shape
+    s = flat_px.shape[1]
+    scale = np.array([1.0 / (math.sqrt(2.0) * v) for v in sigma_yx_px], dtype=np.float32)  # (2,): y, x
     e = max(h, w) + 1
-    edges = (np.arange(e, dtype=np.float32) - np.float32(0.5)) * scale  # pixel edges / (sqrt(2) sigma)
-    for a in range(0, flat.shape[0], _RENDER_BLOCK_FRAMES):
-        b = min(a + _RENDER_BLOCK_FRAMES, flat.shape[0])
-        p = (flat[a:b] * scale).astype(np.float32).transpose(0, 2, 1)  # (n, 2, S): y then x
-        cum = fast_erf(edges - p[..., None])  # (n, 2, S, E)
+    edges = (np.arange(e, dtype=np.float32) - np.float32(0.5))[None, :] * scale[:, None]  # (2, E)
+    for a in range(0, n, _RENDER_BLOCK_FRAMES):
+        b = min(a + _RENDER_BLOCK_FRAMES, n)
+        p = (flat_px[a:b] * scale).astype(np.float32).transpose(0, 2, 1)  # (n, 2, S): y then x
+        cum = fast_erf(edges[None, :, None, :] - p[..., None])  # (n, 2, S, E)
         frac = cum[..., 1:] - cum[..., :-1]  # (n, 2, S, E - 1): twice the pixel fractions
         # (n, H, S) y-fractions times the photons per sub-position, contiguous for matmul
         fy_t = np.multiply(
@@ -138,7 +161,6 @@ def expected_photons(
             out=np.empty((b - a, h, s), dtype=np.float32),
         )
         np.matmul(fy_t, frac[:, 1, :, :w], out=out[a:b])
-    return out.reshape(*lead, h, w)
 
 
 def render_windows(
@@ -147,6 +169,7 @@ def render_windows(
     window_size: int,
     acquisition: Acquisition,
     photons_per_frame: Any = None,
+    optics: RenderOptics | None = None,
 ) -> np.ndarray:
     """Expected photons in square windows placed on the image grid.
 
@@ -158,6 +181,8 @@ def render_windows(
         ``(..., 2)`` integer image pixel of each window's top-left pixel.
     window_size
         Side ``P`` of the windows (pixels).
+    photons_per_frame, optics
+        As in :func:`expected_photons`.
 
     Returns
     -------
@@ -168,7 +193,7 @@ def render_windows(
     if origin.shape != pos.shape[:-2] + (2,):
         raise SimulationError(f"window_origin_px must have shape {pos.shape[:-2] + (2,)}, got {origin.shape}")
     rel = pos - origin[..., None, :].astype(float)
-    return expected_photons(rel, (window_size, window_size), acquisition, photons_per_frame)
+    return expected_photons(rel, (window_size, window_size), acquisition, photons_per_frame, optics)
 
 
 # ---------------------------------------------------------------- camera noise
@@ -440,6 +465,7 @@ def camera_image(
     rng: np.random.Generator,
     *,
     background_photons: Any = None,
+    optics: RenderOptics | None = None,
 ) -> np.ndarray:
     """Noisy camera frames (uint16 ADU) from expected signal photons.
 
@@ -455,6 +481,9 @@ def camera_image(
     background_photons
         Overrides ``acquisition.background_photons`` (a number, or an array broadcastable
         to the input for a non-uniform background).
+    optics
+        With ``optics.em_gain > 1`` the camera is an EMCCD (see :mod:`.optics`): the
+        Poisson counts pass a gamma-distributed gain register before the read noise.
 
     Returns
     -------
@@ -475,6 +504,8 @@ def camera_image(
     bg_arr = np.asarray(bg, dtype=np.float64)
     if not np.isfinite(bg_arr).all() or (bg_arr < 0).any():
         raise SimulationError("background photons must be finite and non-negative")
+    if optics is not None and optics.em_gain > 1:
+        return _emccd_image(lam, bg_arr, acquisition, rng, optics.em_gain)
     flat = lam.reshape(-1)
     out = np.empty(flat.shape, dtype=np.uint16)
     tables = _CameraTables.get(acquisition, float(bg_arr)) if bg_arr.ndim == 0 else None
@@ -490,6 +521,17 @@ def camera_image(
             bg_block = bg_arr[a:b] if bg_arr.ndim else bg_arr
             out[a:b] = photons_to_adu(sample_poisson(flat[a:b], rng, bg_block), acquisition, rng)
     return out.reshape(lam.shape)
+
+
+def _emccd_image(
+    signal: np.ndarray, background: np.ndarray, acquisition: Acquisition, rng: np.random.Generator, em_gain: float
+) -> np.ndarray:
+    """EMCCD frames: ``Gamma(Poisson(signal + background), em_gain) / em_gain`` electrons, then read-out."""
+    counts = sample_poisson(signal, rng, background)
+    electrons = np.zeros_like(counts)
+    hit = counts > 0
+    electrons[hit] = rng.gamma(counts[hit].astype(np.float64), em_gain) / em_gain
+    return photons_to_adu(electrons, acquisition, rng)
 
 
 def camera_image_from_counts(signal_counts: Any, acquisition: Acquisition, rng: np.random.Generator) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..acquisition import Acquisition
+from ..simulation.optics import IDEAL_OPTICS, RenderOptics
 
 __all__ = ["AcquisitionRange", "RANGES", "get_range"]
 
@@ -48,6 +49,14 @@ class AcquisitionRange:
     standard_share
         Share of chunks simulated at the base acquisition itself, which keeps the accuracy
         at the standard acquisition.
+    axis_ratio
+        PSF sigma y/x of the other chunks, drawn log-uniformly (``(1, 1)``: round PSFs).
+    halo_share, halo_fraction, halo_scale
+        Share of the other chunks rendered with an Airy-like halo, the share of photons
+        in it (uniform) and its width over the core's (uniform); see
+        :mod:`napari_spt_diffusion.simulation.optics`.
+    emccd_share, em_gain
+        Share of the other chunks recorded by an EMCCD (excess noise factor 2) and its gain.
     """
 
     psf_sigma_px: tuple[float, float] = (0.6, 2.6)
@@ -57,6 +66,33 @@ class AcquisitionRange:
     exposure_fraction: tuple[float, float] = (0.3, 1.0)
     min_snr: float = 4.0
     standard_share: float = 0.2
+    axis_ratio: tuple[float, float] = (1.0, 1.0)
+    halo_share: float = 0.0
+    halo_fraction: tuple[float, float] = (0.05, 0.25)
+    halo_scale: tuple[float, float] = (2.0, 4.0)
+    emccd_share: float = 0.0
+    em_gain: float = 100.0
+
+    @property
+    def varies_optics(self) -> bool:
+        """Whether chunks get PSF shapes or cameras other than the ideal ones."""
+        return self.axis_ratio != (1.0, 1.0) or self.halo_share > 0 or self.emccd_share > 0
+
+    def draw_optics(self, rng: np.random.Generator) -> RenderOptics:
+        """PSF shape and camera of one chunk (no draw at all when the range varies neither)."""
+        if not self.varies_optics:
+            return IDEAL_OPTICS
+        ratio = _log_uniform(rng, self.axis_ratio)
+        halo = rng.uniform() < self.halo_share
+        fraction = float(rng.uniform(*self.halo_fraction))
+        scale = float(rng.uniform(*self.halo_scale))
+        emccd = rng.uniform() < self.emccd_share
+        return RenderOptics(
+            axis_ratio=ratio,
+            halo_fraction=fraction if halo else 0.0,
+            halo_scale=scale,
+            em_gain=self.em_gain if emccd else 1.0,
+        )
 
     def draw(self, rng: np.random.Generator, base: Acquisition) -> Acquisition:
         """One acquisition of the range (or ``base`` with probability ``standard_share``)."""
@@ -97,9 +133,27 @@ class AcquisitionRange:
             "exposure_fraction": list(self.exposure_fraction),
             "min_snr": self.min_snr,
             "standard_share": self.standard_share,
-            "psf_shape": "gaussian (pixel-integrated)",
-            "camera": "Poisson + Gaussian read noise (no EMCCD excess noise)",
+            "psf_shape": self._shape_text(),
+            "camera": self._camera_text(),
         }
+
+    def _shape_text(self) -> str:
+        if not self.varies_optics or (self.axis_ratio == (1.0, 1.0) and self.halo_share <= 0):
+            return "gaussian (pixel-integrated)"
+        return (
+            f"pixel-integrated gaussian, sigma y/x log-uniform in [{self.axis_ratio[0]}, {self.axis_ratio[1]}]; "
+            f"in {self.halo_share:.0%} of chunks an Airy-like halo (a second gaussian holding "
+            f"{self.halo_fraction[0]}-{self.halo_fraction[1]} of the photons at {self.halo_scale[0]}-"
+            f"{self.halo_scale[1]} x the core sigma)"
+        )
+
+    def _camera_text(self) -> str:
+        if self.emccd_share <= 0:
+            return "Poisson + Gaussian read noise (no EMCCD excess noise)"
+        return (
+            f"Poisson + Gaussian read noise; in {self.emccd_share:.0%} of chunks an EMCCD "
+            f"(gamma gain register, gain {self.em_gain:g}, excess noise factor 2)"
+        )
 
 
 def static_snr(photons: float, background: float, sigma_px: float, read_noise_e: float) -> float:
@@ -114,8 +168,13 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
-#: Named ranges: ``wide`` covers the microscopes of issue "Any microscope" with a Gaussian PSF.
-RANGES: dict[str, AcquisitionRange] = {"wide": AcquisitionRange()}
+#: Named ranges: ``wide`` covers the acquisitions of issue "Any microscope" with a round
+#: Gaussian PSF and an sCMOS camera; ``wide_optics`` adds slightly elliptical PSFs,
+#: Airy-like halos and EMCCD cameras.
+RANGES: dict[str, AcquisitionRange] = {
+    "wide": AcquisitionRange(),
+    "wide_optics": AcquisitionRange(axis_ratio=(1.0, 1.3), halo_share=0.5, emccd_share=0.25),
+}
 
 
 def get_range(name: str | None) -> AcquisitionRange | None:

@@ -112,7 +112,7 @@ def make_dataset(
     simulated at its own acquisition drawn from the range (pixel size and frame interval
     stay ``acquisition``'s).
     """
-    from .samples import make_samples  # numpy simulator + tracking path, no torch
+    from .samples import SampleSettings, make_samples  # numpy simulator + tracking path, no torch
 
     options = options or DataOptions()
     neighbour_fraction, acquisition_range = options.neighbour_fraction, options.acquisition_range
@@ -125,8 +125,11 @@ def make_dataset(
         n = min(chunk, n_samples - done)
         rng = np.random.default_rng(child)
         acq = acquisition if acquisition_range is None else acquisition_range.draw(rng, acquisition)
+        settings = None
+        if acquisition_range is not None and acq is not acquisition and acquisition_range.varies_optics:
+            settings = SampleSettings(optics=acquisition_range.draw_optics(rng))
         parts.append(sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acq, seed=rng,
-                                                neighbour_fraction=neighbour_fraction)))
+                                                settings=settings, neighbour_fraction=neighbour_fraction)))
         done += n
         if progress is not None:
             progress(done / n_samples, f"generated {done}/{n_samples} {model} samples")

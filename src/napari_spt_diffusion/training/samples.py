@@ -54,6 +54,7 @@ import pandas as pd
 from ..acquisition import Acquisition
 from ..io._atomic import atomic_path
 from ..simulation.motion_models import get_motion_model
+from ..simulation.optics import RenderOptics
 from ..simulation.render import camera_image, render_windows
 from ..simulation.trajectories import SimulationError, Trajectories, as_generator
 from ..tracking.detect import DetectionSettings
@@ -187,12 +188,17 @@ class SampleSettings:
     match_radius_px
         A localization farther than this from the true position (px) does not count as
         the particle's.
+    optics
+        PSF shape and camera kind beyond the acquisition (ellipticity, Airy-like halo,
+        EMCCD excess noise; :class:`~napari_spt_diffusion.simulation.optics.RenderOptics`);
+        ``None``: round Gaussian PSF, sCMOS/CCD camera.
     """
 
     patch_size: int = 11
     window_size: int | None = None
     detection: DetectionSettings | None = None
     match_radius_px: float = 3.0
+    optics: RenderOptics | None = None
 
 
 _SPOT_FIELDS = ("y_px", "x_px", "photons", "background", "loc_precision_nm", "fit_ok")
@@ -351,14 +357,17 @@ def samples_from_trajectories(
     for a in range(0, k_total, _MAX_TILES_PER_MOSAIC):
         b = min(a + _MAX_TILES_PER_MOSAIC, k_total)
         expected = render_windows(
-            sub_flat[a:b], flat_origin[a:b], window, acq, None if photons_flat is None else photons_flat[a:b]
+            sub_flat[a:b], flat_origin[a:b], window, acq, None if photons_flat is None else photons_flat[a:b],
+            settings.optics,
         )
         if neighbour_of is not None:
             rows = neighbour_of[a:b]
             has = np.flatnonzero(rows >= 0)
             if len(has):
-                expected[has] += render_windows(neighbour_sub[rows[has]], flat_origin[a:b][has], window, acq)
-        windows_adu = camera_image(expected, acq, gen)  # (K, W, W) uint16
+                expected[has] += render_windows(
+                    neighbour_sub[rows[has]], flat_origin[a:b][has], window, acq, None, settings.optics
+                )
+        windows_adu = camera_image(expected, acq, gen, optics=settings.optics)  # (K, W, W) uint16
         mosaic, cols = _windows_mosaic(windows_adu)
         table, found = _tile_spots(mosaic, flat_true[a:b] - flat_origin[a:b], window, cols, acq, settings)
         tiles = np.arange(b - a)
