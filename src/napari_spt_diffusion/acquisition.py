@@ -54,7 +54,8 @@ class Acquisition:
     gain_adu_per_e
         Camera gain (ADU per photo-electron).
     offset_adu
-        Camera offset added to every pixel (ADU).
+        Camera offset added to every pixel (ADU); negative for signed movies whose
+        background was shifted below zero (e.g. background-subtracted ``int16`` data).
     """
 
     pixel_size_nm: float = 100.0
@@ -82,11 +83,12 @@ class Acquisition:
             "signal_photons": self.signal_photons,
             "background_photons": self.background_photons,
             "read_noise_e": self.read_noise_e,
-            "offset_adu": self.offset_adu,
         }
         for name, value in non_negative.items():
             if not _is_finite_number(value) or value < 0:
                 raise AcquisitionError(f"{name} must be a non-negative number, got {value!r}")
+        if not _is_finite_number(self.offset_adu):
+            raise AcquisitionError(f"offset_adu must be a number, got {self.offset_adu!r}")
         if (
             isinstance(self.substeps_per_frame, bool)
             or int(self.substeps_per_frame) != self.substeps_per_frame

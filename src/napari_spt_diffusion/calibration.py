@@ -132,9 +132,12 @@ class Calibration:
 
     def apply(self, acquisition: Acquisition, given: set[str] | frozenset[str] = frozenset()) -> Acquisition:
         """``acquisition`` with every measured value the user did not give (``given``)."""
+        # an offset may be 0 or negative (offset-subtracted or shifted data), a background 0
+        lowest = {"offset_adu": -math.inf, "background_photons": 0.0}
         changes = {
             key: m.value for key, m in self.values.items()
-            if key not in given and math.isfinite(m.value) and m.value > 0
+            if key not in given and math.isfinite(m.value)
+            and (m.value >= lowest[key] if key in lowest else m.value > 0)
         }
         return acquisition.replace(**changes) if changes else acquisition
 
@@ -363,7 +366,7 @@ def calibrate_movie(
         raise CalibrationError("calibration needs a (T, Y, X) movie of at least 2 frames")
     n_total = int(shape[0])
     chosen = np.unique(np.linspace(0, n_total - 1, min(int(max_frames), n_total)).round().astype(int))
-    frames = np.stack([check_frame(movie[int(t)]).astype(np.float64) for t in chosen])
+    frames = np.stack([check_frame(movie[int(t)], index=int(t)).astype(np.float64) for t in chosen])
     notes: list[str] = []
     values: dict[str, Measured] = {}
 
@@ -407,11 +410,9 @@ def calibrate_movie(
         bounds = [_camera_from_tiles(tiles, r) for r in _READ_NOISE_RANGE_E]
         read_spread = np.nanmax(np.abs(np.array(bounds) - np.array([gain, offset, background])), axis=0) / math.sqrt(3)
         total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
-        if math.isfinite(offset) and offset < 0:
-            if offset < -0.5:
-                notes.append(f"the measured camera offset ({offset:.0f} ADU) is negative: the movie may be "
-                             "background-subtracted or scaled; offset set to 0 ADU (give --offset-adu if it is known)")
-            offset = 0.0
+        if math.isfinite(offset) and offset < -0.5:
+            notes.append(f"the measured camera offset ({offset:.0f} ADU) is negative: the movie may be "
+                         "background-subtracted or shifted; give --offset-adu if the offset is known")
         if math.isfinite(gain) and gain > 0:
             camera_known = True
             method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import notices, plausibility
 from .acquisition import Acquisition
 from .calibration import CALIBRATED_FIELDS, calibrate_movie
 from .estimation import changepoints as cp
@@ -319,6 +319,10 @@ def track_and_estimate(
     timings: dict[str, float] = {}
     messages: list[str] = []
     measured = None
+    # units, NaN frames and the camera scale before any work (plausibility.py)
+    plausibility.check_units(acquisition)
+    sample = plausibility.sample_frames(movie)
+    plausibility.check_scaled_float(sample, plausibility.movie_dtype(movie), acquisition, settings.measure)
     bar.begin("calibrate", "measuring the camera and the PSF from the movie")
     if settings.measure:
         # the acquisition the user and the file did not give, measured from the frames
@@ -330,6 +334,12 @@ def track_and_estimate(
             _warn(note)
         messages += list(measured.notes)
         timings["calibrate_s"] = time.perf_counter() - t0
+    origins = {name: "measured" for name in settings.measure}
+    plausibility.check_units(acquisition, origins)
+    plausibility.check_offset(sample, acquisition, origins)
+    particles_from_light = plausibility.particles_per_frame(sample, acquisition)
+    del sample
+    messages += notices.warn_all(plausibility.acquisition_warnings(acquisition, origins))
     bar.end()
 
     # 0 - model first, so a bad model name or device fails before the long part
@@ -353,6 +363,7 @@ def track_and_estimate(
         locs["nearest_other_px"] = nearest_other_px(locs["frame"].to_numpy(), locs["y_px"].to_numpy(),
                                                     locs["x_px"].to_numpy())
     timings["detect_localize_s"] = time.perf_counter() - t0
+    messages += notices.warn_all(plausibility.localization_warnings(locs, acquisition))
     if len(locs) == 0:
         raise NoParticlesFound(
             f"no particles were found in the {shape[0]} frames of the movie; lower the detection threshold "
@@ -362,20 +373,20 @@ def track_and_estimate(
     # 2 - linking
     bar.begin("link", f"linking {len(locs)} localizations")
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its messages are kept in LinkResult.messages
-        linked = link(
-            locs,
-            acquisition,
-            max_D_um2_s=settings.max_D_um2_s,
-            memory_frames=settings.memory_frames,
-            min_track_length=settings.min_track_length,
-            search_range_px=settings.search_range_px,
-            split_encounters=settings.split_encounters,
-            encounter_rules=EncounterRules(llr_threshold=settings.encounter_llr_threshold),
-        )
+    linked = link(  # its trouble (trackpy's crowded groups) is warned as it happens, and kept in messages
+        locs,
+        acquisition,
+        max_D_um2_s=settings.max_D_um2_s,
+        memory_frames=settings.memory_frames,
+        min_track_length=settings.min_track_length,
+        search_range_px=settings.search_range_px,
+        split_encounters=settings.split_encounters,
+        encounter_rules=EncounterRules(llr_threshold=settings.encounter_llr_threshold),
+    )
     messages += list(linked.messages)
     tracks = linked.tracks[~linked.tracks["is_short"]].reset_index(drop=True)
+    messages += notices.warn_all(plausibility.linking_warnings(len(locs), len(tracks), shape, linked.search_range_px,
+                                                        settings.min_track_length, particles_from_light))
     timings["link_s"] = time.perf_counter() - t0
     bar.end()
     if len(tracks) == 0:
@@ -431,6 +442,7 @@ def track_and_estimate(
     if mode == "auto":
         mode = "auto" if estimator.pointwise else "none"
     tracks_table, summary = _tables(tracks, estimates, classical, acquisition, estimator, settings, mode)
+    messages += notices.warn_all(plausibility.estimate_warnings(summary))
     timings["tables_s"] = time.perf_counter() - t0
     bar.report(1.0, "done")
     bar.end()
@@ -510,8 +522,8 @@ def _rejected(model: TrackEstimate, classical: Mapping[str, Any]) -> TrackEstima
 
 
 def _warn(message: str) -> None:
-    """Issue a library warning the CLI prints and the widget shows."""
-    warnings.warn(message, UserWarning, stacklevel=3)
+    """Issue a library warning (:mod:`~.notices`) the CLI prints at once and the widget shows."""
+    notices.warn(message, stacklevel=4)
 
 
 def _check_movie(movie: Any) -> tuple[int, int, int]:

@@ -201,6 +201,18 @@ def _line_operator_products(length: int, psf_sigma_px: float) -> tuple[np.ndarra
     return (a1 * a1).sum(axis=1), (a1 * a2).sum(axis=1), (a2 * a2).sum(axis=1)
 
 
+def _interior_operator_products(psf_sigma_px: float) -> tuple[float, float, float]:
+    """The row sums of ``A1*A1``, ``A1*A2`` and ``A2*A2`` away from the ends of a line: sums of
+    products of the two 1-D Gaussian kernels (memory O(kernel radius), whatever the line)."""
+    sigma1, sigma2 = dog_sigmas_px(psf_sigma_px)
+    radius = int(_TRUNCATE * sigma2 + 0.5)  # scipy's kernel radius of the wider Gaussian
+    impulse = np.zeros(2 * radius + 1)
+    impulse[radius] = 1.0
+    k1 = ndimage.gaussian_filter1d(impulse, sigma1, mode="constant", truncate=_TRUNCATE)
+    k2 = ndimage.gaussian_filter1d(impulse, sigma2, mode="constant", truncate=_TRUNCATE)
+    return float(k1 @ k1), float(k1 @ k2), float(k2 @ k2)
+
+
 @lru_cache(maxsize=8)
 def border_noise_gain(shape: tuple[int, int], psf_sigma_px: float) -> np.ndarray:
     """Standard deviation of the DoG of white noise at every pixel, relative to the interior.
@@ -216,10 +228,8 @@ def border_noise_gain(shape: tuple[int, int], psf_sigma_px: float) -> np.ndarray
     ys = _line_operator_products(height, psf_sigma_px)
     xs = _line_operator_products(width, psf_sigma_px)
     variance = np.outer(ys[0], xs[0]) - 2 * np.outer(ys[1], xs[1]) + np.outer(ys[2], xs[2])
-    radius2 = int(_TRUNCATE * dog_sigmas_px(psf_sigma_px)[1] + 0.5)  # scipy's kernel radius
-    reference_line = _line_operator_products(4 * radius2 + 3, psf_sigma_px)
-    centre = 2 * radius2 + 1
-    interior = reference_line[0][centre] ** 2 - 2 * reference_line[1][centre] ** 2 + reference_line[2][centre] ** 2
+    a11, a12, a22 = _interior_operator_products(psf_sigma_px)
+    interior = a11**2 - 2 * a12**2 + a22**2
     gain = np.sqrt(np.clip(variance, 0.0, None) / interior).astype(np.float32)
     gain.setflags(write=False)
     return gain
@@ -237,19 +247,23 @@ def _noise_floor(frame_photons: np.ndarray, acquisition: Acquisition, psf_sigma_
     return _dog_kernel_l2(psf_sigma_px) * max(0.1 * expected_std, 1e-3)
 
 
-def check_frame(frame: Any) -> np.ndarray:
+def check_frame(frame: Any, index: int | None = None) -> np.ndarray:
     """Return ``frame`` as a 2-D numeric array or raise :class:`TrackingInputError`.
 
     NaN or infinite pixels are refused (detection thresholds and fits would be
     meaningless); an empty (zero-size) frame is allowed and has no detections.
+    ``index`` (the frame's number in the movie, from 0) is named in the messages.
     """
     array = np.asarray(frame)
+    which = "a frame" if index is None else f"frame {index}"
     if array.ndim != 2:
-        raise TrackingInputError(f"a frame must be a 2-D (Y, X) array, got shape {array.shape}")
+        raise TrackingInputError(f"{which} must be a 2-D (Y, X) array, got shape {array.shape}")
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TrackingInputError(f"a frame must hold real numbers, got dtype {array.dtype}")
+        raise TrackingInputError(f"{which} must hold real numbers, got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise TrackingInputError("the frame contains NaN or infinite pixels; replace them before tracking")
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        where = "the frame" if index is None else f"frame {index} (counted from 0)"
+        raise TrackingInputError(f"{where} contains {bad} NaN or infinite pixel(s); replace them before tracking")
     return array
 
 

@@ -221,7 +221,7 @@ def detect_and_localize(
         if should_stop is not None and should_stop():
             stopped = True
             break
-        frame = check_frame(movie[t])
+        frame = check_frame(movie[t], index=int(t))
         found = find_spots(acquisition.adu_to_photons(frame), acquisition, settings, overlaps=overlaps,
                            **localize_options)
         n_split += found.n_split
