@@ -8,7 +8,9 @@
    close enough that their identities may have been swapped (``Settings.split_encounters``,
    :mod:`~.tracking.encounters`); tracks (pieces) shorter than ``min_track_length``
    localizations are left out of the results;
-3. per-track 11 x 11 patches and displacements (the models' input path);
+3. per-track 11 x 11 patches and displacements (the models' input path); steps 3-8 are
+   :func:`~.estimation_stage.estimate_stage`, shared with tracks imported from other tools
+   (:mod:`~.estimate_tracks`);
 4. classical estimators per track: MSD ``D`` and ``alpha`` (optimal number of points)
    and the CVE ``D`` (``D_msd_um2_s``, ``alpha_msd``, ``D_cve_um2_s``);
 5. the learned model (:class:`~.estimation.estimator.Estimator`): per-frame estimates
@@ -45,21 +47,26 @@ import pandas as pd
 
 from . import notices, plausibility
 from .acquisition import Acquisition
-from .calibration import CALIBRATED_FIELDS, calibrate_movie
+from .calibration import CALIBRATED_FIELDS
 from .estimation import changepoints as cp
-from .estimation import guard
-from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular_positions
-from .estimation.confirmation import DEFAULT_CONFIRM_ALPHA, confirm_changepoints
-from .estimation.estimator import Estimator, TrackEstimate
+from .estimation.confirmation import DEFAULT_CONFIRM_ALPHA
+from .estimation.estimator import Estimator
 from .estimation.segments import segments
-from .estimation.tensor import mean_tensor
+from .estimation_stage import (  # noqa: F401 - the stage's helpers, under the names callers know
+    _column,
+    _tables,
+    _track_flags,
+    estimate_stage,
+    guard_model,
+    prepare_acquisition,
+    track_changepoints,
+)
 from .io import InputError
-from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, Results, format_changepoint_frames
-from .tracking.crowding import CROWDED_SHARE, crowded_share, nearest_other_px
+from .results import Results
+from .tracking.crowding import nearest_other_px
 from .tracking.detect import DetectionSettings
 from .tracking.encounters import DEFAULT_LLR_THRESHOLD, EncounterRules
 from .tracking.link import link
-from .tracking.patches import TrackPatches, extract_track_patches
 from .tracking.spots import detect_and_localize
 
 __all__ = [
@@ -158,6 +165,10 @@ class Settings:
     trust_model
         Report the model's values even when the guard (:mod:`~.estimation.guard`) finds
         the model biased on this movie or the movie outside its training range.
+    drift_correction
+        Subtract the ensemble-mean displacement per frame (:mod:`~.estimation.drift`) from
+        the positions behind every estimate (off by default: it biases D low by about
+        ``1/n`` with ``n`` tracks per frame); recorded in ``meta["drift_correction"]``.
     """
 
     model: str = "aniso"
@@ -179,6 +190,7 @@ class Settings:
     chunk_localizations: int = 200_000
     measure: tuple[str, ...] = ()
     trust_model: bool = False
+    drift_correction: bool = False
 
     def __post_init__(self) -> None:
         self.measure = tuple(self.measure)
@@ -318,28 +330,13 @@ def track_and_estimate(
     bar = _Progress(progress, should_stop)
     timings: dict[str, float] = {}
     messages: list[str] = []
-    measured = None
-    # units, NaN frames and the camera scale before any work (plausibility.py)
-    plausibility.check_units(acquisition)
-    sample = plausibility.sample_frames(movie)
-    plausibility.check_scaled_float(sample, plausibility.movie_dtype(movie), acquisition, settings.measure)
     bar.begin("calibrate", "measuring the camera and the PSF from the movie")
-    if settings.measure:
-        # the acquisition the user and the file did not give, measured from the frames
-        t0 = time.perf_counter()
-        given = set(CALIBRATED_FIELDS) - set(settings.measure)
-        measured = calibrate_movie(movie, acquisition, given=given)
-        acquisition = measured.apply(acquisition, given)
-        for note in measured.notes:
-            _warn(note)
-        messages += list(measured.notes)
-        timings["calibrate_s"] = time.perf_counter() - t0
-    origins = {name: "measured" for name in settings.measure}
-    plausibility.check_units(acquisition, origins)
-    plausibility.check_offset(sample, acquisition, origins)
-    particles_from_light = plausibility.particles_per_frame(sample, acquisition)
-    del sample
-    messages += notices.warn_all(plausibility.acquisition_warnings(acquisition, origins))
+    prepared = prepare_acquisition(movie, acquisition, settings.measure)
+    acquisition, measured = prepared.acquisition, prepared.measured
+    particles_from_light = prepared.particles_from_light
+    messages += prepared.messages
+    if measured is not None:
+        timings["calibrate_s"] = prepared.seconds
     bar.end()
 
     # 0 - model first, so a bad model name or device fails before the long part
@@ -395,76 +392,15 @@ def track_and_estimate(
             f"{settings.min_track_length} frames; lower min_track_length or raise max_D_um2_s"
         )
 
-    # 3, 4, 5 - patches, classical estimators, model: in chunks of tracks so that memory
-    # stays bounded on long movies (each chunk reads only the frames its tracks use)
-    bar.begin("estimate", f"estimating {tracks['track_id'].nunique()} tracks")
-    chunks = _track_chunks(tracks, settings.chunk_localizations)
-    classical: dict[int, dict[str, float]] = {}
-    estimates: list[TrackEstimate] = []
-    for k in ("patches_s", "classical_s", "model_s"):
-        timings[k] = 0.0
-    n_chunks = len(chunks)
-    for i, chunk in enumerate(chunks):
-        base, width = i / n_chunks, 1.0 / n_chunks
-        bar.inner(base, f"cutting patches (part {i + 1}/{n_chunks})")
-        t0 = time.perf_counter()
-        patches = extract_track_patches(movie, chunk, acquisition, patch_size=estimator.patch_size)
-        timings["patches_s"] += time.perf_counter() - t0
-        bar.inner(base + 0.3 * width, f"classical estimators (part {i + 1}/{n_chunks})")
-        t0 = time.perf_counter()
-        classical.update(_classical_estimates(patches, acquisition))
-        timings["classical_s"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        estimates += estimator.estimate(
-            patches,
-            acquisition,
-            progress=lambda f, m, base=base, width=width: bar.inner(base + width * (0.4 + 0.6 * f), m),
-            warn_acquisition=False,
-        )
-        timings["model_s"] += time.perf_counter() - t0
-        del patches
-    bar.end()
-
-    # 6 - the guard: is the model biased on this movie's tracks, or the movie out of its range?
-    precision_px = _column(tracks, "loc_precision_nm") / acquisition.pixel_size_nm
-    loc_var = pd.Series(precision_px**2).groupby(tracks["track_id"].to_numpy()).mean().to_dict()
-    decision = guard_model(estimates, classical, acquisition, estimator, acquisition_messages, loc_var)
-    if decision.rejected:
-        _warn(decision.reason)
-        messages.append(decision.reason)
-        if not settings.trust_model:
-            estimates = [_rejected(e, classical[e.track_id]) if e.method == "model" else e for e in estimates]
-
-    # 7, 8 - changepoints and tables
-    bar.begin("tables", "changepoints and result tables")
-    t0 = time.perf_counter()
-    mode = settings.changepoints
-    if mode == "auto":
-        mode = "auto" if estimator.pointwise else "none"
-    tracks_table, summary = _tables(tracks, estimates, classical, acquisition, estimator, settings, mode)
-    messages += notices.warn_all(plausibility.estimate_warnings(summary))
-    timings["tables_s"] = time.perf_counter() - t0
-    bar.report(1.0, "done")
-    bar.end()
+    # 3-8 - patches, classical estimators, model, guard, changepoints, tables (estimation_stage)
+    stage = estimate_stage(movie, tracks, acquisition, estimator, settings, bar, acquisition_messages)
+    messages += stage.messages
+    timings.update(stage.timings)
 
     meta = {
         "acquisition": acquisition.to_dict(),
         "acquisition_measured": None if measured is None else measured.to_dict(),
-        "guard": {**decision.to_dict(), "model_reported": not decision.rejected or settings.trust_model},
-        "model": estimator.model_name,
-        "model_kind": estimator.kind,
-        "model_sha256": estimator.card.get("sha256"),
-        "device": str(estimator.device),
-        "settings": settings.to_dict(),
-        "changepoints": {
-            "mode": mode,
-            "features": "log10 D1, log10 D2 per frame",
-            "penalty_single": settings.changepoint_penalty or cp.DEFAULT_PENALTY,
-            "penalty_multi": settings.changepoint_penalty_multi or cp.DEFAULT_PENALTY_MULTI,
-            "min_effect_log10": settings.changepoint_min_effect,
-            "confirmed_on_displacements": bool(settings.changepoint_confirm),
-            "confirm_alpha_per_track": settings.changepoint_confirm_alpha,
-        },
+        **stage.meta,
         "n_frames": int(shape[0]),
         "n_localizations_detected": int(len(locs)),
         "n_tracks_linked": int(linked.n_tracks),
@@ -472,58 +408,7 @@ def track_and_estimate(
         "warnings": messages,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
-    return Results(tracks_table, summary, meta)
-
-
-def guard_model(
-    estimates: list[TrackEstimate],
-    classical: dict[int, dict[str, float]],
-    acquisition: Acquisition,
-    estimator: Estimator,
-    acquisition_messages: list[str],
-    loc_var_px2: Mapping[int, float],
-) -> guard.GuardDecision:
-    """The guard's verdict on the model's estimates of this movie's tracks.
-
-    Compares the model's mean diffusivity ``(D1 + D2) / 2`` per track with the unclipped
-    CVE of the same track (``classical[id]["D_cve_raw_px2"]``, see
-    :func:`_classical_estimates`) over the whole population (:mod:`~.estimation.guard`);
-    ``loc_var_px2`` the mean squared localization precision (px^2) of each track.
-    """
-    used = [e for e in estimates if e.method == "model" and e.track_id in classical]
-    d_model = acquisition.diffusion_to_px2_per_frame(
-        np.array([0.5 * (e.track_D1_um2_s + e.track_D2_um2_s) for e in used], dtype=float))
-    d_cve = np.array([classical[e.track_id]["D_cve_raw_px2"] for e in used], dtype=float)
-    loc_var = np.array([loc_var_px2.get(e.track_id, np.nan) for e in used], dtype=float)
-    n_disp = np.array([classical[e.track_id]["n_displacements"] for e in used], dtype=float)
-    bias = guard.population_ratio(d_model, d_cve, loc_var, n_disp, blur=acquisition.blur_coefficient)
-    return guard.decide(bias, acquisition_messages, model_name=estimator.model_name)
-
-
-def _rejected(model: TrackEstimate, classical: Mapping[str, Any]) -> TrackEstimate:
-    """The CVE tensor of a track standing in for a rejected model's estimate.
-
-    The CVE needs nothing of the optics or the camera (blur and localization noise cancel),
-    so it is the estimate to trust where the model is not; the blur-moment estimator
-    would assume the Gaussian PSF of the acquisition. Flagged ``classical`` and
-    ``model_rejected`` (``clipped`` when the tensor was not positive definite).
-    """
-    n = len(model.frames)
-    d1, d2, theta = (float(classical[k]) for k in ("cve_D1_um2_s", "cve_D2_um2_s", "cve_theta_deg"))
-    flags = ["classical", "model_rejected"]
-    if classical.get("cve_clipped"):
-        flags.append("clipped")
-    flags += [f for f in model.flags if f == "gaps"]
-    return TrackEstimate(
-        track_id=model.track_id, frames=model.frames, D1_um2_s=np.full(n, d1), D2_um2_s=np.full(n, d2),
-        theta_deg=np.full(n, theta), track_D1_um2_s=d1, track_D2_um2_s=d2, track_theta_deg=theta,
-        method="classical", flags=tuple(flags), n_windows=0, pointwise=False,
-    )
-
-
-def _warn(message: str) -> None:
-    """Issue a library warning (:mod:`~.notices`) the CLI prints at once and the widget shows."""
-    notices.warn(message, stacklevel=4)
+    return Results(stage.tracks, stage.summary, meta)
 
 
 def _check_movie(movie: Any) -> tuple[int, int, int]:
@@ -535,240 +420,6 @@ def _check_movie(movie: Any) -> tuple[int, int, int]:
     if min(int(s) for s in shape) < 1:
         raise PipelineError(f"the movie is empty (shape {tuple(shape)})")
     return int(shape[0]), int(shape[1]), int(shape[2])
-
-
-def _track_chunks(tracks: pd.DataFrame, max_localizations: int) -> list[pd.DataFrame]:
-    """Whole tracks grouped, in order of their first frame, into chunks of about
-    ``max_localizations`` rows (a longer track is a chunk of its own)."""
-    first = tracks.groupby("track_id")["frame"].min().sort_values(kind="stable")
-    sizes = tracks.groupby("track_id").size().loc[first.index].to_numpy()
-    ids = first.index.to_numpy()
-    groups: list[list[int]] = []
-    current: list[int] = []
-    count = 0
-    for tid, n in zip(ids, sizes):
-        if current and count + n > max_localizations:
-            groups.append(current)
-            current, count = [], 0
-        current.append(int(tid))
-        count += int(n)
-    if current:
-        groups.append(current)
-    if len(groups) == 1:
-        return [tracks]
-    return [tracks[tracks["track_id"].isin(g)] for g in groups]
-
-
-# ------------------------------------------------------------- classical
-def _classical_estimates(patches: list[TrackPatches], acquisition: Acquisition) -> dict[int, dict[str, float]]:
-    """MSD D, alpha and the isotropic CVE D of every track (batched by span length)."""
-    out: dict[int, dict[str, float]] = {}
-    groups: dict[int, list[int]] = {}
-    grids: list[np.ndarray] = []
-    for i, tp in enumerate(patches):
-        grid = regular_positions(tp.positions_px, tp.frames)
-        grids.append(grid)
-        groups.setdefault(len(grid), []).append(i)
-    nan = float("nan")
-    for length, members in groups.items():
-        stack = np.stack([grids[i] for i in members])
-        if length >= 3:
-            with np.errstate(all="ignore"):
-                msd = msd_diffusion_batch(stack, acquisition)
-                cve = cve_tensor_batch(stack, acquisition)
-            d_cve_px = 0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2)
-            d_cve = np.clip(acquisition.diffusion_to_um2_s(d_cve_px), 0.0, None)
-            steps = np.all(np.isfinite(np.diff(stack, axis=1)), axis=2).sum(axis=1)
-            for j, i in enumerate(members):
-                out[patches[i].track_id] = {
-                    "D_msd_um2_s": float(msd["D_um2_s"][j]),
-                    "alpha_msd": float(msd["alpha"][j]),
-                    "D_cve_um2_s": float(d_cve[j]),
-                    "D_cve_raw_px2": float(d_cve_px[j]),
-                    "n_displacements": int(steps[j]),
-                    "cve_D1_um2_s": float(cve["D1_um2_s"][j]),
-                    "cve_D2_um2_s": float(cve["D2_um2_s"][j]),
-                    "cve_theta_deg": float(cve["theta_deg"][j]),
-                    "cve_clipped": bool(cve["clipped"][j]),
-                }
-        else:
-            for i in members:
-                out[patches[i].track_id] = {"D_msd_um2_s": nan, "alpha_msd": nan, "D_cve_um2_s": nan,
-                                            "D_cve_raw_px2": nan, "n_displacements": 0, "cve_D1_um2_s": nan,
-                                            "cve_D2_um2_s": nan, "cve_theta_deg": nan, "cve_clipped": True}
-    return out
-
-
-# ---------------------------------------------------------------- tables
-def track_changepoints(
-    est: TrackEstimate,
-    mode: str,
-    estimator: Estimator,
-    settings: Settings,
-    positions_px: np.ndarray | None = None,
-    loc_precision_px: np.ndarray | None = None,
-    acquisition: Acquisition | None = None,
-) -> np.ndarray:
-    """Changepoint indices (rows of the track) of one track's per-frame estimates.
-
-    ``mode``: ``"auto"`` (one decided changepoint when the track is no longer than the
-    model's trained length, :func:`~.estimation.changepoints.multiple_changepoints`
-    beyond), ``"single"``, ``"multiple"`` or ``"none"``. Only pointwise model estimates
-    have changepoints. With ``positions_px`` (``(T, 2)`` localized ``(y, x)`` px, one row
-    per frame of ``est``) and ``acquisition`` given and ``settings.changepoint_confirm``,
-    the changepoints are then confirmed on the displacements
-    (:func:`~.estimation.confirmation.confirm_changepoints`; ``loc_precision_px``, ``(T,)``
-    px, optional).
-    """
-    cps = _decided_changepoints(est, mode, estimator, settings)
-    if cps.size and settings.changepoint_confirm and positions_px is not None and acquisition is not None:
-        cps = confirm_changepoints(
-            cps,
-            positions_px,
-            est.frames,
-            acquisition.blur_coefficient,
-            loc_precision_px,
-            alpha=settings.changepoint_confirm_alpha,
-        )
-    return cps
-
-
-def _decided_changepoints(est: TrackEstimate, mode: str, estimator: Estimator, settings: Settings) -> np.ndarray:
-    """Changepoints decided on the per-frame estimates alone (before confirmation)."""
-    n = est.n_frames
-    if mode == "none" or est.method != "model" or not est.pointwise or n < 2:
-        return np.zeros(0, dtype=np.int64)
-    features = cp.changepoint_features(est.D1_um2_s, est.D2_um2_s)
-    if not np.all(np.isfinite(features)):
-        return np.zeros(0, dtype=np.int64)
-    single = mode == "single" or (mode == "auto" and n <= estimator.max_frames)
-    if single:
-        c = cp.decide_single_changepoint(
-            features,
-            penalty=settings.changepoint_penalty or cp.DEFAULT_PENALTY,
-            min_effect=settings.changepoint_min_effect,
-        )
-        return np.zeros(0, dtype=np.int64) if c is None else np.array([c], dtype=np.int64)
-    return cp.multiple_changepoints(
-        features, penalty=settings.changepoint_penalty_multi, min_effect=settings.changepoint_min_effect
-    )
-
-
-def _tables(
-    tracks: pd.DataFrame,
-    estimates: list[TrackEstimate],
-    classical: dict[int, dict[str, float]],
-    acquisition: Acquisition,
-    estimator: Estimator,
-    settings: Settings,
-    mode: str,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    by_id = {e.track_id: e for e in estimates}
-    table = tracks.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
-    n_rows = len(table)
-    d1 = np.empty(n_rows)
-    d2 = np.empty(n_rows)
-    th = np.empty(n_rows)
-    state = np.zeros(n_rows, dtype=np.int64)
-    is_cp = np.zeros(n_rows, dtype=bool)
-    summary_rows = []
-    ids = table["track_id"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], n_rows]
-    for a, b in zip(starts, ends):
-        tid = int(ids[a])
-        est = by_id[tid]
-        frames = table["frame"].to_numpy()[a:b]
-        if not np.array_equal(frames, est.frames):
-            raise RuntimeError(f"internal error: frames of track {tid} differ between tables")
-        d1[a:b], d2[a:b], th[a:b] = est.D1_um2_s, est.D2_um2_s, est.theta_deg
-        cps = track_changepoints(
-            est,
-            mode,
-            estimator,
-            settings,
-            positions_px=np.column_stack(
-                [table["y_px"].to_numpy(dtype=float)[a:b], table["x_px"].to_numpy(dtype=float)[a:b]]
-            ),
-            loc_precision_px=_column(table, "loc_precision_nm")[a:b] / acquisition.pixel_size_nm,
-            acquisition=acquisition,
-        )
-        state[a:b] = cp.state_labels(b - a, cps)
-        is_cp[a + cps] = True
-        if est.pointwise and est.method == "model":
-            t1, t2, tt = mean_tensor(est.D1_um2_s, est.D2_um2_s, est.theta_deg)
-        else:
-            t1, t2, tt = est.track_D1_um2_s, est.track_D2_um2_s, est.track_theta_deg
-        with np.errstate(invalid="ignore", divide="ignore"):
-            anisotropy = 1.0 - t2 / t1 if t1 > 0 else float("nan")
-        c = classical[tid]
-        summary_rows.append(
-            {
-                "track_id": tid,
-                "n_frames": int(b - a),
-                "frame_start": int(frames[0]),
-                "frame_end": int(frames[-1]),
-                "x_mean_px": float(table["x_px"].to_numpy()[a:b].mean()),
-                "y_mean_px": float(table["y_px"].to_numpy()[a:b].mean()),
-                "D1_um2_s": t1,
-                "D2_um2_s": t2,
-                "theta_deg": tt,
-                "anisotropy": anisotropy,
-                "D_msd_um2_s": c["D_msd_um2_s"],
-                "D_cve_um2_s": c["D_cve_um2_s"],
-                "alpha_msd": c["alpha_msd"],
-                "n_changepoints": int(len(cps)),
-                "changepoint_frames": format_changepoint_frames(frames[cps]),
-                "model": estimator.model_name if est.method == "model" else "classical",
-                "method": est.method,
-                "flags": ";".join(_track_flags(est.flags, table, a, b)),
-            }
-        )
-    x = table["x_px"].to_numpy(dtype=float)
-    y = table["y_px"].to_numpy(dtype=float)
-    out = pd.DataFrame(
-        {
-            "track_id": ids.astype(np.int64),
-            "frame": table["frame"].to_numpy().astype(np.int64),
-            "t_s": acquisition.frames_to_s(table["frame"].to_numpy()),
-            "x_px": x,
-            "y_px": y,
-            "x_um": acquisition.px_to_um(x),
-            "y_um": acquisition.px_to_um(y),
-            "photons": _column(table, "photons"),
-            "background": _column(table, "background"),
-            "loc_precision_nm": _column(table, "loc_precision_nm"),
-            "D1_um2_s": d1,
-            "D2_um2_s": d2,
-            "theta_deg": th,
-            "state": state,
-            "is_changepoint": is_cp,
-        },
-        columns=list(TRACKS_COLUMNS),
-    )
-    summary = pd.DataFrame(summary_rows, columns=[*SUMMARY_COLUMNS, "method", "flags"])
-    summary = summary.astype({"track_id": np.int64, "n_frames": np.int64, "frame_start": np.int64,
-                              "frame_end": np.int64, "n_changepoints": np.int64})
-    return out, summary
-
-
-def _track_flags(estimate_flags: tuple[str, ...] | list[str], table: pd.DataFrame, a: int, b: int) -> list[str]:
-    """The estimator's flags of a track (rows ``a:b`` of ``table``), plus ``crowded`` (see
-    ``tracking.crowding``) and ``encounter`` (the track begins or ends where the linker's track
-    was cut at a close encounter, ``tracking.encounters``)."""
-    flags = list(estimate_flags)
-    if "nearest_other_px" in table.columns:
-        if crowded_share(table["nearest_other_px"].to_numpy(dtype=float)[a:b]) > CROWDED_SHARE:
-            flags.append("crowded")
-    if "encounter_cut" in table.columns and bool(table["encounter_cut"].to_numpy()[a:b].any()):
-        flags.append("encounter")
-    return flags
-
-
-def _column(table: pd.DataFrame, name: str) -> np.ndarray:
-    if name in table.columns:
-        return table[name].to_numpy(dtype=float)
-    return np.full(len(table), np.nan)
 
 
 def segments_table(results: Results) -> pd.DataFrame:
