@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +28,33 @@ from ..acquisition_resolver import resolve_acquisition
 from ._atomic import AtomicFileSet
 from ._errors import InputError
 from .tiff_metadata import file_calibration, imagej_movie_kwargs, stored_acquisition
+
+#: tifffile's logger: its messages on damaged files are collected and reported by this module.
+_TIFFFILE_LOGGER = logging.getLogger("tifffile")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[list[str]]:
+    """Collect tifffile's log messages (e.g. ``invalid page offset``) instead of printing them on stderr."""
+    handler = _Collect()
+    propagate = _TIFFFILE_LOGGER.propagate
+    _TIFFFILE_LOGGER.addHandler(handler)
+    _TIFFFILE_LOGGER.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        _TIFFFILE_LOGGER.removeHandler(handler)
+        _TIFFFILE_LOGGER.propagate = propagate
+
 
 __all__ = ["LazyTiffFrames", "MovieFile", "read_movie", "sample_movie_path", "write_movie", "write_movie_file"]
 
@@ -49,18 +78,21 @@ class LazyTiffFrames:
 
     def __init__(self, path: str | os.PathLike[str], series: int = 0) -> None:
         self._path = Path(path)
-        self._tif = tifffile.TiffFile(self._path)
-        self._lock = threading.Lock()
-        self._series = self._tif.series[series]
-        shape = _movie_shape(self._series.shape, self._series.axes, self._path)
-        self.shape: tuple[int, int, int] = shape
-        self.dtype = np.dtype(self._series.dtype)
-        self._pages = self._series.pages
-        # One page per frame is the normal layout; otherwise decode the whole series once.
-        self._page_per_frame = len(self._pages) == shape[0] and all(
-            p is not None for p in (self._pages[0], self._pages[-1])
-        )
-        self._cache: np.ndarray | None = None
+        with _tifffile_log():
+            self._tif = tifffile.TiffFile(self._path)
+            self._lock = threading.Lock()
+            self._series = self._tif.series[series]
+            shape = _movie_shape(self._series.shape, self._series.axes, self._path)
+            self.shape: tuple[int, int, int] = shape
+            self.dtype = np.dtype(self._series.dtype)
+            self._pages = self._series.pages
+            # one page per frame: any other layout would need the whole series decoded at once
+            if len(self._pages) != shape[0] or any(p is None for p in (self._pages[0], self._pages[-1])):
+                self._tif.close()
+                raise InputError(
+                    f"{self._path.name} stores its {shape[0]} frames in {len(self._pages)} compressed or scattered "
+                    "pages, which cannot be read one frame at a time; save it as one page per frame (e.g. with "
+                    "Fiji's File > Save As > Tiff)")
 
     # array-like protocol -------------------------------------------------
     @property
@@ -109,15 +141,16 @@ class LazyTiffFrames:
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         _, ny, nx = self.shape
-        with self._lock:
-            if self._page_per_frame:
-                out = np.empty((len(indices), ny, nx), dtype=self.dtype)
-                for k, i in enumerate(indices):
+        with self._lock, _tifffile_log() as logged:
+            out = np.empty((len(indices), ny, nx), dtype=self.dtype)
+            for k, i in enumerate(indices):
+                try:
                     out[k] = self._pages[int(i)].asarray().reshape(ny, nx)
-                return out
-            if self._cache is None:
-                self._cache = np.asarray(self._series.asarray()).reshape(self.shape)
-            return self._cache[indices]
+                except Exception as exc:  # zlib.error, ValueError, ... from a damaged page
+                    detail = "; ".join(logged[-1:] + [f"{type(exc).__name__}: {exc}"])
+                    raise InputError(f"frame {int(i)} of {self._path.name} cannot be decoded ({detail}): the file "
+                                     "is damaged or truncated; copy or export the movie again") from None
+            return out
 
     def close(self) -> None:
         """Close the underlying file."""
@@ -260,18 +293,29 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
         raise InputError(f"{path} does not exist")
     if not path.is_file():
         raise InputError(f"{path} is not a file")
+    with _tifffile_log() as logged:
+        try:
+            tif = tifffile.TiffFile(path)
+        except tifffile.TiffFileError:
+            raise InputError(f"{path.name} is not a TIFF file") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except Exception as exc:  # corrupt headers raise all sorts of errors
+            raise InputError(f"{path.name} is not a readable TIFF file ({type(exc).__name__})") from None
+        try:
+            if not tif.series or not tif.pages:
+                raise InputError(f"{path.name} contains no images")
+            series = tif.series[0]
+        except InputError:
+            tif.close()
+            raise
+        except Exception as exc:
+            tif.close()
+            raise InputError(f"{path.name} could not be read as a TIFF movie ({type(exc).__name__}: {exc})") from None
     try:
-        tif = tifffile.TiffFile(path)
-    except tifffile.TiffFileError:
-        raise InputError(f"{path.name} is not a TIFF file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # corrupt headers raise all sorts of errors
-        raise InputError(f"{path.name} is not a readable TIFF file ({type(exc).__name__})") from None
-    try:
-        if not tif.series or not tif.pages:
-            raise InputError(f"{path.name} contains no images")
-        series = tif.series[0]
+        damage = _damage(tif, series, path, logged)
+        if damage:
+            raise InputError(f"{path.name} is truncated or damaged: {damage}; copy or export the movie again")
         shape = _movie_shape(series.shape, series.axes, path)
         dtype = np.dtype(series.dtype)
         if dtype.kind not in "uif":
@@ -292,12 +336,15 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
     closer = None
     if memmappable:
         try:
-            data = tifffile.memmap(path, series=0, mode="r").reshape(shape)
+            with _tifffile_log():
+                data = tifffile.memmap(path, series=0, mode="r").reshape(shape)
         except (ValueError, OSError):
             data = None
     if data is None:
         try:
             lazy = LazyTiffFrames(path)
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(f"{path.name} could not be read as a TIFF movie ({type(exc).__name__}: {exc})") from None
         data, closer = lazy, lazy.close
@@ -311,6 +358,29 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
         axes=axes,
         _closer=closer,
     )
+
+
+def _damage(tif: Any, series: Any, path: Path, logged: Sequence[str]) -> str | None:
+    """Why a TIFF file is truncated or damaged (pixel data past its end, fewer pages than its
+    metadata announce, a broken page chain), or ``None`` when nothing is wrong."""
+    size = path.stat().st_size
+    if series.dataoffset is not None and int(series.dataoffset) + int(series.nbytes) > size:
+        return (f"its pixel data would end at byte {int(series.dataoffset) + int(series.nbytes):,} but the file has "
+                f"{size:,} bytes")
+    pages = [p for p in (series.pages[0], series.pages[-1]) if p is not None] if len(series.pages) else []
+    for page in pages:
+        offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+        if len(offsets) and max(int(o) + int(c) for o, c in zip(offsets, counts)) > size:
+            return f"a page's pixel data run past the end of the file ({size:,} bytes)"
+    announced = 0
+    if tif.is_imagej and tif.imagej_metadata:
+        announced = int(tif.imagej_metadata.get("images", 0) or 0)
+    if announced > 1 and int(np.prod(series.shape[:-2], dtype=np.int64)) < announced and len(tif.pages) < announced:
+        return f"its ImageJ metadata announce {announced} frames but only {len(tif.pages)} page(s) can be read"
+    broken = [m for m in logged if "invalid page offset" in m or "corrupted" in m]
+    if broken:
+        return f"tifffile: {broken[0]}"
+    return None
 
 
 def _movie_shape(shape: Sequence[int], axes: str, path: Path) -> tuple[int, int, int]:
