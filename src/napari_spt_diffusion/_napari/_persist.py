@@ -1,7 +1,9 @@
 """Remember widget parameters between sessions (a small JSON file per widget).
 
 The folder is ``$NAPARI_SPT_DIFFUSION_CONFIG_DIR`` when set (tests point it at a
-temporary folder), else ``~/.config/napari-spt-diffusion``. Reading never fails:
+temporary folder), else the platform's user configuration folder from ``platformdirs``
+(``~/.config/napari-spt-diffusion`` on Linux, ``~/Library/Application Support/...`` on
+macOS, ``%LOCALAPPDATA%\\napari-spt-diffusion`` on Windows). Reading never fails:
 a missing or corrupt file gives ``{}``; writing failures are ignored (a read-only
 home must not break the plugin).
 """
@@ -21,7 +23,11 @@ __all__ = ["config_dir", "load_values", "save_values"]
 def config_dir() -> Path:
     """Folder holding the remembered parameters."""
     env = os.environ.get("NAPARI_SPT_DIFFUSION_CONFIG_DIR")
-    return Path(env) if env else Path.home() / ".config" / "napari-spt-diffusion"
+    if env:
+        return Path(env)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-spt-diffusion", appauthor=False))
 
 
 def load_values(name: str) -> dict[str, Any]:

@@ -371,7 +371,8 @@ def multiple_changepoints(
     method
         ``"binseg"`` (binary segmentation, each split tested against the threshold of its
         own segment length, then every changepoint moved to the best split between its
-        neighbours) or ``"pelt"`` (``ruptures`` PELT, l2 cost, every index allowed).
+        neighbours) or ``"pelt"`` (this module's exact PELT, :func:`pelt`: the l2 cost, every
+        index allowed, the problem ``ruptures.Pelt`` solves; ruptures itself is not used).
     min_size
         Smallest segment length (samples).
     min_effect
