@@ -113,14 +113,14 @@ def test_tracks_layer_data_sorted_with_features(aniso):
     assert np.allclose(feats["D_msd_um2_s"], s.loc[feats["track_id"], "D_msd_um2_s"].to_numpy())
     assert np.allclose(feats["anisotropy"], 1 - feats["D2_um2_s"] / feats["D1_um2_s"])
     # colour by the normalised D1 feature with its own colormap, values in [0, 1]
-    assert kwargs["color_by"] == "D1_color"
-    assert set(kwargs["colormaps_dict"]) == {f"{k}_color" for k in layers.COLOR_KEYS}
+    assert kwargs["color_by"] == "D1 colour"
+    assert set(kwargs["colormaps_dict"]) == {f"{k} colour" for k in layers.COLOR_KEYS}
     for key in layers.COLOR_KEYS:
-        col = feats[f"{key}_color"]
+        col = feats[f"{key} colour"]
         assert col.between(0, 1).all()
     # larger D1 -> larger normalised value (monotone map)
     order = np.argsort(feats["D1_um2_s"].to_numpy())
-    assert np.all(np.diff(feats["D1_color"].to_numpy()[order]) >= -1e-12)
+    assert np.all(np.diff(feats["D1 colour"].to_numpy()[order]) >= -1e-12)
 
 
 def test_color_scale_log_ticks_in_physical_units(aniso):
@@ -130,9 +130,18 @@ def test_color_scale_log_ticks_in_physical_units(aniso):
     assert scale.normalise([scale.vmax])[0] == pytest.approx(1.0)
     geo_mid = np.sqrt(scale.vmin * scale.vmax)
     assert scale.normalise([geo_mid])[0] == pytest.approx(0.5)
-    pos, labels = scale.ticks(3)
-    assert np.allclose(pos, [0, 0.5, 1])
+    # limits and ticks on round values of the 1-2-5 series (0.01, 0.1, 1 um²/s)
+    for v in (scale.vmin, scale.vmax):
+        mantissa = v / 10 ** np.floor(np.log10(v) + 1e-9)
+        assert min(abs(mantissa - m) for m in (1, 2, 5)) < 1e-6, v
+    pos, labels = scale.ticks(5)
+    assert pos[0] == pytest.approx(0) and pos[-1] == pytest.approx(1) and np.all(np.diff(pos) > 0)
     assert float(labels[0]) == pytest.approx(scale.vmin, rel=1e-2)
+    assert layers.ColorScale("D1", "D1_um2_s", "D1", "um²/s", 0.01, 1.0, log=True).ticks(5)[1] == ["0.01", "0.1", "1"]
+    assert layers.nice_log_limits(0.013, 0.87) == pytest.approx((0.01, 1.0))
+    assert layers.nice_log_limits(0.3, 0.6) == pytest.approx((0.2, 1.0))
+    # the slowest colour stays visible on a dark canvas (turbo's own start is near-black)
+    assert scale.rgba([scale.vmin])[0, :3].max() > 0.8
     assert scale.normalise([np.nan, -1.0]).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError):
         layers.color_scale(aniso, "speed")
@@ -242,7 +251,7 @@ def test_layers_build_in_napari(aniso, binding):
         layer = Layer.create(data, kwargs, kind)
         assert layer.scale[1] == pytest.approx(0.11)
         if kind == "tracks":
-            assert layer.color_by == "D1_color"
+            assert layer.color_by == "D1 colour"
             assert len(layer.features) == len(binding.tracks)
         if kind == "shapes":
             assert layer.nshapes == 10

@@ -37,7 +37,7 @@ def test_show_results_layers_and_dock(viewer_with_movie, binding, qtbot):
     assert {"tracks", "tensor ellipses", "changepoints"} <= set(names)
     tracks = viewer.layers["tracks"]
     assert tracks.scale[1] == pytest.approx(0.1) and tracks.scale[0] == pytest.approx(0.01)
-    assert tracks.color_by == "D1_color"
+    assert tracks.color_by == "D1 colour"
     assert len(tracks.features) == len(binding.tracks)
     assert viewer.layers["tensor ellipses"].nshapes == len(binding.tracks)  # few: all built at once
     assert len(viewer.layers["changepoints"].data) == int(binding.summary["n_changepoints"].sum())
@@ -46,10 +46,10 @@ def test_show_results_layers_and_dock(viewer_with_movie, binding, qtbot):
 
     # colour by D2 -> tracks colour feature and colour bar follow
     widget.color_combo.setCurrentIndex(widget.color_combo.findData("D2"))
-    assert tracks.color_by == "D2_color" and widget.colorbar.scale.key == "D2"
+    assert tracks.color_by == "D2 colour" and widget.colorbar.scale.key == "D2"
     # state is categorical
     widget.color_combo.setCurrentIndex(widget.color_combo.findData("state"))
-    assert tracks.color_by == "state_color"
+    assert tracks.color_by == "state colour"
 
     # table row -> track selected, timeline shows it, highlight layer holds it
     with qtbot.waitSignal(display.selection_changed, timeout=2000):

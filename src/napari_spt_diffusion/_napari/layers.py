@@ -12,8 +12,10 @@ layer it came from (:class:`LayerGeometry`).
 
 Colours: napari applies a colormap given through ``colormaps_dict`` to the raw
 feature values without rescaling, so each colourable quantity gets a normalised
-companion feature in ``[0, 1]`` (``"<key>_color"``) computed with a
-:class:`ColorScale` that also knows how to label its colour bar in physical units.
+companion feature in ``[0, 1]`` (``"<key> colour"``, the name the layer controls show)
+computed with a :class:`ColorScale` that also knows how to label its colour bar in
+physical units. The colormaps start at a bright blue, not turbo's near-black, so the
+slowest tracks stay visible on napari's dark canvas; D scales end on round values.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "ellipse_corners",
     "ellipses_layer",
     "image_layer",
+    "nice_log_limits",
     "results_layers",
     "selected_track_layer",
     "track_features",
@@ -56,6 +59,36 @@ COLOR_KEYS: dict[str, tuple[str, str, str]] = {
 
 #: Ellipse semi-axes smaller than this (pixels) are drawn at this size so they stay visible.
 MIN_SEMI_AXIS_PX = 0.08
+#: Colormaps of this plugin: name -> (napari base colormap, part of it used). Turbo's first
+#: 18 % is near-black blue, invisible on the dark canvas: the scale starts above it.
+BRIGHT_COLORMAPS: dict[str, tuple[str, float, float]] = {"spt turbo": ("turbo", 0.18, 1.0)}
+_NICE_MANTISSAS = (1.0, 2.0, 5.0)
+
+
+def nice_log_limits(lo: float, hi: float) -> tuple[float, float]:
+    """Widen ``[lo, hi]`` (> 0) to the nearest values of the 1-2-5 series (0.01, 0.02, 0.05, 0.1...)."""
+    def series(k0: float, k1: float) -> np.ndarray:
+        ks = np.arange(int(np.floor(k0)) - 1, int(np.ceil(k1)) + 2)
+        return np.sort(np.array([m * 10.0**k for k in ks for m in _NICE_MANTISSAS]))
+
+    values = series(np.log10(lo), np.log10(hi))
+    below = values[values <= lo * (1 + 1e-9)]
+    above = values[values >= hi * (1 - 1e-9)]
+    return float(below[-1]), float(above[0])
+
+
+def _nice_log_ticks(lo: float, hi: float, n: int) -> np.ndarray:
+    """Round tick values in ``[lo, hi]``: decades, or the 1-2-5 series when fewer than 2 decades fit."""
+    decades = 10.0 ** np.arange(np.ceil(np.log10(lo) - 1e-9), np.floor(np.log10(hi) + 1e-9) + 1)
+    if len(decades) >= 2:
+        values = decades
+        while len(values) > max(n, 2):
+            values = values[::2]
+    else:
+        ks = np.arange(np.floor(np.log10(lo)) - 1, np.ceil(np.log10(hi)) + 1)
+        values = np.array([m * 10.0**k for k in ks for m in _NICE_MANTISSAS])
+        values = values[(values >= lo * (1 - 1e-9)) & (values <= hi * (1 + 1e-9))]
+    return np.unique(np.concatenate([[lo], values, [hi]]))
 
 
 # --------------------------------------------------------------------------- geometry
@@ -148,13 +181,13 @@ class ColorScale:
     vmin: float
     vmax: float
     log: bool = False
-    colormap: str = "turbo"
+    colormap: str = "spt turbo"
     categorical: bool = False
 
     @property
     def color_feature(self) -> str:
-        """Name of the normalised feature column holding the mapped values in [0, 1]."""
-        return f"{self.key}_color"
+        """Name of the normalised feature column holding the mapped values in [0, 1] (``"D1 colour"``)."""
+        return f"{self.key} colour"
 
     @property
     def title(self) -> str:
@@ -188,10 +221,15 @@ class ColorScale:
         """The napari ``Colormap`` object (stepwise for categorical scales)."""
         from napari.utils.colormaps import Colormap, ensure_colormap
 
+        if self.colormap in BRIGHT_COLORMAPS:
+            name, start, stop = BRIGHT_COLORMAPS[self.colormap]
+            base = Colormap(colors=ensure_colormap(name).map(np.linspace(start, stop, 64)),
+                            name=self.colormap.replace(" ", "_"), display_name=self.colormap)
+        else:
+            base = ensure_colormap(self.colormap)
         if not self.categorical:
-            return ensure_colormap(self.colormap)
+            return base
         n = max(int(round(self.vmax - self.vmin)) + 1, 2)
-        base = ensure_colormap(self.colormap)
         colors = base.map(np.linspace(0.0, 1.0, n))
         # 'zero' interpolation: n colours need n + 1 controls; value k maps to k/(n-1).
         edges = (np.arange(n + 1) - 0.5) / (n - 1)
@@ -203,13 +241,17 @@ class ColorScale:
         return np.asarray(self.napari_colormap().map(self.normalise(np.ravel(values))), dtype=np.float32)
 
     def ticks(self, n: int = 5) -> tuple[np.ndarray, list[str]]:
-        """Colour-bar tick positions in ``[0, 1]`` and their labels in physical units."""
+        """Colour-bar tick positions in ``[0, 1]`` and their labels in physical units.
+
+        Log scales tick at round values (decades such as 0.01, 0.1, 1 um^2/s, or the
+        1-2-5 series over less than two decades) plus both ends; at most about ``n`` ticks.
+        """
         if self.categorical:
             values = np.arange(int(round(self.vmin)), int(round(self.vmax)) + 1)
             pos = self.normalise(values)
             return pos, [str(int(v)) for v in values]
         if self.log:
-            values = np.geomspace(self.vmin, self.vmax, n)
+            values = _nice_log_ticks(self.vmin, self.vmax, n)
         else:
             values = np.linspace(self.vmin, self.vmax, n)
         return self.normalise(values), [f"{v:.3g}" for v in values]
@@ -219,7 +261,8 @@ def color_scale(results: Results, key: str = "D1") -> ColorScale:
     """Colour scale of a quantity, with robust limits taken from these results.
 
     D1 and D2 share one logarithmic range (2nd to 98th percentile of the per-track and
-    per-frame values of both, in um^2/s) so that their colours compare; anisotropy
+    per-frame values of both, in um^2/s, widened to round values of the 1-2-5 series)
+    so that their colours compare; anisotropy
     maps ``[0, 1]``; the state index maps its integer range.
 
     Parameters
@@ -246,12 +289,13 @@ def color_scale(results: Results, key: str = "D1") -> ColorScale:
             lo, hi = 0.01, 1.0
         lo = max(float(lo), 1e-4)
         hi = max(float(hi), lo * 10 ** 0.5)
-        return ColorScale(key, feature, label, unit, lo, hi, log=True, colormap="turbo")
+        lo, hi = nice_log_limits(lo, hi)
+        return ColorScale(key, feature, label, unit, lo, hi, log=True)
     if key == "anisotropy":
-        return ColorScale(key, feature, label, unit, 0.0, 1.0, colormap="viridis")
+        return ColorScale(key, feature, label, unit, 0.0, 1.0)
     states = np.asarray(results.tracks["state"], dtype=float)
     top = float(np.nanmax(states)) if states.size else 1.0
-    return ColorScale(key, feature, label, unit, 0.0, max(top, 1.0), colormap="turbo", categorical=True)
+    return ColorScale(key, feature, label, unit, 0.0, max(top, 1.0), categorical=True)
 
 
 # --------------------------------------------------------------------------- tracks
@@ -500,7 +544,8 @@ def ellipses_layer(
                 "frame": np.asarray(t["frame"], dtype=np.int64)[rows],
             }
         ),
-        "metadata": {"spt_kind": "ellipses", "scale_factor": float(scale_factor), "color_by": color_by},
+        "metadata": {"spt_kind": "ellipses", "scale_factor": float(scale_factor), "color_by": color_by,
+                     "spt_results": results},
         **(geometry or LayerGeometry()).kwargs(),
     }
     return corners, kwargs, "shapes"
@@ -598,7 +643,7 @@ def changepoints_layer(
         "border_width": 0.1,
         "projection_mode": "none",
         "text": {"string": "{label}", "size": 9, "color": "yellow", "anchor": "upper_left"},
-        "metadata": {"spt_kind": "changepoints"},
+        "metadata": {"spt_kind": "changepoints", "spt_results": results},
         **(geometry or LayerGeometry()).kwargs(),
     }
     return data, kwargs, "points"
