@@ -162,3 +162,65 @@ def test_bundled_models_load_and_answer_in_range(name: str) -> None:
         torch.testing.assert_close(out[..., 2] ** 2 + out[..., 3] ** 2, torch.ones(out.shape[:-1]), atol=1e-4, rtol=0)
         # an immobile particle must come out slow: well below 1 px^2/frame (1 um^2/s here)
         assert float(out[..., 0].median()) < 0.5
+
+
+# ------------------------------------------------------------- pinned checksums
+def test_every_bundled_checkpoint_is_pinned_in_package_code():
+    """Fails when a model was (re-)bundled without re-pinning: run
+    ``python -m napari_spt_diffusion.training --pin`` (bundle_run and reexport_checkpoint do it)."""
+    from napari_spt_diffusion.estimation import checkpoint as ck
+    from napari_spt_diffusion.estimation.checkpoint_pins import PINNED_SHA256
+
+    names = sorted(p.stem for p in ck.CHECKPOINT_DIR.glob("*.pt"))
+    assert sorted(PINNED_SHA256) == names
+    for name in names:
+        assert PINNED_SHA256[name] == read_card(name)["sha256"] == sha256_file(ck.CHECKPOINT_DIR / f"{name}.pt")
+
+
+def test_corrupt_bundled_checkpoint_with_recomputed_card_is_refused(tmp_path, monkeypatch):
+    from napari_spt_diffusion.estimation import checkpoint as ck
+
+    bundled = tmp_path / "checkpoints"
+    bundled.mkdir()
+    card = read_card("aniso")
+    data = bytearray((ck.CHECKPOINT_DIR / "aniso.pt").read_bytes())
+    data[-100] ^= 0xFF  # one corrupted byte
+    (bundled / "aniso.pt").write_bytes(bytes(data))
+    card["sha256"] = sha256_file(bundled / "aniso.pt")  # the card recomputed over the corrupt file
+    (bundled / "aniso.json").write_text(json.dumps(card))
+    (bundled / "newmodel.pt").write_bytes((ck.CHECKPOINT_DIR / "binding.pt").read_bytes())
+    binding = read_card("binding")
+    (bundled / "newmodel.json").write_text(json.dumps(binding))
+    monkeypatch.setattr(ck, "CHECKPOINT_DIR", bundled)
+    with pytest.raises(CheckpointError, match="pinned in the package.*corrupt or was replaced"):
+        load_checkpoint("aniso")
+    with pytest.raises(CheckpointError, match="no checksum pinned.*--pin"):
+        load_checkpoint("newmodel")
+    # the same files outside the package's folder are checked against their card only
+    monkeypatch.setattr(ck, "CHECKPOINT_DIR", tmp_path / "elsewhere")
+    assert load_checkpoint(bundled / "newmodel.pt")[1]["sha256"] == binding["sha256"]
+
+
+def test_pinning_rewrites_the_table(tmp_path, monkeypatch):
+    from napari_spt_diffusion.estimation import checkpoint_pins
+    from napari_spt_diffusion.training.card import pin_bundled_checksums
+
+    source = tmp_path / "checkpoint_pins.py"
+    source.write_text(Path(checkpoint_pins.__file__).read_text())
+    monkeypatch.setattr(checkpoint_pins, "__file__", str(source))
+    monkeypatch.setattr(checkpoint_pins, "PINNED_SHA256", dict(checkpoint_pins.PINNED_SHA256))
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    pt = folder / "only.pt"
+    pt.write_bytes(b"not really a model")
+    (folder / "only.json").write_text(json.dumps({"sha256": sha256_file(pt)}))
+    assert pin_bundled_checksums(folder) == {"only": sha256_file(pt)}
+    namespace: dict = {}
+    exec(source.read_text(), namespace)
+    assert namespace["PINNED_SHA256"] == {"only": sha256_file(pt)}
+    assert '"""SHA-256 of the bundled checkpoints' in source.read_text()
+    pt.write_bytes(b"changed")
+    with pytest.raises(CheckpointError, match="does not match its card"):
+        pin_bundled_checksums(folder)
+    exec(source.read_text(), namespace)
+    assert list(namespace["PINNED_SHA256"]) == ["only"]  # unchanged: nothing was written

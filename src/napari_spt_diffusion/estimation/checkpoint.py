@@ -31,6 +31,7 @@ __all__ = [
     "CARD_FORMAT_VERSION",
     "REQUIRED_CARD_KEYS",
     "available_models",
+    "is_bundled",
     "checkpoint_paths",
     "describe_training",
     "lineage_hours",
@@ -127,12 +128,37 @@ def load_checkpoint(
             f"model file {pt_path} does not match its card (sha256 {digest[:12]}... instead of "
             f"{str(card['sha256'])[:12]}...): the file is corrupt or was replaced"
         )
+    _check_pin(pt_path, digest)
     try:
         module = torch.jit.load(str(pt_path), map_location=device)
     except Exception as exc:  # torch raises RuntimeError and friends for unreadable archives
         raise CheckpointError(f"model file {pt_path} cannot be loaded by TorchScript ({exc})") from exc
     module.eval()
     return module, card
+
+
+def is_bundled(pt_path: str | os.PathLike[str]) -> bool:
+    """True for a ``.pt`` in the package's ``checkpoints/`` folder."""
+    return Path(pt_path).resolve().parent == Path(CHECKPOINT_DIR).resolve()
+
+
+def _check_pin(pt_path: Path, digest: str) -> None:
+    """Refuse a bundled model whose sha256 is not the one pinned in :mod:`.checkpoint_pins`."""
+    if not is_bundled(pt_path):
+        return
+    from . import checkpoint_pins
+
+    pinned = checkpoint_pins.PINNED_SHA256.get(pt_path.stem)
+    repin = ("re-bundle it with 'python -m napari_spt_diffusion.training --bundle RUN' or re-pin with "
+             "'python -m napari_spt_diffusion.training --pin'")
+    if pinned is None:
+        raise CheckpointError(f"bundled model {pt_path.name} has no checksum pinned in the package "
+                              f"(estimation/checkpoint_pins.py); {repin}")
+    if digest != pinned:
+        raise CheckpointError(
+            f"bundled model {pt_path.name} does not match the checksum pinned in the package (sha256 {digest[:12]}... "
+            f"instead of {pinned[:12]}...): the file is corrupt or was replaced; reinstall napari-spt-diffusion, "
+            f"or, if it was bundled on purpose, {repin}")
 
 
 def lineage_hours(lineage: list[dict[str, Any]]) -> float:

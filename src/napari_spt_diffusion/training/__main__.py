@@ -5,7 +5,9 @@
 * ``... --bundle RUN_DIR [--name NAME] [--dest DIR] [--lineage FILE]`` copies a finished
   run's checkpoint into the package's ``checkpoints/`` (:func:`~.card.bundle_run`);
 * ``... --reexport NAME_OR_PT ... [--reason TEXT]`` re-scripts checkpoints with the current
-  model code (:func:`~.card.reexport_checkpoint`).
+  model code (:func:`~.card.reexport_checkpoint`);
+* ``... --pin`` pins the sha256 of the bundled checkpoints in package code
+  (:func:`~.card.pin_bundled_checksums`; bundling and re-exporting into ``checkpoints/`` do it).
 
 Errors a user can fix print one ``error: ...`` line and return 2.
 """
@@ -61,6 +63,18 @@ def _bundle(argv: list[str]) -> int:
     return 0
 
 
+def _pin(argv: list[str]) -> int:
+    from .card import pin_bundled_checksums
+
+    parser = argparse.ArgumentParser(prog=COMMAND, description="Pin the sha256 of the bundled checkpoints in package "
+                                     "code (estimation/checkpoint_pins.py), each checked against its card first.")
+    parser.add_argument("--pin", action="store_true", required=True)
+    parser.parse_args(argv)
+    for name, digest in pin_bundled_checksums().items():
+        print(f"pinned {name}: {digest}")
+    return 0
+
+
 def _train(argv: list[str]) -> int:
     from .loop import train_model
 
@@ -82,7 +96,8 @@ def _train(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the module with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
-    command = _reexport if args[:1] == ["--reexport"] else _bundle if args[:1] == ["--bundle"] else _train
+    commands = {"--reexport": _reexport, "--bundle": _bundle, "--pin": _pin}
+    command = commands.get(args[0], _train) if args else _train
     try:
         return command(args)
     except SptDiffusionError as exc:

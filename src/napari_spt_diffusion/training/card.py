@@ -37,11 +37,12 @@ from ..estimation.checkpoint import (
     REQUIRED_CARD_KEYS,
     CheckpointError,
     checkpoint_paths,
+    is_bundled,
     lineage_hours,
     load_checkpoint,
     sha256_file,
 )
-from ..io._atomic import atomic_path, atomic_write_json
+from ..io._atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..simulation.motion_models import get_motion_model
 from .acquisition_ranges import get_range
 from .config import TrainConfig, TrainingError
@@ -59,6 +60,7 @@ __all__ = [
     "read_learning_curve",
     "bundle_run",
     "reexport_checkpoint",
+    "pin_bundled_checksums",
 ]
 
 #: Permission bits of the files written here: checkpoints are package data, readable by all.
@@ -380,8 +382,42 @@ def bundle_run(run_dir: str | os.PathLike[str], name: str | None = None,
         tmp.write_bytes(cards[0].with_suffix(".pt").read_bytes())
     card["name"] = target_name
     _write_json(target.with_suffix(".json"), card)
+    if is_bundled(target):
+        pin_bundled_checksums()
     load_checkpoint(target)  # verify the copy
     return target
+
+
+def pin_bundled_checksums(directory: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Pin the sha256 of every bundled checkpoint in package code (``estimation/checkpoint_pins.py``).
+
+    Each ``.pt`` of ``directory`` (default: the package's ``checkpoints/``) is checked against
+    its card first; any mismatch raises :class:`CheckpointError` and nothing is written.
+    Returns ``{name: sha256}`` as pinned.
+    """
+    from ..estimation import checkpoint_pins
+
+    folder = Path(directory) if directory is not None else CHECKPOINT_DIR
+    pins: dict[str, str] = {}
+    for name in sorted(p.stem for p in folder.glob("*.pt")):
+        card_path = folder / f"{name}.json"
+        if not card_path.is_file():
+            raise CheckpointError(f"bundled model {name}.pt has no card beside it; nothing was pinned")
+        card = json.loads(card_path.read_text())
+        digest = sha256_file(folder / f"{name}.pt")
+        if digest != card.get("sha256"):
+            raise CheckpointError(f"bundled model {name}.pt does not match its card (sha256 {digest[:12]}...); "
+                                  "nothing was pinned")
+        pins[name] = digest
+    lines = [f'    "{name}": "{digest}",' for name, digest in pins.items()]
+    source = Path(checkpoint_pins.__file__)
+    text = source.read_text()
+    head = text[: text.index("PINNED_SHA256")]
+    atomic_write_text(source, head + "PINNED_SHA256: dict[str, str] = {\n" + "\n".join(lines) + "\n}\n",
+                      mode=_FILE_MODE)
+    checkpoint_pins.PINNED_SHA256.clear()
+    checkpoint_pins.PINNED_SHA256.update(pins)
+    return pins
 
 
 def reexport_checkpoint(name_or_path: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None,
@@ -424,4 +460,7 @@ def reexport_checkpoint(name_or_path: str | os.PathLike[str], dest: str | os.Pat
         "date": time.strftime("%Y-%m-%d %H:%M"), "reason": reason,
         "previous_sha256": card.get("sha256"), "max_abs_difference": diff}]
     out = Path(dest) if dest is not None else pt_path.parent
-    return export_checkpoint(model, new_card, out, pt_path.stem, overwrite=True)
+    written = export_checkpoint(model, new_card, out, pt_path.stem, overwrite=True)
+    if is_bundled(written):
+        pin_bundled_checksums()
+    return written
