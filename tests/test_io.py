@@ -404,8 +404,10 @@ def test_read_results_errors(tmp_path):
         read_results(tmp_path / "nothing")
     write_results(tmp_path / "r", _results())
     (tmp_path / "r_tracks.csv").write_text("track_id,frame\n1,2\n")
-    with pytest.raises(InputError, match="lacks column"):
+    with pytest.raises(InputError, match="does not match the SHA-256"):  # the sidecar's checksum
         read_results(tmp_path / "r")
+    with pytest.raises(InputError, match="lacks column"):
+        read_results(tmp_path / "r", verify=False)
 
 
 def test_write_simulation_writes_movie_and_truth(tmp_path):

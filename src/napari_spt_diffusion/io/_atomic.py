@@ -11,21 +11,36 @@ renamed onto the target with ``os.replace``. A write that fails or is interrupte
   (tifffile, pandas, ``torch.jit.save``) and renames it into place when that succeeds.
 * :class:`AtomicFileSet` writes several files all or nothing, refusing existing
   targets unless asked to replace them (the movie, result and truth files).
+* :func:`check_outputs` checks targets before a long computation (a test file is created
+  and removed in each folder) and removes the temporaries that a killed earlier write
+  of the same targets left behind (:func:`remove_stale_temporaries`).
+
+Temporaries are named ``.<name>.<pid>-<12 hex digits>.tmp`` beside their target; the
+process id tells a leftover of a dead process from the temporary of a live one.
+``SIGINT`` and ``SIGTERM`` are held back while a set is renamed into place (a few
+microseconds, in the main thread) and delivered right after, so that they never leave half a set;
+``SIGKILL`` cannot be held back: a reader detects such a mix through the checksums
+that the last file of a result set records (see :mod:`.results`).
 
 These functions raise ``OSError`` as the operating system does, except
-:class:`AtomicFileSet`, which reports problems a user can fix as :class:`InputError`.
+:class:`AtomicFileSet` and :func:`check_outputs`, which report problems a user can fix
+as :class:`InputError`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._pause import pause_point
 from ._errors import InputError
 
 __all__ = [
@@ -35,14 +50,67 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_outputs",
+    "check_writable_folder",
+    "remove_stale_temporaries",
     "temporary_path",
 ]
 
 
 def temporary_path(target: str | os.PathLike[str]) -> Path:
-    """A fresh hidden temporary name beside ``target`` (``.<name>.<random>.tmp``)."""
+    """A fresh hidden temporary name beside ``target`` (``.<name>.<pid>-<random>.tmp``)."""
     target = Path(target)
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    return target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _temporary_pattern(name: str) -> re.Pattern[str]:
+    """Names of this module's temporaries of a target called ``name`` (earlier versions
+    did not record the process id: such leftovers are always stale)."""
+    return re.compile(rf"\.{re.escape(name)}\.(?:(\d+)-)?[0-9a-f]{{12}}\.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else (or cannot tell: keep its files)
+    return True
+
+
+def remove_stale_temporaries(targets: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Delete the temporaries of ``targets`` left behind by a killed earlier write.
+
+    Only files named like this module's temporaries of one of ``targets``
+    (``.<name>.<pid>-<12 hex>.tmp`` in the target's folder) whose process has ended are
+    removed; those of a process still running are left alone.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    removed: list[Path] = []
+    for target in targets:
+        target = Path(target)
+        pattern = _temporary_pattern(target.name)
+        try:
+            entries = list(os.scandir(target.parent))
+        except OSError:
+            continue
+        for entry in entries:
+            match = pattern.fullmatch(entry.name)
+            if match is None or (match.group(1) is not None and _process_alive(int(match.group(1)))):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
 
 
 def _fsync(path: Path) -> None:
@@ -59,6 +127,50 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the renames just made) to the disk, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM inside the block; they are delivered when it ends.
+
+    Their handlers are replaced by one that notes the signal, and the signals noted are
+    raised again once the handlers are back (a Python handler then runs at once: Ctrl-C
+    raises ``KeyboardInterrupt``). Masking the signals would not do: the kernel hands a
+    signal to any thread that does not block it, and Python then runs the handler all the
+    same. Only the main thread may set handlers; elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is None or handler == signal.SIG_IGN:
+            continue  # ignored, or set outside Python: leave it
+        previous[signum] = handler
+        signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # the handler put back runs here
 
 
 @contextmanager
@@ -142,30 +254,60 @@ def _check_target(target: Path, overwrite: bool) -> None:
         raise InputError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def check_outputs(paths: Iterable[str | os.PathLike[str]], overwrite: bool = False) -> None:
+def _probe_folder(target: Path) -> None:
+    """Create and delete a temporary beside ``target``: the one sure test that the folder
+    takes new files (permission bits say nothing for root, a read-only mount or /proc)."""
+    probe = temporary_path(target)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise InputError(f"cannot write to folder {target.parent}: {exc.strerror or exc}") from None
+    os.close(fd)
+    _unlink_quietly(probe)
+
+
+def check_writable_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputError` unless ``folder`` takes new files (a test file is created and removed)."""
+    _probe_folder(Path(folder) / "write-test")
+
+
+def check_outputs(paths: Iterable[str | os.PathLike[str]], overwrite: bool = False) -> list[Path]:
     """Raise :class:`InputError` now if any of ``paths`` could not be written later.
 
-    Checks that each folder exists and is writable and that no file exists (unless
-    ``overwrite``), so that a long computation does not end in a refused write.
+    Checks that each folder exists and takes new files (by creating and deleting a
+    temporary in it) and that no file exists (unless ``overwrite``), so that a long
+    computation does not end in a refused write. Removes the temporaries of ``paths``
+    that a killed earlier write left behind (:func:`remove_stale_temporaries`).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The stale temporaries removed.
     """
-    AtomicFileSet([Path(p) for p in paths], overwrite)
+    return AtomicFileSet([Path(p) for p in paths], overwrite).stale_removed
 
 
 class AtomicFileSet:
     """Several files written beside their targets, then renamed into place together.
 
     Creating the set refuses existing targets (unless ``overwrite``), missing or
-    read-only folders and two targets of the same name, before anything is written.
-    Write each file at :meth:`temp` ``(target)``, then call :meth:`commit`: it flushes
-    every temporary to the disk and renames it onto its target, removing the targets
-    already placed if a later rename fails (when nothing was overwritten). Leaving the
-    ``with`` block by an exception, ``KeyboardInterrupt`` included, deletes every
-    temporary; an ``OSError`` is reported as an :class:`InputError`.
+    read-only folders and two targets of the same name, before anything is written,
+    and removes the temporaries of these targets that a killed earlier write left
+    (:attr:`stale_removed`). Write each file at :meth:`temp` ``(target)``, then call
+    :meth:`commit`: it flushes every temporary to the disk, renames them onto their
+    targets in the order given (SIGINT and SIGTERM held back meanwhile) and flushes the
+    folder; it removes the targets already placed if a later rename fails (when nothing
+    was overwritten). Leaving the ``with`` block by an exception, ``KeyboardInterrupt``
+    included, deletes every temporary; an ``OSError`` is reported as an :class:`InputError`.
+
+    A ``KeyboardInterrupt`` that arrived during the renames is raised once they are
+    done, with the attribute ``files_written`` (the targets, all in place).
 
     Parameters
     ----------
     targets
-        The files to write, in the order they are renamed into place.
+        The files to write, in the order they are renamed into place: put last a file
+        that vouches for the others (a result set's ``_meta.json`` holds their checksums).
     overwrite
         Replace existing files.
     """
@@ -178,6 +320,9 @@ class AtomicFileSet:
             _check_target(target, self.overwrite)
         if len(set(self.targets)) != len(self.targets):
             raise InputError("two outputs would go to the same file")
+        for one_per_folder in {t.parent: t for t in self.targets}.values():
+            _probe_folder(one_per_folder)
+        self.stale_removed: list[Path] = remove_stale_temporaries(self.targets)
 
     def temp(self, target: Path) -> Path:
         """The temporary path to write ``target`` at."""
@@ -192,11 +337,23 @@ class AtomicFileSet:
         try:
             for target in self.targets:
                 _fsync(self.temps[target])
-            for target in self.targets:
-                if not self.overwrite and target.exists():
-                    raise InputError(f"{target} appeared while writing; nothing was overwritten")
-                os.replace(self.temps[target], target)
-                placed.append(target)
+            pause_point("writing")
+            try:
+                with _interrupts_held():
+                    for target in self.targets:
+                        if not self.overwrite and target.exists():
+                            raise InputError(f"{target} appeared while writing; nothing was overwritten")
+                        os.replace(self.temps[target], target)
+                        placed.append(target)
+                        if len(placed) == 1:
+                            pause_point("renaming")
+                    for folder in {t.parent for t in self.targets}:
+                        _fsync_folder(folder)
+            except KeyboardInterrupt as exc:
+                if len(placed) == len(self.targets):  # held back during the renames: the set is complete
+                    exc.files_written = list(placed)  # type: ignore[attr-defined]
+                    placed = []  # nothing to undo
+                raise
         except BaseException:
             if not self.overwrite:
                 for target in placed:

@@ -8,10 +8,16 @@
 
 Tables are written with the contract's columns first and floats with 9 significant
 digits; the sidecar is strict JSON (NaN written as ``null``).
+
+A result set is renamed into place sidecar last, and the sidecar records the SHA-256,
+size and row count of both tables (``checksums``): :func:`read_results` checks them and
+refuses an incomplete set or one that mixes files of two writes (a write killed between
+its renames) with an :class:`InputError` that names the set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -43,7 +49,12 @@ _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 
 def results_paths(prefix: str | os.PathLike[str]) -> dict[str, Path]:
-    """The three files of the results contract for ``prefix``: keys tracks, summary, meta."""
+    """The three files of the results contract for ``prefix``: keys tracks, summary, meta.
+
+    Raises :class:`InputError` for a prefix without a file name (``""``, ``.``, ``..`` or
+    one ending in a path separator).
+    """
+    _check_prefix_name(prefix)
     prefix = _strip_results_suffix(Path(prefix))
     return {
         "tracks": prefix.with_name(prefix.name + "_tracks.csv"),
@@ -59,9 +70,18 @@ def _strip_results_suffix(prefix: Path) -> Path:
     return prefix
 
 
-def _check_prefix(prefix: Path) -> None:
-    if str(prefix).endswith(os.sep) or prefix.is_dir() or prefix.name in ("", ".", ".."):
-        raise InputError(f"{prefix} is a folder; give a file-name prefix such as {prefix / 'results'}")
+def _check_prefix_name(prefix: str | os.PathLike[str]) -> None:
+    text = os.fspath(prefix)
+    if not text:
+        raise InputError("the results prefix is empty; give a file-name prefix such as results")
+    if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise InputError(f"{text} is a folder; give a file-name prefix such as {Path(text) / 'results'}")
+
+
+def _check_prefix(prefix: str | os.PathLike[str]) -> None:
+    _check_prefix_name(prefix)
+    if Path(prefix).is_dir():
+        raise InputError(f"{prefix} is a folder; give a file-name prefix such as {Path(prefix) / 'results'}")
 
 
 def _json_safe(value: Any) -> Any:
@@ -87,7 +107,7 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _results_meta(results: Results, paths: dict[str, Path]) -> dict[str, Any]:
+def _results_meta(results: Results, paths: dict[str, Path], checksums: dict[str, Any]) -> dict[str, Any]:
     from .. import __version__
 
     meta: dict[str, Any] = dict(results.meta or {})
@@ -101,6 +121,7 @@ def _results_meta(results: Results, paths: dict[str, Path]) -> dict[str, Any]:
             "software_version": __version__,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "files": {"tracks": paths["tracks"].name, "summary": paths["summary"].name},
+            "checksums": checksums,
             "n_tracks": int(len(results.summary)),
             "n_localizations": int(len(results.tracks)),
             "units": {
@@ -124,12 +145,28 @@ def _ordered_columns(table: pd.DataFrame, contract: Sequence[str]) -> pd.DataFra
     return table.loc[:, list(contract) + extra]
 
 
+def _file_digest(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size in bytes of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def _write_results_files(staging: AtomicFileSet, paths: dict[str, Path], results: Results) -> None:
-    tracks = _ordered_columns(results.tracks, TRACKS_COLUMNS)
-    summary = _ordered_columns(results.summary, SUMMARY_COLUMNS)
-    tracks.to_csv(staging.temp(paths["tracks"]), index=False, float_format=_CSV_FLOAT_FORMAT, lineterminator="\n")
-    summary.to_csv(staging.temp(paths["summary"]), index=False, float_format=_CSV_FLOAT_FORMAT, lineterminator="\n")
-    meta = _results_meta(results, paths)
+    """Write the three files of a set at their temporaries; the sidecar records the tables' checksums."""
+    checksums: dict[str, Any] = {"algorithm": "sha256"}
+    for key, table, contract in (("tracks", results.tracks, TRACKS_COLUMNS),
+                                 ("summary", results.summary, SUMMARY_COLUMNS)):
+        temp = staging.temp(paths[key])
+        _ordered_columns(table, contract).to_csv(temp, index=False, float_format=_CSV_FLOAT_FORMAT,
+                                                 lineterminator="\n")
+        sha256, size = _file_digest(temp)
+        checksums[key] = {"file": paths[key].name, "sha256": sha256, "bytes": size, "rows": int(len(table))}
+    meta = _results_meta(results, paths, checksums)
     with open(staging.temp(paths["meta"]), "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=2, allow_nan=False)
         handle.write("\n")
@@ -143,10 +180,13 @@ def write_results(
     """Write ``<prefix>_tracks.csv``, ``<prefix>_summary.csv`` and ``<prefix>_meta.json``.
 
     All or nothing: every target is checked before anything is written, the three
-    files are written as temporaries in the same folder and renamed into place at the
-    end. The contract's columns come first, extra columns follow. The JSON sidecar
-    holds the acquisition (``results.acquisition``, ``null`` if unknown), the model
-    name, the software version, the date (UTC) and every entry of ``results.meta``.
+    files are written as temporaries in the same folder, flushed to the disk and renamed
+    into place at the end, the sidecar last. The contract's columns come first, extra
+    columns follow. The JSON sidecar holds the acquisition (``results.acquisition``,
+    ``null`` if unknown), the model name, the software version, the date (UTC), the
+    SHA-256, size and row count of both tables (``checksums``) and every entry of
+    ``results.meta``. Temporaries that a killed earlier write of this prefix left are
+    removed.
 
     Parameters
     ----------
@@ -165,7 +205,6 @@ def write_results(
     """
     if not isinstance(results, Results):
         raise TypeError("results must be a Results")
-    prefix = Path(prefix)
     _check_prefix(prefix)
     paths = results_paths(prefix)
     targets = [paths["tracks"], paths["summary"], paths["meta"]]
@@ -266,35 +305,100 @@ def _read_table(path: Path, contract: Sequence[str], empty: pd.DataFrame, text_c
     return table
 
 
-def read_results(prefix: str | os.PathLike[str]) -> Results:
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise InputError(f"{path.name} is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path.name} does not hold a JSON object")
+    return meta
+
+
+def _set_name(paths: dict[str, Path]) -> str:
+    return str(paths["meta"].with_name(paths["meta"].name[: -len("_meta.json")]))
+
+
+def _check_set_complete(paths: dict[str, Path]) -> None:
+    """Raise :class:`InputError` naming the set if some but not all of its files exist."""
+    missing = [path.name for path in paths.values() if not path.is_file()]
+    if len(missing) == len(paths):
+        raise InputError(f"{paths['tracks']} does not exist")
+    if missing:
+        raise InputError(
+            f"incomplete result set {_set_name(paths)}: {', '.join(missing)} missing (a write was interrupted, "
+            "or files were moved); write it again"
+        )
+
+
+def _verify_checksums(paths: dict[str, Path], meta: dict[str, Any]) -> dict[str, Any]:
+    """Compare the tables with the checksums their sidecar records; returns the records.
+
+    A sidecar without ``checksums`` (written by an earlier version) is taken as is.
+    """
+    checksums = meta.get("checksums")
+    if checksums is None:
+        return {}
+    if not isinstance(checksums, dict) or checksums.get("algorithm") != "sha256":
+        raise InputError(f"{paths['meta'].name}: 'checksums' is not a SHA-256 record of the tables")
+    for key in ("tracks", "summary"):
+        record = checksums.get(key)
+        if not isinstance(record, dict) or "sha256" not in record:
+            raise InputError(f"{paths['meta'].name}: 'checksums' has no SHA-256 of the {key} table")
+        sha256, size = _file_digest(paths[key])
+        if sha256 != record["sha256"]:
+            raise InputError(
+                f"incomplete or mixed result set {_set_name(paths)}: {paths[key].name} does not match the SHA-256 "
+                f"recorded in {paths['meta'].name} ({size} bytes, recorded {record.get('bytes')}): a write was "
+                "interrupted between its files, or the table was changed afterwards; write the set again, or "
+                "read it with verify=False"
+            )
+    return checksums
+
+
+def read_results(prefix: str | os.PathLike[str], verify: bool = True) -> Results:
     """Read tables written by :func:`write_results` back into :class:`Results`.
 
-    ``prefix`` may also be the path of one of the three files. A missing
-    ``_meta.json`` gives ``meta = {}``; the acquisition recorded in it is
-    ``Results.acquisition`` of the tables read (``None`` if not recorded).
+    ``prefix`` may also be the path of one of the three files. The acquisition recorded
+    in the sidecar is ``Results.acquisition`` of the tables read (``None`` if not
+    recorded).
+
+    Parameters
+    ----------
+    prefix
+        The result prefix (``out/movie1`` for ``out/movie1_tracks.csv`` ...).
+    verify
+        Check that the set is complete and consistent: all three files present, and the
+        tables' SHA-256 and row counts equal to those the sidecar records (sidecars of
+        versions that did not record them are not checked). ``False`` reads tables edited
+        on purpose, and a set without sidecar (``meta = {}``).
 
     Raises
     ------
     InputError
-        For a missing or unreadable table, a sidecar that is not a JSON object or
-        records an invalid acquisition, or tables that break the results contract.
+        For a missing or unreadable table, an incomplete set or one whose tables do not
+        match their sidecar (``verify``), a sidecar that is not a JSON object or records
+        an invalid acquisition, or tables that break the results contract.
     """
     paths = results_paths(prefix)
+    if verify:
+        _check_set_complete(paths)
     for key in ("tracks", "summary"):
         if not paths[key].is_file():
             raise InputError(f"{paths[key]} does not exist")
+    meta: dict[str, Any] = _read_meta(paths["meta"]) if paths["meta"].is_file() else {}
+    checksums = _verify_checksums(paths, meta) if verify else {}
     tracks = _read_table(paths["tracks"], TRACKS_COLUMNS, empty_tracks_table(), ())
     summary = _read_table(
         paths["summary"], SUMMARY_COLUMNS, empty_summary_table(), ("changepoint_frames", "model")
     )
-    meta: dict[str, Any] = {}
-    if paths["meta"].is_file():
-        try:
-            meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
-        except ValueError:
-            raise InputError(f"{paths['meta'].name} is not valid JSON") from None
-        if not isinstance(meta, dict):
-            raise InputError(f"{paths['meta'].name} does not hold a JSON object")
+    for key, table in (("tracks", tracks), ("summary", summary)):
+        rows = (checksums.get(key) or {}).get("rows")
+        if rows is not None and rows != len(table):
+            raise InputError(
+                f"incomplete or mixed result set {_set_name(paths)}: {paths[key].name} has {len(table)} rows, "
+                f"{paths['meta'].name} records {rows}"
+            )
     try:
         results = Results(tracks=tracks, summary=summary, meta=meta)
     except ValueError as exc:
