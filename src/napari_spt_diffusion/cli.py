@@ -2,10 +2,12 @@
 
 Every problem a user can fix (a missing or unreadable movie, a wrong value, an
 existing or unwritable output) ends the command with one line
-``spt-diffusion: error: ...`` on stderr and exit status 2, without a traceback;
-Ctrl-C ends it with status 130. Outputs are written all or nothing (see
-:mod:`napari_spt_diffusion.io`), so neither leaves a half-written file behind.
-Set ``SPT_DIFFUSION_DEBUG=1`` to see the traceback of a reported error.
+``spt-diffusion: error: ...`` on stderr and exit status 2, without a traceback; output
+targets are checked before any computation. Ctrl-C (SIGINT) ends it with status 130,
+SIGTERM with status 143, each with one line. Outputs are written all or nothing (see
+:mod:`napari_spt_diffusion.io`), so none of these leaves a half-written file or a mix of
+two result sets behind. Set ``SPT_DIFFUSION_DEBUG=1`` to see the traceback of a
+reported error.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,18 +27,29 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
+from ._pause import PAUSE_ENV, pause_point
 from .acquisition import Acquisition
 from .acquisition_resolver import resolve_acquisition
 from .errors import SptDiffusionError
 from .io import InputError, check_outputs, read_movie, results_paths, simulation_paths
+from .io._atomic import check_writable_folder
 from .simulation.motion_models import motion_model_names, movie_model_names
 from .training.config import add_train_arguments, config_from_args
 
-__all__ = ["main", "build_parser", "ProgressBar", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["main", "build_parser", "ProgressBar", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 PROG = "spt-diffusion"
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every clean-up (temporaries, half-made folders) runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
 
 
 class _UsageError(Exception):
@@ -204,24 +219,44 @@ def _check_output_targets(targets: Sequence[Path], overwrite: bool) -> None:
     before writing (:func:`_make_output_folder`), so a failed run leaves nothing behind."""
     folder = Path(targets[0]).parent
     if folder.exists():
-        check_outputs(targets, overwrite=overwrite)
+        removed = check_outputs(targets, overwrite=overwrite)
+        if removed:
+            _say(f"removed {len(removed)} temporary file(s) that an interrupted earlier run left in {folder}")
         return
     ancestor = folder.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise InputError(f"cannot create folder {folder}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError(f"cannot create folder {folder}: {ancestor} is not writable")
+    try:
+        check_writable_folder(ancestor)
+    except InputError:
+        raise InputError(f"cannot create folder {folder}: {ancestor} is not writable") from None
 
 
-def _make_output_folder(targets: Sequence[Path]) -> None:
-    """Create the output folder of ``targets`` (and its parents) if it is missing."""
+def _make_output_folder(targets: Sequence[Path]) -> list[Path]:
+    """Create the output folder of ``targets`` (and its parents) if it is missing; returns the
+    folders created, deepest first (:func:`_remove_empty_folders` takes them back)."""
     folder = Path(targets[0]).parent
+    created = []
+    missing = folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
+    return created
+
+
+def _remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove the folders :func:`_make_output_folder` created, where a failed write left them empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -262,14 +297,18 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "seed": seed,
         "command": shlex.join([PROG, *argv]),
     }
-    _make_output_folder(targets)
-    written = write_simulation(
-        out,
-        simulated.movie,
-        truth,
-        overwrite=args.overwrite,
-        compression="zlib" if args.compress else None,
-    )
+    created = _make_output_folder(targets)
+    try:
+        written = write_simulation(
+            out,
+            simulated.movie,
+            truth,
+            overwrite=args.overwrite,
+            compression="zlib" if args.compress else None,
+        )
+    except BaseException:
+        _remove_empty_folders(created)
+        raise
     n_tracks = truth.n_tracks
     _say(
         f"simulated {args.frames} frames of {ny} x {nx} px, {n_tracks} tracks "
@@ -290,12 +329,7 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
             pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **changes
         )
         measure = _fields_to_measure(args, movie, changes)
-        if args.out is not None:
-            prefix = Path(args.out)
-        else:
-            name = movie.path.name
-            stem = name[: -len(movie.path.suffix)] if movie.path.suffix else name
-            prefix = movie.path.with_name(stem)
+        prefix = _track_prefix(args.out, movie.path)
         targets = list(results_paths(prefix).values())
         _check_output_targets(targets, args.overwrite)
         source = movie.metadata_source or "none"
@@ -314,7 +348,7 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                results = track_and_estimate(movie.data, acquisition, settings, progress=bar)
+                results = track_and_estimate(movie.data, acquisition, settings, progress=_with_pause_points(bar))
         finally:
             bar.close()
         _report_warnings(caught)
@@ -330,12 +364,61 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     results.meta["command"] = shlex.join([PROG, *argv])
     from .io import write_results
 
-    _make_output_folder(targets)
-    written = write_results(prefix, results, overwrite=args.overwrite)
+    created = _make_output_folder(targets)
+    try:
+        written = write_results(prefix, results, overwrite=args.overwrite)
+    except BaseException:
+        _remove_empty_folders(created)
+        raise
     _say(f"{results.n_tracks} tracks, {len(results.tracks)} localizations")
     for path in written:
         _say(f"wrote {path}")
     return 0
+
+
+def _track_prefix(out: str | None, movie_path: Path) -> Path:
+    """The results prefix of ``track``, refused now (before any work) if it names no file.
+
+    ``--out PREFIX`` as given; ``--out DIR/`` (ending in a path separator) writes into DIR
+    (created if missing), the files named after the movie; default: the movie's path
+    without its extension.
+    """
+    name = movie_path.name
+    stem = name[: -len(movie_path.suffix)] if movie_path.suffix else name
+    if out is None:
+        prefix = movie_path.with_name(stem)
+        if prefix.is_dir():
+            raise InputError(f"the default output prefix {prefix} (the movie's name) is a folder; write into it "
+                             f"with --out {prefix}{os.sep}, or give --out PREFIX")
+        return prefix
+    if not out.strip():
+        raise InputError("--out is empty; give a prefix such as results, or a folder ending in / such as out/")
+    if out.endswith(("/", os.sep)):
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--out {out}: {folder} is a file, not a folder")
+        return folder / stem
+    prefix = Path(out)
+    if prefix.is_dir() or prefix.name in ("", ".", ".."):
+        raise InputError(f"--out {out} is a folder; write into it with --out {out}{os.sep} (trailing slash) or "
+                         f"give a file-name prefix such as {prefix / 'results'}")
+    return prefix
+
+
+def _with_pause_points(progress: Any) -> Any:
+    """``progress``, calling the test hook :func:`~napari_spt_diffusion._pause.pause_point` at the
+    detection and inference steps when ``SPT_DIFFUSION_TEST_PAUSE`` is set (else ``progress`` itself)."""
+    if not os.environ.get(PAUSE_ENV):
+        return progress
+
+    def report(fraction: float, message: str = "") -> None:
+        progress(fraction, message)
+        if message.startswith("detecting and localizing: frame"):
+            pause_point("detection")
+        elif message.startswith("model ") and ": batch " in message:
+            pause_point("inference")
+
+    return report
 
 
 def _report_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
@@ -441,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Single-particle tracking and diffusion-tensor estimation of fluorescence movies.",
-        epilog="User errors print one line and exit 2; set SPT_DIFFUSION_DEBUG=1 for a traceback.",
+        epilog="User errors print one line and exit 2 (before any computation where they concern the outputs); "
+        "Ctrl-C exits 130, SIGTERM 143, neither leaving a partial result set. Set SPT_DIFFUSION_DEBUG=1 for a "
+        "traceback.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -479,8 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
         "track",
         help="track particles and estimate their diffusion tensors",
         description="Detect, link and estimate every track of MOVIE.tif; writes PREFIX_tracks.csv, "
-        "PREFIX_summary.csv and PREFIX_meta.json. Pixel size and frame interval come from the "
-        "TIFF metadata (ImageJ or OME) unless given here.",
+        "PREFIX_summary.csv and PREFIX_meta.json (last, with the tables' SHA-256). Pixel size and frame interval "
+        "come from the TIFF metadata (ImageJ or OME) unless given here.",
     )
     trk.add_argument("movie", metavar="MOVIE.tif", help="input movie (T, Y, X)")
     trk.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm (overrides the file)")
@@ -513,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: cut them, so each track holds one particle)")
     trk.add_argument("--changepoints", choices=("auto", "single", "multiple", "none"),
                      help="changepoint detection for multi-state models (default: auto)")
-    trk.add_argument("--out", metavar="PREFIX", help="output prefix (default: the movie path without .tif)")
+    trk.add_argument("--out", metavar="PREFIX", help="output prefix (default: the movie path without .tif); "
+                     "a folder ending in / writes into it (created if missing), the files named after the movie")
     trk.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                      help="where the model runs (default: auto)")
     trk.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -568,18 +654,32 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     debug = bool(os.environ.get("SPT_DIFFUSION_DEBUG"))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args.func(args, argv) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        print(f"{PROG}: interrupted; no output file was written or changed", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"{PROG}: {_interrupted_line(exc)}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except _USER_ERRORS as exc:
         if debug:
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _interrupted_line(exc: KeyboardInterrupt) -> str:
+    """The one line that ends a run stopped by SIGINT or SIGTERM."""
+    what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+    written = getattr(exc, "files_written", None)
+    if written:  # the signal came while a file set was renamed into place: held back until it was complete
+        return f"{what} after writing {', '.join(str(p) for p in written)} (complete)"
+    return f"{what}; no output file was written or changed"
 
 
 if __name__ == "__main__":  # pragma: no cover
