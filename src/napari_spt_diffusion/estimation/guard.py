@@ -97,25 +97,28 @@ class GuardDecision:
         return out
 
 
-def _fit_ratio(d_model: np.ndarray, d_classical: np.ndarray, sd_unit: np.ndarray) -> float:
-    """Huber-weighted regression through the origin, ``d_classical ~ c d_model``.
+def _fit_ratio(d_model: np.ndarray, d_classical: np.ndarray, sd_unit: np.ndarray) -> np.ndarray:
+    """Huber-weighted regressions through the origin, ``d_classical ~ c d_model``, row by row.
 
-    ``sd_unit`` ``(N,)``: the standard deviation of ``d_classical`` when the true value is
-    ``d_model`` (it is rescaled with ``c`` as the iteration goes).
+    ``d_model``, ``d_classical``, ``sd_unit``: ``(..., N)``; ``sd_unit`` is the standard
+    deviation of ``d_classical`` when the true value is ``d_model`` (it is rescaled with ``c``
+    as the iteration goes). Returns ``(...)`` factors ``c`` (NaN where the fit fails). All
+    rows (a bootstrap's resamples) are fitted at once.
     """
-    c = 1.0
-    for _ in range(8):
-        expected = c * d_model
-        sd = np.maximum(c * sd_unit, 1e-12)
-        residual = np.clip((d_classical - expected) / sd, -HUBER_CLIP, HUBER_CLIP)
-        clipped = expected + residual * sd
-        weight = d_model / sd**2
-        new = float(np.sum(weight * clipped) / np.sum(weight * d_model))
-        if not math.isfinite(new) or new <= 0:
-            return float("nan")
-        if abs(new - c) < 1e-6 * c:
-            return new
+    c = np.ones(d_model.shape[:-1])
+    weight = d_model / np.maximum(sd_unit, 1e-12) ** 2  # c-independent part of the weights
+    for _ in range(12):
+        cc = c[..., None]
+        expected = cc * d_model
+        sd = np.maximum(cc * sd_unit, 1e-12)
+        clipped = expected + np.clip((d_classical - expected) / sd, -HUBER_CLIP, HUBER_CLIP) * sd
+        with np.errstate(invalid="ignore", divide="ignore"):
+            new = np.sum(weight * clipped, axis=-1) / np.sum(weight * d_model, axis=-1)
+        new = np.where(np.isfinite(new) & (new > 0), new, np.nan)
+        done = np.all(np.isnan(new) | (np.abs(new - c) < 1e-6 * c))
         c = new
+        if done:
+            break
     return c
 
 
@@ -169,10 +172,10 @@ def population_ratio(
         return nan, nan, nan, 0
     # the isotropic CVE averages two axes: half the 1-D variance
     sd_unit = np.sqrt(0.5 * cve_variance_px2(d_m, s2, blur, k))
-    c = _fit_ratio(d_m, d_c, sd_unit)
+    c = float(_fit_ratio(d_m, d_c, sd_unit))
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     draws = gen.integers(0, n, size=(_BOOTSTRAP, n))
-    boot = np.array([_fit_ratio(d_m[i], d_c[i], sd_unit[i]) for i in draws])
+    boot = _fit_ratio(d_m[draws], d_c[draws], sd_unit[draws])
     boot = boot[np.isfinite(boot) & (boot > 0)]
     if not math.isfinite(c) or boot.size < _BOOTSTRAP // 2:
         return nan, nan, nan, n
