@@ -34,6 +34,7 @@ from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
 from .estimation.estimator import Estimator, TrackEstimate
+from .estimation.intervals import INTERVAL_COLUMNS, apply_intervals, bundled_interval_table
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
 from .tracking.crowding import CROWDED_SHARE, crowded_share
@@ -117,7 +118,8 @@ def prepare_acquisition(movie: Any, acquisition: Acquisition, measure: tuple[str
             _warn(note)
         messages += list(measured.notes)
     seconds = time.perf_counter() - t0 if measure else 0.0
-    origins = {name: "measured" for name in measure}
+    # a field to measure that the calibration could not measure keeps its standard value
+    origins = {name: "measured" if measured is not None and name in measured.values else "assumed" for name in measure}
     plausibility.check_units(acquisition, origins)
     plausibility.check_offset(sample, acquisition, origins)
     particles = plausibility.particles_per_frame(sample, acquisition)
@@ -209,6 +211,7 @@ def estimate_stage(
     if mode == "auto":
         mode = "auto" if estimator.pointwise else "none"
     tracks_table, summary = _tables(tracks, estimates, classical, acquisition, estimator, settings, mode, drift)
+    summary, interval_meta = with_intervals(summary, loc_var, acquisition)
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
     timings["tables_s"] = time.perf_counter() - t0
     bar.report(1.0, "done")
@@ -230,8 +233,42 @@ def estimate_stage(
             "confirm_alpha_per_track": settings.changepoint_confirm_alpha,
         },
         "drift_correction": drift_meta,
+        "intervals": interval_meta,
     }
     return StageOutput(tracks_table, summary, meta, messages, timings)
+
+
+def with_intervals(
+    summary: pd.DataFrame, loc_var_px2: Mapping[int, float], acquisition: Acquisition
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The summary with the per-track 68 % / 95 % intervals of D1, D2 and theta (``INTERVAL_COLUMNS``).
+
+    Each track's intervals come from the calibrated table of the estimator that gave its
+    values (its ``model`` column: a bundled model, or ``classical``); tracks whose estimator
+    has no table get NaN. ``loc_var_px2``: mean squared localization precision per track id.
+    """
+    out = summary.copy()
+    for column in INTERVAL_COLUMNS:
+        out[column] = np.nan
+    used: dict[str, str] = {}
+    for method in sorted(set(out["model"].astype(str))) if len(out) else []:
+        table = bundled_interval_table(method)
+        used[method] = "none (no calibrated table: NaN)" if table is None else table.calibration.get(
+            "acquisitions", "calibrated")
+        if table is None:
+            continue
+        rows = (out["model"].astype(str) == method).to_numpy()
+        ids = out["track_id"].to_numpy()[rows]
+        estimate = {k: out[k].to_numpy(dtype=float)[rows] for k in ("D1_um2_s", "D2_um2_s", "theta_deg")}
+        var = np.array([loc_var_px2.get(int(i), np.nan) for i in ids], dtype=float)
+        columns = apply_intervals(table, estimate, out["n_frames"].to_numpy(dtype=float)[rows], var,
+                                  acquisition.um2_s_per_px2_frame)
+        for column, values in columns.items():
+            out.loc[rows, column] = values
+    meta = {"columns": list(INTERVAL_COLUMNS), "tables": used,
+            "method": "split-conformal: calibrated quantiles of the log error (D) and the angle error (theta) per "
+                      "track length and localization-noise ratio, on simulated tracks (estimation/intervals.py)"}
+    return out, meta
 
 
 def _without_drift(tp: TrackPatches, drift_px: np.ndarray) -> TrackPatches:

@@ -37,6 +37,7 @@ __all__ = [
     "fit_interval_table",
     "apply_intervals",
     "load_interval_table",
+    "bundled_interval_table",
     "INTERVAL_COLUMNS",
     "QUANTILES",
 ]
@@ -128,6 +129,21 @@ def load_interval_table(path: str | Path) -> IntervalTable:
     """Read a table written as ``json.dumps(table.to_dict())``."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return IntervalTable.from_dict(data)
+
+
+#: Folder of the bundled tables: ``<estimator>.intervals.json`` beside the bundled models.
+TABLE_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def bundled_interval_table(method: str) -> IntervalTable | None:
+    """The bundled table of an estimator (a bundled model's name, or ``classical``); None if it has none."""
+    path = TABLE_DIR / f"{method}.intervals.json"
+    if not path.is_file():
+        return None
+    try:
+        return load_interval_table(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"interval table {path} cannot be read ({exc})") from exc
 
 
 def _bins(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
