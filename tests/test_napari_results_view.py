@@ -43,10 +43,14 @@ def test_show_results_layers_and_dock(viewer_with_movie, binding, qtbot):
     assert len(viewer.layers["changepoints"].data) == int(binding.summary["n_changepoints"].sum())
     assert widget.table.rowCount() == binding.n_tracks
     assert "um²/s" in widget.colorbar.scale.title
+    # the scale is also written on the canvas (napari's text overlay)
+    legend = viewer.canvas.overlays["text"]
+    assert legend.visible and legend.text.startswith("colour: D1 (um²/s)")
 
     # colour by D2 -> tracks colour feature and colour bar follow
     widget.color_combo.setCurrentIndex(widget.color_combo.findData("D2"))
     assert tracks.color_by == "D2 colour" and widget.colorbar.scale.key == "D2"
+    assert legend.text.startswith("colour: D2 (um²/s)")
     # state is categorical
     widget.color_combo.setCurrentIndex(widget.color_combo.findData("state"))
     assert tracks.color_by == "state colour"

@@ -29,9 +29,12 @@ def test_manifest_valid_and_importable():
     assert {s.key for s in contrib.sample_data} == {"sample_movie", "simulated_movie"}
     (writer,) = contrib.writers
     assert writer.layer_types == ["tracks"] and writer.filename_extensions == [".csv"]
+    (reader,) = contrib.readers
+    assert set(reader.filename_patterns) == {"*_tracks.csv", "*_summary.csv", "*_meta.json"}
     # every command referenced by a contribution is declared
     ids = {c.id for c in contrib.commands}
-    assert {w.command for w in contrib.widgets} | {s.command for s in contrib.sample_data} | {writer.command} <= ids
+    assert ({w.command for w in contrib.widgets} | {s.command for s in contrib.sample_data}
+            | {writer.command, reader.command} <= ids)
 
 
 def test_manifest_entry_point_points_at_this_file():
@@ -111,22 +114,35 @@ def test_simulator_preview_generate_save(make_napari_viewer_proxy, qtbot, monkey
     widget.int_boxes["seed"].value = 2
     widget._loading = False
     t0 = time.perf_counter()
-    sim = widget.preview()  # later previews update the layers in place: well under a second
+    sim = widget.preview()  # later previews redraw the dock's canvas: well under a second
     assert time.perf_counter() - t0 < 1.0
-    image = viewer.layers["simulation preview"]
-    assert image.data.shape == (20, 64, 80)
-    assert image.scale[1] == pytest.approx(0.08) and image.scale[0] == pytest.approx(0.01)
-    assert len(viewer.layers["simulation preview truth"].data) == len(sim.truth.tracks)
+    # the preview lives in the dock, never as a layer under the user's movie
+    assert len(viewer.layers) == 0
+    assert widget.preview_canvas.movie.shape == (20, 64, 80)
+    assert len(widget.preview_canvas.tracks) == len(sim.truth.tracks)
+    widget.frame_slider.setValue(12)
+    assert widget.preview_canvas.frame == 12 and widget.frame_slider.maximum() == 19
     with qtbot.waitSignal(widget._timer.timeout, timeout=3000):
         widget.int_boxes["seed"].value = 7
 
     widget.model_combo.value = "binding"
     widget.generate()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
-    assert widget.simulated is not None and "simulation preview" not in viewer.layers
+    assert widget.simulated is not None
     assert viewer.layers["simulated movie"].data.shape == (40, 64, 80)
-    assert "truth tracks" in viewer.layers and "truth tensor ellipses" in viewer.layers
+    assert "simulated movie truth tracks" in viewer.layers and "simulated movie truth tensor ellipses" in viewer.layers
     assert widget.progress.value == 1000 and widget.save_button.enabled
+    # a second Generate adds a movie and keeps the first one's results in the dock
+    widget.generate()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+    assert "simulated movie 2" in viewer.layers and "simulated movie truth tracks" in viewer.layers
+    from napari_spt_diffusion._napari.results_widget import _results_widget_for
+
+    dock = _results_widget_for(viewer)
+    assert list(dock.displays) == ["simulated movie truth", "simulated movie 2 truth"]
+    dock.source_combo.setCurrentIndex(0)
+    assert dock.display is dock.displays["simulated movie truth"] and dock.display.connected
+    assert not dock.displays["simulated movie 2 truth"].connected
 
     target = tmp_path / "sim"
     monkeypatch.setattr(_dialogs, "ask_save_path", lambda *a, **k: str(target))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ask_save_path", "notify_error", "notify_info", "notify_warning", "one_sentence"]
+__all__ = ["ask_open_path", "ask_save_path", "notify_error", "notify_info", "notify_warning", "one_sentence"]
 
 
 def ask_save_path(parent: Any, caption: str, start: str = "", file_filter: str = "") -> str | None:
@@ -16,6 +16,14 @@ def ask_save_path(parent: Any, caption: str, start: str = "", file_filter: str =
     from qtpy.QtWidgets import QFileDialog
 
     path, _ = QFileDialog.getSaveFileName(parent, caption, start, file_filter)
+    return path or None
+
+
+def ask_open_path(parent: Any, caption: str, start: str = "", file_filter: str = "") -> str | None:
+    """Ask the user for an existing file to read; ``None`` when the dialog is cancelled."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(parent, caption, start, file_filter)
     return path or None
 
 

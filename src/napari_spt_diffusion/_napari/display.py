@@ -42,9 +42,13 @@ class DisplayOptions:
     ellipse_scale_factor
         Initial magnification of the tensor ellipses (dimensionless).
     show_ellipses, show_changepoints
-        Whether to create those layers.
+        Whether to create those layers (no changepoints layer when there is none).
     max_static_ellipses
         Above this many localizations the ellipses follow the current frame (module docstring).
+    adopt_layers
+        Use layers already in the viewer that were made from these very results
+        (``layer.metadata["spt_results"] is results``, same ``spt_kind``) instead of adding
+        new ones: the layers a reader returned.
     """
 
     color_by: str = "D1"
@@ -52,6 +56,7 @@ class DisplayOptions:
     show_ellipses: bool = True
     show_changepoints: bool = True
     max_static_ellipses: int = MAX_STATIC_ELLIPSES
+    adopt_layers: bool = False
 
 
 class ResultsDisplay:
@@ -102,6 +107,8 @@ class ResultsDisplay:
         self.selected_track: int | None = None
         self.follow_frame = len(results.tracks) > max_static_ellipses
         self.scales = {k: L.color_scale(results, k) for k in L.COLOR_KEYS}
+        self._adopt = opts.adopt_layers
+        self.connected = False
 
         self.tracks_layer = self._add(
             L.tracks_layer(results, color_by=color_by, geometry=self.geometry, name=f"{prefix}tracks")
@@ -111,24 +118,44 @@ class ResultsDisplay:
             self.ellipses_layer = self._add(self._ellipse_tuple())
         self.changepoints_layer = None
         if show_changepoints:
-            self.changepoints_layer = self._add(
-                L.changepoints_layer(results, geometry=self.geometry, name=f"{prefix}changepoints")
-            )
+            cp_tuple = L.changepoints_layer(results, geometry=self.geometry, name=f"{prefix}changepoints")
+            if len(cp_tuple[0]):  # no empty layer when there is no changepoint
+                self.changepoints_layer = self._add(cp_tuple)
+            elif cp_tuple[1]["name"] in self.viewer.layers:  # an earlier run's, of the same name
+                self.viewer.layers.remove(cp_tuple[1]["name"])
         self.selected_layer = None
-        if self.follow_frame:
-            viewer.dims.events.current_step.connect(self._on_frame)
-            if self.ellipses_layer is not None:  # shown again (eye icon): draw the current frame
-                self.ellipses_layer.events.visible.connect(self._on_frame)
-        viewer.mouse_drag_callbacks.append(self._on_mouse_drag)
+        if self.follow_frame and self.ellipses_layer is not None:  # shown again (eye icon): draw the frame
+            self.ellipses_layer.events.visible.connect(self._on_frame)
+        self.connect()
         self.tracks_layer.selected = False
 
     # ------------------------------------------------------------------ layers
     def _add(self, layer_tuple: L.LayerDataTuple) -> Any:
         data, kwargs, kind = layer_tuple
         name = kwargs.get("name")
+        if self._adopt:
+            kind_name = kwargs.get("metadata", {}).get("spt_kind")
+            for layer in self.viewer.layers:
+                md = layer.metadata
+                if md.get("spt_results") is self.results and md.get("spt_kind") == kind_name:
+                    return layer
         if name in self.viewer.layers:  # replace an earlier run's layer of the same name
             self.viewer.layers.remove(name)
         return getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+
+    def connect(self) -> None:
+        """Follow the viewer: clicks select tracks, frame changes refill the ellipses (idempotent)."""
+        if self.connected:
+            return
+        if self.follow_frame:
+            self.viewer.dims.events.current_step.connect(self._on_frame)
+        self.viewer.mouse_drag_callbacks.append(self._on_mouse_drag)
+        self.connected = True
+
+    @property
+    def alive(self) -> bool:
+        """Whether the tracks layer is still in the viewer."""
+        return self.tracks_layer in self.viewer.layers
 
     @property
     def layers(self) -> list[Any]:
@@ -252,13 +279,14 @@ class ResultsDisplay:
 
     # ------------------------------------------------------------------ clean-up
     def close(self, remove_layers: bool = False) -> None:
-        """Disconnect from the viewer (and optionally remove the layers)."""
+        """Disconnect from the viewer (and optionally remove the layers); :meth:`connect` undoes it."""
         try:
             self.viewer.dims.events.current_step.disconnect(self._on_frame)
         except (TypeError, ValueError, RuntimeError):
             pass
         if self._on_mouse_drag in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse_drag)
+        self.connected = False
         if remove_layers:
             for layer in self.layers:
                 if layer in self.viewer.layers:

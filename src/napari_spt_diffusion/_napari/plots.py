@@ -1,4 +1,4 @@
-"""Matplotlib canvases styled like the napari theme: timeline, histogram, colour bar.
+"""Matplotlib canvases styled like the napari theme: timeline, histogram, colour bar, movie preview.
 
 Each canvas is a ``FigureCanvasQTAgg`` whose colours follow the viewer's theme
 (background, text) and that redraws only when told to (new track, new frame).
@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QSizePolicy
 from ..results import Results, parse_changepoint_frames
 from .layers import ColorScale
 
-__all__ = ["ColorBarCanvas", "HistogramCanvas", "ThemedCanvas", "TimelineCanvas", "theme_colors"]
+__all__ = ["ColorBarCanvas", "HistogramCanvas", "MoviePreviewCanvas", "ThemedCanvas", "TimelineCanvas", "theme_colors"]
 
 D1_COLOR = "#ff7f0e"
 D2_COLOR = "#1f9bd1"
@@ -144,8 +144,14 @@ class TimelineCanvas(ThemedCanvas):
         ax.plot(self.frames, self.D2, "-", color=D2_COLOR, lw=1.4, label="D2")
         positive = np.concatenate([self.D1, self.D2])
         positive = positive[np.isfinite(positive) & (positive > 0)]
-        if positive.size and positive.max() / max(positive.min(), 1e-12) > 20:
-            ax.set_yscale("log")
+        if positive.size:
+            # limits with room around the lines: constant D1/D2 (one state) must not sit on the frame
+            lo, hi = float(positive.min()), float(positive.max())
+            if hi / max(lo, 1e-12) > 20:
+                ax.set_yscale("log")
+                ax.set_ylim(lo / 1.8, hi * 1.8)
+            else:
+                ax.set_ylim(0.0, hi * 1.3)
         for k, cp in enumerate(self.changepoints):
             ax.axvline(cp - 0.5, color="yellow", ls="--", lw=1.0, label="changepoint" if k == 0 else None)
         self._frame_line = ax.axvline(self.current_frame, color=c["text"], lw=1.0, alpha=0.8)
@@ -250,4 +256,80 @@ class ColorBarCanvas(ThemedCanvas):
         ax.set_xticklabels(labels)
         ax.set_xlim(0, 1)
         ax.set_xlabel(self.scale.title, fontsize=8)
+        self.draw_idle()
+
+
+class MoviePreviewCanvas(ThemedCanvas):
+    """A short movie with its true tracks, drawn inside a dock (the Simulator's live preview).
+
+    It never touches the viewer's layers, so a preview at its own scale and length
+    cannot hide under (or rescale the time axis of) the user's movie. :meth:`set_movie`
+    shows a new movie, :meth:`set_frame` one frame; the tracks are drawn up to that frame
+    (the last :attr:`tail_frames` frames), coloured by track.
+    """
+
+    tail_frames = 10
+
+    def __init__(self, viewer: Any = None, parent: Any = None) -> None:
+        super().__init__(viewer, height_in=2.6, parent=parent)
+        self.setMinimumHeight(160)
+        self.ax = self.figure.add_subplot(111)
+        self.movie: np.ndarray | None = None
+        self.tracks: Any = None
+        self.frame = 0
+        self._image: Any = None
+        self._lines: list[Any] = []
+        self.redraw()
+
+    def set_movie(self, movie: Any, tracks: Any = None) -> None:
+        """Show ``movie`` ``(T, Y, X)`` (camera counts) and ``tracks`` (a results ``tracks`` table, px)."""
+        self.movie = None if movie is None else np.asarray(movie)
+        self.tracks = tracks
+        self.frame = 0
+        self.redraw()
+
+    def set_frame(self, frame: int) -> None:
+        """Show frame ``frame`` (clipped to the movie) and the tracks up to it."""
+        if self.movie is None:
+            return
+        self.frame = int(min(max(frame, 0), len(self.movie) - 1))
+        self._image.set_data(self.movie[self.frame])
+        self._draw_tracks()
+        self.draw_idle()
+
+    def _draw_tracks(self) -> None:
+        for line in self._lines:
+            line.remove()
+        self._lines = []
+        t = self.tracks
+        if t is None or not len(t):
+            return
+        from matplotlib import colormaps
+
+        cmap = colormaps["tab10"]
+        near = t[(t["frame"] <= self.frame) & (t["frame"] > self.frame - self.tail_frames)]
+        for tid, rows in near.groupby("track_id"):
+            rows = rows.sort_values("frame")
+            (line,) = self.ax.plot(rows["x_px"], rows["y_px"], "-", lw=1.2, color=cmap(int(tid) % 10), alpha=0.9)
+            self._lines.append(line)
+
+    def redraw(self) -> None:
+        ax = self.ax
+        ax.clear()
+        self._lines = []
+        self.style_axes(ax)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if self.movie is None or not len(self.movie):
+            self._image = None
+            ax.text(0.5, 0.5, "no preview", ha="center", va="center", transform=ax.transAxes,
+                    color=self.colors["text"], fontsize=8)
+            self.draw_idle()
+            return
+        lo, hi = np.percentile(self.movie[: min(len(self.movie), 5)], [0.5, 99.9])
+        self._image = ax.imshow(self.movie[self.frame], cmap="gray", vmin=float(lo), vmax=float(max(hi, lo + 1)),
+                                interpolation="nearest")
+        ax.set_xlim(-0.5, self.movie.shape[2] - 0.5)
+        ax.set_ylim(self.movie.shape[1] - 0.5, -0.5)
+        self._draw_tracks()
         self.draw_idle()

@@ -1,9 +1,12 @@
-"""The results dock: colour-by selector with its colour bar, ellipse controls, the D(t)
-timeline of the selected track, the per-track D1/D2 histogram and the per-track table.
+"""The results dock: which results to show (one entry per movie / run), colour-by selector
+with its colour bar, ellipse controls, the guard's banner and the run's warnings, and tabs:
+the per-track table, the D(t) timeline of the selected track, the per-track D1/D2
+histogram (:meth:`ResultsWidget.add_tab` adds more, e.g. an MSD plot).
 
-It drives a :class:`~.display.ResultsDisplay` (the layers) and listens to it: selecting
-a table row or clicking a track selects the track everywhere; clicking the timeline
-moves the viewer to that frame.
+It drives one :class:`~.display.ResultsDisplay` at a time (the layers) and listens to it:
+selecting a table row or clicking a track selects the track everywhere; clicking the
+timeline moves the viewer to that frame. The displays of earlier runs and other movies
+stay (their layers too) and come back when picked in "results of".
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
-    QSplitter,
+    QMainWindow,
+    QScrollArea,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -32,7 +39,49 @@ from .display import DisplayOptions, ResultsDisplay
 from .layers import COLOR_KEYS
 from .plots import ColorBarCanvas, HistogramCanvas, TimelineCanvas
 
-__all__ = ["ResultsWidget", "TABLE_COLUMNS", "show_results"]
+__all__ = ["ResultsWidget", "TABLE_COLUMNS", "run_warnings", "show_results"]
+
+#: The dock's smallest height (its content scrolls below it).
+MIN_DOCK_HEIGHT_PX = 120
+#: Share of the main window's height the dock takes when it first opens.
+START_HEIGHT_FRACTION = 0.42
+BANNER_STYLE = "background-color: #8a3b12; color: white; padding: 4px; border-radius: 3px;"
+WARNING_STYLE = "color: #ffb347;"
+
+
+def run_warnings(meta: dict[str, Any] | None) -> list[str]:
+    """Every warning a run recorded in its ``meta``, once each, in order.
+
+    ``meta["warnings"]`` (calibration notes, linking messages, the guard's verdict),
+    the acquisition check of the model (``meta["guard"]["acquisition_messages"]``, e.g.
+    "pixel size 160 nm is outside what model 'binding' was trained for...") and the
+    guard's reason when it has one, last (a notification shown last is on top).
+    """
+    meta = meta or {}
+    guard = meta.get("guard") or {}
+    reason = str(guard.get("reason") or "").strip()
+    found = [*(meta.get("warnings") or ()), *(guard.get("acquisition_messages") or ())]
+    out: list[str] = []
+    for message in found:
+        text = str(message).strip()
+        if text and text not in out and text != reason:
+            out.append(text)
+    return [*out, reason] if reason else out
+
+
+def guard_banner(results: Any) -> str:
+    """The banner text when the guard rejected the model (``""`` otherwise)."""
+    meta = results.meta or {}
+    guard = meta.get("guard") or {}
+    flags = results.summary["flags"].astype(str) if "flags" in results.summary.columns else None
+    n_rejected = int(flags.str.contains("model_rejected").sum()) if flags is not None else 0
+    if not (guard.get("rejected") or n_rejected):
+        return ""
+    model = meta.get("model") or "the model"
+    if guard.get("model_reported", True) and not n_rejected:
+        return f"The guard rejected model '{model}' on this movie; its values are shown anyway (trust model)."
+    return (f"The guard rejected model '{model}' on this movie: the classical (CVE) estimates are shown"
+            f"{f' for {n_rejected} tracks' if n_rejected else ''} (why: the warnings tab).")
 
 #: Summary columns shown in the table (header shows the unit).
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -68,17 +117,28 @@ class _NumericItem(QTableWidgetItem):
 
 
 class ResultsWidget(QWidget):
-    """Dock widget showing one :class:`ResultsDisplay` (call :meth:`set_display`)."""
+    """Dock widget showing one :class:`ResultsDisplay` at a time (call :meth:`set_display`).
+
+    Every display given to :meth:`set_display` is kept under its name (the layer-name
+    prefix, e.g. ``"movie1"``) until its layers are removed; "results of" switches.
+    """
 
     def __init__(self, viewer: Any, parent: Any = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.display: ResultsDisplay | None = None
+        self.displays: dict[str, ResultsDisplay] = {}
         self._updating = False
 
+        self.source_combo = QComboBox()
+        self.source_combo.setToolTip("Results of which movie or run (earlier runs stay until their layers are removed)")
+        self.source_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.source_combo.setMinimumContentsLength(10)
         self.color_combo = QComboBox()
         for key, (_, label, unit) in COLOR_KEYS.items():
             self.color_combo.addItem(f"{label} ({unit})" if unit else label, key)
+        self.color_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.color_combo.setMinimumContentsLength(8)
         self.ellipse_check = QCheckBox("ellipses")
         self.ellipse_check.setChecked(True)
         self.ellipse_check.setToolTip("Show the tensor ellipse of each particle in each frame")
@@ -92,14 +152,33 @@ class ResultsWidget(QWidget):
         )
         self.info = QLabel("no results")
         self.info.setWordWrap(True)
+        self.banner = QLabel("")
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet(BANNER_STYLE)
+        self.banner.setVisible(False)
+        self.warnings_label = QLabel("")
+        self.warnings_label.setWordWrap(True)
+        self.warnings_label.setStyleSheet(WARNING_STYLE)
+        self.warnings_label.setAlignment(Qt.AlignTop | Qt.AlignLeft)
+        self.warnings_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        for label in (self.info, self.banner, self.warnings_label):
+            label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
+        warnings_page = QScrollArea()
+        warnings_page.setWidgetResizable(True)
+        warnings_page.setFrameShape(QFrame.NoFrame)
+        warnings_page.setWidget(self.warnings_label)
 
         controls = QHBoxLayout()
+        controls.addWidget(QLabel("results of"))
+        controls.addWidget(self.source_combo, 2)
         controls.addWidget(QLabel("colour by"))
         controls.addWidget(self.color_combo, 1)
         controls.addWidget(self.ellipse_check)
         controls.addWidget(self.ellipse_factor)
 
         self.colorbar = ColorBarCanvas(viewer)
+        self.colorbar.setMinimumHeight(46)
+        self.colorbar.setMaximumHeight(62)
         self.timeline = TimelineCanvas(viewer)
         self.histogram = HistogramCanvas(viewer)
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
@@ -108,44 +187,94 @@ class ResultsWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(60)
+        for canvas in (self.timeline, self.histogram):
+            canvas.setMinimumHeight(80)
 
-        plots = QSplitter(Qt.Horizontal)
-        plots.addWidget(self.timeline)
-        plots.addWidget(self.histogram)
-        plots.setStretchFactor(0, 3)
-        plots.setStretchFactor(1, 2)
-        body = QSplitter(Qt.Vertical)
-        body.addWidget(plots)
-        body.addWidget(self.table)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.add_tab(self.table, "tracks")
+        self.add_tab(self.timeline, "D(t) of the selected track")
+        self.add_tab(self.histogram, "D histogram")
+        self.warnings_tab = self.add_tab(warnings_page, "warnings")
 
-        layout = QVBoxLayout(self)
+        body = QWidget()
+        layout = QVBoxLayout(body)
         layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(3)
         layout.addLayout(controls)
         layout.addWidget(self.colorbar)
+        layout.addWidget(self.banner)
         layout.addWidget(self.info)
-        layout.addWidget(body, 1)
+        layout.addWidget(self.tabs, 1)
+        # the dock may be shorter than its content (it scrolls): the main window fits 1280 x 800
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setWidget(body)
+        self.scroll.setMinimumHeight(MIN_DOCK_HEIGHT_PX)
+        self.scroll.setMinimumWidth(body.minimumSizeHint().width())
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
 
+        self.source_combo.currentIndexChanged.connect(self._on_source)
         self.color_combo.currentIndexChanged.connect(self._on_color_by)
         self.ellipse_check.toggled.connect(self._on_ellipses_toggled)
         self.ellipse_factor.valueChanged.connect(self._on_ellipse_factor)
         self.table.itemSelectionChanged.connect(self._on_table_selection)
         self.timeline.frame_clicked.connect(self.go_to_frame)
         viewer.dims.events.current_step.connect(self._on_frame)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def add_tab(self, widget: QWidget, title: str) -> int:
+        """Add a page to the tabs below the colour bar (e.g. an MSD plot); returns its index.
+
+        A page that shows per-display content can follow :meth:`set_display` through
+        ``self.displays`` / ``self.display`` or the display's ``selection_changed`` signal.
+        """
+        return self.tabs.addTab(widget, title)
 
     # ------------------------------------------------------------------ wiring
+    @staticmethod
+    def display_name(display: ResultsDisplay) -> str:
+        """The entry of ``display`` in "results of": its layer-name prefix (``"movie1"``)."""
+        return display.prefix.strip() or "results"
+
     def set_display(self, display: ResultsDisplay | None) -> None:
-        """Show this display's results (``None`` clears)."""
-        if self.display is not None:
-            self.display.selection_changed.disconnect(self._on_selection)
+        """Show this display's results (``None`` clears); it joins "results of" and stays there."""
+        if display is not None:
+            name = self.display_name(display)
+            old = self.displays.get(name)
+            if old is not None and old is not display:
+                old.close()
+            self.displays[name] = display
+            self._updating = True
+            if self.source_combo.findText(name) < 0:
+                self.source_combo.addItem(name)
+            self.source_combo.setCurrentIndex(self.source_combo.findText(name))
+            self._updating = False
+        self._show(display)
+
+    def _show(self, display: ResultsDisplay | None) -> None:
+        if self.display is not None and self.display is not display:
+            try:
+                self.display.selection_changed.disconnect(self._on_selection)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+            self.display.close()  # keeps its layers; clicks go to the shown display only
         self.display = display
         if display is None:
             self.info.setText("no results")
+            self.banner.setVisible(False)
+            self._set_warnings([])
             self.table.setRowCount(0)
             self.timeline.set_track(None, None)
             self.histogram.set_results(None)
             self.colorbar.set_scale(None)
+            self._show_legend()
             return
+        display.connect()
         display.selection_changed.connect(self._on_selection)
         res = display.results
         n_cp = int(res.summary["n_changepoints"].sum()) if len(res.summary) else 0
@@ -153,20 +282,77 @@ class ResultsWidget(QWidget):
         guard = res.meta.get("guard") or {}
         if not guard.get("model_reported", True):
             model = f"{model}, rejected by the guard: classical values shown"
+        warnings = run_warnings(res.meta)
+        noted = f"; ⚠ {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (tab)" if warnings else ""
         self.info.setText(
             f"{display.prefix}{res.n_tracks} tracks, {len(res.tracks)} localizations, {n_cp} changepoints "
-            f"(model: {model})"
+            f"(model: {model}){noted}"
         )
+        banner = guard_banner(res)
+        self.banner.setText(banner)
+        self.banner.setVisible(bool(banner))
+        self._set_warnings(warnings)
         idx = self.color_combo.findData(display.color_by)
         self._updating = True
         self.color_combo.setCurrentIndex(max(idx, 0))
         self.ellipse_factor.setValue(display.ellipse_scale_factor)
         self._updating = False
         self.colorbar.set_scale(display.color_scale)
+        self._show_legend()
         self.histogram.set_results(res)
         self._fill_table()
         self.timeline.set_current_frame(display.current_frame())
         self._on_selection(display.selected_track)
+
+    def _set_warnings(self, warnings: list[str]) -> None:
+        """Fill the warnings tab (its title counts them, in the warning colour when there are any)."""
+        from qtpy.QtGui import QColor
+
+        self.warnings_label.setText("\n\n".join(f"⚠ {w}" for w in warnings) or "no warnings")
+        self.tabs.setTabText(self.warnings_tab, f"warnings ({len(warnings)})")
+        bar = self.tabs.tabBar()
+        plain = bar.palette().color(bar.foregroundRole())
+        bar.setTabTextColor(self.warnings_tab, QColor("#ffb347") if warnings else plain)
+
+    def _show_legend(self) -> None:
+        """A one-line legend of the colour scale on the canvas (napari's text overlay, top left)."""
+        try:
+            overlay = self.viewer.canvas.overlays["text"]
+        except (AttributeError, KeyError, TypeError):  # an older napari: the dock's colour bar only
+            return
+        if self.display is None:
+            overlay.visible = False
+            return
+        scale = self.display.color_scale
+        _, labels = scale.ticks(5)
+        low, high = ("blue", "red") if not scale.categorical else ("blue", "red (last state)")
+        overlay.text = f"colour: {scale.title}, {labels[0]} ({low}) to {labels[-1]} ({high})"
+        overlay.position = "top_left"
+        overlay.font_size = 10
+        overlay.visible = True
+
+    def _on_source(self, index: int) -> None:
+        if self._updating or index < 0:
+            return
+        display = self.displays.get(self.source_combo.itemText(index))
+        if display is not None and display is not self.display:
+            self._show(display)
+
+    def _on_layer_removed(self, event: Any = None) -> None:
+        """Forget the displays whose tracks layer was removed."""
+        for name, display in list(self.displays.items()):
+            if not display.alive:
+                display.close(remove_layers=False)
+                del self.displays[name]
+                self._updating = True
+                self.source_combo.removeItem(self.source_combo.findText(name))
+                self._updating = False
+                if display is self.display:
+                    self.display = None
+                    rest = list(self.displays.values())
+                    self._show(rest[-1] if rest else None)
+                    if rest:
+                        self.source_combo.setCurrentIndex(self.source_combo.findText(self.display_name(rest[-1])))
 
     def _fill_table(self) -> None:
         summary = self.display.results.summary if self.display is not None else None
@@ -207,6 +393,7 @@ class ResultsWidget(QWidget):
             return
         self.display.set_color_by(self.color_combo.itemData(index))
         self.colorbar.set_scale(self.display.color_scale)
+        self._show_legend()
 
     def _on_ellipses_toggled(self, on: bool) -> None:
         if self.display is not None and self.display.ellipses_layer is not None:
@@ -261,12 +448,14 @@ class ResultsWidget(QWidget):
         self.viewer.dims.set_current_step(axis, int(frame))
 
     def closeEvent(self, event: Any) -> None:  # Qt name
-        try:
-            self.viewer.dims.events.current_step.disconnect(self._on_frame)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-        if self.display is not None:
-            self.display.close()
+        for ev, callback in ((self.viewer.dims.events.current_step, self._on_frame),
+                             (self.viewer.layers.events.removed, self._on_layer_removed)):
+            try:
+                ev.disconnect(callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        for display in self.displays.values():
+            display.close()
         super().closeEvent(event)
 
 
@@ -287,6 +476,10 @@ def _results_widget_for(viewer: Any) -> ResultsWidget:
         window = getattr(viewer, "window", None)
         if window is not None and hasattr(window, "add_dock_widget"):
             window.add_dock_widget(widget, name="SPT results", area="bottom")
+            dock = widget.parentWidget()  # the Qt dock itself (napari may hand back a proxy)
+            main = dock.parentWidget() if dock is not None else None
+            if isinstance(main, QMainWindow):  # a useful height at first (the user may drag it)
+                main.resizeDocks([dock], [int(START_HEIGHT_FRACTION * main.height())], Qt.Vertical)
         _WIDGETS[viewer] = widget
     return widget
 
@@ -302,9 +495,10 @@ def show_results(
 ) -> tuple[ResultsDisplay, ResultsWidget]:
     """Add the layers of ``results`` to ``viewer`` and show them in the results dock.
 
-    A previous display in the dock is disconnected (its layers stay unless they had
-    the same names, in which case they are replaced). ``display_options`` are the fields
-    of :class:`~.display.DisplayOptions` (``color_by``, ``max_static_ellipses``, ...).
+    Displays of other prefixes (other movies, the truth of another simulation) stay in
+    the dock's "results of" list with their layers; an earlier display of the same prefix
+    is replaced (its layers too, by name). ``display_options`` are the fields of
+    :class:`~.display.DisplayOptions` (``color_by``, ``max_static_ellipses``, ``adopt_layers``...).
 
     Returns
     -------
@@ -313,6 +507,9 @@ def show_results(
     widget = _results_widget_for(viewer)
     if widget.display is not None:
         widget.display.close()
+    same = widget.displays.get((prefix or "").strip() or "results")
+    if same is not None:
+        same.close()
     display = ResultsDisplay(
         viewer, results, acquisition, geometry, prefix=prefix, options=DisplayOptions(**display_options)
     )

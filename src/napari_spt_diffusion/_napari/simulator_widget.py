@@ -2,10 +2,12 @@
 
 Every change of a parameter schedules (debounced) a short preview movie of a few
 frames, rendered by :func:`napari_spt_diffusion.simulation.simulate_movie` in a
-fraction of a second and shown as an image layer at its physical scale with the true
-tracks. "Generate" simulates the full movie in a worker thread (progress bar) and shows
-it with all truth layers and the results dock; "Save as TIFF + truth" writes the movie
-and the truth tables (:func:`napari_spt_diffusion.io.write_simulation`).
+fraction of a second and shown inside the dock with its true tracks (a frame slider
+and a looping player), never as a layer under the user's movie. "Generate" simulates
+the full movie in a worker thread (progress bar) and adds it as a new layer
+("simulated movie", "simulated movie 2", ...) with its truth layers and an entry in the
+results dock; earlier movies and results stay. "Save as TIFF + truth" writes the movie
+and the truth tables (:func:`napari_spt_diffusion.io.write_simulation`). The dock scrolls.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import QHBoxLayout, QSlider, QToolButton, QVBoxLayout, QWidget
 
 from ..acquisition import Acquisition
 from ..acquisition_resolver import resolve_acquisition
 from ..simulation.motion_models import movie_model_choices
 from . import _dialogs
+from ._layout import collapsible, mount_scrollable, stack
 from ._persist import load_values, save_values
-from .layers import LayerGeometry, image_layer, tracks_layer
+from .layers import LayerGeometry, image_layer
+from .plots import MoviePreviewCanvas
 from .results_widget import show_results
 
 __all__ = ["SimulatorWidget", "simulation_kwargs", "SIM_MODEL_CHOICES"]
@@ -33,6 +38,15 @@ SETTINGS_NAME = "simulator"
 PREVIEW_FRAMES = 20
 PREVIEW_MAX_SIDE_PX = 256
 DEBOUNCE_MS = 300
+PLAY_INTERVAL_MS = 100
+#: groups of the dock: title -> (field names, expanded at start)
+FIELD_GROUPS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "Motion (D ranges, switching)": (
+        ("D1_min_um2_s", "D1_max_um2_s", "D2_over_D1_min", "D2_over_D1_max", "switch_rate_per_s"), True),
+    "Acquisition (pixel, frame interval, PSF, photons)": (
+        ("pixel_size_nm", "frame_interval_s", "psf_sigma_nm", "signal_photons", "background_photons"), False),
+    "Movie (particles, frames, field, seed)": (("particles", "n_frames", "size_y_px", "size_x_px", "seed"), False),
+}
 
 # name -> (label, suffix, min, max, step, decimals, default)
 FLOAT_FIELDS: dict[str, tuple[str, str, float, float, float, int, float]] = {
@@ -104,7 +118,7 @@ class SimulatorWidget(Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.simulated: Any = None
         self.worker: Any = None
@@ -132,18 +146,41 @@ class SimulatorWidget(Container):
         self.save_button = PushButton(name="save", text="Save as TIFF + truth…", enabled=False)
         self.progress = ProgressBar(name="progress", label="", min=0, max=1000, value=0)
         self.status = Label(name="status", label="", value="")
-        self.extend(
-            [
-                self.model_combo,
-                *self.float_boxes.values(),
-                *self.int_boxes.values(),
-                self.live,
-                self.generate_button,
-                self.save_button,
-                self.progress,
-                self.status,
-            ]
-        )
+        self.preview_canvas = MoviePreviewCanvas(napari_viewer)
+        self.frame_slider = QSlider(Qt.Horizontal)
+        self.frame_slider.setRange(0, 0)
+        self.frame_slider.setToolTip("Frame of the preview")
+        self.play_button = QToolButton()
+        self.play_button.setText("▶")
+        self.play_button.setCheckable(True)
+        self.play_button.setToolTip("Play the preview in a loop")
+        player = QWidget()
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.play_button)
+        row.addWidget(self.frame_slider, 1)
+        column = QVBoxLayout(player)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.preview_canvas, 1)
+        column.addLayout(row)
+        self._play_timer = QTimer()
+        self._play_timer.setInterval(PLAY_INTERVAL_MS)
+        self._play_timer.timeout.connect(self._next_frame)
+        self.play_button.toggled.connect(lambda on: self._play_timer.start() if on else self._play_timer.stop())
+        self.frame_slider.valueChanged.connect(self.preview_canvas.set_frame)
+
+        boxes = {**self.float_boxes, **self.int_boxes}
+        groups = [
+            collapsible(title, Container(labels=True, widgets=[boxes[n] for n in names]), expanded=expanded)
+            for title, (names, expanded) in FIELD_GROUPS.items()
+        ]
+        assert sorted(n for names, _ in FIELD_GROUPS.values() for n in names) == sorted(boxes)
+        top = Container(labels=True, widgets=[self.model_combo])
+        actions = Container(labels=False, widgets=[
+            self.live, self.generate_button, self.save_button, self.progress, self.status,
+        ])
+        self.preview_group = collapsible("Live preview (in this dock)", player, expanded=True)
+        self.scroll = mount_scrollable(self, stack(top, *groups, self.preview_group, actions))
         self.status.native.setWordWrap(True)
         self._timer = QTimer()
         self._timer.setSingleShot(True)
@@ -205,44 +242,19 @@ class SimulatorWidget(Container):
         )
         return sim
 
-    def _replace_layer(self, layer_tuple: Any) -> Any:
-        data, kwargs, kind = layer_tuple
-        name = kwargs["name"]
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        return getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+    def _next_frame(self) -> None:
+        n = self.frame_slider.maximum() + 1
+        self.frame_slider.setValue((self.frame_slider.value() + 1) % max(n, 1))
 
     def _show_preview(self, sim: Any) -> None:
-        """Update the preview layers in place (removing napari layers is slow: it runs gc)."""
-        data, kwargs, _ = image_layer(sim.movie, sim.acquisition, name="simulation preview")
-        if kwargs["name"] in self.viewer.layers:
-            image = self.viewer.layers[kwargs["name"]]
-            image.data = data
-            if tuple(image.scale) != tuple(kwargs["scale"]):
-                image.scale = kwargs["scale"]
-            image.contrast_limits = kwargs["contrast_limits"]
-            image.metadata.update(kwargs["metadata"])
-        else:
-            self._replace_layer((data, kwargs, "image"))
-        name = "simulation preview truth"
-        if not len(sim.truth.tracks):
-            if name in self.viewer.layers:
-                self.viewer.layers[name].visible = False
-            return
-        data, kwargs, _ = tracks_layer(sim.truth, geometry=LayerGeometry.from_acquisition(sim.acquisition), name=name)
-        if name in self.viewer.layers:
-            tracks = self.viewer.layers[name]
-            tracks.color_by = "track_id"  # new data drops the old features: avoid a fallback warning
-            tracks.data = data
-            tracks.features = kwargs["features"]
-            tracks.colormaps_dict = kwargs["colormaps_dict"]
-            tracks.color_by = kwargs["color_by"]
-            if tuple(tracks.scale) != tuple(kwargs["scale"]):
-                tracks.scale = kwargs["scale"]
-            tracks.metadata.update(kwargs["metadata"])
-            tracks.visible = True
-        else:
-            self._replace_layer((data, kwargs, "tracks"))
+        """Show the preview movie and its true tracks in the dock (the viewer's layers are untouched)."""
+        frame = self.frame_slider.value()
+        self.preview_canvas.set_movie(sim.movie, sim.truth.tracks)
+        self.frame_slider.blockSignals(True)
+        self.frame_slider.setRange(0, len(sim.movie) - 1)
+        self.frame_slider.setValue(min(frame, len(sim.movie) - 1))
+        self.frame_slider.blockSignals(False)
+        self.preview_canvas.set_frame(self.frame_slider.value())
 
     # ------------------------------------------------------------------ generate
     def generate(self, *args: Any) -> Any:
@@ -278,14 +290,23 @@ class SimulatorWidget(Container):
         self.progress.value = int(round(1000 * min(max(float(fraction), 0.0), 1.0)))
         self.status.value = message
 
+    def _new_movie_name(self) -> str:
+        """``"simulated movie"``, then ``"simulated movie 2"``... : a name no layer has (nor its truth)."""
+        k, name = 1, "simulated movie"
+        while name in self.viewer.layers or f"{name} truth tracks" in self.viewer.layers:
+            k += 1
+            name = f"simulated movie {k}"
+        return name
+
     def _on_generated(self, sim: Any) -> None:
         self.simulated = sim
-        for name in ("simulation preview", "simulation preview truth"):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-        layer = self._replace_layer(image_layer(sim.movie, sim.acquisition, name="simulated movie"))
+        self._play_timer.stop()
+        self.play_button.setChecked(False)
+        data, kwargs, _ = image_layer(sim.movie, sim.acquisition, name=self._new_movie_name())
+        layer = self.viewer.add_image(data, **kwargs)
         if len(sim.truth.tracks):
-            show_results(self.viewer, sim.truth, sim.acquisition, LayerGeometry.from_layer(layer), prefix="truth ")
+            show_results(self.viewer, sim.truth, sim.acquisition, LayerGeometry.from_layer(layer),
+                         prefix=f"{layer.name} truth ")
         self.viewer.layers.selection.active = layer
         self.progress.value = 1000
         self.status.value = (

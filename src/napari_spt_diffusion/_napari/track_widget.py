@@ -1,17 +1,21 @@
 """The "Track & Estimate" dock widget.
 
-Pick the movie layer, check the acquisition (prefilled from the layer / TIFF metadata),
-choose the motion model and device, tune detection with "Preview detections", then
-"Run": :func:`napari_spt_diffusion.pipeline.track_and_estimate` runs in a worker
-thread with a progress bar and a working Cancel, and the results appear as layers
-plus the results dock. "Export CSV" writes the results contract.
+Pick the movie layer, check the acquisition (prefilled from the layer / TIFF metadata;
+a collapsible group), choose the motion model and device, tune detection with "Preview
+detections", then "Run": :func:`napari_spt_diffusion.pipeline.track_and_estimate` runs in
+a worker thread with a progress bar and a working Cancel, and the results appear as
+layers plus the results dock; every warning of the run becomes a napari notification and
+a line in the widget. "Export CSV" writes the results contract; "Load settings from
+results" fills the fields from a ``_meta.json``. The dock scrolls: it fits a 1280 x 800 screen.
 
 No science here: every computation is a library call.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +38,13 @@ from ..acquisition_resolver import resolve_acquisition
 from ..simulation.motion_models import MOTION_MODELS
 from . import _dialogs
 from ._inputs import acquisition_values_from_layer, current_frame_index, movie_from_layer
+from ._layout import collapsible, mount_scrollable, stack
 from ._persist import load_values, save_values
 from .layers import LayerGeometry, detections_layer
-from .results_widget import show_results
+from .results_widget import WARNING_STYLE, run_warnings, show_results
 from .writer import results_prefix
 
-__all__ = ["TrackEstimateWidget", "MODEL_CHOICES", "DEVICE_CHOICES"]
+__all__ = ["TrackEstimateWidget", "MODEL_CHOICES", "DEVICE_CHOICES", "values_from_meta"]
 
 #: (label, bundled model name): one per motion model of the registry, then a model file
 MODEL_CHOICES: tuple[tuple[str, str], ...] = (
@@ -102,10 +107,41 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
 
 
 def run_pipeline(movie: Any, acquisition: Acquisition, settings: Any, progress: Any, should_stop: Any) -> Any:
-    """The worker's job: one library call (kept at module level so tests can patch it)."""
+    """The worker's job: one library call (kept at module level so tests can patch it).
+
+    The library's own warnings are not relayed from the thread: the results record
+    every one of them (``meta``), and the widget shows them once each when the run ends.
+    """
     from .. import pipeline
 
-    return pipeline.track_and_estimate(movie, acquisition, settings, progress=progress, should_stop=should_stop)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"napari_spt_diffusion(\.|$)")
+        return pipeline.track_and_estimate(movie, acquisition, settings, progress=progress, should_stop=should_stop)
+
+
+def values_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Widget values recorded in a results ``_meta.json`` (its ``settings`` and ``acquisition``).
+
+    Returns the keys of :meth:`TrackEstimateWidget.values` that the file records (a
+    model given as a file path becomes ``model="custom"`` plus ``checkpoint``); unknown
+    entries are left out. Raises :class:`ValueError` when the file records neither.
+    """
+    settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    acquisition = meta.get("acquisition") if isinstance(meta.get("acquisition"), dict) else {}
+    if not settings and not acquisition:
+        raise ValueError("this _meta.json records no settings and no acquisition (was it written by a run?)")
+    out: dict[str, Any] = {k: float(acquisition[k]) for k in ACQUISITION_FIELDS if acquisition.get(k) is not None}
+    for key in ("max_D_um2_s", "memory_frames", "min_track_length", "split_encounters", "device"):
+        if settings.get(key) is not None:
+            out[key] = settings[key]
+    detection = settings.get("detection") if isinstance(settings.get("detection"), dict) else {}
+    if detection.get("threshold_snr") is not None:
+        out["threshold_snr"] = float(detection["threshold_snr"])
+    model = settings.get("model") or meta.get("model")
+    if model:
+        bundled = {name for _, name in MODEL_CHOICES}
+        out.update({"model": model} if model in bundled else {"model": "custom", "checkpoint": str(model)})
+    return out
 
 
 class TrackEstimateWidget(Container):
@@ -118,7 +154,7 @@ class TrackEstimateWidget(Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.results: Any = None
         self.acquisition: Acquisition | None = None
@@ -161,33 +197,30 @@ class TrackEstimateWidget(Container):
         self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
         self.progress = ProgressBar(name="progress", label="", min=0, max=1000, value=0)
         self.status = Label(name="status", label="", value="")
+        self.warnings_label = Label(name="warnings", label="", value="")
         self.export_button = PushButton(name="export", text="Export CSV…", enabled=False)
+        self.load_button = PushButton(name="load_settings", text="Load settings from results…")
+        self.load_button.tooltip = "Fill the fields with the settings and acquisition of a run (its _meta.json)"
 
-        self.extend(
-            [
-                self.layer_combo,
-                *self.acq_boxes.values(),
-                self.acq_source,
-                self.measure_box,
-                self.model_combo,
-                self.checkpoint,
-                self.device_combo,
-                self.threshold,
-                self.max_D,
-                self.memory,
-                self.min_length,
-                self.split_box,
-                self.trust_box,
-                self.preview_button,
-                self.run_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
-                self.export_button,
-            ]
-        )
-        self.status.native.setWordWrap(True)
-        self.acq_source.native.setWordWrap(True)
+        acq_fields = Container(labels=True, widgets=[*self.acq_boxes.values(), self.measure_box])
+        self.acq_group = collapsible("Acquisition (pixel, frame, camera, PSF)", acq_fields)
+        options = Container(labels=True, widgets=[
+            self.model_combo, self.checkpoint, self.device_combo, self.threshold, self.max_D, self.memory,
+            self.min_length, self.split_box, self.trust_box,
+        ])
+        self.options_group = collapsible("Model and tracking", options, expanded=True)
+        actions = Container(labels=False, widgets=[
+            self.preview_button, self.run_button, self.cancel_button, self.progress, self.status,
+            self.warnings_label, self.export_button, self.load_button,
+        ])
+        top = Container(labels=True, widgets=[self.layer_combo])
+        self.acq_source.label = ""
+        source = Container(labels=False, widgets=[self.acq_source])
+        self.scroll = mount_scrollable(self, stack(top, source, self.acq_group, self.options_group, actions))
+        for label in (self.status, self.acq_source, self.warnings_label):
+            label.native.setWordWrap(True)
+        self.warnings_label.native.setStyleSheet(WARNING_STYLE)
+        self.warnings_label.visible = False
         self._load_settings()
 
         self.layer_combo.changed.connect(self._on_layer_changed)
@@ -197,6 +230,7 @@ class TrackEstimateWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.export_csv)
+        self.load_button.changed.connect(self.load_settings_from_results)
         for widget in self._persisted_widgets():
             widget.changed.connect(self._save_settings)
         events = self.viewer.layers.events
@@ -370,9 +404,15 @@ class TrackEstimateWidget(Container):
                              f"{ACQUISITION_FIELDS[name][1]}")
         if shown:
             self.acq_source.value = "measured from the movie:\n" + "\n".join(shown)
-        guard = meta.get("guard") or {}
-        if guard.get("rejected"):
-            _dialogs.notify_warning(guard.get("reason", "the model was rejected"))
+
+    def _show_warnings(self, results: Any) -> list[str]:
+        """Each warning of the run: one napari notification and one line in the widget."""
+        found = run_warnings(results.meta)
+        for message in found:
+            _dialogs.notify_warning(message)
+        self.warnings_label.value = "\n".join(f"⚠ {m}" for m in found)
+        self.warnings_label.visible = bool(found)
+        return found
 
     def cancel(self, *args: Any) -> None:
         """Ask the running pipeline to stop at its next check."""
@@ -391,6 +431,8 @@ class TrackEstimateWidget(Container):
         # the acquisition the run used: measured values where the movie was calibrated
         self.acquisition = results.acquisition or self._run_acquisition
         layer = self._run_layer
+        if "detections (preview)" in self.viewer.layers:  # the preview's circles are done with
+            self.viewer.layers.remove("detections (preview)")
         geometry = (
             LayerGeometry.from_layer(layer)
             if layer in self.viewer.layers
@@ -401,11 +443,13 @@ class TrackEstimateWidget(Container):
         except Exception as exc:
             _dialogs.notify_error(f"Could not show the results: {_dialogs.one_sentence(exc)}")
         self._show_measured(results)
+        found = self._show_warnings(results)
         self.progress.value = 1000
         n = results.n_tracks
         guard = (results.meta or {}).get("guard") or {}
         rejected = " (model rejected by the guard: classical values)" if not guard.get("model_reported", True) else ""
-        self.status.value = f"done: {n} tracks, {len(results.tracks)} localizations{rejected}"
+        warned = f"; {len(found)} warning{'s' if len(found) != 1 else ''}" if found else ""
+        self.status.value = f"done: {n} tracks, {len(results.tracks)} localizations{rejected}{warned}"
         self.export_button.enabled = True
 
     def _on_errored(self, exc: BaseException) -> None:
@@ -451,6 +495,44 @@ class TrackEstimateWidget(Container):
         self.status.value = f"exported {', '.join(p.name for p in written)}"
         _dialogs.notify_info(f"Exported {len(written)} files to {written[0].parent}")
         return written
+
+    # ------------------------------------------------------------------ settings from results
+    def load_settings_from_results(self, *args: Any, path: str | Path | None = None) -> dict[str, Any] | None:
+        """Fill the fields from a run's ``_meta.json`` (asked for unless ``path``; any of the 3 files).
+
+        Returns the values applied, or ``None`` (cancelled, or an unreadable file: one notification).
+        """
+        if path is None:
+            path = _dialogs.ask_open_path(self.native, "Load settings from results", "",
+                                          "Results (*_meta.json *_tracks.csv *_summary.csv)")
+            if not path:
+                return None
+        from ..io import results_paths
+
+        meta_path = results_paths(path)["meta"]
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"{meta_path.name} is not a JSON object")
+            values = values_from_meta(meta)
+        except (OSError, ValueError) as exc:
+            _dialogs.notify_error(f"Could not load settings from {meta_path.name}: {_dialogs.one_sentence(exc)}")
+            return None
+        widgets = {w.name: w for w in self._persisted_widgets()}
+        self._loading = True
+        try:
+            for name, value in values.items():
+                if name in widgets:
+                    try:
+                        widgets[name].value = value
+                    except (ValueError, TypeError):
+                        pass
+        finally:
+            self._loading = False
+        self._save_settings()
+        self.acq_source.value = f"acquisition and settings from {meta_path.name}; check and edit"
+        self.status.value = f"settings loaded from {meta_path.name}"
+        return values
 
     def __del__(self) -> None:  # stop a running worker with the widget
         try:
