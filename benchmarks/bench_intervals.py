@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             row[name] = {**coverage(tables[name], est, cal), "guard_accepts": accepted, "guard_factor": factor}
         rows.append(row)
         print(f"cell {sigma} px {photons:g}: done", flush=True)
-    report = render(rows, models, seconds, time.perf_counter() - t_start, command_line(__file__, argv))
+    report = render(rows, models, seconds, time.perf_counter() - t_start, command_line("bench_intervals.py", argv))
     path = report_path("intervals", False)
     write_report(path, report)
     write_json(path.with_suffix(".json"), {"rows": rows, "seconds": seconds})
