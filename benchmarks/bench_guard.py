@@ -374,8 +374,10 @@ def reading_lines(cells: list[dict]) -> list[str]:
              "inverse variance of the CVE, which grows with D: each track's ratio CVE / model counts about equally "
              "(the slowest, whose CVE is mostly localization noise, less), so the guard reads an average of per-track "
              "ratios, while the classes use the ratio of sums, which fast tracks dominate. Without the Huber clipping "
-             f"the factor would be {1 / ratio['guard_unclipped']:.3f} x what it is. The decision bounds are "
-             f"{1 / (1 + tol):.3f} and {1 + tol:.3f} (tolerance {tol}), with a 99 % interval that must exclude 1."]
+             f"the factor would be {1 / ratio['guard_unclipped']:.3f} x what it is. The guard (its decision rule of "
+             f"2026-12-06) rejects when the whole 99 % interval lies beyond 1 +- {guard.DEFAULT_MARGIN:g}, or when the "
+             f"factor is beyond 1 +- {guard.DEFAULT_LARGE_BIAS:g} and the interval excludes 1; a movie outside the "
+             f"card's range passes only with the interval within {1 / (1 + tol):.3f}-{1 + tol:.3f}."]
     sizes = [str(s) for s in SIZES]
     for c in cells:
         rates = {s: c["sizes"][s]["rate_population"] for s in sizes if s in c["sizes"]}
@@ -486,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(and median of per-track ratios). Cells: unbiased within 1 +- {100 * UNBIASED:.0f} %, biased beyond "
         f"1 +- {100 * BIASED:.0f} % (ratio of sums), between otherwise.",
         "- Rejected: share of the movies (random subsets of N tracks) the guard rejects: `population_ratio` + "
-        "`decide` with its defaults (tolerance 0.125, 99 % bootstrap interval, 12 tracks at least) without "
+        "`decide` with its defaults (rejects when the 99 % bootstrap interval lies beyond "
+        f"1 +- {guard.DEFAULT_MARGIN:g}, "
+        f"or the factor beyond 1 +- {guard.DEFAULT_LARGE_BIAS:g} with the interval excluding 1; 12 tracks at least) "
+        "without "
         "acquisition messages; 'with acq. check': `decide` also given `check_acquisition(card, acquisition)`, as "
         "`spt-diffusion track` is when the acquisition is right.",
         "- CVE / truth: the guard's reference against the truth (it should be 1). Guard-weighted true bias: "

@@ -56,3 +56,19 @@ def test_population_ratio_ignores_unusable_tracks_and_reports_nothing_without_an
     assert np.isnan(population_ratio([], [], [], [], blur=0.0)[0])
     decision = decide((factor, low, high, n))
     assert decision.to_dict()["n_tracks"] == 1 and decision.rejected is False
+
+
+@pytest.mark.parametrize(
+    ("bias", "rejected"),
+    [
+        ((1.08, 1.04, 1.12, 300), False),  # significant but within 10 %: a small bias is tolerated
+        ((0.92, 0.88, 0.96, 300), False),
+        ((1.16, 1.11, 1.21, 300), True),  # shown beyond 10 %
+        ((0.85, 0.80, 0.895, 300), True),
+        ((1.35, 1.05, 1.80, 30), True),  # few tracks: not shown beyond 10 %, but a large bias, significant
+        ((1.20, 1.02, 1.45, 30), False),  # neither shown beyond 10 % nor large
+        ((1.40, 0.95, 2.00, 30), False),  # large but not significant
+    ],
+)
+def test_guard_rejects_a_bias_shown_beyond_the_margin_or_large_and_significant(bias, rejected):
+    assert decide(bias, model_name="aniso").rejected is rejected

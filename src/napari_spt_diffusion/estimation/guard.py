@@ -20,10 +20,13 @@ tracks for the confidence interval. The model's bias factor is ``1 / c``.
 
 :func:`decide` rejects the model, in one sentence, when
 
-* the bias factor is significantly different from 1 (its confidence interval excludes 1)
-  and more than ``tolerance`` away from it (half of the 25 % bias that must not pass): a
-  small bias that many tracks make significant is tolerated, a large one that few tracks
-  cannot make significant is not claimed; or
+* the bias is shown to exceed ``margin`` (10 %): the whole confidence interval of the factor
+  lies above ``1 + margin`` or below ``1 / (1 + margin)``. A model within 10 % of the
+  classical estimate is therefore rejected with a probability of at most half the interval's
+  error rate (0.5 % at 99 %), whatever the number of tracks; or
+* the factor is beyond ``large_bias`` (25 %, the bias that must not pass) and significantly
+  different from 1 (the interval excludes 1): with few tracks the interval is too wide to
+  show a bias beyond 10 %, but a large one is still caught; or
 * the acquisition lies outside the range the model was trained for (the estimator's
   acquisition check), unless the population shows it unbiased there (interval inside
   ``[1 / (1 + tolerance), 1 + tolerance]``).
@@ -42,10 +45,15 @@ import numpy as np
 
 from .classical import cve_variance_px2
 
-__all__ = ["GuardDecision", "population_ratio", "decide", "DEFAULT_TOLERANCE", "DEFAULT_CONFIDENCE", "MIN_TRACKS"]
+__all__ = ["GuardDecision", "population_ratio", "decide", "DEFAULT_TOLERANCE", "DEFAULT_MARGIN", "DEFAULT_LARGE_BIAS",
+           "DEFAULT_CONFIDENCE", "MIN_TRACKS"]
 
-#: A model whose population bias factor is significantly off 1 and beyond 1 +- this is rejected.
+#: A movie outside the model's range passes when the interval lies within 1 +- this.
 DEFAULT_TOLERANCE = 0.125
+#: A model whose bias factor's whole interval lies beyond 1 +- this is rejected.
+DEFAULT_MARGIN = 0.10
+#: A model whose bias factor is beyond 1 +- this, significantly off 1, is rejected.
+DEFAULT_LARGE_BIAS = 0.25
 #: Two-sided confidence of the bootstrap interval of the bias factor.
 DEFAULT_CONFIDENCE = 0.99
 #: Fewer usable tracks than this: the population test does not decide.
@@ -73,7 +81,7 @@ class GuardDecision:
         Tracks used by the population test.
     acquisition_messages
         The acquisition check's sentences (the movie outside the model's training range).
-    tolerance, confidence
+    tolerance, margin, large_bias, confidence
         The settings of the test.
     """
 
@@ -86,6 +94,8 @@ class GuardDecision:
     acquisition_messages: tuple[str, ...] = field(default_factory=tuple)
     tolerance: float = DEFAULT_TOLERANCE
     confidence: float = DEFAULT_CONFIDENCE
+    margin: float = DEFAULT_MARGIN
+    large_bias: float = DEFAULT_LARGE_BIAS
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN as None)."""
@@ -192,6 +202,8 @@ def decide(
     tolerance: float = DEFAULT_TOLERANCE,
     confidence: float = DEFAULT_CONFIDENCE,
     min_tracks: int = MIN_TRACKS,
+    margin: float = DEFAULT_MARGIN,
+    large_bias: float = DEFAULT_LARGE_BIAS,
 ) -> GuardDecision:
     """The guard's verdict from the population bias and the acquisition check.
 
@@ -203,20 +215,25 @@ def decide(
         Sentences of the estimator's acquisition check (empty: inside the trained range).
     model_name
         For the message.
-    tolerance, confidence
-        See :data:`DEFAULT_TOLERANCE`; ``confidence`` is recorded (the interval was made
-        with it).
+    tolerance
+        A movie outside the trained range passes if the interval lies within 1 +- this.
+    confidence
+        Recorded (the interval was made with it).
     min_tracks
         Fewer usable tracks: the population test does not decide.
+    margin, large_bias
+        The two rejection rules of the module docstring.
     """
     factor, low, high, n = bias
     messages = tuple(acquisition_messages)
     upper, lower = 1.0 + tolerance, 1.0 / (1.0 + tolerance)
     measured = n >= min_tracks and all(math.isfinite(v) for v in (factor, low, high))
     common = dict(bias_factor=factor, bias_low=low, bias_high=high, n_tracks=n, acquisition_messages=messages,
-                  tolerance=tolerance, confidence=confidence)
+                  tolerance=tolerance, confidence=confidence, margin=margin, large_bias=large_bias)
     significant = measured and (low > 1.0 or high < 1.0)
-    if significant and (factor > upper or factor < lower):
+    beyond_margin = measured and (low > 1.0 + margin or high < 1.0 / (1.0 + margin))
+    large = factor > 1.0 + large_bias or factor < 1.0 / (1.0 + large_bias)
+    if beyond_margin or (significant and large):
         reason = (
             f"model '{model_name}' is biased on this movie: its diffusion coefficients are {factor:.2f} x the "
             f"blur- and noise-free classical estimate over {n} tracks ({100 * confidence:.0f} % interval "
