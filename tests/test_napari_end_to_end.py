@@ -185,5 +185,6 @@ def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_reje
     assert widget.acq_source.value.startswith("measured from the movie")
     assert res.meta["guard"]["rejected"]
     assert set(res.summary["method"]) == {"classical"}
-    assert any(level == "warning" and ("biased" in m or "outside" in m) for level, m in _isolated)
+    qtbot.waitUntil(lambda: any(level == "warning" and ("biased" in m or "outside" in m) for level, m in _isolated),
+                    timeout=5000)
     assert "model rejected" in widget.status.value

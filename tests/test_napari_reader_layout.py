@@ -88,6 +88,7 @@ def test_pipeline_warnings_become_napari_notifications(make_napari_viewer_proxy,
     monkeypatch.setattr(notification_manager, "dispatch", lambda n: shown.append(n))
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: len(shown) >= len(expected), timeout=5000)  # once the layout has settled
     warned = [n.message for n in shown if n.severity == NotificationSeverity.WARNING]
     assert any("pixel size 160 nm is outside" in m for m in warned), warned
     assert len(warned) == len(expected)

@@ -179,6 +179,8 @@ class ResultsWidget(QWidget):
         self.colorbar = ColorBarCanvas(viewer)
         self.colorbar.setMinimumHeight(46)
         self.colorbar.setMaximumHeight(62)
+        self.colorbar.setMinimumWidth(240)
+        controls.addWidget(self.colorbar, 4)  # the colour bar shares the row: more height for the tabs
         self.timeline = TimelineCanvas(viewer)
         self.histogram = HistogramCanvas(viewer)
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
@@ -203,7 +205,6 @@ class ResultsWidget(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.setSpacing(3)
         layout.addLayout(controls)
-        layout.addWidget(self.colorbar)
         layout.addWidget(self.banner)
         layout.addWidget(self.info)
         layout.addWidget(self.tabs, 1)

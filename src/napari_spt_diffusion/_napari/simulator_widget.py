@@ -18,7 +18,7 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import QHBoxLayout, QSlider, QToolButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QSizePolicy, QSlider, QToolButton, QVBoxLayout, QWidget
 
 from ..acquisition import Acquisition
 from ..acquisition_resolver import resolve_acquisition
@@ -182,6 +182,7 @@ class SimulatorWidget(Container):
         self.preview_group = collapsible("Live preview (in this dock)", player, expanded=True)
         self.scroll = mount_scrollable(self, stack(top, *groups, self.preview_group, actions))
         self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # wraps, never widens
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)

@@ -32,6 +32,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QSizePolicy
 
 from ..acquisition import Acquisition
 from ..acquisition_resolver import resolve_acquisition
@@ -53,6 +54,8 @@ MODEL_CHOICES: tuple[tuple[str, str], ...] = (
 )
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 SETTINGS_NAME = "track_estimate"
+#: Delay of the warning notifications after a run (ms): the window's layout settles first.
+NOTIFY_DELAY_MS = 150
 
 #: Acquisition fields shown: name -> (label, unit suffix, min, max, step, decimals)
 ACQUISITION_FIELDS: dict[str, tuple[str, str, float, float, float, int]] = {
@@ -219,6 +222,8 @@ class TrackEstimateWidget(Container):
         self.scroll = mount_scrollable(self, stack(top, source, self.acq_group, self.options_group, actions))
         for label in (self.status, self.acq_source, self.warnings_label):
             label.native.setWordWrap(True)
+            # long text wraps to the dock's width instead of widening the dock
+            label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.warnings_label.native.setStyleSheet(WARNING_STYLE)
         self.warnings_label.visible = False
         self._load_settings()
@@ -406,10 +411,20 @@ class TrackEstimateWidget(Container):
             self.acq_source.value = "measured from the movie:\n" + "\n".join(shown)
 
     def _show_warnings(self, results: Any) -> list[str]:
-        """Each warning of the run: one napari notification and one line in the widget."""
+        """Each warning of the run: one line in the widget now, one napari notification a moment later.
+
+        The notifications wait for the window's layout to settle (the results dock may just
+        have opened and shrunk the canvas, which would leave a pop-up below its edge).
+        """
+        from qtpy.QtCore import QTimer
+
         found = run_warnings(results.meta)
-        for message in found:
-            _dialogs.notify_warning(message)
+
+        def notify() -> None:
+            for message in found:
+                _dialogs.notify_warning(message)
+
+        QTimer.singleShot(NOTIFY_DELAY_MS, notify)
         self.warnings_label.value = "\n".join(f"⚠ {m}" for m in found)
         self.warnings_label.visible = bool(found)
         return found
