@@ -331,6 +331,7 @@ def track_and_estimate(
     timings: dict[str, float] = {}
     messages: list[str] = []
     bar.begin("calibrate", "measuring the camera and the PSF from the movie")
+    plausibility.check_settings(settings.detection.threshold_snr, settings.max_D_um2_s)
     prepared = prepare_acquisition(movie, acquisition, settings.measure)
     acquisition, measured = prepared.acquisition, prepared.measured
     particles_from_light = prepared.particles_from_light

@@ -37,6 +37,7 @@ __all__ = [
     "PHOTONS_RANGE",
     "AMBIGUOUS_NEIGHBOURS",
     "check_units",
+    "check_settings",
     "check_scaled_float",
     "check_offset",
     "acquisition_warnings",
@@ -64,6 +65,10 @@ NEGATIVE_BACKGROUND = -2.0
 #: Linking is ambiguous when a particle's search disc holds on average this many other
 #: localizations of the next frame (standard movie: ~1.3; 1,000 particles in 128^2 px: ~40).
 AMBIGUOUS_NEIGHBOURS = 5.0
+#: Lowest plausible detection threshold (units of the filtered image's noise).
+THRESHOLD_SNR_MIN = 2.0
+#: Highest plausible largest diffusion coefficient (um^2/s).
+MAX_D_UM2_S = 1000.0
 #: Frames read by :func:`sample_frames`.
 SAMPLE_FRAMES = 8
 
@@ -111,6 +116,21 @@ def check_units(acquisition: Acquisition, origins: Mapping[str, str] | None = No
             _with_origin(f"the PSF sigma {acquisition.psf_sigma_nm:g} nm", origins, "psf_sigma_nm")
             + f" is {sigma_px:.3g} px at {px:g} nm per pixel, outside the plausible {lo:g}-{hi:g} px; "
             "check --psf-sigma-nm and --pixel-size-nm (both in nm)")
+
+
+def check_settings(threshold_snr: float, max_D_um2_s: float) -> None:
+    """Refuse a detection threshold (units of the filtered image's noise) below
+    :data:`THRESHOLD_SNR_MIN`, which detects the noise itself (thousands of false spots, a run
+    of hours), and a largest diffusion coefficient (um^2/s) above :data:`MAX_D_UM2_S`, whose
+    linking search range would span any field. Raises :class:`PlausibilityError`."""
+    if not float(threshold_snr) >= THRESHOLD_SNR_MIN:
+        raise PlausibilityError(
+            f"a detection threshold of {float(threshold_snr):g} x noise detects the noise itself (and takes hours); "
+            f"give --threshold-snr {THRESHOLD_SNR_MIN:g} or more (default 5)")
+    if not float(max_D_um2_s) <= MAX_D_UM2_S:
+        raise PlausibilityError(
+            f"a largest diffusion coefficient of {float(max_D_um2_s):g} um^2/s is above any particle's (small dyes in "
+            f"water: ~400 um^2/s); give --max-d in um^2/s, at most {MAX_D_UM2_S:,.0f}")
 
 
 def sample_frames(movie: Any, n: int = SAMPLE_FRAMES) -> np.ndarray:
@@ -255,7 +275,8 @@ def linking_warnings(
     n_frames, ny, nx = shape
     found = n_localizations / max(n_frames, 1)
     per_frame = max(found, particles_from_light)
-    neighbours = per_frame / max(ny * nx, 1) * math.pi * search_range_px**2
+    # the others a particle's search disc holds: at most all the others in the frame
+    neighbours = min(per_frame / max(ny * nx, 1) * math.pi * search_range_px**2, max(per_frame - 1.0, 0.0))
     if neighbours <= AMBIGUOUS_NEIGHBOURS:
         return []
     kept = n_in_tracks / max(n_localizations, 1)

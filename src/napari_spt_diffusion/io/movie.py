@@ -293,25 +293,30 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
         raise InputError(f"{path} does not exist")
     if not path.is_file():
         raise InputError(f"{path} is not a file")
-    with _tifffile_log() as logged:
-        try:
-            tif = tifffile.TiffFile(path)
-        except tifffile.TiffFileError:
-            raise InputError(f"{path.name} is not a TIFF file") from None
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except Exception as exc:  # corrupt headers raise all sorts of errors
-            raise InputError(f"{path.name} is not a readable TIFF file ({type(exc).__name__})") from None
-        try:
-            if not tif.series or not tif.pages:
-                raise InputError(f"{path.name} contains no images")
-            series = tif.series[0]
-        except InputError:
-            tif.close()
-            raise
-        except Exception as exc:
-            tif.close()
-            raise InputError(f"{path.name} could not be read as a TIFF movie ({type(exc).__name__}: {exc})") from None
+    with _tifffile_log() as logged:  # tifffile's complaints about a damaged file become the message
+        return _read_movie(path, logged)
+
+
+def _read_movie(path: Path, logged: list[str]) -> MovieFile:
+    """:func:`read_movie` of an existing file, tifffile's log messages collected in ``logged``."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except tifffile.TiffFileError:
+        raise InputError(f"{path.name} is not a TIFF file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # corrupt headers raise all sorts of errors
+        raise InputError(f"{path.name} is not a readable TIFF file ({type(exc).__name__})") from None
+    try:
+        if not tif.series or not tif.pages:
+            raise InputError(f"{path.name} contains no images")
+        series = tif.series[0]
+    except InputError:
+        tif.close()
+        raise
+    except Exception as exc:
+        tif.close()
+        raise InputError(f"{path.name} could not be read as a TIFF movie ({_why(exc, logged)})") from None
     try:
         damage = _damage(tif, series, path, logged)
         if damage:
@@ -329,7 +334,7 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
         raise
     except Exception as exc:
         tif.close()
-        raise InputError(f"{path.name} could not be read as a TIFF movie ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path.name} could not be read as a TIFF movie ({_why(exc, logged)})") from None
     tif.close()
 
     data: Any = None
@@ -346,7 +351,7 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"{path.name} could not be read as a TIFF movie ({type(exc).__name__}: {exc})") from None
+            raise InputError(f"{path.name} could not be read as a TIFF movie ({_why(exc, logged)})") from None
         data, closer = lazy, lazy.close
     return MovieFile(
         path=path,
@@ -358,6 +363,12 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
         axes=axes,
         _closer=closer,
     )
+
+
+def _why(exc: BaseException, logged: Sequence[str]) -> str:
+    """Why tifffile failed: its last log message on the file, if any, then the exception."""
+    text = f"{type(exc).__name__}: {exc}"
+    return f"the file is damaged, tifffile: {logged[-1]}; {text}" if logged else text
 
 
 def _damage(tif: Any, series: Any, path: Path, logged: Sequence[str]) -> str | None:
