@@ -1,20 +1,28 @@
 """Take the napari screenshots of docs/ (run under a virtual display).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_napari_screenshots.py
+    ... [--only results|simulator|foreign|reloaded] [--sizes 1920x1080,1280x800]
 
-Writes docs/screenshot_results.png (the sample movie with Track & Estimate results:
-tracks coloured by D1, tensor ellipses, changepoints, the results dock with timeline,
-histogram and table), docs/screenshot_simulator.png (the simulator widget with its
-live preview) and docs/screenshot_foreign.png (a movie from the independent foreign-optics
-renderer opened as a plain image: the widget's measured acquisition and the guard's warning).
-When the pipeline cannot run (no bundled models yet), pass
-``--truth`` to show the simulated ground truth through the same layers instead.
+Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind>.png`` at
+1920 x 1080 and ``screenshot_<kind>_<W>x<H>.png`` at any other size (1280 x 800 by default).
+
+- ``results``: the sample movie after Track & Estimate run through the widget: tracks
+  coloured by D1, tensor ellipses, changepoints, the results dock with its tabs (table,
+  D(t) timeline, histogram) and the notifications of the run's warnings;
+- ``simulator``: the simulator widget with its live preview (in the dock);
+- ``foreign``: a movie from the independent foreign-optics renderer opened as a plain
+  image: the widget's measured acquisition, the guard's banner and warning notifications;
+- ``reloaded``: the results of the sample movie written to CSV and opened again with the
+  plugin's reader beside the movie (File > Open of ``<prefix>_meta.json``).
+
+The screen itself is grabbed (not the window), so napari's notification pop-ups show.
+When the pipeline cannot run (no bundled models yet), pass ``--truth`` to show the
+simulated ground truth through the same layers instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +31,56 @@ DOCS = Path(__file__).resolve().parent
 
 
 def _settle(viewer, seconds: float = 0.5) -> None:
+    """Run a real Qt event loop for ``seconds`` (animations such as the notifications' fade-in
+    do not advance under bare ``processEvents`` calls)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec_()
+
+
+def _window(viewer, size: tuple[int, int]):
+    window = viewer.window._qt_window
+    window.move(0, 0)
+    window.resize(*size)
+    return window
+
+
+def _grab(viewer, out: Path) -> None:
+    """Save the screen area of the main window (pop-up notifications included)."""
     from qtpy.QtWidgets import QApplication
 
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        QApplication.processEvents()
-        time.sleep(0.02)
+    window = viewer.window._qt_window
+    _settle(viewer, 0.3)
+    geo = window.frameGeometry()
+    QApplication.primaryScreen().grabWindow(0, geo.x(), geo.y(), geo.width(), geo.height()).save(str(out))
+    print(f"wrote {out} ({geo.width()} x {geo.height()})")
+
+
+def _run_widget(viewer, widget) -> None:
+    """Press Run and wait for the worker (the notifications of the run's warnings pop up)."""
+    widget.run()
+    while widget.worker is not None:
+        _settle(viewer, 0.3)
+
+
+def _focus_track(viewer, display, image, results) -> None:
+    """Select a long track (one with a changepoint if any) and zoom onto it."""
+    s = results.summary
+    with_cp = s[s["n_changepoints"] > 0]
+    pick = (with_cp if len(with_cp) else s).sort_values("n_frames", ascending=False).iloc[0]
+    cps = [int(c) for c in str(pick["changepoint_frames"]).split(";") if c.strip()]
+    frame = cps[0] if cps else int((pick["frame_start"] + pick["frame_end"]) // 2)
+    viewer.dims.set_current_step(0, frame)
+    display.select_track(int(pick["track_id"]))
+    viewer.layers.selection.active = display.tracks_layer
+    viewer.reset_view()
+    rows = results.tracks[results.tracks["track_id"] == int(pick["track_id"])]
+    yx = rows[["y_px", "x_px"]].to_numpy().mean(axis=0)
+    world = np.asarray(image.scale)[1:] * yx + np.asarray(image.translate)[1:]
+    viewer.camera.center = tuple(float(v) for v in world)
+    viewer.camera.zoom = viewer.camera.zoom * 1.6
 
 
 def _movie(seed: int):
@@ -50,16 +102,16 @@ def _movie(seed: int):
     return data, acq, truth, path.stem
 
 
-def results_screenshot(out: Path, use_truth: bool, seed: int) -> None:
+def results_screenshot(out: Path, use_truth: bool, seed: int, size: tuple[int, int], keep: Path | None = None) -> None:
     import napari
 
     from napari_spt_diffusion._napari.layers import LayerGeometry, image_layer
-    from napari_spt_diffusion._napari.results_widget import show_results
-    from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget, pipeline_settings
+    from napari_spt_diffusion._napari.results_widget import _results_widget_for, show_results
+    from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
 
     movie, acq, truth, name = _movie(seed)
     viewer = napari.Viewer(title="napari-spt-diffusion: Track & Estimate")
-    viewer.window._qt_window.resize(1900, 1150)
+    _window(viewer, size)
     data, kwargs, _ = image_layer(movie, acq, name=name)
     image = viewer.add_image(data, **kwargs)
     widget = TrackEstimateWidget(viewer)
@@ -67,48 +119,56 @@ def results_screenshot(out: Path, use_truth: bool, seed: int) -> None:
     if use_truth:
         if truth is None:
             raise SystemExit(f"no ground truth beside {name}")
-        results, prefix = truth, "truth "
+        results = truth
+        display, _ = show_results(viewer, results, acq, LayerGeometry.from_layer(image), prefix="truth ")
         widget.status.value = "showing the simulated ground truth"
     else:
-        from napari_spt_diffusion import pipeline
-
         widget.model_combo.value = "binding"
         widget.device_combo.value = "cpu"
-        results = pipeline.track_and_estimate(movie, acq, pipeline_settings(widget.values()))
-        prefix = f"{name} "
-        widget.results = results
-        widget.status.value = f"done: {results.n_tracks} tracks, {len(results.tracks)} localizations"
-        widget.progress.value = 1000
-    display, panel = show_results(viewer, results, acq, LayerGeometry.from_layer(image), prefix=prefix)
-    # a track with a changepoint, in the middle of its life
-    s = results.summary
-    with_cp = s[s["n_changepoints"] > 0]
-    pick = (with_cp if len(with_cp) else s).sort_values("n_frames", ascending=False).iloc[0]
-    cps = [int(c) for c in str(pick["changepoint_frames"]).split(";") if c.strip()]
-    frame = cps[0] if cps else int((pick["frame_start"] + pick["frame_end"]) // 2)
-    viewer.dims.set_current_step(0, frame)
-    display.select_track(int(pick["track_id"]))
-    viewer.layers.selection.active = display.tracks_layer
-    viewer.reset_view()
-    # zoom onto the selected track so the tensor ellipses are visible
-    rows = results.tracks[results.tracks["track_id"] == int(pick["track_id"])]
-    yx = rows[["y_px", "x_px"]].to_numpy().mean(axis=0)
-    world = np.asarray(image.scale)[1:] * yx + np.asarray(image.translate)[1:]
-    viewer.camera.center = tuple(float(v) for v in world)
-    viewer.camera.zoom = viewer.camera.zoom * 1.6
-    _settle(viewer, 1.5)
-    viewer.screenshot(str(out), canvas_only=False)
-    print(f"wrote {out}")
+        _run_widget(viewer, widget)
+        results = widget.results
+        display = _results_widget_for(viewer).display
+    if keep is not None and results is not None:  # for the 'reloaded' screenshot
+        from napari_spt_diffusion import io
+
+        io.write_results(keep, results, overwrite=True)
+    _focus_track(viewer, display, image, results)
+    _results_widget_for(viewer).tabs.setCurrentIndex(1)  # the D(t) timeline of the selected track
+    _settle(viewer, 1.0)
+    _grab(viewer, out)
     viewer.close()
 
 
-def simulator_screenshot(out: Path, seed: int) -> None:
+def reloaded_screenshot(out: Path, seed: int, size: tuple[int, int], prefix: Path) -> None:
+    """The movie, then its results file opened with the plugin's reader (as File > Open does)."""
+    import napari
+
+    from napari_spt_diffusion._napari.layers import image_layer
+    from napari_spt_diffusion._napari.results_widget import _results_widget_for
+
+    movie, acq, _, name = _movie(seed)
+    viewer = napari.Viewer(title="napari-spt-diffusion: results reloaded")
+    _window(viewer, size)
+    data, kwargs, _ = image_layer(movie, acq, name=prefix.name)
+    image = viewer.add_image(data, **kwargs)
+    viewer.open(str(prefix) + "_meta.json", plugin=None)  # only this plugin reads _meta.json
+    _settle(viewer, 0.5)
+    dock = _results_widget_for(viewer)
+    display = dock.display
+    _focus_track(viewer, display, image, display.results)
+    dock.tabs.setCurrentIndex(0)  # the table
+    _settle(viewer, 1.0)
+    _grab(viewer, out)
+    viewer.close()
+
+
+def simulator_screenshot(out: Path, seed: int, size: tuple[int, int]) -> None:
     import napari
 
     from napari_spt_diffusion._napari.simulator_widget import SimulatorWidget
 
     viewer = napari.Viewer(title="napari-spt-diffusion: Simulator")
-    viewer.window._qt_window.resize(1900, 1150)
+    _window(viewer, size)
     widget = SimulatorWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Simulator", area="right")
     widget.model_combo.value = "binding"
@@ -116,63 +176,80 @@ def simulator_screenshot(out: Path, seed: int) -> None:
     widget.int_boxes["particles"].value = 40
     widget._timer.stop()
     widget.preview()
+    widget.frame_slider.setValue(10)
+    # Generate: the full movie as a layer, its truth in the results dock
+    widget.generate()
+    while widget.worker is not None:
+        _settle(viewer, 0.3)
     viewer.dims.set_current_step(0, 10)
     viewer.reset_view()
-    _settle(viewer, 1.5)
-    viewer.screenshot(str(out), canvas_only=False)
-    print(f"wrote {out}")
+    _settle(viewer, 1.0)
+    _grab(viewer, out)
     viewer.close()
 
 
-def foreign_screenshot(out: Path) -> None:
+def foreign_screenshot(out: Path, size: tuple[int, int]) -> None:
     """A foreign-optics movie (NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user would."""
     import napari
 
-    from napari_spt_diffusion._napari import _dialogs
+    from napari_spt_diffusion._napari.results_widget import _results_widget_for
     from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
     from napari_spt_diffusion.validation.foreign_renderer import foreign_case, render_foreign_movie
 
     case = foreign_case("free_wide")
     truth = render_foreign_movie(case["scene"], case["optics"], case["camera"], case["motion"], case["seed"])
     viewer = napari.Viewer(title="napari-spt-diffusion: a movie from another microscope")
-    viewer.window._qt_window.resize(1900, 1150)
+    _window(viewer, size)
     viewer.add_image(truth.movie, name="foreign NA 0.8", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
                      units=("s", "um", "um"))
     widget = TrackEstimateWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Track & Estimate", area="right")
     widget.device_combo.value = "cpu"
-    warnings_seen: list[str] = []
-    notify = _dialogs.notify_warning
-    _dialogs.notify_warning = lambda m: (warnings_seen.append(m), notify(m))
-    widget.run()
-    while widget.worker is not None:
-        _settle(viewer, 0.5)
+    widget.acq_group.expand(animate=False)  # the measured acquisition, with its uncertainties
+    _run_widget(viewer, widget)
+    _results_widget_for(viewer).tabs.setCurrentIndex(2)  # the histogram
     viewer.dims.set_current_step(0, 60)
     viewer.reset_view()
-    _settle(viewer, 2.0)
-    viewer.screenshot(str(out), canvas_only=False)
-    print(f"wrote {out}; warnings: {warnings_seen}")
+    _settle(viewer, 1.0)
+    _grab(viewer, out)
     viewer.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--truth", action="store_true", help="show the simulated truth instead of running the pipeline")
+    parser.add_argument("--truth", action="store_true", help="show the simulated ground truth instead of running")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out-dir", type=Path, default=DOCS)
-    parser.add_argument("--only", choices=("results", "simulator", "foreign"), help="take one screenshot only")
+    parser.add_argument("--only", choices=("results", "simulator", "foreign", "reloaded"), help="one kind only")
+    parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
     import tempfile
 
+    import napari._qt.qt_main_window as qt_main_window
+
+    # napari's one-off notice about PyQt5 would cover the notifications of the run
+    qt_main_window.SHOW_QT_WARNING = False
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    # keep the notifications of the run on screen until the picture is taken (they stack: last on top)
+    NapariQtNotification.DISMISS_AFTER = 0
     # the widgets' remembered parameters must not leak into (or come from) the user's
     os.environ["NAPARI_SPT_DIFFUSION_CONFIG_DIR"] = tempfile.mkdtemp(prefix="spt-screens-")
-    if args.only in (None, "results"):
-        results_screenshot(args.out_dir / "screenshot_results.png", args.truth, args.seed)
-    if args.only in (None, "simulator"):
-        simulator_screenshot(args.out_dir / "screenshot_simulator.png", args.seed)
-    if args.only in (None, "foreign"):
-        foreign_screenshot(args.out_dir / "screenshot_foreign.png")
+    results_dir = Path(tempfile.mkdtemp(prefix="spt-screens-results-"))
+    sizes = [tuple(int(v) for v in text.split("x")) for text in args.sizes.split(",")]
+    for size in sizes:
+        tag = "" if size == (1920, 1080) else f"_{size[0]}x{size[1]}"
+        name = lambda kind: args.out_dir / f"screenshot_{kind}{tag}.png"  # noqa: E731, B023
+        prefix = results_dir / "sample_movie"
+        if args.only in (None, "results", "reloaded"):
+            results_screenshot(name("results"), args.truth, args.seed, size, keep=prefix)
+        if args.only in (None, "reloaded"):
+            reloaded_screenshot(name("reloaded"), args.seed, size, prefix)
+        if args.only in (None, "simulator"):
+            simulator_screenshot(name("simulator"), args.seed, size)
+        if args.only in (None, "foreign"):
+            foreign_screenshot(name("foreign"), size)
 
 
 if __name__ == "__main__":
