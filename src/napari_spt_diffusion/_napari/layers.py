@@ -88,7 +88,10 @@ def _nice_log_ticks(lo: float, hi: float, n: int) -> np.ndarray:
         ks = np.arange(np.floor(np.log10(lo)) - 1, np.ceil(np.log10(hi)) + 1)
         values = np.array([m * 10.0**k for k in ks for m in _NICE_MANTISSAS])
         values = values[(values >= lo * (1 - 1e-9)) & (values <= hi * (1 + 1e-9))]
-    return np.unique(np.concatenate([[lo], values, [hi]]))
+    # the ends too, unless a round tick sits within 8 % of the axis (their labels would collide)
+    span = np.log10(hi) - np.log10(lo)
+    ends = [v for v in (lo, hi) if not values.size or np.min(np.abs(np.log10(values / v))) > 0.08 * span]
+    return np.unique(np.concatenate([values, ends]))
 
 
 # --------------------------------------------------------------------------- geometry
