@@ -365,7 +365,10 @@ def track_and_estimate(
     if len(locs) == 0:
         raise NoParticlesFound(
             f"no particles were found in the {shape[0]} frames of the movie; lower the detection threshold "
-            f"(now {settings.detection.threshold_snr:g} x noise) or check the PSF width and camera settings"
+            f"(now {settings.detection.threshold_snr:g} x noise, --threshold-snr) or check the PSF width "
+            "(--psf-sigma-nm) and the camera (--gain-adu-per-e, --offset-adu)"
+            + (f"; the light of each frame is that of about {particles_from_light:,.0f} particles, which may overlap "
+               "too much to be told apart" if particles_from_light >= 30 else "")
         )
 
     # 2 - linking

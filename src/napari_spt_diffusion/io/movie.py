@@ -316,7 +316,7 @@ def _read_movie(path: Path, logged: list[str]) -> MovieFile:
         raise
     except Exception as exc:
         tif.close()
-        raise InputError(f"{path.name} could not be read as a TIFF movie ({_why(exc, logged)})") from None
+        raise _unreadable(path, exc, logged) from None
     try:
         damage = _damage(tif, series, path, logged)
         if damage:
@@ -334,7 +334,7 @@ def _read_movie(path: Path, logged: list[str]) -> MovieFile:
         raise
     except Exception as exc:
         tif.close()
-        raise InputError(f"{path.name} could not be read as a TIFF movie ({_why(exc, logged)})") from None
+        raise _unreadable(path, exc, logged) from None
     tif.close()
 
     data: Any = None
@@ -351,7 +351,7 @@ def _read_movie(path: Path, logged: list[str]) -> MovieFile:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"{path.name} could not be read as a TIFF movie ({_why(exc, logged)})") from None
+            raise _unreadable(path, exc, logged) from None
         data, closer = lazy, lazy.close
     return MovieFile(
         path=path,
@@ -365,10 +365,13 @@ def _read_movie(path: Path, logged: list[str]) -> MovieFile:
     )
 
 
-def _why(exc: BaseException, logged: Sequence[str]) -> str:
-    """Why tifffile failed: its last log message on the file, if any, then the exception."""
+def _unreadable(path: Path, exc: BaseException, logged: Sequence[str]) -> InputError:
+    """The error for a file tifffile failed on: damaged when tifffile logged why, else the exception."""
     text = f"{type(exc).__name__}: {exc}"
-    return f"the file is damaged, tifffile: {logged[-1]}; {text}" if logged else text
+    if logged:
+        return InputError(f"{path.name} is truncated or damaged (tifffile: {logged[-1]}; {text}); copy or export "
+                          "the movie again")
+    return InputError(f"{path.name} could not be read as a TIFF movie ({text})")
 
 
 def _damage(tif: Any, series: Any, path: Path, logged: Sequence[str]) -> str | None:
