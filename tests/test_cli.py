@@ -233,17 +233,26 @@ def test_benchmark_runs_scripts_and_reports_failures(tmp_path, capsys, monkeypat
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run(["benchmark", "speed", "--quick"], capsys)
-    _assert_one_line_error(code, err, "bench_speed.py", "available: none")
     (bench / "bench_speed.py").write_text(
         "import sys, pathlib\npathlib.Path('ran.txt').write_text(' '.join(sys.argv[1:]))\n"
     )
     (bench / "bench_broken.py").write_text("raise SystemExit(3)\n")
-    code, out, err = _run(["benchmark", "speed", "--quick", "field"], capsys)
+    (bench / "bench_accuracy.py").write_text("import pathlib\npathlib.Path('impostor.txt').write_text('x')\n")
+    # a NAME runs the project's own scripts only, never ./benchmarks of the current folder
+    code, _, err = _run(["benchmark", "speed", "--quick"], capsys)
+    _assert_one_line_error(code, err, "bench_speed.py", "available:", "accuracy")
+    monkeypatch.setattr(cli, "OWN_BENCHMARKS", tmp_path / "nowhere")
+    code, _, err = _run(["benchmark", "accuracy"], capsys)
+    _assert_one_line_error(code, err, "was not found")
+    assert not (tmp_path / "impostor.txt").exists()
+    # other scripts run by their path
+    code, out, err = _run(["benchmark", "benchmarks/bench_speed.py", "--quick", "field"], capsys)
     assert code == 0, err
     assert (tmp_path / "ran.txt").read_text() == "--quick field"
-    code, _, err = _run(["benchmark", "broken"], capsys)
+    code, _, err = _run(["benchmark", str(bench / "bench_broken.py")], capsys)
     assert code == 3 and "bench_broken.py exited with status 3" in err
+    code, _, err = _run(["benchmark", "missing/bench_none.py"], capsys)
+    _assert_one_line_error(code, err, "not found")
 
 
 def test_progress_bar_on_a_pipe():

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,6 +32,8 @@ from .acquisition_resolver import resolve_acquisition
 from .errors import SptDiffusionError
 from .io import InputError, check_outputs, read_movie, results_paths, simulation_paths
 from .io._atomic import check_writable_folder
+from .notices import WarningSink
+from .plausibility import check_units
 from .simulation.motion_models import motion_model_names, movie_model_names
 from .training.config import add_train_arguments, config_from_args
 
@@ -98,6 +99,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not abs(value) < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 
@@ -178,6 +189,16 @@ class ProgressBar:
                 self._last_step = step
         self._last_message = message
 
+    def interject(self, text: str) -> None:
+        """Print ``text`` as a line of its own now (a warning), clearing the bar's line first;
+        the bar is drawn again on its next update."""
+        if self.tty and self._drawn:
+            self.stream.write("\r" + " " * self._last_len + "\r")
+            self._drawn = False
+            self._last_message = None
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         """End the bar's line (call once the work is done or failed)."""
         if self.tty and self._drawn:
@@ -208,6 +229,7 @@ def _simulation_acquisition(args: argparse.Namespace) -> Acquisition:
         signal_photons="photons",
     )
     acquisition = resolve_acquisition(explicit=changes)
+    check_units(acquisition, {name: "given" for name in changes})
     if args.snr is not None:
         acquisition = acquisition.replace(signal_photons=signal_photons_for_snr(args.snr, acquisition))
     return acquisition
@@ -328,6 +350,7 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
         acquisition = movie.acquisition(
             pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **changes
         )
+        check_units(acquisition, _origins(args, movie, changes))
         measure = _fields_to_measure(args, movie, changes)
         prefix = _track_prefix(args.out, movie.path)
         targets = list(results_paths(prefix).values())
@@ -346,12 +369,11 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
         settings.trust_model = bool(args.trust_model)
         bar = ProgressBar()
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            # each library warning is printed as it arises (notices.py), not after the run
+            with WarningSink(lambda text: bar.interject(f"{PROG}: warning: {text}")):
                 results = track_and_estimate(movie.data, acquisition, settings, progress=_with_pause_points(bar))
         finally:
             bar.close()
-        _report_warnings(caught)
     finally:
         movie.close()
     if results.n_tracks == 0:
@@ -421,16 +443,18 @@ def _with_pause_points(progress: Any) -> Any:
     return report
 
 
-def _report_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
-    """Print each distinct warning of the library once, as one line on stderr."""
-    seen: set[str] = set()
-    for item in caught:
-        if not issubclass(item.category, UserWarning):
-            continue
-        text = " ".join(str(item.message).split())
-        if text not in seen:
-            seen.add(text)
-            print(f"{PROG}: warning: {text}", file=sys.stderr)
+def _origins(args: argparse.Namespace, movie: Any, given: dict[str, Any]) -> dict[str, str]:
+    """Where the pixel size, frame interval and PSF of ``track`` come from, for the messages."""
+    origins = {name: "given" for name in given}
+    for name in ("pixel_size_nm", "frame_interval_s"):
+        if getattr(args, name) is not None:
+            origins[name] = "given"
+        elif getattr(movie, name) is not None:
+            origins[name] = "file"
+    for name in ("pixel_size_nm", "frame_interval_s", "psf_sigma_nm"):
+        if name not in origins:
+            origins[name] = "stored" if movie.acquisition_dict and name in movie.acquisition_dict else "assumed"
+    return origins
 
 
 def _fields_to_measure(args: argparse.Namespace, movie: Any, given: dict[str, Any]) -> tuple[str, ...]:
@@ -475,34 +499,40 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------- benchmark
-def _benchmarks_folder() -> Path:
-    candidates = [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
-    for folder in candidates:
-        if folder.is_dir():
-            return folder
-    raise InputError(
-        "benchmarks/ was not found: run this command from the source checkout of napari-spt-diffusion"
-    )
+#: The project's own benchmark scripts (a source checkout; an installed package has none).
+#: Never ./benchmarks of the current folder: a NAME runs only these, other scripts need their path.
+OWN_BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _available_benchmarks(folder: Path) -> dict[str, Path]:
     return {p.stem[len("bench_"):]: p for p in sorted(folder.glob("bench_*.py"))}
 
 
-def _cmd_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    folder = _benchmarks_folder()
+def _benchmark_scripts(name: str | None) -> list[Path]:
+    """The scripts ``benchmark NAME`` runs: ``OWN_BENCHMARKS/bench_NAME.py``, all of them without
+    NAME, or the script NAME when it is a path (it ends in ``.py`` or holds a folder)."""
+    folder = OWN_BENCHMARKS
+    if name and (name.endswith(".py") or "/" in name or os.sep in name):
+        path = Path(name)
+        if not path.is_file():
+            raise InputError(f"benchmark script {path} not found")
+        return [path.resolve()]
+    if not folder.is_dir():
+        raise InputError(f"the project's benchmarks folder {folder} was not found (an installed package has none): "
+                         "run from a source checkout of napari-spt-diffusion, or give the path of a script")
     available = _available_benchmarks(folder)
-    if args.name:
-        if args.name not in available:
-            names = ", ".join(available) or "none"
-            raise InputError(
-                f"no benchmark script {folder / ('bench_' + args.name + '.py')}; available: {names}"
-            )
-        scripts = [available[args.name]]
-    else:
-        if not available:
-            raise InputError(f"no benchmark scripts (bench_*.py) in {folder}")
-        scripts = list(available.values())
+    if name:
+        if name not in available:
+            raise InputError(f"no benchmark script {folder / ('bench_' + name + '.py')}; available: "
+                             f"{', '.join(available) or 'none'} (or give the path of a script)")
+        return [available[name]]
+    if not available:
+        raise InputError(f"no benchmark scripts (bench_*.py) in {folder}")
+    return list(available.values())
+
+
+def _cmd_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    scripts = _benchmark_scripts(args.name)
     extra = list(args.args or [])
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -511,7 +541,7 @@ def _cmd_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
     for script in scripts:
         command = [sys.executable, str(script), *extra]
         _say(f"running {shlex.join(command)}")
-        status = subprocess.call(command, cwd=folder.parent)
+        status = subprocess.call(command, cwd=script.parent.parent)
         if status != 0:
             print(f"{PROG}: error: {script.name} exited with status {status}", file=sys.stderr)
             return status if status > 0 else 1
@@ -572,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--frame-interval-s", type=_positive_float, help="frame interval in s (overrides the file)")
     trk.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm (default: from the file or 100)")
     trk.add_argument("--photons", type=_positive_float, help="expected signal photons per frame")
-    trk.add_argument("--offset-adu", type=_non_negative_float, help="camera offset in ADU (default: measured)")
+    trk.add_argument("--offset-adu", type=_finite_float, help="camera offset in ADU, negative for shifted signed "
+                     "data (default: measured)")
     trk.add_argument("--gain-adu-per-e", type=_positive_float, help="camera gain in ADU per photo-electron "
                      "(default: measured)")
     trk.add_argument("--background-photons", type=_non_negative_float,
@@ -615,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "benchmark",
         help="run the benchmark scripts in benchmarks/",
-        description="Run benchmarks/bench_NAME.py of the source checkout (all of them without NAME), "
+        description="Run benchmarks/bench_NAME.py of this package's source checkout (all of them without NAME; "
+        "never ./benchmarks of the current folder), or the script at a path NAME ending in .py; "
         "e.g. accuracy, tracking, speed, simulator; each writes its report under benchmarks/reports/. "
         "Arguments after NAME go to the script.",
     )
