@@ -65,7 +65,7 @@ ACQUISITION_FIELDS: dict[str, tuple[str, str, float, float, float, int]] = {
     "signal_photons": ("signal", " photons/frame", 0.0, 1e9, 50.0, 0),
     "background_photons": ("background", " photons/px", 0.0, 1e7, 1.0, 1),
     "gain_adu_per_e": ("camera gain", " ADU/e⁻", 1e-4, 1e4, 0.1, 3),
-    "offset_adu": ("camera offset", " ADU", 0.0, 65535.0, 1.0, 1),
+    "offset_adu": ("camera offset", " ADU", -65535.0, 65535.0, 1.0, 1),  # negative: shifted signed data
 }
 
 
