@@ -318,6 +318,10 @@ def test_bad_input(case: Case, base_movie: np.ndarray, tmp_path: Path, capsys: p
     assert all(p.read_text() != STALE for p in stale)
     if case.expect == "warn":
         assert any(_has(line, case.fragments) for line in lines), lines
+        # printed when it arose, before the run was done
+        everything = captured.err.splitlines()
+        warned = next(i for i, line in enumerate(everything) if _has(line, case.fragments))
+        assert warned < next(i for i, line in enumerate(everything) if line.strip().startswith("100.0%"))
         assert any(_has(text, case.fragments) for text in meta["warnings"]), meta["warnings"]
     else:
         assert case.expect == "ok"
@@ -330,3 +334,18 @@ def test_the_table_is_large_and_covers_every_kind() -> None:
     assert len({c.name for c in CASES}) == len(CASES)
     kinds = {c.expect for c in CASES}
     assert kinds == {"error", "warn", "ok"}
+
+
+def test_warning_sink_passes_each_warning_on_at_once() -> None:
+    import warnings
+
+    from napari_spt_diffusion.notices import WarningSink, warn
+
+    seen: list[str] = []
+    with WarningSink(seen.append) as sink:
+        warn("first  problem,\n on two lines")
+        assert seen == ["first problem, on two lines"]  # at once, on one line
+        warn("first problem, on two lines")
+        warnings.warn("a library's own warning", UserWarning, stacklevel=1)
+        warnings.warn("numpy noise", RuntimeWarning, stacklevel=1)
+    assert sink.messages == seen == ["first problem, on two lines", "a library's own warning"]

@@ -1,4 +1,4 @@
-"""The ``spt-diffusion`` command: ``simulate``, ``track``, ``train``, ``benchmark``.
+"""The ``spt-diffusion`` command: ``simulate``, ``track``, ``estimate``, ``train``, ``benchmark``.
 
 Every problem a user can fix (a missing or unreadable movie, a wrong value, an
 existing or unwritable output) ends the command with one line
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
+from . import __version__, _cli_estimate
 from ._pause import PAUSE_ENV, pause_point
 from .acquisition import Acquisition
 from .acquisition_resolver import resolve_acquisition
@@ -343,6 +343,7 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 # -------------------------------------------------------------------- track
 def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``track``, and ``estimate``: the tracks read from ``--tracks`` instead of found (:mod:`._cli_estimate`)."""
     movie = read_movie(args.movie)
     try:
         changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons", offset_adu="offset_adu",
@@ -353,16 +354,15 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
         check_units(acquisition, _origins(args, movie, changes))
         measure = _fields_to_measure(args, movie, changes)
         prefix = _track_prefix(args.out, movie.path)
-        targets = list(results_paths(prefix).values())
+        targets = list(results_paths(prefix).values()) + _cli_estimate.extra_targets(args, prefix)
         _check_output_targets(targets, args.overwrite)
+        imported = _cli_estimate.read_tracks(args, acquisition, _say)
         source = movie.metadata_source or "none"
         _say(
             f"{movie.path.name}: {movie.n_frames} frames of {movie.shape[1]} x {movie.shape[2]} px; "
             f"pixel size {acquisition.pixel_size_nm:g} nm, frame interval {acquisition.frame_interval_s:g} s "
             f"(file metadata: {source})"
         )
-
-        from .pipeline import track_and_estimate
 
         settings = _track_settings(args)
         settings.measure = measure
@@ -371,7 +371,8 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
         try:
             # each library warning is printed as it arises (notices.py), not after the run
             with WarningSink(lambda text: bar.interject(f"{PROG}: warning: {text}")):
-                results = track_and_estimate(movie.data, acquisition, settings, progress=_with_pause_points(bar))
+                results = _cli_estimate.run_estimation(movie.data, imported, acquisition, settings,
+                                                       _with_pause_points(bar))
         finally:
             bar.close()
     finally:
@@ -389,6 +390,7 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     created = _make_output_folder(targets)
     try:
         written = write_results(prefix, results, overwrite=args.overwrite)
+        written += _cli_estimate.write_extra_files(args, prefix, results)
     except BaseException:
         _remove_empty_folders(created)
         raise
@@ -477,9 +479,10 @@ def _track_settings(args: argparse.Namespace) -> Any:
 
     values: dict[str, Any] = {"model": args.model, "device": args.device}
     for name in ("max_D_um2_s", "memory_frames", "min_track_length", "changepoints", "split_encounters"):
-        values[name] = getattr(args, name)
+        values[name] = getattr(args, name, None)  # estimate has no detection or linking options
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
-    if args.threshold_snr is not None:
+    settings.drift_correction = bool(getattr(args, "drift_correction", False))
+    if getattr(args, "threshold_snr", None) is not None:
         settings.detection = dataclasses.replace(settings.detection, threshold_snr=args.threshold_snr)
     return settings
 
@@ -549,8 +552,36 @@ def _cmd_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 # -------------------------------------------------------------------- parser
+def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
+    """Acquisition, calibration, model, track length, changepoint and device options of ``track`` and ``estimate``."""
+    parser.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm (overrides the file)")
+    parser.add_argument("--frame-interval-s", type=_positive_float, help="frame interval in s (overrides the file)")
+    parser.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm (default: from the file or 100)")
+    parser.add_argument("--photons", type=_positive_float, help="expected signal photons per frame")
+    parser.add_argument("--offset-adu", type=_finite_float, help="camera offset in ADU, negative for shifted signed "
+                        "data (default: measured)")
+    parser.add_argument("--gain-adu-per-e", type=_positive_float, help="camera gain in ADU per photo-electron "
+                        "(default: measured)")
+    parser.add_argument("--background-photons", type=_non_negative_float,
+                        help="background photons per pixel per frame (default: measured)")
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="use the standard values for what neither the file nor the options give, instead of "
+                             "measuring camera, background, PSF width and signal from the movie")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="report the model's values even where the guard finds it biased on this movie or the "
+                             "movie outside its training range (default: the classical values are reported then)")
+    parser.add_argument("--model", default=None,
+                        help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
+    parser.add_argument("--min-track-length", type=_positive_int,
+                        help="shorter tracks are left out of the results (default: 5)")
+    parser.add_argument("--changepoints", choices=("auto", "single", "multiple", "none"),
+                        help="changepoint detection for multi-state models (default: auto)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                        help="where the model runs (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``spt-diffusion`` (subcommands simulate, track, train, benchmark)."""
+    """The argument parser of ``spt-diffusion`` (subcommands simulate, track, estimate, train, benchmark)."""
     parser = _Parser(
         prog=PROG,
         description="Single-particle tracking and diffusion-tensor estimation of fluorescence movies.",
@@ -598,43 +629,32 @@ def build_parser() -> argparse.ArgumentParser:
         "come from the TIFF metadata (ImageJ or OME) unless given here.",
     )
     trk.add_argument("movie", metavar="MOVIE.tif", help="input movie (T, Y, X)")
-    trk.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm (overrides the file)")
-    trk.add_argument("--frame-interval-s", type=_positive_float, help="frame interval in s (overrides the file)")
-    trk.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm (default: from the file or 100)")
-    trk.add_argument("--photons", type=_positive_float, help="expected signal photons per frame")
-    trk.add_argument("--offset-adu", type=_finite_float, help="camera offset in ADU, negative for shifted signed "
-                     "data (default: measured)")
-    trk.add_argument("--gain-adu-per-e", type=_positive_float, help="camera gain in ADU per photo-electron "
-                     "(default: measured)")
-    trk.add_argument("--background-photons", type=_non_negative_float,
-                     help="background photons per pixel per frame (default: measured)")
-    trk.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                     help="use the standard values for what neither the file nor the options give, instead of "
-                          "measuring camera, background, PSF width and signal from the movie")
-    trk.add_argument("--trust-model", action="store_true",
-                     help="report the model's values even where the guard finds it biased on this movie or the "
-                          "movie outside its training range (default: the classical values are reported then)")
-    trk.add_argument("--model", default=None,
-                     help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
+    _add_estimation_options(trk)
     trk.add_argument("--threshold-snr", type=_positive_float,
                      help="detection threshold in units of the filtered image's noise (default: 5)")
     trk.add_argument("--max-d", dest="max_D_um2_s", type=_positive_float, metavar="D_UM2_S",
                      help="largest expected D in um^2/s; sets the linking search range (default: 6)")
     trk.add_argument("--memory-frames", type=_non_negative_int,
                      help="frames a particle may vanish and still be linked (default: 2)")
-    trk.add_argument("--min-track-length", type=_positive_int,
-                     help="shorter tracks are left out of the results (default: 5)")
     trk.add_argument("--keep-encounters", dest="split_encounters", action="store_false", default=None,
                      help="do not cut tracks where two particles came close enough to swap identities "
                           "(default: cut them, so each track holds one particle)")
-    trk.add_argument("--changepoints", choices=("auto", "single", "multiple", "none"),
-                     help="changepoint detection for multi-state models (default: auto)")
     trk.add_argument("--out", metavar="PREFIX", help="output prefix (default: the movie path without .tif); "
                      "a folder ending in / writes into it (created if missing), the files named after the movie")
-    trk.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                     help="where the model runs (default: auto)")
     trk.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _cli_estimate.add_result_file_options(trk)
     trk.set_defaults(func=_cmd_track)
+
+    est = sub.add_parser("estimate", help="estimate the tensors of tracks linked by another tool (TrackMate, trackpy)",
+                         description="Estimate every track of FILE on MOVIE.tif (track ids kept), skipping detection "
+                         "and linking; writes PREFIX_tracks.csv, PREFIX_summary.csv and PREFIX_meta.json.")
+    est.add_argument("movie", metavar="MOVIE.tif", help="input movie (T, Y, X)")
+    _cli_estimate.add_tracks_options(est)
+    _add_estimation_options(est)
+    _cli_estimate.add_result_file_options(est)
+    est.add_argument("--out", metavar="PREFIX", help="output prefix (default: the movie path without .tif)")
+    est.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    est.set_defaults(func=_cmd_track, workers=None, scheduler=None)  # track's batch options do not apply
 
     trn = sub.add_parser("train", help="train a model on simulated data",
                          description="Train a cross-transformer model on tracks simulated through the pipeline's "
@@ -682,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     if getattr(args, "func", None) is None:
-        print(f"{PROG}: error: choose a command: simulate, track, train or benchmark (see '{PROG} --help')",
+        print(f"{PROG}: error: choose a command: simulate, track, estimate, train or benchmark (see '{PROG} --help')",
               file=sys.stderr)
         return EXIT_USAGE
     debug = bool(os.environ.get("SPT_DIFFUSION_DEBUG"))
