@@ -13,6 +13,7 @@ reported error.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import shlex
@@ -344,7 +345,11 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 # -------------------------------------------------------------------- track
 def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``track``, and ``estimate``: the tracks read from ``--tracks`` instead of found (:mod:`._cli_estimate`)."""
-    movie = read_movie(args.movie)
+    movies = [args.movie] if isinstance(args.movie, str) else list(args.movie)
+    if len(movies) > 1 or args.workers or args.scheduler or Path(movies[0]).is_dir() or (
+            glob.has_magic(movies[0]) and not Path(movies[0]).exists()):
+        return _cmd_track_batch(args, movies, argv)
+    movie = read_movie(movies[0])
     try:
         changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons", offset_adu="offset_adu",
                          gain_adu_per_e="gain_adu_per_e", background_photons="background_photons")
@@ -398,6 +403,31 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     for path in written:
         _say(f"wrote {path}")
     return 0
+
+
+def _cmd_track_batch(args: argparse.Namespace, movies: list[str], argv: Sequence[str]) -> int:
+    """``track`` of several movies, a folder or a glob on a Dask cluster (:mod:`.batch`, docs/batch.md);
+    exit status 0, or 1 when some movies failed (the others are written; see the batch report)."""
+    from . import batch
+
+    if not args.out:
+        raise InputError("a batch needs --out FOLDER for the result sets, the combined summary and the report")
+    jobs = batch.plan_batch(batch.expand_inputs(movies), args.out)
+    settings = _track_settings(args)
+    settings.trust_model = bool(args.trust_model)
+    changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons", offset_adu="offset_adu",
+                     gain_adu_per_e="gain_adu_per_e", background_photons="background_photons")
+    options = batch.BatchOptions(settings, args.pixel_size_nm, args.frame_interval_s, changes,
+                                 bool(args.calibrate), shlex.join([PROG, *argv]))
+    _say(f"{len(jobs)} movie(s); results in {args.out}")
+    report = batch.run_batch(jobs, options, args.out, workers=args.workers, scheduler=args.scheduler,
+                             overwrite=args.overwrite, say=_say)
+    _say(f"{report.count('done')} done, {report.count('skipped')} skipped, {report.count('failed')} failed in "
+         f"{report.wall_s:.1f} s; wrote {', '.join(str(p) for p in report.files)}")
+    if report.count("failed"):
+        print(f"{PROG}: error: {report.count('failed')} of {len(jobs)} movies failed (see {report.files[1]})",
+              file=sys.stderr)
+    return report.exit_status
 
 
 def _track_prefix(out: str | None, movie_path: Path) -> Path:
@@ -628,7 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
         "PREFIX_summary.csv and PREFIX_meta.json (last, with the tables' SHA-256). Pixel size and frame interval "
         "come from the TIFF metadata (ImageJ or OME) unless given here.",
     )
-    trk.add_argument("movie", metavar="MOVIE.tif", help="input movie (T, Y, X)")
+    trk.add_argument("movie", nargs="+", metavar="MOVIE.tif", help="input movie (T, Y, X); several movies, a folder "
+                     "or a quoted glob ('data/*.tif') run a batch into --out FOLDER (docs/batch.md)")
     _add_estimation_options(trk)
     trk.add_argument("--threshold-snr", type=_positive_float,
                      help="detection threshold in units of the filtered image's noise (default: 5)")
@@ -641,7 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: cut them, so each track holds one particle)")
     trk.add_argument("--out", metavar="PREFIX", help="output prefix (default: the movie path without .tif); "
                      "a folder ending in / writes into it (created if missing), the files named after the movie")
-    trk.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    trk.add_argument("--overwrite", action="store_true", help="replace existing output files (a batch: run every "
+                     "movie, even those whose results are complete for the same settings and model)")
+    trk.add_argument("--workers", type=_positive_int, help="batch: a local Dask cluster of N worker processes "
+                     "(default: 1)")
+    trk.add_argument("--scheduler", metavar="ADDRESS", help="batch: run on the dask.distributed cluster of this "
+                     "scheduler (tcp://host:8786)")
     _cli_estimate.add_result_file_options(trk)
     trk.set_defaults(func=_cmd_track)
 
