@@ -349,3 +349,17 @@ def test_warning_sink_passes_each_warning_on_at_once() -> None:
         warnings.warn("a library's own warning", UserWarning, stacklevel=1)
         warnings.warn("numpy noise", RuntimeWarning, stacklevel=1)
     assert sink.messages == seen == ["first problem, on two lines", "a library's own warning"]
+
+
+def test_damaged_file_in_a_subprocess_prints_one_line_and_no_tifffile_log(base_movie: np.ndarray,
+                                                                          tmp_path: Path) -> None:
+    """The real stderr of the command: one line, none of tifffile's log lines (issue 15 item 9)."""
+    import subprocess
+
+    movie = _truncated(tmp_path, _u16(base_movie), 0.5)
+    run = subprocess.run([sys.executable, "-m", "napari_spt_diffusion.cli", "track", movie, "--out",
+                          str(tmp_path / "res")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(run.stderr.splitlines()) == 1 and "truncated or damaged" in run.stderr, run.stderr
+    assert not list(tmp_path.glob("res*"))
