@@ -224,3 +224,32 @@ def test_pinning_rewrites_the_table(tmp_path, monkeypatch):
         pin_bundled_checksums(folder)
     exec(source.read_text(), namespace)
     assert list(namespace["PINNED_SHA256"]) == ["only"]  # unchanged: nothing was written
+
+
+def test_bundling_into_the_package_pins_the_new_model(exported, tmp_path, monkeypatch):
+    """The path a new bundled model (e.g. aniso_wide) takes: bundle_run into checkpoints/ pins it."""
+    import shutil
+
+    from napari_spt_diffusion.estimation import checkpoint as ck
+    from napari_spt_diffusion.estimation import checkpoint_pins
+    from napari_spt_diffusion.training import card as card_module
+
+    package = tmp_path / "checkpoints"
+    package.mkdir()
+    pins = tmp_path / "checkpoint_pins.py"
+    pins.write_text(Path(checkpoint_pins.__file__).read_text())
+    monkeypatch.setattr(ck, "CHECKPOINT_DIR", package)
+    monkeypatch.setattr(card_module, "CHECKPOINT_DIR", package)
+    monkeypatch.setattr(checkpoint_pins, "__file__", str(pins))
+    monkeypatch.setattr(checkpoint_pins, "PINNED_SHA256", {})
+    run = tmp_path / "run"
+    run.mkdir()
+    path, _ = exported
+    shutil.copy(path, run / "tiny.pt")
+    card = json.loads(path.with_suffix(".json").read_text())
+    (run / "tiny.json").write_text(json.dumps({**card, "training": {}}))
+    bundled = card_module.bundle_run(run, name="newly_bundled")
+    assert bundled == package / "newly_bundled.pt"
+    assert checkpoint_pins.PINNED_SHA256 == {"newly_bundled": sha256_file(bundled)}
+    assert f'"newly_bundled": "{sha256_file(bundled)}"' in pins.read_text()
+    assert load_checkpoint("newly_bundled")[1]["name"] == "newly_bundled"
