@@ -103,3 +103,10 @@ def test_track_writes_the_optional_files(movie_and_tracks, tmp_path, capsys, toy
                          "cpu", "--msd"], capsys)
     assert code == cli.EXIT_USAGE and "already exists" in err
     assert (tmp_path / "run_msd.csv").read_bytes() == before and not (tmp_path / "run_tracks.csv").exists()
+
+
+def test_a_batch_refuses_the_optional_files_it_does_not_write(movie_and_tracks, tmp_path, capsys):
+    movie, _, _ = movie_and_tracks
+    code, _, err = _run(["track", movie, movie, "--out", tmp_path / "batch", "--msd"], capsys)
+    assert code == cli.EXIT_USAGE and "not written in a batch" in err
+    assert not (tmp_path / "batch").exists()

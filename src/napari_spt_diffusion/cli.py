@@ -412,6 +412,8 @@ def _cmd_track_batch(args: argparse.Namespace, movies: list[str], argv: Sequence
 
     if not args.out:
         raise InputError("a batch needs --out FOLDER for the result sets, the combined summary and the report")
+    if args.msd or args.trackpy_table:
+        raise InputError("--msd and --trackpy-table are not written in a batch yet; run track on one movie for them")
     jobs = batch.plan_batch(batch.expand_inputs(movies), args.out)
     settings = _track_settings(args)
     settings.trust_model = bool(args.trust_model)
