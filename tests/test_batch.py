@@ -165,3 +165,16 @@ def test_help_and_single_movie_runs_do_not_import_dask(movies, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert read_results(tmp_path / "one").n_tracks > 0
+
+
+def test_a_scheduler_that_cannot_be_reached_is_one_line_and_leaves_nothing(movies, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, text, err = _run(["track", movies / "a.tif", movies / "b.tif", "--out", out, "--scheduler", "noport"],
+                           capsys)
+    assert code == 2 and "cannot reach the Dask scheduler at noport" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_estimate_of_a_folder_is_no_batch(movies, tmp_path, capsys):
+    code, text, err = _run(["estimate", movies, "--tracks", movies / "a.tif", "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "is not a file" in err and not list(tmp_path.iterdir())

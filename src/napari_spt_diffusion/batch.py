@@ -325,7 +325,7 @@ def _start_client(workers: int | None, scheduler: str | None, processes: bool) -
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({_one_line(exc)})") from None
         return client, f"Dask cluster at {scheduler}"
     n = workers or 1
@@ -381,7 +381,6 @@ def run_batch(
             todo.append((job, reason))
             if reason != "new":
                 say(f"{job.name}: to run again ({reason})")
-    Path(out).mkdir(parents=True, exist_ok=True)
     cluster = "none (every movie was complete)"
     if todo:
         client, cluster = _start_client(workers, scheduler, processes)
@@ -459,6 +458,7 @@ def _write_batch_files(folder: Path, jobs: Sequence[MovieJob], outcomes: Sequenc
     """Write ``combined_summary.csv``, ``batch_report.json`` and ``batch_report.csv`` (each atomically)."""
     from . import __version__
 
+    folder.mkdir(parents=True, exist_ok=True)  # only now: a batch that could not start leaves nothing
     combined = _combined_summary(jobs, outcomes)
     paths = [folder / COMBINED_SUMMARY, folder / REPORT_JSON, folder / REPORT_CSV]
     with atomic_path(paths[0]) as tmp:

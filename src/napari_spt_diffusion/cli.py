@@ -346,8 +346,8 @@ def _cmd_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``track``, and ``estimate``: the tracks read from ``--tracks`` instead of found (:mod:`._cli_estimate`)."""
     movies = [args.movie] if isinstance(args.movie, str) else list(args.movie)
-    if len(movies) > 1 or args.workers or args.scheduler or Path(movies[0]).is_dir() or (
-            glob.has_magic(movies[0]) and not Path(movies[0]).exists()):
+    if getattr(args, "command", "track") == "track" and (len(movies) > 1 or args.workers or args.scheduler or (
+            Path(movies[0]).is_dir() or (glob.has_magic(movies[0]) and not Path(movies[0]).exists()))):
         return _cmd_track_batch(args, movies, argv)
     movie = read_movie(movies[0])
     try:
