@@ -178,3 +178,37 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line_and_leaves_nothing(movie
 def test_estimate_of_a_folder_is_no_batch(movies, tmp_path, capsys):
     code, text, err = _run(["estimate", movies, "--tracks", movies / "a.tif", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "is not a file" in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_batch_reports_the_movies_cancelled_and_a_rerun_completes(movies, tmp_path):
+    """SIGTERM while the worker writes the first set (paused there by the test hook): exit 143, one line,
+    the report marks both movies cancelled, no result set appears; the next run cleans up and writes both."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_spt_diffusion.cli", "track", str(movies / "a.tif"),
+               str(movies / "b.tif"), "--out", str(out), "--workers", "1"]
+    env = {**os.environ, "SPT_DIFFUSION_TEST_PAUSE": "writing", "SPT_DIFFUSION_TEST_PAUSE_S": "60"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line, deadline = "", time.monotonic() + 120
+        while "test pause at writing" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the batch ended before the pause"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().startswith("spt-diffusion: terminated after writing") and err.count("\n") == 1
+    report = _report(out)
+    assert report["interrupted"] is True and report["counts"]["cancelled"] == 2
+    assert not list(out.glob("[ab]_*"))
+    code = subprocess.run(command, capture_output=True, text=True, timeout=300).returncode
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert _report(out)["counts"] == {"done": 2, "skipped": 0, "failed": 0}

@@ -440,7 +440,7 @@ def _close(client: Any, scheduler: str | None) -> None:
 def _combined_summary(jobs: Sequence[MovieJob], outcomes: Sequence[MovieOutcome]) -> pd.DataFrame:
     tables = []
     for job, outcome in zip(jobs, outcomes):
-        if outcome.status == "failed":
+        if outcome.status not in ("done", "skipped"):
             continue
         try:
             summary = read_results(job.prefix, verify=True).summary
