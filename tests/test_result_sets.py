@@ -228,7 +228,20 @@ def test_stale_temporaries_of_the_same_targets_are_removed(truth, tmp_path):
 
 
 # ----------------------------------------------------- signals in-process
+def _default_sigint() -> None:
+    """Restore the default SIGINT disposition (a shell starting a job in the background ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_during_the_renames_is_held_until_the_set_is_complete(truth, tmp_path, monkeypatch):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive run
+    try:
+        _interrupt_during_the_renames(truth, tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_during_the_renames(truth, tmp_path, monkeypatch):
     write_results(tmp_path / "r", truth)
     old = _contents(tmp_path)
     real_replace = os.replace
@@ -347,6 +360,7 @@ def killed_runs(movie, old_set, tmp_path_factory) -> dict[tuple[str, str], tuple
                         [*_command(), "track", str(movie), "--out", str(folder / "r"), "--overwrite",
                          "--device", "cpu", "--no-calibrate"],
                         stdout=subprocess.DEVNULL, stderr=err, env=env,
+                        preexec_fn=_default_sigint,  # a test run started with SIGINT ignored (nohup, &) passes it on
                     )
                 runs[stage, sig.name] = (folder, log, child, sig)
         waiting = dict(runs)
