@@ -19,7 +19,7 @@ Protocol "interval coverage", version 1 (defined here):
 
 Command::
 
-    .venv/bin/python benchmarks/bench_intervals.py [--write-tables] [--models aniso,aniso_wide] [--threads K]
+    .venv/bin/python benchmarks/bench_intervals.py [--write-tables [NAMES]] [--models aniso,aniso_wide] [--threads K]
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ def table_path(name: str) -> Path:
     return CHECKPOINTS / f"{name}.intervals.json"
 
 
-def write_tables(models: list[str]) -> dict[str, float]:
-    """Calibrate and write the tables of ``models`` and of the classical estimator; seconds per table."""
+def write_tables(names: list[str]) -> dict[str, float]:
+    """Calibrate and write the tables of ``names`` (bundled models or ``classical``); seconds per table."""
     seconds = {}
     base = Acquisition()
-    for name in [*models, "classical"]:
+    for name in names:
         t0 = time.perf_counter()
         wide = name != "aniso"
         cal = IC.calibration_set("aniso", N_CALIBRATION, base, RANGES["wide"] if wide else None)
@@ -123,7 +123,9 @@ def guard_accepts(est, cal: IC.CalibrationSet, acq: Acquisition) -> tuple[bool, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write-tables", action="store_true", help="calibrate and write the interval tables first")
+    parser.add_argument("--write-tables", nargs="?", const="all", default=None, metavar="NAMES",
+                        help="calibrate and write the interval tables first: of --models and classical (no value), "
+                             "or of the comma-separated NAMES")
     parser.add_argument("--models", default="aniso,aniso_wide", help="comma-separated bundled sequence models")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_cache_guard")
@@ -131,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     models = args.models.split(",")
     t_start = time.perf_counter()
-    seconds = write_tables(models) if args.write_tables else {}
+    seconds = {}
+    if args.write_tables is not None:
+        names = [*models, "classical"] if args.write_tables == "all" else args.write_tables.split(",")
+        seconds = write_tables(names)
     tables = {name: load_interval_table(table_path(name)) for name in [*models, "classical"]}
     modules = {name: load_checkpoint(name)[0] for name in models}
     rows = []
