@@ -30,7 +30,7 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# The pinned CPU build first, so that the package's `torch>=2.1` needs nothing more
+# The pinned CPU build first, so that the package's `torch>=2.6` needs nothing more
 # (users with a GPU install their own CUDA build of torch instead).
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
