@@ -1,7 +1,7 @@
 """Take the napari screenshots of docs/ (run under a virtual display).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_napari_screenshots.py
-    ... [--only results|simulator|foreign|reloaded] [--sizes 1920x1080,1280x800]
+    ... [--only results|msd|simulator|foreign|reloaded] [--sizes 1920x1080,1280x800]
 
 Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind>.png`` at
 1920 x 1080 and ``screenshot_<kind>_<W>x<H>.png`` at any other size (1280 x 800 by default).
@@ -9,6 +9,8 @@ Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind
 - ``results``: the sample movie after Track & Estimate run through the widget: tracks
   coloured by D1, tensor ellipses, changepoints, the results dock with its tabs (table,
   D(t) timeline, histogram) and the notifications of the run's warnings;
+- ``msd``: the same run with the dock's MSD tab (ensemble and selected track, with their
+  line fits) and the widget's "Estimate on existing tracks" group open;
 - ``simulator``: the simulator widget with its live preview (in the dock);
 - ``foreign``: a movie from the independent foreign-optics renderer opened as a plain
   image: the widget's measured acquisition, the guard's banner and warning notifications;
@@ -102,7 +104,8 @@ def _movie(seed: int):
     return data, acq, truth, path.stem
 
 
-def results_screenshot(out: Path, use_truth: bool, seed: int, size: tuple[int, int], keep: Path | None = None) -> None:
+def results_screenshot(out: Path, use_truth: bool, seed: int, size: tuple[int, int], keep: Path | None = None,
+                       msd: bool = False) -> None:
     import napari
 
     from napari_spt_diffusion._napari.layers import LayerGeometry, image_layer
@@ -133,7 +136,15 @@ def results_screenshot(out: Path, use_truth: bool, seed: int, size: tuple[int, i
 
         io.write_results(keep, results, overwrite=True)
     _focus_track(viewer, display, image, results)
-    _results_widget_for(viewer).tabs.setCurrentIndex(1)  # the D(t) timeline of the selected track
+    dock = _results_widget_for(viewer)
+    if msd:  # the MSD tab, and the widget's "Estimate on existing tracks" group
+        widget.existing_group.expand(animate=False)
+        dock.tabs.setCurrentIndex(dock.msd_tab)
+        _settle(viewer, 0.5)
+        for area in (widget.scroll, dock.scroll):  # both docks scrolled to their ends (they scroll on small screens)
+            area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())
+    else:
+        dock.tabs.setCurrentIndex(1)  # the D(t) timeline of the selected track
     _settle(viewer, 1.0)
     _grab(viewer, out)
     viewer.close()
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--truth", action="store_true", help="show the simulated ground truth instead of running")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out-dir", type=Path, default=DOCS)
-    parser.add_argument("--only", choices=("results", "simulator", "foreign", "reloaded"), help="one kind only")
+    parser.add_argument("--only", choices=("results", "msd", "simulator", "foreign", "reloaded"), help="one kind only")
     parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
@@ -244,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
         prefix = results_dir / "sample_movie"
         if args.only in (None, "results", "reloaded"):
             results_screenshot(name("results"), args.truth, args.seed, size, keep=prefix)
+        if args.only in (None, "msd"):
+            results_screenshot(name("msd"), args.truth, args.seed, size, msd=True)
         if args.only in (None, "reloaded"):
             reloaded_screenshot(name("reloaded"), args.seed, size, prefix)
         if args.only in (None, "simulator"):

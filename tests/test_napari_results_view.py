@@ -148,3 +148,30 @@ def test_table_shows_the_pipeline_flags(viewer_with_movie, binding):
     # a table without the column (e.g. a contract CSV from elsewhere) shows empty cells
     _, plain = show_results(viewer_with_movie, binding, ACQ)
     assert all(plain.table.item(r, col).text() == "" for r in range(plain.table.rowCount()))
+
+
+def test_msd_tab_draws_ensemble_and_selected_track(viewer_with_movie, binding, qtbot):
+    """The MSD tab: the ensemble curve with its fit, then the selected track's curve and fit (log-log, units)."""
+    from napari_spt_diffusion.estimation.msd import results_msd_table
+
+    display, widget = show_results(viewer_with_movie, binding, ACQ)
+    assert widget.tabs.tabText(widget.msd_tab) == "MSD"
+    widget.tabs.setCurrentIndex(widget.msd_tab)
+    canvas = widget.msd
+    assert canvas.ax.get_xscale() == "log" and canvas.ax.get_yscale() == "log"
+    assert canvas.ax.get_xlabel() == "lag (s)" and canvas.ax.get_ylabel() == "MSD (um²)"
+    table = results_msd_table(binding)
+    ensemble = table[table["curve"] == "ensemble"]
+    assert len(canvas.ax.lines) == 2  # ensemble points and fit line, no track yet
+    np.testing.assert_allclose(canvas.ax.lines[0].get_xdata(), ensemble["lag_s"], rtol=1e-12)
+    with qtbot.waitSignal(display.selection_changed, timeout=2000):
+        widget.table.selectRow(1)
+    tid = widget.table.item(1, 0).data(0x0100)
+    assert canvas.track_id == tid and len(canvas.ax.lines) == 4
+    mine = table[(table["curve"] == "track") & (table["track_id"] == tid)]
+    np.testing.assert_allclose(canvas.ax.lines[2].get_ydata(), mine["msd_um2"], rtol=1e-12)
+    fit = mine["msd_fit_um2"].to_numpy()
+    np.testing.assert_allclose(canvas.ax.lines[3].get_ydata(), fit[fit > 0], rtol=1e-12)
+    assert f"track {tid}" in canvas.ax.get_title()
+    widget.set_display(None)
+    assert canvas.table is None and len(canvas.ax.lines) == 0

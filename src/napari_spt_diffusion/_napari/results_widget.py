@@ -1,7 +1,7 @@
 """The results dock: which results to show (one entry per movie / run), colour-by selector
 with its colour bar, ellipse controls, the guard's banner and the run's warnings, and tabs:
 the per-track table, the D(t) timeline of the selected track, the per-track D1/D2
-histogram (:meth:`ResultsWidget.add_tab` adds more, e.g. an MSD plot).
+histogram, the MSD curves (ensemble and selected track; :meth:`ResultsWidget.add_tab` adds more).
 
 It drives one :class:`~.display.ResultsDisplay` at a time (the layers) and listens to it:
 selecting a table row or clicking a track selects the track everywhere; clicking the
@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from ..results import SUMMARY_COLUMNS
 from .display import DisplayOptions, ResultsDisplay
 from .layers import COLOR_KEYS
+from .msd_plot import MsdCanvas
 from .plots import ColorBarCanvas, HistogramCanvas, TimelineCanvas
 
 __all__ = ["ResultsWidget", "TABLE_COLUMNS", "run_warnings", "show_results"]
@@ -183,6 +184,7 @@ class ResultsWidget(QWidget):
         controls.addWidget(self.colorbar, 4)  # the colour bar shares the row: more height for the tabs
         self.timeline = TimelineCanvas(viewer)
         self.histogram = HistogramCanvas(viewer)
+        self.msd = MsdCanvas(viewer)
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels([c[1] for c in TABLE_COLUMNS])
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
@@ -190,7 +192,7 @@ class ResultsWidget(QWidget):
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.setMinimumHeight(60)
-        for canvas in (self.timeline, self.histogram):
+        for canvas in (self.timeline, self.histogram, self.msd):
             canvas.setMinimumHeight(80)
 
         self.tabs = QTabWidget()
@@ -198,6 +200,7 @@ class ResultsWidget(QWidget):
         self.add_tab(self.table, "tracks")
         self.add_tab(self.timeline, "D(t) of the selected track")
         self.add_tab(self.histogram, "D histogram")
+        self.msd_tab = self.add_tab(self.msd, "MSD")
         self.warnings_tab = self.add_tab(warnings_page, "warnings")
 
         body = QWidget()
@@ -272,6 +275,7 @@ class ResultsWidget(QWidget):
             self.table.setRowCount(0)
             self.timeline.set_track(None, None)
             self.histogram.set_results(None)
+            self.msd.set_results(None)
             self.colorbar.set_scale(None)
             self._show_legend()
             return
@@ -301,6 +305,8 @@ class ResultsWidget(QWidget):
         self.colorbar.set_scale(display.color_scale)
         self._show_legend()
         self.histogram.set_results(res)
+        self.msd.track_id = display.selected_track
+        self.msd.set_results(res)
         self._fill_table()
         self.timeline.set_current_frame(display.current_frame())
         self._on_selection(display.selected_track)
@@ -419,6 +425,7 @@ class ResultsWidget(QWidget):
         """The display's selected track changed: update timeline, histogram mark and table row."""
         res = self.display.results if self.display is not None else None
         self.timeline.set_track(res, track_id)
+        self.msd.set_track(track_id)
         if res is None or track_id is None:
             self.histogram.mark(None, None)
             return

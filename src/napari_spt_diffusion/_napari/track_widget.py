@@ -5,8 +5,10 @@ a collapsible group), choose the motion model and device, tune detection with "P
 detections", then "Run": :func:`napari_spt_diffusion.pipeline.track_and_estimate` runs in
 a worker thread with a progress bar and a working Cancel, and the results appear as
 layers plus the results dock; every warning of the run becomes a napari notification and
-a line in the widget. "Export CSV" writes the results contract; "Load settings from
-results" fills the fields from a ``_meta.json``. The dock scrolls: it fits a 1280 x 800 screen.
+a line in the widget. "Estimate on existing tracks" runs only the estimation on the
+tracks of a Tracks layer or of a track file (TrackMate, trackpy, ours) in the same way.
+"Export CSV" writes the results contract; "Load settings from results" fills the fields
+from a ``_meta.json``. The dock scrolls: it fits a 1280 x 800 screen.
 
 No science here: every computation is a library call.
 """
@@ -37,7 +39,7 @@ from qtpy.QtWidgets import QSizePolicy
 from ..acquisition import Acquisition
 from ..acquisition_resolver import resolve_acquisition
 from ..simulation.motion_models import MOTION_MODELS
-from . import _dialogs
+from . import _dialogs, _existing_tracks
 from ._inputs import acquisition_values_from_layer, current_frame_index, movie_from_layer
 from ._layout import collapsible, mount_scrollable, stack
 from ._persist import load_values, save_values
@@ -204,6 +206,13 @@ class TrackEstimateWidget(Container):
         self.export_button = PushButton(name="export", text="Export CSV…", enabled=False)
         self.load_button = PushButton(name="load_settings", text="Load settings from results…")
         self.load_button.tooltip = "Fill the fields with the settings and acquisition of a run (its _meta.json)"
+        self.tracks_combo = ComboBox(name="existing_tracks", label="tracks",
+                                     choices=lambda w=None: _existing_tracks.tracks_layer_choices(self.viewer))
+        self.tracks_combo.tooltip = ("A Tracks layer (track id, frame, y, x in pixels) or a track file: TrackMate "
+                                     "XML/CSV, trackpy CSV or a _tracks.csv of this plugin")
+        self.estimate_button = PushButton(name="estimate_existing", text="Estimate on existing tracks")
+        self.estimate_button.tooltip = ("Skip detection and linking: estimate the tensors of these tracks in the movie "
+                                        "above, with the model and settings above")
 
         acq_fields = Container(labels=True, widgets=[*self.acq_boxes.values(), self.measure_box])
         self.acq_group = collapsible("Acquisition (pixel, frame, camera, PSF)", acq_fields)
@@ -216,10 +225,13 @@ class TrackEstimateWidget(Container):
             self.preview_button, self.run_button, self.cancel_button, self.progress, self.status,
             self.warnings_label, self.export_button, self.load_button,
         ])
+        existing = Container(labels=True, widgets=[self.tracks_combo, self.estimate_button])
+        self.existing_group = collapsible("Estimate on existing tracks", existing, expanded=False)
         top = Container(labels=True, widgets=[self.layer_combo])
         self.acq_source.label = ""
         source = Container(labels=False, widgets=[self.acq_source])
-        self.scroll = mount_scrollable(self, stack(top, source, self.acq_group, self.options_group, actions))
+        self.scroll = mount_scrollable(self, stack(top, source, self.acq_group, self.options_group, actions,
+                                                           self.existing_group))
         for label in (self.status, self.acq_source, self.warnings_label):
             label.native.setWordWrap(True)
             # long text wraps to the dock's width instead of widening the dock
@@ -233,6 +245,7 @@ class TrackEstimateWidget(Container):
         self._on_model_changed(self.model_combo.value)
         self.preview_button.changed.connect(self.preview_detections)
         self.run_button.changed.connect(self.run)
+        self.estimate_button.changed.connect(self.estimate_existing)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.export_csv)
         self.load_button.changed.connect(self.load_settings_from_results)
@@ -254,6 +267,11 @@ class TrackEstimateWidget(Container):
 
     def _reset_layer_choices(self, event: Any = None) -> None:
         self.layer_combo.reset_choices()
+        self.tracks_combo.reset_choices()
+        n_layers = len(self.tracks_combo.choices) - 1
+        if not getattr(self, "_n_tracks_layers", 0) and n_layers > 0:  # the first Tracks layer, rather than a file
+            self.tracks_combo.value = next(c for c in self.tracks_combo.choices if not isinstance(c, str))
+        self._n_tracks_layers = n_layers
 
     def _persisted_widgets(self) -> list[Any]:
         return [
@@ -364,15 +382,50 @@ class TrackEstimateWidget(Container):
         except Exception as exc:
             _dialogs.notify_error(exc)
             return None
+        return self._start(run_pipeline, (movie, acq, settings), layer, acq, f"{layer.name} ")
+
+    def estimate_existing(self, *args: Any, path: str | Path | None = None) -> Any:
+        """Estimate on the chosen Tracks layer or track file (asked for unless ``path``) in a worker thread.
+
+        Returns the worker, or None (bad input: one notification; a cancelled file dialog).
+        The results show as ``"<movie> imported ..."`` layers and a results dock entry.
+        """
+        if self.worker is not None:
+            return self.worker
+        choice = self.tracks_combo.value
+        try:
+            layer, movie, acq = self._inputs()
+            settings = pipeline_settings({**self.values(), "measure": self._fields_to_measure(layer)})
+            if choice is None:
+                raise ValueError("No Tracks layer to estimate on: add one, or choose 'from file…'")
+            if isinstance(choice, str) and choice == _existing_tracks.FROM_FILE:
+                if path is None:
+                    path = _dialogs.ask_open_path(self.native, "Estimate on the tracks of a file", "",
+                                                  _existing_tracks.TRACK_FILE_FILTER)
+                if not path:
+                    return None
+                from ..io.track_tables import read_track_file
+
+                tracks: Any = read_track_file(path, acq)
+            else:
+                tracks = _existing_tracks.table_from_layer(choice)
+        except Exception as exc:
+            _dialogs.notify_error(exc)
+            return None
+        return self._start(_existing_tracks.run_estimate, (movie, tracks, acq, settings), layer, acq,
+                           f"{layer.name} imported ")
+
+    def _start(self, job: Any, args: tuple[Any, ...], layer: Any, acq: Acquisition, prefix: str) -> Any:
+        """Run ``job(*args, progress, should_stop)`` in a worker thread; its results go to :meth:`_on_returned`."""
         from napari.qt.threading import create_worker
 
         self._save_settings()
         self._stop = threading.Event()
         self._run_layer = layer
         self._run_acquisition = acq
+        self._run_prefix = prefix
         worker = create_worker(
-            run_pipeline, movie, acq, settings, self._relay.progress.emit, self._stop.is_set,
-            _start_thread=False, _ignore_errors=True,
+            job, *args, self._relay.progress.emit, self._stop.is_set, _start_thread=False, _ignore_errors=True,
         )
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
@@ -380,6 +433,7 @@ class TrackEstimateWidget(Container):
         self.worker = worker
         self.run_button.enabled = False
         self.preview_button.enabled = False
+        self.estimate_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
         self.status.value = f"running on '{layer.name}'…"
@@ -454,7 +508,8 @@ class TrackEstimateWidget(Container):
             else LayerGeometry.from_acquisition(self.acquisition)
         )
         try:
-            self.display, _ = show_results(self.viewer, results, self.acquisition, geometry, prefix=f"{layer.name} ")
+            self.display, _ = show_results(self.viewer, results, self.acquisition, geometry,
+                                           prefix=getattr(self, "_run_prefix", f"{layer.name} "))
         except Exception as exc:
             _dialogs.notify_error(f"Could not show the results: {_dialogs.one_sentence(exc)}")
         self._show_measured(results)
@@ -484,6 +539,7 @@ class TrackEstimateWidget(Container):
         self.worker = None
         self.run_button.enabled = True
         self.preview_button.enabled = True
+        self.estimate_button.enabled = True
         self.cancel_button.enabled = False
 
     # ------------------------------------------------------------------ export
