@@ -36,7 +36,7 @@ from _common import REPO, command_line, fmt, report_header, report_path, write_j
 from bench_guard import BASE_SEEDS, SEED_STEP, cached_set, cell_acquisition, grid
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import guard
-from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
+from napari_spt_diffusion.estimation.checkpoint import load_checkpoint, read_card
 from napari_spt_diffusion.estimation.classical import cve_tensor_batch
 from napari_spt_diffusion.estimation.intervals import apply_intervals, load_interval_table
 from napari_spt_diffusion.training import interval_calibration as IC
@@ -60,13 +60,14 @@ def write_tables(names: list[str]) -> dict[str, float]:
     base = Acquisition()
     for name in names:
         t0 = time.perf_counter()
-        wide = name != "aniso"
-        cal = IC.calibration_set("aniso", N_CALIBRATION, base, RANGES["wide"] if wide else None)
-        if name == "classical":
+        motion = motion_model(name)
+        wide = name.startswith("classical") or "training_ranges" in read_card(name)
+        cal = IC.calibration_set(motion, N_CALIBRATION, base, RANGES["wide"] if wide else None)
+        if name.startswith("classical"):
             est = IC.classical_estimates(cal)
         else:
             est = IC.model_estimates(load_checkpoint(name)[0], cal)
-        desc = {"motion_model": "aniso", "acquisitions": "range 'wide'" if wide else "standard (Acquisition())",
+        desc = {"motion_model": motion, "acquisitions": "range 'wide'" if wide else "standard (Acquisition())",
                 "seeds": f"[{IC.INTERVAL_SEED}, chunk]", "lengths": "uniform 5-30 frames",
                 "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"}
         table = IC.calibrate(est, cal, name, desc)
@@ -74,6 +75,14 @@ def write_tables(names: list[str]) -> dict[str, float]:
         seconds[name] = time.perf_counter() - t0
         print(f"table {name}: {seconds[name]:.0f} s", flush=True)
     return seconds
+
+
+def motion_model(name: str) -> str:
+    """The motion model an estimator's table and coverage use (``classical``: seed-aniso;
+    ``classical_<motion>``: that motion, the classical fallback of a model of that motion)."""
+    if name.startswith("classical"):
+        return name.split("_", 1)[1] if "_" in name else "aniso"
+    return str(read_card(name)["motion_model"])
 
 
 def cut(batch, seed: list[int]) -> IC.CalibrationSet:
@@ -137,17 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_tables is not None:
         names = [*models, "classical"] if args.write_tables == "all" else args.write_tables.split(",")
         seconds = write_tables(names)
-    tables = {name: load_interval_table(table_path(name)) for name in [*models, "classical"]}
+    motions = sorted({motion_model(n) for n in models} - {"aniso"})
+    names = [*models, "classical", *(f"classical_{m}" for m in motions)]
+    tables = {name: load_interval_table(table_path(name)) for name in names if table_path(name).is_file()}
     modules = {name: load_checkpoint(name)[0] for name in models}
     rows = []
     for index, sigma, photons in grid(False):
         acq = cell_acquisition(sigma, photons)
-        batch, _ = cached_set("aniso", 1000, acq, BASE_SEEDS["aniso"] + SEED_STEP * index, args.cache,
-                              f"s{sigma:g}-p{photons:g}")
-        cal = cut(batch, [CUT_SEED, index])
-        row = {"psf_sigma_px": sigma, "photons": photons,
-               "classical": coverage(tables["classical"], IC.classical_estimates(cal), cal)}
+        row = {"psf_sigma_px": sigma, "photons": photons}
+        sets = {}
+        for motion in sorted({"aniso", *(motion_model(m) for m in models)}):
+            batch, _ = cached_set(motion, 1000, acq, BASE_SEEDS[motion] + SEED_STEP * index, args.cache,
+                                  f"s{sigma:g}-p{photons:g}")
+            sets[motion] = cut(batch, [CUT_SEED, index])
+            key = "classical" if motion == "aniso" else f"classical@{motion}"
+            table = tables.get(f"classical_{motion}", tables["classical"])  # as the pipeline picks it
+            row[key] = coverage(table, IC.classical_estimates(sets[motion]), sets[motion])
         for name in models:
+            cal = sets[motion_model(name)]
             est = IC.model_estimates(modules[name], cal)
             accepted, factor = guard_accepts(est, cal, acq)
             row[name] = {**coverage(tables[name], est, cal), "guard_accepts": accepted, "guard_factor": factor}
@@ -174,13 +190,15 @@ def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, c
               "- Coverage in % of the cell's tracks (1,000, cut to 5-30 frames); target 68 +- 3 and 95 +- 3. "
               "'reported' = the estimator the pipeline reports in that cell (the model where the guard accepts it "
               "over the cell's tracks, else classical).", ""]
-    for name in [*models, "classical"]:
-        lines += [f"## {name}", "",
+    classical_keys = sorted({k for r in rows for k in r if k.startswith("classical")})
+    for name in [*models, *classical_keys]:
+        title = name if "@" not in name else f"classical on {name.split('@')[1]} tracks"
+        lines += [f"## {title}" + (" (on aniso tracks)" if name == "classical" else ""), "",
                   "| PSF sigma (px) | photons | guard | D1 68 / 95 | D2 68 / 95 | theta 68 / 95 |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
             c = r[name]
-            g = "-" if name == "classical" else (f"accepts ({fmt(c['guard_factor'], 2)})" if c["guard_accepts"]
+            g = "-" if name.startswith("classical") else (f"accepts ({fmt(c['guard_factor'], 2)})" if c["guard_accepts"]
                                                   else f"rejects ({fmt(c['guard_factor'], 2)})")
             cov = " | ".join(f"{_cov(c[f'{k}_68'])} / {_cov(c[f'{k}_95'])}" for k in ("D1", "D2", "theta"))
             lines.append(f"| {r['psf_sigma_px']:g} | {r['photons']:g} | {g} | {cov} |")
@@ -188,8 +206,9 @@ def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, c
     lines += ["## What the pipeline reports (per cell: the model where its guard accepts it, else classical)", ""]
     for name in models:
         worst = []
+        fallback = "classical" if motion_model(name) == "aniso" else f"classical@{motion_model(name)}"
         for r in rows:
-            c = r[name] if r[name]["guard_accepts"] else r["classical"]
+            c = r[name] if r[name]["guard_accepts"] else r[fallback]
             for key in ("D1", "D2", "theta"):
                 for label, level in LEVELS:
                     v = c[f"{key}_{label}"]

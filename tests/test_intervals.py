@@ -95,16 +95,22 @@ def test_pipeline_summary_gets_ordered_intervals_from_the_bundled_tables():
     summary = pd.DataFrame({
         "track_id": [1, 2, 3, 4], "n_frames": [30, 8, 30, 12], "D1_um2_s": [1.0, 0.3, 2.0, 0.0],
         "D2_um2_s": [0.5, 0.2, 1.0, 0.0], "theta_deg": [10.0, 50.0, 170.0, 0.0],
-        "model": ["aniso", "aniso", "classical", "binding"],
+        "model": ["aniso", "aniso", "classical", "no_such_model"],
     })
     out, meta = with_intervals(summary, {1: 0.01, 2: 0.01, 3: 0.01, 4: 0.01}, acq)
     assert set(I.INTERVAL_COLUMNS) <= set(out.columns)
-    model_rows = out[out["model"] != "binding"]
+    model_rows = out[out["model"] != "no_such_model"]
     for key in ("D1", "D2"):
         lo95, lo68, hi68, hi95 = (model_rows[f"{key}_{n}_um2_s"].to_numpy() for n in ("lo95", "lo68", "hi68", "hi95"))
         assert np.all(np.isfinite(lo95)) and np.all(lo95 < lo68) and np.all(lo68 < hi68) and np.all(hi68 < hi95)
     # a short track is less certain than a long one of the same kind
     width = np.log(out["D1_hi95_um2_s"] / out["D1_lo95_um2_s"]).to_numpy()
     assert width[1] > width[0]
-    assert out.loc[3, ["D1_lo95_um2_s", "theta_pm95_deg"]].isna().all()  # no table for 'binding'
-    assert meta["tables"]["binding"].startswith("none")
+    assert out.loc[3, ["D1_lo95_um2_s", "theta_pm95_deg"]].isna().all()  # an estimator without a table
+    assert meta["tables"]["no_such_model"].startswith("none")
+    # every bundled model has its table, and the classical fallback of a motion model its own where there is one
+    from napari_spt_diffusion.estimation.checkpoint import available_models
+
+    assert all(I.bundled_interval_table(name) is not None for name in available_models())
+    _, meta = with_intervals(summary.assign(model="classical"), {}, acq, motion_model="binding")
+    assert meta["tables"]["classical"].startswith("classical_binding")

@@ -211,7 +211,7 @@ def estimate_stage(
     if mode == "auto":
         mode = "auto" if estimator.pointwise else "none"
     tracks_table, summary = _tables(tracks, estimates, classical, acquisition, estimator, settings, mode, drift)
-    summary, interval_meta = with_intervals(summary, loc_var, acquisition)
+    summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"))
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
     timings["tables_s"] = time.perf_counter() - t0
     bar.report(1.0, "done")
@@ -239,22 +239,29 @@ def estimate_stage(
 
 
 def with_intervals(
-    summary: pd.DataFrame, loc_var_px2: Mapping[int, float], acquisition: Acquisition
+    summary: pd.DataFrame, loc_var_px2: Mapping[int, float], acquisition: Acquisition,
+    motion_model: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The summary with the per-track 68 % / 95 % intervals of D1, D2 and theta (``INTERVAL_COLUMNS``).
 
     Each track's intervals come from the calibrated table of the estimator that gave its
     values (its ``model`` column: a bundled model, or ``classical``); tracks whose estimator
     has no table get NaN. ``loc_var_px2``: mean squared localization precision per track id.
+    ``motion_model``: the model's motion (``binding``, ...): classical values then take the
+    table calibrated on that motion (``classical_<motion>``) where there is one.
     """
     out = summary.copy()
     for column in INTERVAL_COLUMNS:
         out[column] = np.nan
     used: dict[str, str] = {}
     for method in sorted(set(out["model"].astype(str))) if len(out) else []:
-        table = bundled_interval_table(method)
-        used[method] = "none (no calibrated table: NaN)" if table is None else table.calibration.get(
-            "acquisitions", "calibrated")
+        table = None
+        if method == "classical" and motion_model:
+            table = bundled_interval_table(f"classical_{motion_model}")
+        table = table if table is not None else bundled_interval_table(method)
+        used[method] = "none (no calibrated table: NaN)" if table is None else (
+            f"{table.method}: {table.calibration.get('motion_model', '?')} tracks, "
+            f"{table.calibration.get('acquisitions', 'calibrated')}")
         if table is None:
             continue
         rows = (out["model"].astype(str) == method).to_numpy()
