@@ -300,10 +300,21 @@ def guard_option_present() -> bool:
     return "--trust-model" in proc.stdout
 
 
+def summary_flags(summary: pd.DataFrame) -> pd.Series:
+    """Every flag of each track, ``;``-separated: ``warnings`` and ``notes`` (``flags`` before the split)."""
+    parts = [summary[c].fillna("").astype(str) for c in ("warnings", "notes", "flags") if c in summary]
+    if not parts:
+        return pd.Series([""] * len(summary), dtype=str)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.str.cat(p, sep=";")
+    return out
+
+
 def guard(summary: pd.DataFrame, meta: dict[str, Any], option: bool) -> dict[str, Any]:
-    flags = summary["flags"].fillna("").astype(str) if "flags" in summary else pd.Series([], dtype=str)
+    flags = summary_flags(summary)
     res: dict[str, Any] = {
-        "flags_column": "flags" in summary, "method_column": "method" in summary,
+        "flags_column": "warnings" in summary or "flags" in summary, "method_column": "method" in summary,
         "model_rejected_tracks": int(flags.str.split(";").apply(lambda f: "model_rejected" in f).sum()),
         "methods": summary["method"].fillna("").astype(str).value_counts().to_dict() if "method" in summary else {},
         "meta_guard": {k: v for k, v in meta.items() if "guard" in k.lower()},
@@ -387,7 +398,7 @@ def run_case(name: str, quick: bool, seed_offset: int, workdir: Path, psfs: dict
             columns={"D1_um2_s": "D1", "D2_um2_s": "D2", "D_cve_um2_s": "D_cve"})
         tv["D"] = 0.5 * (tv["D1"] + tv["D2"])
         res["ours"] = score(tracks, truth, tv, ("D1_um2_s", "D2_um2_s"), "D_mean")
-        flags = summary["flags"].fillna("").astype(str) if "flags" in summary else pd.Series([""] * len(summary))
+        flags = summary_flags(summary)
         res["ours"]["encounter_tracks"] = int(flags.str.split(";").apply(lambda f: "encounter" in f).sum())
         res["ours"]["summary_tracks"] = int(len(summary))
         ratio = (tv["D"] / tv["D_cve"]).to_numpy(float)

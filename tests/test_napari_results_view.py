@@ -136,14 +136,14 @@ def test_table_shows_the_pipeline_flags(viewer_with_movie, binding):
     from napari_spt_diffusion.results import Results
 
     summary = binding.summary.copy()
-    summary["flags"] = ["crowded" if i == 0 else "" for i in range(len(summary))]
+    summary["warnings"] = ["clipped" if i == 0 else "" for i in range(len(summary))]
     flagged = Results(binding.tracks, summary, dict(binding.meta))
     _, widget = show_results(viewer_with_movie, flagged, ACQ)
-    col = [c[0] for c in TABLE_COLUMNS].index("flags")
+    col = [c[0] for c in TABLE_COLUMNS].index("warnings")
     texts = {widget.table.item(r, 0).data(0x0100): widget.table.item(r, col).text()
              for r in range(widget.table.rowCount())}
     first = int(summary["track_id"].iloc[0])
-    assert texts[first] == "crowded"
+    assert texts[first] == "clipped"
     assert all(t == "" for k, t in texts.items() if k != first)
     # a table without the column (e.g. a contract CSV from elsewhere) shows empty cells
     _, plain = show_results(viewer_with_movie, binding, ACQ)

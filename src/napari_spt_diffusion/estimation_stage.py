@@ -53,7 +53,7 @@ class StageOutput:
     Attributes
     ----------
     tracks, summary
-        The two tables of the results contract (summary with ``method`` and ``flags``).
+        The two tables of the results contract (summary with ``method``, ``warnings`` and ``notes``).
     meta
         ``guard``, ``model``, ``model_kind``, ``model_sha256``, ``device``, ``settings``,
         ``changepoints`` and ``drift_correction`` (``{"enabled": False}`` when off) entries.
@@ -528,7 +528,7 @@ def _tables(
                 "changepoint_frames": format_changepoint_frames(frames[cps]),
                 "model": estimator.model_name if est.method == "model" else "classical",
                 "method": est.method,
-                "flags": ";".join(_track_flags(est.flags, table, a, b)),
+                **_split_flags(_track_flags(est.flags, table, a, b)),
             }
         )
     x = table["x_px"].to_numpy(dtype=float)
@@ -553,10 +553,22 @@ def _tables(
         },
         columns=list(TRACKS_COLUMNS),
     )
-    summary = pd.DataFrame(summary_rows, columns=[*SUMMARY_COLUMNS, "method", "flags"])
+    summary = pd.DataFrame(summary_rows, columns=[*SUMMARY_COLUMNS, "method", "warnings", "notes"])
     summary = summary.astype({"track_id": np.int64, "n_frames": np.int64, "frame_start": np.int64,
                               "frame_end": np.int64, "n_changepoints": np.int64})
     return out, summary
+
+
+#: Flags that call for a second look at a track's values (summary column ``warnings``); the
+#: others (``windows``, ``gaps``, ``encounter``, ``crowded``, ``classical``) say how the track was
+#: made and go to ``notes``.
+WARNING_FLAGS = ("model_rejected", "clipped", "too_short")
+
+
+def _split_flags(flags: list[str]) -> dict[str, str]:
+    """``{"warnings": ..., "notes": ...}``: the track's flags, ``;``-separated, split by :data:`WARNING_FLAGS`."""
+    return {"warnings": ";".join(f for f in flags if f in WARNING_FLAGS),
+            "notes": ";".join(f for f in flags if f not in WARNING_FLAGS)}
 
 
 def _track_flags(estimate_flags: tuple[str, ...] | list[str], table: pd.DataFrame, a: int, b: int) -> list[str]:

@@ -74,7 +74,11 @@ def guard_banner(results: Any) -> str:
     """The banner text when the guard rejected the model (``""`` otherwise)."""
     meta = results.meta or {}
     guard = meta.get("guard") or {}
-    flags = results.summary["flags"].astype(str) if "flags" in results.summary.columns else None
+    flags = None
+    for column in ("warnings", "flags"):  # "flags": result sets written before the split
+        if column in results.summary.columns:
+            flags = results.summary[column].fillna("").astype(str)
+            break
     n_rejected = int(flags.str.contains("model_rejected").sum()) if flags is not None else 0
     if not (guard.get("rejected") or n_rejected):
         return ""
@@ -97,10 +101,11 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("D_cve_um2_s", "D CVE", "{:.3g}"),
     ("n_changepoints", "CPs", "{:d}"),
     ("changepoint_frames", "CP frames", "{}"),
-    ("flags", "flags", "{}"),
+    ("warnings", "warnings", "{}"),
 )
 #: Columns that the pipeline adds beside the contract (empty cells when a table lacks them).
-_EXTRA_COLUMNS = ("flags",)
+#: ``notes`` (informational flags) are not shown in the table; they are in the CSV.
+_EXTRA_COLUMNS = ("warnings",)
 assert all(c[0] in SUMMARY_COLUMNS or c[0] in _EXTRA_COLUMNS for c in TABLE_COLUMNS)
 
 
