@@ -302,7 +302,7 @@ def guard_option_present() -> bool:
 
 def summary_flags(summary: pd.DataFrame) -> pd.Series:
     """Every flag of each track, ``;``-separated: ``warnings`` and ``notes`` (``flags`` before the split)."""
-    parts = [summary[c].fillna("").astype(str) for c in ("warnings", "notes", "flags") if c in summary]
+    parts = [summary[c].astype(object).fillna("").astype(str) for c in ("warnings", "notes", "flags") if c in summary]
     if not parts:
         return pd.Series([""] * len(summary), dtype=str)
     out = parts[0]

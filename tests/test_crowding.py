@@ -43,7 +43,7 @@ def test_pipeline_flags_tracks_with_a_close_neighbour(toy_models):
     results = track_and_estimate(movie, ACQ, settings)
     summary = results.summary
     assert len(summary) == 3
-    crowded = summary["notes"].fillna("").str.contains("crowded")
+    crowded = summary["notes"].astype(object).fillna("").str.contains("crowded")
     far = (summary["x_mean_px"] - 45).abs() < 1
     assert not crowded[far].any()
     assert crowded[~far].all()

@@ -106,7 +106,8 @@ def test_end_to_end_with_model_file_and_export(viewer_widget, qtbot, monkeypatch
     guard = widget.results.meta["guard"]
     expected = {"classical"} if guard["rejected"] else {"tiny"}
     assert set(widget.results.summary["model"]) == expected
-    assert widget.results.summary["warnings"].fillna("").str.contains("model_rejected").all() == guard["rejected"]
+    warnings = widget.results.summary["warnings"].astype(object).fillna("").astype(str)
+    assert warnings.str.contains("model_rejected").all() == guard["rejected"]
 
     monkeypatch.setattr(_dialogs, "ask_save_path", lambda *a, **k: str(tmp_path / "sample_run.csv"))
     written = widget.export_csv()

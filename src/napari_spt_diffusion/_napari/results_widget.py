@@ -77,7 +77,7 @@ def guard_banner(results: Any) -> str:
     flags = None
     for column in ("warnings", "flags"):  # "flags": result sets written before the split
         if column in results.summary.columns:
-            flags = results.summary[column].fillna("").astype(str)
+            flags = results.summary[column].astype(object).fillna("").astype(str)
             break
     n_rejected = int(flags.str.contains("model_rejected").sum()) if flags is not None else 0
     if not (guard.get("rejected") or n_rejected):

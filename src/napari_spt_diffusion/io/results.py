@@ -390,7 +390,8 @@ def read_results(prefix: str | os.PathLike[str], verify: bool = True) -> Results
     checksums = _verify_checksums(paths, meta) if verify else {}
     tracks = _read_table(paths["tracks"], TRACKS_COLUMNS, empty_tracks_table(), ())
     summary = _read_table(
-        paths["summary"], SUMMARY_COLUMNS, empty_summary_table(), ("changepoint_frames", "model")
+        paths["summary"], SUMMARY_COLUMNS, empty_summary_table(),
+        ("changepoint_frames", "model", "method", "warnings", "notes", "flags"),  # text: empty cells as ""
     )
     for key, table in (("tracks", tracks), ("summary", summary)):
         rows = (checksums.get(key) or {}).get("rows")
