@@ -36,7 +36,7 @@ import pandas as pd
 
 from .acquisition import Acquisition
 from .estimation.estimator import Estimator
-from .estimation_stage import _warn, estimate_stage, prepare_acquisition
+from .estimation_stage import _warn, calibrate_and_load, estimate_stage
 from .io.track_tables import ImportedTracks, check_tracks_in_movie, normalize_tracks
 from .pipeline import NoParticlesFound, PipelineError, ProgressCallback, Settings, _check_movie, _Progress
 from .results import Results
@@ -147,22 +147,10 @@ def estimate_tracks(
     messages = list(notes)
 
     bar = _Progress(progress, should_stop)
-    timings: dict[str, float] = {}
-    bar.begin("calibrate", "measuring the camera and the PSF from the movie")
-    prepared = prepare_acquisition(movie, acquisition, settings.measure)
+    prepared, estimator, acquisition_messages, timings = calibrate_and_load(
+        movie, acquisition, settings, estimator, bar)
     acquisition, measured = prepared.acquisition, prepared.measured
     messages += prepared.messages
-    if measured is not None:
-        timings["calibrate_s"] = prepared.seconds
-    bar.end()
-
-    bar.begin("load", "loading the model")
-    t0 = time.perf_counter()
-    if estimator is None:
-        estimator = Estimator(settings.model, device=settings.device, batch_size=settings.batch_size)
-    acquisition_messages = estimator.check_acquisition(acquisition, warn=False)
-    timings["load_s"] = time.perf_counter() - t0
-    bar.end()
 
     bar.begin("detect", "fitting the spots at the given positions")
     t0 = time.perf_counter()

@@ -127,6 +127,33 @@ def prepare_acquisition(movie: Any, acquisition: Acquisition, measure: tuple[str
     return Prepared(acquisition, measured, messages, seconds, particles)
 
 
+def calibrate_and_load(
+    movie: Any, acquisition: Acquisition, settings: Settings, estimator: Estimator | None, bar: Any
+) -> tuple[Prepared, Estimator, list[str], dict[str, float]]:
+    """The first two steps of a run (a movie tracked or tracks imported): the acquisition checked
+    and calibrated (:func:`prepare_acquisition`), then the model loaded (a bad model name or device
+    fails before the long part) and the acquisition checked against its card.
+
+    ``bar`` is the run's progress (``begin``/``end``). Returns ``(prepared, estimator,
+    acquisition_messages, timings)`` with ``calibrate_s`` (when something was measured) and ``load_s``.
+    """
+    timings: dict[str, float] = {}
+    bar.begin("calibrate", "measuring the camera and the PSF from the movie")
+    prepared = prepare_acquisition(movie, acquisition, settings.measure)
+    if prepared.measured is not None:
+        timings["calibrate_s"] = prepared.seconds
+    bar.end()
+    bar.begin("load", "loading the model")
+    t0 = time.perf_counter()
+    if estimator is None:
+        estimator = Estimator(settings.model, device=settings.device, batch_size=settings.batch_size)
+    # the guard decides what an acquisition outside the model's range means
+    acquisition_messages = estimator.check_acquisition(prepared.acquisition, warn=False)
+    timings["load_s"] = time.perf_counter() - t0
+    bar.end()
+    return prepared, estimator, acquisition_messages, timings
+
+
 def estimate_stage(
     movie: Any,
     tracks: pd.DataFrame,

@@ -56,6 +56,7 @@ from .estimation_stage import (  # noqa: F401 - the stage's helpers, under the n
     _column,
     _tables,
     _track_flags,
+    calibrate_and_load,
     estimate_stage,
     guard_model,
     prepare_acquisition,
@@ -328,27 +329,13 @@ def track_and_estimate(
         raise PipelineError("acquisition must be an Acquisition")
     shape = _check_movie(movie)
     bar = _Progress(progress, should_stop)
-    timings: dict[str, float] = {}
-    messages: list[str] = []
-    bar.begin("calibrate", "measuring the camera and the PSF from the movie")
     plausibility.check_settings(settings.detection.threshold_snr, settings.max_D_um2_s)
-    prepared = prepare_acquisition(movie, acquisition, settings.measure)
+    # 0 - calibration, then the model, so a bad model name or device fails before the long part
+    prepared, estimator, acquisition_messages, timings = calibrate_and_load(
+        movie, acquisition, settings, estimator, bar)
     acquisition, measured = prepared.acquisition, prepared.measured
     particles_from_light = prepared.particles_from_light
-    messages += prepared.messages
-    if measured is not None:
-        timings["calibrate_s"] = prepared.seconds
-    bar.end()
-
-    # 0 - model first, so a bad model name or device fails before the long part
-    bar.begin("load", "loading the model")
-    t0 = time.perf_counter()
-    if estimator is None:
-        estimator = Estimator(settings.model, device=settings.device, batch_size=settings.batch_size)
-    # the guard (step 6) decides what an acquisition outside the model's range means
-    acquisition_messages = estimator.check_acquisition(acquisition, warn=False)
-    timings["load_s"] = time.perf_counter() - t0
-    bar.end()
+    messages: list[str] = list(prepared.messages)
 
     # 1 - detection and localization
     bar.begin("detect", f"detecting particles in {shape[0]} frames")

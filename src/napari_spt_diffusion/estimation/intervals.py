@@ -183,15 +183,10 @@ def _binned_quantiles(values: np.ndarray, row: np.ndarray, col: np.ndarray, shap
             if counts[i, current].sum() >= MIN_BIN:
                 groups.append(current)
                 current = []
-        if current:
-            if groups:
-                groups[-1].extend(current)
-            elif counts[i, current].sum() > 0:
-                groups.append(current)  # the whole row, short: used only if no row has enough
-        for group in groups:
-            sel = in_row & np.isin(col, group)
-            if sel.sum() >= MIN_BIN:
-                out[i, group] = np.quantile(values[sel], levels)
+        if current and groups:
+            groups[-1].extend(current)
+        for group in groups:  # none when the whole row is short: it takes the nearest row's below
+            out[i, group] = np.quantile(values[in_row & np.isin(col, group)], levels)
     filled = [i for i in range(shape[0]) if np.isfinite(out[i]).all()]
     for i in range(shape[0]):
         if not np.isfinite(out[i]).all() and filled:

@@ -311,13 +311,6 @@ def _read_movie(path: Path, logged: list[str]) -> MovieFile:
         if not tif.series or not tif.pages:
             raise InputError(f"{path.name} contains no images")
         series = tif.series[0]
-    except InputError:
-        tif.close()
-        raise
-    except Exception as exc:
-        tif.close()
-        raise _unreadable(path, exc, logged) from None
-    try:
         damage = _damage(tif, series, path, logged)
         if damage:
             raise InputError(f"{path.name} is truncated or damaged: {damage}; copy or export the movie again")

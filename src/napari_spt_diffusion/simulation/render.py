@@ -127,8 +127,9 @@ def expected_photons(
     )
     flat = pos.reshape(-1, s, 2)
     per_sub = (photons.reshape(-1) / np.float32(s)).astype(np.float32)
-    out = np.zeros((flat.shape[0], h, w), dtype=np.float32)
     components = (optics or IDEAL_OPTICS).components(acquisition.psf_sigma_px)
+    # one component is written straight into ``out``; several are summed into it
+    out = (np.zeros if len(components) > 1 else np.empty)((flat.shape[0], h, w), dtype=np.float32)
     part = np.empty_like(out) if len(components) > 1 else out
     for weight, sigma_y, sigma_x in components:
         _gaussian_windows(flat, per_sub * np.float32(weight), (sigma_y, sigma_x), part)
