@@ -134,6 +134,19 @@ def _nanmean(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else float("nan")
 
 
+def interval_coverage(per: pd.DataFrame) -> dict[str, float]:
+    """Share of scored tracks whose true D1 / D2 (mean over the matched frames) lies in the reported
+    68 % / 95 % interval (tracks with finite bounds only)."""
+    out: dict[str, float] = {}
+    for key in ("D1", "D2"):
+        for level in ("68", "95"):
+            lo, hi, t = per[f"{key}_lo{level}"], per[f"{key}_hi{level}"], per[f"{key}_true"]
+            ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(t)
+            out[f"{key}_{level}"] = float(((t[ok] >= lo[ok]) & (t[ok] <= hi[ok])).mean()) if ok.any() else float("nan")
+        out[f"{key}_n"] = int(ok.sum())
+    return out
+
+
 def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,
           frame_cols: tuple[str, str] | None, d_col: str) -> dict[str, Any]:
     """Per-frame, per-track and recovery scores of one tracker output.
@@ -183,6 +196,8 @@ def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,
         if "D1" in p:
             res[f"track_mae_D1{label}"] = _nanmean(np.abs(p["D1"] - p["D1_true"]))
             res[f"track_mae_D2{label}"] = _nanmean(np.abs(p["D2"] - p["D2_true"]))
+        if "D1_lo95" in p and label == "":
+            res["interval_coverage"] = interval_coverage(p)
         if "D_cve" in p:
             res[f"track_mae_Dcve{label}"] = _nanmean(np.abs(p["D_cve"] - p["D_true"]))
             res[f"track_median_rel_Dcve{label}"] = _nanmedian(_rel(p["D_cve"], p["D_true"]))
@@ -394,8 +409,10 @@ def run_case(name: str, quick: bool, seed_offset: int, workdir: Path, psfs: dict
         tracks, summary, meta = read_tool(prefix)
         tracks = tracks.copy()
         tracks["D_mean"] = 0.5 * (tracks["D1_um2_s"] + tracks["D2_um2_s"])
-        tv = summary.set_index("track_id")[["D1_um2_s", "D2_um2_s", "D_cve_um2_s"]].rename(
-            columns={"D1_um2_s": "D1", "D2_um2_s": "D2", "D_cve_um2_s": "D_cve"})
+        bounds = [c for c in summary if c.endswith("_um2_s") and ("_lo" in c or "_hi" in c)]  # the intervals
+        tv = summary.set_index("track_id")[["D1_um2_s", "D2_um2_s", "D_cve_um2_s", *bounds]].rename(
+            columns={"D1_um2_s": "D1", "D2_um2_s": "D2", "D_cve_um2_s": "D_cve",
+                     **{c: c.removesuffix("_um2_s") for c in bounds}})
         tv["D"] = 0.5 * (tv["D1"] + tv["D2"])
         res["ours"] = score(tracks, truth, tv, ("D1_um2_s", "D2_um2_s"), "D_mean")
         flags = summary_flags(summary)
@@ -522,6 +539,11 @@ def case_lines(r: dict[str, Any]) -> list[str]:
                   f"frames ({o['tracks_scored_20']} tracks): MAE D1 / D2 {f(o['track_mae_D1_20'])} / "
                   f"{f(o['track_mae_D2_20'])}, median rel. error of D {pct(o['track_median_rel_D_20'])}, of "
                   f"`D_cve_um2_s` {pct(o['track_median_rel_Dcve_20'])}."]
+    if o.get("interval_coverage"):
+        c = o["interval_coverage"]
+        lines += ["", f"Intervals (tracks of >= {MIN_MATCHED_SCORED} matched frames): the true D1 lies in the reported "
+                      f"68 % / 95 % interval for {pct(c['D1_68'])} / {pct(c['D1_95'])} of {c['D1_n']} tracks, D2 for "
+                      f"{pct(c['D2_68'])} / {pct(c['D2_95'])} of {c['D2_n']}."]
     if o.get("reported_over_cve"):
         q = o["reported_over_cve"]
         lines += ["", f"Reported (D1 + D2) / 2 over the same track's `D_cve_um2_s`, all reported tracks: median "
