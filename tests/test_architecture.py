@@ -3,7 +3,8 @@
 * No import loops between the package's modules (imports inside functions included).
 * Layers: ``simulation`` does not import the tracking, estimation, training, pipeline or
   napari code; ``tracking`` does not import estimation, training, pipeline or napari code;
-  ``estimation`` does not import training or napari code; only ``_napari`` imports Qt,
+  ``estimation`` does not import training or napari code; ``accel`` (the torch spot path) does not
+  import simulation, training, pipeline, io or napari code; only ``_napari`` imports Qt,
   napari or magicgui; ``io``, ``acquisition`` and ``tracking`` do not import torch.
 * No function takes more than 8 parameters (positional and keyword-only, not counting
   ``self``/``cls``, ``*args`` or ``**kwargs``), except the public entry points listed in
@@ -60,6 +61,10 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
         (f"{PACKAGE}.estimation", f"{PACKAGE}.training", f"{PACKAGE}.pipeline", f"{PACKAGE}._napari", "torch"),
     ),
     (f"{PACKAGE}.estimation", (f"{PACKAGE}.training", f"{PACKAGE}._napari")),
+    (
+        f"{PACKAGE}.accel",
+        (f"{PACKAGE}.simulation", f"{PACKAGE}.training", f"{PACKAGE}.pipeline", f"{PACKAGE}._napari", f"{PACKAGE}.io"),
+    ),
     (f"{PACKAGE}.io", ("torch",)),
     (f"{PACKAGE}.acquisition", ("torch",)),
 )
