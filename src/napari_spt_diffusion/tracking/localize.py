@@ -47,6 +47,7 @@ from scipy.special import erf
 
 from ..acquisition import Acquisition
 from .detect import TrackingInputError, check_frame
+from .lm_kernels import SPOT, STOP_SPOT, fit_windows
 
 __all__ = [
     "LOCALIZATION_COLUMNS",
@@ -231,6 +232,13 @@ def _clip_params(params: np.ndarray, half: float, limits: FitLimits) -> np.ndarr
     return params
 
 
+def spot_bounds(half: float, limits: FitLimits) -> tuple[np.ndarray, np.ndarray]:
+    """Box ``(lower, upper)`` ``(5,)`` of a round spot's parameters (y, x, N, b, s), window half-width ``half``."""
+    lower = np.array([-half, -half, 1e-3, 1e-3 - limits.read_var, limits.sigma_lo])
+    upper = np.array([half, half, np.inf, np.inf, limits.sigma_hi])
+    return lower, upper
+
+
 def fit_spots(
     data: np.ndarray,
     valid: np.ndarray,
@@ -240,7 +248,32 @@ def fit_spots(
     max_iterations: int,
     extra: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Batched Levenberg-Marquardt maximisation of the Poisson likelihood.
+    """Levenberg-Marquardt maximisation of the Poisson likelihood of a round spot in each window.
+
+    ``data`` ``(K, W*W)`` photons + read variance (clipped at 0), ``valid`` ``(K, W*W)``
+    float mask, ``start`` ``(K, 5)``, ``extra`` ``(K, W*W)`` known light added to the
+    model besides the read-noise variance (neighbours). Returns ``(params (K, 5), converged (K,))``.
+    Compiled (:func:`~.lm_kernels.fit_windows`); the same fit as :func:`fit_spots_reference`
+    up to round-off.
+    """
+    read_var = limits.read_var
+    known = read_var if extra is None else read_var + extra
+    params, _, _, converged = fit_windows(SPOT, (data, valid), offsets, start, spot_bounds(float(offsets[-1]), limits),
+                                          known, max_iterations, STOP_SPOT)
+    return params, converged
+
+
+def fit_spots_reference(
+    data: np.ndarray,
+    valid: np.ndarray,
+    offsets: np.ndarray,
+    start: np.ndarray,
+    limits: FitLimits,
+    max_iterations: int,
+    extra: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batched numpy Levenberg-Marquardt maximisation of the Poisson likelihood (the reference
+    that :func:`fit_spots` reproduces; kept for the tests).
 
     ``data`` ``(K, W*W)`` photons + read variance (clipped at 0), ``valid`` ``(K, W*W)``
     float mask, ``start`` ``(K, 5)``, ``extra`` ``(K, W*W)`` known light added to the

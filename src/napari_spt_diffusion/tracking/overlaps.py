@@ -37,10 +37,9 @@ from .localize import (
 from .streak_models import (
     Emitters,
     emitters_of,
-    fit_model,
+    fit_pairs,
+    fit_segments,
     neighbour_light_of,
-    pair_model_and_jacobian,
-    segment_model_and_jacobian,
 )
 
 __all__ = ["resolve_overlaps", "FitContext", "SpotState"]
@@ -403,30 +402,14 @@ def _merge_streak_pairs(
     b0 = 0.5 * (table["background"][first] + table["background"][second])
     s0 = np.clip(0.5 * (table["sigma_px"][first] + table["sigma_px"][second]), sigma_lo, sigma_hi)
 
-    def clip_pair(p):
-        p[:, [0, 1, 3, 4]] = np.clip(p[:, [0, 1, 3, 4]], -whalf, whalf)
-        p[:, [2, 5]] = np.maximum(p[:, [2, 5]], 1e-3)
-        p[:, 6] = np.maximum(p[:, 6], 1e-3 - read_var)
-        p[:, 7] = np.clip(p[:, 7], sigma_lo, sigma_hi)
-        return p
-
-    def clip_seg(p):
-        p[:, 0:2] = np.clip(p[:, 0:2], -whalf, whalf)
-        p[:, 2] = np.maximum(p[:, 2], 1e-3)
-        p[:, 3] = np.maximum(p[:, 3], 1e-3 - read_var)
-        p[:, 4] = np.clip(p[:, 4], sigma_lo, sigma_hi)
-        p[:, 5:7] = np.clip(p[:, 5:7], -2.0 * whalf, 2.0 * whalf)
-        return p
-
     iterations = int(max_iterations)
-    p_pair, ll_pair, _, _ = fit_model(lambda p: pair_model_and_jacobian(p, offsets), clip_pair, data, mask,
-                                       np.column_stack([r1, n1, r2, n2, b0, s0]), extra, iterations)
+    p_pair, ll_pair, _, _ = fit_pairs(data, mask, offsets, np.column_stack([r1, n1, r2, n2, b0, s0]), ctx.limits,
+                                      extra, iterations)
     # the streak starts on the two lobes, its ends beyond them (the lobes of a uniform streak
     # lie inside it)
     seg_start = np.column_stack([middle - centres, n1 + n2, b0, np.full(m, sigma_psf),
                                  MERGE_SEGMENT_START_STRETCH * (r2 - r1)])
-    p_seg, ll_seg, _, converged = fit_model(lambda p: segment_model_and_jacobian(p, offsets), clip_seg, data, mask,
-                                             seg_start, extra, iterations)
+    p_seg, ll_seg, _, converged = fit_segments(data, mask, offsets, seg_start, ctx.limits, extra, iterations)
     # a failed two-spot fit gives no shape evidence either way: no merge
     gain = np.where(np.isfinite(ll_pair), ll_pair - ll_seg, np.inf)
     # the streak must run through both spots and stay inside the window
@@ -636,27 +619,10 @@ def _test_spots(
     seg_len = np.sqrt(12.0 * np.maximum(s_r**2 - sigma_psf**2, 0.05))
     seg_start = np.column_stack([fit, n_r, b_r, np.full(t, sigma_psf), unit * seg_len[:, None]])
 
-    def clip_seg(p):
-        p[:, 0:2] = np.clip(p[:, 0:2], -half, half)
-        p[:, 2] = np.maximum(p[:, 2], 1e-3)
-        p[:, 3] = np.maximum(p[:, 3], 1e-3 - read_var)
-        p[:, 4] = np.clip(p[:, 4], sigma_lo, sigma_hi)
-        p[:, 5:7] = np.clip(p[:, 5:7], -2.0 * half, 2.0 * half)
-        return p
-
     # two spots: one on the lobe of the residual, one on the round fit moved away from it (a
     # second start, symmetric about the round fit, changed the outcome of < 2 % of 3.5 px pairs)
     start = np.column_stack([fit - 0.25 * direction, 0.7 * n_r, lobe, 0.3 * n_r, b_r, np.full(t, sigma_psf)])
-
-    def clip_pair(p):
-        p[:, [0, 1, 3, 4]] = np.clip(p[:, [0, 1, 3, 4]], -half, half)
-        p[:, [2, 5]] = np.maximum(p[:, [2, 5]], 1e-3)
-        p[:, 6] = np.maximum(p[:, 6], 1e-3 - read_var)
-        p[:, 7] = np.clip(p[:, 7], sigma_lo, sigma_hi)
-        return p
-
-    p_pair, ll_pair, fisher, _ = fit_model(lambda p: pair_model_and_jacobian(p, offsets), clip_pair, data, mask,
-                                            start, extra, test_iterations)
+    p_pair, ll_pair, fisher, _ = fit_pairs(data, mask, offsets, start, limits, extra, test_iterations)
     ll_pair = np.where(np.isfinite(ll_pair), ll_pair, -np.inf)
     # polish the promising two-spot fits (those near enough to passing a split rule) to convergence
     gain = ll_pair - ll_round
@@ -670,9 +636,8 @@ def _test_spots(
     promising = np.flatnonzero(promising)
     ok = np.zeros(t, dtype=bool)
     if promising.size:
-        p_pol, ll_pol, f_pol, ok_pol = fit_model(lambda p: pair_model_and_jacobian(p, offsets), clip_pair,
-                                                  data[promising], mask[promising], p_pair[promising],
-                                                  extra[promising], int(max_iterations))
+        p_pol, ll_pol, f_pol, ok_pol = fit_pairs(data[promising], mask[promising], offsets, p_pair[promising],
+                                                 limits, extra[promising], int(max_iterations))
         p_pair[promising], ll_pair[promising], fisher[promising], ok[promising] = p_pol, ll_pol, f_pol, ok_pol
     # the two-spot model must not sit on the window's edge (a neighbour's light, not this spot's)
     ok &= np.all(np.abs(p_pair[:, [0, 1, 3, 4]]) < half - 0.5, axis=1)
@@ -685,9 +650,8 @@ def _test_spots(
     p_seg = seg_start.copy()
     ll_seg = np.full(t, -np.inf)
     if need.size:
-        p_seg[need], ll_seg[need], _, _ = fit_model(lambda p: segment_model_and_jacobian(p, offsets), clip_seg,
-                                                     data[need], mask[need], seg_start[need], extra[need],
-                                                     test_iterations)
+        p_seg[need], ll_seg[need], _, _ = fit_segments(data[need], mask[need], offsets, seg_start[need], limits,
+                                                        extra[need], test_iterations)
     ll_seg = np.where(np.isfinite(ll_seg), ll_seg, -np.inf)
     ll_round = np.where(np.isfinite(ll_round), ll_round, -np.inf)
     return ll_round, ll_seg, ll_pair, p_seg, p_pair, fisher, ok, centres

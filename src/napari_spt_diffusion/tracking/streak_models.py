@@ -2,9 +2,10 @@
 
 Used by :mod:`.overlaps`. A *streak* is ``N`` photons spread evenly along a segment, each
 point blurred by the pixel-integrated Gaussian PSF of :mod:`.localize`; a *pair* is two
-round spots sharing background and width. :func:`fit_model` maximises the Poisson
-likelihood of any such model for a batch of windows (Levenberg-Marquardt on the Fisher
-information, as in :mod:`.localize`). :class:`Emitters` are point sources that reproduce
+round spots sharing background and width. :func:`fit_pairs` and :func:`fit_segments`
+maximise the Poisson likelihood of these models for a batch of windows (compiled
+Levenberg-Marquardt on the Fisher information, :mod:`.lm_kernels`; :func:`fit_model` is the
+numpy reference for any model). :class:`Emitters` are point sources that reproduce
 the light of a frame's spots, so that each fit can include its neighbours' light.
 """
 
@@ -15,10 +16,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .localize import psf_1d
+from .lm_kernels import PAIR, SEGMENT, fit_windows
+from .lm_kernels import SEGMENT_POINTS as KERNEL_SEGMENT_POINTS
+from .localize import FitLimits, psf_1d
 
-#: Points along the segment of the streak model (spaced <= 0.75 px for streaks <= 3 px).
-SEGMENT_POINTS = 5
+#: Points along the segment of the streak model (spaced <= 0.75 px for streaks <= 3 px); the
+#: compiled model of :mod:`.lm_kernels` uses the same number.
+SEGMENT_POINTS = KERNEL_SEGMENT_POINTS
 _SEGMENT_T = np.linspace(-0.5, 0.5, SEGMENT_POINTS)
 
 
@@ -92,6 +96,39 @@ def segment_model_and_jacobian(params: np.ndarray, offsets: np.ndarray) -> tuple
     return model.reshape(k, w * w), jac.reshape(k, w * w, 7)
 
 
+def pair_bounds(half: float, limits: FitLimits) -> tuple[np.ndarray, np.ndarray]:
+    """Box ``(lower, upper)`` ``(8,)`` of the pair model's parameters in a window of half-width ``half``."""
+    rv, lo, hi = limits.read_var, limits.sigma_lo, limits.sigma_hi
+    return (np.array([-half, -half, 1e-3, -half, -half, 1e-3, 1e-3 - rv, lo]),
+            np.array([half, half, np.inf, half, half, np.inf, np.inf, hi]))
+
+
+def segment_bounds(half: float, limits: FitLimits) -> tuple[np.ndarray, np.ndarray]:
+    """Box ``(lower, upper)`` ``(7,)`` of the streak model's parameters in a window of half-width
+    ``half`` (the segment vector within ``+-2 half``)."""
+    rv, lo, hi = limits.read_var, limits.sigma_lo, limits.sigma_hi
+    return (np.array([-half, -half, 1e-3, 1e-3 - rv, lo, -2.0 * half, -2.0 * half]),
+            np.array([half, half, np.inf, np.inf, hi, 2.0 * half, 2.0 * half]))
+
+
+def fit_pairs(data: np.ndarray, valid: np.ndarray, offsets: np.ndarray, start: np.ndarray, limits: FitLimits,
+              extra: np.ndarray, max_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit the pair model (:func:`pair_model_and_jacobian`) to K windows, compiled; as
+    :func:`fit_model` with the box of :func:`pair_bounds`. Returns ``(params (K, 8), loglik (K,),
+    fisher (K, 8, 8), converged (K,))``."""
+    return fit_windows(PAIR, (data, valid), offsets, start, pair_bounds(float(offsets[-1]), limits), extra,
+                       max_iterations)
+
+
+def fit_segments(data: np.ndarray, valid: np.ndarray, offsets: np.ndarray, start: np.ndarray, limits: FitLimits,
+                 extra: np.ndarray, max_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit the streak model (:func:`segment_model_and_jacobian`) to K windows, compiled; as
+    :func:`fit_model` with the box of :func:`segment_bounds`. Returns ``(params (K, 7), loglik (K,),
+    fisher (K, 7, 7), converged (K,))``."""
+    return fit_windows(SEGMENT, (data, valid), offsets, start, segment_bounds(float(offsets[-1]), limits), extra,
+                       max_iterations)
+
+
 def fit_model(
     model_fn: Any,
     clip_fn: Any,
@@ -101,7 +138,8 @@ def fit_model(
     extra: np.ndarray,
     max_iterations: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Batched Levenberg-Marquardt maximisation of the Poisson likelihood for any model.
+    """Batched numpy Levenberg-Marquardt maximisation of the Poisson likelihood for any model (the
+    reference that the compiled :func:`fit_pairs` and :func:`fit_segments` reproduce; kept for the tests).
 
     ``model_fn(params (K, P), offsets)`` returns ``(mu (K, W*W), jac (K, W*W, P))``
     (offsets are bound by the caller); ``clip_fn`` keeps parameters in bounds (in place);
