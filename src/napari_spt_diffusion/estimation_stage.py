@@ -18,7 +18,7 @@ and the tables keep the positions as localized.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +162,7 @@ def estimate_stage(
     settings: Settings,
     bar: Any,
     acquisition_messages: list[str],
+    complete: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> StageOutput:
     """Patches, classical estimators, model, guard, changepoints and tables of linked tracks.
 
@@ -182,6 +183,11 @@ def estimate_stage(
         The pipeline's progress object (``begin``, ``inner``, ``report``, ``end``).
     acquisition_messages
         The estimator's acquisition check (``estimator.check_acquisition(..., warn=False)``).
+    complete
+        For tracks whose other columns were spilled to disk (:mod:`~napari_spt_diffusion.streaming`):
+        ``complete(rows)`` returns those rows with the missing columns (``photons``, ``background``,
+        ``nearest_other_px``, ...); it is called on one chunk of tracks at a time, when its tables
+        are made. ``None``: ``tracks`` has every column.
     """
     timings: dict[str, float] = {k: 0.0 for k in ("patches_s", "classical_s", "model_s")}
     messages: list[str] = []
@@ -194,11 +200,12 @@ def estimate_stage(
     # 3, 4, 5 - patches, classical estimators, model: in chunks of tracks so that memory
     # stays bounded on long movies (each chunk reads only the frames its tracks use)
     bar.begin("estimate", f"estimating {tracks['track_id'].nunique()} tracks")
-    chunks = _track_chunks(tracks, settings.chunk_localizations)
+    groups = _track_chunks(tracks, settings.chunk_localizations)
     classical: dict[int, dict[str, float]] = {}
     estimates: list[TrackEstimate] = []
-    n_chunks = len(chunks)
-    for i, chunk in enumerate(chunks):
+    n_chunks = len(groups)
+    for i, group in enumerate(groups):
+        chunk = _chunk_rows(tracks, group, n_chunks)
         base, width = i / n_chunks, 1.0 / n_chunks
         bar.inner(base, f"cutting patches (part {i + 1}/{n_chunks})")
         t0 = time.perf_counter()
@@ -218,7 +225,7 @@ def estimate_stage(
             warn_acquisition=False,
         )
         timings["model_s"] += time.perf_counter() - t0
-        del patches
+        del patches, chunk
     bar.end()
 
     # 6 - the guard: is the model biased on this movie's tracks, or the movie out of its range?
@@ -237,7 +244,20 @@ def estimate_stage(
     mode = settings.changepoints
     if mode == "auto":
         mode = "auto" if estimator.pointwise else "none"
-    tracks_table, summary = _tables(tracks, estimates, classical, acquisition, estimator, settings, mode, drift)
+    by_id = {e.track_id: e for e in estimates}
+    parts = []
+    for group in groups:  # chunk by chunk: only one chunk's spilled columns are read back at a time
+        chunk = _chunk_rows(tracks, group, n_chunks)
+        if complete is not None:
+            chunk = complete(chunk)
+        parts.append(_tables(chunk, [by_id[int(t)] for t in group], classical, acquisition, estimator, settings,
+                             mode, drift))
+        del chunk
+    if not parts:  # no track at all
+        parts.append(_tables(tracks if complete is None else complete(tracks), estimates, classical, acquisition,
+                             estimator, settings, mode, drift))
+    tracks_table, summary = _joined(parts)
+    del parts
     summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"))
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
     timings["tables_s"] = time.perf_counter() - t0
@@ -367,8 +387,25 @@ def _warn(message: str) -> None:
     notices.warn(message, stacklevel=4)
 
 
-def _track_chunks(tracks: pd.DataFrame, max_localizations: int) -> list[pd.DataFrame]:
-    """Whole tracks grouped, in order of their first frame, into chunks of about
+def _chunk_rows(tracks: pd.DataFrame, group: np.ndarray, n_chunks: int) -> pd.DataFrame:
+    """The rows of the tracks ``group`` (the whole table when it is the only chunk)."""
+    return tracks if n_chunks == 1 else tracks[tracks["track_id"].isin(group)]
+
+
+def _joined(parts: list[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tracks and summary tables of all chunks, in order of track id (as one :func:`_tables` call gives)."""
+    if len(parts) == 1:
+        return parts[0]
+    table = pd.concat([p[0] for p in parts], ignore_index=True)
+    summary = pd.concat([p[1] for p in parts], ignore_index=True)
+    if not summary["track_id"].is_monotonic_increasing:
+        summary = summary.sort_values("track_id", kind="stable").reset_index(drop=True)
+        table = table.sort_values("track_id", kind="stable").reset_index(drop=True)
+    return table, summary
+
+
+def _track_chunks(tracks: pd.DataFrame, max_localizations: int) -> list[np.ndarray]:
+    """Track ids grouped, in order of their first frame, into chunks of about
     ``max_localizations`` rows (a longer track is a chunk of its own)."""
     first = tracks.groupby("track_id")["frame"].min().sort_values(kind="stable")
     sizes = tracks.groupby("track_id").size().loc[first.index].to_numpy()
@@ -384,9 +421,7 @@ def _track_chunks(tracks: pd.DataFrame, max_localizations: int) -> list[pd.DataF
         count += int(n)
     if current:
         groups.append(current)
-    if len(groups) == 1:
-        return [tracks]
-    return [tracks[tracks["track_id"].isin(g)] for g in groups]
+    return [np.asarray(g, dtype=np.int64) for g in groups]
 
 
 # ------------------------------------------------------------- classical

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import notices, plausibility
+from . import notices, plausibility, streaming
 from .acquisition import Acquisition
 from .calibration import CALIBRATED_FIELDS
 from .estimation import changepoints as cp
@@ -154,6 +154,13 @@ class Settings:
         differ significantly (:func:`~.estimation.confirmation.confirm_changepoints`).
     changepoint_confirm_alpha
         Family-wise error rate per track of that confirmation.
+    chunk_frames
+        Long movies: detect in windows of this many frames and spill the localizations to a
+        Parquet file in the system's temporary folder (``TMPDIR``), keeping in memory only
+        what linking needs (:mod:`~.streaming`; same results). ``None`` (default): chunks of
+        :data:`~.streaming.DEFAULT_CHUNK_FRAMES` frames for movies of more than
+        :data:`~.streaming.AUTO_CHUNK_ABOVE_FRAMES` frames, the whole movie at once otherwise;
+        ``0``: never chunk.
     chunk_localizations
         Tracks are estimated in chunks of about this many localizations (whole tracks,
         in order of their first frame): patches of one chunk only are held in memory
@@ -188,6 +195,7 @@ class Settings:
     changepoint_min_effect: float = cp.DEFAULT_MIN_EFFECT
     changepoint_confirm: bool = True
     changepoint_confirm_alpha: float = DEFAULT_CONFIRM_ALPHA
+    chunk_frames: int | None = None
     chunk_localizations: int = 200_000
     measure: tuple[str, ...] = ()
     trust_model: bool = False
@@ -210,6 +218,9 @@ class Settings:
             raise PipelineError(f"min_track_length must be a whole number >= 1, got {self.min_track_length!r}")
         if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:
             raise PipelineError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.chunk_frames is not None and (isinstance(self.chunk_frames, bool) or int(self.chunk_frames) < 0
+                                              or int(self.chunk_frames) != self.chunk_frames):
+            raise PipelineError(f"chunk_frames must be a whole number >= 0, got {self.chunk_frames!r}")
         if isinstance(self.chunk_localizations, bool) or int(self.chunk_localizations) < 1:
             raise PipelineError(f"chunk_localizations must be a whole number >= 1, got {self.chunk_localizations!r}")
         if not (0.0 < float(self.changepoint_confirm_alpha) < 1.0):
@@ -328,7 +339,21 @@ def track_and_estimate(
     if not isinstance(acquisition, Acquisition):
         raise PipelineError("acquisition must be an Acquisition")
     shape = _check_movie(movie)
-    bar = _Progress(progress, should_stop)
+    movie = streaming.releasing(movie)  # a memory map's pages read are dropped as the run goes
+    chunk_frames = streaming.chunk_frames_for(shape[0], settings.chunk_frames)
+    if chunk_frames is None:
+        return _run(movie, acquisition, settings, _Progress(progress, should_stop), estimator, None)
+    with streaming.spill_folder() as folder:
+        return _run(movie, acquisition, settings, _Progress(progress, should_stop), estimator, (chunk_frames, folder))
+
+
+def _run(
+    movie: Any, acquisition: Acquisition, settings: Settings, bar: _Progress, estimator: Estimator | None,
+    chunking: tuple[int, Any] | None,
+) -> Results:
+    """:func:`track_and_estimate` after its checks; ``chunking``: ``(chunk_frames, spill folder)`` or ``None``."""
+    shape = _check_movie(movie)
+    should_stop = bar.should_stop
     plausibility.check_settings(settings.detection.threshold_snr, settings.max_D_um2_s)
     # 0 - calibration, then the model, so a bad model name or device fails before the long part
     prepared, estimator, acquisition_messages, timings = calibrate_and_load(
@@ -337,19 +362,33 @@ def track_and_estimate(
     particles_from_light = prepared.particles_from_light
     messages: list[str] = list(prepared.messages)
 
-    # 1 - detection and localization
+    # 1 - detection and localization (in windows of frames, spilled to disk, for long movies)
     bar.begin("detect", f"detecting particles in {shape[0]} frames")
     t0 = time.perf_counter()
-    locs = detect_and_localize(movie, acquisition, settings.detection, progress=bar.report, should_stop=should_stop)
-    if locs.attrs.get("stopped_early"):
-        raise Cancelled("the run was cancelled")
+    spill = None
+    if chunking is None:
+        locs = detect_and_localize(movie, acquisition, settings.detection, progress=bar.report,
+                                   should_stop=should_stop)
+        if locs.attrs.get("stopped_early"):
+            raise Cancelled("the run was cancelled")
+        if len(locs):
+            locs["nearest_other_px"] = nearest_other_px(locs["frame"].to_numpy(), locs["y_px"].to_numpy(),
+                                                        locs["x_px"].to_numpy())
+        n_locs = len(locs)
+        checked = locs
+    else:
+        spill = streaming.detect_to_spill(movie, acquisition, settings.detection, chunking[0], chunking[1],
+                                          progress=bar.report, should_stop=should_stop)
+        if spill is None:
+            raise Cancelled("the run was cancelled")
+        n_locs = spill.n
+        checked = spill.columns(["photons", "background", "loc_precision_nm"])
+        locs = spill.linking_table()
     bar.end()
-    if len(locs):
-        locs["nearest_other_px"] = nearest_other_px(locs["frame"].to_numpy(), locs["y_px"].to_numpy(),
-                                                    locs["x_px"].to_numpy())
     timings["detect_localize_s"] = time.perf_counter() - t0
-    messages += notices.warn_all(plausibility.localization_warnings(locs, acquisition))
-    if len(locs) == 0:
+    messages += notices.warn_all(plausibility.localization_warnings(checked, acquisition))
+    del checked
+    if n_locs == 0:
         raise NoParticlesFound(
             f"no particles were found in the {shape[0]} frames of the movie; lower the detection threshold "
             f"(now {settings.detection.threshold_snr:g} x noise, --threshold-snr) or check the PSF width "
@@ -359,7 +398,7 @@ def track_and_estimate(
         )
 
     # 2 - linking
-    bar.begin("link", f"linking {len(locs)} localizations")
+    bar.begin("link", f"linking {n_locs} localizations")
     t0 = time.perf_counter()
     linked = link(  # its trouble (trackpy's crowded groups) is warned as it happens, and kept in messages
         locs,
@@ -371,20 +410,24 @@ def track_and_estimate(
         split_encounters=settings.split_encounters,
         encounter_rules=EncounterRules(llr_threshold=settings.encounter_llr_threshold),
     )
+    del locs
     messages += list(linked.messages)
+    n_linked, search_range = linked.n_tracks, linked.search_range_px
     tracks = linked.tracks[~linked.tracks["is_short"]].reset_index(drop=True)
-    messages += notices.warn_all(plausibility.linking_warnings(len(locs), len(tracks), shape, linked.search_range_px,
+    del linked
+    messages += notices.warn_all(plausibility.linking_warnings(n_locs, len(tracks), shape, search_range,
                                                         settings.min_track_length, particles_from_light))
     timings["link_s"] = time.perf_counter() - t0
     bar.end()
     if len(tracks) == 0:
         raise NoParticlesFound(
-            f"{len(locs)} localizations were found but none formed a track of at least "
+            f"{n_locs} localizations were found but none formed a track of at least "
             f"{settings.min_track_length} frames; lower min_track_length or raise max_D_um2_s"
         )
 
     # 3-8 - patches, classical estimators, model, guard, changepoints, tables (estimation_stage)
-    stage = estimate_stage(movie, tracks, acquisition, estimator, settings, bar, acquisition_messages)
+    stage = estimate_stage(movie, tracks, acquisition, estimator, settings, bar, acquisition_messages,
+                           complete=None if spill is None else spill.complete)
     messages += stage.messages
     timings.update(stage.timings)
 
@@ -393,9 +436,10 @@ def track_and_estimate(
         "acquisition_measured": None if measured is None else measured.to_dict(),
         **stage.meta,
         "n_frames": int(shape[0]),
-        "n_localizations_detected": int(len(locs)),
-        "n_tracks_linked": int(linked.n_tracks),
-        "search_range_px": float(linked.search_range_px),
+        "chunk_frames": None if chunking is None else int(chunking[0]),
+        "n_localizations_detected": int(n_locs),
+        "n_tracks_linked": int(n_linked),
+        "search_range_px": float(search_range),
         "warnings": messages,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
