@@ -7,8 +7,8 @@ read-noise shift, start values (3 x 3 centroid above the window ring's median), 
 Levenberg-Marquardt damping, stopping rules and neighbour refits (up to
 :data:`~..tracking.localize.NEIGHBOUR_ROUNDS` rounds, stopped per frame when its crowded
 spots move by less than 0.01 px), all in float64. A spot that has converged keeps its
-parameters while the others go on (masks instead of shrinking index sets, so a GPU runs
-one kernel per step for the whole batch). Neighbours are paired within a frame only.
+parameters while the others go on (each step works on the spots not yet converged, as
+in numpy). Neighbours are paired within a frame only.
 The centroid fallback of failed fits and the Mortensen precision are the numpy functions,
 applied on the CPU to the fitted parameters.
 """
@@ -82,11 +82,11 @@ def _clip(params: torch.Tensor, half: float, limits: FitLimits) -> torch.Tensor:
     )
 
 
-def _solve(damped: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Steps ``(K, 5)``; a singular active system gets the least-squares (pseudo-inverse) solution."""
+def _solve(damped: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Steps ``(K, 5)``; a singular system gets the least-squares (pseudo-inverse) solution."""
     step, info = torch.linalg.solve_ex(damped, grad[:, :, None])
     step = step[:, :, 0]
-    singular = (info != 0) & active & torch.isfinite(damped).all(dim=2).all(dim=1)
+    singular = (info != 0) & torch.isfinite(damped).all(dim=2).all(dim=1)
     if bool(singular.any()):
         step[singular] = (torch.linalg.pinv(damped[singular]) @ grad[singular][:, :, None])[:, :, 0]
     return step
@@ -96,38 +96,44 @@ def _fit(data, valid, offsets, start, limits: FitLimits, max_iterations: int, ex
     """Levenberg-Marquardt on the Poisson likelihood, as :func:`~..tracking.localize.fit_spots`.
 
     ``data``, ``valid`` ``(K, W*W)``; ``start`` ``(K, 5)``; ``extra`` ``(K, W*W)`` known light
-    or ``None``. Returns ``(params (K, 5), converged (K,))``.
+    or ``None``. Each step works on the spots not yet converged only. Returns
+    ``(params (K, 5), converged (K,))``.
     """
     offset_all = limits.read_var if extra is None else limits.read_var + extra
     k = start.shape[0]
+    device = start.device
     half = float(offsets[-1])
     params = _clip(start.clone(), half, limits)
     loglik, grad, fisher = _score(params, offsets, data, valid, offset_all)
-    lam = torch.full((k,), 1e-3, dtype=torch.float64, device=start.device)
-    converged = torch.zeros(k, dtype=torch.bool, device=start.device)
-    active = torch.ones(k, dtype=torch.bool, device=start.device)
-    eye = torch.eye(5, dtype=torch.float64, device=start.device)
+    lam = torch.full((k,), 1e-3, dtype=torch.float64, device=device)
+    converged = torch.zeros(k, dtype=torch.bool, device=device)
+    active = torch.arange(k, device=device)
+    eye = torch.eye(5, dtype=torch.float64, device=device)
     for _ in range(max_iterations):
-        if not bool(active.any()):
+        if active.numel() == 0:
             break
-        damped = fisher + lam[:, None, None] * (fisher * eye + 1e-9 * eye)
-        trial = _clip(params + _solve(damped, grad, active), half, limits)
-        ll_t, g_t, f_t = _score(trial, offsets, data, valid, offset_all)
-        better = active & torch.isfinite(ll_t) & (ll_t >= loglik - 1e-10 * loglik.abs())
-        gain = ll_t - loglik
-        moved = trial - params
-        params = torch.where(better[:, None], trial, params)
-        loglik = torch.where(better, ll_t, loglik)
-        grad = torch.where(better[:, None], g_t, grad)
-        fisher = torch.where(better[:, None, None], f_t, fisher)
-        lam = torch.where(better, (lam * 0.1).clamp(min=1e-7), torch.where(active, lam * 10.0, lam))
+        f_act, ll_act, lam_act = fisher[active], loglik[active], lam[active]
+        damped = f_act + lam_act[:, None, None] * (f_act * eye + 1e-9 * eye)
+        trial = _clip(params[active] + _solve(damped, grad[active]), half, limits)
+        off = offset_all if extra is None else offset_all[active]
+        ll_t, g_t, f_t = _score(trial, offsets, data[active], valid[active], off)
+        better = torch.isfinite(ll_t) & (ll_t >= ll_act - 1e-10 * ll_act.abs())
+        gain = ll_t - ll_act
+        moved = trial - params[active]
+        ok = active[better]
+        params[ok] = trial[better]
+        loglik[ok] = ll_t[better]
+        grad[ok] = g_t[better]
+        fisher[ok] = f_t[better]
+        lam_act = torch.where(better, (lam_act * 0.1).clamp(min=1e-7), lam_act * 10.0)
+        lam[active] = lam_act
         small = (
             (moved[:, 0].abs() < 1e-3) & (moved[:, 1].abs() < 1e-3) & (moved[:, 4].abs() < 1e-3)
-            & (moved[:, 2].abs() < 1e-3 * params[:, 2].clamp(min=1.0))
+            & (moved[:, 2].abs() < 1e-3 * params[active, 2].clamp(min=1.0))
         )
-        done = active & ((better & (small | (gain < 1e-5))) | (lam > 1e6))
-        converged |= done
-        active &= ~done
+        done = (better & (small | (gain < 1e-5))) | (lam_act > 1e6)
+        converged[active[done]] = True
+        active = active[~done]
     return params, converged
 
 
