@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_spt_diffusion import Acquisition
@@ -229,6 +230,26 @@ def test_detect_and_localize_stops_when_asked():
     assert movie.reads == [0, 1, 2]
     assert set(table["frame"]) <= {0, 1, 2}
     assert table.attrs["stopped_early"] is True and table.attrs["frames_processed"] == 3
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_detect_and_localize_with_threads_gives_the_one_thread_table(monkeypatch, threads):
+    rng = np.random.default_rng(9)
+    # close pairs as well as isolated spots, so that the overlap pass runs in the threads too
+    positions = grid_positions((64, 64), 16, rng)
+    positions = np.concatenate([positions, positions[:3] + np.array([0.0, 3.0])])
+    movie = LazyMovie(9, (64, 64), positions, seed=21)
+    monkeypatch.setenv("SPT_DIFFUSION_SPOT_THREADS", "1")
+    one = detect_and_localize(movie, ACQ)
+    monkeypatch.setenv("SPT_DIFFUSION_SPOT_THREADS", threads)
+    reports = []
+    movie.reads.clear()
+    many = detect_and_localize(movie, ACQ, progress=lambda f, m: reports.append(f))
+    assert movie.reads == list(range(9))  # still read in order, one frame at a time
+    assert len(one) > 9 * len(positions) // 2
+    pd.testing.assert_frame_equal(one, many)
+    assert many.attrs == one.attrs
+    assert reports == sorted(reports) and reports[-1] == 1.0
 
 
 def test_detect_and_localize_on_empty_movie_and_bad_shapes():

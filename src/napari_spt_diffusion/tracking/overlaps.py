@@ -52,7 +52,7 @@ class FitContext:
     Attributes
     ----------
     frame
-        ``(Y, X)`` frame in photo-electrons (float64).
+        ``(Y, X)`` frame in photo-electrons (float32 or float64; fit windows are float64).
     acquisition
         Camera, pixel size and PSF of the movie.
     sigma_psf
@@ -339,7 +339,9 @@ def resolve_overlaps(
         Fisher information of the joint two-spot fit. ``parent``: ``(K - M + S,)`` index of
         the input row each output row comes from (a merged row: its brighter spot's).
     """
-    frame = np.asarray(frame_photons, dtype=np.float64)
+    frame = np.asarray(frame_photons)
+    if not np.issubdtype(frame.dtype, np.floating):
+        frame = frame.astype(np.float64)  # windows are gathered in float64 anyway: no copy of a float frame
     k = len(fitted["y_px"])
     ctx = FitContext.for_frame(frame, acquisition, window_half_px, max_iterations)
     state = SpotState.start(fitted)

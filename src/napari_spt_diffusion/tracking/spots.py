@@ -16,7 +16,11 @@ refits). The PSF width comes from the acquisition only.
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +145,25 @@ def locate_frame(
     return pd.DataFrame({c: found.table[c] for c in SPOT_COLUMNS}, columns=list(SPOT_COLUMNS))
 
 
+#: Environment variable that caps the threads of :func:`detect_and_localize` (default: the CPUs
+#: this process may use, at most :data:`MAX_SPOT_THREADS`).
+SPOT_THREADS_ENV = "SPT_DIFFUSION_SPOT_THREADS"
+MAX_SPOT_THREADS = 4
+
+
+def spot_threads() -> int:
+    """Threads that find the spots of a movie's frames: ``$SPT_DIFFUSION_SPOT_THREADS`` when it is a
+    positive integer, else the CPUs available to this process, at most :data:`MAX_SPOT_THREADS`."""
+    value = os.environ.get(SPOT_THREADS_ENV, "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count() or 1
+    return max(1, min(MAX_SPOT_THREADS, available))
+
+
 def _inside(table: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     """``(K,)`` rows whose centre lies inside a frame of ``shape`` ``(Y, X)``."""
     return (
@@ -217,20 +240,20 @@ def detect_and_localize(
     done = 0
     n_split = 0
     n_merged = 0
-    for t in range(n_frames):
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        frame = check_frame(movie[t], index=int(t))
-        found = find_spots(acquisition.adu_to_photons(frame), acquisition, settings, overlaps=overlaps,
-                           **localize_options)
+
+    def spots_of(frame: np.ndarray) -> FoundSpots:
+        return find_spots(acquisition.adu_to_photons(frame), acquisition, settings, overlaps=overlaps,
+                          **localize_options)
+
+    def collect(t: int, frame_shape: tuple[int, ...], found: FoundSpots) -> None:
+        nonlocal n_split, n_merged, done, last_report
         n_split += found.n_split
         n_merged += found.n_merged
         if len(found.table["y_px"]):
             found.table["frame"] = np.full(len(found.table["y_px"]), t, dtype=np.int64)
             # a spot whose centre lies outside the image belongs to a particle outside the
             # field of view whose light spills in: not a localization of this movie
-            inside = _inside(found.table, frame.shape)
+            inside = _inside(found.table, frame_shape)
             for c in columns:
                 parts[c].append(found.table[c][inside])
         done = t + 1
@@ -239,6 +262,28 @@ def detect_and_localize(
             if percent != last_report:
                 last_report = percent
                 progress(done / n_frames, f"detecting and localizing: frame {done} of {n_frames}")
+
+    # Frames are read here, in order (a lazy reader need not be thread-safe), and their spots
+    # found by a few threads: the FFT and the compiled fits release the GIL. Results are
+    # collected in frame order, at most 2 per thread in flight (memory stays a few frames).
+    workers = spot_threads() if n_frames > 1 else 1
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        pending: deque = deque()
+        for t in range(n_frames):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            frame = check_frame(movie[t], index=int(t))
+            if pool is None:
+                collect(t, frame.shape, spots_of(frame))
+                continue
+            pending.append((t, frame.shape, pool.submit(spots_of, frame)))
+            while len(pending) > 2 * workers or (pending and pending[0][2].done()):
+                t_done, frame_shape, future = pending.popleft()
+                collect(t_done, frame_shape, future.result())
+        while pending:
+            t_done, frame_shape, future = pending.popleft()
+            collect(t_done, frame_shape, future.result())
     dtypes = {"frame": np.int64, "fit_ok": bool}
     result = pd.DataFrame(
         {
