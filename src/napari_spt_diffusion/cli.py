@@ -44,6 +44,7 @@ from .acquisition_resolver import resolve_acquisition
 from .errors import SptDiffusionError
 from .io import InputError, check_outputs, read_movie, results_paths, simulation_paths
 from .io._atomic import check_writable_folder
+from .io.zarr_movie import is_zarr_path
 from .notices import WarningSink
 from .plausibility import check_units
 from .simulation.motion_models import motion_model_names, movie_model_names
@@ -278,7 +279,8 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``track``, and ``estimate``: the tracks read from ``--tracks`` instead of found (:mod:`._cli_estimate`)."""
     movies = [args.movie] if isinstance(args.movie, str) else list(args.movie)
     if getattr(args, "command", "track") == "track" and (len(movies) > 1 or args.workers or args.scheduler or (
-            Path(movies[0]).is_dir() or (glob.has_magic(movies[0]) and not Path(movies[0]).exists()))):
+            (Path(movies[0]).is_dir() and not is_zarr_path(Path(movies[0])))
+            or (glob.has_magic(movies[0]) and not Path(movies[0]).exists()))):
         return _cmd_track_batch(args, movies, argv)
     movie = read_movie(movies[0])
     try:
@@ -372,6 +374,7 @@ def _track_prefix(out: str | None, movie_path: Path) -> Path:
     """
     name = movie_path.name
     stem = name[: -len(movie_path.suffix)] if movie_path.suffix else name
+    stem = name[: -len(".ome.zarr")] if name.lower().endswith(".ome.zarr") else stem
     if out is None:
         prefix = movie_path.with_name(stem)
         if prefix.is_dir():

@@ -27,7 +27,9 @@ from ..acquisition import Acquisition
 from ..acquisition_resolver import resolve_acquisition
 from ._atomic import AtomicFileSet
 from ._errors import InputError
+from ._shape import _movie_shape
 from .tiff_metadata import file_calibration, imagej_movie_kwargs, stored_acquisition
+from .zarr_movie import is_zarr_path, read_zarr_movie
 
 #: tifffile's logger: its messages on damaged files are collected and reported by this module.
 _TIFFFILE_LOGGER = logging.getLogger("tifffile")
@@ -174,7 +176,7 @@ class MovieFile:
     frame_interval_s
         Time between frames (s) from the file's metadata, ``None`` if unknown.
     metadata_source
-        Where the calibration came from: ``"imagej"``, ``"ome"``, ``"tiff-tags"`` or ``None``.
+        Where the calibration came from: ``"imagej"``, ``"ome"``, ``"tiff-tags"``, ``"ome-zarr"`` or ``None``.
     acquisition_dict
         The full acquisition stored by :func:`write_movie` (``Acquisition.to_dict()``),
         ``None`` for files from other software.
@@ -267,19 +269,21 @@ class MovieFile:
 
 
 def read_movie(path: str | os.PathLike[str]) -> MovieFile:
-    """Open a single-channel TIFF movie ``(T, Y, X)`` without loading it into memory.
+    """Open a single-channel TIFF or OME-Zarr movie ``(T, Y, X)`` without loading it into memory.
 
     Parameters
     ----------
     path
-        A TIFF file (ImageJ hyperstack, OME-TIFF or a plain multi-page TIFF). The
+        A TIFF file (ImageJ hyperstack, OME-TIFF or a plain multi-page TIFF), or an
+        OME-Zarr folder (its full-resolution level, :mod:`.zarr_movie`). The
         one non-singleton axis besides Y and X is taken as time, whatever it is
         called in the file (T, Z, pages).
 
     Returns
     -------
     MovieFile
-        ``.data`` is a read-only memmap when possible, else a :class:`LazyTiffFrames`.
+        ``.data`` is a read-only memmap when possible, else a :class:`LazyTiffFrames`
+        (a :class:`~.zarr_movie.ZarrFrames` for OME-Zarr).
 
     Raises
     ------
@@ -291,6 +295,10 @@ def read_movie(path: str | os.PathLike[str]) -> MovieFile:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist")
+    if is_zarr_path(path):
+        frames, pixel_size_nm, frame_interval_s, axes, source = read_zarr_movie(path)
+        return MovieFile(path=path, data=frames, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+                         metadata_source=source, axes=axes)
     if not path.is_file():
         raise InputError(f"{path} is not a file")
     with _tifffile_log() as logged:  # tifffile's complaints about a damaged file become the message
@@ -388,41 +396,6 @@ def _damage(tif: Any, series: Any, path: Path, logged: Sequence[str]) -> str | N
     if broken:
         return f"tifffile: {broken[0]}"
     return None
-
-
-def _movie_shape(shape: Sequence[int], axes: str, path: Path) -> tuple[int, int, int]:
-    """Reduce a tifffile series shape/axes to ``(T, Y, X)`` or raise :class:`InputError`."""
-    shape = tuple(int(n) for n in shape)
-    axes = str(axes)
-    name = path.name
-    if len(axes) != len(shape):  # should not happen; be defensive
-        axes = "Q" * (len(shape) - 2) + "YX"
-    if any(n == 0 for n in shape):
-        raise InputError(f"{name} is an empty movie (no frames)")
-    sizes = dict(zip(axes, shape))
-    if sizes.get("S", 1) > 1:
-        raise InputError(
-            f"{name} is an RGB/colour image ({sizes['S']} samples per pixel); "
-            "a single-channel grey-value movie is needed"
-        )
-    if sizes.get("C", 1) > 1:
-        raise InputError(
-            f"{name} has {sizes['C']} channels; save the channel to track as a "
-            "single-channel movie first"
-        )
-    if not axes.endswith(("YX", "YXS")):
-        # tifffile ends image series with YX (or YXS); anything else is not a camera movie
-        raise InputError(f"{name} has an unsupported axis layout {axes!r}")
-    other = [(a, n) for a, n in zip(axes, shape) if a not in "YXS" and n > 1]
-    ny, nx = sizes["Y"], sizes["X"]
-    if not other:
-        raise InputError(f"{name} holds a single 2-D image ({ny} x {nx}), not a movie")
-    if len(other) > 1:
-        desc = " x ".join(f"{n} {a}" for a, n in other)
-        raise InputError(
-            f"{name} has more than one non-spatial axis ({desc}); a (T, Y, X) movie is needed"
-        )
-    return (other[0][1], ny, nx)
 
 
 def _uint16_frames(movie: Any, n_frames: int) -> Iterator[np.ndarray]:
