@@ -19,6 +19,7 @@ from napari_spt_diffusion.accel.torch_detect import detect_batch, dog_filter_bat
 from napari_spt_diffusion.accel.torch_localize import localize_batch
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.errors import SptDiffusionError
+from napari_spt_diffusion.pipeline import PipelineError, Settings, track_and_estimate
 from napari_spt_diffusion.simulation.movie import simulate_movie
 from napari_spt_diffusion.tracking.detect import DetectionSettings, TrackingInputError, detect_photons, dog_filter
 from napari_spt_diffusion.tracking.localize import localize_arrays
@@ -38,8 +39,8 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def movie():
-    """A crowded 96 x 96 x 24 simulated movie (about 40 spots a frame, some streaks and close pairs)."""
-    return simulate_movie((96, 96), 24, ACQ, rng=11, model="aniso", particles=40)
+    """A crowded 80 x 80 x 20 simulated movie (about 30 spots a frame, some streaks and close pairs)."""
+    return simulate_movie((80, 80), 20, ACQ, rng=11, model="aniso", particles=30)
 
 
 def _compare(a, b, n_frames: int) -> dict[str, float]:
@@ -72,7 +73,7 @@ def test_torch_path_matches_the_numpy_path(movie, overlaps):
     frames = movie.movie
     numpy_spots = detect_and_localize(frames, ACQ, overlaps=overlaps)
     torch_spots = detect_and_localize_torch(frames, ACQ, overlaps=overlaps, device="cpu", batch_frames=10)
-    assert len(numpy_spots) > 500
+    assert len(numpy_spots) > 400
     assert list(torch_spots.columns) == list(numpy_spots.columns)
     assert torch_spots.dtypes.equals(numpy_spots.dtypes)
     assert abs(len(torch_spots) - len(numpy_spots)) <= 0.01 * len(numpy_spots)
@@ -170,3 +171,19 @@ def test_the_gpu_path_matches_the_numpy_path(movie):
     scores = _compare(numpy_spots, gpu_spots, movie.movie.shape[0])
     assert scores["matched"] >= 0.99 and scores["d_over_precision_max"] < 0.01, scores
     assert scores["photons_rel_max"] < 0.01, scores
+
+
+@pytest.mark.parametrize("chunk_frames", [0, 9])
+def test_the_pipeline_with_the_torch_path_gives_the_numpy_paths_results(toy_models, chunk_frames):
+    small = simulate_movie((64, 64), 30, ACQ, rng=3, model="aniso", particles=6, D1_range_um2_s=(0.5, 2.0))
+    base = {"model": toy_models["sequence"], "device": "cpu", "min_track_length": 3, "chunk_frames": chunk_frames}
+    plain = track_and_estimate(small.movie, ACQ, Settings(**base, spot_backend="numpy"))
+    torch_run = track_and_estimate(small.movie, ACQ, Settings(**base, spot_backend="torch"))
+    assert torch_run.meta["settings"]["spot_backend"] == "torch"
+    assert torch_run.meta["n_localizations_detected"] == plain.meta["n_localizations_detected"]
+    assert len(torch_run.tracks) == len(plain.tracks) > 0
+    for column in ("frame", "x_px", "y_px", "D1_um2_s", "D2_um2_s"):
+        np.testing.assert_allclose(torch_run.tracks[column].to_numpy(float), plain.tracks[column].to_numpy(float),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(PipelineError, match="spot_backend"):
+        Settings(spot_backend="gpu")

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from . import notices, plausibility, streaming
+from .accel.torch_spots import SPOT_BACKENDS, spot_function
 from .acquisition import Acquisition
 from .calibration import CALIBRATED_FIELDS
 from .estimation import changepoints as cp
@@ -68,7 +69,6 @@ from .tracking.crowding import nearest_other_px
 from .tracking.detect import DetectionSettings
 from .tracking.encounters import DEFAULT_LLR_THRESHOLD, EncounterRules
 from .tracking.link import link
-from .tracking.spots import detect_and_localize
 
 __all__ = [
     "Cancelled",
@@ -116,7 +116,11 @@ class Settings:
     model
         Bundled model name (``aniso``, ``binding``, ``twostate``) or a checkpoint path.
     device
-        ``"auto"``, ``"cpu"`` or ``"cuda"`` for the model.
+        ``"auto"``, ``"cpu"`` or ``"cuda"``: the model's device, and on a CUDA GPU also that of
+        the detection and single-spot fits (:mod:`~.accel`; the overlap pass stays on the CPU).
+    spot_backend
+        ``"auto"`` (the torch spot path when ``device`` resolves to a CUDA GPU, the numpy/scipy
+        path otherwise), ``"numpy"`` or ``"torch"`` (also on the CPU: for testing; slower there).
     batch_size
         Model windows per forward pass.
     detection
@@ -181,6 +185,7 @@ class Settings:
 
     model: str = "aniso"
     device: str = "auto"
+    spot_backend: str = "auto"
     batch_size: int = 256
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     max_D_um2_s: float = 6.0
@@ -216,6 +221,8 @@ class Settings:
             or self.min_track_length < 1
         ):
             raise PipelineError(f"min_track_length must be a whole number >= 1, got {self.min_track_length!r}")
+        if self.spot_backend not in SPOT_BACKENDS:
+            raise PipelineError(f"spot_backend must be one of {', '.join(SPOT_BACKENDS)}, got {self.spot_backend!r}")
         if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:
             raise PipelineError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if self.chunk_frames is not None and (isinstance(self.chunk_frames, bool) or int(self.chunk_frames) < 0
@@ -366,9 +373,9 @@ def _run(
     bar.begin("detect", f"detecting particles in {shape[0]} frames")
     t0 = time.perf_counter()
     spill = None
+    detect = spot_function(settings.device, settings.spot_backend)  # the torch path on a CUDA GPU
     if chunking is None:
-        locs = detect_and_localize(movie, acquisition, settings.detection, progress=bar.report,
-                                   should_stop=should_stop)
+        locs = detect(movie, acquisition, settings.detection, progress=bar.report, should_stop=should_stop)
         if locs.attrs.get("stopped_early"):
             raise Cancelled("the run was cancelled")
         if len(locs):
@@ -378,7 +385,7 @@ def _run(
         checked = locs
     else:
         spill = streaming.detect_to_spill(movie, acquisition, settings.detection, chunking[0], chunking[1],
-                                          progress=bar.report, should_stop=should_stop)
+                                          progress=bar.report, should_stop=should_stop, detect=detect)
         if spill is None:
             raise Cancelled("the run was cancelled")
         n_locs = spill.n

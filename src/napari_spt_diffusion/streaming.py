@@ -254,9 +254,13 @@ def detect_to_spill(
     folder: Path,
     progress: Callable[[float, str], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    detect: Callable[..., Any] = detect_and_localize,
 ) -> SpilledLocalizations | None:
     """Detect and localize every frame of ``movie`` (``(T, Y, X)`` ADU) in windows of ``chunk_frames``
     frames, spilling each window's localizations (plus ``nearest_other_px``, px) to Parquet in ``folder``.
+    ``detect``: the spot function, with the signature of :func:`~.tracking.spots.detect_and_localize`
+    (the pipeline's choice for its device, :func:`~.accel.torch_spots.spot_function`).
 
     Returns the closed :class:`SpilledLocalizations`, or ``None`` when ``should_stop()`` stopped it.
     """
@@ -270,8 +274,8 @@ def detect_to_spill(
             if progress is not None:
                 progress(done / n_frames, f"detecting and localizing: frame {done} of {n_frames}")
 
-        part = detect_and_localize(FrameWindow(movie, start, stop), acquisition, detection, progress=report,
-                                   should_stop=should_stop)
+        part = detect(FrameWindow(movie, start, stop), acquisition, detection, progress=report,
+                      should_stop=should_stop)
         if part.attrs.get("stopped_early"):
             spill.close()
             return None
