@@ -544,7 +544,8 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--changepoints", choices=("auto", "single", "multiple", "none"),
                         help="changepoint detection for multi-state models (default: auto)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                        help="where the model runs (default: auto)")
+                        help="where the model runs, and on a CUDA GPU also the spot detection and fits "
+                             "(default: auto, the GPU when torch sees one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
