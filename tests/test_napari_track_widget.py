@@ -206,3 +206,50 @@ def test_cancel_plumbing(viewer_widget, qtbot, monkeypatch, _isolated):
     assert time.perf_counter() - t0 < 5
     assert widget.status.value == "cancelled" and widget.results is None
     assert not [m for level, m in _isolated if level == "error"]
+
+
+class _FrameGuard:
+    """A ``(T, Y, X)`` array that records every read and refuses reads of more than one frame."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.frames_read = 0
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        n = 1 if out.ndim < 3 else out.shape[0]
+        assert n <= 1, f"a read of {n} frames at once: {key!r}"
+        self.frames_read += n
+        return out
+
+
+def test_run_on_a_dask_layer_reads_frame_by_frame(make_napari_viewer_proxy, qtbot, monkeypatch, toy_models):
+    """A lazily loaded (dask) movie layer goes to the pipeline as it is: never turned into one array."""
+    da = pytest.importorskip("dask.array")
+    from napari_spt_diffusion import pipeline
+
+    movie = static_spot_movie(n_frames=8)
+    guard = _FrameGuard(movie)
+    lazy = da.from_array(guard, chunks=(1, *movie.shape[1:]), asarray=False)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(lazy, name="lazy", scale=(0.01, 0.1, 0.1))
+    widget = TrackEstimateWidget(viewer)
+    original = type(lazy).__array__
+
+    def whole_array_refused(self, *args, **kwargs):
+        assert not (self.ndim == 3 and self.shape[0] > 1), f"the whole {self.shape} movie was materialised"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(lazy), "__array__", whole_array_refused)
+    viewer.dims.set_current_step(0, 3)
+    points = widget.preview_detections()
+    assert points is not None and len(points.data) == 4
+    before = guard.frames_read
+    monkeypatch.setattr(track_widget, "pipeline_settings", lambda values: pipeline.Settings(
+        model=toy_models["sequence"], device="cpu", min_track_length=3))
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "lazy tracks" in viewer.layers and len(viewer.layers["lazy tracks"].data) >= 4 * 6
+    assert guard.frames_read - before >= movie.shape[0]  # every frame read, one at a time
+    with pytest.raises(AssertionError, match="materialised"):  # the guard itself works
+        np.asarray(lazy)
