@@ -345,9 +345,15 @@ def _ring_median(windows: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Median of the valid pixels on the outer ring of each window ``(K,)``."""
     ring = np.zeros(windows.shape[1:], dtype=bool)
     ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
-    values = np.where(valid[:, ring], windows[:, ring], np.nan)
-    with np.errstate(all="ignore"):
-        med = np.nanmedian(values, axis=1) if values.size else np.zeros(len(windows))
+    ring_values = windows[:, ring]
+    med = np.median(ring_values, axis=1) if ring_values.size else np.zeros(len(windows))
+    # windows cut by the image border: the median of the ring pixels inside it (nanmedian is
+    # slow, so only for those rows)
+    cut = ~np.all(valid[:, ring], axis=1)
+    if np.any(cut):
+        values = np.where(valid[cut][:, ring], ring_values[cut], np.nan)
+        with np.errstate(all="ignore"):
+            med[cut] = np.nanmedian(values, axis=1)
     # A window whose ring is entirely outside the image cannot occur for a peak inside it,
     # but guard anyway: fall back on the smallest valid pixel.
     bad = ~np.isfinite(med)
@@ -419,8 +425,10 @@ def localize_arrays(
             # Alternating fits: each crowded spot is refitted with its neighbours' current
             # fitted light in the model, until positions settle (a block Gauss-Seidel
             # version of a joint multi-emitter fit).
-            for _ in range(NEIGHBOUR_ROUNDS):
-                crowded, light = _neighbour_light(peaks, params, converged, offsets, half)
+            # the pairs of peaks close enough to share light: the same in every round
+            pairs = cKDTree(peaks.astype(np.float64)).query_pairs(3.0 * half, output_type="ndarray")
+            for _ in range(NEIGHBOUR_ROUNDS if len(pairs) else 0):
+                crowded, light = _neighbour_light(peaks, pairs, (params, converged), offsets)
                 if crowded.size == 0:
                     break
                 before = params[crowded, :2].copy()
@@ -462,19 +470,19 @@ def localize_arrays(
 
 
 def _neighbour_light(
-    peaks: np.ndarray, params: np.ndarray, converged: np.ndarray, offsets: np.ndarray, half: int
+    peaks: np.ndarray, pairs: np.ndarray, fits: tuple[np.ndarray, np.ndarray], offsets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Light of neighbouring spots inside each crowded spot's window, from their first fits.
+    """Light of neighbouring spots inside each crowded spot's window, from their current fits.
 
-    Returns ``(crowded, light)``: indices of the spots with another fitted spot whose
-    centre is within ``3 * half`` px of their peak, and ``(len(crowded), W*W)`` expected
-    photons of those neighbours over each crowded spot's window.
+    ``pairs`` ``(P, 2)``: the pairs of peaks within ``3 * half`` px of each other; ``fits`` =
+    ``(params (K, 5), converged (K,))``. Returns ``(crowded, light)``: indices of the spots with
+    another usable fitted spot in such a pair, and ``(len(crowded), W*W)`` expected photons of
+    those neighbours over each crowded spot's window.
     """
+    params, converged = fits
     # a fit more than 1 px from its own peak pixel has been captured by something else
     # (an isolated spot's peak pixel is within ~0.7 px of it): not a usable neighbour
     usable = converged & np.all(np.isfinite(params), axis=1) & np.all(np.abs(params[:, :2]) <= 1.0, axis=1)
-    tree = cKDTree(peaks.astype(np.float64))
-    pairs = tree.query_pairs(3.0 * half, output_type="ndarray")
     if len(pairs) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, offsets.size**2))
     target = np.concatenate([pairs[:, 0], pairs[:, 1]])

@@ -544,8 +544,8 @@ def _split_pairs(
         # a spot alone (no other spot within MERGE_MAX_DISTANCE_PX) holding about one
         # particle's light is one (blurred) particle, whatever its shape; next to another spot
         # the light is shared out between the fits and tells less
-        alone = np.array([len(h) == 1 for h in cKDTree(positions[finite]).query_ball_point(positions[tested],
-                                                                                           MERGE_MAX_DISTANCE_PX)])
+        alone = cKDTree(positions[finite]).query_ball_point(positions[tested], MERGE_MAX_DISTANCE_PX,
+                                                             return_length=True) == 1
         split &= ~alone | (p_pair[:, 2] + p_pair[:, 5] > SINGLE_PARTICLE_LIGHT_RATIO * reference)
     inside2 = (abs2[:, 0] >= -0.5) & (abs2[:, 0] < height - 0.5) & (abs2[:, 1] >= -0.5) & (abs2[:, 1] < width - 0.5)
     split &= inside2
@@ -646,8 +646,7 @@ def _test_spots(
     # The streak model is needed where it can change a decision -- the shape rule, which
     # needs ll_pair - ll_round > SPLIT_MIN_LOGLIK_GAIN anyway -- or where the spot has a
     # neighbour that will use its light. Elsewhere it is left unfitted (-inf: not a streak).
-    crowded = np.array([len(h) > 1 for h in cKDTree(positions[finite]).query_ball_point(positions[tested], 3.0 * half)],
-                       dtype=bool)
+    crowded = cKDTree(positions[finite]).query_ball_point(positions[tested], 3.0 * half, return_length=True) > 1
     need = np.flatnonzero(crowded | (ll_pair - ll_round > SPLIT_MIN_LOGLIK_GAIN))
     p_seg = seg_start.copy()
     ll_seg = np.full(t, -np.inf)
@@ -720,8 +719,7 @@ def _refit_neighbours(ctx: FitContext, state: SpotState) -> None:
     if targets.size == 0 or not np.any(changed & finite):
         return
     tree = cKDTree(positions[changed & finite])
-    near = tree.query_ball_point(positions[targets], 3.0 * half)
-    targets = targets[np.array([len(h) > 0 for h in near], dtype=bool)]
+    targets = targets[tree.query_ball_point(positions[targets], 3.0 * half, return_length=True) > 0]
     if targets.size == 0:
         return
     centres, data, mask, offsets = _windows_around(frame, positions[targets], half, read_var)
