@@ -407,3 +407,27 @@ def changepoint_scores_for(rows: pd.DataFrame, detected: dict[int, list[int]], t
         true_l.append([c for c in tc if f0 < c <= f1])
         det_l.append([c for c in detected[tid] if f0 < c <= f1])
     return changepoint_scores(true_l, det_l, tolerance=tolerance)
+
+
+def match_frames(out: pd.DataFrame, truth: pd.DataFrame, radius: float = 1.5) -> pd.DataFrame:
+    """Hungarian assignment per frame between output rows and truth rows, pairs within ``radius`` px
+    (the foreign-optics scores).
+
+    Returns one row per pair: ``frame``, ``out_index``, ``truth_index`` (row labels), ``dist_px``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pairs: list[tuple[int, Any, Any, float]] = []
+    tgroups = dict(tuple(truth.groupby("frame")))
+    for frame, og in out.groupby("frame"):
+        tg = tgroups.get(frame)
+        if tg is None or og.empty:
+            continue
+        d = np.hypot(og["x_px"].to_numpy()[:, None] - tg["x_px"].to_numpy()[None, :],
+                     og["y_px"].to_numpy()[:, None] - tg["y_px"].to_numpy()[None, :])
+        cost = np.where(d <= radius, d, 1e6)
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols):
+            if d[r, c] <= radius:
+                pairs.append((int(frame), og.index[r], tg.index[c], float(d[r, c])))
+    return pd.DataFrame(pairs, columns=["frame", "out_index", "truth_index", "dist_px"])

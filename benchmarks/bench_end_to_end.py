@@ -738,7 +738,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="cut tracks at ambiguous encounters (Settings.split_encounters; default: the pipeline's)")
     parser.add_argument("--encounter-llr", type=float, default=None,
                         help="swap test threshold in nats (Settings.encounter_llr_threshold)")
+    parser.add_argument("--encounter-bias", type=float, default=None,
+                        help="EncounterRules.max_expected_bias (0: cut every ambiguous pair, the rule of version 0.1)")
+    parser.add_argument("--encounter-repair", type=float, default=None,
+                        help="EncounterRules.repair_margin in nats (inf: never exchange tails, as in version 0.1)")
     args = parser.parse_args(argv)
+    if args.encounter_bias is not None or args.encounter_repair is not None:
+        import functools
+
+        import napari_spt_diffusion.pipeline as pipeline_module
+        from napari_spt_diffusion.tracking.encounters import EncounterRules
+
+        defaults = EncounterRules()
+        pipeline_module.EncounterRules = functools.partial(
+            EncounterRules,
+            max_expected_bias=defaults.max_expected_bias if args.encounter_bias is None else args.encounter_bias,
+            repair_margin=defaults.repair_margin if args.encounter_repair is None else args.encounter_repair)
     global CONFIRM
     CONFIRM = not args.no_confirm
     if args.split_encounters is not None:

@@ -52,7 +52,8 @@ Metrics
 Command::
 
     .venv/bin/python benchmarks/bench_foreign.py [--quick] [--seed-offset N] [--keep DIR]
-        [--cases free_narrow,free_wide,aniso_narrow,binding_narrow] [--out PATH]
+        [--cases free_narrow,free_wide,aniso_narrow,binding_narrow] [--out PATH] [--model NAME]
+        [--track-args "MORE TRACK OPTIONS"]
 
 ``--quick`` renders 96 x 96 px, 40 frames, 12 particles (a smoke run; report ``foreign_quick.md``).
 """
@@ -63,6 +64,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -73,9 +75,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
-from _common import report_header, write_json, write_report
+from _common import match_frames, report_header, write_json, write_report
 from napari_spt_diffusion.validation.foreign_renderer import (
     FOREIGN_CASES,
     AiryPSF,
@@ -97,27 +98,6 @@ MIN_TRACK_LENGTH = 5
 
 
 # ------------------------------------------------------------------------------------ matching
-def match_frames(out: pd.DataFrame, truth: pd.DataFrame, radius: float = MATCH_RADIUS_PX) -> pd.DataFrame:
-    """Hungarian assignment per frame between output rows and truth rows, pairs within ``radius`` px.
-
-    Returns one row per pair: ``frame``, ``out_index``, ``truth_index`` (row labels), ``dist_px``.
-    """
-    pairs: list[tuple[int, Any, Any, float]] = []
-    tgroups = dict(tuple(truth.groupby("frame")))
-    for frame, og in out.groupby("frame"):
-        tg = tgroups.get(frame)
-        if tg is None or og.empty:
-            continue
-        d = np.hypot(og["x_px"].to_numpy()[:, None] - tg["x_px"].to_numpy()[None, :],
-                     og["y_px"].to_numpy()[:, None] - tg["y_px"].to_numpy()[None, :])
-        cost = np.where(d <= radius, d, 1e6)
-        rows, cols = linear_sum_assignment(cost)
-        for r, c in zip(rows, cols):
-            if d[r, c] <= radius:
-                pairs.append((int(frame), og.index[r], tg.index[c], float(d[r, c])))
-    return pd.DataFrame(pairs, columns=["frame", "out_index", "truth_index", "dist_px"])
-
-
 def _rel(est: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(est, float) - np.asarray(true, float)) / np.asarray(true, float)
 
@@ -610,15 +590,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="report path (default benchmarks/reports/foreign[_quick].md)")
     ap.add_argument("--model", default=None,
                     help="model name or checkpoint for track (default: track's default, the bundled aniso model)")
+    ap.add_argument("--track-args", default="",
+                    help="more options for track, one string (e.g. \"--psf-units on --trust-model\")")
     args = ap.parse_args(argv)
     if args.model is not None:
         TRACK_EXTRA_ARGS[:] = ["--model", args.model]
+    TRACK_EXTRA_ARGS.extend(shlex.split(args.track_args))
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in names if c not in FOREIGN_CASES]
     if unknown:
         ap.error(f"unknown cases {unknown}; choose from {list(FOREIGN_CASES)}")
     out = args.out or BENCH_DIR / "reports" / f"foreign{'_quick' if args.quick else ''}.md"
-    command = " ".join([".venv/bin/python", "benchmarks/bench_foreign.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join([".venv/bin/python", "benchmarks/bench_foreign.py", *(sys.argv[1:] if argv is None else argv)])
     seeds = ", ".join(f"{n} {FOREIGN_CASES[n][5] + args.seed_offset}" for n in names)
     protocol = (f"{PROTOCOL}, version {PROTOCOL_VERSION} (docs/protocols.md); seeds {seeds}; "
                 + ("QUICK smoke run: 96 x 96 px, 40 frames, 12 particles" if args.quick

@@ -45,9 +45,28 @@ def _crossing_pair(rng: np.random.Generator, n: int = 21, separation: float = 0.
     return _table({0: a, 1: b})
 
 
+#: The swap and gap rules alone: no repair, every ambiguous pair cut (version 0.1's rule).
+PLAIN = EncounterRules(max_expected_bias=0.0, repair_margin=math.inf)
+
+
+def _fast_slow_crossing(rng: np.random.Generator, n: int = 21, separation: float = 0.3):
+    """A diffusing particle (1 px steps per axis) meets a slower one (0.3 px) between frames
+    n // 2 - 1 and n // 2: ``separation`` px apart, then both step so that the swap is not
+    clearly less likely than the links (LLR about 1 nat at the default separation)."""
+    mid = n // 2
+    paths = []
+    for sigma, start, step in ((1.0, (10.0, 10.0), (0.2, 0.5)), (0.3, (10.0 + separation, 10.0), (-0.2, 0.1))):
+        steps = rng.normal(0.0, sigma, size=(n, 2))
+        steps[0] = 0.0
+        steps[mid] = step
+        path = np.cumsum(steps, axis=0)
+        paths.append(path - path[mid - 1] + np.array(start))
+    return _table({k: [(int(f), *paths[k][f]) for f in range(n)] for k in (0, 1)})
+
+
 def test_crossing_at_half_a_pixel_is_cut_on_both_tracks():
     tid, frame, pos = _crossing_pair(np.random.default_rng(1))
-    split = split_encounters(tid, frame, pos)
+    split = split_encounters(tid, frame, pos, rules=PLAIN)
     cuts = _cut_links(tid, frame, split.track_id)
     middle = 10
     for track in (0, 1):
@@ -56,6 +75,72 @@ def test_crossing_at_half_a_pixel_is_cut_on_both_tracks():
         assert all(middle - 2 <= f <= middle + 1 for f in near), near
     assert split.n_swap_cuts == len(cuts)
     assert split.n_tracks_after == split.n_tracks_before + len(cuts)
+
+
+def test_crossing_of_particles_moving_alike_is_kept_by_default():
+    # same step variance: whichever assignment is true, neither track's diffusion estimate moves
+    tid, frame, pos = _crossing_pair(np.random.default_rng(1))
+    split = split_encounters(tid, frame, pos)
+    assert split.n_cuts == 0 and split.n_repairs == 0
+    assert split.n_swap_cuts == 0
+
+
+def test_crossing_of_a_fast_and_a_slow_particle_is_cut_by_default():
+    tid, frame, pos = _fast_slow_crossing(np.random.default_rng(11))
+    split = split_encounters(tid, frame, pos)
+    cuts = _cut_links(tid, frame, split.track_id)
+    for track in (0, 1):
+        assert any(k == track and 8 <= f <= 11 for k, f in cuts), (track, cuts)
+    # far apart, the same two particles are left alone
+    tid, frame, pos = _fast_slow_crossing(np.random.default_rng(11), separation=8.0)
+    assert split_encounters(tid, frame, pos).n_cuts == 0
+
+
+def test_expected_bias_threshold_decides_between_cut_and_keep():
+    tid, frame, pos = _fast_slow_crossing(np.random.default_rng(12), separation=1.0)
+    cut = split_encounters(tid, frame, pos, rules=EncounterRules(max_expected_bias=0.01))
+    kept = split_encounters(tid, frame, pos, rules=EncounterRules(max_expected_bias=0.99))
+    assert cut.n_swap_cuts > 0 and kept.n_swap_cuts == 0
+
+
+def test_anisotropic_particles_with_other_axes_count_as_different():
+    # equal step variance, perpendicular axes: a swap would turn each tensor, so the pair is cut even at
+    # a bias threshold that an isotropic comparison (|v_A - v_B| / (v_A + v_B) ~ 0) would never reach
+    rng = np.random.default_rng(14)
+    n, mid = 31, 15
+    paths = []
+    for scale, start, step in (((1.0, 0.1), (10.0, 10.0), (0.2, 0.5)), ((0.1, 1.0), (10.3, 10.0), (-0.2, 0.1))):
+        steps = rng.normal(0.0, 1.0, size=(n, 2)) * np.array(scale)
+        steps[0] = 0.0
+        steps[mid] = step
+        path = np.cumsum(steps, axis=0)
+        paths.append(path - path[mid - 1] + np.array(start))
+    tid, frame, pos = _table({k: [(f, *paths[k][f]) for f in range(n)] for k in (0, 1)})
+    split = split_encounters(tid, frame, pos, rules=EncounterRules(max_expected_bias=0.3))
+    cuts = _cut_links(tid, frame, split.track_id)
+    assert {(0, mid - 1), (1, mid - 1)} <= cuts
+
+
+def test_swapped_pair_is_repaired_not_cut():
+    # a fast particle A (1 px steps) and a slow one B (0.05 px), 1 px apart at frame 30; the input
+    # linked A's first 30 frames to B's last 10 and the other way round
+    rng = np.random.default_rng(13)
+    n, k = 40, 30
+    a = np.cumsum(rng.normal(0, 1.0, size=(n, 2)), axis=0)
+    a += np.array([20.0, 20.0]) - a[k - 1]
+    b = np.cumsum(rng.normal(0, 0.05, size=(n, 2)), axis=0)
+    b += np.array([21.0, 20.0]) - b[k - 1]
+    wrong = {0: [(f, *a[f]) for f in range(k)] + [(f, *b[f]) for f in range(k, n)],
+             1: [(f, *b[f]) for f in range(k)] + [(f, *a[f]) for f in range(k, n)]}
+    tid, frame, pos = _table(wrong)
+    truth = np.r_[np.zeros(k), np.ones(n - k), np.ones(k), np.zeros(n - k)].astype(int)  # row order of _table
+    split = split_encounters(tid, frame, pos)
+    assert split.n_repairs >= 1  # a wrong exchange of a round may be undone in the next (variances re-measured)
+    assert split.n_cuts == 0
+    assert pd.crosstab(split.track_id, truth).gt(0).sum(axis=1).eq(1).all()  # every track holds one particle
+    assert "exchanged" in split.message()
+    plain = split_encounters(tid, frame, pos, rules=PLAIN)
+    assert plain.n_repairs == 0 and plain.n_cuts >= 2
 
 
 def test_slow_tracks_three_pixels_apart_are_not_cut():
@@ -92,7 +177,7 @@ def test_new_ids_are_unique_consecutive_and_refine_the_old_tracks():
     tid, frame, pos = _table(tracks)
     perm = rng.permutation(len(tid))  # row order must not matter
     tid, frame, pos = tid[perm], frame[perm], pos[perm]
-    split = split_encounters(tid, frame, pos)
+    split = split_encounters(tid, frame, pos, rules=PLAIN)
     new = split.track_id
     assert split.n_cuts > 0
     # every new track lies within one old track, holds one row per frame, and is contiguous in it
@@ -108,6 +193,9 @@ def test_new_ids_are_unique_consecutive_and_refine_the_old_tracks():
     first = df.groupby("new")["frame"].min()
     assert (np.diff(first.to_numpy()) >= 0).all()
     assert split.n_tracks_after - split.n_tracks_before == split.n_cuts
+    # without repairs, a row touches a cut exactly when its old track was cut
+    pieces = df.groupby("old")["new"].transform("nunique").to_numpy()
+    assert np.array_equal(split.touches_cut, pieces > 1)
 
 
 def test_vectorised_swap_test_matches_a_pair_by_pair_loop():
@@ -119,7 +207,7 @@ def test_vectorised_swap_test_matches_a_pair_by_pair_loop():
         tracks[k] = [(int(f), y, x) for f, (y, x) in zip(frames, pts)]
     tid, frame, pos = _table(tracks)
     threshold = 3.0
-    split = split_encounters(tid, frame, pos, llr_threshold=threshold, gap_radius_px=0.0)
+    split = split_encounters(tid, frame, pos, llr_threshold=threshold, gap_radius_px=0.0, rules=PLAIN)
     # the same test written pair by pair
     links = []
     for k, pts in tracks.items():
@@ -160,7 +248,7 @@ def _gap_scene():
 
 def test_gap_bridged_past_another_spot_is_cut_there_and_the_other_track_at_the_exit():
     tid, frame, pos = _gap_scene()
-    split = split_encounters(tid, frame, pos, llr_threshold=-math.inf, gap_radius_px=2.0)
+    split = split_encounters(tid, frame, pos, llr_threshold=-math.inf, gap_radius_px=2.0, rules=PLAIN)
     assert _cut_links(tid, frame, split.track_id) == {(0, 4), (1, 6)}
     assert split.n_gap_cuts == 2 and split.n_swap_cuts == 0
     off = split_encounters(tid, frame, pos, llr_threshold=-math.inf, gap_radius_px=0.0)
@@ -177,7 +265,7 @@ def test_gap_far_from_other_spots_is_kept():
 
 def test_link_splits_only_when_asked_and_says_so():
     rng = np.random.default_rng(6)
-    tid, frame, pos = _crossing_pair(rng, n=31)
+    tid, frame, pos = _fast_slow_crossing(rng, n=31)
     locs = pd.DataFrame({"frame": frame, "y_px": pos[:, 0], "x_px": pos[:, 1]})
     acq = Acquisition()
     plain = link(locs, acq, max_D_um2_s=1.0, min_track_length=5)

@@ -36,8 +36,38 @@ Two rules, applied after linking:
    one that reappears. The other track is cut at the gap's exit (its link spanning the
    boundary ``ta1 - 1 | ta1``), where the two identities separate again.
 
+Two refinements make the rules cut only where a cut changes the science (issue 14: on
+movies of fast particles the plain swap test cut two thirds of all tracks, most of them
+where the two particles diffuse alike and a swap cannot bias either estimate):
+
+* **Repair before cutting.** A pair whose swapped assignment is more likely than the linked
+  one by more than ``repair_margin`` nats (``LLR < -repair_margin``) is relinked: the two
+  tails are exchanged, not cut. The nearest-neighbour linker minimises squared distances
+  and ignores that one particle diffuses faster than the other; the LLR uses each track's
+  own step variance. Repairs are applied from the most to the least likely, one per track
+  per round, for up to :data:`_REPAIR_ROUNDS` rounds (the variances are re-measured between
+  rounds).
+* **Cut only when the swap would matter.** With equal priors the probability that the
+  pair was swapped is ``p = 1 / (1 + exp(LLR))``. If it was, each track mixes steps of
+  variance ``v_A`` and ``v_B`` and its diffusion estimate moves by about
+  ``|v_A - v_B| / (v_A + v_B)`` (relative; half-and-half mix). A pair is cut when
+  ``LLR < llr_threshold`` *and* the expected relative bias
+  ``p |C_A - C_B| / |C_A + C_B|`` is at least ``max_expected_bias`` (default 0.02), where
+  ``C`` is a track's 2 x 2 step covariance per frame (Frobenius norms; for isotropic motion
+  this is ``p |v_A - v_B| / (v_A + v_B)``, and for anisotropic motion a different
+  orientation counts too). The covariances here are local: of up to
+  :data:`_LOCAL_WINDOW_LINKS` links of each track before the encounter (after it when
+  the track starts there), so a track that was already swapped once still shows the
+  particle it holds at that moment. ``max_expected_bias = 0`` gives the plain swap test.
+
+  The same expected-bias condition applies to the gap rule: a bridged link is cut only
+  when the other track's local variance differs enough from its own that taking one for
+  the other would bias an estimate by ``max_expected_bias`` (with ``p = 1/2``: nothing in
+  the bridged frames tells the two apart).
+
 Everything is vectorised per frame boundary (a :class:`scipy.spatial.cKDTree` of the
-links' positions), with no loop over pairs of tracks.
+links' positions), with no loop over pairs of tracks (the repairs loop over the few
+repaired pairs only).
 """
 
 from __future__ import annotations
@@ -50,6 +80,8 @@ import numpy as np
 __all__ = [
     "DEFAULT_GAP_RADIUS_PX",
     "DEFAULT_LLR_THRESHOLD",
+    "DEFAULT_MAX_EXPECTED_BIAS",
+    "DEFAULT_REPAIR_MARGIN",
     "EncounterRules",
     "EncounterSplit",
     "LinkEnds",
@@ -62,6 +94,14 @@ __all__ = [
 DEFAULT_LLR_THRESHOLD = 5.0
 #: A bridged gap is ambiguous when another track's localization lies this close (px) to its path.
 DEFAULT_GAP_RADIUS_PX = 2.0
+#: Cut only where a swap would bias a track's diffusion estimate by at least this much, in expectation.
+DEFAULT_MAX_EXPECTED_BIAS = 0.02
+#: Relink (exchange the tails) when the swapped assignment is this many nats more likely than the linked one.
+DEFAULT_REPAIR_MARGIN = 1.0
+#: Links before (or after) an encounter whose steps give a track's local step variance.
+_LOCAL_WINDOW_LINKS = 10
+#: Rounds of swap repair (variances re-measured between rounds).
+_REPAIR_ROUNDS = 5
 #: Floor of the per-axis step variance (px^2) when no localization precision is known.
 _MIN_STEP_VARIANCE_PX2 = 1e-3
 _TWO_LN2 = 2.0 * math.log(2.0)
@@ -78,10 +118,18 @@ class EncounterRules:
         this (nats); ``-inf`` disables the swap test.
     gap_radius_px
         Gap rule radius (px); ``0`` disables it.
+    max_expected_bias
+        Cut only pairs whose expected relative bias of a diffusion estimate, were they
+        left linked, is at least this (dimensionless); ``0``: every pair below the LLR
+        threshold (the plain swap test).
+    repair_margin
+        Exchange the tails of a pair when ``LLR < -repair_margin`` (nats); ``inf``: never.
     """
 
     llr_threshold: float = DEFAULT_LLR_THRESHOLD
     gap_radius_px: float = DEFAULT_GAP_RADIUS_PX
+    max_expected_bias: float = DEFAULT_MAX_EXPECTED_BIAS
+    repair_margin: float = DEFAULT_REPAIR_MARGIN
 
 
 @dataclass(frozen=True)
@@ -117,6 +165,11 @@ class EncounterSplit:
         Links cut by the gap rule (bridged links and the other tracks' exit links).
     n_tracks_before, n_tracks_after
         Number of tracks before and after the cuts.
+    n_repairs
+        Pairs relinked (tails exchanged) because the swap was the more likely assignment.
+    touches_cut
+        ``(N,)`` bool per input row: its new track begins or ends at a cut link (``None``
+        only for the empty input).
     """
 
     track_id: np.ndarray
@@ -124,6 +177,8 @@ class EncounterSplit:
     n_gap_cuts: int = 0
     n_tracks_before: int = 0
     n_tracks_after: int = 0
+    n_repairs: int = 0
+    touches_cut: np.ndarray | None = None
 
     @property
     def n_cuts(self) -> int:
@@ -132,10 +187,12 @@ class EncounterSplit:
 
     def message(self) -> str:
         """One sentence for ``LinkResult.messages``."""
+        repaired = (f"; {self.n_repairs} pairs of links were exchanged where the swap was the more likely"
+                    if self.n_repairs else "")
         return (
             f"Encounter splitting cut {self.n_cuts} links where two particles may have swapped identities "
             f"({self.n_swap_cuts} by the swap test, {self.n_gap_cuts} at gaps bridged past another spot): "
-            f"{self.n_tracks_before} tracks became {self.n_tracks_after}."
+            f"{self.n_tracks_before} tracks became {self.n_tracks_after}{repaired}."
         )
 
 
@@ -222,10 +279,11 @@ def split_encounters(
     positions_px: np.ndarray,
     *,
     loc_precision_px: np.ndarray | None = None,
-    llr_threshold: float = DEFAULT_LLR_THRESHOLD,
-    gap_radius_px: float = DEFAULT_GAP_RADIUS_PX,
+    rules: EncounterRules | None = None,
+    llr_threshold: float | None = None,
+    gap_radius_px: float | None = None,
 ) -> EncounterSplit:
-    """Cut linked tracks where two particles may have exchanged identities.
+    """Relink swapped pairs, then cut linked tracks where two particles may have exchanged identities.
 
     Parameters
     ----------
@@ -238,17 +296,20 @@ def split_encounters(
     loc_precision_px
         ``(N,)`` localization precision (px, per axis), or ``None``; twice its square
         floors each link's step variance.
-    llr_threshold
-        Links of a pair are cut when ``log L(linked) - log L(swapped)`` is below this
-        (nats); ``-inf`` disables the swap test.
-    gap_radius_px
-        Radius (px) of the gap rule; ``0`` disables it.
+    rules
+        :class:`EncounterRules` (defaults when ``None``).
+    llr_threshold, gap_radius_px
+        Override the same fields of ``rules`` (``-inf`` / ``0`` disable the swap test / gap rule).
 
     Returns
     -------
     EncounterSplit
-        New track ids (input row order) and the counts of cuts.
+        New track ids (input row order) and the counts of repairs and cuts.
     """
+    rules = rules or EncounterRules()
+    threshold = float(rules.llr_threshold if llr_threshold is None else llr_threshold)
+    radius = float(rules.gap_radius_px if gap_radius_px is None else gap_radius_px)
+    max_bias, margin = float(rules.max_expected_bias), float(rules.repair_margin)
     tid = np.asarray(track_id, dtype=np.int64)
     frm = np.asarray(frame, dtype=np.int64)
     pos = np.asarray(positions_px, dtype=np.float64)
@@ -258,46 +319,106 @@ def split_encounters(
             "track_id, frame and positions_px must have shapes (N,), (N,), (N, 2); "
             f"got {tid.shape}, {frm.shape}, {pos.shape}"
         )
-    if math.isnan(llr_threshold):
+    if math.isnan(threshold):
         raise ValueError("llr_threshold must be a number (or -inf to disable the swap test), got nan")
-    if not math.isfinite(gap_radius_px) or gap_radius_px < 0:
-        raise ValueError(f"gap_radius_px must be a number >= 0, got {gap_radius_px!r}")
+    if not math.isfinite(radius) or radius < 0:
+        raise ValueError(f"gap_radius_px must be a number >= 0, got {radius!r}")
+    if not (math.isfinite(max_bias) and max_bias >= 0):
+        raise ValueError(f"max_expected_bias must be a number >= 0, got {max_bias!r}")
+    if math.isnan(margin) or margin < 0:
+        raise ValueError(f"repair_margin must be >= 0 (inf: never relink), got {margin!r}")
     if n == 0:
-        return EncounterSplit(np.zeros(0, dtype=np.int64))
+        return EncounterSplit(np.zeros(0, dtype=np.int64), touches_cut=np.zeros(0, dtype=bool))
     order = np.lexsort((frm, tid))
     t_s, f_s, p_s = tid[order], frm[order], pos[order]
     if np.any((t_s[1:] == t_s[:-1]) & (f_s[1:] == f_s[:-1])):
         raise ValueError("a track has two localizations in one frame")
     prec = None if loc_precision_px is None else np.asarray(loc_precision_px, dtype=float)[order]
+    n_before = int(len(np.unique(t_s)))
 
-    link_at = np.flatnonzero(t_s[1:] == t_s[:-1])  # link k joins sorted rows link_at[k] and link_at[k] + 1
-    cut = np.zeros(len(link_at), dtype=bool)
+    n_repairs = 0
+    if threshold > -math.inf and math.isfinite(margin):
+        # rows stay in place; the track ids of the tails change (rows re-sorted after each round)
+        for _ in range(_REPAIR_ROUNDS):
+            links = _measure_links(t_s, f_s, p_s, prec)
+            done, t_new = _repair_round(links, t_s, f_s, p_s, max(threshold, -margin), margin)
+            if not done:
+                break
+            n_repairs += done
+            resort = np.lexsort((f_s, t_new))
+            t_s, f_s, p_s, order = t_new[resort], f_s[resort], p_s[resort], order[resort]
+            prec = None if prec is None else prec[resort]
+
+    links = _measure_links(t_s, f_s, p_s, prec)
+    cut = np.zeros(len(links.at), dtype=bool)
     n_swap = n_gap = 0
-    if len(link_at):
-        floor = np.full(len(link_at), _MIN_STEP_VARIANCE_PX2)
-        if prec is not None:
-            p2 = np.fmax(prec[link_at], prec[link_at + 1]) ** 2  # NaN only where both ends lack one
-            floor = np.where(np.isfinite(p2), np.maximum(2.0 * p2, floor), floor)
-        steps = p_s[link_at + 1] - p_s[link_at]
-        dts = f_s[link_at + 1] - f_s[link_at]
-        var_by_track = track_step_variance_px2(t_s[link_at], dts, steps, floor)
-        var = _lookup(var_by_track, t_s[link_at])
-        if llr_threshold > -math.inf:
-            swap_cut = _swap_cuts(link_at, f_s, p_s, var, float(llr_threshold))
+    if len(links.at):
+        if threshold > -math.inf:
+            swap_cut = _swap_cuts(links, f_s, p_s, threshold, max_bias)
             n_swap = int(swap_cut.sum())
             cut |= swap_cut
-        if gap_radius_px > 0:
-            gap_cut = _gap_cuts(link_at, t_s, f_s, p_s, float(gap_radius_px))
+        if radius > 0:
+            gap_cut = _gap_cuts(links, t_s, f_s, p_s, radius, max_bias)
             n_gap = int((gap_cut & ~cut).sum())
             cut |= gap_cut
 
     start = np.ones(n, dtype=bool)
-    start[link_at + 1] = cut  # a row starts a piece unless it continues an uncut link
+    start[links.at + 1] = cut  # a row starts a piece unless it continues an uncut link
     piece = np.cumsum(start) - 1
     new_sorted = _relabel_by_first_appearance(piece, f_s)
     new = np.empty(n, dtype=np.int64)
     new[order] = new_sorted
-    return EncounterSplit(new, n_swap, n_gap, int(len(np.unique(tid))), int(new_sorted.max()) + 1)
+    cut_rows = np.concatenate([links.at[cut], links.at[cut] + 1])  # the two ends of every cut link
+    touches = np.zeros(n, dtype=bool)
+    touches[order] = np.isin(piece, piece[cut_rows])
+    return EncounterSplit(new, n_swap, n_gap, n_before, int(new_sorted.max()) + 1, n_repairs, touches)
+
+
+@dataclass
+class _Links:
+    """The links of rows sorted by (track, frame): link ``k`` joins rows ``at[k]`` and ``at[k] + 1``.
+
+    ``var``: ``(L,)`` the track's robust per-axis step variance (px^2 per frame) at each link;
+    ``local``: ``(L, 3)`` the step covariance ``(yy, xx, yx)`` (px^2 per frame) of up to
+    :data:`_LOCAL_WINDOW_LINKS` links of the same track before the link (after it when fewer
+    than 3 precede it; else ``(var, var, 0)``), the diagonal floored like ``var``.
+    """
+
+    at: np.ndarray
+    var: np.ndarray
+    local: np.ndarray
+
+
+def _measure_links(t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, prec: np.ndarray | None) -> _Links:
+    """Links, whole-track and local step variances of rows sorted by (track, frame)."""
+    link_at = np.flatnonzero(t_s[1:] == t_s[:-1])
+    n_links = len(link_at)
+    if n_links == 0:
+        return _Links(link_at, np.zeros(0), np.zeros(0))
+    floor = np.full(n_links, _MIN_STEP_VARIANCE_PX2)
+    if prec is not None:
+        p2 = np.fmax(prec[link_at], prec[link_at + 1]) ** 2  # NaN only where both ends lack one
+        floor = np.where(np.isfinite(p2), np.maximum(2.0 * p2, floor), floor)
+    steps = p_s[link_at + 1] - p_s[link_at]
+    dts = f_s[link_at + 1] - f_s[link_at]
+    track = t_s[link_at]
+    var = _lookup(track_step_variance_px2(track, dts, steps, floor), track)
+    # local step covariance (yy, xx, yx) per frame: running sums of d d^T / dt within each track's links
+    outer = np.stack([steps[:, 0] ** 2, steps[:, 1] ** 2, steps[:, 0] * steps[:, 1]], axis=1) / dts[:, None]
+    idx = np.arange(n_links)
+    first = np.maximum.accumulate(np.where(np.r_[True, track[1:] != track[:-1]], idx, 0))
+    last = np.minimum.accumulate(np.where(np.r_[track[1:] != track[:-1], True], idx, n_links - 1)[::-1])[::-1]
+    csum = np.concatenate([np.zeros((1, 3)), np.cumsum(outer, axis=0)])
+    lo = np.maximum(first, idx - _LOCAL_WINDOW_LINKS)
+    n_b = idx - lo
+    hi = np.minimum(last + 1, idx + 1 + _LOCAL_WINDOW_LINKS)
+    n_a = hi - idx - 1
+    before = (csum[idx] - csum[lo]) / np.maximum(n_b, 1)[:, None]
+    after = (csum[hi] - csum[idx + 1]) / np.maximum(n_a, 1)[:, None]
+    whole = np.stack([var, var, np.zeros(n_links)], axis=1)
+    local = np.where((n_b >= 3)[:, None], before, np.where((n_a >= 3)[:, None], after, whole))
+    local[:, :2] = np.maximum(local[:, :2], floor[:, None])
+    return _Links(link_at, var, local)
 
 
 def _lookup(mapping: dict[int, float], keys: np.ndarray) -> np.ndarray:
@@ -319,10 +440,32 @@ def _relabel_by_first_appearance(piece: np.ndarray, frame: np.ndarray) -> np.nda
     return out
 
 
-def _swap_cuts(link_at: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, var: np.ndarray, threshold: float) -> np.ndarray:
-    """Links cut by the swap test (rule 1), ``(L,)`` bool."""
+def _tensor_difference(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray:
+    """``|C_A - C_B| / |C_A + C_B|`` (Frobenius norms) of ``(P, 3)`` covariances ``(yy, xx, yx)``;
+    ``|v_A - v_B| / (v_A + v_B)`` for isotropic ones. A swap mixes the two tensors: this is about the
+    relative change of each (its diffusion coefficients and, for anisotropic motion, its axes)."""
+
+    def norm(c: np.ndarray) -> np.ndarray:
+        return np.sqrt(c[:, 0] ** 2 + c[:, 1] ** 2 + 2.0 * c[:, 2] ** 2)
+
+    return norm(cov_a - cov_b) / np.maximum(norm(cov_a + cov_b), 1e-300)
+
+
+def _expected_bias(llr: np.ndarray, cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray:
+    """``p(swap) |C_A - C_B| / |C_A + C_B|`` with ``p(swap) = 1 / (1 + exp(LLR))``."""
+    from scipy.special import expit
+
+    return expit(-llr) * _tensor_difference(cov_a, cov_b)
+
+
+def _candidate_pairs(
+    links: _Links, f_s: np.ndarray, p_s: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of links ``(i, j)`` of different tracks spanning a common frame boundary whose LLR may lie
+    below ``threshold``, and their LLR (with the whole-track variances); ``(P,)`` arrays each."""
     from scipy.spatial import cKDTree
 
+    link_at, var = links.at, links.var
     t0, t1 = f_s[link_at], f_s[link_at + 1]
     p0, p1 = p_s[link_at], p_s[link_at + 1]
     span = t1 - t0
@@ -332,38 +475,80 @@ def _swap_cuts(link_at: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, var: np.nd
     frac = (boundary + 0.5 - t0[link_rep]) / span[link_rep]
     mid = p0[link_rep] + (p1 - p0)[link_rep] * frac[:, None]
     step2 = np.sum((p1 - p0) ** 2, axis=1)
-    cut = np.zeros(len(link_at), dtype=bool)
+    out_i, out_j, out_llr = [], [], []
     by_boundary = np.argsort(boundary, kind="stable")
     edges = np.flatnonzero(np.diff(boundary[by_boundary])) + 1
     for group in np.split(by_boundary, edges):
         if len(group) < 2:
             continue
-        links = link_rep[group]
+        members = link_rep[group]
         # Beyond a mid-boundary separation of 2 sqrt(threshold max(var) + max|d|^2) each of the
         # two terms of the LLR of one-frame links is >= threshold / 2: no cut is possible there.
         # The longest span in the group widens the radius for links over gaps.
-        reach2 = max(threshold, 0.0) * var[links].max() * span[links].max() + step2[links].max()
+        reach2 = max(threshold, 0.0) * var[members].max() * span[members].max() + step2[members].max()
         pairs = cKDTree(mid[group]).query_pairs(2.0 * math.sqrt(reach2) + 1e-9, output_type="ndarray")
         if len(pairs) == 0:
             continue
-        i, j = links[pairs[:, 0]], links[pairs[:, 1]]
-        llr = swap_log_likelihood_ratio(LinkEnds(p0[i], p1[i], t0[i], t1[i]), LinkEnds(p0[j], p1[j], t0[j], t1[j]),
-                                        var[i], var[j])
-        hit = llr < threshold
-        cut[i[hit]] = True
-        cut[j[hit]] = True
+        i, j = members[pairs[:, 0]], members[pairs[:, 1]]
+        out_llr.append(swap_log_likelihood_ratio(LinkEnds(p0[i], p1[i], t0[i], t1[i]),
+                                                 LinkEnds(p0[j], p1[j], t0[j], t1[j]), var[i], var[j]))
+        out_i.append(i)
+        out_j.append(j)
+    if not out_i:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_llr)
+
+
+def _swap_cuts(links: _Links, f_s: np.ndarray, p_s: np.ndarray, threshold: float, max_bias: float) -> np.ndarray:
+    """Links cut by the swap test (rule 1), ``(L,)`` bool."""
+    cut = np.zeros(len(links.at), dtype=bool)
+    i, j, llr = _candidate_pairs(links, f_s, p_s, threshold)
+    hit = llr < threshold
+    if max_bias > 0:
+        hit &= _expected_bias(llr, links.local[i], links.local[j]) >= max_bias
+    cut[i[hit]] = True
+    cut[j[hit]] = True
     return cut
 
 
-def _gap_cuts(link_at: np.ndarray, t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, radius: float) -> np.ndarray:
+def _repair_round(
+    links: _Links, t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, reach: float, margin: float
+) -> tuple[int, np.ndarray]:
+    """One round of swap repair: exchange the tails of pairs with ``LLR < -margin``, most likely
+    first, each track at most once. Returns ``(pairs exchanged, new track id of each sorted row)``."""
+    i, j, llr = _candidate_pairs(links, f_s, p_s, reach)
+    bad = np.flatnonzero(llr < -margin)
+    new = t_s.copy()
+    if len(bad) == 0:
+        return 0, new
+    used: set[int] = set()
+    done = 0
+    ends = np.searchsorted(t_s, t_s, side="right")  # one past the last row of each row's track
+    for k in bad[np.argsort(llr[bad], kind="stable")]:
+        a, b = int(links.at[i[k]]), int(links.at[j[k]])
+        ta, tb = int(t_s[a]), int(t_s[b])
+        if ta in used or tb in used:
+            continue
+        used.update((ta, tb))
+        new[a + 1:ends[a]] = tb
+        new[b + 1:ends[b]] = ta
+        done += 1
+    return done, new
+
+
+def _gap_cuts(links: _Links, t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, radius: float,
+              max_bias: float) -> np.ndarray:
     """Links cut by the gap rule (rule 2), ``(L,)`` bool."""
     from scipy.spatial import cKDTree
 
+    link_at = links.at
     cut = np.zeros(len(link_at), dtype=bool)
     t0, t1 = f_s[link_at], f_s[link_at + 1]
     gaps = np.flatnonzero(t1 - t0 >= 2)
     if len(gaps) == 0:
         return cut
+    var_of_track = dict(zip(t_s[link_at].tolist(), links.var.tolist()))
     # one entry per (gap link, missing frame)
     missing = t1[gaps] - t0[gaps] - 1
     g_rep = np.repeat(gaps, missing)
@@ -382,8 +567,17 @@ def _gap_cuts(link_at: np.ndarray, t_s: np.ndarray, f_s: np.ndarray, p_s: np.nda
             continue
         near = cKDTree(p_s[rows]).query_ball_point(path[sel], radius)
         for k, hits in zip(sel, near):
+            own = t_s[link_at[g_rep[k]]]
             others = t_s[rows[hits]] if len(hits) else np.zeros(0, dtype=np.int64)
-            others = others[others != t_s[link_at[g_rep[k]]]]
+            others = others[others != own]
+            if len(others) and max_bias > 0:
+                # nothing in the bridged frames tells the two apart (p = 1/2): keep the link when
+                # taking one particle for the other would not bias an estimate by max_bias
+                own_cov = links.local[g_rep[k]][None, :]
+                v_other = np.array([var_of_track.get(int(o), math.nan) for o in others])
+                other_cov = np.stack([v_other, v_other, np.zeros(len(others))], axis=1)
+                differ = 0.5 * _tensor_difference(np.repeat(own_cov, len(others), axis=0), other_cov)
+                others = others[~(differ < max_bias)]  # an unknown variance (NaN) keeps the cut
             if len(others):
                 cut[g_rep[k]] = True
                 other_tracks.append(others)

@@ -242,11 +242,10 @@ def link(
             precision_px = table["loc_precision_nm"].to_numpy(dtype=float) / acquisition.pixel_size_nm
         rules = _encounters.EncounterRules() if encounter_rules is None else encounter_rules
         split = _encounters.split_encounters(
-            track_id, frames.astype(np.int64), positions, loc_precision_px=precision_px,
-            llr_threshold=float(rules.llr_threshold), gap_radius_px=float(rules.gap_radius_px),
+            track_id, frames.astype(np.int64), positions, loc_precision_px=precision_px, rules=rules,
         )
         # a piece of a linked trajectory that was cut in several: it begins or ends at an encounter
-        encounter_cut = pd.Series(split.track_id).groupby(track_id).transform("nunique").to_numpy() > 1
+        encounter_cut = split.touches_cut
         track_id = split.track_id
         messages.append(split.message())
     else:
