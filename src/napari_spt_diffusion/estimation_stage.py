@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import notices, plausibility
+from . import notices, plausibility, streaming
 from .acquisition import Acquisition
 from .calibration import CALIBRATED_FIELDS, Calibration, calibrate_movie
 from .estimation import changepoints as cp
@@ -190,6 +190,7 @@ def estimate_stage(
         are made. ``None``: ``tracks`` has every column.
     """
     timings: dict[str, float] = {k: 0.0 for k in ("patches_s", "classical_s", "model_s")}
+    movie = streaming.releasing(movie)  # the pages of a memory-mapped movie are dropped as patches are cut
     messages: list[str] = []
     drift = None
     drift_meta: dict[str, Any] = {"enabled": False}
