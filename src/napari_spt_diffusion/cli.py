@@ -445,7 +445,7 @@ def _track_settings(args: argparse.Namespace) -> Any:
 
     values: dict[str, Any] = {"model": args.model, "device": args.device}
     for name in ("max_D_um2_s", "memory_frames", "min_track_length", "changepoints", "split_encounters",
-                 "chunk_frames"):
+                 "chunk_frames", "psf_units"):
         values[name] = getattr(args, name, None)  # estimate has no detection or linking options
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     settings.drift_correction = bool(getattr(args, "drift_correction", False))
@@ -539,6 +539,10 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
                              "movie outside its training range (default: the classical values are reported then)")
     parser.add_argument("--model", default=None,
                         help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
+    parser.add_argument("--psf-units", choices=("auto", "on", "off"), default=None,
+                        help="give the model its inputs in units of the PSF: patches resampled to its training PSF "
+                             "width, displacements and D scaled (auto: when the movie's PSF is outside the model's "
+                             "range, the default; on: always; off: never)")
     parser.add_argument("--min-track-length", type=_positive_int,
                         help="shorter tracks are left out of the results (default: 5)")
     parser.add_argument("--changepoints", choices=("auto", "single", "multiple", "none"),

@@ -146,7 +146,8 @@ def calibrate_and_load(
     bar.begin("load", "loading the model")
     t0 = time.perf_counter()
     if estimator is None:
-        estimator = Estimator(settings.model, device=settings.device, batch_size=settings.batch_size)
+        estimator = Estimator(settings.model, device=settings.device, batch_size=settings.batch_size,
+                              psf_units=getattr(settings, "psf_units", "off"))
     # the guard decides what an acquisition outside the model's range means
     acquisition_messages = estimator.check_acquisition(prepared.acquisition, warn=False)
     timings["load_s"] = time.perf_counter() - t0
@@ -201,7 +202,8 @@ def estimate_stage(
     # 3, 4, 5 - patches, classical estimators, model: in chunks of tracks so that memory
     # stays bounded on long movies (each chunk reads only the frames its tracks use)
     bar.begin("estimate", f"estimating {tracks['track_id'].nunique()} tracks")
-    groups = _track_chunks(tracks, settings.chunk_localizations)
+    side = estimator.source_patch_size(acquisition)  # PSF units cut larger patches: fewer per chunk
+    groups = _track_chunks(tracks, max(1, settings.chunk_localizations * estimator.patch_size**2 // side**2))
     classical: dict[int, dict[str, float]] = {}
     estimates: list[TrackEstimate] = []
     n_chunks = len(groups)
@@ -210,7 +212,9 @@ def estimate_stage(
         base, width = i / n_chunks, 1.0 / n_chunks
         bar.inner(base, f"cutting patches (part {i + 1}/{n_chunks})")
         t0 = time.perf_counter()
-        patches = extract_track_patches(movie, chunk, acquisition, patch_size=estimator.patch_size)
+        # the model's patch size, or a larger region to resample in PSF units (the classical
+        # estimators and a short track's fallback use its centre patch_size pixels)
+        patches = extract_track_patches(movie, chunk, acquisition, patch_size=side)
         if drift is not None:
             patches = [_without_drift(tp, drift) for tp in patches]
         timings["patches_s"] += time.perf_counter() - t0
@@ -282,6 +286,8 @@ def estimate_stage(
         },
         "drift_correction": drift_meta,
         "intervals": interval_meta,
+        "psf_units": {"mode": estimator.psf_units, "scale": estimator.psf_scale(acquisition),
+                      "patch_cut_px": side},
     }
     return StageOutput(tracks_table, summary, meta, messages, timings)
 

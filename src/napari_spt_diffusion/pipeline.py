@@ -181,6 +181,12 @@ class Settings:
         Subtract the ensemble-mean displacement per frame (:mod:`~.estimation.drift`) from
         the positions behind every estimate (off by default: it biases D low by about
         ``1/n`` with ``n`` tracks per frame); recorded in ``meta["drift_correction"]``.
+    psf_units
+        The model's inputs in units of the PSF (:mod:`~.estimation.psf_units`): ``"on"``
+        (patches resampled so that the PSF has the model's training width, displacements and
+        D scaled to match), ``"auto"`` (default: on when the movie's PSF width lies outside
+        what the model was trained for, :func:`~.estimation.psf_units.scale_for`) or ``"off"``;
+        the classical estimators always use the movie's pixels (docs/models.md).
     """
 
     model: str = "aniso"
@@ -205,6 +211,7 @@ class Settings:
     measure: tuple[str, ...] = ()
     trust_model: bool = False
     drift_correction: bool = False
+    psf_units: str = "auto"
 
     def __post_init__(self) -> None:
         self.measure = tuple(self.measure)
@@ -236,6 +243,8 @@ class Settings:
             )
         if math.isnan(float(self.encounter_llr_threshold)):
             raise PipelineError("encounter_llr_threshold must be a number, got nan")
+        if self.psf_units not in ("auto", "on", "off"):
+            raise PipelineError(f"psf_units must be 'auto', 'on' or 'off', got {self.psf_units!r}")
         if not (math.isfinite(float(self.max_D_um2_s)) and self.max_D_um2_s > 0):
             raise PipelineError(f"max_D_um2_s must be a positive number, got {self.max_D_um2_s!r}")
 

@@ -46,6 +46,16 @@ Acquisition check
 :func:`check_acquisition` compares a movie's acquisition with the card's
 ``training_acquisition`` and returns one warning sentence per quantity outside the
 trained range; :meth:`Estimator.estimate` issues them once (``AcquisitionWarning``).
+
+PSF units
+---------
+With ``psf_units`` ``"on"`` (or ``"auto"`` and a movie PSF outside what the card was trained for) the
+model gets its inputs in units of the PSF (:mod:`~.psf_units`): patches resampled from a
+larger cut region (:meth:`Estimator.source_patch_size`) so that the PSF has the card's training
+width, displacements times the scale factor ``s``, and its D divided by ``s^2``. The classical
+fallback of short tracks keeps the movie's own pixels (the centre ``P x P`` of the cut region),
+and the acquisition check judges the movie in virtual pixels, the PSF normalised
+(:func:`~.psf_units.model_acquisition`). docs/models.md has the measurements.
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ import torch
 from ..acquisition import Acquisition
 from ..errors import SptDiffusionError
 from ..tracking.patches import TrackPatches
+from . import psf_units as pu
 from .blur_moments import combined_tensor
 from .checkpoint import CheckpointError, load_checkpoint
 from .tensor import mean_tensor, theta_from_sin_cos_2theta
@@ -155,7 +166,10 @@ def _ratio_ok(value: float, reference: float, low: float, high: float) -> bool:
 
 
 def check_acquisition(
-    card: dict[str, Any], acquisition: Acquisition, tolerances: dict[str, tuple[float, float]] | None = None
+    card: dict[str, Any],
+    acquisition: Acquisition,
+    tolerances: dict[str, tuple[float, float]] | None = None,
+    virtual_pixels: bool = False,
 ) -> list[str]:
     """Warnings (one sentence each) where the acquisition leaves the model's training range.
 
@@ -164,7 +178,9 @@ def check_acquisition(
     width in pixels, signal photons and background (the signal-to-noise ratio) and the
     exposed fraction of the frame (motion blur). A card may give explicit ranges in
     ``training_ranges`` (``{"signal_photons": [low, high], ...}``, physical units), which
-    replace the relative tolerances (:data:`DEFAULT_TOLERANCES`).
+    replace the relative tolerances (:data:`DEFAULT_TOLERANCES`). ``virtual_pixels``: the
+    acquisition is in the virtual pixels of PSF units (:func:`~.psf_units.model_acquisition`);
+    the messages then say so for the pixel size and the background.
 
     Returns
     -------
@@ -182,7 +198,8 @@ def check_acquisition(
     ranges = card.get("training_ranges") or {}
     name = card.get("name", "the model")
     values = {
-        "pixel_size_nm": (acquisition.pixel_size_nm, ref.pixel_size_nm, "pixel size", "nm"),
+        "pixel_size_nm": (acquisition.pixel_size_nm, ref.pixel_size_nm,
+                          "virtual pixel size (PSF units)" if virtual_pixels else "pixel size", "nm"),
         "frame_interval_s": (acquisition.frame_interval_s, ref.frame_interval_s, "frame interval", "s"),
         "psf_sigma_px": (acquisition.psf_sigma_px, ref.psf_sigma_px, "PSF sigma", "px"),
         "signal_photons": (acquisition.signal_photons, ref.signal_photons, "signal", "photons/frame"),
@@ -190,7 +207,7 @@ def check_acquisition(
             acquisition.background_photons,
             ref.background_photons,
             "background",
-            "photons/pixel/frame",
+            "photons/virtual pixel/frame (PSF units)" if virtual_pixels else "photons/pixel/frame",
         ),
         "exposure_fraction": (
             acquisition.exposure_time_s / acquisition.frame_interval_s,
@@ -315,6 +332,9 @@ class Estimator:
         torch thread (torch's thread count is set to 1 during a batch and restored after).
         ``None``: torch's thread count at the time of the batch; 1: one call at a time,
         using torch's own threads.
+    psf_units
+        ``"off"`` (default), ``"on"`` or ``"auto"``: the model's inputs in units of the PSF
+        (module docstring, :func:`~.psf_units.scale_for`).
 
     Raises
     ------
@@ -333,6 +353,7 @@ class Estimator:
         num_threads: int | None = None,
         chunk_size: int | None = None,
         parallel_calls: int | None = None,
+        psf_units: str = "off",
     ) -> None:
         if int(batch_size) < 1:
             raise EstimatorError(f"batch_size must be at least 1, got {batch_size!r}")
@@ -341,6 +362,9 @@ class Estimator:
         if parallel_calls is not None and int(parallel_calls) < 1:
             raise EstimatorError(f"parallel_calls must be at least 1, got {parallel_calls!r}")
         self.parallel_calls = None if parallel_calls is None else int(parallel_calls)
+        if psf_units not in pu.PSF_UNITS_MODES:
+            raise EstimatorError(f"psf_units must be one of {', '.join(pu.PSF_UNITS_MODES)}, got {psf_units!r}")
+        self.psf_units = psf_units
         self.device = resolve_device(device)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
@@ -373,9 +397,21 @@ class Estimator:
         """``"pointwise"`` or ``"sequence"``."""
         return "pointwise" if self.pointwise else "sequence"
 
+    def psf_scale(self, acquisition: Acquisition) -> float:
+        """Virtual px per movie px of the model's inputs for this acquisition (1.0: PSF units not used)."""
+        return pu.scale_for(self._card, acquisition, self.psf_units, DEFAULT_TOLERANCES["psf_sigma_px"])
+
+    def source_patch_size(self, acquisition: Acquisition) -> int:
+        """Odd side (movie px) of the patches to cut for :meth:`estimate`: the model's ``patch_size``,
+        or larger with PSF units (:func:`~.psf_units.source_patch_size`)."""
+        return pu.source_patch_size(self.psf_scale(acquisition), self.patch_size)
+
     def check_acquisition(self, acquisition: Acquisition, warn: bool = True) -> list[str]:
-        """:func:`check_acquisition` for this model; warns once per distinct message."""
-        messages = check_acquisition(self._card, acquisition)
+        """:func:`check_acquisition` for this model; warns once per distinct message. With PSF units the
+        acquisition is judged as the model sees it (:func:`~.psf_units.model_acquisition`)."""
+        scale = self.psf_scale(acquisition)
+        judged = pu.model_acquisition(acquisition, scale, pu.card_psf_sigma_px(self._card))
+        messages = check_acquisition(self._card, judged, virtual_pixels=judged is not acquisition)
         if warn:
             for m in messages:
                 if m not in self._warned:
@@ -398,7 +434,8 @@ class Estimator:
         ----------
         track_patches
             Tracks as made by :func:`~napari_spt_diffusion.tracking.patches.extract_track_patches`
-            (patches of the model's size, in photo-electrons).
+            (photo-electrons; odd patches of at least :meth:`source_patch_size` px, of which
+            the model's ``patch_size`` without PSF units).
         acquisition
             The movie's acquisition (unit conversions; compared with the card).
         progress
@@ -415,19 +452,25 @@ class Estimator:
         """
         self.check_acquisition(acquisition, warn=warn_acquisition)
         tracks = list(track_patches)
+        scale = self.psf_scale(acquisition)
+        need = pu.source_patch_size(scale, self.patch_size)
         for tp in tracks:
-            if tp.patches_photons.shape[1:] != (self.patch_size, self.patch_size):
+            q = tp.patches_photons.shape[1:]
+            if q[0] != q[1] or q[0] < need or (q[0] - self.patch_size) % 2:
                 raise EstimatorError(
-                    f"track {tp.track_id} has {tp.patches_photons.shape[1]}-px patches but model "
-                    f"'{self.model_name}' needs {self.patch_size}-px patches"
+                    f"track {tp.track_id} has {q[0]}-px patches but model '{self.model_name}' needs "
+                    f"{need}-px patches" + (f" (PSF units, scale {scale:.3g})" if need != self.patch_size else "")
                 )
         results: list[TrackEstimate | None] = [None] * len(tracks)
         accumulators: dict[int, _Accumulator] = {}
+        inputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the model's patches and displacements
         for i, tp in enumerate(tracks):
             if tp.n_frames < self.min_frames:
-                results[i] = self._classical(tp, acquisition)
+                results[i] = self._classical(_centred(tp, self.patch_size), acquisition)
             else:
                 accumulators[i] = _Accumulator(tp.n_frames, self.pointwise)
+                inputs[i] = pu.model_inputs(tp.patches_photons, tp.subpixel_offset_px, tp.positions_px,
+                                            tp.displacements_px, scale, self.patch_size)
         items = [
             (i, int(s), min(self.max_frames, tracks[i].n_frames))
             for i in accumulators
@@ -438,7 +481,9 @@ class Estimator:
         n_batches = max(1, math.ceil(len(items) / self.batch_size))
         for b in range(0, len(items), self.batch_size):
             batch = items[b : b + self.batch_size]
-            out = self._run_batch(tracks, batch)
+            out = self._run_batch(tracks, inputs, batch)
+            if scale != 1.0:  # virtual px^2/frame -> movie px^2/frame (log D columns)
+                out[..., :2] -= 2.0 * math.log(scale)
             for (i, start, length), row in zip(batch, out):
                 self._accumulate(accumulators[i], start, length, row)
             if progress is not None:
@@ -453,10 +498,12 @@ class Estimator:
         return [r for r in results if r is not None]
 
     # ------------------------------------------------------------- internals
-    def _window_inputs(self, tp: TrackPatches, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def _window_inputs(
+        self, tp: TrackPatches, inputs: tuple[np.ndarray, np.ndarray], start: int, length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         sl = slice(start, start + length)
-        patches = tp.patches_photons[sl]
-        disp = np.array(tp.displacements_px[sl], dtype=np.float64)
+        patches = inputs[0][sl]
+        disp = np.array(inputs[1][sl], dtype=np.float64)
         frames = np.asarray(tp.frames)[sl]
         if length > 1:
             steps = np.diff(frames).astype(np.float64)
@@ -464,7 +511,12 @@ class Estimator:
         disp[0] = 0.0
         return patches, disp
 
-    def _run_batch(self, tracks: Sequence[TrackPatches], batch: list[tuple[int, int, int]]) -> np.ndarray:
+    def _run_batch(
+        self,
+        tracks: Sequence[TrackPatches],
+        inputs: dict[int, tuple[np.ndarray, np.ndarray]],
+        batch: list[tuple[int, int, int]],
+    ) -> np.ndarray:
         n = len(batch)
         t_max = max(length for _, _, length in batch)
         p = self.patch_size
@@ -472,7 +524,7 @@ class Estimator:
         disp = np.zeros((n, t_max, 2), dtype=np.float32)
         valid = np.zeros((n, t_max), dtype=bool)
         for j, (i, start, length) in enumerate(batch):
-            pa, d = self._window_inputs(tracks[i], start, length)
+            pa, d = self._window_inputs(tracks[i], inputs[i], start, length)
             patches[j, :length] = pa
             disp[j, :length] = d
             valid[j, :length] = True
@@ -615,3 +667,14 @@ class Estimator:
             pointwise=False,
         )
 
+
+def _centred(tp: TrackPatches, patch_size: int) -> TrackPatches:
+    """The track with the centre ``patch_size`` px of its patches (itself when they are that size)."""
+    if tp.patches_photons.shape[1] == patch_size:
+        return tp
+    return TrackPatches(
+        track_id=tp.track_id, frames=tp.frames, positions_px=tp.positions_px,
+        patches_photons=pu.centre_crop(tp.patches_photons, patch_size), subpixel_offset_px=tp.subpixel_offset_px,
+        outside_mask=pu.centre_crop(tp.outside_mask, patch_size), displacements_px=tp.displacements_px,
+        gap_before=tp.gap_before,
+    )
