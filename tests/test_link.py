@@ -117,7 +117,10 @@ def test_oversize_subnetwork_is_recovered_with_message_and_warning():
     with pytest.warns(LinkingWarning):
         result = link(table, ACQ, search_range_px=20.0)
     assert result.messages
-    assert "crowded" in result.messages[0] and "Subnetwork contains" in result.messages[0]
+    # trackpy's message: "Subnetwork contains N points" (recursive linker) or "... sub net contains N
+    # points" (its numba linker, used when numba is installed)
+    assert "crowded" in result.messages[0]
+    assert any(s in result.messages[0] for s in ("Subnetwork contains", "sub net contains"))
     assert result.search_range_px <= 20.0
     tracks = result.tracks
     assert result.n_tracks == 50

@@ -231,6 +231,7 @@ def estimate_stage(
         )
         timings["model_s"] += time.perf_counter() - t0
         del patches, chunk
+        streaming.trim_memory()
     bar.end()
 
     # 6 - the guard: is the model biased on this movie's tracks, or the movie out of its range?
@@ -258,6 +259,7 @@ def estimate_stage(
         parts.append(_tables(chunk, [by_id[int(t)] for t in group], classical, acquisition, estimator, settings,
                              mode, drift))
         del chunk
+        streaming.trim_memory()
     if not parts:  # no track at all
         parts.append(_tables(tracks if complete is None else complete(tracks), estimates, classical, acquisition,
                              estimator, settings, mode, drift))
@@ -403,12 +405,30 @@ def _joined(parts: list[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[pd.DataFram
     """The tracks and summary tables of all chunks, in order of track id (as one :func:`_tables` call gives)."""
     if len(parts) == 1:
         return parts[0]
-    table = pd.concat([p[0] for p in parts], ignore_index=True)
-    summary = pd.concat([p[1] for p in parts], ignore_index=True)
+    tables, summaries = [p[0] for p in parts], [p[1] for p in parts]
+    parts.clear()  # the caller's list: each chunk's table is now held by `tables` only
+    table = _concat_freeing(tables)
+    summary = pd.concat(summaries, ignore_index=True)
     if not summary["track_id"].is_monotonic_increasing:
         summary = summary.sort_values("track_id", kind="stable").reset_index(drop=True)
         table = table.sort_values("track_id", kind="stable").reset_index(drop=True)
     return table, summary
+
+
+def _concat_freeing(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat(tables, ignore_index=True)`` of tables with the same columns and dtypes, each part
+    dropped from the list once copied (so the rows are held about once, not twice, at the end)."""
+    columns = list(tables[0].columns)
+    total = sum(len(t) for t in tables)
+    out = {c: np.empty(total, dtype=tables[0][c].dtype) for c in columns}
+    start = 0
+    for i in range(len(tables)):
+        part, tables[i] = tables[i], None  # type: ignore[call-overload]
+        for c in columns:
+            out[c][start:start + len(part)] = part[c].to_numpy()
+        start += len(part)
+        del part
+    return pd.DataFrame(out, columns=columns, copy=False)  # no consolidated copy of the columns
 
 
 def _track_chunks(tracks: pd.DataFrame, max_localizations: int) -> list[np.ndarray]:

@@ -431,6 +431,7 @@ def _run(
     n_linked, search_range = linked.n_tracks, linked.search_range_px
     tracks = linked.tracks[~linked.tracks["is_short"]].reset_index(drop=True)
     del linked
+    streaming.trim_memory()
     messages += notices.warn_all(plausibility.linking_warnings(n_locs, len(tracks), shape, search_range,
                                                         settings.min_track_length, particles_from_light))
     timings["link_s"] = time.perf_counter() - t0

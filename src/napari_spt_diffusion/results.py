@@ -116,11 +116,13 @@ def validate_tables(tracks: pd.DataFrame, summary: pd.DataFrame) -> None:
     if missing:
         raise ValueError(f"summary table lacks column(s): {', '.join(missing)}")
     if len(tracks):
-        keys = tracks[["track_id", "frame"]].to_numpy()
-        order = np.lexsort((keys[:, 1], keys[:, 0]))
-        if not np.array_equal(order, np.arange(len(order))):
+        # neighbouring rows only (no sorted copy of the table): sorted when no (track_id, frame) key
+        # is smaller than the one before it, and without duplicates when none is equal to it
+        tid, frame = tracks["track_id"].to_numpy(), tracks["frame"].to_numpy()
+        same_track = tid[1:] == tid[:-1]
+        if np.any((tid[1:] < tid[:-1]) | (same_track & (frame[1:] < frame[:-1]))):
             raise ValueError("tracks table must be sorted by (track_id, frame)")
-        if tracks.duplicated(["track_id", "frame"]).any():
+        if np.any(same_track & (frame[1:] == frame[:-1])):
             raise ValueError("tracks table has two rows for the same (track_id, frame)")
     ids_tracks = set(np.unique(tracks["track_id"])) if len(tracks) else set()
     ids_summary = set(summary["track_id"]) if len(summary) else set()

@@ -140,9 +140,18 @@ def _results_meta(results: Results, paths: dict[str, Path], checksums: dict[str,
     return _json_safe(meta)
 
 
-def _ordered_columns(table: pd.DataFrame, contract: Sequence[str]) -> pd.DataFrame:
-    extra = [c for c in table.columns if c not in contract]
-    return table.loc[:, list(contract) + extra]
+#: Rows of a table formatted at a time when it is written (the text of a few MB in memory, not of the whole table).
+CSV_CHUNK_ROWS = 100_000
+
+
+def _write_csv(table: pd.DataFrame, contract: Sequence[str], path: Path) -> None:
+    """``table`` as CSV (the contract's columns first), ``CSV_CHUNK_ROWS`` rows at a time: the same bytes as
+    one ``to_csv`` call, without a reordered copy of the whole table."""
+    columns = list(contract) + [c for c in table.columns if c not in contract]
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        for start in range(0, max(len(table), 1), CSV_CHUNK_ROWS):
+            part = table.iloc[start:start + CSV_CHUNK_ROWS].loc[:, columns]
+            part.to_csv(handle, index=False, header=start == 0, float_format=_CSV_FLOAT_FORMAT, lineterminator="\n")
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
@@ -162,8 +171,7 @@ def _write_results_files(staging: AtomicFileSet, paths: dict[str, Path], results
     for key, table, contract in (("tracks", results.tracks, TRACKS_COLUMNS),
                                  ("summary", results.summary, SUMMARY_COLUMNS)):
         temp = staging.temp(paths[key])
-        _ordered_columns(table, contract).to_csv(temp, index=False, float_format=_CSV_FLOAT_FORMAT,
-                                                 lineterminator="\n")
+        _write_csv(table, contract, temp)
         sha256, size = _file_digest(temp)
         checksums[key] = {"file": paths[key].name, "sha256": sha256, "bytes": size, "rows": int(len(table))}
     meta = _results_meta(results, paths, checksums)

@@ -117,8 +117,25 @@ def _quiet_trackpy() -> Iterator[None]:
         logger.setLevel(previous)
 
 
+def _frames_of(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, first, stop)``: rows in order of frame (stable), and where each frame ``first[0] .. `` begins
+    and ends in that order (``first``, ``stop`` of length ``max - min + 1``; empty frames begin where they end)."""
+    order = np.argsort(frames, kind="stable")
+    sorted_frames = frames[order]
+    span = np.arange(int(sorted_frames[0]), int(sorted_frames[-1]) + 2)
+    edges = np.searchsorted(sorted_frames, span)
+    return order, edges[:-1], edges[1:]
+
+
 def _trackpy_link(coords: pd.DataFrame, search_range: float, memory: int, adaptive: bool) -> np.ndarray:
-    import trackpy
+    """trackpy's particle id of every row of ``coords`` (``frame``, ``y``, ``x``), linked frame by frame.
+
+    trackpy's iterative linker (``trackpy.link_iter``, what ``trackpy.link`` runs inside) is fed one
+    frame's positions at a time and its ids are written into one integer array: none of
+    ``trackpy.link``'s copies of the table nor its Python list of every id (about 150 bytes per
+    localization in all, the largest share of a long movie's memory while linking).
+    """
+    from trackpy import link_iter
 
     kwargs = {}
     if adaptive:
@@ -126,11 +143,18 @@ def _trackpy_link(coords: pd.DataFrame, search_range: float, memory: int, adapti
             "adaptive_stop": max(_ADAPTIVE_STOP_FRACTION * search_range, _MIN_SEARCH_RANGE_PX),
             "adaptive_step": 0.9,
         }
+    frames = coords["frame"].to_numpy(dtype=np.int64)
+    positions = coords[["y", "x"]].to_numpy(dtype=np.float64)
+    order, first, stop = _frames_of(frames)
+    t0 = int(frames[order[0]])
+    particle = np.full(len(frames), -1, dtype=np.int64)
+    frames_in = ((t0 + k, positions[order[first[k]:stop[k]]]) for k in range(len(first)))
     with _quiet_trackpy(), warnings.catch_warnings():
-        # trackpy 0.7 sorts with pandas' deprecated ``inplace=`` keyword; not the user's concern.
         warnings.filterwarnings("ignore", message=".*inplace keyword.*")
-        linked = trackpy.link(coords, search_range, pos_columns=["y", "x"], t_column="frame", memory=memory, **kwargs)
-    return linked["particle"].reindex(coords.index).to_numpy()
+        for t, ids in link_iter(frames_in, search_range, memory=memory, **kwargs):
+            k = int(t) - t0
+            particle[order[first[k]:stop[k]]] = ids
+    return particle
 
 
 def link(
@@ -228,6 +252,7 @@ def link(
 
     coords = pd.DataFrame({"frame": frames.astype(np.int64), "y": positions[:, 0], "x": positions[:, 1]})
     particle, search_range = _link_with_recovery(coords, search_range, memory, messages)
+    del coords  # long movies: hold as little as possible while the encounters are looked for
     for message in messages:
         warnings.warn(message, LinkingWarning, stacklevel=2)
 
@@ -236,6 +261,7 @@ def link(
     codes, _ = pd.factorize(particle[order])
     track_id = np.empty(len(frames), dtype=np.int64)
     track_id[order] = codes
+    del order, codes, particle
     if split_encounters:
         precision_px = None
         if "loc_precision_nm" in table.columns:
