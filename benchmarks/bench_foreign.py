@@ -591,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None,
                     help="model name or checkpoint for track (default: track's default, the bundled aniso model)")
     ap.add_argument("--track-args", default="",
-                    help="more options for track, one string (e.g. \"--psf-units on --trust-model\")")
+                    help="more options for track, one string (e.g. \"--psf-units on --trust-model\"; one option "
+                         "alone as --track-args=--trust-model)")
     args = ap.parse_args(argv)
     if args.model is not None:
         TRACK_EXTRA_ARGS[:] = ["--model", args.model]
