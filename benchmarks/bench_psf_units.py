@@ -22,8 +22,11 @@ track MAE of D1, D2 in um^2/s, angle similarity) plus the bias of the mean diffu
 
 Command::
 
-    .venv/bin/python benchmarks/bench_psf_units.py [--n 300] [--models aniso,aniso_wide] [--sigmas 0.75,1,1.5,2]
-        [--out PATH]
+    .venv/bin/python benchmarks/bench_psf_units.py [--quick] [--set aniso|binding|twostate] [--n 300]
+        [--models aniso,aniso_wide] [--sigmas 0.75,1,1.25,1.5,2] [--width-error 5] [--out PATH]
+
+Reports: ``psf_units_aniso.md``, ``psf_units_binding.md``, ``psf_units_twostate.md``; the summary
+with the foreign-optics runs is ``benchmarks/reports/psf_units.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from _common import (
     fmt,
     load_average,
     report_header,
+    report_path,
     write_report,
 )
 from napari_spt_diffusion.acquisition import Acquisition
@@ -91,15 +95,20 @@ def scores(pred: dict, batch) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=300, help="tracks per condition")
+    ap.add_argument("--quick", action="store_true", help="60 tracks at PSF 1.0 and 1.5 px (checks the script)")
+    ap.add_argument("--n", type=int, default=None, help="tracks per condition (default 300)")
     ap.add_argument("--set", default="aniso", choices=sorted(SEEDS), help="seed protocol (motion model)")
     ap.add_argument("--models", default=None, help="comma-separated models (default: aniso,aniso_wide for the "
                     "aniso set, else the set's bundled model)")
-    ap.add_argument("--sigmas", default="0.75,1,1.5,2", help="PSF sigma in px (100 nm pixels)")
+    ap.add_argument("--sigmas", default=None, help="PSF sigma in px (100 nm pixels; default 0.75,1,1.25,1.5,2)")
     ap.add_argument("--width-error", type=float, default=5.0, help="percent error of the PSF width for the "
                     "sensitivity rows (0: none)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/reports/psf_units_simulator.md"))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="report (default benchmarks/reports/psf_units_SET[_quick].md)")
     args = ap.parse_args(argv)
+    args.n = args.n or (60 if args.quick else 300)
+    args.sigmas = args.sigmas or ("1,1.5" if args.quick else "0.75,1,1.25,1.5,2")
+    args.out = args.out or report_path(f"psf_units_{args.set}", args.quick)
     names = args.models or ("aniso,aniso_wide" if args.set == "aniso" else args.set)
     models = {m: load_checkpoint(m) for m in names.split(",")}
     lines = report_header(f"PSF units on our simulator: seed-{args.set} across PSF widths",
