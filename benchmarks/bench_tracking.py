@@ -25,10 +25,14 @@ speed (v1, seed 8)
     method's own): ours (``detect_and_localize`` + ``link``) and trackpy's ``batch`` +
     ``link`` (one process, ``diameter = 7``, ``minmass = 100``, with trackpy's default
     separation, and with ``separation = 4`` which finds the same particles as ours, the
-    latter on the first 100 frames only because it is slow; recall and precision of
-    every method are reported beside its speed; same search range and memory for all
-    links). Reported: seconds and frames/s of each stage, peak RSS
-    (``VmHWM`` of the process), and the RSS after imports.
+    latter on the first 100 frames only because it is slow; and trackpy's pure-Python
+    engine and recursive linker, as before numba was installed, on the first 200 frames;
+    recall and precision of every method are reported beside its speed; same search range
+    and memory for all links); and the whole ``spt-diffusion track`` command on the same
+    movie written as a TIFF, with the same linking settings (its detection and link scores
+    are those of its result tracks, after the command's track-length filter and encounter
+    cuts). Reported: seconds and frames/s of each stage, CPU seconds of the process (all
+    its threads), peak RSS (``VmHWM`` of the process), and the RSS after imports.
 
 Command::
 
@@ -79,6 +83,7 @@ from scipy.optimize import linear_sum_assignment
 
 from _common import PROTOCOLS, command_line, fmt, report_header, report_path, write_report
 from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.io.movie import write_movie
 from napari_spt_diffusion.simulation import simulate_movie
 from napari_spt_diffusion.tracking import default_search_range_px, detect_and_localize, link, mortensen_precision_nm
 from napari_spt_diffusion.tracking.crowding import nearest_other_px
@@ -98,8 +103,14 @@ TRACKPY_DIAMETER = 7
 TRACKPY_VARIANTS = {
     "trackpy": {"minmass": 100.0},
     "trackpy_sep4": {"minmass": 100.0, "separation": 4},
+    "trackpy_no_numba": {"minmass": 100.0, "engine": "python"},
 }
 TRACKPY_SEP4_FRAMES = 100
+#: trackpy uses numba when it is installed (a dependency of this package since issue 16): its
+#: pure-Python engine and recursive linker, the baseline of earlier reports, are measured on the
+#: first TRACKPY_NO_NUMBA_FRAMES frames (the issue's 200-frame comparison).
+TRACKPY_NO_NUMBA_FRAMES = 200
+TRACKPY_FRAME_LIMITS = {"trackpy_sep4": TRACKPY_SEP4_FRAMES, "trackpy_no_numba": TRACKPY_NO_NUMBA_FRAMES}
 #: ``link`` options of the field protocol set from the command line (``--split-encounters``,
 #: ``--encounter-llr``); empty: ``link``'s defaults. The "previous method" column keeps the defaults.
 LINK_OPTIONS: dict = {}
@@ -328,7 +339,7 @@ def worker(method: str, movie_path: str, out_path: str, search_range: float, mem
     acq = Acquisition()
     frames = NpyFrames(movie_path, max_frames if max_frames > 0 else None)
     rss_after_imports = _current_rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if method == "ours":
         table = detect_and_localize(frames, acq)
         t1 = time.perf_counter()
@@ -342,17 +353,60 @@ def worker(method: str, movie_path: str, out_path: str, search_range: float, mem
             warnings.simplefilter("ignore")
             feats = tp.batch(frames, TRACKPY_DIAMETER, processes=1, **TRACKPY_VARIANTS[method])
             t1 = time.perf_counter()
-            tracks = tp.link(feats, search_range, memory=memory)
+            strategy = {"link_strategy": "recursive"} if method == "trackpy_no_numba" else {}
+            tracks = tp.link(feats, search_range, memory=memory, **strategy)
         tracks = tracks.rename(columns={"x": "x_px", "y": "y_px", "particle": "track_id"})
         tracks = tracks.sort_values(["track_id", "frame"]).reset_index(drop=True)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     tracks[["frame", "y_px", "x_px", "track_id"]].to_pickle(out_path + ".pkl")
     with open(out_path, "w") as handle:
         json.dump({
-            "detect_s": t1 - t0, "link_s": t2 - t1, "total_s": t2 - t0, "n_frames": len(frames),
+            "detect_s": t1 - t0, "link_s": t2 - t1, "total_s": t2 - t0, "cpu_s": c2 - c0, "n_frames": len(frames),
             "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": rss_after_imports,
             "n_localizations": int(len(tracks)),
         }, handle)
+
+
+#: The whole command timed on the speed movie (written as an ImageJ TIFF), with the linking
+#: settings of the other rows; ``--out`` and the movie are appended.
+TRACK_COMMAND = ["track", "--max-d", str(FIELD_MAX_D_UM2_S), "--memory-frames", "2", "--overwrite"]
+#: Runs the CLI in a fresh interpreter and writes its peak resident memory (VmHWM) at exit.
+_TRACK_LAUNCHER = """
+import atexit, sys
+rss_path, args = sys.argv[1], sys.argv[2:]
+def _peak():
+    with open('/proc/self/status') as handle:
+        peak = [line.split()[1] for line in handle if line.startswith('VmHWM:')]
+    with open(rss_path, 'w') as handle:
+        handle.write(str(int(peak[0]) / 1024.0 if peak else float('nan')))
+atexit.register(_peak)
+sys.argv = ['spt-diffusion', *args]
+from napari_spt_diffusion.cli import main
+sys.exit(main(args))
+"""
+
+
+def run_track_command(movie_tif: str, out_dir: str) -> dict:
+    """Time the whole ``spt-diffusion track`` command (interpreter start, imports, reading, detection,
+    linking, patches, estimation, writing) on ``movie_tif``; returns its wall time, peak RSS
+    and tracks table."""
+    rss_path = out_dir.rstrip(os.sep) + "_peak_rss_mb.txt"
+    argv = [*TRACK_COMMAND, "--out", out_dir + os.sep, movie_tif]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _TRACK_LAUNCHER, rss_path, *argv], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"spt-diffusion track failed ({done.returncode}): {done.stderr[-2000:]}")
+    wall = time.perf_counter() - t0
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(rss_path) as handle:
+        peak = float(handle.read())
+    stem = Path(movie_tif).stem
+    tracks = pd.read_csv(os.path.join(out_dir, f"{stem}_tracks.csv"))
+    tracks = tracks.sort_values(["track_id", "frame"]).reset_index(drop=True)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return {"total_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "tracks": tracks,
+            "command": "spt-diffusion " + " ".join([*TRACK_COMMAND, "--out", "OUT/", "speed.tif"])}
 
 
 def run_speed(quick: bool) -> dict:
@@ -371,11 +425,21 @@ def run_speed(quick: bool) -> dict:
         del out, sim
         t_sim = time.perf_counter() - t0
         print(f"speed movie {n_frames} frames simulated in {t_sim:.1f} s", flush=True)
+        movie_tif = os.path.join(tmp, "speed.tif")
+        write_movie(movie_tif, np.load(movie_path, mmap_mode="r"), acq)
         results = {}
+        load_before = os.getloadavg()[0]
+        track_dir = os.path.join(tmp, "track_out")
+        track = run_track_command(movie_tif, track_dir)
+        track.update({"n_frames": n_frames, "load_before": load_before, "load_after": os.getloadavg()[0]})
+        det_scores, d2t, t2d = detection_scores(track["tracks"], truth)
+        track["detection"] = det_scores
+        track["links"] = link_scores(track.pop("tracks"), truth, d2t, t2d)
+        print(f"speed track command: {json.dumps({k: v for k, v in track.items() if k != 'links'})}", flush=True)
         for method in ("ours", *TRACKPY_VARIANTS):
             out_path = os.path.join(tmp, f"{method}.json")
             load_before = os.getloadavg()[0]
-            limit = TRACKPY_SEP4_FRAMES if (method == "trackpy_sep4" and not quick) else 0
+            limit = 0 if quick else TRACKPY_FRAME_LIMITS.get(method, 0)
             subprocess.run(
                 [sys.executable, __file__, "_worker", method, movie_path, out_path, repr(search_range), str(memory),
                  str(limit)],
@@ -393,7 +457,16 @@ def run_speed(quick: bool) -> dict:
             results[method] = res
             print(f"speed {method}: {json.dumps({k: v for k, v in res.items() if k not in ('links',)})}", flush=True)
     return {"n_frames": n_frames, "shape": shape, "search_range_px": search_range, "memory": memory,
-            "simulate_s": t_sim, "methods": results, "particles": 100}
+            "simulate_s": t_sim, "methods": results, "particles": 100, "track": track,
+            "numba": _numba_version()}
+
+
+def _numba_version() -> str:
+    try:
+        import numba
+    except ImportError:
+        return "not installed"
+    return str(numba.__version__)
 
 
 # -------------------------------------------------------------------- report
@@ -403,7 +476,7 @@ def write_tracking_report(path: Path, field: list[dict] | None, speed: dict | No
                           f"{PROTOCOLS} `field` (seed {FIELD_SEED}) and `speed` (seed {SPEED_SEED}); details in the "
                           "docstring of `benchmarks/bench_tracking.py`.", command)
     lines += [
-        f"- trackpy {__import__('trackpy').__version__} (no numba); "
+        f"- trackpy {__import__('trackpy').__version__}, numba {_numba_version()} (trackpy uses it when present); "
         f"wall time {seconds:.0f} s{' (QUICK: reduced sizes, not the protocol)' if quick else ''}.",
         "",
     ]
@@ -474,7 +547,8 @@ def write_tracking_report(path: Path, field: list[dict] | None, speed: dict | No
         n = speed["n_frames"]
         variant_text = ", ".join(
             f"`{name}`: `batch(frames, {TRACKPY_DIAMETER}, processes=1, "
-            + ", ".join(f"{k}={v:g}" for k, v in kw.items()) + ")` + `link`"
+            + ", ".join(f"{k}={v:g}" if isinstance(v, float | int) else f"{k}={v!r}" for k, v in kw.items())
+            + ")` + `link" + ("(link_strategy='recursive')" if name == "trackpy_no_numba" else "") + "`"
             for name, kw in TRACKPY_VARIANTS.items()
         )
         lines += [
@@ -485,31 +559,47 @@ def write_tracking_report(path: Path, field: list[dict] | None, speed: dict | No
             "frames read one at a time from a .npy file; same linking settings for all (search range "
             f"{speed['search_range_px']:.2f} px = "
             f"3 sqrt(4 D dt) at D = {FIELD_MAX_D_UM2_S} um^2/s, memory {speed['memory']}). {variant_text}. "
-            "Target: >= 2x trackpy's frames/s.",
+            "Targets (issue 16): the whole `track` command >= 50 frames/s on the 2 cores, >= 6x trackpy's "
+            "batch + link frames/s in the same run, peak RSS <= 1 GB.",
             "",
-            "| method | frames | detect (+localize) s | link s | total s | frames/s | peak RSS MB (after imports) | "
-            "det. recall | det. precision | link recall | load avg before/after |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | frames | detect (+localize) s | link s | total s | frames/s | CPU s (frames per CPU s) | "
+            "peak RSS MB (after imports) | det. recall | det. precision | link recall | load avg before/after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         labels = {"ours": "ours: detect_and_localize + link"}
         for name, r in speed["methods"].items():
             lines.append(
                 f"| {labels.get(name, name + ': batch + link')} | {r['n_frames']} | {r['detect_s']:.1f} | "
                 f"{r['link_s']:.1f} | {r['total_s']:.1f} | {r['n_frames'] / r['total_s']:.1f} | "
+                f"{r['cpu_s']:.1f} ({r['n_frames'] / r['cpu_s']:.1f}) | "
                 f"{r['peak_rss_mb']:.0f} ({r['rss_after_imports_mb']:.0f}) | {fmt(r['detection']['recall'])} | "
                 f"{fmt(r['detection']['precision'])} | {fmt(r['links']['recall'])} | {r['load_before']:.1f} / "
                 f"{r['load_after']:.1f} |"
             )
+        track = speed.get("track")
+        if track:
+            lines.append(
+                f"| ours: whole `{track['command']}` (start, imports, read, detect, link, patches, estimation, "
+                f"write) | {track['n_frames']} | | | {track['total_s']:.1f} | "
+                f"{track['n_frames'] / track['total_s']:.1f} | {track['cpu_s']:.1f} "
+                f"({track['n_frames'] / track['cpu_s']:.1f}) | {track['peak_rss_mb']:.0f} | "
+                f"{fmt(track['detection']['recall'])} | {fmt(track['detection']['precision'])} | "
+                f"{fmt(track['links']['recall'])} | {track['load_before']:.1f} / {track['load_after']:.1f} |"
+            )
         fps = {name: r["n_frames"] / r["total_s"] for name, r in speed["methods"].items()}
         det_fps = {name: r["n_frames"] / r["detect_s"] for name, r in speed["methods"].items()}
+        cpu_fps = {name: r["n_frames"] / r["cpu_s"] for name, r in speed["methods"].items()}
         lines += [
             "",
             "Speed-up in frames/s, ours / trackpy: "
             + "; ".join(
                 f"vs `{name}`: detection stage {det_fps['ours'] / det_fps[name]:.1f}x, whole detect+localize+link "
-                f"{fps['ours'] / fps[name]:.1f}x"
+                f"{fps['ours'] / fps[name]:.1f}x (per CPU second {cpu_fps['ours'] / cpu_fps[name]:.1f}x)"
                 for name in TRACKPY_VARIANTS
             )
+            + (f"; the whole `track` command vs `trackpy` batch + link: "
+               f"{track['n_frames'] / track['total_s'] / fps['trackpy']:.1f}x (per CPU second "
+               f"{track['n_frames'] / track['cpu_s'] / cpu_fps['trackpy']:.1f}x)" if track else "")
             + ". The machine's 2 cores were shared with other jobs during the run (load averages above), which "
             "slows every method; they ran one after the other on the same movie. Linking is trackpy's in both "
             "pipelines, so link times differ only through the number of localizations.",

@@ -252,6 +252,16 @@ def test_detect_and_localize_with_threads_gives_the_one_thread_table(monkeypatch
     assert reports == sorted(reports) and reports[-1] == 1.0
 
 
+def test_spot_threads_from_the_environment(monkeypatch):
+    from napari_spt_diffusion.tracking.spots import MAX_SPOT_THREADS, spot_threads
+
+    monkeypatch.setenv("SPT_DIFFUSION_SPOT_THREADS", "3")
+    assert spot_threads() == 3
+    for bad in ("0", "-2", "two", ""):
+        monkeypatch.setenv("SPT_DIFFUSION_SPOT_THREADS", bad)
+        assert 1 <= spot_threads() <= MAX_SPOT_THREADS
+
+
 def test_detect_and_localize_on_empty_movie_and_bad_shapes():
     table = detect_and_localize(np.full((3, 20, 20), 100, dtype=np.uint16), ACQ)
     assert len(table) == 0 and "frame" in table.columns and "y_px" in table.columns
