@@ -10,9 +10,9 @@ the Gaussian PSF integrated over each pixel, with five parameters per spot: posi
 The camera's Gaussian read noise (variance ``r^2`` in e-^2) is folded into the Poisson
 likelihood by the usual shift (Huang et al. 2013): ``d + r^2`` is treated as Poisson with
 mean ``mu + r^2``. The likelihood is maximised by Levenberg-Marquardt steps on the Fisher
-information (Fisher scoring), all spots of a frame at once as batched 5 x 5 systems:
-there is no Python loop over spots. A spot whose fit fails (position wandering more than
-1.5 px from its peak, width pinned at a bound, non-finite values) gets the
+information (Fisher scoring), every window in one compiled loop (:func:`fit_spots`, numba,
+:mod:`.lm_kernels`; :func:`fit_spots_reference` is the same fit batched in numpy). A spot
+whose fit fails (position wandering more than 1.5 px from its peak, width pinned at a bound, non-finite values) gets the
 background-subtracted centroid instead and ``fit_ok = False``; a fit that is sane but
 has not converged within ``max_iterations`` keeps its last iterate, also flagged
 ``fit_ok = False``. Spots whose windows overlap are refitted once with their

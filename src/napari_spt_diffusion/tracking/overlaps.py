@@ -5,7 +5,7 @@ corrects the three cases a round-spot fit gets wrong: the two lobes of one motio
 streak (merged into one localization), two particles closer than about 3 px that gave one
 detection (split into two), and the spots next to either (refitted with that neighbour's
 light modelled). Isolated round spots come back exactly as fitted. The method is described
-in the comment block below; every fit here is a batched Poisson-likelihood
+in the comment block below; every fit here is a compiled Poisson-likelihood
 Levenberg-Marquardt fit, as in :mod:`.localize`.
 
 The state every step shares is held in two small objects instead of long argument lists:

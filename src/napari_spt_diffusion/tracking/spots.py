@@ -181,14 +181,18 @@ def detect_and_localize(
     overlaps: bool = True,
     **localize_options: Any,
 ) -> pd.DataFrame:
-    """Detect and localize spots in every frame of a movie, one frame at a time.
+    """Detect and localize spots in every frame of a movie, frame by frame.
+
+    Frames are read one at a time, in order, by the calling thread; their spots are found by
+    :func:`spot_threads` threads (at most two frames per thread in memory at once). The table
+    does not depend on the number of threads.
 
     Parameters
     ----------
     movie
         ``(T, Y, X)`` array-like in ADU: a numpy array, memmap, dask/zarr array or
-        any object with ``shape`` and ``__getitem__(t)``; only one frame is read
-        into memory at a time.
+        any object with ``shape`` and ``__getitem__(t)``; frames are read one at a
+        time (a few are held while their spots are found).
     acquisition
         Camera conversion, PSF width and pixel size.
     settings
