@@ -98,6 +98,7 @@ def test_unit_scale_is_the_identity() -> None:
     np.testing.assert_array_equal(p, patches[:, 1:-1, 1:-1])
     np.testing.assert_array_equal(d, disp)
     assert pu.source_patch_size(1.0) == 11
+    assert pu.source_patch_size(2.5) == 11  # a very narrow PSF: the classical estimators still get 11 px
     standard = Acquisition()
     card = {"training_acquisition": {"psf_sigma_nm": 100.0, "pixel_size_nm": 100.0}}
     assert pu.scale_for(card, standard, "on") == 1.0
@@ -184,6 +185,13 @@ def test_estimator_feeds_resampled_inputs_and_rescales_d(estimators: dict[str, E
     # the auto mode uses them for this movie too, and a short track's classical fallback gets 11-px patches
     short = _tracks(2.0, q, n_tracks=1, n=4)
     assert estimators["auto"].estimate(short, acq)[0].method == "classical"
+    # a PSF far narrower than the training one: virtual pixels smaller than the movie's, 11-px cut
+    narrow = Acquisition(psf_sigma_nm=35.0)
+    assert est.psf_scale(narrow) > 1.75 and est.source_patch_size(narrow) == 11  # 9 px would do for the model
+    mixed = _tracks(0.35, 11, n_tracks=2) + _tracks(0.35, 11, n_tracks=1, n=4, seed=9)
+    got = est.estimate(mixed, narrow)
+    assert [e.method for e in got] == ["model", "model", "classical"]
+    assert all(np.isfinite(e.track_D1_um2_s) for e in got[:2])
 
 
 def test_acquisition_check_judges_the_psf_as_normalised(estimators: dict[str, Estimator]) -> None:

@@ -187,12 +187,13 @@ def source_patch_size(scale: float, patch_size: int = 11) -> int:
 
     ``patch_size`` at ``scale == 1``; else ``2 H + 1`` with ``H = ceil((P // 2 + 1) / s + 0.5)``
     (the virtual patch reaches ``(P // 2 + 1) / s`` movie px from the particle, plus the tent's
-    half pixel).
+    half pixel), and never less than ``patch_size`` (the classical estimators take the centre
+    ``patch_size`` px of the same cut).
     """
     if abs(float(scale) - 1.0) < UNIT_SCALE_TOLERANCE:
         return int(patch_size)
     half = int(math.ceil((patch_size // 2 + 1) / float(scale) + 0.5))
-    return 2 * half + 1
+    return max(int(patch_size), 2 * half + 1)
 
 
 def centre_crop(patches: np.ndarray, patch_size: int) -> np.ndarray:
