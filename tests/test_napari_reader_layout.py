@@ -18,7 +18,8 @@ from napari_spt_diffusion.acquisition import Acquisition
 
 pytestmark = pytest.mark.gui
 
-#: outside the bundled models' training (100 nm, 0.01 s): the results carry the guard's warnings
+#: outside the bundled models' training (100 nm, 0.01 s): the results carry the guard's warnings (the frame
+#: interval; the pixel size alone no longer is: PSF units give the model 122-nm virtual pixels)
 ACQ = Acquisition(pixel_size_nm=160.0, frame_interval_s=0.02)
 
 
@@ -75,7 +76,7 @@ def test_pipeline_warnings_become_napari_notifications(make_napari_viewer_proxy,
 
     movie, results = run
     expected = run_warnings(results.meta)
-    assert any("pixel size 160 nm is outside" in w for w in expected)
+    assert any("frame interval 0.02 s is outside" in w for w in expected)
     assert len(expected) == len(set(expected))
     viewer = make_napari_viewer_proxy()
     data, kwargs, _ = L.image_layer(movie, ACQ, name="movie")
@@ -90,13 +91,13 @@ def test_pipeline_warnings_become_napari_notifications(make_napari_viewer_proxy,
     qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     qtbot.waitUntil(lambda: len(shown) >= len(expected), timeout=5000)  # once the layout has settled
     warned = [n.message for n in shown if n.severity == NotificationSeverity.WARNING]
-    assert any("pixel size 160 nm is outside" in m for m in warned), warned
+    assert any("frame interval 0.02 s is outside" in m for m in warned), warned
     assert len(warned) == len(expected)
-    assert not widget.warnings_label.native.isHidden() and "pixel size 160 nm" in widget.warnings_label.value
+    assert not widget.warnings_label.native.isHidden() and "frame interval 0.02 s" in widget.warnings_label.value
     assert f"{len(expected)} warnings" in widget.status.value
     dock = _results_widget_for(viewer)
     assert not dock.banner.isHidden() and "rejected" in dock.banner.text()
-    assert "pixel size 160 nm" in dock.warnings_label.text()
+    assert "frame interval 0.02 s" in dock.warnings_label.text()
     assert dock.tabs.tabText(dock.warnings_tab) == f"warnings ({len(expected)})"
     # the preview's circles go; a run without changepoints leaves no empty changepoints layer
     assert "detections (preview)" not in viewer.layers
@@ -128,7 +129,7 @@ def test_reader_round_trip(make_napari_viewer_proxy, config, qtbot, tmp_path, ru
     assert display.tracks_layer.metadata["spt_source"].endswith("movie1_meta.json")
     assert len(viewer.layers) == len(layers)
     assert dock.table.rowCount() == results.n_tracks
-    assert "pixel size 160 nm" in dock.warnings_label.text()
+    assert "frame interval 0.02 s" in dock.warnings_label.text()
     # a second file of another run keeps the first in the dock
     write_tracks_layer(str(tmp_path / "movie2.csv"), data, {"metadata": kwargs["metadata"]})
     viewer.open(str(tmp_path / "movie2_tracks.csv"), plugin="napari-spt-diffusion")
