@@ -164,7 +164,8 @@ class Settings:
         what linking needs (:mod:`~.streaming`; same results). ``None`` (default): chunks of
         :data:`~.streaming.DEFAULT_CHUNK_FRAMES` frames for movies of more than
         :data:`~.streaming.AUTO_CHUNK_ABOVE_FRAMES` frames, the whole movie at once otherwise;
-        ``0``: never chunk.
+        ``0``: never chunk. A chunked run also estimates tracks in chunks of at most
+        :data:`~.streaming.STREAM_CHUNK_LOCALIZATIONS` localizations (``chunk_localizations``).
     chunk_localizations
         Tracks are estimated in chunks of about this many localizations (whole tracks,
         in order of their first frame): patches of one chunk only are held in memory
@@ -359,6 +360,8 @@ def track_and_estimate(
     chunk_frames = streaming.chunk_frames_for(shape[0], settings.chunk_frames)
     if chunk_frames is None:
         return _run(movie, acquisition, settings, _Progress(progress, should_stop), estimator, None)
+    if settings.chunk_localizations > streaming.STREAM_CHUNK_LOCALIZATIONS:  # smaller chunks of tracks too
+        settings = dataclasses.replace(settings, chunk_localizations=streaming.STREAM_CHUNK_LOCALIZATIONS)
     with streaming.spill_folder() as folder:
         return _run(movie, acquisition, settings, _Progress(progress, should_stop), estimator, (chunk_frames, folder))
 
