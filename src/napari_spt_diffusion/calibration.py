@@ -15,10 +15,12 @@ metadata. :func:`calibrate_movie` measures, from the frames alone:
 * **background** photons per pixel per frame, from the same pixels;
 * **PSF width** from the narrowest, most static spots: every bright isolated spot is
   fitted with a free-width pixel-integrated Gaussian; the motion blur of each spot is
-  removed using its displacement to the nearest spot in the next frame (Brownian blur over
-  a continuous exposure adds ``D T / 3 = <|d|^2> / 8`` per axis, ``d`` the frame-to-frame
-  step of the blurred positions, whose per-axis variance is ``(4 / 3) D T``), and
-  the median over spots is taken;
+  removed using the mean squared step of its particle over up to 8 frames (a chain of
+  nearest spots; Brownian blur over a continuous exposure adds ``D T / 3 = <|d|^2> / 8``
+  per axis, ``d`` the frame-to-frame step of the blurred positions, whose per-axis variance
+  is ``(4 / 3) D T``), and the median is taken over the quarter of the spots with the least
+  blur whose chain holds at least 4 steps (a chain broken by a step beyond the search bound
+  would make a fast particle look slow);
 * **PSF shape**: Gaussian-like or Airy-like, by comparing the two profiles on the mean
   radial profile of the sharpest spots;
 * **signal photons** per spot: the median fitted photons of the bright isolated spots
@@ -232,40 +234,79 @@ def _spot_table(photons: np.ndarray, acquisition: Acquisition, threshold_snr: fl
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
+#: Frame-to-frame steps averaged for each spot's blur correction (:func:`_static_widths`).
+_BLUR_STEPS = 8
+#: Share of the Brownian blur variance ``D T / 3`` that the free-width Gaussian fit takes up (1: all
+#: of it; 0.7 left the foreign-optics anisotropic movie 5 % too wide, benchmarks/reports/calibration.md).
+_BLUR_SEEN = 1.0
+#: Spots whose chain of nearest spots breaks before this many steps are not used (fast or crowded).
+_MIN_CHAIN_STEPS = 4
+#: The PSF width is the median over the spots with the smallest blur: this quantile of them ...
+_STATIC_QUANTILE = 0.25
+#: ... or more, so that at least this many spots are used where there are.
+_MIN_STATIC_SPOTS = 60
+
+
 def _static_widths(
     spots: dict[str, np.ndarray], psf_guess_px: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Blur-corrected widths (px), photons and uncorrected widths (px) of bright isolated spots
-    seen in the next frame."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Blur-corrected widths (px) of the most static bright isolated spots, photons of all bright
+    isolated spots, the uncorrected widths (px) of the static ones and their rows in ``spots``.
+
+    A spot's blur comes from the mean squared step of its particle over up to :data:`_BLUR_STEPS`
+    frames (a chain of nearest isolated spots, frame to frame): one step's ``|d|^2`` is
+    exponentially distributed, so a correction by one step is mostly too small or far too
+    large; 8 steps give the particle's blur to about 35 %. The spots kept are the quarter with
+    the smallest such blur, whose correction is small.
+    """
     if not spots or len(spots.get("y_px", ())) == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
     yx = np.column_stack([spots["y_px"], spots["x_px"]])
     frame = spots["frame"]
+    n = len(frame)
     isolation = 6.0 * psf_guess_px + 2.0
-    widths, photons, raw = [], [], []
+    alone = np.zeros(n, dtype=bool)
+    next_row = np.full(n, -1, dtype=np.int64)
+    step2 = np.full(n, np.nan)
     for t in np.unique(frame):
         now = np.flatnonzero(frame == t)
         nxt = np.flatnonzero(frame == t + 1)
         if now.size < 1 or nxt.size < 1:
             continue
-        tree_now = cKDTree(yx[now])
         if now.size > 1:
-            d_self, _ = tree_now.query(yx[now], k=2)
-            alone = d_self[:, 1] > isolation
+            d_self, _ = cKDTree(yx[now]).query(yx[now], k=2)
+            alone[now] = d_self[:, 1] > isolation
         else:
-            alone = np.ones(1, dtype=bool)
-        step, _ = cKDTree(yx[nxt]).query(yx[now], k=1, distance_upper_bound=3.0 * psf_guess_px + 2.0)
-        keep = alone & np.isfinite(step) & spots["fit_ok"][now]
-        rows = now[keep]
-        corrected2 = spots["sigma_px"][rows] ** 2 - step[keep] ** 2 / 8.0
-        widths.append(np.sqrt(np.clip(corrected2, 0.0, None)))
-        raw.append(spots["sigma_px"][rows])
-        photons.append(spots["photons"][rows])
-    if not widths:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    widths_all, photons_all, raw_all = np.concatenate(widths), np.concatenate(photons), np.concatenate(raw)
+            alone[now] = True
+        step, j = cKDTree(yx[nxt]).query(yx[now], k=1, distance_upper_bound=3.0 * psf_guess_px + 2.0)
+        found = np.isfinite(step)
+        next_row[now[found]] = nxt[j[found]]
+        step2[now[found]] = step[found] ** 2
+    step2 = np.where(alone, step2, np.nan)  # a chain stops at a spot with a neighbour: it may jump to it
+    total = np.where(np.isfinite(step2), step2, 0.0)
+    count = np.isfinite(step2).astype(float)
+    current = next_row.copy()
+    for _ in range(_BLUR_STEPS - 1):
+        valid = current >= 0
+        following = np.where(valid, step2[np.maximum(current, 0)], np.nan)
+        ok = np.isfinite(following)
+        total += np.where(ok, following, 0.0)
+        count += ok
+        # the chain ends at the first missing step: a step beyond the search bound (a fast
+        # particle) must not leave the particle looking slow
+        current = np.where(ok, next_row[np.maximum(current, 0)], -1)
+    keep = alone & np.isfinite(step2) & spots["fit_ok"] & (count >= _MIN_CHAIN_STEPS)
+    if not np.any(keep):
+        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    mean_step2 = total[keep] / count[keep]
+    raw_all = spots["sigma_px"][keep]
+    widths_all = np.sqrt(np.clip(raw_all**2 - _BLUR_SEEN * mean_step2 / 8.0, 0.0, None))
+    photons_all = spots["photons"][keep]
     bright = photons_all >= np.median(photons_all)
-    return widths_all[bright], photons_all[bright], raw_all[bright]
+    # at least _MIN_STATIC_SPOTS spots where there are that many: a few wide, dim spots give a noisy median
+    quantile = min(1.0, max(_STATIC_QUANTILE, _MIN_STATIC_SPOTS / max(int(bright.sum()), 1)))
+    static = bright & (mean_step2 <= np.quantile(mean_step2[bright], quantile))
+    return widths_all[static], photons_all[bright], raw_all[static], np.flatnonzero(keep)[static]
 
 
 def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
@@ -275,13 +316,19 @@ def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float,
     return float(np.median(values)), float(np.std(boot))
 
 
-def _psf_shape(photons: np.ndarray, spots: dict[str, np.ndarray], sigma_px: float) -> tuple[str, float]:
-    """``("gaussian" | "airy" | "unknown", SSE ratio Gaussian / Airy)`` from the mean radial profile."""
+def _psf_shape(photons: np.ndarray, spots: dict[str, np.ndarray], sigma_px: float,
+               static_rows: np.ndarray) -> tuple[str, float]:
+    """``("gaussian" | "airy" | "unknown", SSE ratio Gaussian / Airy)`` from the mean radial profile
+    of the spots with the least motion blur (``static_rows``; blur washes out the Airy rings),
+    or of the narrowest 30 % of the fits when fewer than 10 of those."""
     if not spots or len(spots.get("y_px", ())) < 20 or not math.isfinite(sigma_px):
         return "unknown", float("nan")
-    narrow = spots["fit_ok"] & (spots["sigma_px"] <= np.quantile(spots["sigma_px"], 0.3))
-    rows = np.flatnonzero(narrow)[:2000]
-    half = int(math.ceil(4 * sigma_px)) + 2
+    if len(static_rows) >= 10:
+        rows = np.asarray(static_rows)[:2000]
+    else:
+        narrow = spots["fit_ok"] & (spots["sigma_px"] <= np.quantile(spots["sigma_px"], 0.3))
+        rows = np.flatnonzero(narrow)[:2000]
+    half = int(math.ceil(5 * sigma_px)) + 2  # the window reaches the Airy rings
     offsets = np.arange(-half, half + 1)
     radii, values = [], []
     t_all, h, w = photons.shape
@@ -380,7 +427,7 @@ def calibrate_movie(
     spots = _spot_table(np.stack([provisional.adu_to_photons(f) for f in frames]), provisional,
                         threshold_snr=MASK_THRESHOLD_SNR)
     if spots and "psf_sigma_nm" not in given:
-        widths, _, _ = _static_widths(spots, psf_guess)
+        widths, _, _, _ = _static_widths(spots, psf_guess)
         if widths.size >= 5:
             psf_guess = float(np.clip(np.median(widths), 0.4, 8.0))
     mask = np.ones(frames.shape, dtype=bool)
@@ -430,7 +477,7 @@ def calibrate_movie(
     camera = acq.replace(gain_adu_per_e=gain, offset_adu=offset, psf_sigma_nm=psf_guess * acq.pixel_size_nm)
     photons = np.stack([camera.adu_to_photons(f) for f in frames])
     spots = _spot_table(photons, camera)
-    widths, spot_photons, raw_widths = _static_widths(spots, psf_guess)
+    widths, spot_photons, raw_widths, static_rows = _static_widths(spots, psf_guess)
     n_spots = int(widths.size)
     if n_spots >= 5:
         if "psf_sigma_nm" not in given:
@@ -449,7 +496,7 @@ def calibrate_movie(
             notes.append("signal photons not measured: the camera's gain is neither given nor measurable")
     else:
         notes.append(f"only {n_spots} bright isolated spots: PSF width and signal not measured")
-    shape_name, evidence = _psf_shape(photons, spots, float(camera.psf_sigma_px))
+    shape_name, evidence = _psf_shape(photons, spots, float(camera.psf_sigma_px), static_rows)
     if not values and not notes:
         raise CalibrationError("nothing in the movie could be measured")
     return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes))
