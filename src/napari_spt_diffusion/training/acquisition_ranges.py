@@ -174,6 +174,10 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 RANGES: dict[str, AcquisitionRange] = {
     "wide": AcquisitionRange(),
     "wide_optics": AcquisitionRange(axis_ratio=(1.0, 1.3), halo_share=0.5, emccd_share=0.25),
+    # for models run in PSF units (estimation/psf_units.py): the PSF only near its standard width
+    # (+-15 %, the calibration's error), every photon level, background, camera and exposure
+    "psf_units": AcquisitionRange(psf_sigma_px=(0.85, 1.15), axis_ratio=(1.0, 1.15), halo_share=0.3,
+                                  emccd_share=0.2),
 }
 
 
