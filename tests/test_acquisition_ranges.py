@@ -46,3 +46,21 @@ def test_config_names_a_known_range():
     TrainConfig(model="aniso", acquisition_range="wide")
     with pytest.raises(TrainingError, match="acquisition_range"):
         TrainConfig(model="aniso", acquisition_range="everything")
+
+
+def test_a_range_that_varies_the_pixel_converts_the_labels_to_the_base_pixel():
+    # pixels twice the base's: the same physical D is a quarter as many base px^2/frame; the labels say so
+    base = Acquisition()
+    doubled = AcquisitionRange(standard_share=0.0, pixel_scale=(2.0, 2.0), exposure_fraction=(1.0, 1.0),
+                               signal_photons=(3000.0, 3000.0), background_photons=(2.0, 2.0))
+    drawn = doubled.draw(np.random.default_rng(1), base)
+    assert drawn.pixel_size_nm == 200.0 and 0.6 <= drawn.psf_sigma_px <= 2.6
+    assert doubled.card_ranges(base)["pixel_size_nm"] == [200.0, 200.0]
+    assert "pixel_size_nm" not in RANGES["wide"].card_ranges(base) and "pixel_scale" not in RANGES["wide"].to_dict()
+    data = make_dataset("aniso", 250, 8, base, 5, options=DataOptions(acquisition_range=doubled))
+    d_label = 0.5 * (data["D1_um2_s"][:, 0] + data["D2_um2_s"][:, 0])
+    assert d_label.max() <= 6.0 / 4 + 1e-6  # the simulator's D reach 6 um^2/s
+    # continuous exposure: <|d|^2> = (8/3) D dt per track, in the base pixels the labels now refer to
+    step2 = np.sum(data["displacements"][:, 1:, :] ** 2, axis=-1).mean()
+    expected = (8.0 / 3.0) * float(np.mean(base.diffusion_to_px2_per_frame(d_label)))
+    assert step2 == pytest.approx(expected, rel=0.2)

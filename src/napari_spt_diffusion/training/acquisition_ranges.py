@@ -57,6 +57,12 @@ class AcquisitionRange:
         :mod:`napari_spt_diffusion.simulation.optics`.
     emccd_share, em_gain
         Share of the other chunks recorded by an EMCCD (excess noise factor 2) and its gain.
+    pixel_scale
+        Pixel size of the other chunks over the base's, drawn log-uniformly (``(1, 1)``: the
+        base's). For models run in PSF units: a movie's virtual pixel is its pixel times its
+        PSF width over the model's, so the same physical D lands lower or higher in
+        px^2/frame. The labels of such chunks are converted to the base pixel size
+        (:func:`~.data.make_dataset`), so the model still learns px^2/frame.
     """
 
     psf_sigma_px: tuple[float, float] = (0.6, 2.6)
@@ -72,6 +78,7 @@ class AcquisitionRange:
     halo_scale: tuple[float, float] = (2.0, 4.0)
     emccd_share: float = 0.0
     em_gain: float = 100.0
+    pixel_scale: tuple[float, float] = (1.0, 1.0)
 
     @property
     def varies_optics(self) -> bool:
@@ -106,8 +113,11 @@ class AcquisitionRange:
             exposure = float(rng.uniform(*self.exposure_fraction))
             if static_snr(photons, background, sigma, read) >= self.min_snr:
                 break
+        # drawn only when the range varies it, so that the other ranges' datasets stay the same
+        pixel = base.pixel_size_nm * (_log_uniform(rng, self.pixel_scale) if self.pixel_scale != (1.0, 1.0) else 1.0)
         return base.replace(
-            psf_sigma_nm=sigma * base.pixel_size_nm,
+            pixel_size_nm=pixel,
+            psf_sigma_nm=sigma * pixel,
             signal_photons=photons,
             background_photons=background,
             read_noise_e=read,
@@ -116,16 +126,19 @@ class AcquisitionRange:
 
     def card_ranges(self, base: Acquisition) -> dict[str, list[float]]:
         """``training_ranges`` of a model card (physical units; the estimator's acquisition check)."""
-        return {
+        ranges = {
             "psf_sigma_px": [float(v) for v in self.psf_sigma_px],
             "signal_photons": [float(v) for v in self.signal_photons],
             "background_photons": [float(v) for v in self.background_photons],
             "exposure_fraction": [float(v) for v in self.exposure_fraction],
         }
+        if self.pixel_scale != (1.0, 1.0):
+            ranges["pixel_size_nm"] = [float(base.pixel_size_nm * v) for v in self.pixel_scale]
+        return ranges
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (dataset caches and model cards)."""
-        return {
+        out = {
             "psf_sigma_px": list(self.psf_sigma_px),
             "signal_photons": list(self.signal_photons),
             "background_photons": list(self.background_photons),
@@ -136,6 +149,9 @@ class AcquisitionRange:
             "psf_shape": self._shape_text(),
             "camera": self._camera_text(),
         }
+        if self.pixel_scale != (1.0, 1.0):
+            out["pixel_scale"] = list(self.pixel_scale)
+        return out
 
     def _shape_text(self) -> str:
         if not self.varies_optics or (self.axis_ratio == (1.0, 1.0) and self.halo_share <= 0):
@@ -178,6 +194,9 @@ RANGES: dict[str, AcquisitionRange] = {
     # (+-15 %, the calibration's error), every photon level, background, camera and exposure
     "psf_units": AcquisitionRange(psf_sigma_px=(0.85, 1.15), axis_ratio=(1.0, 1.15), halo_share=0.3,
                                   emccd_share=0.2),
+    # the same with the pixel varied like the virtual pixel of movies with PSFs of 0.6-2.6 px
+    "psf_units_px": AcquisitionRange(psf_sigma_px=(0.85, 1.15), axis_ratio=(1.0, 1.15), halo_share=0.3,
+                                     emccd_share=0.2, pixel_scale=(0.6, 2.6)),
 }
 
 

@@ -109,8 +109,10 @@ def make_dataset(
     (``numpy.random.SeedSequence``), so the result depends on ``chunk`` (fixed) but not on
     how the work is run. ``options`` (:class:`DataOptions`): crowded samples, and an
     acquisition range, with which chunks hold :data:`RANGE_CHUNK` samples and each is
-    simulated at its own acquisition drawn from the range (pixel size and frame interval
-    stay ``acquisition``'s).
+    simulated at its own acquisition drawn from the range (the frame interval stays
+    ``acquisition``'s; a range that varies the pixel size gets its chunks' D labels converted
+    to ``acquisition``'s pixel size, ``D * (base / chunk pixel)^2``, so that every label means
+    the same px^2/frame as the patches show).
     """
     from .samples import SampleSettings, make_samples  # numpy simulator + tracking path, no torch
 
@@ -128,8 +130,14 @@ def make_dataset(
         settings = None
         if acquisition_range is not None and acq is not acquisition and acquisition_range.varies_optics:
             settings = SampleSettings(optics=acquisition_range.draw_optics(rng))
-        parts.append(sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acq, seed=rng,
-                                                settings=settings, neighbour_fraction=neighbour_fraction)))
+        arrays = sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acq, seed=rng,
+                                            settings=settings, neighbour_fraction=neighbour_fraction))
+        if acq.pixel_size_nm != acquisition.pixel_size_nm:
+            # labels at the base pixel size: the same px^2/frame when converted with `acquisition`
+            ratio2 = np.float32((acquisition.pixel_size_nm / acq.pixel_size_nm) ** 2)
+            arrays["D1_um2_s"] = arrays["D1_um2_s"] * ratio2
+            arrays["D2_um2_s"] = arrays["D2_um2_s"] * ratio2
+        parts.append(arrays)
         done += n
         if progress is not None:
             progress(done / n_samples, f"generated {done}/{n_samples} {model} samples")
