@@ -237,7 +237,7 @@ def _spot_table(photons: np.ndarray, acquisition: Acquisition, threshold_snr: fl
 #: Frame-to-frame steps averaged for each spot's blur correction (:func:`_static_widths`).
 _BLUR_STEPS = 8
 #: Share of the Brownian blur variance ``D T / 3`` that the free-width Gaussian fit takes up (1: all
-#: of it; 0.7 left the foreign-optics anisotropic movie 5 % too wide, benchmarks/reports/calibration.md).
+#: of it, the Brownian value; benchmarks/reports/calibration.md gives what it leaves on the grid).
 _BLUR_SEEN = 1.0
 #: Spots whose chain of nearest spots breaks before this many steps are not used (fast or crowded).
 _MIN_CHAIN_STEPS = 4
