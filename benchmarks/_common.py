@@ -40,6 +40,7 @@ from napari_spt_diffusion.metrics import (
     changepoint_scores,
     mean_absolute_error,
 )
+from napari_spt_diffusion.tracking.patches import TrackPatches
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -431,3 +432,25 @@ def match_frames(out: pd.DataFrame, truth: pd.DataFrame, radius: float = 1.5) ->
             if d[r, c] <= radius:
                 pairs.append((int(frame), og.index[r], tg.index[c], float(d[r, c])))
     return pd.DataFrame(pairs, columns=["frame", "out_index", "truth_index", "dist_px"])
+
+
+def synthetic_tracks(n: int, seed: int, n_frames: int = 30) -> list[TrackPatches]:
+    """``n`` tracks of ``n_frames`` frames for timing a model: noisy 11 x 11 spot patches (photo-electrons)
+    and Brownian steps (px)."""
+    patch = 11
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:patch, :patch] - patch // 2
+    tracks = []
+    for i in range(n):
+        off = rng.uniform(-0.5, 0.5, (n_frames, 2))
+        spot = np.exp(-((yy[None] - off[:, :1, None]) ** 2 + (xx[None] - off[:, 1:, None]) ** 2) / 2.0)
+        patches = rng.poisson(10.0 + 1000.0 / (2 * np.pi) * spot).astype(np.float32)
+        pos = np.cumsum(rng.normal(0.0, 1.0, (n_frames, 2)), axis=0) + 50.0
+        disp = np.zeros_like(pos)
+        disp[1:] = np.diff(pos, axis=0)
+        tracks.append(TrackPatches(
+            track_id=i, frames=np.arange(n_frames), positions_px=pos, patches_photons=patches,
+            subpixel_offset_px=off, outside_mask=np.zeros((n_frames, patch, patch), bool),
+            displacements_px=disp, gap_before=np.r_[True, np.zeros(n_frames - 1, bool)],
+        ))
+    return tracks

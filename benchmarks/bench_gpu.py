@@ -34,37 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import PROTOCOLS, command_line, report_header, report_path, write_report
+from _common import PROTOCOLS, command_line, report_header, report_path, synthetic_tracks, write_report
 from napari_spt_diffusion.accel import detect_and_localize_torch
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation.estimator import Estimator, resolve_device
 from napari_spt_diffusion.simulation.movie import simulate_movie
-from napari_spt_diffusion.tracking.patches import TrackPatches
 from napari_spt_diffusion.tracking.spots import detect_and_localize
 
-N_FRAMES = 30
-PATCH = 11
 NOT_MEASURED = "not measured: no GPU lent"
-
-
-def synthetic_tracks(n: int, seed: int) -> list[TrackPatches]:
-    """``n`` tracks of 30 frames: noisy 11 x 11 spot patches (photo-electrons) and Brownian steps (px)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:PATCH, :PATCH] - PATCH // 2
-    tracks = []
-    for i in range(n):
-        off = rng.uniform(-0.5, 0.5, (N_FRAMES, 2))
-        spot = np.exp(-((yy[None] - off[:, :1, None]) ** 2 + (xx[None] - off[:, 1:, None]) ** 2) / 2.0)
-        patches = rng.poisson(10.0 + 1000.0 / (2 * np.pi) * spot).astype(np.float32)
-        pos = np.cumsum(rng.normal(0.0, 1.0, (N_FRAMES, 2)), axis=0) + 50.0
-        disp = np.zeros_like(pos)
-        disp[1:] = np.diff(pos, axis=0)
-        tracks.append(TrackPatches(
-            track_id=i, frames=np.arange(N_FRAMES), positions_px=pos, patches_photons=patches,
-            subpixel_offset_px=off, outside_mask=np.zeros((N_FRAMES, PATCH, PATCH), bool),
-            displacements_px=disp, gap_before=np.r_[True, np.zeros(N_FRAMES - 1, bool)],
-        ))
-    return tracks
 
 
 def best_time(fn: Callable[[], object], reps: int, device: torch.device) -> tuple[float, object]:
