@@ -12,6 +12,7 @@ import pytest
 import tifffile
 
 from napari_spt_diffusion import io as sio
+from napari_spt_diffusion.io import results as results_module
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.io import InputError, read_movie, read_results, write_movie, write_results
 from napari_spt_diffusion.results import (
@@ -365,15 +366,15 @@ def test_results_all_or_nothing(tmp_path, monkeypatch):
 
     # failure while writing the second table: no file, no temporary
     calls = {"n": 0}
-    real_to_csv = pd.DataFrame.to_csv
+    real_write_rows = results_module.write_csv_rows
 
-    def failing_to_csv(self, *args, **kwargs):
+    def failing_write_rows(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError(28, "No space left on device")
-        return real_to_csv(self, *args, **kwargs)
+        return real_write_rows(*args, **kwargs)
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", failing_to_csv)
+    monkeypatch.setattr(results_module, "write_csv_rows", failing_write_rows)
     with pytest.raises(InputError, match="No space"):
         write_results(tmp_path / "other", results)
     monkeypatch.undo()

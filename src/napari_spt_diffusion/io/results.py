@@ -39,11 +39,12 @@ from ..results import (
 )
 from ._atomic import AtomicFileSet
 from ._errors import InputError
+from .csv_text import FLOAT_FORMAT, write_csv_rows
 from .movie import write_movie_file
 
 __all__ = ["read_results", "results_paths", "simulation_paths", "write_results", "write_simulation"]
 
-_CSV_FLOAT_FORMAT = "%.9g"
+_CSV_FLOAT_FORMAT = FLOAT_FORMAT
 #: Spellings of a boolean cell accepted when reading (compared in lower case).
 _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
@@ -140,18 +141,12 @@ def _results_meta(results: Results, paths: dict[str, Path], checksums: dict[str,
     return _json_safe(meta)
 
 
-#: Rows of a table formatted at a time when it is written (the text of a few MB in memory, not of the whole table).
-CSV_CHUNK_ROWS = 100_000
-
-
 def _write_csv(table: pd.DataFrame, contract: Sequence[str], path: Path) -> None:
-    """``table`` as CSV (the contract's columns first), ``CSV_CHUNK_ROWS`` rows at a time: the same bytes as
-    one ``to_csv`` call, without a reordered copy of the whole table."""
+    """``table`` as CSV, the contract's columns first (:func:`.csv_text.write_csv_rows`: floats with
+    9 significant digits, without a reordered copy of the whole table)."""
     columns = list(contract) + [c for c in table.columns if c not in contract]
     with open(path, "w", encoding="utf-8", newline="") as handle:
-        for start in range(0, max(len(table), 1), CSV_CHUNK_ROWS):
-            part = table.iloc[start:start + CSV_CHUNK_ROWS].loc[:, columns]
-            part.to_csv(handle, index=False, header=start == 0, float_format=_CSV_FLOAT_FORMAT, lineterminator="\n")
+        write_csv_rows(table, columns, handle)
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
