@@ -54,12 +54,18 @@ SHAPE_EVIDENCE = 1.5
 #: Acquisition fields that calibration can measure.
 CALIBRATED_FIELDS = ("offset_adu", "gain_adu_per_e", "background_photons", "psf_sigma_nm", "signal_photons")
 _FRAMES_USED = 120
+#: Consecutive frames per block when a longer movie is sampled: the blur correction follows
+#: particles frame to frame, and each frame's background mask comes from its neighbours.
+_BLOCK_FRAMES = 12
 _TILE_PX = 16
 #: Spots are masked out of the background down to this DoG signal-to-noise ratio (lower than
 #: the tracker's 5: dim and blurred spots would otherwise skew the background statistics) ...
 MASK_THRESHOLD_SNR = 3.0
 #: ... over ``3 sigma`` plus this margin (px), for streak tails.
 MASK_MARGIN_PX = 4.0
+#: A frame's own detections above this DoG signal-to-noise ratio mask it too (the others mask only
+#: its neighbours: :func:`_background_mask`).
+MASK_OWN_SNR = 8.0
 _BOOTSTRAP = 200
 #: Read-noise range (e-) over which an unmeasured read noise moves the gain.
 _READ_NOISE_RANGE_E = (0.0, 3.0)
@@ -218,17 +224,63 @@ def _camera_from_tiles(tiles: np.ndarray, read_noise_e: float) -> tuple[float, f
     return gain, mean - gain * background, background
 
 
+def _chosen_frames(n_total: int, max_frames: int) -> np.ndarray:
+    """Movie frames read (ascending): all of a movie of at most ``max_frames`` frames, else blocks of
+    :data:`_BLOCK_FRAMES` consecutive frames spread evenly over the movie (``max_frames`` in all)."""
+    if n_total <= max_frames:
+        return np.arange(n_total)
+    block = min(_BLOCK_FRAMES, max_frames)
+    starts = np.linspace(0, n_total - block, max(1, max_frames // block)).round().astype(int)
+    return np.unique((starts[:, None] + np.arange(block)[None, :]).ravel())
+
+
+def _successors(chosen: np.ndarray) -> np.ndarray:
+    """``(T,)`` position in ``chosen`` of each read frame's next movie frame, -1 where it was not read."""
+    nxt = np.full(len(chosen), -1, dtype=np.int64)
+    follows = np.flatnonzero(np.diff(chosen) == 1)
+    nxt[follows] = follows + 1
+    return nxt
+
+
+def _background_mask(shape: tuple[int, ...], spots: dict[str, np.ndarray], radius: int,
+                     successor: np.ndarray) -> np.ndarray:
+    """``(T, Y, X)`` True where a pixel is background: away from the spots of the neighbouring frames.
+
+    A frame is masked around the spots detected in the frames before and after it, not around all
+    of its own: those are selected by its own noise (noise peaks among them), and with that mask
+    the gain from the background cumulants came out 5-9 % low on the dim movies of the calibration
+    grid (``benchmarks/reports/calibration.md``). A slow particle moves little in one
+    frame; a fast one may leave its neighbours' masks, so a frame is also masked around its own
+    spots above :data:`MASK_OWN_SNR`, where noise peaks are rare. A frame read without a
+    neighbour is masked around all its own spots.
+    """
+    mask = np.ones(shape, dtype=bool)
+    predecessor = np.full(len(successor), -1, dtype=np.int64)
+    has_next = successor >= 0
+    predecessor[successor[has_next]] = np.flatnonzero(has_next)
+    alone = (successor < 0) & (predecessor < 0)
+    for t, y, x, snr in zip(spots["frame"], spots["y_px"], spots["x_px"], spots["snr"]):
+        t = int(t)
+        y0, x0 = int(round(y)), int(round(x))
+        box = (slice(max(0, y0 - radius), y0 + radius + 1), slice(max(0, x0 - radius), x0 + radius + 1))
+        for u in (predecessor[t], successor[t], t if alone[t] or snr >= MASK_OWN_SNR else -1):
+            if u >= 0:
+                mask[(u, *box)] = False
+    return mask
+
+
 # --------------------------------------------------------------------- spots
 def _spot_table(photons: np.ndarray, acquisition: Acquisition, threshold_snr: float = 5.0) -> dict[str, np.ndarray]:
     """Free-width single-spot fits of every detection in ``(T, Y, X)`` photon frames."""
     parts: dict[str, list[np.ndarray]] = {}
     settings = DetectionSettings(threshold_snr=threshold_snr)
     for t, frame in enumerate(photons):
-        peaks, _ = detect_photons(frame, acquisition, settings)
+        peaks, snr = detect_photons(frame, acquisition, settings)
         if not len(peaks):
             continue
         fit = localize_arrays(frame, peaks, acquisition, neighbours=False)
         fit["frame"] = np.full(len(peaks), t)
+        fit["snr"] = np.asarray(snr, dtype=np.float64)
         for key, value in fit.items():
             parts.setdefault(key, []).append(np.asarray(value))
     return {key: np.concatenate(value) for key, value in parts.items()}
@@ -248,7 +300,7 @@ _MIN_STATIC_SPOTS = 60
 
 
 def _static_widths(
-    spots: dict[str, np.ndarray], psf_guess_px: float
+    spots: dict[str, np.ndarray], psf_guess_px: float, successor: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Blur-corrected widths (px) of the most static bright isolated spots, photons of all bright
     isolated spots, the uncorrected widths (px) of the static ones and their rows in ``spots``.
@@ -257,7 +309,8 @@ def _static_widths(
     frames (a chain of nearest isolated spots, frame to frame): one step's ``|d|^2`` is
     exponentially distributed, so a correction by one step is mostly too small or far too
     large; 8 steps give the particle's blur to about 35 %. The spots kept are the quarter with
-    the smallest such blur, whose correction is small.
+    the smallest such blur, whose correction is small. ``successor`` (:func:`_successors`) says
+    which read frame follows each in the movie (default: the next one read).
     """
     if not spots or len(spots.get("y_px", ())) == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
@@ -270,7 +323,8 @@ def _static_widths(
     step2 = np.full(n, np.nan)
     for t in np.unique(frame):
         now = np.flatnonzero(frame == t)
-        nxt = np.flatnonzero(frame == t + 1)
+        following = t + 1 if successor is None else int(successor[int(t)])
+        nxt = np.flatnonzero(frame == following) if following >= 0 else np.zeros(0, dtype=np.int64)
         if now.size < 1 or nxt.size < 1:
             continue
         if now.size > 1:
@@ -393,7 +447,7 @@ def calibrate_movie(
         Acquisition fields the user gave: they are used as they are, not measured
         (giving ``gain_adu_per_e`` and ``offset_adu`` skips the camera measurement).
     max_frames
-        Frames used at most, evenly spaced over the movie.
+        Frames used at most: all of a shorter movie, else blocks of 12 consecutive frames spread evenly over it.
     rng
         Seed or generator of the bootstraps.
 
@@ -412,7 +466,8 @@ def calibrate_movie(
     if shape is None or len(shape) != 3 or shape[0] < 2:
         raise CalibrationError("calibration needs a (T, Y, X) movie of at least 2 frames")
     n_total = int(shape[0])
-    chosen = np.unique(np.linspace(0, n_total - 1, min(int(max_frames), n_total)).round().astype(int))
+    chosen = _chosen_frames(n_total, int(max_frames))
+    successor = _successors(chosen)
     frames = np.stack([check_frame(movie[int(t)], index=int(t)).astype(np.float64) for t in chosen])
     notes: list[str] = []
     values: dict[str, Measured] = {}
@@ -427,15 +482,12 @@ def calibrate_movie(
     spots = _spot_table(np.stack([provisional.adu_to_photons(f) for f in frames]), provisional,
                         threshold_snr=MASK_THRESHOLD_SNR)
     if spots and "psf_sigma_nm" not in given:
-        widths, _, _, _ = _static_widths(spots, psf_guess)
+        widths, _, _, _ = _static_widths(spots, psf_guess, successor)
         if widths.size >= 5:
             psf_guess = float(np.clip(np.median(widths), 0.4, 8.0))
     mask = np.ones(frames.shape, dtype=bool)
     if spots:
-        radius = int(math.ceil(3.0 * psf_guess + MASK_MARGIN_PX))
-        for t, y, x in zip(spots["frame"], spots["y_px"], spots["x_px"]):
-            y0, x0 = int(round(y)), int(round(x))
-            mask[int(t), max(0, y0 - radius) : y0 + radius + 1, max(0, x0 - radius) : x0 + radius + 1] = False
+        mask = _background_mask(frames.shape, spots, int(math.ceil(3.0 * psf_guess + MASK_MARGIN_PX)), successor)
 
     # 2 - camera and background
     camera_given = "gain_adu_per_e" in given and "offset_adu" in given
@@ -477,7 +529,7 @@ def calibrate_movie(
     camera = acq.replace(gain_adu_per_e=gain, offset_adu=offset, psf_sigma_nm=psf_guess * acq.pixel_size_nm)
     photons = np.stack([camera.adu_to_photons(f) for f in frames])
     spots = _spot_table(photons, camera)
-    widths, spot_photons, raw_widths, static_rows = _static_widths(spots, psf_guess)
+    widths, spot_photons, raw_widths, static_rows = _static_widths(spots, psf_guess, successor)
     n_spots = int(widths.size)
     if n_spots >= 5:
         if "psf_sigma_nm" not in given:
