@@ -13,6 +13,9 @@ these departures so that models can be trained across them:
   wide Gaussian halo holding ``halo_fraction`` of the photons at ``halo_scale`` times the
   core sigma (a scalar Airy pattern holds 16 % of its light outside the first dark ring;
   defocus also moves light from the core into a wider skirt);
+* ``airy``: the PSF is a scalar Airy pattern (:mod:`.airy`) of sigma-equivalent
+  ``psf_sigma_px`` (0.21 lambda / NA), rings included, instead of Gaussian components
+  (``axis_ratio`` and the halo are then not used);
 * ``em_gain``: above 1, the camera is an EMCCD: each pixel's photo-electron count ``n``
   is multiplied in a gain register, modelled as ``Gamma(n, em_gain)`` electrons and
   divided by ``em_gain`` again, so the mean is kept and the variance doubles (excess
@@ -48,12 +51,15 @@ class RenderOptics:
         Sigma of the halo over the sigma of the core (dimensionless, >= 1).
     em_gain
         EMCCD electron-multiplying gain (>= 1; 1: no multiplication, an sCMOS/CCD camera).
+    airy
+        Render a scalar Airy PSF (:mod:`.airy`) instead of the Gaussian components.
     """
 
     axis_ratio: float = 1.0
     halo_fraction: float = 0.0
     halo_scale: float = 3.0
     em_gain: float = 1.0
+    airy: bool = False
 
     def __post_init__(self) -> None:
         checks = (

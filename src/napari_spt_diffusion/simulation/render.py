@@ -19,6 +19,7 @@ from scipy.special import erf  # exact erf for scalar figures; images use fast_e
 from scipy.stats import poisson as _poisson_dist
 
 from ..acquisition import Acquisition
+from .airy import airy_windows
 from .optics import IDEAL_OPTICS, RenderOptics
 from .trajectories import SimulationError
 
@@ -127,6 +128,10 @@ def expected_photons(
     )
     flat = pos.reshape(-1, s, 2)
     per_sub = (photons.reshape(-1) / np.float32(s)).astype(np.float32)
+    if optics is not None and optics.airy:
+        out = np.empty((flat.shape[0], h, w), dtype=np.float32)
+        airy_windows(flat, per_sub, float(acquisition.psf_sigma_px), out)
+        return out.reshape(*lead, h, w)
     components = (optics or IDEAL_OPTICS).components(acquisition.psf_sigma_px)
     # one component is written straight into ``out``; several are summed into it
     out = (np.zeros if len(components) > 1 else np.empty)((flat.shape[0], h, w), dtype=np.float32)

@@ -63,6 +63,10 @@ class AcquisitionRange:
         PSF width over the model's, so the same physical D lands lower or higher in
         px^2/frame. The labels of such chunks are converted to the base pixel size
         (:func:`~.data.make_dataset`), so the model still learns px^2/frame.
+    airy_share
+        Share of the other chunks rendered with a scalar Airy PSF (rings included;
+        :mod:`napari_spt_diffusion.simulation.airy`) of sigma-equivalent ``psf_sigma_px``
+        instead of the Gaussian core (and halo).
     """
 
     psf_sigma_px: tuple[float, float] = (0.6, 2.6)
@@ -79,11 +83,13 @@ class AcquisitionRange:
     emccd_share: float = 0.0
     em_gain: float = 100.0
     pixel_scale: tuple[float, float] = (1.0, 1.0)
+    airy_share: float = 0.0
 
     @property
     def varies_optics(self) -> bool:
         """Whether chunks get PSF shapes or cameras other than the ideal ones."""
-        return self.axis_ratio != (1.0, 1.0) or self.halo_share > 0 or self.emccd_share > 0
+        return (self.axis_ratio != (1.0, 1.0) or self.halo_share > 0 or self.emccd_share > 0
+                or self.airy_share > 0)
 
     def draw_optics(self, rng: np.random.Generator) -> RenderOptics:
         """PSF shape and camera of one chunk (no draw at all when the range varies neither)."""
@@ -94,11 +100,14 @@ class AcquisitionRange:
         fraction = float(rng.uniform(*self.halo_fraction))
         scale = float(rng.uniform(*self.halo_scale))
         emccd = rng.uniform() < self.emccd_share
+        # drawn only when the range has Airy chunks, so that the other ranges' datasets stay the same
+        airy = self.airy_share > 0 and rng.uniform() < self.airy_share
         return RenderOptics(
-            axis_ratio=ratio,
-            halo_fraction=fraction if halo else 0.0,
+            axis_ratio=1.0 if airy else ratio,
+            halo_fraction=fraction if halo and not airy else 0.0,
             halo_scale=scale,
             em_gain=self.em_gain if emccd else 1.0,
+            airy=bool(airy),
         )
 
     def draw(self, rng: np.random.Generator, base: Acquisition) -> Acquisition:
@@ -154,13 +163,16 @@ class AcquisitionRange:
         return out
 
     def _shape_text(self) -> str:
-        if not self.varies_optics or (self.axis_ratio == (1.0, 1.0) and self.halo_share <= 0):
+        if not self.varies_optics or (self.axis_ratio == (1.0, 1.0) and self.halo_share <= 0
+                                      and self.airy_share <= 0):
             return "gaussian (pixel-integrated)"
+        airy = (f"; in {self.airy_share:.0%} of chunks instead a scalar Airy PSF (rings included) of the same "
+                "sigma-equivalent (0.21 lambda / NA)") if self.airy_share > 0 else ""
         return (
             f"pixel-integrated gaussian, sigma y/x log-uniform in [{self.axis_ratio[0]}, {self.axis_ratio[1]}]; "
             f"in {self.halo_share:.0%} of chunks an Airy-like halo (a second gaussian holding "
             f"{self.halo_fraction[0]}-{self.halo_fraction[1]} of the photons at {self.halo_scale[0]}-"
-            f"{self.halo_scale[1]} x the core sigma)"
+            f"{self.halo_scale[1]} x the core sigma){airy}"
         )
 
     def _camera_text(self) -> str:
@@ -197,6 +209,13 @@ RANGES: dict[str, AcquisitionRange] = {
     # the same with the pixel varied like the virtual pixel of movies with PSFs of 0.6-2.6 px
     "psf_units_px": AcquisitionRange(psf_sigma_px=(0.85, 1.15), axis_ratio=(1.0, 1.15), halo_share=0.3,
                                      emccd_share=0.2, pixel_scale=(0.6, 2.6)),
+    # as psf_units, with the background of virtual pixels: a movie's 1-1,000 photons/px at a PSF of
+    # 0.6-2.6 px land at 0.36-6,800 photons per virtual pixel (the background scales as the area)
+    "psf_units_bg": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
+                                     axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2),
+    # as psf_units_bg, with a real (scalar) Airy PSF in 40 % of the chunks
+    "psf_units_airy": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
+                                       axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4),
 }
 
 
