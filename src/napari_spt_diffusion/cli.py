@@ -449,6 +449,7 @@ def _track_settings(args: argparse.Namespace) -> Any:
         values[name] = getattr(args, name, None)  # estimate has no detection or linking options
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     settings.drift_correction = bool(getattr(args, "drift_correction", False))
+    settings.model_switch = not bool(getattr(args, "keep_model", False))
     if getattr(args, "threshold_snr", None) is not None:
         settings.detection = dataclasses.replace(settings.detection, threshold_snr=args.threshold_snr)
     return settings
@@ -539,6 +540,9 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
                              "movie outside its training range (default: the classical values are reported then)")
     parser.add_argument("--model", default=None,
                         help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
+    parser.add_argument("--keep-model", action="store_true",
+                        help="run the model asked for even where the movie lies outside its training range (by default "
+                             "a bundled model for any microscope then takes over where one covers the movie)")
     parser.add_argument("--psf-units", choices=("auto", "on", "off"), default=None,
                         help="give the model its inputs in units of the PSF: patches resampled to its training PSF "
                              "width, displacements and D scaled (auto: when the movie's PSF is outside the model's "

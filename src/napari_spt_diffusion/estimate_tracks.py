@@ -173,6 +173,7 @@ def estimate_tracks(
         "acquisition": acquisition.to_dict(),
         "acquisition_measured": None if measured is None else measured.to_dict(),
         **stage.meta,
+        "model_switch": None if prepared.model_switch is None else prepared.model_switch.to_dict(),
         "tracks_source": {**source, "notes": notes, "photometry": photometry, "median_refit_shift_px": shift},
         "n_frames": int(shape[0]),
         "n_tracks_imported": n_imported,

@@ -34,6 +34,7 @@ from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
 from .estimation.estimator import Estimator, TrackEstimate
+from .estimation.model_choice import ModelSwitch, alternative_for
 from .estimation.intervals import INTERVAL_COLUMNS, apply_intervals, bundled_interval_table
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
@@ -87,6 +88,9 @@ class Prepared:
     particles_from_light
         Particles per frame the light of the sampled frames suggests
         (:func:`~.plausibility.particles_per_frame`).
+    model_switch
+        The bundled model used instead of the one asked for (:mod:`~.estimation.model_choice`),
+        set by :func:`calibrate_and_load`; ``None``: the model asked for runs.
     """
 
     acquisition: Acquisition
@@ -94,6 +98,7 @@ class Prepared:
     messages: list[str]
     seconds: float
     particles_from_light: Any
+    model_switch: ModelSwitch | None = None
 
 
 def prepare_acquisition(movie: Any, acquisition: Acquisition, measure: tuple[str, ...]) -> Prepared:
@@ -145,14 +150,28 @@ def calibrate_and_load(
     bar.end()
     bar.begin("load", "loading the model")
     t0 = time.perf_counter()
+    switchable = estimator is None and getattr(settings, "model_switch", False)
     if estimator is None:
-        estimator = Estimator(settings.model, device=settings.device, batch_size=settings.batch_size,
-                              psf_units=getattr(settings, "psf_units", "off"))
+        estimator = _estimator(settings.model, settings)
     # the guard decides what an acquisition outside the model's range means
     acquisition_messages = estimator.check_acquisition(prepared.acquisition, warn=False)
+    if switchable:
+        switch = alternative_for(settings.model, acquisition_messages, prepared.acquisition,
+                                 lambda name, acq: _estimator(name, settings).check_acquisition(acq, warn=False))
+        if switch is not None:
+            estimator = _estimator(switch.used, settings)
+            acquisition_messages = estimator.check_acquisition(prepared.acquisition, warn=False)
+            prepared.model_switch = switch
+            prepared.messages.append(switch.message)
+            _warn(switch.message)
     timings["load_s"] = time.perf_counter() - t0
     bar.end()
     return prepared, estimator, acquisition_messages, timings
+
+
+def _estimator(name: str, settings: Any) -> Estimator:
+    return Estimator(name, device=settings.device, batch_size=settings.batch_size,
+                     psf_units=getattr(settings, "psf_units", "off"))
 
 
 def estimate_stage(

@@ -188,6 +188,11 @@ class Settings:
         D scaled to match), ``"auto"`` (default: on when the movie's PSF width lies outside
         what the model was trained for, :func:`~.estimation.psf_units.scale_for`) or ``"off"``;
         the classical estimators always use the movie's pixels (docs/models.md).
+    model_switch
+        When the movie's acquisition lies outside the training range of the bundled model asked
+        for and inside that of its bundled model for any microscope
+        (:data:`~.estimation.model_choice.ALTERNATIVES`), run that one instead (recorded in
+        ``meta["model_switch"]``); ``False`` keeps the model asked for.
     """
 
     model: str = "aniso"
@@ -213,6 +218,7 @@ class Settings:
     trust_model: bool = False
     drift_correction: bool = False
     psf_units: str = "auto"
+    model_switch: bool = True
 
     def __post_init__(self) -> None:
         self.measure = tuple(self.measure)
@@ -455,6 +461,7 @@ def _run(
         "acquisition": acquisition.to_dict(),
         "acquisition_measured": None if measured is None else measured.to_dict(),
         **stage.meta,
+        "model_switch": None if prepared.model_switch is None else prepared.model_switch.to_dict(),
         "n_frames": int(shape[0]),
         "chunk_frames": None if chunking is None else int(chunking[0]),
         "n_localizations_detected": int(n_locs),

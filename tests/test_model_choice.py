@@ -1,0 +1,62 @@
+"""A bundled model for any microscope takes over outside the asked model's range (model_choice)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.estimation import model_choice
+from napari_spt_diffusion.pipeline import Settings, track_and_estimate
+from napari_spt_diffusion.simulation import simulate_movie
+
+
+@pytest.fixture
+def wide_psf_movie():
+    acq = Acquisition(psf_sigma_nm=170.0, signal_photons=3000.0)
+    sim = simulate_movie((64, 64), 40, acq, 31, model="aniso", particles=6.0)
+    return np.asarray(sim.movie), acq
+
+
+@pytest.fixture
+def alternative(monkeypatch):
+    # the bundled aniso_wide (trained over PSF 0.6-2.6 px) stands in for the model for any microscope
+    monkeypatch.setitem(model_choice.ALTERNATIVES, "aniso", "aniso_wide")
+
+
+def test_switches_outside_the_range_and_records_it(wide_psf_movie, alternative):
+    movie, acq = wide_psf_movie
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = track_and_estimate(movie, acq, Settings(model="aniso"))
+    assert res.meta["model"] == "aniso_wide"
+    assert res.meta["model_switch"]["asked"] == "aniso" and res.meta["model_switch"]["used"] == "aniso_wide"
+    assert "is outside what model 'aniso' was trained for" in res.meta["model_switch"]["reasons"][0]
+    assert any("is used instead" in str(w.message) for w in caught)
+    assert set(res.summary["model"]) <= {"aniso_wide", "classical"}
+
+
+def test_keeps_the_model_when_asked_or_inside_its_range(wide_psf_movie, alternative):
+    movie, acq = wide_psf_movie
+    kept = track_and_estimate(movie, acq, Settings(model="aniso", model_switch=False))
+    assert kept.meta["model"] == "aniso" and kept.meta["model_switch"] is None
+    standard = Acquisition()
+    sim = simulate_movie((64, 64), 40, standard, 32, model="aniso", particles=6.0)
+    inside = track_and_estimate(np.asarray(sim.movie), standard, Settings(model="aniso"))
+    assert inside.meta["model"] == "aniso" and inside.meta["model_switch"] is None
+
+
+def test_no_switch_without_a_bundled_alternative(monkeypatch):
+    acq = Acquisition(psf_sigma_nm=170.0)
+    outside = ["PSF sigma 1.7 px is outside what model 'aniso' was trained for"]
+    monkeypatch.setitem(model_choice.ALTERNATIVES, "aniso", "no_such_model")
+    assert model_choice.alternative_for("aniso", outside, acq, lambda name, a: []) is None
+    monkeypatch.setitem(model_choice.ALTERNATIVES, "aniso", "aniso_wide")
+    switch = model_choice.alternative_for("aniso", outside, acq, lambda name, a: [])
+    assert switch is not None and switch.used == "aniso_wide" and "--keep-model" in switch.message
+    # outside the alternative's range too, inside the asked model's, or not a bundled name: no switch
+    assert model_choice.alternative_for("aniso", outside, acq, lambda name, a: ["also outside"]) is None
+    assert model_choice.alternative_for("aniso", [], acq, lambda name, a: []) is None
+    assert model_choice.alternative_for("runs/x/aniso.pt", outside, acq, lambda name, a: []) is None
