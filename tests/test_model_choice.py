@@ -60,3 +60,16 @@ def test_no_switch_without_a_bundled_alternative(monkeypatch):
     assert model_choice.alternative_for("aniso", outside, acq, lambda name, a: ["also outside"]) is None
     assert model_choice.alternative_for("aniso", [], acq, lambda name, a: []) is None
     assert model_choice.alternative_for("runs/x/aniso.pt", outside, acq, lambda name, a: []) is None
+
+
+def test_a_psf_units_card_is_not_judged_on_the_virtual_pixel():
+    from napari_spt_diffusion.estimation.estimator import check_acquisition
+
+    card = {"name": "m", "training_acquisition": Acquisition().to_dict(),
+            "training_ranges": {"psf_sigma_px": [0.85, 1.15], "background_photons": [1.0, 7000.0]}}
+    virtual = Acquisition(pixel_size_nm=173.0, psf_sigma_nm=173.0, background_photons=1900.0)
+    assert check_acquisition(card, virtual, virtual_pixels=True) == []
+    # the movie's own pixels, or a card without a PSF range: the pixel size is judged
+    assert any("pixel size" in m for m in check_acquisition(card, virtual))
+    plain = {"name": "m", "training_acquisition": Acquisition().to_dict()}
+    assert any("pixel size" in m for m in check_acquisition(plain, virtual, virtual_pixels=True))

@@ -180,7 +180,9 @@ def check_acquisition(
     ``training_ranges`` (``{"signal_photons": [low, high], ...}``, physical units), which
     replace the relative tolerances (:data:`DEFAULT_TOLERANCES`). ``virtual_pixels``: the
     acquisition is in the virtual pixels of PSF units (:func:`~.psf_units.model_acquisition`);
-    the messages then say so for the pixel size and the background.
+    the messages then say so for the pixel size and the background, and a card with a
+    ``psf_sigma_px`` range (a model trained for PSF units) is not judged on the virtual pixel
+    size, which follows the movie's PSF by design.
 
     Returns
     -------
@@ -216,6 +218,11 @@ def check_acquisition(
             "",
         ),
     }
+    if virtual_pixels and "psf_sigma_px" in ranges and "pixel_size_nm" not in ranges:
+        # a model trained for PSF units (its card gives the PSF range in its own pixels): the virtual
+        # pixel follows the movie's PSF by design; whether the D range it then covers biases the
+        # estimates is for the guard's population test (guard.py) to find
+        del values["pixel_size_nm"]
     messages = []
     for key, (value, reference, label, unit) in values.items():
         if key in ranges:
