@@ -575,8 +575,13 @@ def targets_lines(results: list[dict[str, Any]]) -> list[str]:
                      f"{'yes' if v <= 0.05 else 'no'} |")
         g = r["guard"]
         decision = ("fired" if g["fired"] else "silent") if g["present"] else "no guard yet"
-        lines.append(f"| guard fires on today's bundled `aniso` model | {r['case']} | {decision} | "
-                     f"{'yes' if g['fired'] else 'no'} |")
+        model = (r.get("meta") or {}).get("model")
+        if model == "aniso":  # today's bundled model ran (--keep-model, or inside its range)
+            lines.append(f"| guard fires on today's bundled `aniso` model | {r['case']} | {decision} | "
+                         f"{'yes' if g['fired'] else 'no'} |")
+        elif not r["case"].startswith("binding"):  # a single-state model on binding tracks may be rejected
+            lines.append(f"| guard silent on the new model `{model}` | {r['case']} | {decision} | "
+                         f"{'yes' if g['present'] and not g['fired'] else 'no'} |")
     return lines
 
 

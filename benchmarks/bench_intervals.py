@@ -6,8 +6,10 @@ Protocol "interval coverage", version 1 (defined here):
   (seeds ``[5100, chunk]``, 250 tracks per chunk, never used for training or testing) cut to
   random lengths of 5-30 frames. ``aniso``: 6,000 tracks at the standard acquisition (the model
   is trained for it alone). ``aniso_wide``: 6,000 tracks, each chunk at an acquisition of the
-  ``wide`` range. ``classical`` (the CVE tensor, the pipeline's fallback): 6,000 tracks of the
-  ``wide`` range. Tables are written to ``src/napari_spt_diffusion/checkpoints/<name>.intervals.json``.
+  ``wide`` range. ``aniso_any`` (a model for PSF units): 6,000 tracks of its own training range
+  (``psf_units_airy``), the acquisitions it sees after resampling. ``classical`` (the CVE tensor,
+  the pipeline's fallback): 6,000 tracks of the ``wide`` range. Tables are written to
+  ``src/napari_spt_diffusion/checkpoints/<name>.intervals.json``.
 * Coverage: the guard benchmark's grid test sets (``bench_guard.py``: seed-aniso physics, PSF
   0.7-2.5 px x 250/1,000/4,000 photons, 1,000 tracks per cell, seeds 3025 + 10 x cell, the
   acquisition told) and the seed-aniso standard test set's first 2,000 tracks, each track cut to
@@ -61,13 +63,21 @@ def write_tables(names: list[str]) -> dict[str, float]:
     for name in names:
         t0 = time.perf_counter()
         motion = motion_model(name)
-        wide = name.startswith("classical") or "training_ranges" in read_card(name)
-        cal = IC.calibration_set(motion, N_CALIBRATION, base, RANGES["wide"] if wide else None)
+        card = {} if name.startswith("classical") else read_card(name)
+        trained = ((card.get("training") or {}).get("acquisition_range") or {}).get("name")
+        if trained in RANGES and trained.startswith("psf_units"):
+            # a model for PSF units sees every movie at its training PSF width: its own range
+            chosen, text = RANGES[trained], f"range '{trained}' (its training range; it runs in PSF units)"
+        elif name.startswith("classical") or "training_ranges" in card:
+            chosen, text = RANGES["wide"], "range 'wide'"
+        else:
+            chosen, text = None, "standard (Acquisition())"
+        cal = IC.calibration_set(motion, N_CALIBRATION, base, chosen)
         if name.startswith("classical"):
             est = IC.classical_estimates(cal)
         else:
             est = IC.model_estimates(load_checkpoint(name)[0], cal)
-        desc = {"motion_model": motion, "acquisitions": "range 'wide'" if wide else "standard (Acquisition())",
+        desc = {"motion_model": motion, "acquisitions": text,
                 "seeds": f"[{IC.INTERVAL_SEED}, chunk]", "lengths": "uniform 5-30 frames",
                 "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"}
         table = IC.calibrate(est, cal, name, desc)

@@ -12,9 +12,9 @@ import pytest
 import tifffile
 
 from napari_spt_diffusion import io as sio
-from napari_spt_diffusion.io import results as results_module
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.io import InputError, read_movie, read_results, write_movie, write_results
+from napari_spt_diffusion.io import results as results_module
 from napari_spt_diffusion.results import (
     SUMMARY_COLUMNS,
     TRACKS_COLUMNS,

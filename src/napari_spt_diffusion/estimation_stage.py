@@ -34,8 +34,8 @@ from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
 from .estimation.estimator import Estimator, TrackEstimate
-from .estimation.model_choice import ModelSwitch, alternative_for
 from .estimation.intervals import INTERVAL_COLUMNS, apply_intervals, bundled_interval_table
+from .estimation.model_choice import ModelSwitch, alternative_for
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
 from .tracking.crowding import CROWDED_SHARE, crowded_share
