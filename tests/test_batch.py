@@ -121,6 +121,25 @@ def test_a_complete_set_of_other_acquisition_options_or_an_incomplete_set_runs_a
     assert batch.completed_set(job, options, sha).startswith("incomplete result set")
 
 
+def test_a_movie_that_switched_model_or_an_older_set_is_complete(tmp_path):
+    """A movie outside `aniso`'s range runs `aniso_any` (model_choice): a rerun compares the results
+    with that model's checksum, and a sidecar written before a setting existed counts it as default."""
+    wide = Acquisition(psf_sigma_nm=170.0, signal_photons=3000.0)
+    sim = simulate_movie((64, 64), 30, wide, rng=33, model="aniso", particles=6, D1_range_um2_s=(0.5, 2.0))
+    write_movie(tmp_path / "w.tif", sim.movie, wide)
+    job = batch.plan_batch([tmp_path / "w.tif"], tmp_path / "out")[0]
+    options = batch.BatchOptions()
+    sha = batch._model_sha256("aniso")
+    assert batch.run_movie(job, options).status == "done"
+    meta = read_results(job.prefix).meta
+    assert meta["model_switch"]["used"] == meta["model"] != "aniso"
+    assert batch.completed_set(job, options, sha) is None
+    meta_path = Path(f"{job.prefix}_meta.json")
+    stored = json.loads(meta_path.read_text())
+    del stored["settings"]["model_switch"]
+    assert batch._with_defaults(stored["settings"]) == meta["settings"]
+
+
 def test_inputs_expand_from_files_folders_and_globs(movies, tmp_path):
     names = [p.name for p in batch.expand_inputs([str(movies)])]
     assert names == ["a.tif", "b.tif", "c.tif"]

@@ -314,3 +314,5 @@ def test_track_settings_from_options():
     assert settings.split_encounters is False and settings.memory_frames == 1
     default = cli._track_settings(parser.parse_args(["track", "m.tif"]))
     assert default.split_encounters is True and default.memory_frames == 2
+    assert default.model_switch is True
+    assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model"])).model_switch is False

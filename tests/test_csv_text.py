@@ -60,3 +60,18 @@ def test_round_significant():
             assert float(f"{v:.9g}") == r
         else:
             assert (np.isnan(v) and np.isnan(r)) or v == r
+
+
+def test_extreme_values_odd_names_and_nullable_columns():
+    values = np.array([9.893717849999999e-24, 3.4005148700000004e33, -1.2345678912e-300, 1e200, 5e-324])
+    rounded = round_significant(values)
+    assert [float(f"{v:.9g}") for v in values] == list(rounded)
+    table = pd.DataFrame({"Mean intensity, ch1": [1.0, 2.5], "x": [0.5, np.nan]})
+    out = io.StringIO()
+    write_csv_rows(table, list(table.columns), out)
+    back = pd.read_csv(io.StringIO(out.getvalue()))
+    assert list(back.columns) == list(table.columns) and back.shape == (2, 2)
+    nullable = pd.DataFrame({"flag": pd.array([True, None], dtype="boolean"), "n": pd.array([1, None], dtype="Int64")})
+    out = io.StringIO()
+    write_csv_rows(nullable, ["flag", "n"], out)
+    assert out.getvalue() == nullable.to_csv(index=False, lineterminator="\n")

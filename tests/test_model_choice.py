@@ -66,6 +66,7 @@ def test_a_psf_units_card_is_not_judged_on_the_virtual_pixel():
     from napari_spt_diffusion.estimation.estimator import check_acquisition
 
     card = {"name": "m", "training_acquisition": Acquisition().to_dict(),
+            "training": {"acquisition_range": {"name": "psf_units_airy"}},
             "training_ranges": {"psf_sigma_px": [0.85, 1.15], "background_photons": [1.0, 7000.0]}}
     virtual = Acquisition(pixel_size_nm=173.0, psf_sigma_nm=173.0, background_photons=1900.0)
     assert check_acquisition(card, virtual, virtual_pixels=True) == []
@@ -73,3 +74,6 @@ def test_a_psf_units_card_is_not_judged_on_the_virtual_pixel():
     assert any("pixel size" in m for m in check_acquisition(card, virtual))
     plain = {"name": "m", "training_acquisition": Acquisition().to_dict()}
     assert any("pixel size" in m for m in check_acquisition(plain, virtual, virtual_pixels=True))
+    # a model trained over PSF widths in the movie's pixels (like aniso_wide) is still judged on it
+    wide = {**card, "training": {"acquisition_range": {"name": "wide"}}}
+    assert any("pixel size" in m for m in check_acquisition(wide, virtual, virtual_pixels=True))

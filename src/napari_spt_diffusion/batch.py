@@ -227,6 +227,12 @@ def _movie_settings(options: BatchOptions, movie: Any) -> Settings:
     return dataclasses.replace(options.settings, measure=measure)
 
 
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """Settings read from a sidecar, with the default of every setting added since it was written."""
+    defaults = _plain(Settings().to_dict())
+    return {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
+
+
 def _model_sha256(model: str) -> str | None:
     from .estimation.checkpoint import read_card
 
@@ -251,9 +257,16 @@ def completed_set(job: MovieJob, options: BatchOptions, model_sha256: str | None
             expected = _movie_settings(options, movie).to_dict()
     except (SptDiffusionError, OSError, ValueError):
         return "movie unreadable"
+    switch = meta.get("model_switch") or {}
+    if switch.get("asked") == options.settings.model and meta.get("model"):
+        # the bundled model for any microscope ran instead (estimation/model_choice.py): compare with it
+        try:
+            model_sha256 = _model_sha256(str(meta["model"]))
+        except (SptDiffusionError, OSError, ValueError):
+            return "another model: result set replaced"
     if meta.get("model_sha256") != model_sha256:
         return "another model: result set replaced"
-    if meta.get("settings") != _plain(expected):
+    if _with_defaults(meta.get("settings") or {}) != _plain(expected):
         return "other settings: result set replaced"
     if (meta.get("batch") or {}).get("acquisition_options") != options.acquisition_options():
         return "other acquisition options: result set replaced"

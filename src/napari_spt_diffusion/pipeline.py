@@ -235,6 +235,8 @@ class Settings:
             or self.min_track_length < 1
         ):
             raise PipelineError(f"min_track_length must be a whole number >= 1, got {self.min_track_length!r}")
+        if not isinstance(self.model_switch, bool):
+            raise PipelineError(f"model_switch must be True or False, got {self.model_switch!r}")
         if self.spot_backend not in SPOT_BACKENDS:
             raise PipelineError(f"spot_backend must be one of {', '.join(SPOT_BACKENDS)}, got {self.spot_backend!r}")
         if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:

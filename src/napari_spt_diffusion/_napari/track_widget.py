@@ -107,6 +107,7 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
         min_track_length=int(values["min_track_length"]),
         split_encounters=bool(values.get("split_encounters", True)),
         trust_model=bool(values.get("trust_model", False)),
+        model_switch=not bool(values.get("keep_model", False)),
         measure=tuple(values.get("measure", ())),
     )
 
@@ -197,6 +198,9 @@ class TrackEstimateWidget(Container):
         self.trust_box = CheckBox(name="trust_model", text="report the model even if the guard rejects it", value=False)
         self.trust_box.tooltip = ("The guard compares the model with the classical estimate over all tracks; when the "
                                   "model is biased on this movie the classical values are reported unless this is on")
+        self.keep_box = CheckBox(name="keep_model", text="keep this model outside its training range", value=False)
+        self.keep_box.tooltip = ("Where the movie lies outside what the chosen bundled model was trained for, its "
+                                 "model for any microscope runs instead (aniso -> aniso_any); on: keep the chosen one")
         self.preview_button = PushButton(name="preview", text="Preview detections (current frame)")
         self.run_button = PushButton(name="run", text="Run Track && Estimate")
         self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
@@ -218,7 +222,7 @@ class TrackEstimateWidget(Container):
         self.acq_group = collapsible("Acquisition (pixel, frame, camera, PSF)", acq_fields)
         options = Container(labels=True, widgets=[
             self.model_combo, self.checkpoint, self.device_combo, self.threshold, self.max_D, self.memory,
-            self.min_length, self.split_box, self.trust_box,
+            self.min_length, self.split_box, self.trust_box, self.keep_box,
         ])
         self.options_group = collapsible("Model and tracking", options, expanded=True)
         actions = Container(labels=False, widgets=[
@@ -292,6 +296,7 @@ class TrackEstimateWidget(Container):
         values = {w.name: w.value for w in self._persisted_widgets()}
         values["checkpoint"] = str(values["checkpoint"]) if values["checkpoint"] else ""
         values["trust_model"] = bool(self.trust_box.value)  # never persisted: each run opts in again
+        values["keep_model"] = bool(self.keep_box.value)
         return values
 
     def _load_settings(self) -> None:

@@ -165,6 +165,12 @@ def _ratio_ok(value: float, reference: float, low: float, high: float) -> bool:
     return low <= r <= high
 
 
+def _trained_for_psf_units(card: dict[str, Any]) -> bool:
+    """Whether a card's model was trained for PSF units (its last stage drew from a ``psf_units*`` range)."""
+    trained = ((card.get("training") or {}).get("acquisition_range") or {})
+    return isinstance(trained, dict) and str(trained.get("name", "")).startswith("psf_units")
+
+
 def check_acquisition(
     card: dict[str, Any],
     acquisition: Acquisition,
@@ -180,9 +186,9 @@ def check_acquisition(
     ``training_ranges`` (``{"signal_photons": [low, high], ...}``, physical units), which
     replace the relative tolerances (:data:`DEFAULT_TOLERANCES`). ``virtual_pixels``: the
     acquisition is in the virtual pixels of PSF units (:func:`~.psf_units.model_acquisition`);
-    the messages then say so for the pixel size and the background, and a card with a
-    ``psf_sigma_px`` range (a model trained for PSF units) is not judged on the virtual pixel
-    size, which follows the movie's PSF by design.
+    the messages then say so for the pixel size and the background, and a model trained for PSF
+    units (its card's ``training.acquisition_range`` is a ``psf_units*`` range) is not judged on
+    the virtual pixel size, which follows the movie's PSF by design.
 
     Returns
     -------
@@ -218,10 +224,9 @@ def check_acquisition(
             "",
         ),
     }
-    if virtual_pixels and "psf_sigma_px" in ranges and "pixel_size_nm" not in ranges:
-        # a model trained for PSF units (its card gives the PSF range in its own pixels): the virtual
-        # pixel follows the movie's PSF by design; whether the D range it then covers biases the
-        # estimates is for the guard's population test (guard.py) to find
+    if virtual_pixels and _trained_for_psf_units(card) and "pixel_size_nm" not in ranges:
+        # a model trained for PSF units: the virtual pixel follows the movie's PSF by design; whether
+        # the D range it then covers biases the estimates is for the guard's population test to find
         del values["pixel_size_nm"]
     messages = []
     for key, (value, reference, label, unit) in values.items():

@@ -78,6 +78,7 @@ def alternative_for(
     first = asked_messages[0].split(" is outside")[0]
     message = (
         f"the movie lies outside what model '{asked}' was trained for ({first}); model '{other}', trained over a "
-        f"range of microscopes that covers it, is used instead (--keep-model keeps '{asked}')"
+        f"range of microscopes that covers it, is used instead (--keep-model, or 'keep this model' in the widget, "
+        f"keeps '{asked}')"
     )
     return ModelSwitch(asked, other, tuple(asked_messages), message)

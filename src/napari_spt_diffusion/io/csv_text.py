@@ -12,6 +12,7 @@ cell, as pandas writes them.
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Sequence
 from typing import IO
@@ -38,21 +39,27 @@ def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> n
     """
     x = np.asarray(values, dtype=np.float64)
     out = x.copy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        keep = np.isfinite(x) & (np.abs(x) >= 1e-250)
-        v = x[keep]
-        k = digits - 1 - np.floor(np.log10(np.abs(v))).astype(np.int64)
-        up = k >= 0
-        scale = 10.0 ** np.abs(k)  # exact powers of ten up to 1e22: the quotient is the nearest double
-        r = np.where(up, np.round(v * scale) / scale, np.round(v / scale) * scale)
-    out[keep] = r
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        finite = np.isfinite(x) & (x != 0)
+        k = np.zeros(x.shape, dtype=np.int64)
+        k[finite] = digits - 1 - np.floor(np.log10(np.abs(x[finite]))).astype(np.int64)
+        # powers of ten up to 1e22 are exact, so the rounded quotient is the double nearest the
+        # decimal; outside that (|x| below ~1e-14 or above ~1e31) Python's formatting rounds
+        exact = finite & (np.abs(k) <= 22)
+        v, kk = x[exact], k[exact]
+        scale = 10.0 ** np.abs(kk)
+        out[exact] = np.where(kk >= 0, np.round(v * scale) / scale, np.round(v / scale) * scale)
+    for i in np.flatnonzero(finite & ~exact):
+        out.flat[i] = float(f"{x.flat[i]:.{digits}g}")
     return out
 
 
 def _numeric_only(table: pd.DataFrame, columns: Sequence[str]) -> bool:
+    """Every column a plain numpy bool, integer or float column (extension dtypes such as pandas'
+    nullable ``boolean`` or ``Int64`` go through pandas)."""
     return all(
-        pd.api.types.is_bool_dtype(table[c]) or pd.api.types.is_numeric_dtype(table[c]) for c in columns
-    )
+        isinstance(table[c].dtype, np.dtype) and table[c].dtype.kind in "biuf" for c in columns
+    ) and all(isinstance(c, str) for c in columns)
 
 
 def write_csv_rows(table: pd.DataFrame, columns: Sequence[str], handle: IO[str]) -> None:
@@ -66,7 +73,9 @@ def write_csv_rows(table: pd.DataFrame, columns: Sequence[str], handle: IO[str])
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    handle.write(",".join(columns) + "\n")
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(columns)  # quoted where a name needs it, as pandas does
+    handle.write(header.getvalue())
     options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
     for start in range(0, len(table), FAST_CHUNK_ROWS):
         part = table.iloc[start:start + FAST_CHUNK_ROWS]
