@@ -48,9 +48,9 @@ detect_and_localize(frames[:10], acq)
 start = float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.001)
-c0, t0 = time.process_time(), time.perf_counter()
+c0, t0 = time.process_time(), time.time()
 table = detect_and_localize(frames, acq)
-print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "n": len(table)}))
+print(json.dumps({"start": t0, "end": time.time(), "cpu_s": time.process_time() - c0, "n": len(table)}))
 """
 
 
@@ -60,8 +60,13 @@ def run_config(movie_path: str, threads: int, processes: int) -> dict:
     start = time.time() + 8.0  # every process has loaded and warmed up by then
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, movie_path, repr(start)], env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(processes)]
-    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    wall = max(r["wall_s"] for r in results)
+    outputs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a worker failed (exit codes {[p.returncode for p in procs]})")
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    if max(r["start"] for r in results) > min(r["end"] for r in results):
+        raise RuntimeError("the processes did not run at the same time (raise the start delay)")
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     return {"threads": threads, "processes": processes, "wall_s": wall, "cpu_s": sum(r["cpu_s"] for r in results),
             "frames_per_s": processes * N_FRAMES / wall, "localizations": results[0]["n"]}
 
