@@ -156,11 +156,7 @@ def test_end_to_end_bundled_binding_model(viewer_widget, qtbot, sample, _isolate
     _check_results_layers(viewer, widget, sample)
 
 
-def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_rejected(
-        make_napari_viewer_proxy, qtbot, _isolated):
-    """A movie from the independent renderer (Airy PSF, sCMOS camera of unknown gain and
-    offset), opened as a plain image: the widget measures the acquisition, shows it in the
-    fields, and warns that the guard reported the classical values."""
+def _foreign_na08_movie():
     from napari_spt_diffusion.validation.foreign_renderer import (
         ForeignCamera,
         ForeignMotion,
@@ -170,8 +166,20 @@ def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_reje
     )
 
     scene = ForeignScene(shape_yx=(96, 96), n_frames=40, n_particles=14, photons=3000.0, background=600.0)
-    truth = render_foreign_movie(scene, ForeignOptics(na=0.8, wavelength_nm=640.0), ForeignCamera(),
-                                 ForeignMotion(kind="free"), 4201)
+    return render_foreign_movie(scene, ForeignOptics(na=0.8, wavelength_nm=640.0), ForeignCamera(),
+                                ForeignMotion(kind="free"), 4201)
+
+
+def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_rejected(
+        make_napari_viewer_proxy, qtbot, _isolated, monkeypatch):
+    """A movie from the independent renderer (Airy PSF, sCMOS camera of unknown gain and
+    offset), opened as a plain image: the widget measures the acquisition, shows it in the
+    fields, and warns that the guard reported the classical values. (No bundled model for any
+    microscope to switch to here: the rejection path.)"""
+    from napari_spt_diffusion.estimation import model_choice
+
+    monkeypatch.setattr(model_choice, "ALTERNATIVES", {})
+    truth = _foreign_na08_movie()
     viewer = make_napari_viewer_proxy()
     viewer.add_image(truth.movie, name="foreign", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
                      units=("s", "um", "um"))
@@ -189,3 +197,25 @@ def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_reje
     qtbot.waitUntil(lambda: any(level == "warning" and ("biased" in m or "outside" in m) for level, m in _isolated),
                     timeout=5000)
     assert "model rejected" in widget.status.value
+
+
+def test_the_model_for_any_microscope_takes_over_in_the_widget(make_napari_viewer_proxy, qtbot, _isolated):
+    """The same movie with the defaults: 'aniso' was not trained for it, 'aniso_any' runs instead and
+    the widget says so."""
+    truth = _foreign_na08_movie()
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(truth.movie, name="foreign", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
+                     units=("s", "um", "um"))
+    widget = TrackEstimateWidget(viewer)
+    widget.device_combo.value = "cpu"
+    widget.min_length.value = 10
+    _run_and_wait(widget, qtbot)
+    res = widget.results
+    assert res.meta["model"] == "aniso_any"
+    assert res.meta["model_switch"]["asked"] == "aniso"
+    qtbot.waitUntil(lambda: any(level == "warning" and "is used instead" in m for level, m in _isolated),
+                    timeout=5000)
+    widget.keep_box.value = True  # "keep this model": the settings ask for no switch
+    from napari_spt_diffusion._napari.track_widget import pipeline_settings
+
+    assert pipeline_settings(widget.values()).model_switch is False
