@@ -170,6 +170,17 @@ def _foreign_na08_movie():
                                 ForeignMotion(kind="free"), 4201)
 
 
+def _run_on_foreign_movie(viewer, truth, qtbot):
+    """The widget run with its defaults (CPU, tracks of >= 10 frames) on the foreign movie as a plain image."""
+    viewer.add_image(truth.movie, name="foreign", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
+                     units=("s", "um", "um"))
+    widget = TrackEstimateWidget(viewer)
+    widget.device_combo.value = "cpu"
+    widget.min_length.value = 10
+    _run_and_wait(widget, qtbot)
+    return widget
+
+
 def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_rejected(
         make_napari_viewer_proxy, qtbot, _isolated, monkeypatch):
     """A movie from the independent renderer (Airy PSF, sCMOS camera of unknown gain and
@@ -180,13 +191,7 @@ def test_a_movie_from_another_microscope_is_calibrated_and_the_biased_model_reje
 
     monkeypatch.setattr(model_choice, "ALTERNATIVES", {})
     truth = _foreign_na08_movie()
-    viewer = make_napari_viewer_proxy()
-    viewer.add_image(truth.movie, name="foreign", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
-                     units=("s", "um", "um"))
-    widget = TrackEstimateWidget(viewer)
-    widget.device_combo.value = "cpu"
-    widget.min_length.value = 10
-    _run_and_wait(widget, qtbot)
+    widget = _run_on_foreign_movie(make_napari_viewer_proxy(), truth, qtbot)
     res = widget.results
     measured = res.meta["acquisition_measured"]
     assert measured["psf_sigma_nm"]["value"] == pytest.approx(truth.acquisition["psf_sigma_equivalent_nm"], rel=0.05)
@@ -203,13 +208,7 @@ def test_the_model_for_any_microscope_takes_over_in_the_widget(make_napari_viewe
     """The same movie with the defaults: 'aniso' was not trained for it, 'aniso_any' runs instead and
     the widget says so."""
     truth = _foreign_na08_movie()
-    viewer = make_napari_viewer_proxy()
-    viewer.add_image(truth.movie, name="foreign", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
-                     units=("s", "um", "um"))
-    widget = TrackEstimateWidget(viewer)
-    widget.device_combo.value = "cpu"
-    widget.min_length.value = 10
-    _run_and_wait(widget, qtbot)
+    widget = _run_on_foreign_movie(make_napari_viewer_proxy(), truth, qtbot)
     res = widget.results
     assert res.meta["model"] == "aniso_any"
     assert res.meta["model_switch"]["asked"] == "aniso"
