@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation.checkpoint import CheckpointError
 from napari_spt_diffusion.estimation.estimator import (
+    CPU_CHUNK,
     AcquisitionWarning,
     Estimator,
     EstimatorError,
@@ -368,7 +369,7 @@ def test_bundled_model_through_the_estimator_matches_one_direct_call():
     from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
 
     est = Estimator("aniso", device="cpu")
-    assert est.model_call_size() == 64 and est.parallel_workers() == torch.get_num_threads()
+    assert est.model_call_size() == CPU_CHUNK and est.parallel_workers() == torch.get_num_threads()
     tracks = [_track(i, 30) for i in range(80)]
     out = est.estimate(tracks, STANDARD)
     module, _ = load_checkpoint("aniso")

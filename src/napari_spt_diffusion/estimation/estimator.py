@@ -105,8 +105,10 @@ class AcquisitionWarning(UserWarning):
 #: in calls of 32-128 windows of 30 frames than in calls of 256-512 (the activations of a
 #: call then stay in the CPU caches). With several threads the call grows with them: on
 #: a busy machine small calls with 2 threads were far slower (every call synchronises
-#: the threads several times).
-CPU_CHUNK = 64
+#: the threads several times). On the speed protocol's movie (6,367 windows, two calls side
+#: by side on a quiet 2-core machine) the model stage of ``track`` took 3.1-3.5 s with calls of
+#: 32 windows against 3.5-3.9 s with 64 (four runs each, ``_meta.json`` ``timings_s.model_s``).
+CPU_CHUNK = 32
 
 #: Relative ranges around the training acquisition inside which no warning is given:
 #: ``quantity: (lowest ratio, highest ratio)`` of movie value / training value.
