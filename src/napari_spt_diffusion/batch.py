@@ -43,7 +43,7 @@ from .calibration import fields_to_measure
 from .errors import SptDiffusionError
 from .io import InputError, read_movie, read_results, results_paths, write_results
 from .io._atomic import atomic_path, atomic_write_json, check_writable_folder
-from .io.results import _CSV_FLOAT_FORMAT
+from .io.csv_text import FLOAT_FORMAT
 from .pipeline import Settings
 from .plausibility import check_units
 from .results import SUMMARY_COLUMNS
@@ -475,7 +475,7 @@ def _write_batch_files(folder: Path, jobs: Sequence[MovieJob], outcomes: Sequenc
     combined = _combined_summary(jobs, outcomes)
     paths = [folder / COMBINED_SUMMARY, folder / REPORT_JSON, folder / REPORT_CSV]
     with atomic_path(paths[0]) as tmp:
-        combined.to_csv(tmp, index=False, float_format=_CSV_FLOAT_FORMAT, lineterminator="\n")
+        combined.to_csv(tmp, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
     rows = [dataclasses.asdict(o) for o in outcomes]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     if any(o.status == "cancelled" for o in outcomes):

@@ -156,11 +156,16 @@ def calibrate_and_load(
     # the guard decides what an acquisition outside the model's range means
     acquisition_messages = estimator.check_acquisition(prepared.acquisition, warn=False)
     if switchable:
-        switch = alternative_for(settings.model, acquisition_messages, prepared.acquisition,
-                                 lambda name, acq: _estimator(name, settings).check_acquisition(acq, warn=False))
+        loaded: dict[str, Estimator] = {}  # the alternative is loaded once: to check it, then to run it
+
+        def check(name: str, acq: Acquisition) -> list[str]:
+            loaded[name] = _estimator(name, settings)
+            return loaded[name].check_acquisition(acq, warn=False)
+
+        switch = alternative_for(settings.model, acquisition_messages, prepared.acquisition, check)
         if switch is not None:
-            estimator = _estimator(switch.used, settings)
-            acquisition_messages = estimator.check_acquisition(prepared.acquisition, warn=False)
+            estimator = loaded[switch.used]
+            acquisition_messages = []  # the switch is made only into a model whose range covers the movie
             prepared.model_switch = switch
             prepared.messages.append(switch.message)
             _warn(switch.message)

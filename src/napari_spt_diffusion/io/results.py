@@ -39,12 +39,11 @@ from ..results import (
 )
 from ._atomic import AtomicFileSet
 from ._errors import InputError
-from .csv_text import FLOAT_FORMAT, write_csv_rows
+from .csv_text import write_csv_rows
 from .movie import write_movie_file
 
 __all__ = ["read_results", "results_paths", "simulation_paths", "write_results", "write_simulation"]
 
-_CSV_FLOAT_FORMAT = FLOAT_FORMAT
 #: Spellings of a boolean cell accepted when reading (compared in lower case).
 _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
 

@@ -47,6 +47,7 @@ import pandas as pd
 from ..acquisition import Acquisition
 from ._atomic import AtomicFileSet
 from ._errors import InputError
+from .csv_text import FLOAT_FORMAT
 
 __all__ = [
     "TRACK_FORMATS",
@@ -519,5 +520,5 @@ def write_tables(tables: Mapping[Path, pd.DataFrame], overwrite: bool = False) -
     """Write CSV tables (``{path: table}``) all or nothing; floats with 9 significant digits."""
     with AtomicFileSet(list(tables), overwrite) as staging:
         for target, table in tables.items():
-            table.to_csv(staging.temp(Path(target)), index=False, float_format="%.9g", lineterminator="\n")
+            table.to_csv(staging.temp(Path(target)), index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
         return staging.commit()
