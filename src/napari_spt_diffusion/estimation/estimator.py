@@ -105,9 +105,9 @@ class AcquisitionWarning(UserWarning):
 #: in calls of 32-128 windows of 30 frames than in calls of 256-512 (the activations of a
 #: call then stay in the CPU caches). With several threads the call grows with them: on
 #: a busy machine small calls with 2 threads were far slower (every call synchronises
-#: the threads several times). On the speed protocol's movie (6,367 windows, two calls side
-#: by side on a quiet 2-core machine) the model stage of ``track`` took 3.1-3.5 s with calls of
-#: 32 windows against 3.5-3.9 s with 64 (four runs each, ``_meta.json`` ``timings_s.model_s``).
+#: the threads several times). 32 was chosen for two calls side by side on a quiet 2-core
+#: machine from scratch runs of ``track`` on the speed protocol's movie; the speed benchmark
+#: before and after the change: benchmarks/reports/tracking.md (last section).
 CPU_CHUNK = 32
 
 #: Relative ranges around the training acquisition inside which no warning is given:
