@@ -53,6 +53,7 @@ Command::
     .venv/bin/python benchmarks/bench_end_to_end.py [--quick] [--sets field,binding,twostate,speed]
         [--models aniso=PATH,binding=PATH,twostate=PATH] [--out benchmarks/reports/end_to_end.md]
         [--threads N] [--no-confirm] [--split-encounters on|off] [--encounter-llr X]
+        [--motion-linking on|off] [--encounter-share on|off]
 
 ``--quick`` shrinks every movie (a smoke run; its report goes to ``end_to_end_quick.md``).
 ``--models`` replaces bundled checkpoints (e.g. a model still in training).
@@ -734,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--no-confirm", action="store_true",
                         help="changepoints decided on the estimates alone (no confirmation on the displacements)")
+    parser.add_argument("--motion-linking", choices=("on", "off"), default=None,
+                        help="relink with each particle's own diffusivity (Settings.motion_linking; default: on)")
     parser.add_argument("--split-encounters", choices=("on", "off"), default=None,
                         help="cut tracks at ambiguous encounters (Settings.split_encounters; default: the pipeline's)")
     parser.add_argument("--encounter-llr", type=float, default=None,
@@ -742,8 +745,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="EncounterRules.max_expected_bias (0: cut every ambiguous pair, the rule of version 0.1)")
     parser.add_argument("--encounter-repair", type=float, default=None,
                         help="EncounterRules.repair_margin in nats (inf: never exchange tails, as in version 0.1)")
+    parser.add_argument("--encounter-share", choices=("on", "off"), default=None,
+                        help="EncounterRules.weigh_by_share (default: off)")
     args = parser.parse_args(argv)
-    if args.encounter_bias is not None or args.encounter_repair is not None:
+    if args.encounter_bias is not None or args.encounter_repair is not None or args.encounter_share is not None:
         import functools
 
         import napari_spt_diffusion.pipeline as pipeline_module
@@ -753,11 +758,14 @@ def main(argv: list[str] | None = None) -> int:
         pipeline_module.EncounterRules = functools.partial(
             EncounterRules,
             max_expected_bias=defaults.max_expected_bias if args.encounter_bias is None else args.encounter_bias,
-            repair_margin=defaults.repair_margin if args.encounter_repair is None else args.encounter_repair)
+            repair_margin=defaults.repair_margin if args.encounter_repair is None else args.encounter_repair,
+            weigh_by_share=defaults.weigh_by_share if args.encounter_share is None else args.encounter_share == "on")
     global CONFIRM
     CONFIRM = not args.no_confirm
     if args.split_encounters is not None:
         LINK_OPTIONS["split_encounters"] = args.split_encounters == "on"
+    if args.motion_linking is not None:
+        LINK_OPTIONS["motion_linking"] = args.motion_linking == "on"
     if args.encounter_llr is not None:
         LINK_OPTIONS["encounter_llr_threshold"] = args.encounter_llr
     if args.threads:

@@ -365,6 +365,23 @@ def run_trackpy(movie: np.ndarray, d_max: float, px_um: float, dt: float) -> tup
 
 
 # ------------------------------------------------------------------------------------ one case
+def tracks_meeting(truth: pd.DataFrame, radii_px: tuple[float, ...]) -> dict[str, int]:
+    """How many true tracks come within each radius (px) of another particle in some frame: the encounters a
+    tracker meets (two spots about a PSF width apart or closer can hardly be told apart)."""
+    from scipy.spatial import cKDTree
+
+    met: dict[float, set[int]] = {r: set() for r in radii_px}
+    for _, g in truth.groupby("frame"):
+        if len(g) < 2:
+            continue
+        tree = cKDTree(g[["x_px", "y_px"]].to_numpy(float))
+        ids = g["track_id"].to_numpy()
+        for r in radii_px:
+            pairs = tree.query_pairs(r, output_type="ndarray")
+            met[r].update(ids[pairs.ravel()].tolist())
+    return {f"{r:g}": len(v) for r, v in met.items()}
+
+
 def run_case(name: str, quick: bool, seed_offset: int, workdir: Path, psfs: dict, guard_option: bool) -> dict[str, Any]:
     case = foreign_case(name, quick=quick)
     seed = case["seed"] + seed_offset
@@ -383,7 +400,8 @@ def run_case(name: str, quick: bool, seed_offset: int, workdir: Path, psfs: dict
     prefix = workdir / f"{name}_out"
     run = run_tool(movie_path, prefix)
     res: dict[str, Any] = {"case": name, "seed": seed, "render_s": render_s, "truth_acquisition": mv.acquisition,
-                           "truth_rows": int(len(truth)), "true_tracks": int(truth["track_id"].nunique()), "tool": run}
+                           "truth_rows": int(len(truth)), "true_tracks": int(truth["track_id"].nunique()), "tool": run,
+                           "tracks_meeting": tracks_meeting(truth, (1.0, 2.0))}
     px_um, dt = optics.pixel_size_nm / 1000.0, scene.frame_interval_s
     if run["returncode"] == 0:
         tracks, summary, meta = read_tool(prefix)
@@ -504,6 +522,11 @@ def case_lines(r: dict[str, Any]) -> list[str]:
                  f"camera sCMOS gain map {a['gain_map_mean']:.2f} +- {a['gain_map_sd']:.2f} ADU/e-, offset map "
                  f"{a['offset_map_mean']:.1f} +- {a['offset_map_sd']:.1f} ADU, read noise {a['read_noise_e']} e-; "
                  f"rendering {r['render_s']:.1f} s.")
+    if r.get("tracks_meeting"):
+        near = r["tracks_meeting"]
+        lines[-1] += (" Encounters in the truth: " + ", ".join(
+            f"{n} of {r['true_tracks']} particles come within {k} px of another" for k, n in near.items())
+            + " in some frame.")
     run = r["tool"]
     if run["returncode"] != 0:
         return [*lines, "", f"`{run['command']}` failed with exit status {run['returncode']}:", "", "```",

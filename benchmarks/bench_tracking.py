@@ -620,14 +620,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="report (default: benchmarks/reports/tracking[_quick].md)")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS/OpenMP threads (set before numpy is imported; the speed workers inherit it)")
+    parser.add_argument("--motion-linking", choices=("on", "off"), default=None,
+                        help="relink with each particle's own diffusivity (EncounterRules.motion_linking; default: on)")
     parser.add_argument("--split-encounters", choices=("on", "off"), default=None,
                         help="field: cut tracks at ambiguous encounters (link(split_encounters=...); default: link's)")
     parser.add_argument("--encounter-llr", type=float, default=None, help="field: swap test threshold in nats")
     args = parser.parse_args(argv)
     if args.split_encounters is not None:
         LINK_OPTIONS["split_encounters"] = args.split_encounters == "on"
+    rules = {}
+    if args.motion_linking is not None:
+        rules["motion_linking"] = args.motion_linking == "on"
     if args.encounter_llr is not None:
-        LINK_OPTIONS["encounter_rules"] = EncounterRules(llr_threshold=args.encounter_llr)
+        rules["llr_threshold"] = args.encounter_llr
+    if rules:
+        LINK_OPTIONS["encounter_rules"] = EncounterRules(**rules)
     command = command_line("bench_tracking.py", argv)
     start = time.perf_counter()
     field = run_field(args.quick) if args.protocol in ("field", "all") else None

@@ -96,6 +96,18 @@ def test_crossing_of_a_fast_and_a_slow_particle_is_cut_by_default():
     assert split_encounters(tid, frame, pos).n_cuts == 0
 
 
+def test_weighing_by_share_keeps_an_encounter_near_a_track_end():
+    # the same ambiguous crossing, once mid-track and once two links after both tracks begin: a swap there
+    # would hand the other particle two of a track's links, too few to bias its estimate
+    share = EncounterRules(weigh_by_share=True)
+    tid, frame, pos = _fast_slow_crossing(np.random.default_rng(11), n=41)
+    assert split_encounters(tid, frame, pos, rules=share).n_swap_cuts > 0
+    late = frame >= 18  # the encounter is between frames 19 and 20
+    assert split_encounters(tid[late], frame[late], pos[late], rules=share).n_swap_cuts == 0
+    # the default rule (no weighing) still cuts it
+    assert split_encounters(tid[late], frame[late], pos[late]).n_swap_cuts > 0
+
+
 def test_expected_bias_threshold_decides_between_cut_and_keep():
     tid, frame, pos = _fast_slow_crossing(np.random.default_rng(12), separation=1.0)
     cut = split_encounters(tid, frame, pos, rules=EncounterRules(max_expected_bias=0.01))

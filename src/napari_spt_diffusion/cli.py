@@ -445,7 +445,7 @@ def _track_settings(args: argparse.Namespace) -> Any:
 
     values: dict[str, Any] = {"model": args.model, "device": args.device}
     for name in ("max_D_um2_s", "memory_frames", "min_track_length", "changepoints", "split_encounters",
-                 "chunk_frames", "psf_units"):
+                 "motion_linking", "chunk_frames", "psf_units"):
         values[name] = getattr(args, name, None)  # estimate has no detection or linking options
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     settings.drift_correction = bool(getattr(args, "drift_correction", False))
@@ -613,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest expected D in um^2/s; sets the linking search range (default: 6)")
     trk.add_argument("--memory-frames", type=_non_negative_int,
                      help="frames a particle may vanish and still be linked (default: 2)")
+    trk.add_argument("--nearest-neighbour-links", dest="motion_linking", action="store_false", default=None,
+                     help="keep trackpy's nearest-neighbour links (default: relink them with each particle's own "
+                          "diffusivity, so a slow particle is not handed a fast one's steps)")
     trk.add_argument("--keep-encounters", dest="split_encounters", action="store_false", default=None,
                      help="do not cut tracks where two particles came close enough to swap identities "
                           "(default: cut them, so each track holds one particle)")

@@ -4,7 +4,8 @@
 
 1. detection + sub-pixel localization, one frame at a time (frames are read as needed;
    the movie can be a memmap or a lazy TIFF reader);
-2. linking (trackpy with gap memory), then tracks are cut where two particles came
+2. linking (trackpy with gap memory, then relinked with each particle's own diffusivity,
+   ``Settings.motion_linking``, :mod:`~.tracking.motion_link`), then tracks are cut where two particles came
    close enough that their identities may have been swapped (``Settings.split_encounters``,
    :mod:`~.tracking.encounters`); tracks (pieces) shorter than ``min_track_length``
    localizations are left out of the results;
@@ -132,6 +133,9 @@ class Settings:
         Frames a particle may vanish and still be linked.
     search_range_px
         Explicit linking search range (px); ``None`` derives it from ``max_D_um2_s``.
+    motion_linking
+        Relink trackpy's nearest-neighbour tracks by the likelihood of each step under the
+        particle's own diffusivity (:mod:`~.tracking.motion_link`; on by default).
     split_encounters
         Cut tracks where two particles came close enough that their identities may have
         been swapped (:mod:`~.tracking.encounters`), so that each track holds one particle
@@ -203,6 +207,7 @@ class Settings:
     max_D_um2_s: float = 6.0
     memory_frames: int = 2
     search_range_px: float | None = None
+    motion_linking: bool = True
     split_encounters: bool = True
     encounter_llr_threshold: float = DEFAULT_LLR_THRESHOLD
     min_track_length: int = 5
@@ -435,7 +440,8 @@ def _run(
         min_track_length=settings.min_track_length,
         search_range_px=settings.search_range_px,
         split_encounters=settings.split_encounters,
-        encounter_rules=EncounterRules(llr_threshold=settings.encounter_llr_threshold),
+        encounter_rules=EncounterRules(llr_threshold=settings.encounter_llr_threshold,
+                                       motion_linking=settings.motion_linking),
     )
     del locs
     messages += list(linked.messages)

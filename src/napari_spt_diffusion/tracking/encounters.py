@@ -65,6 +65,14 @@ where the two particles diffuse alike and a swap cannot bias either estimate):
   the other would bias an estimate by ``max_expected_bias`` (with ``p = 1/2``: nothing in
   the bridged frames tells the two apart).
 
+  Optionally (``EncounterRules.weigh_by_share``, off by default) the expected bias is
+  weighted by the *swapped share*: a swap hands a track's steps on one side of the link to
+  the other particle, and the track's estimate is dominated by its longer side, so the
+  shorter side's links over all of the track's links (the larger share of the two tracks of
+  a pair) weigh the bias, and a swap two frames after a track begins is not cut. It cuts
+  fewer tracks on the foreign-optics movies, but on the standard end-to-end sets it left
+  more swaps and the errors grew (``benchmarks/reports/encounters.md``).
+
 Everything is vectorised per frame boundary (a :class:`scipy.spatial.cKDTree` of the
 links' positions), with no loop over pairs of tracks (the repairs loop over the few
 repaired pairs only).
@@ -124,12 +132,23 @@ class EncounterRules:
         threshold (the plain swap test).
     repair_margin
         Exchange the tails of a pair when ``LLR < -repair_margin`` (nats); ``inf``: never.
+    weigh_by_share
+        Weigh the expected bias by the share of a track's links that a swap would hand to the
+        other particle (encounters near a track's ends are then kept). Off by default: it cuts
+        fewer tracks, but leaves more swaps in them (``benchmarks/reports/encounters.md``).
+    motion_linking
+        Before any cut, relink the linker's tracks by the likelihood of each step under the
+        particle's own step variance (:mod:`~napari_spt_diffusion.tracking.motion_link`), so
+        that who is who where particles meet is decided by their motion, not by the shorter
+        step (used by :func:`~napari_spt_diffusion.tracking.link.link`, with or without cuts).
     """
 
     llr_threshold: float = DEFAULT_LLR_THRESHOLD
     gap_radius_px: float = DEFAULT_GAP_RADIUS_PX
     max_expected_bias: float = DEFAULT_MAX_EXPECTED_BIAS
     repair_margin: float = DEFAULT_REPAIR_MARGIN
+    weigh_by_share: bool = False
+    motion_linking: bool = True
 
 
 @dataclass(frozen=True)
@@ -354,11 +373,11 @@ def split_encounters(
     n_swap = n_gap = 0
     if len(links.at):
         if threshold > -math.inf:
-            swap_cut = _swap_cuts(links, f_s, p_s, threshold, max_bias)
+            swap_cut = _swap_cuts(links, f_s, p_s, threshold, max_bias, rules.weigh_by_share)
             n_swap = int(swap_cut.sum())
             cut |= swap_cut
         if radius > 0:
-            gap_cut = _gap_cuts(links, t_s, f_s, p_s, radius, max_bias)
+            gap_cut = _gap_cuts(links, t_s, f_s, p_s, radius, max_bias, rules.weigh_by_share)
             n_gap = int((gap_cut & ~cut).sum())
             cut |= gap_cut
 
@@ -382,11 +401,15 @@ class _Links:
     ``local``: ``(L, 3)`` the step covariance ``(yy, xx, yx)`` (px^2 per frame) of up to
     :data:`_LOCAL_WINDOW_LINKS` links of the same track before the link (after it when fewer
     than 3 precede it; else ``(var, var, 0)``), the diagonal floored like ``var``.
+    ``links_before`` / ``links_after``: ``(L,)`` how many links of the same track come before / after
+    the link.
     """
 
     at: np.ndarray
     var: np.ndarray
     local: np.ndarray
+    links_before: np.ndarray
+    links_after: np.ndarray
 
 
 def _measure_links(t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, prec: np.ndarray | None) -> _Links:
@@ -394,7 +417,8 @@ def _measure_links(t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, prec: np.n
     link_at = np.flatnonzero(t_s[1:] == t_s[:-1])
     n_links = len(link_at)
     if n_links == 0:
-        return _Links(link_at, np.zeros(0), np.zeros(0))
+        empty = np.zeros(0, dtype=np.int64)
+        return _Links(link_at, np.zeros(0), np.zeros(0), empty, empty)
     floor = np.full(n_links, _MIN_STEP_VARIANCE_PX2)
     if prec is not None:
         p2 = np.fmax(prec[link_at], prec[link_at + 1]) ** 2  # NaN only where both ends lack one
@@ -418,7 +442,7 @@ def _measure_links(t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, prec: np.n
     whole = np.stack([var, var, np.zeros(n_links)], axis=1)
     local = np.where((n_b >= 3)[:, None], before, np.where((n_a >= 3)[:, None], after, whole))
     local[:, :2] = np.maximum(local[:, :2], floor[:, None])
-    return _Links(link_at, var, local)
+    return _Links(link_at, var, local, idx - first, last - idx)
 
 
 def _lookup(mapping: dict[int, float], keys: np.ndarray) -> np.ndarray:
@@ -456,6 +480,14 @@ def _expected_bias(llr: np.ndarray, cov_a: np.ndarray, cov_b: np.ndarray) -> np.
     from scipy.special import expit
 
     return expit(-llr) * _tensor_difference(cov_a, cov_b)
+
+
+def _swapped_share(links: _Links, i: np.ndarray) -> np.ndarray:
+    """Share of a track's links that a swap at its link ``i`` would give to the other particle: the
+    shorter of the two sides (the links before it, the link and those after) over all of its links."""
+    before = links.links_before[i].astype(float)
+    after = links.links_after[i].astype(float) + 1.0
+    return np.minimum(before, after) / (before + after)
 
 
 def _candidate_pairs(
@@ -500,13 +532,17 @@ def _candidate_pairs(
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_llr)
 
 
-def _swap_cuts(links: _Links, f_s: np.ndarray, p_s: np.ndarray, threshold: float, max_bias: float) -> np.ndarray:
+def _swap_cuts(links: _Links, f_s: np.ndarray, p_s: np.ndarray, threshold: float, max_bias: float,
+               weigh_by_share: bool = False) -> np.ndarray:
     """Links cut by the swap test (rule 1), ``(L,)`` bool."""
     cut = np.zeros(len(links.at), dtype=bool)
     i, j, llr = _candidate_pairs(links, f_s, p_s, threshold)
     hit = llr < threshold
     if max_bias > 0:
-        hit &= _expected_bias(llr, links.local[i], links.local[j]) >= max_bias
+        bias = _expected_bias(llr, links.local[i], links.local[j])
+        if weigh_by_share:
+            bias = bias * np.maximum(_swapped_share(links, i), _swapped_share(links, j))
+        hit &= bias >= max_bias
     cut[i[hit]] = True
     cut[j[hit]] = True
     return cut
@@ -538,7 +574,7 @@ def _repair_round(
 
 
 def _gap_cuts(links: _Links, t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, radius: float,
-              max_bias: float) -> np.ndarray:
+              max_bias: float, weigh_by_share: bool = False) -> np.ndarray:
     """Links cut by the gap rule (rule 2), ``(L,)`` bool."""
     from scipy.spatial import cKDTree
 
@@ -576,7 +612,8 @@ def _gap_cuts(links: _Links, t_s: np.ndarray, f_s: np.ndarray, p_s: np.ndarray, 
                 own_cov = links.local[g_rep[k]][None, :]
                 v_other = np.array([var_of_track.get(int(o), math.nan) for o in others])
                 other_cov = np.stack([v_other, v_other, np.zeros(len(others))], axis=1)
-                differ = 0.5 * _tensor_difference(np.repeat(own_cov, len(others), axis=0), other_cov)
+                share = _swapped_share(links, np.array([g_rep[k]])) if weigh_by_share else 1.0
+                differ = 0.5 * share * _tensor_difference(np.repeat(own_cov, len(others), axis=0), other_cov)
                 others = others[~(differ < max_bias)]  # an unknown variance (NaN) keeps the cut
             if len(others):
                 cut[g_rep[k]] = True

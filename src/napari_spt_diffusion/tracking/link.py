@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..acquisition import Acquisition
 from . import encounters as _encounters
+from . import motion_link as _motion
 from .detect import TrackingInputError
 
 __all__ = [
@@ -198,7 +199,12 @@ def link(
         the swap test threshold (nats; a pair of links is cut when the linked assignment is
         less than ``exp(threshold)`` times as likely as the swapped one) and the gap rule
         radius (px; a link bridging a gap is cut when another track's localization lay this
-        close to its path during the gap). ``None``: the defaults (5 nats, 2 px).
+        close to its path during the gap). ``None``: the defaults (5 nats, 2 px). Its
+        ``motion_linking`` (applied with or without ``split_encounters``; default on) relinks
+        trackpy's tracks with each particle's own diffusivity
+        (:func:`~napari_spt_diffusion.tracking.motion_link.relink_by_motion`: a slow particle is
+        not handed the steps of a fast one that passes it); ``False`` keeps trackpy's
+        nearest-neighbour links as they are.
 
     Returns
     -------
@@ -255,6 +261,12 @@ def link(
     del coords  # long movies: hold as little as possible while the encounters are looked for
     for message in messages:
         warnings.warn(message, LinkingWarning, stacklevel=2)
+    precision_px = None
+    if "loc_precision_nm" in table.columns:
+        precision_px = table["loc_precision_nm"].to_numpy(dtype=float) / acquisition.pixel_size_nm
+    rules = _encounters.EncounterRules() if encounter_rules is None else encounter_rules
+    if rules.motion_linking:
+        particle = _relink_by_motion(particle, frames.astype(np.int64), positions, precision_px, search_range, memory)
 
     # Relabel 0..n-1 in order of first appearance (frame, then row order within a frame).
     order = np.lexsort((np.arange(len(frames)), frames))
@@ -263,10 +275,6 @@ def link(
     track_id[order] = codes
     del order, codes, particle
     if split_encounters:
-        precision_px = None
-        if "loc_precision_nm" in table.columns:
-            precision_px = table["loc_precision_nm"].to_numpy(dtype=float) / acquisition.pixel_size_nm
-        rules = _encounters.EncounterRules() if encounter_rules is None else encounter_rules
         split = _encounters.split_encounters(
             track_id, frames.astype(np.int64), positions, loc_precision_px=precision_px, rules=rules,
         )
@@ -284,6 +292,18 @@ def link(
     tracks["is_short"] = lengths[track_id] < int(min_track_length)
     tracks = tracks.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
     return LinkResult(tracks, messages, search_range, memory)
+
+
+def _relink_by_motion(particle: np.ndarray, frames: np.ndarray, positions_px: np.ndarray,
+                      precision_px: np.ndarray | None, search_range: float, memory: int) -> np.ndarray:
+    """trackpy's ids ``particle`` relinked with each track's own step variance (``motion_link``)."""
+    floor: np.ndarray | float = _motion.MIN_VARIANCE_PX2
+    if precision_px is not None:
+        p2 = 2.0 * precision_px**2
+        floor = np.where(np.isfinite(p2), np.maximum(p2, _motion.MIN_VARIANCE_PX2), _motion.MIN_VARIANCE_PX2)
+    prior = _motion.prior_step_variance_px2(particle, frames, positions_px, floor)
+    return _motion.relink_by_motion(frames, positions_px, prior, search_range_px=search_range,
+                                    memory_frames=memory, floor_px2=floor)
 
 
 def _link_with_recovery(

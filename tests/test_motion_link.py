@@ -1,0 +1,94 @@
+"""Tests of tracking.motion_link: relinking with each particle's own diffusivity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.tracking.encounters import EncounterRules
+from napari_spt_diffusion.tracking.link import link
+from napari_spt_diffusion.tracking.motion_link import prior_step_variance_px2, relink_by_motion
+
+
+def _identities_kept(tracks: pd.DataFrame) -> bool:
+    """Every output track holds localizations of one particle only (column ``truth``)."""
+    return bool(tracks.groupby("track_id")["truth"].nunique().eq(1).all())
+
+
+def _slow_fast_pass(rng: np.random.Generator, n: int = 40) -> pd.DataFrame:
+    """A nearly immobile particle (0.03 px steps) and a fast one (about 2 px steps) that jumps across
+    it, 1 px before and 1 px after it, at frames 19 -> 20: nearest-neighbour linking (the smaller sum
+    of squared steps) hands the fast particle's future to the slow one there."""
+    slow = np.array([30.0, 30.0]) + np.cumsum(rng.normal(0.0, 0.03, size=(n, 2)), axis=0)
+    fast = np.cumsum(rng.normal(0.0, 1.4, size=(n, 2)), axis=0)
+    fast += (slow[19] + np.array([0.0, -1.0])) - fast[19]
+    fast[20:] += (slow[20] + np.array([0.0, 1.0])) - fast[20]
+    rows = [(f, *slow[f], 0) for f in range(n)] + [(f, *fast[f], 1) for f in range(n)]
+    table = pd.DataFrame(rows, columns=["frame", "y_px", "x_px", "truth"])
+    table["frame"] = table["frame"].astype(int)
+    table["loc_precision_nm"] = 2.0
+    return table
+
+
+def test_a_slow_particle_keeps_its_track_when_a_fast_one_passes():
+    table = _slow_fast_pass(np.random.default_rng(3))
+    acq = Acquisition()
+    nearest = link(table, acq, search_range_px=8.0, encounter_rules=EncounterRules(motion_linking=False)).tracks
+    assert not _identities_kept(nearest)  # the case is a real trap for nearest-neighbour linking
+    relinked = link(table, acq, search_range_px=8.0, encounter_rules=EncounterRules(motion_linking=True)).tracks
+    assert _identities_kept(relinked)
+    assert relinked["track_id"].nunique() == 2
+
+
+def test_a_particle_that_unbinds_stays_one_track():
+    # bound (0.03 px steps) for 40 frames, then free (2 px steps) for 40, alone in the field
+    rng = np.random.default_rng(5)
+    steps = np.r_[rng.normal(0.0, 0.03, size=(40, 2)), rng.normal(0.0, 2.0, size=(40, 2))]
+    path = np.array([40.0, 40.0]) + np.cumsum(steps, axis=0)
+    table = pd.DataFrame({"frame": np.arange(80), "y_px": path[:, 0], "x_px": path[:, 1]})
+    out = link(table, Acquisition(), search_range_px=12.0, encounter_rules=EncounterRules(motion_linking=True)).tracks
+    assert out["track_id"].nunique() == 1
+
+
+def test_gaps_within_memory_are_bridged():
+    rng = np.random.default_rng(7)
+    path = np.array([20.0, 20.0]) + np.cumsum(rng.normal(0.0, 0.3, size=(30, 2)), axis=0)
+    frames = np.delete(np.arange(30), [10, 11, 20])  # a gap of 2 frames and one of 1
+    ids = relink_by_motion(frames, path[frames], np.full(len(frames), 0.09), search_range_px=5.0, memory_frames=2)
+    assert len(np.unique(ids)) == 1
+    ids = relink_by_motion(frames, path[frames], np.full(len(frames), 0.09), search_range_px=5.0, memory_frames=1)
+    assert len(np.unique(ids)) == 2  # the 2-frame gap is beyond a memory of 1
+
+
+def test_links_stay_within_the_search_range():
+    frames = np.array([0, 1, 2, 3])
+    positions = np.array([[10.0, 10.0], [10.0, 11.0], [10.0, 16.0], [10.0, 17.0]])
+    ids = relink_by_motion(frames, positions, np.full(4, 1.0), search_range_px=3.0, memory_frames=0)
+    assert ids.tolist() == [0, 0, 1, 1]
+
+
+def test_prior_variance_measures_brownian_steps():
+    rng = np.random.default_rng(11)
+    rows = []
+    for k, sigma in enumerate((0.2, 1.0)):
+        path = np.cumsum(rng.normal(0.0, sigma, size=(400, 2)), axis=0)
+        rows += [(k, f, *path[f]) for f in range(400)]
+    a = np.array(rows)
+    prior = prior_step_variance_px2(a[:, 0].astype(int), a[:, 1].astype(int), a[:, 2:4])
+    for k, sigma in enumerate((0.2, 1.0)):
+        assert np.median(prior[a[:, 0] == k]) == pytest.approx(sigma**2, rel=0.15)
+    # a track without links gets the median of all links; the floor applies
+    single = prior_step_variance_px2(np.array([0, 0, 1]), np.array([0, 1, 0]),
+                                     np.array([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0]]), floor_px2=0.01)
+    assert single[2] == pytest.approx(0.5 / math.log(2.0))
+
+
+def test_empty_and_bad_input():
+    assert len(relink_by_motion(np.zeros(0, int), np.zeros((0, 2)), np.zeros(0), search_range_px=3.0,
+                                memory_frames=2)) == 0
+    with pytest.raises(ValueError, match="search_range_px"):
+        relink_by_motion(np.zeros(1, int), np.zeros((1, 2)), np.ones(1), search_range_px=float("nan"), memory_frames=2)
