@@ -138,6 +138,11 @@ def test_a_movie_that_switched_model_or_an_older_set_is_complete(tmp_path):
     stored = json.loads(meta_path.read_text())
     del stored["settings"]["model_switch"]
     assert batch._with_defaults(stored["settings"]) == meta["settings"]
+    # a set made before tracks were relinked by motion used trackpy's links: it is not the same work
+    del stored["settings"]["motion_linking"]
+    assert batch._with_defaults(stored["settings"])["motion_linking"] is False
+    meta_path.write_text(json.dumps(stored))
+    assert batch.completed_set(job, options, sha) == "other settings: result set replaced"
 
 
 def test_inputs_expand_from_files_folders_and_globs(movies, tmp_path):

@@ -227,9 +227,15 @@ def _movie_settings(options: BatchOptions, movie: Any) -> Settings:
     return dataclasses.replace(options.settings, measure=measure)
 
 
+#: Settings added after results were first written whose default changes the results: a sidecar without
+#: the key was made as with this value (``motion_linking``: trackpy's links were used as they are).
+_VALUE_BEFORE_THE_SETTING: dict[str, Any] = {"motion_linking": False}
+
+
 def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """Settings read from a sidecar, with the default of every setting added since it was written."""
-    defaults = _plain(Settings().to_dict())
+    """Settings read from a sidecar, with every setting added since it was written: the value its results
+    were made with (:data:`_VALUE_BEFORE_THE_SETTING`), else the default."""
+    defaults = {**_plain(Settings().to_dict()), **_VALUE_BEFORE_THE_SETTING}
     return {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
 
 

@@ -1,4 +1,9 @@
-"""Linking localizations into tracks with trackpy (nearest-neighbour, gap memory).
+"""Linking localizations into tracks: trackpy (nearest-neighbour, gap memory), then relinked by motion.
+
+trackpy links every localization to its nearest neighbour in the next frames; the tracks are then
+relinked frame by frame with each particle's own step variance
+(:mod:`~napari_spt_diffusion.tracking.motion_link`, ``EncounterRules.motion_linking``, on by
+default), and optionally cut where identities may have swapped (:mod:`~napari_spt_diffusion.tracking.encounters`).
 
 The search range defaults to what the largest expected diffusion coefficient can
 reach in one frame: for 2-D Brownian motion with coefficient ``D`` seen through
@@ -266,7 +271,11 @@ def link(
         precision_px = table["loc_precision_nm"].to_numpy(dtype=float) / acquisition.pixel_size_nm
     rules = _encounters.EncounterRules() if encounter_rules is None else encounter_rules
     if rules.motion_linking:
-        particle = _relink_by_motion(particle, frames.astype(np.int64), positions, precision_px, search_range, memory)
+        relinked = _relink_by_motion(particle, frames.astype(np.int64), positions, precision_px, search_range, memory)
+        changed = _links_not_in(relinked, particle, frames)
+        if changed:
+            messages.append(f"Relinking by each particle's own motion changed {changed} of trackpy's links.")
+        particle = relinked
 
     # Relabel 0..n-1 in order of first appearance (frame, then row order within a frame).
     order = np.lexsort((np.arange(len(frames)), frames))
@@ -292,6 +301,18 @@ def link(
     tracks["is_short"] = lengths[track_id] < int(min_track_length)
     tracks = tracks.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
     return LinkResult(tracks, messages, search_range, memory)
+
+
+def _links_not_in(ids: np.ndarray, reference: np.ndarray, frames: np.ndarray) -> int:
+    """How many links of the tracks ``ids`` (consecutive localizations of a track) the tracks
+    ``reference`` do not have; both ``(N,)`` over the same rows with their ``frames``."""
+
+    def link_keys(track: np.ndarray) -> np.ndarray:
+        order = np.lexsort((frames, track))
+        same = track[order][1:] == track[order][:-1]
+        return order[:-1][same].astype(np.int64) * len(track) + order[1:][same]
+
+    return int(np.count_nonzero(~np.isin(link_keys(ids), link_keys(reference))))
 
 
 def _relink_by_motion(particle: np.ndarray, frames: np.ndarray, positions_px: np.ndarray,

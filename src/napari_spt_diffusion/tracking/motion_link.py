@@ -16,22 +16,27 @@ the negative log-likelihoods of each step under the track's own motion:
   link get the median of all links. While relinking, a track's variance is
   ``v = (sum of its last K values |d|^2 / (2 dt) + n0 v_prior) / (K + n0)`` with
   ``K <= ``:data:`ONLINE_WINDOW_LINKS` and ``n0 = ``:data:`PRIOR_WEIGHT_LINKS`, ``v_prior``
-  that of the track's last localization (so a track follows a change of state, e.g. a
-  particle that unbinds). Variances are floored at twice the localization variance.
+  the median of the priors of the track's last ``K`` localizations (so a track follows a
+  change of state, e.g. a particle that unbinds, but not the one localization that the first
+  pass gave to another particle at an encounter). Variances are floored at twice the
+  localization variance and capped at ``v_max`` below.
 * **Cost of a link** ``i -> j`` over ``dt`` frames with step ``d``: ``-log[(1 - eps)
   N(d; dt v_i) + eps N(d; dt v_max)]`` with ``N(d; V) = exp(-|d|^2 / (2 V)) / (2 pi V)``,
   i.e. the track's own Brownian step, mixed with a small probability ``eps``
   (:data:`SWITCH_PROBABILITY`) of a step at the fastest diffusivity the search range allows
   (``v_max = R^2 / 18``: the range ``R`` is 3 x the fastest 2-D step scale), so that a
-  particle that changes state is still linked.
+  particle that changes state is still linked. (Over a gap of ``dt`` frames the whole
+  variance, localization noise included, is scaled by ``dt``: a slight overestimate.)
 * **Assignment.** Every frame, the tracks seen within the last ``memory + 1`` frames are
-  assigned to the frame's localizations within ``R`` px (scipy's ``linear_sum_assignment``
-  on each connected group of candidates), or left unlinked at a cost above that of any
-  allowed link: as with trackpy, a lone candidate within the range is always linked; where
-  several compete, the joint likelihood decides. Localizations left over begin new tracks.
+  assigned to the frame's localizations within ``R`` px, or left unlinked at a cost above
+  that of any allowed link: as with trackpy, a lone candidate within the range is always
+  linked; where several compete, the joint likelihood decides (scipy's dense
+  ``linear_sum_assignment`` for up to :data:`_DENSE_LIMIT` competing tracks, else its sparse
+  ``min_weight_full_bipartite_matching`` on the candidate graph: memory grows with the
+  candidate pairs, not with the square of the crowd). Localizations left over begin new
+  tracks.
 
-The pass costs one small assignment per frame and connected group (no loop over
-localizations in Python).
+The pass costs one assignment per frame (no loop over localizations in Python).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ import math
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
 __all__ = [
@@ -66,7 +71,7 @@ SWITCH_PROBABILITY = 0.03
 MIN_VARIANCE_PX2 = 1e-3
 #: Links whose windows are held at once while the priors are measured.
 _CHUNK_LINKS = 200_000
-#: Above this many competing tracks a frame's assignment is solved per connected group.
+#: Above this many competing tracks a frame's assignment is solved on the sparse candidate graph.
 _DENSE_LIMIT = 40
 
 
@@ -178,9 +183,13 @@ def relink_by_motion(
     radius = float(search_range_px)
     if not (math.isfinite(radius) and radius > 0):
         raise ValueError(f"search_range_px must be a positive number, got {search_range_px!r}")
-    floor = np.maximum(np.broadcast_to(np.asarray(floor_px2, dtype=np.float64), (n,)), MIN_VARIANCE_PX2)
-    prior = np.maximum(np.asarray(prior_variance_px2, dtype=np.float64), floor)
-    v_max = max(radius * radius / 18.0, float(np.max(prior)))
+    if int(memory_frames) != memory_frames or memory_frames < 0:
+        raise ValueError(f"memory_frames must be a whole number >= 0, got {memory_frames!r}")
+    v_max = radius * radius / 18.0
+    floor = np.broadcast_to(np.asarray(floor_px2, dtype=np.float64), (n,))
+    floor = np.clip(np.where(np.isfinite(floor), floor, MIN_VARIANCE_PX2), MIN_VARIANCE_PX2, v_max)
+    prior = np.asarray(prior_variance_px2, dtype=np.float64)
+    prior = np.clip(np.where(np.isfinite(prior), prior, v_max), floor, v_max)
     max_gap = int(memory_frames) + 1
     eps = SWITCH_PROBABILITY
     log_keep, log_eps = math.log1p(-eps), math.log(eps)
@@ -196,7 +205,7 @@ def relink_by_motion(
     a_frame = np.zeros(0, dtype=np.int64)
     a_steps = np.zeros((0, k))
     a_count = np.zeros(0, dtype=np.int64)
-    a_prior = np.zeros(0)
+    a_priors = np.zeros((0, k))  # a ring of the priors of the track's last k localizations (NaN: none yet)
     a_floor = np.zeros(0)
     next_id = 0
     for b0, b1 in zip(bounds[:-1], bounds[1:]):
@@ -204,7 +213,7 @@ def relink_by_motion(
         t = int(frm[rows[0]])
         keep = t - a_frame <= max_gap
         a_id, a_pos, a_frame = a_id[keep], a_pos[keep], a_frame[keep]
-        a_steps, a_count, a_prior, a_floor = a_steps[keep], a_count[keep], a_prior[keep], a_floor[keep]
+        a_steps, a_count, a_priors, a_floor = a_steps[keep], a_count[keep], a_priors[keep], a_floor[keep]
         p = pos[rows]
         linked_track = np.full(len(rows), -1, dtype=np.int64)  # index into the active arrays
         if len(a_id):
@@ -212,6 +221,7 @@ def relink_by_motion(
             if len(pairs):
                 i, j, d = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
                 n_used = np.minimum(a_count, k)
+                a_prior = np.nanmedian(a_priors, axis=1)
                 var = (a_steps.sum(axis=1) + PRIOR_WEIGHT_LINKS * a_prior) / (n_used + PRIOR_WEIGHT_LINKS)
                 var = np.maximum(var, a_floor)
                 dt = (t - a_frame[i]).astype(np.float64)
@@ -232,9 +242,9 @@ def relink_by_motion(
             value = np.sum(step * step, axis=1) / (2.0 * dt)
             a_steps[ti, a_count[ti] % k] = value  # a ring of the last k values
             a_count[ti] += 1
+            a_priors[ti, a_count[ti] % k] = prior[rows[linked]]  # slot 0 holds the first localization's
             a_pos[ti] = p[linked]
             a_frame[ti] = t
-            a_prior[ti] = prior[rows[linked]]
             a_floor[ti] = floor[rows[linked]]
             track[rows[linked]] = a_id[ti]
         # the rest begin tracks
@@ -248,7 +258,9 @@ def relink_by_motion(
             a_frame = np.concatenate([a_frame, np.full(len(born), t, dtype=np.int64)])
             a_steps = np.concatenate([a_steps, np.zeros((len(born), k))])
             a_count = np.concatenate([a_count, np.zeros(len(born), dtype=np.int64)])
-            a_prior = np.concatenate([a_prior, prior[born]])
+            first_priors = np.full((len(born), k), np.nan)
+            first_priors[:, 0] = prior[born]
+            a_priors = np.concatenate([a_priors, first_priors])
             a_floor = np.concatenate([a_floor, floor[born]])
     return track
 
@@ -267,20 +279,17 @@ def _assign(i: np.ndarray, j: np.ndarray, cost: np.ndarray, death_cost: float) -
     uj, rj = np.unique(j, return_inverse=True)
     if len(ui) <= _DENSE_LIMIT:
         return out + _solve(ui, uj, ri, rj, cost, death_cost)
-    graph = coo_matrix((np.ones(len(ri)), (ri, len(ui) + rj)), shape=(len(ui) + len(uj),) * 2)
-    _, label = connected_components(graph, directed=False)
-    group = label[ri]
-    by_group = np.argsort(group, kind="stable")
-    edges = np.flatnonzero(np.r_[True, group[by_group][1:] != group[by_group][:-1], True])
-    for g0, g1 in zip(edges[:-1], edges[1:]):
-        sel = by_group[g0:g1]
-        if len(sel) == 1:  # one candidate: always linked (any allowed link costs less than none)
-            out.append((int(i[sel[0]]), int(j[sel[0]])))
-            continue
-        gi, gri = np.unique(ri[sel], return_inverse=True)
-        gj, grj = np.unique(rj[sel], return_inverse=True)
-        out += _solve(ui[gi], uj[gj], gri, grj, cost[sel], death_cost)
-    return out
+    # sparse: every track is matched once (to a localization or to its own 'unlinked' column), so a
+    # constant added to every cost changes nothing; it keeps the weights positive (zero means no edge)
+    n_i, n_j = len(ui), len(uj)
+    shift = 1.0 - min(float(np.min(cost)), death_cost)
+    rows = np.concatenate([ri, np.arange(n_i)])
+    cols = np.concatenate([rj, n_j + np.arange(n_i)])
+    weights = np.concatenate([cost + shift, np.full(n_i, death_cost + shift)])
+    graph = csr_matrix((weights, (rows, cols)), shape=(n_i, n_j + n_i))
+    r, c = min_weight_full_bipartite_matching(graph)
+    chosen = c < n_j
+    return out + list(zip(ui[r[chosen]].tolist(), uj[c[chosen]].tolist()))
 
 
 def _solve(ui: np.ndarray, uj: np.ndarray, ri: np.ndarray, rj: np.ndarray, cost: np.ndarray,
