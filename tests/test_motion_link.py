@@ -152,3 +152,11 @@ def test_link_says_how_many_links_the_relinking_changed():
     assert len(notes) == 1 and int(notes[0].split("changed ")[1].split()[0]) >= 1
     off = link(table, Acquisition(), search_range_px=8.0, encounter_rules=EncounterRules(motion_linking=False))
     assert not any("Relinking" in m for m in off.messages)
+
+
+def test_ring_median_matches_nanmedian():
+    rng = np.random.default_rng(4)
+    values = rng.random((50, 10))
+    n_valid = rng.integers(1, 11, size=50)
+    values[np.arange(10)[None, :] >= n_valid[:, None]] = np.nan
+    np.testing.assert_allclose(ml._ring_median(values, n_valid), np.nanmedian(values, axis=1))

@@ -216,6 +216,12 @@ RANGES: dict[str, AcquisitionRange] = {
     # as psf_units_bg, with a real (scalar) Airy PSF in 40 % of the chunks
     "psf_units_airy": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
                                        axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4),
+    # as psf_units_airy, with the pixel varied like the virtual pixels of PSFs of 0.6-2.6 px: a wide PSF's
+    # virtual pixel is large, so its particles land low in px^2/frame, and its background per virtual pixel
+    # high; aniso_any reads D 10-20 % low exactly there (low D with background >= 4 x the signal per PSF area)
+    "psf_units_airy_px": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
+                                          axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4,
+                                          pixel_scale=(0.6, 2.6)),
 }
 
 
