@@ -53,7 +53,7 @@ Command::
 
     .venv/bin/python benchmarks/bench_foreign.py [--quick] [--seed-offset N] [--keep DIR]
         [--cases free_narrow,free_wide,aniso_narrow,binding_narrow] [--out PATH] [--model NAME]
-        [--track-args "MORE TRACK OPTIONS"]
+        [--track-args "MORE TRACK OPTIONS"] [--background PHOTONS_PER_PX]
 
 ``--quick`` renders 96 x 96 px, 40 frames, 12 particles (a smoke run; report ``foreign_quick.md``).
 """
@@ -195,6 +195,8 @@ def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,
 # ------------------------------------------------------------------------------------ tool run
 #: Options added to every ``track`` call (``--model PATH`` of the benchmark; empty: the defaults).
 TRACK_EXTRA_ARGS: list[str] = []
+#: ``--background``: the cases' background photons per pixel replaced (None: the protocol's).
+BACKGROUND_OVERRIDE: list[float] = []
 
 
 def spt_command() -> list[str]:
@@ -384,6 +386,10 @@ def tracks_meeting(truth: pd.DataFrame, radii_px: tuple[float, ...]) -> dict[str
 
 def run_case(name: str, quick: bool, seed_offset: int, workdir: Path, psfs: dict, guard_option: bool) -> dict[str, Any]:
     case = foreign_case(name, quick=quick)
+    if BACKGROUND_OVERRIDE:
+        import dataclasses
+
+        case["scene"] = dataclasses.replace(case["scene"], background=BACKGROUND_OVERRIDE[0])
     seed = case["seed"] + seed_offset
     optics, scene, motion = case["optics"], case["scene"], case["motion"]
     key = (optics.na, optics.wavelength_nm)
@@ -621,7 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--track-args", default="",
                     help="more options for track, one string (e.g. \"--psf-units on --trust-model\"; one option "
                          "alone as --track-args=--trust-model)")
+    ap.add_argument("--background", type=float, default=None,
+                    help="background photons per pixel of every case instead of the protocol's (a diagnostic: "
+                         "the report is then not the protocol's)")
     args = ap.parse_args(argv)
+    if args.background is not None:
+        BACKGROUND_OVERRIDE[:] = [args.background]
     if args.model is not None:
         TRACK_EXTRA_ARGS[:] = ["--model", args.model]
     TRACK_EXTRA_ARGS.extend(shlex.split(args.track_args))
