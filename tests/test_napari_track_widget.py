@@ -100,8 +100,9 @@ def test_parameters_remembered_between_sessions(viewer_widget, make_napari_viewe
     widget.model_combo.value = "binding"
     widget.device_combo.value = "cpu"
     widget.min_length.value = 12
-    assert widget.split_box.value is True
+    assert widget.split_box.value is True and widget.motion_box.value is True
     widget.split_box.value = False
+    widget.motion_box.value = False
     other = TrackEstimateWidget(viewer)
     assert other.threshold.value == pytest.approx(7.5)
     assert other.model_combo.value == "binding"
@@ -110,6 +111,7 @@ def test_parameters_remembered_between_sessions(viewer_widget, make_napari_viewe
     assert other.split_box.value is False
     settings = track_widget.pipeline_settings(other.values())
     assert settings.split_encounters is False and settings.min_track_length == 12
+    assert other.motion_box.value is False and settings.motion_linking is False
 
 
 def test_pipeline_error_becomes_notification(viewer_widget, qtbot, monkeypatch, _isolated):

@@ -106,6 +106,7 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
         memory_frames=int(values["memory_frames"]),
         min_track_length=int(values["min_track_length"]),
         split_encounters=bool(values.get("split_encounters", True)),
+        motion_linking=bool(values.get("motion_linking", True)),
         trust_model=bool(values.get("trust_model", False)),
         model_switch=not bool(values.get("keep_model", False)),
         measure=tuple(values.get("measure", ())),
@@ -137,7 +138,7 @@ def values_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     if not settings and not acquisition:
         raise ValueError("this _meta.json records no settings and no acquisition (was it written by a run?)")
     out: dict[str, Any] = {k: float(acquisition[k]) for k in ACQUISITION_FIELDS if acquisition.get(k) is not None}
-    for key in ("max_D_um2_s", "memory_frames", "min_track_length", "split_encounters", "device"):
+    for key in ("max_D_um2_s", "memory_frames", "min_track_length", "split_encounters", "motion_linking", "device"):
         if settings.get(key) is not None:
             out[key] = settings[key]
     detection = settings.get("detection") if isinstance(settings.get("detection"), dict) else {}
@@ -192,6 +193,9 @@ class TrackEstimateWidget(Container):
         self.min_length = SpinBox(
             name="min_track_length", label="min track length (frames)", min=2, max=100_000, value=5
         )
+        self.motion_box = CheckBox(name="motion_linking", text="relink by each particle's motion", value=True)
+        self.motion_box.tooltip = ("Relink trackpy's nearest-neighbour tracks with each particle's own diffusivity, so "
+                                   "that a slow particle is not handed the steps of a fast one passing by")
         self.split_box = CheckBox(name="split_encounters", text="cut tracks where particles meet", value=True)
         self.split_box.tooltip = ("Cut a track where another particle came close enough that the two may have swapped "
                                   "identities: shorter tracks, each holding one particle")
@@ -222,7 +226,7 @@ class TrackEstimateWidget(Container):
         self.acq_group = collapsible("Acquisition (pixel, frame, camera, PSF)", acq_fields)
         options = Container(labels=True, widgets=[
             self.model_combo, self.checkpoint, self.device_combo, self.threshold, self.max_D, self.memory,
-            self.min_length, self.split_box, self.trust_box, self.keep_box,
+            self.min_length, self.motion_box, self.split_box, self.trust_box, self.keep_box,
         ])
         self.options_group = collapsible("Model and tracking", options, expanded=True)
         actions = Container(labels=False, widgets=[
@@ -287,6 +291,7 @@ class TrackEstimateWidget(Container):
             self.max_D,
             self.memory,
             self.min_length,
+            self.motion_box,
             self.split_box,
             self.measure_box,
         ]
