@@ -222,6 +222,10 @@ RANGES: dict[str, AcquisitionRange] = {
     "psf_units_airy_px": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
                                           axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4,
                                           pixel_scale=(0.6, 2.6)),
+    # as psf_units_airy with the background drawn from 100-7,000 photons per virtual pixel: the wide-PSF
+    # case where aniso_any reads low (background per PSF area several times the signal) made common
+    "psf_units_airy_hibg": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(100.0, 7_000.0),
+                                            axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4),
 }
 
 
