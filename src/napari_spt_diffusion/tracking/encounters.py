@@ -69,9 +69,9 @@ where the two particles diffuse alike and a swap cannot bias either estimate):
   weighted by the *swapped share*: a swap hands a track's steps on one side of the link to
   the other particle, and the track's estimate is dominated by its longer side, so the
   shorter side's links over all of the track's links (the larger share of the two tracks of
-  a pair) weigh the bias, and a swap two frames after a track begins is not cut. It cuts
-  fewer tracks on the foreign-optics movies, but on the standard end-to-end sets it left
-  more swaps and the errors grew (``benchmarks/reports/encounters.md``).
+  a pair) weigh the bias, and a swap two frames after a track begins is not cut. On the
+  standard end-to-end sets it cut fewer tracks but left more swaps
+  (``benchmarks/reports/encounters.md``).
 
 Everything is vectorised per frame boundary (a :class:`scipy.spatial.cKDTree` of the
 links' positions), with no loop over pairs of tracks (the repairs loop over the few

@@ -318,10 +318,8 @@ def _links_not_in(ids: np.ndarray, reference: np.ndarray, frames: np.ndarray) ->
 def _relink_by_motion(particle: np.ndarray, frames: np.ndarray, positions_px: np.ndarray,
                       precision_px: np.ndarray | None, search_range: float, memory: int) -> np.ndarray:
     """trackpy's ids ``particle`` relinked with each track's own step variance (``motion_link``)."""
-    floor: np.ndarray | float = _motion.MIN_VARIANCE_PX2
-    if precision_px is not None:
-        p2 = 2.0 * precision_px**2
-        floor = np.where(np.isfinite(p2), np.maximum(p2, _motion.MIN_VARIANCE_PX2), _motion.MIN_VARIANCE_PX2)
+    # twice the localization variance; NaN where a localization has no precision (both functions ignore it)
+    floor = _motion.MIN_VARIANCE_PX2 if precision_px is None else 2.0 * precision_px**2
     prior = _motion.prior_step_variance_px2(particle, frames, positions_px, floor)
     return _motion.relink_by_motion(frames, positions_px, prior, search_range_px=search_range,
                                     memory_frames=memory, floor_px2=floor)

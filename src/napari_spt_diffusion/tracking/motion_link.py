@@ -2,8 +2,8 @@
 
 trackpy links by nearest neighbour: every link costs its squared length, whatever the
 particle. When a slow particle passes near a fast one, the shorter link is often the wrong
-one (issue 14: on sparse foreign-optics movies of D log-uniform in 0.05-3 um^2/s about one
-link in 100 joined two particles, and the encounter splitter then cut the tracks in pieces).
+one, and the encounter splitter then cuts the tracks in pieces (issue 14; the effect of this
+pass on the foreign-optics and end-to-end benchmarks is in ``benchmarks/reports/encounters.md``).
 
 This pass relinks the localizations frame by frame as an assignment problem whose costs are
 the negative log-likelihoods of each step under the track's own motion:
@@ -90,7 +90,7 @@ def prior_step_variance_px2(
     positions_px
         ``(N, 2)`` positions ``(y, x)`` (px).
     floor_px2
-        Scalar or ``(N,)`` lower bound (px^2), e.g. twice the localization variance.
+        Scalar or ``(N,)`` lower bound (px^2), e.g. twice the localization variance (NaN: none).
 
     Returns
     -------
@@ -112,7 +112,7 @@ def prior_step_variance_px2(
     t_s, f_s, p_s = tid[order], frm[order], pos[order]
     link_at = np.flatnonzero(t_s[1:] == t_s[:-1])
     if len(link_at) == 0:
-        return np.maximum(np.full(n, MIN_VARIANCE_PX2), floor)
+        return np.fmax(np.full(n, MIN_VARIANCE_PX2), floor)
     steps = p_s[link_at + 1] - p_s[link_at]
     value = np.sum(steps * steps, axis=1) / (2.0 * (f_s[link_at + 1] - f_s[link_at]))
     track = t_s[link_at]
@@ -139,7 +139,7 @@ def prior_step_variance_px2(
     population = float(np.median(value)) / math.log(2.0)
     per_row = np.where(np.isfinite(per_row), per_row, population)
     out[order] = per_row
-    return np.maximum(np.maximum(out, floor), MIN_VARIANCE_PX2)
+    return np.fmax(np.fmax(out, floor), MIN_VARIANCE_PX2)  # fmax: a NaN floor (unknown precision) is ignored
 
 
 def relink_by_motion(
@@ -167,7 +167,7 @@ def relink_by_motion(
     memory_frames
         A track may skip up to this many frames.
     floor_px2
-        Scalar or ``(N,)`` lower bound of a track's variance (px^2).
+        Scalar or ``(N,)`` lower bound of a track's variance (px^2; NaN: none).
 
     Returns
     -------

@@ -218,7 +218,8 @@ RANGES: dict[str, AcquisitionRange] = {
                                        axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4),
     # as psf_units_airy, with the pixel varied like the virtual pixels of PSFs of 0.6-2.6 px: a wide PSF's
     # virtual pixel is large, so its particles land low in px^2/frame, and its background per virtual pixel
-    # high; aniso_any reads D 10-20 % low exactly there (low D with background >= 4 x the signal per PSF area)
+    # high; aniso_any reads D low where the background per PSF area is several times the signal
+    # (benchmarks/reports/foreign_background_100.md, foreign_background_2500.md)
     "psf_units_airy_px": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
                                           axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4,
                                           pixel_scale=(0.6, 2.6)),
