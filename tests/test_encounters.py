@@ -210,11 +210,18 @@ def test_new_ids_are_unique_consecutive_and_refine_the_old_tracks():
     assert np.array_equal(split.touches_cut, pieces > 1)
 
 
-def test_vectorised_swap_test_matches_a_pair_by_pair_loop():
-    rng = np.random.default_rng(5)
+@pytest.mark.parametrize(
+    ("seed", "n_tracks", "box_px", "step_px"),
+    [(5, 10, 8.0, (0.2, 1.0)),
+     # steps of 0.05-4 px: the boundaries' search radii span several of the k-d tree's bands
+     (6, 60, 40.0, (0.05, 4.0))],
+)
+def test_vectorised_swap_test_matches_a_pair_by_pair_loop(seed, n_tracks, box_px, step_px):
+    rng = np.random.default_rng(seed)
     tracks = {}
-    for k in range(10):
-        pts = rng.uniform(0, 8, size=2) + np.cumsum(rng.normal(0, rng.uniform(0.2, 1.0), size=(15, 2)), axis=0)
+    for k in range(n_tracks):
+        sigma = math.exp(rng.uniform(math.log(step_px[0]), math.log(step_px[1])))
+        pts = rng.uniform(0, box_px, size=2) + np.cumsum(rng.normal(0, sigma, size=(15, 2)), axis=0)
         frames = np.sort(rng.choice(np.arange(22), size=15, replace=False))  # with gaps
         tracks[k] = [(int(f), y, x) for f, (y, x) in zip(frames, pts)]
     tid, frame, pos = _table(tracks)

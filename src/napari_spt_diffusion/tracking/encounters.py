@@ -501,35 +501,56 @@ def _candidate_pairs(
     t0, t1 = f_s[link_at], f_s[link_at + 1]
     p0, p1 = p_s[link_at], p_s[link_at + 1]
     span = t1 - t0
-    # one entry per (link, boundary b it spans): boundaries t0 .. t1 - 1
+    empty = np.zeros(0, dtype=np.int64)
+    if len(link_at) < 2:
+        return empty, empty, np.zeros(0)
+    # one entry per (link, boundary b it spans): boundaries t0 .. t1 - 1; entries come sorted by
+    # (boundary, link), so that the pairs come out as a loop over the boundaries would give them
     link_rep = np.repeat(np.arange(len(link_at)), span)
     boundary = t0[link_rep] + (np.arange(len(link_rep)) - np.repeat(np.cumsum(span) - span, span))
+    by_boundary = np.lexsort((link_rep, boundary))
+    link_rep, boundary = link_rep[by_boundary], boundary[by_boundary]
     frac = (boundary + 0.5 - t0[link_rep]) / span[link_rep]
     mid = p0[link_rep] + (p1 - p0)[link_rep] * frac[:, None]
     step2 = np.sum((p1 - p0) ** 2, axis=1)
-    out_i, out_j, out_llr = [], [], []
-    by_boundary = np.argsort(boundary, kind="stable")
-    edges = np.flatnonzero(np.diff(boundary[by_boundary])) + 1
-    for group in np.split(by_boundary, edges):
-        if len(group) < 2:
+    # Beyond a mid-boundary separation of 2 sqrt(threshold max(var) + max|d|^2) each of the two terms
+    # of the LLR of one-frame links is >= threshold / 2: no cut is possible there. The maxima are
+    # those of the boundary's links; the longest span among them widens the radius for links over gaps.
+    group_start = np.flatnonzero(np.r_[True, boundary[1:] != boundary[:-1]])
+    group_size = np.diff(np.r_[group_start, len(boundary)])
+    reach2 = (max(threshold, 0.0) * np.maximum.reduceat(var[link_rep], group_start)
+              * np.maximum.reduceat(span[link_rep], group_start)
+              + np.maximum.reduceat(step2[link_rep], group_start))
+    radius = np.repeat(2.0 * np.sqrt(reach2) + 1e-9, group_size)  # (E,) each entry's boundary's radius
+    # One k-d tree per band of similar radii (within a factor 1.5) instead of one per boundary: the
+    # boundaries are stacked along a third axis, farther apart than the band's radius, so no pair
+    # crosses one; each pair is then held to its own boundary's radius.
+    band = np.floor(np.log(radius) / math.log(1.5)).astype(np.int64)
+    band[np.repeat(group_size, group_size) < 2] = np.iinfo(np.int64).min  # alone at its boundary: no pair
+    pairs_a, pairs_b = [], []
+    for level in np.unique(band):
+        if level == np.iinfo(np.int64).min:
             continue
-        members = link_rep[group]
-        # Beyond a mid-boundary separation of 2 sqrt(threshold max(var) + max|d|^2) each of the
-        # two terms of the LLR of one-frame links is >= threshold / 2: no cut is possible there.
-        # The longest span in the group widens the radius for links over gaps.
-        reach2 = max(threshold, 0.0) * var[members].max() * span[members].max() + step2[members].max()
-        pairs = cKDTree(mid[group]).query_pairs(2.0 * math.sqrt(reach2) + 1e-9, output_type="ndarray")
-        if len(pairs) == 0:
+        rows = np.flatnonzero(band == level)
+        r_max = float(radius[rows].max())
+        stack = boundary[rows].astype(np.float64)
+        points = np.column_stack([mid[rows], (stack - stack.min()) * (2.0 * r_max + 1.0)])
+        found = cKDTree(points).query_pairs(r_max, output_type="ndarray")
+        if len(found) == 0:
             continue
-        i, j = members[pairs[:, 0]], members[pairs[:, 1]]
-        out_llr.append(swap_log_likelihood_ratio(LinkEnds(p0[i], p1[i], t0[i], t1[i]),
-                                                 LinkEnds(p0[j], p1[j], t0[j], t1[j]), var[i], var[j]))
-        out_i.append(i)
-        out_j.append(j)
-    if not out_i:
-        empty = np.zeros(0, dtype=np.int64)
+        a, b = rows[found[:, 0]], rows[found[:, 1]]
+        a, b = np.minimum(a, b), np.maximum(a, b)
+        keep = np.sum((mid[a] - mid[b]) ** 2, axis=1) <= radius[a] ** 2
+        pairs_a.append(a[keep])
+        pairs_b.append(b[keep])
+    if not pairs_a or not sum(len(a) for a in pairs_a):
         return empty, empty, np.zeros(0)
-    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_llr)
+    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+    ordered = np.lexsort((b, a))  # entries are sorted by (boundary, link): boundary by boundary
+    i, j = link_rep[a[ordered]], link_rep[b[ordered]]
+    llr = swap_log_likelihood_ratio(LinkEnds(p0[i], p1[i], t0[i], t1[i]), LinkEnds(p0[j], p1[j], t0[j], t1[j]),
+                                    var[i], var[j])
+    return i, j, llr
 
 
 def _swap_cuts(links: _Links, f_s: np.ndarray, p_s: np.ndarray, threshold: float, max_bias: float,
