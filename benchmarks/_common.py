@@ -20,8 +20,10 @@ import platform
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,56 @@ CHANGE_SIZE_EDGES_DECADES = (0.0, 0.15, 0.3, 0.6, np.inf)
 
 
 # ------------------------------------------------------------------------------ report
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """``(RSS, PSS)`` in MB summed over process ``pid`` and its descendants (``/proc``; PSS shares
+    the pages a forked worker still shares with its parent between them instead of counting them twice)."""
+    rss = pss = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/status") as handle:
+                rss += sum(float(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+            with open(f"/proc/{current}/smaps_rollup") as handle:
+                pss += sum(float(line.split()[1]) for line in handle if line.startswith("Pss:"))
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    todo += [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):  # the process ended between two reads
+            continue
+    return rss / 1024.0, pss / 1024.0
+
+
+@dataclass
+class TreeRun:
+    """A finished command: exit status, output, and the peaks of the summed RSS and PSS (MB) of its
+    process tree (the command and every process it started), sampled every ``interval_s``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    tree_peak_rss_mb: float
+    tree_peak_pss_mb: float
+
+
+def run_with_tree_memory(command: Sequence[str], interval_s: float = 0.02) -> TreeRun:
+    """Run ``command`` to its end, sampling its process tree's memory (:func:`tree_memory_mb`)."""
+    process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0.0, 0.0]
+
+    def sample() -> None:
+        while process.poll() is None:
+            rss, pss = tree_memory_mb(process.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            time.sleep(interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    sampler.join()
+    return TreeRun(process.returncode, stdout, stderr, peak[0], peak[1])
+
+
 def fmt(x: Any, digits: int = 3) -> str:
     """``x`` with ``digits`` decimals; ``n/a`` for None, NaN and infinities."""
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"

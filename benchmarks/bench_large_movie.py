@@ -8,7 +8,9 @@ make
 measure
     Runs ``/usr/bin/time -v spt-diffusion track MOVIE --out PREFIX [--chunk-frames N]`` in a
     fresh process and reports its peak resident memory ("Maximum resident set size", i.e. the
-    process's ``VmHWM``), the wall time and the number of localizations and tracks it wrote.
+    process's ``VmHWM``), the wall time and the number of localizations and tracks it wrote;
+    also the peaks of the summed RSS and PSS of the command and the spot worker processes it
+    forks (``tracking/spot_processes.py``), sampled every 20 ms.
 
 Commands::
 
@@ -24,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import run_with_tree_memory
 
 SEED = 16
 PARTICLES = 100.0
@@ -68,7 +71,7 @@ def measure(movie: Path, prefix: Path, extra: list[str]) -> dict:
     command = ["/usr/bin/time", "-v", str(Path(sys.executable).with_name("spt-diffusion")), "track", str(movie),
                "--out", str(prefix), "--overwrite", *extra]
     t0 = time.perf_counter()
-    run = subprocess.run(command, capture_output=True, text=True)
+    run = run_with_tree_memory(command)
     wall = time.perf_counter() - t0
     stderr = run.stderr
     rss_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
@@ -78,6 +81,9 @@ def measure(movie: Path, prefix: Path, extra: list[str]) -> dict:
         "command": " ".join(command),
         "exit_status": run.returncode,
         "peak_rss_mb": None if rss_kb is None else int(rss_kb.group(1)) / 1024.0,
+        # the command with its spot worker processes, sampled every 20 ms (PSS counts shared pages once)
+        "tree_peak_rss_mb": round(run.tree_peak_rss_mb, 1),
+        "tree_peak_pss_mb": round(run.tree_peak_pss_mb, 1),
         "wall_s": round(wall, 1),
         "n_tracks": None if counts is None else int(counts.group(1)),
         "n_localizations": None if counts is None else int(counts.group(2)),

@@ -32,7 +32,12 @@ speed (v1, seed 8)
     movie written as a TIFF, with the same linking settings (its detection and link scores
     are those of its result tracks, after the command's track-length filter and encounter
     cuts). Reported: seconds and frames/s of each stage, CPU seconds of the process (all
-    its threads), peak RSS (``VmHWM`` of the process), and the RSS after imports.
+    its threads), peak RSS (``VmHWM`` of the process), and the RSS after imports. The
+    command finds the spots of the mapped TIFF with a forked worker process beside its own
+    thread (``tracking/spot_processes.py``); its row also gives the peak of the summed RSS and
+    PSS of the command and its workers, sampled every 20 ms (its CPU seconds include the
+    workers'). The ``ours`` row reads frames through a reader that is not a memory map, so
+    it finds the spots with threads, as for a compressed or lazily loaded movie.
 
 Command::
 
@@ -81,7 +86,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from _common import PROTOCOLS, command_line, fmt, report_header, report_path, write_report
+from _common import PROTOCOLS, command_line, fmt, report_header, report_path, run_with_tree_memory, write_report
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.io.movie import write_movie
 from napari_spt_diffusion.simulation import simulate_movie
@@ -388,13 +393,14 @@ sys.exit(main(args))
 
 def run_track_command(movie_tif: str, out_dir: str) -> dict:
     """Time the whole ``spt-diffusion track`` command (interpreter start, imports, reading, detection,
-    linking, patches, estimation, writing) on ``movie_tif``; returns its wall time, peak RSS
-    and tracks table."""
+    linking, patches, estimation, writing) on ``movie_tif``; returns its wall time, peak RSS (of the
+    command's process; and, sampled every 20 ms, of it and its spot worker processes together) and
+    tracks table."""
     rss_path = out_dir.rstrip(os.sep) + "_peak_rss_mb.txt"
     argv = [*TRACK_COMMAND, "--out", out_dir + os.sep, movie_tif]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _TRACK_LAUNCHER, rss_path, *argv], capture_output=True, text=True)
+    done = run_with_tree_memory([sys.executable, "-c", _TRACK_LAUNCHER, rss_path, *argv])
     if done.returncode:
         raise RuntimeError(f"spt-diffusion track failed ({done.returncode}): {done.stderr[-2000:]}")
     wall = time.perf_counter() - t0
@@ -405,7 +411,8 @@ def run_track_command(movie_tif: str, out_dir: str) -> dict:
     tracks = pd.read_csv(os.path.join(out_dir, f"{stem}_tracks.csv"))
     tracks = tracks.sort_values(["track_id", "frame"]).reset_index(drop=True)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    return {"total_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "tracks": tracks,
+    return {"total_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "tree_peak_rss_mb": done.tree_peak_rss_mb,
+            "tree_peak_pss_mb": done.tree_peak_pss_mb, "tracks": tracks,
             "command": "spt-diffusion " + " ".join([*TRACK_COMMAND, "--out", "OUT/", "speed.tif"])}
 
 
@@ -582,7 +589,8 @@ def write_tracking_report(path: Path, field: list[dict] | None, speed: dict | No
                 f"| ours: whole `{track['command']}` (start, imports, read, detect, link, patches, estimation, "
                 f"write) | {track['n_frames']} | | | {track['total_s']:.1f} | "
                 f"{track['n_frames'] / track['total_s']:.1f} | {track['cpu_s']:.1f} "
-                f"({track['n_frames'] / track['cpu_s']:.1f}) | {track['peak_rss_mb']:.0f} | "
+                f"({track['n_frames'] / track['cpu_s']:.1f}) | {track['peak_rss_mb']:.0f}; with its spot worker "
+                f"processes {track['tree_peak_rss_mb']:.0f} (PSS {track['tree_peak_pss_mb']:.0f}) | "
                 f"{fmt(track['detection']['recall'])} | {fmt(track['detection']['precision'])} | "
                 f"{fmt(track['links']['recall'])} | {track['load_before']:.1f} / {track['load_after']:.1f} |"
             )

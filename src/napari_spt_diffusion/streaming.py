@@ -91,6 +91,10 @@ class FrameWindow:
             raise IndexError(f"frame {t} outside a window of {self.shape[0]} frames")
         return np.asarray(self.movie[self.start + t])
 
+    def frame_source(self) -> tuple[Any, int]:
+        """``(movie, first frame)``: where this window's frames come from (spot worker processes map it)."""
+        return self.movie, self.start
+
 
 #: A memory-mapped movie's pages read so far are dropped from the process after this many bytes.
 RELEASE_EVERY_BYTES = 64 * 2**20
@@ -128,6 +132,10 @@ class ReleasingFrames:
                 self.release()
             return frame
         return np.asarray(self.movie[key])
+
+    def frame_source(self) -> tuple[np.memmap, int]:
+        """``(memmap, 0)``: the mapped movie (spot worker processes map its file themselves)."""
+        return self.movie, 0
 
     def release(self) -> None:
         """Drop the movie's mapped pages from this process (they are read again from the page cache when needed)."""

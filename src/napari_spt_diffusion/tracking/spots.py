@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..acquisition import Acquisition
+from . import spot_processes as _spot_processes
 from .detect import DetectionSettings, TrackingInputError, check_frame, detect_photons
 from .localize import LOCALIZATION_COLUMNS, localize_arrays
 from .overlaps import resolve_overlaps
@@ -184,8 +185,12 @@ def detect_and_localize(
     """Detect and localize spots in every frame of a movie, frame by frame.
 
     Frames are read one at a time, in order, by the calling thread; their spots are found by
-    :func:`spot_threads` threads (at most two frames per thread in memory at once). The table
-    does not depend on the number of threads.
+    :func:`spot_threads` threads (at most two frames per thread in memory at once). A movie of at
+    least :data:`~.spot_processes.MIN_FRAMES` frames mapped from its file (``numpy.memmap``:
+    an uncompressed TIFF or ``.npy``) is shared out in chunks between the calling thread and
+    worker processes that map the file themselves instead
+    (:mod:`~napari_spt_diffusion.tracking.spot_processes`; one fewer than the threads, or
+    ``$SPT_DIFFUSION_SPOT_PROCESSES``). The table depends on neither.
 
     Parameters
     ----------
@@ -267,13 +272,25 @@ def detect_and_localize(
                 last_report = percent
                 progress(done / n_frames, f"detecting and localizing: frame {done} of {n_frames}")
 
+    workers = spot_threads() if n_frames > 1 else 1
+    processes = _spot_processes.spot_processes(workers) if n_frames >= _spot_processes.MIN_FRAMES else 0
+    mapped = _spot_processes.mapped_source(movie) if processes > 0 else None
+    if mapped is not None:
+        # A movie mapped from its file: worker processes map it too and find the spots of some
+        # chunks of frames, this thread those of the others (no interpreter lock shared).
+        found_in_order = _spot_processes.found_in_order(
+            movie, mapped, spots_of, lambda t: check_frame(movie[t], index=int(t)), check_frame, processes,
+            should_stop)
+        for t, frame_shape, found in found_in_order:
+            collect(t, frame_shape, found)
+        stopped = done < n_frames
+        workers = 0  # no thread pool below
     # Frames are read here, in order (a lazy reader need not be thread-safe), and their spots
     # found by a few threads: the FFT and the compiled fits release the GIL. Results are
     # collected in frame order, at most 2 per thread in flight (memory stays a few frames).
-    workers = spot_threads() if n_frames > 1 else 1
     with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
         pending: deque = deque()
-        for t in range(n_frames):
+        for t in range(n_frames if mapped is None else 0):
             if should_stop is not None and should_stop():
                 stopped = True
                 break

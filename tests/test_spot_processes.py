@@ -1,0 +1,131 @@
+"""Spots of a memory-mapped movie found by worker processes: the same table as one thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spt_diffusion import streaming
+from napari_spt_diffusion.acquisition import Acquisition
+from napari_spt_diffusion.simulation.movie import simulate_movie
+from napari_spt_diffusion.tracking import spot_processes
+from napari_spt_diffusion.tracking.detect import TrackingInputError
+from napari_spt_diffusion.tracking.spots import detect_and_localize
+
+ACQ = Acquisition()
+
+pytestmark = pytest.mark.skipif(spot_processes.spot_processes(2) == 0 and os.environ.get(
+    spot_processes.SPOT_PROCESSES_ENV, "") == "", reason="worker processes are forked on Linux only")
+
+
+@pytest.fixture(scope="module")
+def mapped_file(tmp_path_factory):
+    """A 70-frame 64 x 64 movie with 12 particles, saved as .npy and mapped back."""
+    sim = simulate_movie((64, 64), 70, ACQ, 31, model="aniso", particles=12.0)
+    path = tmp_path_factory.mktemp("spots") / "movie.npy"
+    np.save(path, np.asarray(sim.movie))
+    return path
+
+
+def _one_thread(monkeypatch, movie):
+    monkeypatch.setenv("SPT_DIFFUSION_SPOT_THREADS", "1")
+    monkeypatch.setenv(spot_processes.SPOT_PROCESSES_ENV, "0")
+    return detect_and_localize(np.asarray(movie), ACQ)
+
+
+def _with_workers(monkeypatch, movie, workers="1", **kwargs):
+    monkeypatch.setenv("SPT_DIFFUSION_SPOT_THREADS", "2")
+    monkeypatch.setenv(spot_processes.SPOT_PROCESSES_ENV, workers)
+    return detect_and_localize(movie, ACQ, **kwargs)
+
+
+def test_workers_give_the_one_thread_table(monkeypatch, mapped_file, tmp_path):
+    movie = np.load(mapped_file, mmap_mode="r")
+    assert spot_processes.mapped_source(movie) is not None
+    one = _one_thread(monkeypatch, movie)
+    real = spot_processes._chunk_in_worker
+    marks = tmp_path / "workers"
+    marks.mkdir()
+
+    def marked(start, stop):  # runs in a worker: leaves its process id behind
+        (marks / f"{os.getpid()}_{start}").touch()
+        return real(start, stop)
+
+    marked.__module__, marked.__qualname__ = spot_processes.__name__, "_chunk_in_worker"
+    monkeypatch.setattr(spot_processes, "_chunk_in_worker", marked)
+    reports = []
+    many = _with_workers(monkeypatch, movie, "2", progress=lambda f, m: reports.append(f))
+    assert len(one) > 70 * 6
+    pd.testing.assert_frame_equal(one, many)
+    assert many.attrs == one.attrs
+    assert reports == sorted(reports) and reports[-1] == 1.0
+    pids = {int(mark.name.split("_")[0]) for mark in marks.iterdir()}
+    assert pids and os.getpid() not in pids  # worker processes found some of the frames
+
+
+def test_workers_read_windows_and_views_of_the_file(monkeypatch, mapped_file):
+    movie = np.load(mapped_file, mmap_mode="r")
+    reference = _one_thread(monkeypatch, movie)
+    # a window of the page-releasing reader (the chunked pipeline's input) and a sliced view
+    for framed, first in ((streaming.FrameWindow(streaming.releasing(movie), 3, 69), 3), (movie[2:], 2)):
+        mapped = spot_processes.mapped_source(framed)
+        assert mapped is not None and mapped.shape == (framed.shape[0], 64, 64)
+        np.testing.assert_array_equal(mapped.frames(5, 6)[0], movie[first + 5])
+        table = _with_workers(monkeypatch, framed)
+        expected = reference[(reference["frame"] >= first) & (reference["frame"] < first + framed.shape[0])].copy()
+        expected["frame"] -= first
+        pd.testing.assert_frame_equal(table, expected.reset_index(drop=True))
+
+
+def test_what_cannot_be_mapped_again_is_left_to_threads(tmp_path):
+    assert spot_processes.mapped_source(np.zeros((80, 8, 8), dtype=np.uint16)) is None
+    path = tmp_path / "m.npy"
+    np.save(path, np.zeros((80, 8, 8), dtype=np.uint16))
+    movie = np.load(path, mmap_mode="r")
+    assert spot_processes.mapped_source(movie[:, ::2]) is None  # not contiguous
+    assert spot_processes.mapped_source(movie[0]) is None  # one frame
+
+
+def test_no_workers_outside_the_main_thread(monkeypatch):
+    monkeypatch.delenv(spot_processes.SPOT_PROCESSES_ENV, raising=False)
+    assert spot_processes.spot_processes(2) == 1
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(spot_processes.spot_processes(2)))
+    thread.start()
+    thread.join()
+    assert seen == [0]
+
+
+def test_a_bad_frame_read_by_a_worker_is_named(monkeypatch, tmp_path):
+    movie = np.full((80, 32, 32), 100.0, dtype=np.float32)
+    movie[77, 4, 4] = np.nan  # in the last chunk: read by a worker while this thread reads the first
+    path = tmp_path / "nan.npy"
+    np.save(path, movie)
+    with pytest.raises(TrackingInputError, match="frame 77"):
+        _with_workers(monkeypatch, np.load(path, mmap_mode="r"))
+
+
+def test_stop_ends_early_and_dead_workers_are_replaced(monkeypatch, mapped_file):
+    movie = np.load(mapped_file, mmap_mode="r")
+    reference = _one_thread(monkeypatch, movie)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 10
+
+    stopped = _with_workers(monkeypatch, movie, should_stop=stop)
+    assert stopped.attrs["stopped_early"] is True
+    assert 0 < stopped.attrs["frames_processed"] < 70
+
+    def die(start, stop):  # a worker killed (out of memory, say) in the middle of its chunk
+        os._exit(3)
+
+    die.__module__, die.__qualname__ = spot_processes.__name__, "_chunk_in_worker"
+    monkeypatch.setattr(spot_processes, "_chunk_in_worker", die)
+    table = _with_workers(monkeypatch, movie)
+    pd.testing.assert_frame_equal(table, reference)
