@@ -64,3 +64,19 @@ def test_a_range_that_varies_the_pixel_converts_the_labels_to_the_base_pixel():
     step2 = np.sum(data["displacements"][:, 1:, :] ** 2, axis=-1).mean()
     expected = (8.0 / 3.0) * float(np.mean(base.diffusion_to_px2_per_frame(d_label)))
     assert step2 == pytest.approx(expected, rel=0.2)
+
+
+def test_high_background_share_weights_the_top_of_the_range_without_cutting_its_bottom():
+    rng = np.random.default_rng(3)
+    base = Acquisition()
+    mixed = RANGES["psf_units_airy_bgmix"]
+    plain = AcquisitionRange(psf_sigma_px=mixed.psf_sigma_px, background_photons=mixed.background_photons,
+                             standard_share=0.0)
+    weighted = AcquisitionRange(psf_sigma_px=mixed.psf_sigma_px, background_photons=mixed.background_photons,
+                                standard_share=0.0, high_background_share=0.5, high_background_photons=(300.0, 7_000.0))
+    bg_plain = np.array([plain.draw(rng, base).background_photons for _ in range(600)])
+    bg_weighted = np.array([weighted.draw(rng, base).background_photons for _ in range(600)])
+    assert bg_weighted.min() < 10.0 and bg_weighted.max() <= 7_000.0  # the low end is still drawn
+    assert np.mean(bg_weighted >= 300.0) > np.mean(bg_plain >= 300.0) + 0.2
+    assert mixed.to_dict()["high_background_photons"] == [300.0, 7_000.0]
+    assert "high_background_share" not in RANGES["psf_units_airy"].to_dict()

@@ -67,6 +67,10 @@ class AcquisitionRange:
         Share of the other chunks rendered with a scalar Airy PSF (rings included;
         :mod:`napari_spt_diffusion.simulation.airy`) of sigma-equivalent ``psf_sigma_px``
         instead of the Gaussian core (and halo).
+    high_background_share, high_background_photons
+        Share of the other chunks whose background (photons per pixel per frame) is drawn
+        log-uniformly from ``high_background_photons`` instead of ``background_photons``: it
+        weights the high end of the range without cutting its low end.
     """
 
     psf_sigma_px: tuple[float, float] = (0.6, 2.6)
@@ -84,6 +88,8 @@ class AcquisitionRange:
     em_gain: float = 100.0
     pixel_scale: tuple[float, float] = (1.0, 1.0)
     airy_share: float = 0.0
+    high_background_share: float = 0.0
+    high_background_photons: tuple[float, float] = (100.0, 7_000.0)
 
     @property
     def varies_optics(self) -> bool:
@@ -114,10 +120,13 @@ class AcquisitionRange:
         """One acquisition of the range (or ``base`` with probability ``standard_share``)."""
         if rng.uniform() < self.standard_share:
             return base
+        # drawn only when the range has such chunks, so that the other ranges' datasets stay the same
+        high = self.high_background_share > 0 and rng.uniform() < self.high_background_share
+        background_bounds = self.high_background_photons if high else self.background_photons
         for _ in range(1000):
             sigma = _log_uniform(rng, self.psf_sigma_px)
             photons = _log_uniform(rng, self.signal_photons)
-            background = _log_uniform(rng, self.background_photons)
+            background = _log_uniform(rng, background_bounds)
             read = float(rng.uniform(*self.read_noise_e))
             exposure = float(rng.uniform(*self.exposure_fraction))
             if static_snr(photons, background, sigma, read) >= self.min_snr:
@@ -160,6 +169,9 @@ class AcquisitionRange:
         }
         if self.pixel_scale != (1.0, 1.0):
             out["pixel_scale"] = list(self.pixel_scale)
+        if self.high_background_share > 0:
+            out["high_background_share"] = self.high_background_share
+            out["high_background_photons"] = list(self.high_background_photons)
         return out
 
     def _shape_text(self) -> str:
@@ -227,6 +239,13 @@ RANGES: dict[str, AcquisitionRange] = {
     # case where aniso_any reads low (background per PSF area several times the signal) made common
     "psf_units_airy_hibg": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(100.0, 7_000.0),
                                             axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2, airy_share=0.4),
+    # as psf_units_airy (background 1-7,000 photons per virtual pixel), with half of the chunks drawn
+    # from its high end (300-7,000): psf_units_airy_hibg, which cut the low end, moved the bias from
+    # wide PSFs to narrow ones (benchmarks/reports/foreign_aniso_any_airy_hibg_stage3.md)
+    "psf_units_airy_bgmix": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
+                                             axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2,
+                                             airy_share=0.4, high_background_share=0.5,
+                                             high_background_photons=(300.0, 7_000.0)),
 }
 
 
