@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import numpy as np
@@ -51,8 +52,9 @@ def test_workers_give_the_one_thread_table(monkeypatch, mapped_file, tmp_path):
     marks = tmp_path / "workers"
     marks.mkdir()
 
-    def marked(start, stop):  # runs in a worker: leaves its process id behind
-        (marks / f"{os.getpid()}_{start}").touch()
+    def marked(start, stop):  # runs in a worker: leaves its process id and signal dispositions behind
+        quiet = signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        (marks / f"{os.getpid()}_{start}_{int(quiet)}").touch()
         return real(start, stop)
 
     marked.__module__, marked.__qualname__ = spot_processes.__name__, "_chunk_in_worker"
@@ -65,6 +67,8 @@ def test_workers_give_the_one_thread_table(monkeypatch, mapped_file, tmp_path):
     assert reports == sorted(reports) and reports[-1] == 1.0
     pids = {int(mark.name.split("_")[0]) for mark in marks.iterdir()}
     assert pids and os.getpid() not in pids  # worker processes found some of the frames
+    # Ctrl-C (sent to the whole process group) is left to the calling process, SIGTERM ends a worker quietly
+    assert all(mark.name.endswith("_1") for mark in marks.iterdir())
 
 
 def test_workers_read_windows_and_views_of_the_file(monkeypatch, mapped_file):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import mmap
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -149,6 +150,11 @@ _WORKER: dict[str, Any] = {}
 
 def _start_worker(mapped: MappedMovie, spots_of: Callable[[np.ndarray], Any],
                   check_frame: Callable[..., np.ndarray]) -> None:
+    # Ctrl-C reaches the whole process group: the calling process stops the run and its workers
+    # (a worker interrupted on its own would print a traceback); SIGTERM ends a worker quietly
+    # instead of running the handler the command line installed in the calling process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # forked: the functions are the calling process's own (nothing is imported in the worker)
     _WORKER.update(mapped=mapped, spots_of=spots_of, check_frame=check_frame)
 
