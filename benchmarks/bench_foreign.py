@@ -127,6 +127,10 @@ def interval_coverage(per: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+#: Bins of the true D (um^2/s) for the per-frame breakdown (the protocol's D range is 0.05-3).
+TRUE_D_BINS = ((0.0, 0.15), (0.15, 0.5), (0.5, 1.5), (1.5, 10.0))
+
+
 def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,
           frame_cols: tuple[str, str] | None, d_col: str) -> dict[str, Any]:
     """Per-frame, per-track and recovery scores of one tracker output.
@@ -153,6 +157,16 @@ def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,
     res["frame_median_rel_D"] = _nanmedian(_rel(d, t_d))
     res["frame_mae_D"] = _nanmean(np.abs(d - t_d))
     res["frame_median_ratio_D"] = _nanmedian(d / t_d)
+    # the same by the true D of the row (where in the D range the error and the bias lie)
+    track_cve = track_values["D_cve"] if "D_cve" in track_values else None
+    res["frame_by_true_D"] = []
+    for low, high in TRUE_D_BINS:
+        sel = (t_d >= low) & (t_d < high)
+        cve = (o["track_id"].map(track_cve).to_numpy(float)[sel] if track_cve is not None
+               else np.full(int(sel.sum()), np.nan))
+        res["frame_by_true_D"].append({
+            "low": low, "high": high, "rows": int(sel.sum()), "median_rel_D": _nanmedian(_rel(d[sel], t_d[sel])),
+            "median_ratio_D": _nanmedian(d[sel] / t_d[sel]), "median_ratio_Dcve": _nanmedian(cve / t_d[sel])})
     if frame_cols is not None:
         res["frame_mae_D1"] = _nanmean(np.abs(o[frame_cols[0]].to_numpy(float) - t["D1_um2_s"].to_numpy()))
         res["frame_mae_D2"] = _nanmean(np.abs(o[frame_cols[1]].to_numpy(float) - t["D2_um2_s"].to_numpy()))
@@ -548,6 +562,12 @@ def case_lines(r: dict[str, Any]) -> list[str]:
                   f"frames ({o['tracks_scored_20']} tracks): MAE D1 / D2 {f(o['track_mae_D1_20'])} / "
                   f"{f(o['track_mae_D2_20'])}, median rel. error of D {pct(o['track_median_rel_D_20'])}, of "
                   f"`D_cve_um2_s` {pct(o['track_median_rel_Dcve_20'])}."]
+    if o.get("frame_by_true_D"):
+        lines += ["", "Per frame by the true D (um^2/s): " + "; ".join(
+            f"{b['low']:g}-{b['high']:g}: {b['rows']} rows, median rel. error {pct(b['median_rel_D'])}, median "
+            f"D / D_true {f(b['median_ratio_D'], 2)} (the track's `D_cve_um2_s` / D_true "
+            f"{f(b['median_ratio_Dcve'], 2)})"
+            for b in o["frame_by_true_D"]) + "."]
     if o.get("interval_coverage"):
         c = o["interval_coverage"]
         lines += ["", f"Intervals (tracks of >= {MIN_MATCHED_SCORED} matched frames): the true D1 lies in the reported "

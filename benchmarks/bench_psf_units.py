@@ -23,7 +23,8 @@ track MAE of D1, D2 in um^2/s, angle similarity) plus the bias of the mean diffu
 Command::
 
     .venv/bin/python benchmarks/bench_psf_units.py [--quick] [--set aniso|binding|twostate] [--n 300]
-        [--models aniso,aniso_wide] [--sigmas 0.75,1,1.25,1.5,2] [--width-error 5] [--out PATH]
+        [--models aniso,aniso_wide] [--sigmas 0.75,1,1.25,1.5,2] [--width-error 5]
+        [--photons N] [--background B] [--shape gaussian|airy] [--out PATH]
 
 Reports: ``psf_units_aniso.md``, ``psf_units_binding.md``, ``psf_units_twostate.md``; the summary
 with the foreign-optics runs is ``benchmarks/reports/psf_units.md``.
@@ -58,6 +59,7 @@ from napari_spt_diffusion.estimation import psf_units as pu
 from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
 from napari_spt_diffusion.estimation.tensor import theta_from_sin_cos_2theta
 from napari_spt_diffusion.metrics import angle_similarity_axial, mean_absolute_error
+from napari_spt_diffusion.simulation.optics import RenderOptics
 from napari_spt_diffusion.training.samples import SampleSettings, make_samples
 
 
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sigmas", default=None, help="PSF sigma in px (100 nm pixels; default 0.75,1,1.25,1.5,2)")
     ap.add_argument("--width-error", type=float, default=5.0, help="percent error of the PSF width for the "
                     "sensitivity rows (0: none)")
+    ap.add_argument("--photons", type=float, default=None, help="signal photons per frame (default: standard)")
+    ap.add_argument("--background", type=float, default=None,
+                    help="background photons per pixel per frame (default: standard)")
+    ap.add_argument("--shape", choices=("gaussian", "airy"), default="gaussian",
+                    help="PSF shape of the simulated movies (airy: our simulator's scalar Airy PSF)")
     ap.add_argument("--out", type=Path, default=None,
                     help="report (default benchmarks/reports/psf_units_SET[_quick].md)")
     args = ap.parse_args(argv)
@@ -111,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or report_path(f"psf_units_{args.set}", args.quick)
     names = args.models or ("aniso,aniso_wide" if args.set == "aniso" else args.set)
     models = {m: load_checkpoint(m) for m in names.split(",")}
+    changed = ", ".join(x for x in (
+        f"{args.photons:g} signal photons" if args.photons else "",
+        f"{args.background:g} background photons/px" if args.background is not None else "",
+        "scalar Airy PSF" if args.shape == "airy" else "") if x)
     lines = report_header(f"PSF units on our simulator: seed-{args.set} across PSF widths",
-                          f"{PROTOCOLS} seed-{args.set} (seed {SEEDS[args.set]}) v1 physics, PSF sigma swept, {args.n} "
+                          f"{PROTOCOLS} seed-{args.set} (seed {SEEDS[args.set]}) v1 physics, PSF sigma swept"
+                          + (f" ({changed}; the rest standard)" if changed else "") + f", {args.n} "
                           "tracks per condition, tracking path (`make_samples`).", command_line("bench_psf_units.py",
                                                                                              argv))
     unit = "per track" if args.set == "aniso" else "per frame"
@@ -121,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
               "|---|---|---|---|---|---|---|"]
     t_all = time.perf_counter()
     for sigma in (float(x) for x in args.sigmas.split(",")):
-        acq = Acquisition(psf_sigma_nm=100.0 * sigma)
+        acq = Acquisition(psf_sigma_nm=100.0 * sigma, **({"signal_photons": args.photons} if args.photons else {}),
+                          **({"background_photons": args.background} if args.background is not None else {}))
         scales = {}
         for name, (_, card) in models.items():
             train = pu.card_psf_sigma_px(card)
@@ -131,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                               if err else []))
         q = max(pu.source_patch_size(s) for pair in scales.values() for s in pair)
         t0 = time.perf_counter()
-        batch = make_samples(args.set, args.n, 30, acq, SEEDS[args.set], settings=SampleSettings(patch_size=q))
+        settings = SampleSettings(patch_size=q, optics=RenderOptics(airy=True) if args.shape == "airy" else None)
+        batch = make_samples(args.set, args.n, 30, acq, SEEDS[args.set], settings=settings)
         small = dataclasses.replace(batch, patches=pu.centre_crop(batch.patches, 11),
                                     outside_mask=pu.centre_crop(batch.outside_mask, 11))
         rows = []
