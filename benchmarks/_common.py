@@ -68,22 +68,34 @@ CHANGE_SIZE_EDGES_DECADES = (0.0, 0.15, 0.3, 0.6, np.inf)
 
 
 # ------------------------------------------------------------------------------ report
+def _kb_field(path: str, name: str) -> float | None:
+    """The ``name:`` field (kB) of a ``/proc`` status-like file, summed; ``None`` when it cannot be read."""
+    try:
+        with open(path) as handle:
+            return sum(float(line.split()[1]) for line in handle if line.startswith(name))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def tree_memory_mb(pid: int) -> tuple[float, float]:
     """``(RSS, PSS)`` in MB summed over process ``pid`` and its descendants (``/proc``; PSS shares
-    the pages a forked worker still shares with its parent between them instead of counting them twice)."""
+    the pages a forked worker still shares with its parent between them instead of counting them
+    twice; where a process's PSS cannot be read, its RSS stands in)."""
     rss = pss = 0.0
     todo = [pid]
     while todo:
         current = todo.pop()
+        own_rss = _kb_field(f"/proc/{current}/status", "VmRSS:")
+        if own_rss is None:  # the process ended
+            continue
+        own_pss = _kb_field(f"/proc/{current}/smaps_rollup", "Pss:")
+        rss += own_rss
+        pss += own_rss if own_pss is None else own_pss
         try:
-            with open(f"/proc/{current}/status") as handle:
-                rss += sum(float(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
-            with open(f"/proc/{current}/smaps_rollup") as handle:
-                pss += sum(float(line.split()[1]) for line in handle if line.startswith("Pss:"))
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as handle:
                     todo += [int(child) for child in handle.read().split()]
-        except (OSError, ValueError):  # the process ended between two reads
+        except (OSError, ValueError):  # a thread or the process ended meanwhile
             continue
     return rss / 1024.0, pss / 1024.0
 
@@ -91,7 +103,9 @@ def tree_memory_mb(pid: int) -> tuple[float, float]:
 @dataclass
 class TreeRun:
     """A finished command: exit status, output, and the peaks of the summed RSS and PSS (MB) of its
-    process tree (the command and every process it started), sampled every ``interval_s``."""
+    process tree (the command and every process it started), sampled every ``interval_s`` (reading
+    a large process's ``smaps_rollup`` takes milliseconds, taken from the cores the measured run
+    shares: do not sample much more often)."""
 
     returncode: int
     stdout: str
@@ -100,7 +114,7 @@ class TreeRun:
     tree_peak_pss_mb: float
 
 
-def run_with_tree_memory(command: Sequence[str], interval_s: float = 0.02) -> TreeRun:
+def run_with_tree_memory(command: Sequence[str], interval_s: float = 0.1) -> TreeRun:
     """Run ``command`` to its end, sampling its process tree's memory (:func:`tree_memory_mb`)."""
     process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0.0, 0.0]

@@ -10,7 +10,7 @@ measure
     fresh process and reports its peak resident memory ("Maximum resident set size", i.e. the
     process's ``VmHWM``), the wall time and the number of localizations and tracks it wrote;
     also the peaks of the summed RSS and PSS of the command and the spot worker processes it
-    forks (``tracking/spot_processes.py``), sampled every 20 ms.
+    forks (``tracking/spot_processes.py``), sampled every 0.1 s.
 
 Commands::
 
@@ -81,7 +81,7 @@ def measure(movie: Path, prefix: Path, extra: list[str]) -> dict:
         "command": " ".join(command),
         "exit_status": run.returncode,
         "peak_rss_mb": None if rss_kb is None else int(rss_kb.group(1)) / 1024.0,
-        # the command with its spot worker processes, sampled every 20 ms (PSS counts shared pages once)
+        # the command with its spot worker processes, sampled every 0.1 s (PSS counts shared pages once)
         "tree_peak_rss_mb": round(run.tree_peak_rss_mb, 1),
         "tree_peak_pss_mb": round(run.tree_peak_pss_mb, 1),
         "wall_s": round(wall, 1),

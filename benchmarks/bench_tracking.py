@@ -35,7 +35,7 @@ speed (v1, seed 8)
     its threads), peak RSS (``VmHWM`` of the process), and the RSS after imports. The
     command finds the spots of the mapped TIFF with a forked worker process beside its own
     thread (``tracking/spot_processes.py``); its row also gives the peak of the summed RSS and
-    PSS of the command and its workers, sampled every 20 ms (its CPU seconds include the
+    PSS of the command and its workers, sampled every 0.1 s (its CPU seconds include the
     workers'). The ``ours`` row reads frames through a reader that is not a memory map, so
     it finds the spots with threads, as for a compressed or lazily loaded movie.
 
@@ -394,7 +394,7 @@ sys.exit(main(args))
 def run_track_command(movie_tif: str, out_dir: str) -> dict:
     """Time the whole ``spt-diffusion track`` command (interpreter start, imports, reading, detection,
     linking, patches, estimation, writing) on ``movie_tif``; returns its wall time, peak RSS (of the
-    command's process; and, sampled every 20 ms, of it and its spot worker processes together) and
+    command's process; and, sampled every 0.1 s, of it and its spot worker processes together) and
     tracks table."""
     rss_path = out_dir.rstrip(os.sep) + "_peak_rss_mb.txt"
     argv = [*TRACK_COMMAND, "--out", out_dir + os.sep, movie_tif]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -76,22 +78,37 @@ def test_workers_read_windows_and_views_of_the_file(monkeypatch, mapped_file):
     reference = _one_thread(monkeypatch, movie)
     # a window of the page-releasing reader (the chunked pipeline's input) and a sliced view
     for framed, first in ((streaming.FrameWindow(streaming.releasing(movie), 3, 69), 3), (movie[2:], 2)):
-        mapped = spot_processes.mapped_source(framed)
-        assert mapped is not None and mapped.shape == (framed.shape[0], 64, 64)
-        np.testing.assert_array_equal(mapped.frames(5, 6)[0], movie[first + 5])
+        assert spot_processes.mapped_source(framed) is not None
         table = _with_workers(monkeypatch, framed)
         expected = reference[(reference["frame"] >= first) & (reference["frame"] < first + framed.shape[0])].copy()
         expected["frame"] -= first
         pd.testing.assert_frame_equal(table, expected.reset_index(drop=True))
 
 
-def test_what_cannot_be_mapped_again_is_left_to_threads(tmp_path):
-    assert spot_processes.mapped_source(np.zeros((80, 8, 8), dtype=np.uint16)) is None
-    path = tmp_path / "m.npy"
-    np.save(path, np.zeros((80, 8, 8), dtype=np.uint16))
+def test_workers_read_the_callers_map_not_the_file_on_disk(monkeypatch, mapped_file, tmp_path):
+    path = tmp_path / "replaced.npy"
+    path.write_bytes(mapped_file.read_bytes())
     movie = np.load(path, mmap_mode="r")
-    assert spot_processes.mapped_source(movie[:, ::2]) is None  # not contiguous
+    reference = _one_thread(monkeypatch, movie)
+    # the file is saved again under the same name (a new file renamed over it) after it was opened,
+    # with other pixels in every frame but the first and the last
+    fresh = tmp_path / "fresh.npy"
+    other = np.array(movie)
+    other[1:-1] = 100
+    np.save(fresh, other)
+    os.replace(fresh, path)
+    pd.testing.assert_frame_equal(_with_workers(monkeypatch, movie), reference)
+
+
+def test_what_is_not_a_read_only_map_is_left_to_threads(monkeypatch, mapped_file):
+    assert spot_processes.mapped_source(np.zeros((80, 8, 8), dtype=np.uint16)) is None
+    movie = np.load(mapped_file, mmap_mode="r")
     assert spot_processes.mapped_source(movie[0]) is None  # one frame
+    # a copy-on-write map changed in memory: the workers must not read the file's pixels instead
+    changed = np.load(mapped_file, mmap_mode="c")
+    changed[1:-1] = 100
+    assert spot_processes.mapped_source(changed) is None
+    pd.testing.assert_frame_equal(_with_workers(monkeypatch, changed), _one_thread(monkeypatch, np.array(changed)))
 
 
 def test_no_workers_outside_the_main_thread(monkeypatch):
@@ -102,6 +119,58 @@ def test_no_workers_outside_the_main_thread(monkeypatch):
     thread.start()
     thread.join()
     assert seen == [0]
+
+
+def _in_daemon_process(queue):
+    queue.put(spot_processes.spot_processes(2))
+
+
+def test_no_workers_from_a_daemon_process(monkeypatch):
+    monkeypatch.delenv(spot_processes.SPOT_PROCESSES_ENV, raising=False)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_in_daemon_process, args=(queue,), daemon=True)
+    child.start()
+    assert queue.get(timeout=30) == 0  # a daemon may not have children
+    child.join(timeout=30)
+
+
+def _state(pid):
+    """The process's state letter (``Z``: zombie), or ``None`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_a_worker_ends_when_the_calling_process_is_killed(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    middle = os.fork()
+    if middle == 0:  # the "calling process": starts a worker, then dies at once without cleaning up
+        try:
+            worker = os.fork()
+            if worker == 0:
+                spot_processes._end_with_parent(os.getppid())
+                time.sleep(60)
+                os._exit(0)
+            pid_file.write_text(str(worker))
+        finally:
+            os._exit(0)
+    os.waitpid(middle, 0)
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    for _ in range(100):
+        if _state(worker) in (None, "Z"):
+            break
+        time.sleep(0.05)
+    state = _state(worker)
+    if state not in (None, "Z"):
+        os.kill(worker, signal.SIGKILL)
+    assert state in (None, "Z")
 
 
 def test_a_bad_frame_read_by_a_worker_is_named(monkeypatch, tmp_path):
@@ -133,3 +202,35 @@ def test_stop_ends_early_and_dead_workers_are_replaced(monkeypatch, mapped_file)
     monkeypatch.setattr(spot_processes, "_chunk_in_worker", die)
     table = _with_workers(monkeypatch, movie)
     pd.testing.assert_frame_equal(table, reference)
+    assert not multiprocessing.active_children()
+
+
+def test_hung_workers_are_ended_and_their_chunks_found_here(monkeypatch, mapped_file):
+    movie = np.load(mapped_file, mmap_mode="r")
+    reference = _one_thread(monkeypatch, movie)
+
+    def hang(start, stop):
+        time.sleep(600)
+
+    hang.__module__, hang.__qualname__ = spot_processes.__name__, "_chunk_in_worker"
+    monkeypatch.setattr(spot_processes, "_chunk_in_worker", hang)
+    monkeypatch.setattr(spot_processes, "WORKER_TIMEOUT_S", 1.0)
+    started = time.monotonic()
+    table = _with_workers(monkeypatch, movie)
+    pd.testing.assert_frame_equal(table, reference)
+    assert time.monotonic() - started < 60
+    assert not multiprocessing.active_children()
+
+
+def test_workers_end_when_the_caller_raises(monkeypatch, mapped_file):
+    movie = np.load(mapped_file, mmap_mode="r")
+
+    def cancel(fraction, message):
+        if fraction > 0.3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _with_workers(monkeypatch, movie, progress=cancel)
+    # the exception (its traceback holds the detection's frames) is still alive here, as in an
+    # interactive session's sys.last_value or a GUI's error dialog: the workers must be gone already
+    assert caught.value is not None and not multiprocessing.active_children()

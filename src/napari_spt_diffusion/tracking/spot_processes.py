@@ -3,48 +3,57 @@
 Threads share one interpreter lock: between the FFT and the compiled fits, which release it,
 the spot path makes many small numpy calls that hold it, so two threads find spots 1.47 x as
 fast as one on two cores, and two independent processes 1.94 x
-(``benchmarks/reports/cpu_scaling.md``). A movie that lies uncompressed in a file (a
-``numpy.memmap``: an uncompressed TIFF, a ``.npy``) can be read by other processes from the
-file itself, so its frames are shared out in chunks of :data:`CHUNK_FRAMES`: the calling
-thread finds the spots of some chunks, worker processes those of the others, each mapping the
-file itself for one chunk at a time (the pages it read leave it with the chunk). Each frame's
-spots depend on that frame only, so the table is the same as with threads.
+(``benchmarks/reports/cpu_scaling.md``). A movie mapped read-only from its file (a
+``numpy.memmap`` in mode ``"r"``: an uncompressed TIFF, a ``.npy``) holds no frame in memory,
+so forked workers can read it too: its frames are shared out in chunks of
+:data:`CHUNK_FRAMES` between the calling thread and worker processes. A worker reads its
+frames through the calling process's own reader (inherited by the fork: the same mapping of
+the same file, even if the file is replaced on disk meanwhile) and drops the pages it read from
+its memory every :data:`RELEASE_EVERY_BYTES`. Each frame's spots depend on that frame only, so
+the table is the same as with threads.
 
 The workers are forked (Linux only): they start at once, with the spot path already imported
-and compiled, and share the calling process's memory until either writes to it. A spawned
-worker would take a second or two to start and would run the calling script again where it
-lacks an ``if __name__ == "__main__":`` guard. Elsewhere the spots are found by threads.
+and compiled. A spawned worker would take a second or two to start and would run the calling
+script again where it lacks an ``if __name__ == "__main__":`` guard. A worker ignores Ctrl-C
+(the calling process stops the run and its workers), ends quietly on SIGTERM and ends when the
+calling process dies, even by SIGKILL. Elsewhere the spots are found by threads.
 
 :func:`spot_processes` decides how many workers a run gets (``$SPT_DIFFUSION_SPOT_PROCESSES``,
-else one fewer than :func:`~.spots.spot_threads`; none where processes cannot be forked or the
-caller is not the main thread, as in the napari widget),
-:func:`mapped_source` whether a movie can be mapped again, and :func:`found_in_order` yields
+else one fewer than :func:`~.spots.spot_threads`; none where processes cannot be forked, from a
+thread other than the main one, as in the napari widget or a Dask task, and from a daemon
+process), :func:`mapped_source` whether a movie qualifies, and :func:`found_in_order` yields
 every frame's spots in frame order.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import multiprocessing
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CHUNK_FRAMES", "MIN_FRAMES", "SPOT_PROCESSES_ENV", "MappedMovie", "found_in_order", "mapped_source",
-           "spot_processes"]
+__all__ = ["CHUNK_FRAMES", "MIN_FRAMES", "RELEASE_EVERY_BYTES", "SPOT_PROCESSES_ENV", "WORKER_TIMEOUT_S",
+           "found_in_order", "mapped_source", "spot_processes"]
 
-#: Frames per chunk handed to a worker (a chunk's frames are mapped, read and unmapped together).
+#: Frames per chunk handed to a worker.
 CHUNK_FRAMES = 8
 #: Movies with fewer frames are left to threads (starting a worker is not worth it).
 MIN_FRAMES = 64
+#: A worker drops the mapped pages it read from its memory after this many bytes of frames.
+RELEASE_EVERY_BYTES = 64 * 2**20
+#: Seconds the calling thread waits for one worker chunk before it takes the workers for hung,
+#: ends them and finds the spots of their chunks itself (a chunk takes well under a second).
+WORKER_TIMEOUT_S = 300.0
 #: Environment variable setting the number of worker processes (``0``: threads only).
 SPOT_PROCESSES_ENV = "SPT_DIFFUSION_SPOT_PROCESSES"
 
@@ -52,121 +61,89 @@ SPOT_PROCESSES_ENV = "SPT_DIFFUSION_SPOT_PROCESSES"
 def spot_processes(threads: int) -> int:
     """Worker processes for a memory-mapped movie: ``$SPT_DIFFUSION_SPOT_PROCESSES`` when it is a
     whole number >= 0, else ``threads - 1`` (the calling thread is the last worker); 0 where
-    processes cannot be forked (not Linux) and when called from a thread other than the main one
-    (the napari widget's worker thread, a Dask task)."""
+    processes cannot be forked (not Linux), when called from a thread other than the main one
+    (the napari widget's worker thread, a Dask task) and from a daemon process (a
+    ``multiprocessing`` pool's worker, which may not have children)."""
     if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
         return 0
     if threading.current_thread() is not threading.main_thread():
         return 0  # a GUI's worker thread or a Dask task: no fork from beside other threads' work
+    if multiprocessing.current_process().daemon:
+        return 0
     value = os.environ.get(SPOT_PROCESSES_ENV, "").strip()
     if value.isdigit():
         return int(value)
     return max(0, int(threads) - 1)
 
 
-@dataclass(frozen=True)
-class MappedMovie:
-    """Where a memory-mapped ``(T, Y, X)`` movie lies in its file.
+def mapped_source(movie: Any) -> np.memmap | None:
+    """The read-only ``numpy.memmap`` under a movie, or ``None`` when it is not one.
 
-    Attributes
-    ----------
-    path
-        The file.
-    offset_bytes
-        Byte offset of frame ``first_frame`` of the movie in the file.
-    dtype
-        Pixel type (numpy dtype string, byte order included).
-    shape
-        ``(T, Y, X)`` of the frames from ``offset_bytes`` on (C order).
+    ``movie`` is a ``numpy.memmap`` or a wrapper of one that exposes ``frame_source() ->
+    (inner movie, first frame)`` (the streaming module's windows and page-releasing readers).
+    Only mode ``"r"`` qualifies: a copy-on-write map (``"c"``) may hold changes that exist only
+    in the calling process's private pages, and dropping a worker's pages would read the file
+    again instead.
     """
-
-    path: str
-    offset_bytes: int
-    dtype: str
-    shape: tuple[int, int, int]
-
-    def frames(self, start: int, stop: int) -> np.ndarray:
-        """Frames ``start .. stop - 1`` as a read-only map of the file (``(stop - start, Y, X)``)."""
-        frame_bytes = int(np.dtype(self.dtype).itemsize) * self.shape[1] * self.shape[2]
-        return np.memmap(self.path, dtype=np.dtype(self.dtype), mode="r",
-                         offset=self.offset_bytes + int(start) * frame_bytes,
-                         shape=(int(stop) - int(start), self.shape[1], self.shape[2]))
-
-
-def mapped_source(movie: Any) -> MappedMovie | None:
-    """The file region of a movie that other processes can map, or ``None``.
-
-    ``movie`` is a ``numpy.memmap`` of a file (C-contiguous, 3-D) or a wrapper of one that
-    exposes ``frame_source() -> (inner movie, first frame)`` (the streaming module's windows and
-    page-releasing readers). The region is checked by mapping it again and comparing its first
-    and last frames with the movie's.
-    """
-    n_frames = int(movie.shape[0])
-    first = 0
     for _ in range(8):  # unwrap windows of page-releasing readers of a memmap
         source = getattr(movie, "frame_source", None)
         if source is None:
             break
-        movie, start = source()
-        first += int(start)
-    if not isinstance(movie, np.memmap) or movie.ndim != 3 or not movie.flags.c_contiguous:
+        movie = source()[0]
+    if not isinstance(movie, np.memmap) or getattr(movie, "mode", None) != "r" or movie.ndim != 3:
         return None
-    path = getattr(movie, "filename", None)
-    if path is None or not os.path.isfile(path) or n_frames == 0 or first + n_frames > movie.shape[0]:
+    if getattr(movie, "_mmap", None) is None:  # numpy keeps its map of the file there
         return None
-    offset = _file_offset(movie)
-    if offset is None:
-        return None
-    frame_bytes = movie.dtype.itemsize * movie.shape[1] * movie.shape[2]
-    mapped = MappedMovie(str(path), offset + first * frame_bytes, movie.dtype.str,
-                         (n_frames, int(movie.shape[1]), int(movie.shape[2])))
-    try:
-        last = n_frames - 1
-        same = (np.array_equal(mapped.frames(0, 1)[0], movie[first])
-                and np.array_equal(mapped.frames(last, last + 1)[0], movie[first + last]))
-    except (OSError, ValueError):  # the file shrank or cannot be mapped again: threads it is
-        return None
-    return mapped if same else None
-
-
-def _file_offset(movie: np.memmap) -> int | None:
-    """Byte offset in its file of the first element of a memmap, views of one included (``None``
-    when it cannot be told: numpy's map of the file is not where numpy keeps it)."""
-    handle = getattr(movie, "_mmap", None)
-    if handle is None:
-        return None
-    try:
-        mapped_at = np.frombuffer(handle, dtype=np.uint8).ctypes.data
-    except (TypeError, ValueError):  # a closed map
-        return None
-    # numpy maps the file from the offset rounded down to the allocation granularity
-    mapped_from = int(movie.offset) - int(movie.offset) % mmap.ALLOCATIONGRANULARITY
-    return mapped_from + int(movie.ctypes.data) - int(mapped_at)
+    return movie
 
 
 # ------------------------------------------------------------------- worker side
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(mapped: MappedMovie, spots_of: Callable[[np.ndarray], Any],
-                  check_frame: Callable[..., np.ndarray]) -> None:
+def _end_with_parent(parent_pid: int) -> None:
+    """Ask Linux to send SIGTERM to this process when its parent dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: the worker ends when its task pipe closes
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the request was made
+        os._exit(0)
+
+
+def _start_worker(read_frame: Callable[[int], np.ndarray], spots_of: Callable[[np.ndarray], Any],
+                  mapped: np.memmap, frame_bytes: int, parent_pid: int) -> None:
     # Ctrl-C reaches the whole process group: the calling process stops the run and its workers
     # (a worker interrupted on its own would print a traceback); SIGTERM ends a worker quietly
     # instead of running the handler the command line installed in the calling process
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # forked: the functions are the calling process's own (nothing is imported in the worker)
-    _WORKER.update(mapped=mapped, spots_of=spots_of, check_frame=check_frame)
+    _end_with_parent(parent_pid)
+    # forked: the reader, the spot function and the map are the calling process's own
+    _WORKER.update(read_frame=read_frame, spots_of=spots_of, mapped=mapped, frame_bytes=frame_bytes, read=0)
+
+
+def _release_pages(mapped: np.memmap) -> None:
+    """Drop the pages of ``mapped`` from this process (they stay in the kernel's page cache)."""
+    handle = getattr(mapped, "_mmap", None)
+    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            handle.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed map, or a system without it: only memory is at stake
+            pass
 
 
 def _chunk_in_worker(start: int, stop: int) -> list[Any]:
-    """The spots of frames ``start .. stop - 1`` (a worker's task); the map is dropped after the chunk."""
-    frames = _WORKER["mapped"].frames(start, stop)
+    """The spots of frames ``start .. stop - 1`` (a worker's task)."""
     out = []
-    for k in range(stop - start):
-        frame = _WORKER["check_frame"](np.array(frames[k]), index=start + k)
+    for t in range(start, stop):
+        frame = _WORKER["read_frame"](t)
         out.append((frame.shape, _WORKER["spots_of"](frame)))
-    del frames  # unmapped: the pages read leave this process
+    _WORKER["read"] += (stop - start) * _WORKER["frame_bytes"]
+    if _WORKER["read"] >= RELEASE_EVERY_BYTES:
+        _WORKER["read"] = 0
+        _release_pages(_WORKER["mapped"])
     return out
 
 
@@ -185,56 +162,89 @@ class _Chunks:
         return self.next - 1
 
 
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's processes (hung workers); the pool is broken afterwards."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.terminate()
+        except (OSError, AttributeError):
+            pass
+
+
 def found_in_order(
-    movie: Any,
-    mapped: MappedMovie,
-    spots_of: Callable[[np.ndarray], Any],
+    n_frames: int,
     read_frame: Callable[[int], np.ndarray],
-    check_frame: Callable[..., np.ndarray],
+    spots_of: Callable[[np.ndarray], Any],
+    mapped: np.memmap,
     n_workers: int,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[int, tuple[int, ...], Any]]:
     """``(frame, frame shape, spots)`` of every frame, in frame order, found by the calling thread and
-    ``n_workers`` processes.
+    ``n_workers`` forked processes.
 
     Parameters
     ----------
-    movie
-        The ``(T, Y, X)`` movie (its frame count; the calling thread reads its own chunks with ``read_frame``).
-    mapped
-        The movie's file region (:func:`mapped_source`), which the workers map.
+    n_frames
+        Frames of the movie.
+    read_frame
+        ``read_frame(t) -> (Y, X)`` checked frame ``t`` in ADU; run by the calling thread and, on
+        their copy of the calling process, by the workers.
     spots_of
         ``spots_of(frame_adu) -> FoundSpots``, run by the calling thread and the workers.
-    read_frame
-        ``read_frame(t) -> (Y, X)`` checked frame ``t`` in ADU (the calling thread's reads).
-    check_frame
-        ``check_frame(frame, index=t) -> frame``: the workers' check of the frames they read.
+    mapped
+        The read-only memmap under the movie (:func:`mapped_source`): the workers drop its pages.
     n_workers
         Worker processes (>= 1).
     should_stop
-        Checked before every frame of the calling thread; when it returns True the generator stops
-        (the workers' pending chunks are cancelled).
+        Checked before every frame of the calling thread and while it waits for a worker; when it
+        returns True the frames found so far, in order, are yielded and the generator ends (the
+        workers' pending chunks are cancelled).
 
-    A worker's error (a frame with NaN pixels, say) is raised here as it is. When the workers cannot be
-    started or die, the calling thread finds the spots of their chunks itself.
+    A worker's error (a frame with NaN pixels, say) is raised here as it is, when its chunk's turn
+    comes. When the workers cannot be started, die, or take :data:`WORKER_TIMEOUT_S` over a chunk,
+    the calling thread finds the spots of their chunks itself.
     """
-    chunks = _Chunks(int(movie.shape[0]))
+    chunks = _Chunks(int(n_frames))
     remote: dict[int, Future] = {}
     ready: dict[int, list[Any]] = {}
     emit = 0
-    broken = False
+    broken = hung = False
+    frame_bytes = int(mapped.dtype.itemsize) * int(np.prod(mapped.shape[1:], dtype=np.int64))
     pool = ProcessPoolExecutor(max_workers=int(n_workers), mp_context=multiprocessing.get_context("fork"),
-                               initializer=_start_worker, initargs=(mapped, spots_of, check_frame))
+                               initializer=_start_worker,
+                               initargs=(read_frame, spots_of, mapped, frame_bytes, os.getpid()))
 
-    def local(index: int) -> list[Any] | None:
+    def stop_asked() -> bool:
+        return should_stop is not None and bool(should_stop())
+
+    def local(index: int) -> tuple[list[Any], bool]:
+        """The spots of a chunk's frames found here, and whether a stop was asked on the way."""
         start, stop = chunks.bounds[index]
         out = []
         for t in range(start, stop):
-            if should_stop is not None and should_stop():
-                return None
+            if stop_asked():
+                return out, True
             frame = read_frame(t)
             out.append((frame.shape, spots_of(frame)))
-        return out
+        return out, False
+
+    def result_of(future: Future) -> list[Any] | None:
+        """A worker chunk's spots, or ``None`` when a stop was asked or the workers are gone or hung."""
+        nonlocal broken, hung
+        started = time.monotonic()
+        while not future.done():
+            if stop_asked():
+                return None
+            wait([future], timeout=0.25)
+            if time.monotonic() - started >= WORKER_TIMEOUT_S and not future.done():
+                broken = hung = True
+                _end_workers(pool)
+                return None
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            broken = True
+            return None
 
     try:
         while emit < len(chunks.bounds):
@@ -245,7 +255,7 @@ def found_in_order(
                         break
                     try:
                         remote[index] = pool.submit(_chunk_in_worker, *chunks.bounds[index])
-                    except (BrokenProcessPool, RuntimeError, OSError):
+                    except Exception:
                         broken = True
                         chunks.next = index  # this one is done here
                         break
@@ -256,25 +266,38 @@ def found_in_order(
                 emit += 1
                 continue
             future = remote.get(emit)
-            if future is not None and (future.done() or broken or chunks.next >= len(chunks.bounds)):
-                del remote[emit]
-                try:
-                    ready[emit] = future.result()
-                except BrokenProcessPool:
-                    broken = True
-                    found = local(emit)
-                    if found is None:
+            if future is not None:
+                if future.done() or broken or chunks.next >= len(chunks.bounds):
+                    found = result_of(future)
+                    if found is None and not broken:  # a stop was asked while waiting
                         return
+                    del remote[emit]
+                    stopped = False
+                    if found is None:  # the workers are gone: this chunk is done here
+                        found, stopped = local(emit)
                     ready[emit] = found
-                continue
-            index = emit if future is None else chunks.take()
-            if index is None:
-                continue
-            if broken and future is not None:  # the workers are gone: this chunk is done here
-                index = emit
-            found = local(index)
-            if found is None:
-                return
+                    if stopped:
+                        break
+                    continue
+            index = chunks.take()
+            if index is None:  # every chunk is taken, so the next one to yield is ready or in a worker
+                raise RuntimeError(f"chunk {emit} of the spot workers was lost")
+            found, stopped = local(index)
             ready[index] = found
+            if stopped:
+                break
+        # stopped: the frames found so far that follow each other from the first one
+        while emit in ready or (emit in remote and remote[emit].done() and not broken):
+            found = ready.pop(emit) if emit in ready else result_of(remote.pop(emit))
+            if found is None:
+                break
+            start = chunks.bounds[emit][0]
+            for k, (shape, spots) in enumerate(found):
+                yield start + k, shape, spots
+            if len(found) < chunks.bounds[emit][1] - start:
+                break
+            emit += 1
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if hung:
+            _end_workers(pool)
+        pool.shutdown(wait=not hung, cancel_futures=True)

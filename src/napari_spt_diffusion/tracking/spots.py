@@ -20,7 +20,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,13 +276,13 @@ def detect_and_localize(
     processes = _spot_processes.spot_processes(workers) if n_frames >= _spot_processes.MIN_FRAMES else 0
     mapped = _spot_processes.mapped_source(movie) if processes > 0 else None
     if mapped is not None:
-        # A movie mapped from its file: worker processes map it too and find the spots of some
-        # chunks of frames, this thread those of the others (no interpreter lock shared).
+        # A movie mapped read-only from its file: forked worker processes read it too and find the
+        # spots of some chunks of frames, this thread those of the others (no interpreter lock shared).
         found_in_order = _spot_processes.found_in_order(
-            movie, mapped, spots_of, lambda t: check_frame(movie[t], index=int(t)), check_frame, processes,
-            should_stop)
-        for t, frame_shape, found in found_in_order:
-            collect(t, frame_shape, found)
+            n_frames, lambda t: check_frame(movie[t], index=int(t)), spots_of, mapped, processes, should_stop)
+        with closing(found_in_order):  # the workers end here even when collect() raises
+            for t, frame_shape, found in found_in_order:
+                collect(t, frame_shape, found)
         stopped = done < n_frames
         workers = 0  # no thread pool below
     # Frames are read here, in order (a lazy reader need not be thread-safe), and their spots
