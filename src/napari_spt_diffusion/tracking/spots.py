@@ -186,11 +186,11 @@ def detect_and_localize(
 
     Frames are read one at a time, in order, by the calling thread; their spots are found by
     :func:`spot_threads` threads (at most two frames per thread in memory at once). A movie of at
-    least :data:`~.spot_processes.MIN_FRAMES` frames mapped from its file (``numpy.memmap``:
-    an uncompressed TIFF or ``.npy``) is shared out in chunks between the calling thread and
-    worker processes that map the file themselves instead
-    (:mod:`~napari_spt_diffusion.tracking.spot_processes`; one fewer than the threads, or
-    ``$SPT_DIFFUSION_SPOT_PROCESSES``). The table depends on neither.
+    least :data:`~.spot_processes.MIN_FRAMES` frames mapped read-only from its file
+    (``numpy.memmap``: an uncompressed TIFF or ``.npy``) is instead shared out in chunks between
+    the calling thread and forked worker processes, which read their frames through the same
+    reader (:mod:`~napari_spt_diffusion.tracking.spot_processes`: Linux, main thread; one fewer
+    than the threads, or ``$SPT_DIFFUSION_SPOT_PROCESSES``). The table depends on neither.
 
     Parameters
     ----------
