@@ -231,6 +231,8 @@ def found_in_order(
     def result_of(future: Future) -> list[Any] | None:
         """A worker chunk's spots, or ``None`` when a stop was asked or the workers are gone or hung."""
         nonlocal broken, hung
+        if hung and not future.done():  # the workers were taken for hung: do not wait for another chunk
+            return None
         started = time.monotonic()
         while not future.done():
             if stop_asked():
