@@ -246,6 +246,12 @@ RANGES: dict[str, AcquisitionRange] = {
                                              axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2,
                                              airy_share=0.4, high_background_share=0.5,
                                              high_background_photons=(300.0, 7_000.0)),
+    # as psf_units_airy with the pixel varied only over 0.8-1.8 x the base: the virtual pixels of the
+    # foreign-optics movies (PSF 0.78-1.68 px); psf_units_airy_px (0.6-2.6) turned aniso_any's reading of
+    # slow particles at NA 0.8 from too high to too low (benchmarks/reports/foreign.md, per frame by true D)
+    "psf_units_airy_px_mild": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
+                                               axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2,
+                                               airy_share=0.4, pixel_scale=(0.8, 1.8)),
 }
 
 
