@@ -1,6 +1,7 @@
 """Robustness grid (issue 14): the aniso models against the best classical estimator, cell by cell.
 
-Protocol "robustness grid" (docs/protocols.md): seed-aniso v1 physics (the grid's test seed 3025) with the PSF
+Protocol "robustness grid" (docs/protocols.md): seed-aniso v1 physics (the grid's test seed 3025;
+``--set binding|twostate``: those sets, seeds 3026 / 3027, scored per frame with the changepoint) with the PSF
 sigma 0.7 / 1.0 / 1.5 / 2.0 / 2.5 px x 250 / 1,000 / 4,000 signal photons per frame x a
 Gaussian or a scalar Airy PSF (``RenderOptics(airy=True)``, our simulator's Airy: the sigma of
 the Gaussian of equal second moment in its core), everything else the standard acquisition;
@@ -13,13 +14,15 @@ model was trained for), with the PSF width the calibration measured from a movie
 (``benchmarks/reports/calibration.json``, made by ``bench_calibration.py``: its Airy cells are
 movies of the independent renderer with the same sigma), as ``track`` would use it; a row with
 the true width is given beside it. The classical estimators (per-track CVE tensor, blur-moment
-tensor, combined tensor) are told the true acquisition; the best of them per metric is the
-yardstick. Target (issue 14): each model's MAE D1 and MAE D2 <= 0.85 x the best classical one
-in every cell.
+tensor, combined tensor; for the two-state sets the per-frame blur-moment tensor over +-2 frames
+and CVE tensor over +-3 frames, ``_common.classical_frames``) are told the true acquisition; the
+best of them per metric is the yardstick. Target (issue 14): each model's MAE D1 and MAE D2 <=
+0.85 x the best classical one in every cell, and for the two-state sets a changepoint MAE (over
+the tracks whose labels change) no worse than the best classical one.
 
 Command::
 
-    .venv/bin/python benchmarks/bench_grid.py [--quick] [--n 300] [--models aniso,aniso_any]
+    .venv/bin/python benchmarks/bench_grid.py [--quick] [--set aniso|binding|twostate] [--n 300] [--models M,...]
         [--shapes gaussian,airy] [--sigmas 0.7,1,1.5,2,2.5] [--photons 250,1000,4000] [--out PATH]
 
 ``--quick``: 60 tracks in 2 cells (checks the script).
@@ -34,11 +37,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from _common import (
     PROTOCOLS,
+    classical_frames,
     classical_tracks,
     command_line,
     fmt,
+    frame_metrics,
     load_average,
     report_header,
     report_path,
@@ -52,10 +59,12 @@ from napari_spt_diffusion.metrics import mean_absolute_error
 from napari_spt_diffusion.simulation.optics import RenderOptics
 from napari_spt_diffusion.training.samples import SampleSettings, make_samples
 
-#: The grid's test seed for seed-aniso physics (docs/protocols.md; training never uses it).
-GRID_SEED = 3025
-#: The yardstick's estimators (told the true acquisition).
+#: The grid's test seeds per motion model (docs/protocols.md; training never uses them).
+GRID_SEEDS = {"aniso": 3025, "binding": 3026, "twostate": 3027}
+#: The yardstick's estimators for seed-aniso (told the true acquisition), per track.
 CLASSICAL = ("CVE tensor", "blur-moment tensor", "combined (CVE + blur)")
+#: Bundled models per motion model (``--models`` default).
+DEFAULT_MODELS = {"aniso": "aniso,aniso_any", "binding": "binding", "twostate": "twostate"}
 #: Target: model MAE <= this x the best classical MAE, per metric and cell.
 TARGET_RATIO = 0.85
 CALIBRATION_JSON = Path(__file__).resolve().parent / "reports" / "calibration.json"
@@ -73,17 +82,30 @@ def measured_widths(path: Path) -> dict[str, float]:
     return out
 
 
-def maes(pred: dict, batch) -> tuple[float, float]:
-    """Per-track MAE of D1 and D2 (um^2/s)."""
+def maes(pred: dict, batch) -> tuple[float, float, float | None]:
+    """MAE of D1 and D2 (um^2/s) per track (a sequence model's ``(N,)`` estimates) or per frame (a
+    pointwise model's ``(N, T)``), and for the latter the changepoint MAE (frames) over the tracks
+    whose labels change (``None`` for a sequence model)."""
+    if np.ndim(pred["D1_um2_s"]) == 2:
+        m = frame_metrics(pred, batch)
+        return float(m["mae_D1_um2_s"]), float(m["mae_D2_um2_s"]), m["changepoint_mae_frames_labelled_change"]
     return (float(mean_absolute_error(pred["D1_um2_s"], batch.D1_um2_s[:, 0])),
-            float(mean_absolute_error(pred["D2_um2_s"], batch.D2_um2_s[:, 0])))
+            float(mean_absolute_error(pred["D2_um2_s"], batch.D2_um2_s[:, 0])), None)
+
+
+def classical_scores(small, acq: Acquisition, motion: str) -> dict[str, tuple[float, float, float | None]]:
+    """The classical estimators' scores (told the true acquisition): per track for seed-aniso,
+    per frame (sliding windows) for the two-state sets."""
+    estimates = classical_tracks(small, acq, CLASSICAL) if motion == "aniso" else classical_frames(small, acq)
+    return {name: maes(pred, small) for name, pred in estimates.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=None, help="tracks per cell (default 300)")
-    ap.add_argument("--models", default="aniso,aniso_any")
+    ap.add_argument("--set", default="aniso", choices=sorted(GRID_SEEDS), help="motion model of the tracks")
+    ap.add_argument("--models", default=None, help="comma-separated models (default: the set's bundled ones)")
     ap.add_argument("--shapes", default="gaussian,airy")
     ap.add_argument("--sigmas", default=None, help="PSF sigma in px (default 0.7,1,1.5,2,2.5)")
     ap.add_argument("--photons", default=None, help="signal photons per frame (default 250,1000,4000)")
@@ -94,22 +116,30 @@ def main(argv: list[str] | None = None) -> int:
     sigmas = [float(x) for x in (args.sigmas or ("1,2" if args.quick else "0.7,1,1.5,2,2.5")).split(",")]
     photons = [float(x) for x in (args.photons or ("1000" if args.quick else "250,1000,4000")).split(",")]
     shapes = args.shapes.split(",")
-    args.out = args.out or report_path("grid", args.quick)
-    models = {m: load_checkpoint(m) for m in args.models.split(",")}
+    args.out = args.out or report_path("grid" if args.set == "aniso" else f"grid_{args.set}", args.quick)
+    models = {m: load_checkpoint(m) for m in (args.models or DEFAULT_MODELS[args.set]).split(",")}
+    seed = GRID_SEEDS[args.set]
+    per_frame = args.set != "aniso"
     widths = measured_widths(args.calibration)
     lines = report_header(
-        "Robustness grid: the aniso models against the best classical estimator",
-        f"{PROTOCOLS} robustness grid: seed-aniso physics v1, grid seed {GRID_SEED}, {args.n} tracks of 30 frames per "
+        f"Robustness grid: the {args.set} models against the best classical estimator",
+        f"{PROTOCOLS} robustness grid: seed-{args.set} physics v1, grid seed {seed}, {args.n} tracks of 30 frames per "
         "cell, tracking path (`make_samples`)", command_line("bench_grid.py", argv))
+    classical_names = (", ".join(CLASSICAL) if not per_frame
+                       else "the blur-moment tensor over +-2 frames, the CVE tensor over +-3 frames")
+    unit = ("per frame, and the changepoint MAE (frames) over the tracks whose labels change" if per_frame
+            else "per track")
     lines += [
         f"- Models as `track --psf-units auto` runs them, with the PSF width calibrated from a movie of the cell "
-        f"({args.calibration.name}); the "
-        "classical estimators told the true acquisition, the best of "
-        + ", ".join(CLASSICAL) + f" per metric is the yardstick. Target: model MAE <= {TARGET_RATIO} x that, "
-        "for D1 and D2, in every cell. Details: docstring of `benchmarks/bench_grid.py`.",
+        f"({args.calibration.name}); the classical estimators told the true acquisition, the best of "
+        f"{classical_names} per metric is the yardstick. Scores {unit}. Target: model MAE <= {TARGET_RATIO} x that, "
+        "for D1 and D2" + (", and a changepoint MAE no worse" if per_frame else "") + ", in every cell. Details: "
+        "docstring of `benchmarks/bench_grid.py`.",
         "",
-        "| shape | PSF sigma (px) | photons | calibrated sigma (px) | best classical MAE D1 / D2 | "
-        + " | ".join(f"`{m}` MAE D1 / D2 (ratio) | `{m}`, true width" for m in models) + " |",
+        "| shape | PSF sigma (px) | photons | calibrated sigma (px) | best classical MAE D1 / D2"
+        + (" / changepoint" if per_frame else "") + " | "
+        + " | ".join(f"`{m}` MAE D1 / D2{' / changepoint' if per_frame else ''} (ratio) | `{m}`, true width"
+                     for m in models) + " |",
         "|---|---|---|---|---|" + "---|---|" * len(models),
     ]
     met = {m: [] for m in models}
@@ -127,27 +157,32 @@ def main(argv: list[str] | None = None) -> int:
                     scales[name] = (pu.scale_for(card, told, "auto"), pu.scale_for(card, acq, "auto"))
                 q = max(pu.source_patch_size(s) for pair in scales.values() for s in pair)
                 settings = SampleSettings(patch_size=q, optics=RenderOptics(airy=shape == "airy"))
-                batch = make_samples("aniso", args.n, 30, acq, GRID_SEED, settings=settings)
+                batch = make_samples(args.set, args.n, 30, acq, seed, settings=settings)
                 small = dataclasses.replace(batch, patches=pu.centre_crop(batch.patches, 11),
                                             outside_mask=pu.centre_crop(batch.outside_mask, 11))
-                classical = {k: maes(v, batch) for k, v in classical_tracks(small, acq, CLASSICAL).items()}
-                best = (min(v[0] for v in classical.values()), min(v[1] for v in classical.values()))
+                classical = classical_scores(small, acq, args.set)
+                best = tuple(min((v[k] for v in classical.values() if v[k] is not None), default=None)
+                             for k in range(3))
                 cells = []
                 for name, (module, _) in models.items():
                     s_cal, s_true = scales[name]
                     cal = maes(run(module, *inputs(batch, s_cal), acq, s_cal), batch)
                     true = maes(run(module, *inputs(batch, s_true), acq, s_true), batch)
                     ratio = (cal[0] / best[0], cal[1] / best[1])
-                    ok = max(ratio) <= TARGET_RATIO
+                    ok = max(ratio) <= TARGET_RATIO and (not per_frame or cal[2] is None or best[2] is None
+                                                         or cal[2] <= best[2])
                     met[name].append(ok)
-                    cells.append(f"{fmt(cal[0])} / {fmt(cal[1])} ({ratio[0]:.2f} / {ratio[1]:.2f}"
-                                 f"{', met' if ok else ''}) | {fmt(true[0])} / {fmt(true[1])}")
+                    cp = f" / {fmt(cal[2], 2)}" if per_frame else ""
+                    cp_true = f" / {fmt(true[2], 2)}" if per_frame else ""
+                    cells.append(f"{fmt(cal[0])} / {fmt(cal[1])}{cp} ({ratio[0]:.2f} / {ratio[1]:.2f}"
+                                 f"{', met' if ok else ''}) | {fmt(true[0])} / {fmt(true[1])}{cp_true}")
                 width = fmt(measured) if measured else "n/a (true)"
-                lines.append(f"| {shape} | {sigma:g} | {n_photons:.0f} | {width} | {fmt(best[0])} / {fmt(best[1])} | "
+                best_text = f"{fmt(best[0])} / {fmt(best[1])}" + (f" / {fmt(best[2], 2)}" if per_frame else "")
+                lines.append(f"| {shape} | {sigma:g} | {n_photons:.0f} | {width} | {best_text} | "
                              + " | ".join(cells) + " |")
                 print(lines[-1], f"({time.perf_counter() - t0:.0f} s)", flush=True)
     lines += ["", "Cells where each model meets the target (MAE D1 and D2 <= "
-              f"{TARGET_RATIO} x the best classical): "
+              f"{TARGET_RATIO} x the best classical" + (", changepoint MAE no worse" if per_frame else "") + "): "
               + "; ".join(f"`{m}` {sum(v)}/{len(v)}" for m, v in met.items()) + ".",
               "", f"Run time {time.perf_counter() - t_all:.0f} s; load average at the end {load_average()}."]
     write_report(args.out, lines)
