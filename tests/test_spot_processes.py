@@ -222,6 +222,32 @@ def test_hung_workers_are_ended_and_their_chunks_found_here(monkeypatch, mapped_
     assert not multiprocessing.active_children()
 
 
+def test_a_stop_while_a_worker_hangs_ends_it_at_once(monkeypatch, mapped_file):
+    movie = np.load(mapped_file, mmap_mode="r")
+
+    def hang(start, stop):
+        time.sleep(600)
+
+    hang.__module__, hang.__qualname__ = spot_processes.__name__, "_chunk_in_worker"
+    monkeypatch.setattr(spot_processes, "_chunk_in_worker", hang)  # the default timeout: 300 s
+    began = time.monotonic()
+    table = _with_workers(monkeypatch, movie, should_stop=lambda: time.monotonic() - began > 1.0)
+    assert table.attrs["stopped_early"] is True
+    assert time.monotonic() - began < 60
+    assert not multiprocessing.active_children()
+
+
+def test_the_first_bad_frame_is_named_whoever_reads_it(monkeypatch, tmp_path):
+    movie = np.full((100, 32, 32), 100.0, dtype=np.float32)
+    movie[8:, 4, 4] = np.nan  # chunks 1.. are bad: a worker reads chunk 1 while this thread reads later ones
+    path = tmp_path / "nans.npy"
+    np.save(path, movie)
+    for workers in ("1", "2", "3"):
+        with pytest.raises(TrackingInputError, match="frame 8 "):
+            _with_workers(monkeypatch, np.load(path, mmap_mode="r"), workers)
+    assert not multiprocessing.active_children()
+
+
 def test_workers_end_when_the_caller_raises(monkeypatch, mapped_file):
     movie = np.load(mapped_file, mmap_mode="r")
 

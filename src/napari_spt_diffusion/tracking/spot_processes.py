@@ -148,6 +148,14 @@ def _chunk_in_worker(start: int, stop: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------- calling side
+class _Raised:
+    """A chunk the calling thread could not finish: its error, raised when the chunk's turn comes
+    (an earlier chunk, still in a worker, may hold an earlier bad frame)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class _Chunks:
     """The chunks of a movie, handed out in order to the calling thread and to the workers."""
 
@@ -200,13 +208,15 @@ def found_in_order(
         returns True the frames found so far, in order, are yielded and the generator ends (the
         workers' pending chunks are cancelled).
 
-    A worker's error (a frame with NaN pixels, say) is raised here as it is, when its chunk's turn
-    comes. When the workers cannot be started, die, or take :data:`WORKER_TIMEOUT_S` over a chunk,
-    the calling thread finds the spots of their chunks itself.
+    An error (a frame with NaN pixels, say) is raised here as it is when its chunk's turn comes,
+    whether a worker or the calling thread met it, so that the first bad frame is the one named.
+    When the workers cannot be started, die, or take :data:`WORKER_TIMEOUT_S` over a chunk, the
+    calling thread finds the spots of their chunks itself. When the generator ends early (a stop,
+    an error, ``close()``), a worker still busy is given 2 s to finish its chunk, then ended.
     """
     chunks = _Chunks(int(n_frames))
     remote: dict[int, Future] = {}
-    ready: dict[int, list[Any]] = {}
+    ready: dict[int, list[Any] | _Raised] = {}
     emit = 0
     broken = hung = False
     frame_bytes = int(mapped.dtype.itemsize) * int(np.prod(mapped.shape[1:], dtype=np.int64))
@@ -262,9 +272,12 @@ def found_in_order(
                         chunks.next = index  # this one is done here
                         break
             if emit in ready:
+                found = ready.pop(emit)
+                if isinstance(found, _Raised):
+                    raise found.error
                 start = chunks.bounds[emit][0]
-                for k, (shape, found) in enumerate(ready.pop(emit)):
-                    yield start + k, shape, found
+                for k, (shape, spots) in enumerate(found):
+                    yield start + k, shape, spots
                 emit += 1
                 continue
             future = remote.get(emit)
@@ -284,13 +297,21 @@ def found_in_order(
             index = chunks.take()
             if index is None:  # every chunk is taken, so the next one to yield is ready or in a worker
                 raise RuntimeError(f"chunk {emit} of the spot workers was lost")
-            found, stopped = local(index)
-            ready[index] = found
+            try:
+                found, stopped = local(index)
+            except Exception as error:  # kept for its turn, as threads would meet it
+                if index == emit:
+                    raise
+                ready[index], stopped = _Raised(error), False
+            else:
+                ready[index] = found
             if stopped:
                 break
         # stopped: the frames found so far that follow each other from the first one
         while emit in ready or (emit in remote and remote[emit].done() and not broken):
             found = ready.pop(emit) if emit in ready else result_of(remote.pop(emit))
+            if isinstance(found, _Raised):
+                raise found.error
             if found is None:
                 break
             start = chunks.bounds[emit][0]
@@ -300,6 +321,10 @@ def found_in_order(
                 break
             emit += 1
     finally:
-        if hung:
-            _end_workers(pool)
-        pool.shutdown(wait=not hung, cancel_futures=True)
+        # a stop, an error or close(): do not wait long for a chunk still running in a worker (it may hang)
+        for future in remote.values():
+            future.cancel()
+        running = [future for future in remote.values() if not future.done()]
+        if hung or (running and wait(running, timeout=2.0).not_done):
+            _end_workers(pool)  # before shutdown(), which forgets the pool's processes
+        pool.shutdown(wait=True, cancel_futures=True)
