@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .acquisition import Acquisition
+from .mapped_pages import release_pages
 from .tracking.crowding import nearest_other_px
 from .tracking.detect import DetectionSettings
 from .tracking.spots import detect_and_localize
@@ -139,16 +140,9 @@ class ReleasingFrames:
 
     def release(self) -> None:
         """Drop the movie's mapped pages from this process (they are read again from the page cache when needed)."""
-        import mmap
-
         self._read = 0
-        handle = getattr(self.movie, "_mmap", None)
-        if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            try:
-                handle.madvise(mmap.MADV_DONTNEED)
-                self.released += 1
-            except (OSError, ValueError):  # a closed map, or a system without it: only memory is at stake
-                pass
+        if release_pages(self.movie):
+            self.released += 1
 
 
 def releasing(movie: Any) -> Any:

@@ -28,7 +28,6 @@ every frame's spots in frame order.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import multiprocessing
 import os
 import signal
@@ -41,6 +40,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
+
+from ..mapped_pages import release_pages
 
 __all__ = ["CHUNK_FRAMES", "MIN_FRAMES", "RELEASE_EVERY_BYTES", "SPOT_PROCESSES_ENV", "WORKER_TIMEOUT_S",
            "found_in_order", "mapped_source", "spot_processes"]
@@ -124,16 +125,6 @@ def _start_worker(read_frame: Callable[[int], np.ndarray], spots_of: Callable[[n
     _WORKER.update(read_frame=read_frame, spots_of=spots_of, mapped=mapped, frame_bytes=frame_bytes, read=0)
 
 
-def _release_pages(mapped: np.memmap) -> None:
-    """Drop the pages of ``mapped`` from this process (they stay in the kernel's page cache)."""
-    handle = getattr(mapped, "_mmap", None)
-    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            handle.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # a closed map, or a system without it: only memory is at stake
-            pass
-
-
 def _chunk_in_worker(start: int, stop: int) -> list[Any]:
     """The spots of frames ``start .. stop - 1`` (a worker's task)."""
     out = []
@@ -143,7 +134,7 @@ def _chunk_in_worker(start: int, stop: int) -> list[Any]:
     _WORKER["read"] += (stop - start) * _WORKER["frame_bytes"]
     if _WORKER["read"] >= RELEASE_EVERY_BYTES:
         _WORKER["read"] = 0
-        _release_pages(_WORKER["mapped"])
+        release_pages(_WORKER["mapped"])
     return out
 
 

@@ -244,7 +244,6 @@ def detect_and_localize(
     settings = settings or DetectionSettings()
     columns = ["frame", *SPOT_COLUMNS]
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    stopped = False
     last_report = -1
     done = 0
     n_split = 0
@@ -272,10 +271,36 @@ def detect_and_localize(
                 last_report = percent
                 progress(done / n_frames, f"detecting and localizing: frame {done} of {n_frames}")
 
+    def with_threads(workers: int) -> bool:
+        """Frames read here, in order (a lazy reader need not be thread-safe), their spots found by
+        ``workers`` threads (the FFT and the compiled fits release the GIL); results collected in
+        frame order, at most 2 per thread in flight (memory stays a few frames). True if stopped."""
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+            pending: deque = deque()
+            stopped_here = False
+            for t in range(n_frames):
+                if should_stop is not None and should_stop():
+                    stopped_here = True
+                    break
+                frame = check_frame(movie[t], index=int(t))
+                if pool is None:
+                    collect(t, frame.shape, spots_of(frame))
+                    continue
+                pending.append((t, frame.shape, pool.submit(spots_of, frame)))
+                while len(pending) > 2 * workers or (pending and pending[0][2].done()):
+                    t_done, frame_shape, future = pending.popleft()
+                    collect(t_done, frame_shape, future.result())
+            while pending:
+                t_done, frame_shape, future = pending.popleft()
+                collect(t_done, frame_shape, future.result())
+        return stopped_here
+
     workers = spot_threads() if n_frames > 1 else 1
     processes = _spot_processes.spot_processes(workers) if n_frames >= _spot_processes.MIN_FRAMES else 0
     mapped = _spot_processes.mapped_source(movie) if processes > 0 else None
-    if mapped is not None:
+    if mapped is None:
+        stopped = with_threads(workers)
+    else:
         # A movie mapped read-only from its file: forked worker processes read it too and find the
         # spots of some chunks of frames, this thread those of the others (no interpreter lock shared).
         found_in_order = _spot_processes.found_in_order(
@@ -284,27 +309,6 @@ def detect_and_localize(
             for t, frame_shape, found in found_in_order:
                 collect(t, frame_shape, found)
         stopped = done < n_frames
-        workers = 0  # no thread pool below
-    # Frames are read here, in order (a lazy reader need not be thread-safe), and their spots
-    # found by a few threads: the FFT and the compiled fits release the GIL. Results are
-    # collected in frame order, at most 2 per thread in flight (memory stays a few frames).
-    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
-        pending: deque = deque()
-        for t in range(n_frames if mapped is None else 0):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            frame = check_frame(movie[t], index=int(t))
-            if pool is None:
-                collect(t, frame.shape, spots_of(frame))
-                continue
-            pending.append((t, frame.shape, pool.submit(spots_of, frame)))
-            while len(pending) > 2 * workers or (pending and pending[0][2].done()):
-                t_done, frame_shape, future = pending.popleft()
-                collect(t_done, frame_shape, future.result())
-        while pending:
-            t_done, frame_shape, future = pending.popleft()
-            collect(t_done, frame_shape, future.result())
     dtypes = {"frame": np.int64, "fit_ok": bool}
     result = pd.DataFrame(
         {
