@@ -72,3 +72,27 @@ def test_population_ratio_ignores_unusable_tracks_and_reports_nothing_without_an
 )
 def test_guard_rejects_a_bias_shown_beyond_the_margin_or_large_and_significant(bias, rejected):
     assert decide(bias, model_name="aniso").rejected is rejected
+
+
+
+def test_guard_weights_do_not_read_a_model_high_when_its_errors_share_the_cves_noise():
+    """A model that reads the same noisy positions errs with the CVE, track by track. On a population
+    whose half is nearly immobile (bound), weights falling as 1 / D_model (the inverse-variance
+    choice) read such an unbiased model 5-7 % high, its truth outside the 99 % interval."""
+    rng = np.random.default_rng(8)
+    n_tracks, frames, loc_sd_px = 3000, 30, 0.3
+    D = np.exp(rng.uniform(np.log(0.05), np.log(3.0), n_tracks))
+    D[: n_tracks // 2] = 0.005  # bound: the steps are far below the localization noise
+    steps = rng.normal(size=(n_tracks, frames - 1, 2)) * np.sqrt(2 * D)[:, None, None]
+    positions = np.concatenate([np.zeros((n_tracks, 1, 2)), np.cumsum(steps, axis=1)], axis=1)
+    d = np.diff(positions + rng.normal(size=positions.shape) * loc_sd_px, axis=1)
+    cve = ((d**2).mean(axis=1) / 2 + (d[:, 1:] * d[:, :-1]).mean(axis=1)).mean(axis=1)
+    # the apparent mean squared step, corrected for the localization noise on average: unbiased for D
+    model = np.maximum(((d**2).sum(axis=2).mean(axis=1) - 4 * loc_sd_px**2) / 4, 1e-4)
+    true_bias = model.sum() / D.sum()
+    assert true_bias == pytest.approx(1.0, abs=0.02)
+    factor, low, high, n = population_ratio(model, cve, np.full(n_tracks, loc_sd_px**2),
+                                            np.full(n_tracks, frames - 1), blur=0.0)
+    assert n == n_tracks
+    assert factor == pytest.approx(true_bias, abs=0.035)
+    assert low < true_bias < high
