@@ -237,15 +237,48 @@ def test_sequence_model_track_value_from_all_windows(models):
     assert b.track_theta_deg == pytest.approx(np.mod(np.rad2deg(-1.0), 180.0), abs=1e-3)
     assert np.all(b.D1_um2_s == b.track_D1_um2_s)  # repeated per frame
     assert b.n_windows == 6 and "windows" in b.flags
-    # a ramp under symmetric windows (0, 15, 30, 45 for 75 frames): every frame counts
-    # once, so the windows average to the middle of the ramp
+    # a ramp under symmetric windows (0, 15, 30, 45 for 75 frames): every frame counts once,
+    # so the windows' symmetric shares average their D (not log D) around the middle
     ramp = np.linspace(-1.0, 1.0, 75)
-    (c,) = est.estimate([_track(2, 75, ramp)], STANDARD)
-    assert math.log(c.track_D1_um2_s) == pytest.approx(0.0, abs=1e-5)
+    (c,) = est.estimate([_track(2, 75, ramp, np.zeros(75))], STANDARD)
+    shares, means = _window_shares_and_means(ramp)
+    assert shares[0] == pytest.approx(shares[-1]) and shares[1] == pytest.approx(shares[2])
+    assert c.track_D1_um2_s == pytest.approx(np.sum(shares * np.exp(means)) / shares.sum(), rel=1e-5)
+    assert c.track_D2_um2_s == pytest.approx(c.track_D1_um2_s * math.exp(-1.0), rel=1e-5)
     # more weight on the second half moves it up, bounded by the window means
     step = np.r_[np.zeros(35), np.ones(40)]
-    (d,) = est.estimate([_track(3, 75, step)], STANDARD)
+    (d,) = est.estimate([_track(3, 75, step, np.zeros(75))], STANDARD)
     assert 0.4 < math.log(d.track_D1_um2_s) < 40 / 75 + 0.1
+
+
+def _window_shares_and_means(values: np.ndarray, window: int = MAX_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's share of the track (module docstring of the estimator) and its mean planted value."""
+    starts = window_starts(len(values), window, window // 2)
+    total = np.zeros(len(values))
+    for s0 in starts:
+        total[s0:s0 + window] += triangular_weights(window)
+    shares = np.array([np.sum(triangular_weights(window) / total[s0:s0 + window]) for s0 in starts])
+    return shares, np.array([values[s0:s0 + window].mean() for s0 in starts])
+
+
+def test_sequence_model_averages_the_windows_tensors_not_their_eigenvalues(models):
+    """Windows split D1 > D2 along different axes (an isotropic track's noise): the track's tensor is
+    their weighted mean, rounder than any window; averaging the eigenvalues would keep D2 / D1 = 1 / e."""
+    est = Estimator(models["sequence"], device="cpu")
+    n = 60  # windows at 0, 15 and 30
+    two_theta = np.r_[np.zeros(30), np.full(30, np.pi)]  # D1 along x in the first half, along y in the second
+    (a,) = est.estimate([_track(0, n, np.zeros(n), two_theta)], STANDARD)
+    shares, _ = _window_shares_and_means(np.zeros(n))
+    _, cos_means = _window_shares_and_means(np.cos(two_theta))
+    # window tensors: D1 = 1, D2 = 1/e along the window's angle; the middle one's mean angle vector is 0
+    # (atan2(0, 0) = 0: along x), the first along x, the last along y
+    xx = np.array([1.0, 1.0, math.exp(-1.0)])
+    yy = np.array([math.exp(-1.0), math.exp(-1.0), 1.0])
+    assert cos_means[0] == pytest.approx(1.0) and cos_means[2] == pytest.approx(-1.0)
+    expect_xx, expect_yy = np.sum(shares * xx) / shares.sum(), np.sum(shares * yy) / shares.sum()
+    assert a.track_D1_um2_s == pytest.approx(max(expect_xx, expect_yy), rel=1e-5)
+    assert a.track_D2_um2_s == pytest.approx(min(expect_xx, expect_yy), rel=1e-5)
+    assert a.track_D2_um2_s / a.track_D1_um2_s > 0.6
 
 
 def test_short_tracks_get_the_classical_estimate_flagged(models):

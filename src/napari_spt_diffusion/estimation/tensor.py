@@ -102,7 +102,7 @@ def theta_from_sin_cos_2theta(sin2: np.ndarray | float, cos2: np.ndarray | float
     return wrap_angle_deg(np.rad2deg(0.5 * np.arctan2(np.asarray(sin2, float), np.asarray(cos2, float))))
 
 
-def mean_tensor(D1_um2_s: Any, D2_um2_s: Any, theta_deg: Any) -> tuple[float, float, float]:
+def mean_tensor(D1_um2_s: Any, D2_um2_s: Any, theta_deg: Any, weights: Any = None) -> tuple[float, float, float]:
     """Time-averaged tensor of per-frame estimates.
 
     The per-frame tensors ``D1 u1 u1^T + D2 u2 u2^T`` are averaged and eigen-decomposed
@@ -118,6 +118,8 @@ def mean_tensor(D1_um2_s: Any, D2_um2_s: Any, theta_deg: Any) -> tuple[float, fl
         ``(T,)`` per-frame eigenvalues (um^2/s, or any one unit).
     theta_deg
         ``(T,)`` per-frame D1 angles (degrees).
+    weights
+        ``(T,)`` non-negative weights of the average (``None``: equal).
 
     Returns
     -------
@@ -128,14 +130,15 @@ def mean_tensor(D1_um2_s: Any, D2_um2_s: Any, theta_deg: Any) -> tuple[float, fl
     d1 = np.asarray(D1_um2_s, dtype=float).reshape(-1)
     d2 = np.asarray(D2_um2_s, dtype=float).reshape(-1)
     th = np.deg2rad(np.asarray(theta_deg, dtype=float).reshape(-1))
-    ok = np.isfinite(d1) & np.isfinite(d2) & np.isfinite(th)
+    wt = np.ones_like(d1) if weights is None else np.asarray(weights, dtype=float).reshape(-1)
+    ok = np.isfinite(d1) & np.isfinite(d2) & np.isfinite(th) & np.isfinite(wt) & (wt > 0)
     if not np.any(ok):
         return float("nan"), float("nan"), float("nan")
-    d1, d2, th = d1[ok], d2[ok], th[ok]
+    d1, d2, th, wt = d1[ok], d2[ok], th[ok], wt[ok]
     half_diff = 0.5 * (d1 - d2)
-    c = float(np.mean(half_diff * np.cos(2 * th)))
-    s = float(np.mean(half_diff * np.sin(2 * th)))
-    centre = float(np.mean(0.5 * (d1 + d2)))
+    c = float(np.average(half_diff * np.cos(2 * th), weights=wt))
+    s = float(np.average(half_diff * np.sin(2 * th), weights=wt))
+    centre = float(np.average(0.5 * (d1 + d2), weights=wt))
     radius = math.hypot(c, s)
     theta = float(np.rad2deg(0.5 * math.atan2(s, c)) % 180.0) if radius > 1e-12 * max(abs(centre), 1e-300) else 0.0
     if theta >= 180.0:
