@@ -114,3 +114,34 @@ def test_pipeline_summary_gets_ordered_intervals_from_the_bundled_tables():
     assert all(I.bundled_interval_table(name) is not None for name in available_models())
     _, meta = with_intervals(summary.assign(model="classical"), {}, acq, motion_model="binding")
     assert meta["tables"]["classical"].startswith("classical_binding")
+
+
+def test_model_intervals_widen_by_the_guards_bias_interval_and_classical_ones_do_not():
+    import pandas as pd
+
+    from napari_spt_diffusion.estimation_stage import with_intervals
+
+    acq = Acquisition()
+    summary = pd.DataFrame({
+        "track_id": [1, 2], "n_frames": [30, 30], "D1_um2_s": [1.0, 1.0], "D2_um2_s": [0.5, 0.5],
+        "theta_deg": [10.0, 10.0], "model": ["aniso", "classical"],
+    })
+    loc = {1: 0.01, 2: 0.01}
+    plain, meta_plain = with_intervals(summary, loc, acq)
+    low_model, meta = with_intervals(summary, loc, acq, model_bias=(0.8, 0.96))
+    high_model, _ = with_intervals(summary, loc, acq, model_bias=(1.05, 1.25))
+    unmeasured, meta_nan = with_intervals(summary, loc, acq, model_bias=(float("nan"), float("nan")))
+    assert meta_plain["model_bias_widening"] is None and meta["model_bias_widening"]["bias_low"] == 0.8
+    for key in ("D1", "D2"):
+        hi = [f"{key}_hi68_um2_s", f"{key}_hi95_um2_s"]
+        lo = [f"{key}_lo68_um2_s", f"{key}_lo95_um2_s"]
+        # a model reading low (factor below 1) may hide a larger truth: only the high bounds move, by 1 / 0.8
+        np.testing.assert_allclose(low_model.loc[0, hi].to_numpy(float), plain.loc[0, hi].to_numpy(float) / 0.8)
+        np.testing.assert_allclose(low_model.loc[0, lo].to_numpy(float), plain.loc[0, lo].to_numpy(float))
+        np.testing.assert_allclose(high_model.loc[0, lo].to_numpy(float), plain.loc[0, lo].to_numpy(float) / 1.25)
+        np.testing.assert_allclose(high_model.loc[0, hi].to_numpy(float), plain.loc[0, hi].to_numpy(float))
+        # the classical row and an unmeasured bias are left alone
+        for out in (low_model, high_model, unmeasured):
+            np.testing.assert_allclose(out.loc[1, hi + lo].to_numpy(float), plain.loc[1, hi + lo].to_numpy(float))
+        np.testing.assert_allclose(unmeasured.loc[0, hi + lo].to_numpy(float), plain.loc[0, hi + lo].to_numpy(float))
+    assert (low_model["theta_pm95_deg"] == plain["theta_pm95_deg"]).all()

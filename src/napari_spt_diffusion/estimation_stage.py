@@ -17,6 +17,7 @@ and the tables keep the positions as localized.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
 from .estimation.estimator import Estimator, TrackEstimate
-from .estimation.intervals import INTERVAL_COLUMNS, apply_intervals, bundled_interval_table
+from .estimation.intervals import INTERVAL_COLUMNS, apply_intervals, bundled_interval_table, widen_for_bias
 from .estimation.model_choice import ModelSwitch, alternative_for
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
@@ -289,7 +290,8 @@ def estimate_stage(
                              estimator, settings, mode, drift))
     tracks_table, summary = _joined(parts)
     del parts
-    summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"))
+    summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"),
+                                            model_bias=(decision.bias_low, decision.bias_high))
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
     timings["tables_s"] = time.perf_counter() - t0
     bar.report(1.0, "done")
@@ -320,7 +322,7 @@ def estimate_stage(
 
 def with_intervals(
     summary: pd.DataFrame, loc_var_px2: Mapping[int, float], acquisition: Acquisition,
-    motion_model: str | None = None,
+    motion_model: str | None = None, model_bias: tuple[float, float] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The summary with the per-track 68 % / 95 % intervals of D1, D2 and theta (``INTERVAL_COLUMNS``).
 
@@ -329,6 +331,14 @@ def with_intervals(
     has no table get NaN. ``loc_var_px2``: mean squared localization precision per track id.
     ``motion_model``: the model's motion (``binding``, ...): classical values then take the
     table calibrated on that motion (``classical_<motion>``) where there is one.
+
+    ``model_bias``: the guard's confidence interval ``(low, high)`` of the model's bias factor
+    on this movie (model / classical, :mod:`~.estimation.guard`). The tables are calibrated on
+    our simulator, where the model is unbiased; on a movie where it may be off by a factor
+    ``b`` within that interval, the truth lies at the model's value / ``b``, so the model's D
+    intervals are widened to ``[low bound / max(high, 1), high bound / min(low, 1)]``
+    (:func:`~.estimation.intervals.widen_for_bias`). The classical rows are not touched: the
+    CVE the guard compares against is the classical estimate.
     """
     out = summary.copy()
     for column in INTERVAL_COLUMNS:
@@ -350,11 +360,21 @@ def with_intervals(
         var = np.array([loc_var_px2.get(int(i), np.nan) for i in ids], dtype=float)
         columns = apply_intervals(table, estimate, out["n_frames"].to_numpy(dtype=float)[rows], var,
                                   acquisition.um2_s_per_px2_frame)
+        if method != "classical" and model_bias is not None:
+            columns = widen_for_bias(columns, *model_bias)
         for column, values in columns.items():
             out.loc[rows, column] = values
+    widened = model_bias is not None and any(m != "classical" for m in used)
+    low, high = model_bias if model_bias is not None else (float("nan"), float("nan"))
     meta = {"columns": list(INTERVAL_COLUMNS), "tables": used,
             "method": "split-conformal: calibrated quantiles of the log error (D) and the angle error (theta) per "
-                      "track length and localization-noise ratio, on simulated tracks (estimation/intervals.py)"}
+                      "track length and localization-noise ratio, on simulated tracks (estimation/intervals.py)",
+            "model_bias_widening": (
+                {"bias_low": low if math.isfinite(low) else None, "bias_high": high if math.isfinite(high) else None,
+                 "rule": "model rows: low bound / max(high, 1), high bound / min(low, 1) (the guard's interval of "
+                         "the model's bias factor on this movie; not measured: not widened)"}
+                if widened else None),
+            }
     return out, meta
 
 

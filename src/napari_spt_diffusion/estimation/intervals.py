@@ -36,6 +36,7 @@ __all__ = [
     "IntervalTable",
     "fit_interval_table",
     "apply_intervals",
+    "widen_for_bias",
     "load_interval_table",
     "bundled_interval_table",
     "INTERVAL_COLUMNS",
@@ -281,4 +282,26 @@ def apply_intervals(
     widths = table.theta_halfwidth_deg[length_bin, aniso]
     out["theta_pm68_deg"] = np.minimum(widths[:, 0], 90.0)
     out["theta_pm95_deg"] = np.minimum(widths[:, 1], 90.0)
+    return out
+
+
+def widen_for_bias(columns: dict[str, np.ndarray], bias_low: float, bias_high: float) -> dict[str, np.ndarray]:
+    """D intervals that also hold when the estimator is off by a factor within ``[bias_low, bias_high]``.
+
+    ``columns``: :func:`apply_intervals`' output. An estimate ``b`` times the truth puts the
+    truth at ``estimate / b``: each low bound is divided by ``max(bias_high, 1)`` and each
+    high bound by ``min(bias_low, 1)`` (an interval of the bias that excludes 1 only moves the
+    bounds that way, it never narrows them). Non-finite or non-positive factors (the bias was
+    not measured) leave the intervals as they are. The theta half-widths are not touched.
+    Returns a new dict.
+    """
+    out = dict(columns)
+    if not (math.isfinite(bias_low) and math.isfinite(bias_high) and 0 < bias_low <= bias_high):
+        return out
+    down, up = max(float(bias_high), 1.0), min(float(bias_low), 1.0)
+    for key in ("D1", "D2"):
+        for name in ("lo95", "lo68"):
+            out[f"{key}_{name}_um2_s"] = np.asarray(columns[f"{key}_{name}_um2_s"], float) / down
+        for name in ("hi68", "hi95"):
+            out[f"{key}_{name}_um2_s"] = np.asarray(columns[f"{key}_{name}_um2_s"], float) / up
     return out
