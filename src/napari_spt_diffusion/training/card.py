@@ -47,6 +47,7 @@ from ..simulation.motion_models import get_motion_model
 from .acquisition_ranges import get_range
 from .config import TrainConfig, TrainingError
 from .models import ModelConfig, NormalizedModel, build_model, count_parameters
+from .motion_priors import get_prior
 
 __all__ = [
     "RunRecord",
@@ -232,6 +233,7 @@ def _training_section(record: RunRecord) -> dict[str, Any]:
         "neighbour_fraction": float(c.neighbour_fraction),
         "acquisition_range": None if c.acquisition_range is None else {
             "name": c.acquisition_range, **get_range(c.acquisition_range).to_dict()},
+        "motion_prior": None if c.motion_prior is None else get_prior(c.motion_prior).to_dict(),
         "n_train_samples": int(record.n_train),
         "n_val_samples": int(record.n_val),
         "data_seed": c.seed,

@@ -29,6 +29,7 @@ from ..errors import SptDiffusionError
 from ..io._atomic import atomic_write_json
 from ..simulation.motion_models import benchmark_seeds, motion_model_names
 from .acquisition_ranges import RANGES
+from .motion_priors import PRIORS
 
 __all__ = [
     "TrainingError",
@@ -90,6 +91,10 @@ class TrainConfig:
         "simulate every chunk of 250 training tracks at its own acquisition drawn from this named range "
         "(PSF width, photons, background, read noise, exposure: training.acquisition_ranges; "
         "default: one acquisition)", choices=lambda: tuple(RANGES)))
+    motion_prior: str | None = field(default=None, metadata=_option(
+        "aniso only: draw a share of the training tracks' D1 and D2/D1 from this named prior (broad: half of them "
+        "with D1 log-uniform over 0.005-6 um^2/s, 30 %% of those isotropic; training.motion_priors; "
+        "default: the motion model's own)", choices=lambda: tuple(PRIORS)))
     psf_sigma_nm: float | None = field(default=None, metadata=_option(
         "PSF sigma (nm) of the simulated microscope (default: the standard acquisition's)"))
     photons: float | None = field(default=None, metadata=_option(
@@ -152,6 +157,11 @@ class TrainConfig:
         _check_number("neighbour_fraction", self.neighbour_fraction, 0.0, 1.0)
         if self.acquisition_range is not None and self.acquisition_range not in RANGES:
             raise TrainingError(f"acquisition_range must be one of {', '.join(RANGES)}, got {self.acquisition_range!r}")
+        if self.motion_prior is not None:
+            if self.motion_prior not in PRIORS:
+                raise TrainingError(f"motion_prior must be one of {', '.join(PRIORS)}, got {self.motion_prior!r}")
+            if self.model != "aniso":
+                raise TrainingError(f"motion_prior applies to the aniso model only, not {self.model!r}")
         for name in ("psf_sigma_nm", "photons", "max_time_s"):
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name), 0.0, math.inf, low_open=True)

@@ -31,6 +31,7 @@ from ..acquisition import Acquisition
 from ..io._atomic import atomic_path, atomic_write_json
 from .acquisition_ranges import AcquisitionRange
 from .config import TrainingError
+from .motion_priors import MotionPrior
 
 __all__ = [
     "Progress",
@@ -87,10 +88,14 @@ class DataOptions:
         (:func:`~napari_spt_diffusion.training.samples.make_samples`).
     acquisition_range
         Draw each chunk's acquisition from this range (None: one acquisition).
+    motion_prior
+        Draw the ``aniso`` tracks' tensors from this prior (:mod:`.motion_priors`; None: the
+        motion model's own).
     """
 
     neighbour_fraction: float = 0.0
     acquisition_range: AcquisitionRange | None = None
+    motion_prior: MotionPrior | None = None
 
 
 def make_dataset(
@@ -131,7 +136,8 @@ def make_dataset(
         if acquisition_range is not None and acq is not acquisition and acquisition_range.varies_optics:
             settings = SampleSettings(optics=acquisition_range.draw_optics(rng))
         arrays = sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acq, seed=rng,
-                                            settings=settings, neighbour_fraction=neighbour_fraction))
+                                            settings=settings, neighbour_fraction=neighbour_fraction,
+                                            motion_prior=options.motion_prior))
         if acq.pixel_size_nm != acquisition.pixel_size_nm:
             # labels at the base pixel size: the same px^2/frame when converted with `acquisition`
             ratio2 = np.float32((acquisition.pixel_size_nm / acq.pixel_size_nm) ** 2)
@@ -172,6 +178,8 @@ def load_dataset(
         meta["neighbour_fraction"] = float(options.neighbour_fraction)
     if options.acquisition_range is not None:
         meta["acquisition_range"] = options.acquisition_range.to_dict()
+    if options.motion_prior is not None:
+        meta["motion_prior"] = options.motion_prior.to_dict()
     if path is not None and Path(path).is_file():
         with np.load(path, allow_pickle=False) as z:
             stored = json.loads(str(z["meta"]))

@@ -58,6 +58,7 @@ from .card import (
 from .config import CONFIG_FILE_NAME, TrainConfig, TrainingError
 from .data import DataOptions, Progress, Split, augment, load_dataset, sample_arrays, targets_from_labels, to_split
 from .models import ModelConfig, NormalizedModel, build_model
+from .motion_priors import get_prior
 
 __all__ = [
     "train_model",
@@ -219,7 +220,7 @@ def _start_run(config: TrainConfig, progress: Progress | None) -> _Run:
 def _datasets(run: _Run, train_data: Any, val_data: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Training and validation arrays: given, cached (``dataset_path``) or generated (seed, seed + 1)."""
     c = run.config
-    options = DataOptions(c.neighbour_fraction, get_range(c.acquisition_range))
+    options = DataOptions(c.neighbour_fraction, get_range(c.acquisition_range), get_prior(c.motion_prior))
     val_path = None
     if c.dataset_path is not None:
         dp = Path(c.dataset_path)

@@ -61,6 +61,7 @@ from ..tracking.detect import DetectionSettings
 from ..tracking.localize import localize_frame
 from ..tracking.patches import crop_patches, displacements_from_positions
 from ..tracking.spots import locate_frame
+from .motion_priors import MotionPrior
 
 __all__ = ["SampleBatch", "SampleSettings", "make_samples", "samples_from_trajectories", "save_samples", "load_samples"]
 
@@ -422,6 +423,7 @@ def make_samples(
     settings: SampleSettings | None = None,
     neighbour_fraction: float = 0.0,
     neighbour_distance_px: tuple[float, float] = (1.5, 6.0),
+    motion_prior: MotionPrior | None = None,
 ) -> SampleBatch:
     """Simulate ``n`` tracks of a motion model and turn them into samples (tracking path).
 
@@ -448,6 +450,10 @@ def make_samples(
         distance drawn uniformly from ``neighbour_distance_px`` (px) in a uniform
         direction from the first one's start; see the module docstring. 0 (default): the
         isolated particles of the protocols, drawn exactly as without this option.
+    motion_prior
+        ``aniso`` only: draw the tracks' ``D1`` and ``D2 / D1`` from this prior
+        (:mod:`.motion_priors`) instead of the motion model's own; ``None`` (default): the
+        model's own, drawn exactly as without this option. Neighbours keep the model's own.
 
     Returns
     -------
@@ -463,13 +469,20 @@ def make_samples(
     n = int(n)
     # Random start within a pixel, so that the sub-pixel phase of slow particles is uniform.
     start = gen.uniform(-0.5, 0.5, (n, 2))
-    traj = simulate(n, n_frames, acq, gen, start_px=start)
+    if motion_prior is None:
+        traj = simulate(n, n_frames, acq, gen, start_px=start)
+    elif model != "aniso":
+        raise SimulationError(f"a motion prior applies to the 'aniso' motion model only, not {model!r}")
+    else:
+        traj = simulate(n, n_frames, acq, gen, start_px=start, **motion_prior.draw(n, gen))
     neighbours, index = _draw_neighbours(model, traj, gen, neighbour_fraction, neighbour_distance_px)
     batch = samples_from_trajectories(traj, gen, settings=settings, neighbours=neighbours, neighbour_index=index)
     batch.meta.update({"seed": None if isinstance(seed, np.random.Generator) else seed, "model": model,
                        "n_frames": int(n_frames),
                        "neighbour_fraction": float(neighbour_fraction),
                        "neighbour_distance_px": [float(v) for v in neighbour_distance_px]})
+    if motion_prior is not None:
+        batch.meta["motion_prior"] = motion_prior.to_dict()
     return batch
 
 
