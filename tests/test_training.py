@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -103,6 +104,25 @@ def test_loss_is_zero_for_the_truth_and_ignores_angle_of_isotropic() -> None:
     wrong_angle = torch.cat([t["log_d"], -t["angle"]], -1)
     assert float(compute_loss(wrong_angle, iso, None)) == pytest.approx(0.0, abs=1e-6)
     assert float(compute_loss(wrong_angle, t, None)) > 0.1
+
+
+
+def test_trace_term_penalises_a_split_that_lowers_the_mean_diffusivity() -> None:
+    """D1 and D2 off by the same amount in log space, one up and one down: the per-component L1
+    is the same whichever way, but only the split that keeps D1 + D2 leaves the trace term at 0."""
+    data = synthetic_tracks(8, 6, seed=3)
+    t = targets_from_labels(data, Acquisition(), "sequence")
+    iso = {k: v.clone() for k, v in t.items()}
+    iso["log_d"][:] = 0.0  # D1 = D2 = 1 px^2/frame
+    iso["aniso"][:] = 0.0
+    keeps = torch.tensor([[math.log(1.5), math.log(0.5), 0.0, 1.0]]).repeat(8, 1)  # D1 + D2 = 2, as the truth
+    lowers = keeps.clone()
+    lowers[:, 1] = math.log(0.5) - 0.3  # D2 further down: D1 + D2 below the truth's 2
+    base_keeps, base_lowers = (float(compute_loss(o, iso, None)) for o in (keeps, lowers))
+    with_keeps, with_lowers = (float(compute_loss(o, iso, None, 1.0, 2.0)) for o in (keeps, lowers))
+    assert with_keeps == pytest.approx(base_keeps, abs=1e-6)
+    expected = 2.0 * abs(math.log(1.5 + 0.5 * math.exp(-0.3)) - math.log(2.0))
+    assert with_lowers - base_lowers == pytest.approx(expected, rel=1e-5)
 
 
 def test_augmentation_keeps_labels_consistent_with_the_data() -> None:

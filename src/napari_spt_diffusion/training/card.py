@@ -247,8 +247,10 @@ def _training_section(record: RunRecord) -> dict[str, Any]:
                      f"{c.warmup_fraction:.0%} then cosine to 5 %, grad-norm clip 1.0"
                      + (", 8-fold grid-symmetry augmentation" if c.augment else ""),
         "angle_weight": c.angle_weight,
+        "trace_weight": c.trace_weight,
         "loss": "L1 on log D1, log D2 (px^2/frame) + anisotropy-weighted squared error of the "
-                "(sin 2theta, cos 2theta) vector",
+                "(sin 2theta, cos 2theta) vector"
+                + (f" + {c.trace_weight:g} x L1 on log (D1 + D2)" if c.trace_weight else ""),
         "train_time_s": round(record.train_time_s, 1),
         "train_time_h": hours,
         "data_time_s": round(record.data_time_s, 1),

@@ -79,6 +79,9 @@ class TrainConfig:
     warmup_fraction: float = field(default=0.03, metadata=_option(
         "share of the steps with a linear warm-up, before the cosine decay to 5 %% of lr"))
     angle_weight: float = field(default=4.0, metadata=_option("weight of the angle term of the loss"))
+    trace_weight: float = field(default=0.0, metadata=_option(
+        "weight of an L1 term on log (D1 + D2), so that the mean diffusivity is the posterior median "
+        "(training/loop.py docstring; default 0: none)"))
     augment: bool = field(default=True, metadata=_option(
         "no random grid symmetries (flips, transposition) of the training tracks", "--no-augment"))
     n_frames: int = field(default=30, metadata=_option("frames per training track (the model's maximum length)"))
@@ -154,6 +157,7 @@ class TrainConfig:
         _check_number("weight_decay", self.weight_decay, 0.0, math.inf)
         _check_number("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
         _check_number("angle_weight", self.angle_weight, 0.0, math.inf)
+        _check_number("trace_weight", self.trace_weight, 0.0, math.inf)
         _check_number("neighbour_fraction", self.neighbour_fraction, 0.0, 1.0)
         if self.acquisition_range is not None and self.acquisition_range not in RANGES:
             raise TrainingError(f"acquisition_range must be one of {', '.join(RANGES)}, got {self.acquisition_range!r}")

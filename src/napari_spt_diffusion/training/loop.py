@@ -15,6 +15,14 @@ isotropic tensor, so it is weighted out there). The predicted angle vector is re
 unnormalised (its direction is the answer). The L1 loss on log D makes the prediction the
 posterior median of D, which is also what minimises the MAE in um^2/s.
 
+``trace_weight`` (``TrainConfig``, default 0) adds ``trace_weight * |log (D1 + D2)_pred -
+log (D1 + D2)_true|``. The posterior medians of D1 and D2 taken apart do not add up to the
+median of their sum: where the data cannot tell an isotropic track from an anisotropic one
+(short, slow or noisy tracks), the prior's anisotropic tracks pull the median of D2 down more
+than that of D1 up, and the mean diffusivity ``(D1 + D2) / 2`` reads low. On isotropic tracks
+at a wide PSF the bundled ``aniso_any`` read it 0.85 x the truth for D of 0.15-0.5 um^2/s
+(``benchmarks/reports/trace_bias.md``).
+
 Optimiser: AdamW with a linear warm-up then a cosine decay to 5 % of the peak learning rate.
 Augmentation: the 8 symmetries of the square pixel grid (:func:`.data.augment`).
 
@@ -76,7 +84,8 @@ _CURVE_FIELDS = ["epoch", "step", "samples_seen", "lr", "train_loss", "val_loss"
 
 # --------------------------------------------------------------- loss, schedule
 def compute_loss(
-    out_log: torch.Tensor, target: dict[str, torch.Tensor], valid: torch.Tensor | None, angle_weight: float = 1.0
+    out_log: torch.Tensor, target: dict[str, torch.Tensor], valid: torch.Tensor | None, angle_weight: float = 1.0,
+    trace_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean loss (see the module docstring) of ``forward_log`` outputs against targets.
 
@@ -86,6 +95,9 @@ def compute_loss(
     l_d = (out_log[..., :2] - target["log_d"]).abs().sum(-1)
     l_a = angle_weight * target["aniso"] * ((out_log[..., 2:] - target["angle"]) ** 2).sum(-1)
     per = l_d + l_a
+    if trace_weight:
+        log_trace = torch.logsumexp(out_log[..., :2], dim=-1)
+        per = per + trace_weight * (log_trace - torch.logsumexp(target["log_d"], dim=-1)).abs()
     if out_log.dim() == 3 and valid is not None:
         w = valid.to(per.dtype)
         return (per * w).sum() / w.sum().clamp(min=1.0)
@@ -338,7 +350,7 @@ def _train_epoch(run: _Run, net: NormalizedModel, train: Split, optim: _Optimise
             p, d, tgt["angle"] = augment(p, d, tgt["angle"], optim.gen)
         p, d, v = p.to(dev), d.to(dev), v.to(dev)
         tgt = {k: t.to(dev) for k, t in tgt.items()}
-        loss = compute_loss(net.forward_log(p, d, v), tgt, v, c.angle_weight)
+        loss = compute_loss(net.forward_log(p, d, v), tgt, v, c.angle_weight, c.trace_weight)
         optim.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -357,7 +369,8 @@ def _validate(run: _Run, net: NormalizedModel, val: dict[str, np.ndarray]) -> tu
     """Validation loss and metrics (:func:`evaluate`) of the current weights."""
     pred = predict(net, val, run.device)
     target = targets_from_labels(val, run.acquisition, run.kind)
-    loss = float(compute_loss(torch.from_numpy(pred), target, torch.from_numpy(val["valid"]), run.config.angle_weight))
+    loss = float(compute_loss(torch.from_numpy(pred), target, torch.from_numpy(val["valid"]), run.config.angle_weight,
+                              run.config.trace_weight))
     return loss, evaluate(pred, val, run.acquisition)
 
 
