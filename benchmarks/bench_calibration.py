@@ -29,8 +29,11 @@ selects; 128 x 128 px, 100 frames, 100 nm pixels, 10 ms frames, continuous expos
   mean 100, excess-noise factor sqrt 2; conversion gain 0.1 ADU per multiplied electron, so
   10 ADU per photo-electron in all; read noise 150 multiplied e- = 1.5 photo-e-; offset 100) on
   the sigma 1.0 px Airy optics. EMCCD off is the ``airy-s1.0-n1000`` cell (same renderer, plain
-  camera). The calibration does not model excess noise (its docstring says so); this cell is
-  expected to fail and is reported as it comes out.
+  camera). The calibration recognises an EMCCD by the excess noise of its background
+  (``calibration_camera.excess_noise``: ``k3 k5 / k4^2`` near 1.25, not 1) where the background
+  is low, as here (10 photons/px), and then measures gain, offset and background from ``k3`` and
+  ``k4``; the camera verdict of every cell is reported (``emccd`` expected for this one,
+  ``poisson`` for the others).
 
 Each movie is calibrated with ``calibrate_movie(movie, Acquisition(pixel_size_nm=100,
 frame_interval_s=0.01, read_noise_e=1.5))``: the tool is told the pixel size, the frame interval
@@ -392,10 +395,18 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
         gain = sc["gain_adu_per_e"]
         gtxt = ("gain not reported" if gain["measured"] is None
                 else f"gain {gain['measured']:.3g} ADU/e- against {gain['true']:g}")
-        out.append(f"EMCCD (`{r['cell']}`): {gtxt}; signal {_value_text(sc['signal_photons'], 'signal_photons')}, "
-                   f"background {_value_text(sc['background_photons'], 'background_photons')}. The calibration "
-                   "does not model excess noise; where it cannot measure the camera it keeps the Acquisition "
-                   "default (gain 1 ADU/e-, offset 100 ADU), so photons are then counted in ADU above that offset.")
+        cal = r.get("calibration") or {}
+        stat = cal.get("excess_noise_statistic")
+        qtxt = ("not measured" if not stat or stat[0] is None
+                else f"k3 k5 / k4^2 = {stat[0]:.2f} (95 % interval {_num(stat[1], 2)}-{_num(stat[2], 2)})")
+        out.append(f"EMCCD (`{r['cell']}`): camera verdict '{cal.get('camera', '?')}', {qtxt}; {gtxt}; signal "
+                   f"{_value_text(sc['signal_photons'], 'signal_photons')}, background "
+                   f"{_value_text(sc['background_photons'], 'background_photons')}.")
+    verdicts = [(r["cell"], (r.get("calibration") or {}).get("camera")) for r in results if "scores" in r]
+    wrong = [f"{c} ({v})" for c, v in verdicts if v != ("emccd" if c == "cam-emccd" else "poisson")]
+    out.append(f"Camera verdict (emccd for `cam-emccd`, poisson for the others): right in "
+               f"{len(verdicts) - len(wrong)} of {len(verdicts)} cells" + (f"; wrong: {', '.join(wrong)}" if wrong
+                                                                           else "") + ".")
     airy = [r for r in results if r["group"] == GROUPS[1] and "scores" in r]
     if airy:
         ratios = {r["cell"]: r["scores"]["signal_photons"]["measured"] / r["truth"]["signal_photons"] for r in airy

@@ -87,3 +87,42 @@ def test_dim_spots_do_not_bias_the_gain():
     cal = calibrate_movie(np.asarray(sim.movie), Acquisition(read_noise_e=1.5))
     assert cal.values["gain_adu_per_e"].value == pytest.approx(1.0, rel=0.05)
     assert cal.values["background_photons"].value == pytest.approx(10.0, rel=0.1)
+
+
+def _camera_movie(kind: str):
+    """A 128 x 128 x 100 movie of the independent renderer at 10 background photons/px: an EMCCD (mean
+    multiplication 100, 0.1 ADU per electron: 10 ADU per photo-electron) or an sCMOS (20 ADU/e-)."""
+    emccd = kind == "emccd"
+    camera = ForeignCamera(kind=kind, gain_adu_per_e=0.1 if emccd else 20.0, em_gain=100.0 if emccd else 1.0,
+                           read_noise_e=150.0 if emccd else 1.6, offset_adu=100.0)
+    scene = ForeignScene(shape_yx=(128, 128), n_frames=100, n_particles=12, photons=2000.0, background=10.0)
+    return render_foreign_movie(scene, ForeignOptics(na=1.45, wavelength_nm=520.0), camera, ForeignMotion(kind="free"),
+                                4102)
+
+
+def test_an_emccd_is_recognised_by_its_excess_noise_and_measured():
+    movie = _camera_movie("emccd")
+    cal = calibrate_movie(movie.movie, Acquisition())
+    assert cal.camera == "emccd" and cal.excess_noise_factor == 2.0
+    q, low, high = cal.excess_noise_statistic
+    assert 1.05 < low < 1.25 < high < 1.5
+    v = cal.values
+    assert v["gain_adu_per_e"].value == pytest.approx(10.0, rel=0.1)  # photo-electron to ADU, multiplication included
+    assert v["background_photons"].value == pytest.approx(10.0, rel=0.15)
+    assert v["offset_adu"].value == pytest.approx(100.0, abs=10.0)
+    assert "EMCCD" in v["gain_adu_per_e"].method
+    # processed as the Poisson camera with the same noise: twice the gain, half the photons
+    used = cal.apply(Acquisition())
+    assert used.gain_adu_per_e == pytest.approx(2 * v["gain_adu_per_e"].value)
+    assert used.background_photons == pytest.approx(v["background_photons"].value / 2)
+    assert used.signal_photons == pytest.approx(v["signal_photons"].value / 2)
+    assert cal.to_dict()["camera"] == "emccd" and any("Poisson-equivalent" in n for n in cal.notes)
+
+
+def test_an_scmos_at_the_same_light_is_not_taken_for_an_emccd():
+    movie = _camera_movie("scmos")
+    cal = calibrate_movie(movie.movie, Acquisition(read_noise_e=1.6))
+    assert cal.camera == "poisson" and cal.excess_noise_factor == 1.0
+    assert cal.values["gain_adu_per_e"].value == pytest.approx(movie.acquisition["gain_map_mean"], rel=0.1)
+    used = cal.apply(Acquisition())
+    assert used.gain_adu_per_e == pytest.approx(cal.values["gain_adu_per_e"].value)

@@ -4,14 +4,19 @@ A user's movie comes from a microscope we never simulated, often with no camera 
 metadata. :func:`calibrate_movie` measures, from the frames alone:
 
 * **camera gain and offset** (ADU per photo-electron, ADU) from the background pixels
-  (pixels with no spot near them in that frame). Per pixel over time the background is
+  (pixels with no spot near them in that frame), by their noise cumulants
+  (:mod:`.calibration_camera`). Per pixel over time the background is
   ``offset + gain * (Poisson(b) + read noise)``, whose cumulants are
   ``k2 = g^2 (b + r^2)`` and ``k3 = g^3 b``; with the read noise ``r`` (e-) taken from the
   acquisition (it is not identifiable from one light level; its range 0-3 e- is carried
   into the gain's uncertainty) they give ``g`` (the root of ``r^2 g^3 - k2 g + k3 = 0``
   near ``k3 / k2``), ``b`` and the offset. Cumulants are pooled over pixels after removing
-  each pixel's own mean (per-pixel sCMOS offsets cancel). Not valid for EMCCD cameras
-  (excess noise changes the cumulant ratios): give gain and offset for those.
+  each pixel's own mean (per-pixel sCMOS offsets cancel). An **EMCCD** (excess noise) is
+  recognised by its fourth and fifth cumulants where the background is low (a few to a few
+  tens of photons per pixel) and measured from them; the movie is then processed as the
+  Poisson camera with the same noise, twice the gain and half the photons
+  (:meth:`Calibration.apply`). At higher backgrounds an EMCCD cannot be told apart: give
+  gain and offset for it.
 * **background** photons per pixel per frame, from the same pixels;
 * **PSF width** from the narrowest, most static spots: every bright isolated spot is
   fitted with a free-width pixel-integrated Gaussian; the motion blur of each spot is
@@ -42,6 +47,7 @@ from scipy import special
 from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
+from .calibration_camera import emccd_camera, excess_noise, poisson_camera, tile_cumulants
 from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
 from .tracking.localize import localize_arrays
@@ -51,13 +57,14 @@ __all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "fi
 #: The PSF shape is called Gaussian or Airy only when one profile's squared residuals are this
 #: many times smaller than the other's (on the grid, wrong verdicts had ratios 0.82-1.41).
 SHAPE_EVIDENCE = 1.5
+#: Output variance of an EMCCD over a Poisson camera of the same mean gain (excess noise factor squared).
+EMCCD_EXCESS_NOISE_FACTOR = 2.0
 #: Acquisition fields that calibration can measure.
 CALIBRATED_FIELDS = ("offset_adu", "gain_adu_per_e", "background_photons", "psf_sigma_nm", "signal_photons")
 _FRAMES_USED = 120
 #: Consecutive frames per block when a longer movie is sampled: the blur correction follows
 #: particles frame to frame, and each frame's background mask comes from its neighbours.
 _BLOCK_FRAMES = 12
-_TILE_PX = 16
 #: Spots are masked out of the background down to this DoG signal-to-noise ratio (lower than
 #: the tracker's 5: dim and blurred spots would otherwise skew the background statistics) ...
 MASK_THRESHOLD_SNR = 3.0
@@ -117,6 +124,12 @@ class Calibration:
         Frames and spots the measurement used.
     notes
         Sentences on what could not be measured and why.
+    camera
+        ``"poisson"`` (sCMOS, CCD), ``"emccd"`` (excess noise recognised) or ``"unknown"``
+        (camera given by the user, or not measurable).
+    excess_noise_statistic
+        ``(Q, low, high)``: ``k3 k5 / k4^2`` of the background and its 95 % interval
+        (:func:`~.calibration_camera.excess_noise`); None when the camera was not measured.
     """
 
     values: dict[str, Measured]
@@ -125,6 +138,13 @@ class Calibration:
     n_frames: int = 0
     n_spots: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    camera: str = "unknown"
+    excess_noise_statistic: tuple[float, float, float] | None = None
+
+    @property
+    def excess_noise_factor(self) -> float:
+        """Variance of the camera's output over a Poisson camera's of the same gain: 2 for an EMCCD, else 1."""
+        return EMCCD_EXCESS_NOISE_FACTOR if self.camera == "emccd" else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, as saved under ``acquisition_measured`` in ``_meta.json``."""
@@ -136,14 +156,25 @@ class Calibration:
             "n_frames": self.n_frames,
             "n_spots": self.n_spots,
             "notes": list(self.notes),
+            "camera": self.camera,
+            "excess_noise_factor": self.excess_noise_factor,
+            "excess_noise_statistic": None if self.excess_noise_statistic is None else [
+                v if math.isfinite(v) else None for v in self.excess_noise_statistic],
         }
 
     def apply(self, acquisition: Acquisition, given: set[str] | frozenset[str] = frozenset()) -> Acquisition:
-        """``acquisition`` with every measured value the user did not give (``given``)."""
+        """``acquisition`` with every measured value the user did not give (``given``).
+
+        For an EMCCD (:attr:`excess_noise_factor` 2) the measured gain is doubled and the measured
+        background and signal photons halved: the Poisson camera with the EMCCD's noise, which is what
+        the spot fits, the localization precisions and the models assume.
+        """
         # an offset may be 0 or negative (offset-subtracted or shifted data), a background 0
         lowest = {"offset_adu": -math.inf, "background_photons": 0.0}
+        factor = self.excess_noise_factor
+        scale = {"gain_adu_per_e": factor, "background_photons": 1.0 / factor, "signal_photons": 1.0 / factor}
         changes = {
-            key: m.value for key, m in self.values.items()
+            key: m.value * scale.get(key, 1.0) for key, m in self.values.items()
             if key not in given and math.isfinite(m.value)
             and (m.value >= lowest[key] if key in lowest else m.value > 0)
         }
@@ -155,73 +186,11 @@ class Calibration:
         for key, m in self.values.items():
             rows.append((key, f"{m.value:.4g} {m.unit}".strip(), f"+- {m.uncertainty:.2g}", m.method))
         rows.append(("psf_shape", self.psf_shape, f"evidence {self.psf_shape_evidence:.3g}", "radial profile"))
+        if self.excess_noise_statistic is not None:
+            q, low, high = self.excess_noise_statistic
+            rows.append(("camera", self.camera, f"k3 k5 / k4^2 {q:.3g} ({low:.3g}-{high:.3g})",
+                         "background cumulants (1.25: EMCCD, 1: Poisson camera)"))
         return rows
-
-
-# --------------------------------------------------------------------- camera
-def _gain_root(k2: float, k3: float, read_noise_e: float) -> float:
-    """Gain ``g`` with ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b``: root of ``r^2 g^3 - k2 g + k3``."""
-    g0 = k3 / k2
-    r2 = read_noise_e**2
-    if r2 <= 0 or not math.isfinite(g0) or g0 <= 0:
-        return g0
-    g = g0
-    for _ in range(50):  # Newton from k3/k2 (the r = 0 root); converges to the root above it
-        f = r2 * g**3 - k2 * g + k3
-        df = 3 * r2 * g**2 - k2
-        if df >= 0:
-            return float("nan")  # no root: the read noise is too large for these cumulants
-        step = f / df
-        g -= step
-        if abs(step) < 1e-10 * g:
-            break
-    return g
-
-
-def _tile_cumulants(frames: np.ndarray, background_mask: np.ndarray) -> np.ndarray:
-    """Per ``_TILE_PX`` tile: pooled ``(n, mean, k2, k3)`` of the background pixels.
-
-    Each pixel's mean over its background frames is removed first; ``k2`` and ``k3`` use
-    the unbiased per-pixel k-statistics, pooled with weights ``n_p``.
-    """
-    t, h, w = frames.shape
-    x = np.where(background_mask, frames, 0.0)
-    n_p = background_mask.sum(axis=0).astype(float)
-    ok = n_p >= 10
-    safe = np.where(ok, n_p, 1.0)
-    mean_p = x.sum(axis=0) / safe
-    centred = np.where(background_mask, frames - mean_p, 0.0)
-    s2 = (centred**2).sum(axis=0)
-    s3 = (centred**3).sum(axis=0)
-    k2_p = s2 / np.maximum(safe - 1.0, 1.0)
-    k3_p = safe * s3 / np.maximum((safe - 1.0) * (safe - 2.0), 1.0)
-    rows = []
-    for y0 in range(0, h - _TILE_PX + 1, _TILE_PX):
-        for x0 in range(0, w - _TILE_PX + 1, _TILE_PX):
-            sl = (slice(y0, y0 + _TILE_PX), slice(x0, x0 + _TILE_PX))
-            good = ok[sl]
-            if good.sum() < _TILE_PX:
-                continue
-            weight = n_p[sl][good]
-            rows.append((
-                weight.sum(),
-                float(np.average(mean_p[sl][good], weights=weight)),
-                float(np.average(k2_p[sl][good], weights=weight)),
-                float(np.average(k3_p[sl][good], weights=weight)),
-            ))
-    return np.asarray(rows, dtype=float).reshape(-1, 4)
-
-
-def _camera_from_tiles(tiles: np.ndarray, read_noise_e: float) -> tuple[float, float, float]:
-    """``(gain ADU/e-, offset ADU, background photons)`` from pooled tile cumulants."""
-    n = tiles[:, 0]
-    mean, k2, k3 = (np.average(tiles[:, i], weights=n) for i in (1, 2, 3))
-    gain = _gain_root(k2, k3, read_noise_e)
-    if not (math.isfinite(gain) and gain > 0):
-        return float("nan"), float("nan"), float("nan")
-    # from the variance (error 2x the gain's relative error; the third cumulant's is 3x)
-    background = max(k2 / gain**2 - read_noise_e**2, 0.0)
-    return gain, mean - gain * background, background
 
 
 def _chosen_frames(n_total: int, max_frames: int) -> np.ndarray:
@@ -493,7 +462,8 @@ def calibrate_movie(
     camera_given = "gain_adu_per_e" in given and "offset_adu" in given
     camera_known = camera_given
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
-    tiles = _tile_cumulants(frames, mask)
+    tiles = tile_cumulants(frames, mask)
+    camera_kind, excess = "unknown", None
     if camera_given:
         photons_bg = (frames[mask] - offset) / gain
         if photons_bg.size:
@@ -501,35 +471,56 @@ def calibrate_movie(
             values["background_photons"] = Measured(b, float(np.std(photons_bg) / math.sqrt(photons_bg.size)),
                                                     "photons/px/frame", "mean of background pixels, given camera")
     elif len(tiles) >= 4:
-        gain, offset, background = _camera_from_tiles(tiles, float(acq.read_noise_e))
-        boot = np.array([_camera_from_tiles(tiles[gen.integers(0, len(tiles), len(tiles))], float(acq.read_noise_e))
-                         for _ in range(_BOOTSTRAP)])
-        spread = np.nanstd(boot, axis=0)
-        # the read noise is assumed, not measured: its plausible range moves the gain
-        bounds = [_camera_from_tiles(tiles, r) for r in _READ_NOISE_RANGE_E]
-        read_spread = np.nanmax(np.abs(np.array(bounds) - np.array([gain, offset, background])), axis=0) / math.sqrt(3)
-        total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
+        is_emccd, q, q_low, q_high = excess_noise(tiles, gen)
+        excess = (q, q_low, q_high)
+        if is_emccd:
+            camera_kind = "emccd"
+            gain, offset, background = emccd_camera(tiles)
+            boot = np.array([emccd_camera(tiles[gen.integers(0, len(tiles), len(tiles))]) for _ in range(_BOOTSTRAP)])
+            total = np.nanstd(boot, axis=0)
+            method = (f"EMCCD recognised by its excess noise (k3 k5 / k4^2 = {q:.2f}, 95 % interval "
+                      f"{q_low:.2f}-{q_high:.2f}; 1.25 for an EMCCD, 1 for a Poisson camera); gain k4 / (4 k3)")
+        else:
+            camera_kind = "poisson"
+            gain, offset, background = poisson_camera(tiles, float(acq.read_noise_e))
+            boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], float(acq.read_noise_e))
+                             for _ in range(_BOOTSTRAP)])
+            spread = np.nanstd(boot, axis=0)
+            # the read noise is assumed, not measured: its plausible range moves the gain
+            bounds = [poisson_camera(tiles, r) for r in _READ_NOISE_RANGE_E]
+            read_spread = (np.nanmax(np.abs(np.array(bounds) - np.array([gain, offset, background])), axis=0)
+                           / math.sqrt(3))
+            total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
+            method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
         if math.isfinite(offset) and offset < -0.5:
             notes.append(f"the measured camera offset ({offset:.0f} ADU) is negative: the movie may be "
                          "background-subtracted or shifted; give --offset-adu if the offset is known")
         if math.isfinite(gain) and gain > 0:
             camera_known = True
-            method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
             values["gain_adu_per_e"] = Measured(gain, float(total[0]), "ADU/e-", method)
             values["offset_adu"] = Measured(offset, float(total[1]), "ADU", method)
             values["background_photons"] = Measured(background, float(total[2]), "photons/px/frame", method)
+            if camera_kind == "emccd":
+                notes.append("EMCCD camera: the tracks and estimates count Poisson-equivalent photons (half the "
+                             "photo-electrons, at twice the measured gain), which carry the camera's noise; the "
+                             "measured values here are photo-electrons")
         else:
+            camera_kind = "unknown"
             notes.append("the background's noise statistics do not fit a Poisson camera (EMCCD or processed data?); "
                          "give --gain-adu-per-e and --offset-adu")
             gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     else:
         notes.append("too little background without spots to measure the camera")
 
-    # 3 - PSF and signal on the calibrated photon scale
-    camera = acq.replace(gain_adu_per_e=gain, offset_adu=offset, psf_sigma_nm=psf_guess * acq.pixel_size_nm)
+    # 3 - PSF and signal on the calibrated photon scale (an EMCCD's Poisson-equivalent one, whose noise
+    # the spot fits assume; its spot photons are doubled back to photo-electrons)
+    equivalent = EMCCD_EXCESS_NOISE_FACTOR if camera_kind == "emccd" else 1.0
+    camera = acq.replace(gain_adu_per_e=gain * equivalent, offset_adu=offset,
+                         psf_sigma_nm=psf_guess * acq.pixel_size_nm)
     photons = np.stack([camera.adu_to_photons(f) for f in frames])
     spots = _spot_table(photons, camera)
     widths, spot_photons, raw_widths, static_rows = _static_widths(spots, psf_guess, successor)
+    spot_photons = spot_photons * equivalent
     n_spots = int(widths.size)
     if n_spots >= 5:
         if "psf_sigma_nm" not in given:
@@ -551,4 +542,5 @@ def calibrate_movie(
     shape_name, evidence = _psf_shape(photons, spots, float(camera.psf_sigma_px), static_rows)
     if not values and not notes:
         raise CalibrationError("nothing in the movie could be measured")
-    return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes))
+    return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes), camera=camera_kind,
+                       excess_noise_statistic=excess)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, _cli_estimate
+from . import __version__, _cli_calibrate, _cli_estimate
 from ._cli_types import (  # noqa: F401 - the argument types under the names the parser (and tests) use
     _chunk_frames,
     _field_size,
@@ -455,6 +455,12 @@ def _track_settings(args: argparse.Namespace) -> Any:
     return settings
 
 
+# ---------------------------------------------------------------- calibrate
+def _cmd_calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``calibrate`` (:mod:`._cli_calibrate`), with this module's output checks and printing."""
+    return _cli_calibrate.cmd_calibrate(args, argv, say=_say, check_targets=_check_output_targets)
+
+
 # -------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .training.loop import train_model
@@ -557,7 +563,7 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``spt-diffusion`` (subcommands simulate, track, estimate, train, benchmark)."""
+    """The argument parser of ``spt-diffusion`` (subcommands simulate, track, estimate, calibrate, train, benchmark)."""
     parser = _Parser(
         prog=PROG,
         description="Single-particle tracking and diffusion-tensor estimation of fluorescence movies.",
@@ -644,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--overwrite", action="store_true", help="replace existing output files")
     est.set_defaults(func=_cmd_track, workers=None, scheduler=None)  # track's batch options do not apply
 
+    cal = _cli_calibrate.add_calibrate_parser(sub)
+    cal.set_defaults(func=_cmd_calibrate)
+
     trn = sub.add_parser("train", help="train a model on simulated data",
                          description="Train a cross-transformer model on tracks simulated through the pipeline's "
                          "spot path and the tracking code's patch path, and export it as a TorchScript checkpoint "
@@ -690,8 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     if getattr(args, "func", None) is None:
-        print(f"{PROG}: error: choose a command: simulate, track, estimate, train or benchmark (see '{PROG} --help')",
-              file=sys.stderr)
+        print(f"{PROG}: error: choose a command: simulate, track, estimate, calibrate, train or benchmark "
+              f"(see '{PROG} --help')", file=sys.stderr)
         return EXIT_USAGE
     debug = bool(os.environ.get("SPT_DIFFUSION_DEBUG"))
     in_main_thread = threading.current_thread() is threading.main_thread()

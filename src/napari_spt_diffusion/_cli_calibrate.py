@@ -1,0 +1,124 @@
+"""``spt-diffusion calibrate MOVIE.tif``: measure the acquisition from a movie, print it, write it as JSON.
+
+The same measurement ``track`` makes for every value the file and the options do not give
+(:func:`~napari_spt_diffusion.calibration.calibrate_movie`): camera gain, offset and type,
+background, PSF width and shape, signal photons, each with its uncertainty and the way it was
+measured. The table goes to the terminal; the JSON file (``--out``, default
+``MOVIE_calibration.json`` beside the movie) holds the measured values (``acquisition_measured``,
+as in a result set's ``_meta.json``), the acquisition ``track`` would use with them
+(``acquisition``), and what was told. An existing file is replaced only with ``--overwrite``,
+and checked before any work; the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._cli_types import _finite_float, _non_negative_float, _positive_float, _positive_int
+
+__all__ = ["add_calibrate_parser", "cmd_calibrate", "calibration_path"]
+
+_GIVEN_OPTIONS = {"psf_sigma_nm": "psf_sigma_nm", "signal_photons": "photons", "offset_adu": "offset_adu",
+                  "gain_adu_per_e": "gain_adu_per_e", "background_photons": "background_photons",
+                  "read_noise_e": "read_noise_e"}
+
+
+def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``calibrate`` subcommand's parser (its ``func`` is :func:`cmd_calibrate`)."""
+    cal = sub.add_parser(
+        "calibrate", help="measure camera, background, PSF and signal from a movie",
+        description="Measure from MOVIE.tif what track measures when neither the file nor the options give it: "
+                    "camera gain, offset and type (sCMOS/CCD or EMCCD), background photons, PSF width and shape, "
+                    "signal photons, each with its uncertainty. Prints a table and writes JSON.")
+    cal.add_argument("movie", metavar="MOVIE.tif", help="input movie (T, Y, X)")
+    cal.add_argument("--pixel-size-nm", type=_positive_float, help="pixel size in nm (overrides the file)")
+    cal.add_argument("--frame-interval-s", type=_positive_float, help="frame interval in s (overrides the file)")
+    cal.add_argument("--read-noise-e", type=_non_negative_float,
+                     help="camera read noise in e- rms assumed for an sCMOS/CCD (default 1.5; its 0-3 e- range is in "
+                          "the gain's uncertainty)")
+    cal.add_argument("--psf-sigma-nm", type=_positive_float, help="PSF sigma in nm: given, not measured")
+    cal.add_argument("--photons", type=_positive_float, help="signal photons per frame: given, not measured")
+    cal.add_argument("--offset-adu", type=_finite_float, help="camera offset in ADU: given (with --gain-adu-per-e "
+                     "the camera is not measured)")
+    cal.add_argument("--gain-adu-per-e", type=_positive_float, help="camera gain in ADU per photo-electron: given")
+    cal.add_argument("--background-photons", type=_non_negative_float,
+                     help="background photons per pixel per frame: given, not measured")
+    cal.add_argument("--frames", type=_positive_int, default=None,
+                     help="frames read at most (default 120: all of a shorter movie, else blocks of 12 consecutive "
+                          "frames spread over it)")
+    cal.add_argument("--out", metavar="FILE.json", help="output file (default: MOVIE_calibration.json)")
+    cal.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    cal.set_defaults(func=cmd_calibrate)
+    return cal
+
+
+def calibration_path(movie_path: Path, out: str | None) -> Path:
+    """The JSON file of ``calibrate``: ``out``, or the movie's path with ``_calibration.json``."""
+    if out:
+        return Path(out)
+    name = movie_path.name[:-len(".ome.tif")] if movie_path.name.lower().endswith(".ome.tif") else movie_path.stem
+    return movie_path.with_name(f"{name}_calibration.json")
+
+
+def _rows(calibration: Any, used: Any, given: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Table rows ``(quantity, measured, uncertainty, used, how)``."""
+    rows = []
+    for key, m in calibration.values.items():
+        rows.append((key, f"{m.value:.4g} {m.unit}", f"+- {m.uncertainty:.2g}", f"{getattr(used, key):.4g}",
+                     m.method))
+    for key, value in given.items():
+        rows.append((key, "-", "-", f"{value:.4g}", "given"))
+    for quantity, value, spread, how in calibration.table()[len(calibration.values):]:
+        rows.append((quantity, value, spread, "", how))
+    return rows
+
+
+def _print_table(rows: list[tuple[str, ...]], say: Callable[[str], None]) -> None:
+    header = ("quantity", "measured", "uncertainty", "used", "how")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        say("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+
+
+def cmd_calibrate(args: argparse.Namespace, argv: Sequence[str], *, say: Callable[[str], None] = print,
+                  check_targets: Callable[[Sequence[Path], bool], None] | None = None) -> int:
+    """Run ``calibrate``: check the output, read the movie, measure, print the table, write the JSON."""
+    from .calibration import CALIBRATED_FIELDS, calibrate_movie
+    from .io import read_movie
+    from .io._atomic import atomic_write_json
+    from .plausibility import check_units
+
+    given = {name: getattr(args, option) for name, option in _GIVEN_OPTIONS.items()
+             if getattr(args, option) is not None}
+    movie = read_movie(args.movie)
+    try:
+        out = calibration_path(movie.path, args.out)
+        if check_targets is not None:
+            check_targets([out], args.overwrite)
+        elif out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        told = movie.acquisition(pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **given)
+        check_units(told, {name: "given" for name in given})
+        measured_given = set(CALIBRATED_FIELDS) & set(given)
+        kwargs = {} if args.frames is None else {"max_frames": int(args.frames)}
+        calibration = calibrate_movie(movie.data, told, given=measured_given, **kwargs)
+        used = calibration.apply(told, measured_given)
+    finally:
+        movie.close()
+    say(f"{movie.path.name}: {movie.n_frames} frames of {movie.shape[1]} x {movie.shape[2]} px; pixel size "
+        f"{told.pixel_size_nm:g} nm, frame interval {told.frame_interval_s:g} s; {calibration.n_frames} frames and "
+        f"{calibration.n_spots} bright isolated spots used")
+    _print_table(_rows(calibration, used, {k: v for k, v in given.items() if k in CALIBRATED_FIELDS}), say)
+    for note in calibration.notes:
+        say(f"note: {note}")
+    record = {"movie": str(movie.path), "command": shlex.join(["spt-diffusion", *argv]),
+              "acquisition_told": told.to_dict(), "given": sorted(given),
+              "acquisition_measured": calibration.to_dict(), "acquisition": used.to_dict()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, record, allow_nan=False)
+    say(f"wrote {out}")
+    return 0

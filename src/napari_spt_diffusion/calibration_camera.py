@@ -1,0 +1,151 @@
+"""The camera from the noise of a movie's background pixels: gain, offset, background, EMCCD or not.
+
+Per pixel over time the background is ``offset + gain * (photo-electrons + read noise)``. Its
+cumulants (``k_m``, ADU^m; each pixel's own mean removed, so per-pixel offsets cancel) tell the
+camera apart:
+
+* a **Poisson camera** (sCMOS, CCD; ``b`` photo-electrons per pixel per frame, ``g`` ADU per
+  photo-electron, Gaussian read noise ``r`` e-): ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b``,
+  ``k4 = g^4 b``, ``k5 = g^5 b``;
+* an **EMCCD** at high multiplication (each photo-electron leaves the gain register as an
+  exponential number of electrons: a compound Poisson sum, excess noise factor sqrt 2; ``g`` the
+  mean ADU per photo-electron): ``k2 = 2 g^2 b + sigma^2``, ``k3 = 6 g^3 b``, ``k4 = 24 g^4 b``,
+  ``k5 = 120 g^5 b``.
+
+Gaussian read noise moves only ``k2``, so the ratio ``Q = k3 k5 / k4^2`` is 1 for a Poisson
+camera and 1.25 for an EMCCD whatever the gain, the background and the read noise. The fourth and
+fifth cumulants are precise only where the background is low (a few to a few tens of photons per
+pixel with about a million background samples; EMCCDs are used at such light levels): there
+:func:`excess_noise` recognises an EMCCD, elsewhere it cannot tell and the Poisson camera is
+assumed (an EMCCD at a high background then reads its gain about 3 x too high).
+
+For a Poisson camera the read noise is not identifiable from one light level: it is taken from
+the acquisition and its range 0-3 e- is carried into the uncertainty (:func:`poisson_camera`).
+For an EMCCD the gain comes from ``k4 / (4 k3)`` and the background from ``k3``, with no
+assumption on the read noise (:func:`emccd_camera`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["TILE_PX", "EMCCD_Q", "tile_cumulants", "gain_root", "poisson_camera", "emccd_camera", "excess_noise"]
+
+#: Side (px) of the tiles whose background pixels are pooled (the unit of the bootstraps).
+TILE_PX = 16
+#: ``k3 k5 / k4^2`` of an EMCCD at high multiplication (1 for a Poisson camera).
+EMCCD_Q = 1.25
+#: An EMCCD is recognised when the bootstrap interval of ``Q`` lies inside this range ...
+EMCCD_Q_RANGE = (1.05, 1.5)
+#: ... and is at most this wide: a Poisson camera's fifth cumulant is small against its noise
+#: except at backgrounds of about a photon, so its ``Q`` is never measured this precisely
+#: away from 1 (an sCMOS at 10 photons/px: intervals over 1 wide on the calibration tests).
+EMCCD_Q_MAX_WIDTH = 0.4
+_COLUMNS = 6  # n, mean, k2, k3, k4, k5
+
+
+def tile_cumulants(frames: np.ndarray, background_mask: np.ndarray) -> np.ndarray:
+    """Per :data:`TILE_PX` tile: pooled ``(n, mean, k2, k3, k4, k5)`` of the background pixels.
+
+    ``frames``: ``(T, Y, X)`` ADU; ``background_mask``: ``(T, Y, X)`` bool, True where a pixel
+    is background in that frame. Each pixel's mean over its background frames is removed first;
+    the cumulants are the unbiased per-pixel k-statistics, pooled with weights ``n_p`` (the
+    pixel's background frames; pixels with fewer than 10 are left out). Returns ``(n_tiles, 6)``.
+    """
+    t, h, w = frames.shape
+    x = np.where(background_mask, frames, 0.0)
+    n_p = background_mask.sum(axis=0).astype(float)
+    ok = n_p >= 10
+    n = np.where(ok, n_p, 10.0)
+    mean_p = x.sum(axis=0) / n
+    centred = np.where(background_mask, frames - mean_p, 0.0)
+    m2, m3, m4, m5 = ((centred**k).sum(axis=0) / n for k in (2, 3, 4, 5))
+    k2_p = n * m2 / (n - 1)
+    k3_p = n**2 * m3 / ((n - 1) * (n - 2))
+    k4_p = n**2 * ((n + 1) * m4 - 3 * (n - 1) * m2**2) / ((n - 1) * (n - 2) * (n - 3))
+    k5_p = n**3 * ((n + 5) * m5 - 10 * (n - 1) * m2 * m3) / ((n - 1) * (n - 2) * (n - 3) * (n - 4))
+    rows = []
+    for y0 in range(0, h - TILE_PX + 1, TILE_PX):
+        for x0 in range(0, w - TILE_PX + 1, TILE_PX):
+            sl = (slice(y0, y0 + TILE_PX), slice(x0, x0 + TILE_PX))
+            good = ok[sl]
+            if good.sum() < TILE_PX:
+                continue
+            weight = n_p[sl][good]
+            rows.append((weight.sum(), *(float(np.average(v[sl][good], weights=weight))
+                                         for v in (mean_p, k2_p, k3_p, k4_p, k5_p))))
+    return np.asarray(rows, dtype=float).reshape(-1, _COLUMNS)
+
+
+def _pooled(tiles: np.ndarray) -> tuple[float, float, float, float, float]:
+    """``(mean, k2, k3, k4, k5)`` over the tiles, weighted by their background samples."""
+    n = tiles[:, 0]
+    return tuple(float(np.average(tiles[:, i], weights=n)) for i in range(1, _COLUMNS))  # type: ignore[return-value]
+
+
+def gain_root(k2: float, k3: float, read_noise_e: float) -> float:
+    """Gain ``g`` with ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b``: root of ``r^2 g^3 - k2 g + k3``."""
+    g0 = k3 / k2
+    r2 = read_noise_e**2
+    if r2 <= 0 or not math.isfinite(g0) or g0 <= 0:
+        return g0
+    g = g0
+    for _ in range(50):  # Newton from k3/k2 (the r = 0 root); converges to the root above it
+        f = r2 * g**3 - k2 * g + k3
+        df = 3 * r2 * g**2 - k2
+        if df >= 0:
+            return float("nan")  # no root: the read noise is too large for these cumulants
+        step = f / df
+        g -= step
+        if abs(step) < 1e-10 * g:
+            break
+    return g
+
+
+def poisson_camera(tiles: np.ndarray, read_noise_e: float) -> tuple[float, float, float]:
+    """``(gain ADU/e-, offset ADU, background photons)`` of a Poisson camera from pooled tile cumulants."""
+    mean, k2, k3, _, _ = _pooled(tiles)
+    gain = gain_root(k2, k3, read_noise_e)
+    if not (math.isfinite(gain) and gain > 0):
+        return float("nan"), float("nan"), float("nan")
+    # from the variance (error 2x the gain's relative error; the third cumulant's is 3x)
+    background = max(k2 / gain**2 - read_noise_e**2, 0.0)
+    return gain, mean - gain * background, background
+
+
+def emccd_camera(tiles: np.ndarray) -> tuple[float, float, float]:
+    """``(gain ADU per photo-electron, offset ADU, background photons)`` of an EMCCD: ``g = k4 / (4 k3)``,
+    ``b = k3 / (6 g^3)`` (no read-noise assumption)."""
+    mean, _, k3, k4, _ = _pooled(tiles)
+    if not (k3 > 0 and k4 > 0):
+        return float("nan"), float("nan"), float("nan")
+    gain = k4 / (4.0 * k3)
+    background = k3 / (6.0 * gain**3)
+    return gain, mean - gain * background, background
+
+
+def excess_noise(tiles: np.ndarray, rng: np.random.Generator, n_boot: int = 200,
+                 confidence: float = 0.95) -> tuple[bool, float, float, float]:
+    """Is the camera an EMCCD? ``(emccd, Q, low, high)`` with ``Q = k3 k5 / k4^2`` and its bootstrap
+    interval over tiles; ``emccd`` when the interval lies inside :data:`EMCCD_Q_RANGE` (around 1.25,
+    excluding the Poisson camera's 1) and is no wider than :data:`EMCCD_Q_MAX_WIDTH`. NaNs (and
+    False) with fewer than 8 tiles."""
+    nan = float("nan")
+    if len(tiles) < 8:
+        return False, nan, nan, nan
+
+    def q_of(t: np.ndarray) -> float:
+        _, _, k3, k4, k5 = _pooled(t)
+        return k3 * k5 / k4**2 if k4 != 0 else nan
+
+    q = q_of(tiles)
+    boot = np.array([q_of(tiles[rng.integers(0, len(tiles), len(tiles))]) for _ in range(n_boot)])
+    boot = boot[np.isfinite(boot)]
+    if boot.size < n_boot // 2 or not math.isfinite(q):
+        return False, q, nan, nan
+    alpha = 0.5 * (1.0 - confidence)
+    low, high = (float(v) for v in np.quantile(boot, [alpha, 1.0 - alpha]))
+    emccd = EMCCD_Q_RANGE[0] < low and high < EMCCD_Q_RANGE[1] and high - low <= EMCCD_Q_MAX_WIDTH
+    return bool(emccd), q, low, high

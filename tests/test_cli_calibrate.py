@@ -1,0 +1,56 @@
+"""``spt-diffusion calibrate``: the measured acquisition as a table and a JSON file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from napari_spt_diffusion import cli
+from napari_spt_diffusion import io as sio
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def movie(tmp_path):
+    path = tmp_path / "movie.tif"
+    shutil.copy(sio.sample_movie_path(), path)
+    return path
+
+
+def test_calibrate_prints_the_table_and_writes_json_beside_the_movie(movie, capsys):
+    code, out, err = _run(["calibrate", str(movie), "--psf-sigma-nm", "100"], capsys)
+    assert code == 0, err
+    written = movie.with_name("movie_calibration.json")
+    assert f"wrote {written}" in out
+    for quantity in ("gain_adu_per_e", "offset_adu", "background_photons", "signal_photons", "camera", "psf_shape"):
+        assert quantity in out
+    record = json.loads(written.read_text())
+    measured = record["acquisition_measured"]
+    # the sample movie's camera: gain 1 ADU/e-, offset 100 ADU, 10 background photons (sample_data/README.md)
+    assert measured["gain_adu_per_e"]["value"] == pytest.approx(1.0, rel=0.15)
+    assert measured["offset_adu"]["value"] == pytest.approx(100.0, abs=10)
+    assert measured["camera"] == "poisson"
+    assert "psf_sigma_nm" not in measured and record["acquisition"]["psf_sigma_nm"] == 100.0  # given, not measured
+    assert record["given"] == ["psf_sigma_nm"]
+    assert record["acquisition"]["gain_adu_per_e"] == pytest.approx(measured["gain_adu_per_e"]["value"])
+
+
+def test_calibrate_refuses_to_overwrite_and_reports_bad_input_in_one_line(movie, tmp_path, capsys):
+    out_file = tmp_path / "cal.json"
+    out_file.write_text("keep me")
+    code, out, err = _run(["calibrate", str(movie), "--out", str(out_file)], capsys)
+    assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
+    assert out_file.read_text() == "keep me"  # checked before any work, nothing written
+    code, out, err = _run(["calibrate", str(movie), "--out", str(out_file), "--overwrite"], capsys)
+    assert code == 0 and json.loads(out_file.read_text())["movie"] == str(movie)
+    code, out, err = _run(["calibrate", str(tmp_path / "missing.tif")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, out, err = _run(["calibrate", str(movie), "--pixel-size-nm", "-3"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
