@@ -9,8 +9,14 @@ frames; ``n`` tracks of 30 frames (one model window), seed 777, made through the
 (``make_samples``) with patches large enough for PSF units. Each model runs in PSF units with
 the true width (as ``track --psf-units auto`` runs it with a calibrated one).
 
+A third row group, "native", renders the same tracks in the units the model sees them in: a PSF
+of 1.0 px (100 nm) rendered on its own pixels (no resampling), D scaled by (100 / 168)^2 and the
+background per pixel by (168 / 100)^2, so that D, signal and background per virtual pixel are those
+of the 600-photon group. It tells whether the resampling into PSF units matters.
+
 Scores, per track: the median of ``((D1 + D2) / 2)_estimated / D_true`` over all tracks and in
-bins of the true D (0-0.15, 0.15-0.5, 0.5-1.5, 1.5-3 um^2/s), the median relative error, and the
+bins of the true D (0-0.15, 0.15-0.5, 0.5-1.5, 1.5-3 um^2/s; for the native group the bins of the
+600-photon group's D, i.e. of the same D per virtual pixel), the median relative error, and the
 median estimated ``D2 / D1`` (1 for the truth). The CVE tensor's trace (unbiased by construction)
 is the reference row.
 
@@ -51,12 +57,13 @@ ISOTROPIC = MotionPrior("isotropic", broad_share=1.0, d1_range_um2_s=(0.05, 3.0)
 BINS_UM2_S = ((0.0, 0.15), (0.15, 0.5), (0.5, 1.5), (1.5, 3.0))
 
 
-def score_row(label: str, d1: np.ndarray, d2: np.ndarray, d_true: np.ndarray) -> str:
-    """One report row: medians of the trace ratio (all tracks and per bin), its error, D2 / D1."""
+def score_row(label: str, d1: np.ndarray, d2: np.ndarray, d_true: np.ndarray, d_scale: float = 1.0) -> str:
+    """One report row: medians of the trace ratio (all tracks and per bin of ``d_true / d_scale``), its
+    error, D2 / D1."""
     ratio = 0.5 * (d1 + d2) / d_true
     cells = [f"{np.median(ratio):.2f}", f"{100 * np.median(np.abs(ratio - 1)):.0f} %"]
     for lo, hi in BINS_UM2_S:
-        sel = (d_true >= lo) & (d_true < hi)
+        sel = (d_true / d_scale >= lo) & (d_true / d_scale < hi)
         cells.append(f"{np.median(ratio[sel]):.2f} ({int(sel.sum())})" if sel.any() else "-")
     with np.errstate(divide="ignore", invalid="ignore"):
         cells.append(f"{np.nanmedian(np.minimum(d1, d2) / np.maximum(d1, d2)):.2f}")
@@ -79,25 +86,31 @@ def main(argv: list[str] | None = None) -> int:
         f"sigma-equivalent {PSF_SIGMA_NM:g} nm (1.68 px), {PHOTONS:g} signal photons, 10 ms frames",
         command_line("bench_trace_bias.py", argv))
     t_all = time.perf_counter()
-    for background in BACKGROUNDS:
-        acq = Acquisition(psf_sigma_nm=PSF_SIGMA_NM, signal_photons=PHOTONS, background_photons=background)
-        sigma_px = PSF_SIGMA_NM / acq.pixel_size_nm
+    native = (100.0 / PSF_SIGMA_NM) ** 2  # D and 1 / background scale of the native group
+    groups = [(f"{b:g} background photons/px", PSF_SIGMA_NM, b, ISOTROPIC, 1.0) for b in BACKGROUNDS]
+    groups.append((f"native: 1.0 px PSF on its own pixels, D x {native:.3f}, {BACKGROUNDS[0] / native:.0f} background "
+                   "photons/px (the 600-photon group per virtual pixel)", 100.0, BACKGROUNDS[0] / native,
+                   MotionPrior("isotropic", 1.0, (0.05 * native, 3.0 * native), 1.0), native))
+    for title, psf_nm, background, prior, d_scale in groups:
+        acq = Acquisition(psf_sigma_nm=psf_nm, signal_photons=PHOTONS, background_photons=background)
+        sigma_px = psf_nm / acq.pixel_size_nm
         scales = {name: pu.psf_scale(pu.card_psf_sigma_px(card), sigma_px) for name, (_, card) in models.items()}
-        q = max(pu.source_patch_size(s) for s in scales.values())
+        q = max(11, *(pu.source_patch_size(s) for s in scales.values()))
         batch = make_samples("aniso", args.n, 30, acq, SEED, settings=SampleSettings(
-            patch_size=q, optics=RenderOptics(airy=True)), motion_prior=ISOTROPIC)
+            patch_size=q, optics=RenderOptics(airy=True)), motion_prior=prior)
         d_true = 0.5 * (batch.D1_um2_s[:, 0] + batch.D2_um2_s[:, 0])
-        lines += ["", f"## {background:g} background photons/px", "",
+        lines += ["", f"## {title}", "",
                   "| estimator | median ((D1 + D2) / 2) / D_true | median rel. error | "
                   + " | ".join(f"D {lo:g}-{hi:g} um^2/s (tracks)" for lo, hi in BINS_UM2_S) + " | median D2 / D1 |",
                   "|---|---|---|" + "---|" * len(BINS_UM2_S) + "---|"]
         for name, (module, _) in models.items():
             s = scales[name]
             pred = run(module, *inputs(batch, s), acq, s)
-            lines.append(score_row(f"`{name}` (PSF units, scale {s:.3f})", pred["D1_um2_s"], pred["D2_um2_s"], d_true))
+            lines.append(score_row(f"`{name}` (PSF units, scale {s:.3f})", pred["D1_um2_s"], pred["D2_um2_s"], d_true,
+                                   d_scale))
         cve = classical_tracks(batch, acq, ("CVE tensor",))["CVE tensor"]
         lines.append(score_row("CVE tensor (reference)", np.asarray(cve["D1_um2_s"], float),
-                               np.asarray(cve["D2_um2_s"], float), d_true))
+                               np.asarray(cve["D2_um2_s"], float), d_true, d_scale))
         print("\n".join(lines[-(len(models) + 1):]), flush=True)
     lines += ["", f"Run time {time.perf_counter() - t_all:.0f} s; load average at the end {load_average()}."]
     write_report(args.out, lines)

@@ -18,10 +18,12 @@ posterior median of D, which is also what minimises the MAE in um^2/s.
 ``trace_weight`` (``TrainConfig``, default 0) adds ``trace_weight * |log (D1 + D2)_pred -
 log (D1 + D2)_true|``. The posterior medians of D1 and D2 taken apart do not add up to the
 median of their sum: where the data cannot tell an isotropic track from an anisotropic one
-(short, slow or noisy tracks), the prior's anisotropic tracks pull the median of D2 down more
-than that of D1 up, and the mean diffusivity ``(D1 + D2) / 2`` reads low. On isotropic tracks
-at a wide PSF the bundled ``aniso_any`` read it 0.85 x the truth for D of 0.15-0.5 um^2/s
-(``benchmarks/reports/trace_bias.md``).
+(short, slow or noisy tracks), the prior's anisotropic tracks can pull the median of D2 down
+more than that of D1 up, and the mean diffusivity ``(D1 + D2) / 2`` then reads low. On isotropic
+tracks at a wide PSF and a high background the bundled ``aniso_any`` reads it 0.85 x the truth
+for D of 0.15-0.5 um^2/s (``benchmarks/reports/trace_bias.md``). That is not this mechanism: a
+stage trained with ``trace_weight`` 2 read those tracks lower still (0.81 x over all D against
+0.87 x for the stage it started from; ``training_runs/aniso_any_trace_stage4``).
 
 Optimiser: AdamW with a linear warm-up then a cosine decay to 5 % of the peak learning rate.
 Augmentation: the 8 symmetries of the square pixel grid (:func:`.data.augment`).
