@@ -88,7 +88,10 @@ def _pooled(tiles: np.ndarray) -> tuple[float, float, float, float, float]:
 
 
 def gain_root(k2: float, k3: float, read_noise_e: float) -> float:
-    """Gain ``g`` with ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b``: root of ``r^2 g^3 - k2 g + k3``."""
+    """Gain ``g`` with ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b``: root of ``r^2 g^3 - k2 g + k3`` (NaN when
+    there is none: no noise at all, a constant or saturated background, or a read noise too large)."""
+    if not (math.isfinite(k2) and math.isfinite(k3)) or k2 <= 0:
+        return float("nan")
     g0 = k3 / k2
     r2 = read_noise_e**2
     if r2 <= 0 or not math.isfinite(g0) or g0 <= 0:
