@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         scales = {name: pu.psf_scale(pu.card_psf_sigma_px(card), sigma_px) for name, (_, card) in models.items()}
         q = max(11, *(pu.source_patch_size(s) for s in scales.values()))
         batch = make_samples("aniso", args.n, 30, acq, SEED, settings=SampleSettings(
-            patch_size=q, optics=RenderOptics(airy=True)), motion_prior=prior)
+            patch_size=q, optics=RenderOptics(airy=True), motion_prior=prior))
         d_true = 0.5 * (batch.D1_um2_s[:, 0] + batch.D2_um2_s[:, 0])
         lines += ["", f"## {title}", "",
                   "| estimator | median ((D1 + D2) / 2) / D_true | median rel. error | "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
+import tifffile
 
 from napari_spt_diffusion import cli
 from napari_spt_diffusion import io as sio
@@ -39,7 +41,26 @@ def test_calibrate_prints_the_table_and_writes_json_beside_the_movie(movie, caps
     assert measured["camera"] == "poisson"
     assert "psf_sigma_nm" not in measured and record["acquisition"]["psf_sigma_nm"] == 100.0  # given, not measured
     assert record["given"] == ["psf_sigma_nm"]
+    # the sample movie stores its acquisition (written by this package): track uses that, so does "acquisition"
+    assert record["acquisition_stored_in_file"] is True and "stores its acquisition" in out
+    assert record["acquisition"]["gain_adu_per_e"] == 1.0 and record["acquisition"]["offset_adu"] == 100.0
+
+
+def test_calibrate_uses_the_measured_values_for_a_movie_without_stored_acquisition(tmp_path, capsys):
+    from napari_spt_diffusion.io import read_movie
+
+    with read_movie(sio.sample_movie_path()) as sample:
+        frames = np.asarray(sample.data[:60])
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, frames, imagej=True, resolution=(10.0, 10.0),
+                     metadata={"axes": "TYX", "unit": "um", "finterval": 0.01})
+    code, out, err = _run(["calibrate", str(plain)], capsys)
+    assert code == 0, err
+    record = json.loads(plain.with_name("plain_calibration.json").read_text())
+    assert record["acquisition_stored_in_file"] is False
+    measured = record["acquisition_measured"]
     assert record["acquisition"]["gain_adu_per_e"] == pytest.approx(measured["gain_adu_per_e"]["value"])
+    assert record["acquisition"]["psf_sigma_nm"] == pytest.approx(measured["psf_sigma_nm"]["value"])
 
 
 def test_calibrate_refuses_to_overwrite_and_reports_bad_input_in_one_line(movie, tmp_path, capsys):
@@ -54,3 +75,16 @@ def test_calibrate_refuses_to_overwrite_and_reports_bad_input_in_one_line(movie,
     assert code == 2 and len(err.strip().splitlines()) == 1
     code, out, err = _run(["calibrate", str(movie), "--pixel-size-nm", "-3"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+    code, out, err = _run(["calibrate", str(movie), "--frames", "5"], capsys)
+    assert code == 2 and "10" in err and len(err.strip().splitlines()) == 1
+    # the output may not replace the movie itself
+    before = movie.read_bytes()
+    code, out, err = _run(["calibrate", str(movie), "--out", str(movie), "--overwrite"], capsys)
+    assert code == 2 and "overwrite the movie" in err and movie.read_bytes() == before
+    # nothing measurable: an error, no file
+    tiny = tmp_path / "tiny.tif"
+    tifffile.imwrite(tiny, np.random.default_rng(0).poisson(10, (12, 12, 12)).astype(np.uint16) + 100, imagej=True,
+                     resolution=(10.0, 10.0), metadata={"axes": "TYX", "unit": "um", "finterval": 0.01})
+    code, out, err = _run(["calibrate", str(tiny)], capsys)
+    assert code == 2 and "nothing could be measured" in err and len(err.strip().splitlines()) == 1
+    assert not tiny.with_name("tiny_calibration.json").exists()

@@ -132,6 +132,7 @@ def test_model_intervals_widen_by_the_guards_bias_interval_and_classical_ones_do
     high_model, _ = with_intervals(summary, loc, acq, model_bias=(1.05, 1.25))
     unmeasured, meta_nan = with_intervals(summary, loc, acq, model_bias=(float("nan"), float("nan")))
     assert meta_plain["model_bias_widening"] is None and meta["model_bias_widening"]["bias_low"] == 0.8
+    assert meta_nan["model_bias_widening"] is None  # not measured: nothing widened, nothing said
     for key in ("D1", "D2"):
         hi = [f"{key}_hi68_um2_s", f"{key}_hi95_um2_s"]
         lo = [f"{key}_lo68_um2_s", f"{key}_lo95_um2_s"]

@@ -7,7 +7,7 @@ from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.simulation.trajectories import D1_GRID_UM2_S, SimulationError
 from napari_spt_diffusion.training.config import TrainConfig, TrainingError
 from napari_spt_diffusion.training.motion_priors import PRIORS, get_prior
-from napari_spt_diffusion.training.samples import make_samples
+from napari_spt_diffusion.training.samples import SampleSettings, make_samples
 
 
 def test_broad_prior_draws_slow_and_isotropic_tracks_in_its_shares():
@@ -29,11 +29,11 @@ def test_make_samples_uses_the_prior_only_when_asked():
     again = make_samples("aniso", 12, acquisition=acq, seed=4)
     np.testing.assert_array_equal(plain.patches, again.patches)  # no prior: drawn exactly as before
     assert "motion_prior" not in plain.meta
-    broad = make_samples("aniso", 12, acquisition=acq, seed=4, motion_prior=PRIORS["broad"])
+    broad = make_samples("aniso", 12, acquisition=acq, seed=4, settings=SampleSettings(motion_prior=PRIORS["broad"]))
     assert broad.meta["motion_prior"]["name"] == "broad"
     assert not np.array_equal(broad.D1_um2_s, plain.D1_um2_s)
     with pytest.raises(SimulationError, match="aniso"):
-        make_samples("binding", 4, acquisition=acq, seed=4, motion_prior=PRIORS["broad"])
+        make_samples("binding", 4, acquisition=acq, seed=4, settings=SampleSettings(motion_prior=PRIORS["broad"]))
 
 
 def test_config_checks_the_prior():

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_types import _finite_float, _non_negative_float, _positive_float, _positive_int
+from ._cli_types import _finite_float, _non_negative_float, _positive_float
 
 __all__ = ["add_calibrate_parser", "cmd_calibrate", "calibration_path"]
 
@@ -47,21 +47,45 @@ def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
     cal.add_argument("--gain-adu-per-e", type=_positive_float, help="camera gain in ADU per photo-electron: given")
     cal.add_argument("--background-photons", type=_non_negative_float,
                      help="background photons per pixel per frame: given, not measured")
-    cal.add_argument("--frames", type=_positive_int, default=None,
-                     help="frames read at most (default 120: all of a shorter movie, else blocks of 12 consecutive "
-                          "frames spread over it)")
+    cal.add_argument("--frames", type=_frames_read, default=None,
+                     help="frames read at most, 10 or more (default 120: all of a shorter movie, else blocks of 12 "
+                          "consecutive frames spread over it)")
     cal.add_argument("--out", metavar="FILE.json", help="output file (default: MOVIE_calibration.json)")
     cal.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     cal.set_defaults(func=cmd_calibrate)
     return cal
 
 
+def _frames_read(text: str) -> int:
+    """``--frames``: a whole number of at least 10 (the camera needs 10 background frames per pixel)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of frames, got {text!r}") from None
+    if value < 10:
+        raise argparse.ArgumentTypeError(f"at least 10 frames are needed to measure the camera, got {value}")
+    return value
+
+
 def calibration_path(movie_path: Path, out: str | None) -> Path:
     """The JSON file of ``calibrate``: ``out``, or the movie's path with ``_calibration.json``."""
     if out:
         return Path(out)
-    name = movie_path.name[:-len(".ome.tif")] if movie_path.name.lower().endswith(".ome.tif") else movie_path.stem
+    name = movie_path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr"):
+        if name.lower().endswith(suffix):
+            name = name[:-len(suffix)]
+            break
     return movie_path.with_name(f"{name}_calibration.json")
+
+
+def _check_not_the_movie(out: Path, movie_path: Path) -> None:
+    """Refuse an output that is the movie, or lies inside a movie folder (OME-Zarr)."""
+    from .io import InputError
+
+    target, movie = out.resolve(), movie_path.resolve()
+    if target == movie or movie in target.parents:
+        raise InputError(f"--out {out} would overwrite the movie {movie_path}; choose another file")
 
 
 def _rows(calibration: Any, used: Any, given: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
@@ -86,39 +110,56 @@ def _print_table(rows: list[tuple[str, ...]], say: Callable[[str], None]) -> Non
 
 def cmd_calibrate(args: argparse.Namespace, argv: Sequence[str], *, say: Callable[[str], None] = print,
                   check_targets: Callable[[Sequence[Path], bool], None] | None = None) -> int:
-    """Run ``calibrate``: check the output, read the movie, measure, print the table, write the JSON."""
-    from .calibration import CALIBRATED_FIELDS, calibrate_movie
+    """Run ``calibrate``: check the output, read the movie, measure, write the JSON, print the table.
+
+    The movie is checked as ``track`` checks it (units; a scaled float movie). A movie written by
+    this package stores its acquisition: ``track`` uses that and measures nothing, so its
+    ``acquisition`` here is the stored one and the measurement is shown for comparison. Nothing
+    measurable (too few frames or too little background, no spot) is an error.
+    """
+    from . import plausibility
+    from .calibration import CALIBRATED_FIELDS, CalibrationError, calibrate_movie, fields_to_measure
     from .io import read_movie
     from .io._atomic import atomic_write_json
-    from .plausibility import check_units
 
     given = {name: getattr(args, option) for name, option in _GIVEN_OPTIONS.items()
              if getattr(args, option) is not None}
     movie = read_movie(args.movie)
     try:
         out = calibration_path(movie.path, args.out)
+        _check_not_the_movie(out, movie.path)
         if check_targets is not None:
             check_targets([out], args.overwrite)
         elif out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         told = movie.acquisition(pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **given)
-        check_units(told, {name: "given" for name in given})
+        plausibility.check_units(told, {name: "given" for name in given})
+        measure = fields_to_measure(set(given) & set(CALIBRATED_FIELDS))
+        plausibility.check_scaled_float(plausibility.sample_frames(movie.data), plausibility.movie_dtype(movie.data),
+                                        told, measure)
         measured_given = set(CALIBRATED_FIELDS) & set(given)
         kwargs = {} if args.frames is None else {"max_frames": int(args.frames)}
         calibration = calibrate_movie(movie.data, told, given=measured_given, **kwargs)
-        used = calibration.apply(told, measured_given)
+        if not calibration.values:
+            raise CalibrationError("nothing could be measured from the movie: "
+                                   + "; ".join(calibration.notes or ("no background and no bright isolated spot",)))
+        stored = bool(movie.acquisition_dict)
+        used = told if stored else calibration.apply(told, measured_given)
     finally:
         movie.close()
+    record = {"movie": str(movie.path), "command": shlex.join(["spt-diffusion", *argv]),
+              "acquisition_told": told.to_dict(), "given": sorted(given), "acquisition_stored_in_file": stored,
+              "acquisition_measured": calibration.to_dict(), "acquisition": used.to_dict()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, record, allow_nan=False)  # before the table: a closed pipe must not lose the file
     say(f"{movie.path.name}: {movie.n_frames} frames of {movie.shape[1]} x {movie.shape[2]} px; pixel size "
         f"{told.pixel_size_nm:g} nm, frame interval {told.frame_interval_s:g} s; {calibration.n_frames} frames and "
         f"{calibration.n_spots} bright isolated spots used")
     _print_table(_rows(calibration, used, {k: v for k, v in given.items() if k in CALIBRATED_FIELDS}), say)
+    if stored:
+        say("note: this movie stores its acquisition (written by this package): track uses the stored values "
+            "(column 'used') and measures nothing; the measured ones are for comparison")
     for note in calibration.notes:
         say(f"note: {note}")
-    record = {"movie": str(movie.path), "command": shlex.join(["spt-diffusion", *argv]),
-              "acquisition_told": told.to_dict(), "given": sorted(given),
-              "acquisition_measured": calibration.to_dict(), "acquisition": used.to_dict()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, record, allow_nan=False)
     say(f"wrote {out}")
     return 0

@@ -332,6 +332,19 @@ def _static_widths(
     return widths_all[static], photons_all[bright], raw_all[static], np.flatnonzero(keep)[static]
 
 
+def _nan_spread(rows: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Per column: the standard deviation of the finite values of ``rows`` (``(n, k)``), or with
+    ``reference`` (``(k,)``) their largest absolute difference from it; NaN (silently) where none is
+    finite."""
+    rows = np.asarray(rows, dtype=float).reshape(len(rows), -1)
+    out = np.full(rows.shape[1], np.nan)
+    for j in range(rows.shape[1]):
+        col = rows[:, j][np.isfinite(rows[:, j])]
+        if col.size:
+            out[j] = float(np.max(np.abs(col - reference[j]))) if reference is not None else float(np.std(col))
+    return out
+
+
 def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     if values.size == 0:
         return float("nan"), float("nan")
@@ -477,7 +490,7 @@ def calibrate_movie(
             camera_kind = "emccd"
             gain, offset, background = emccd_camera(tiles)
             boot = np.array([emccd_camera(tiles[gen.integers(0, len(tiles), len(tiles))]) for _ in range(_BOOTSTRAP)])
-            total = np.nanstd(boot, axis=0)
+            total = _nan_spread(boot)
             method = (f"EMCCD recognised by its excess noise (k3 k5 / k4^2 = {q:.2f}, 95 % interval "
                       f"{q_low:.2f}-{q_high:.2f}; 1.25 for an EMCCD, 1 for a Poisson camera); gain k4 / (4 k3)")
         else:
@@ -485,11 +498,10 @@ def calibrate_movie(
             gain, offset, background = poisson_camera(tiles, float(acq.read_noise_e))
             boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], float(acq.read_noise_e))
                              for _ in range(_BOOTSTRAP)])
-            spread = np.nanstd(boot, axis=0)
+            spread = _nan_spread(boot)
             # the read noise is assumed, not measured: its plausible range moves the gain
             bounds = [poisson_camera(tiles, r) for r in _READ_NOISE_RANGE_E]
-            read_spread = (np.nanmax(np.abs(np.array(bounds) - np.array([gain, offset, background])), axis=0)
-                           / math.sqrt(3))
+            read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
             method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
         if math.isfinite(offset) and offset < -0.5:
@@ -504,6 +516,11 @@ def calibrate_movie(
                 notes.append("EMCCD camera: the tracks and estimates count Poisson-equivalent photons (half the "
                              "photo-electrons, at twice the measured gain), which carry the camera's noise; the "
                              "measured values here are photo-electrons")
+                told = sorted(set(given) & {"gain_adu_per_e", "background_photons", "signal_photons"})
+                if told:
+                    notes.append(f"EMCCD camera: the given {', '.join(told)} are used as given, i.e. as "
+                                 "Poisson-equivalent values (gain: twice the ADU per photo-electron; photons: half "
+                                 "the photo-electrons)")
         else:
             camera_kind = "unknown"
             notes.append("the background's noise statistics do not fit a Poisson camera (EMCCD or processed data?); "

@@ -290,8 +290,11 @@ def estimate_stage(
                              estimator, settings, mode, drift))
     tracks_table, summary = _joined(parts)
     del parts
+    # the guard's interval widens the model's only where the guard measured it (enough tracks)
+    measured = decision.n_tracks >= guard.MIN_TRACKS and all(
+        math.isfinite(v) for v in (decision.bias_factor, decision.bias_low, decision.bias_high))
     summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"),
-                                            model_bias=(decision.bias_low, decision.bias_high))
+                                            model_bias=(decision.bias_low, decision.bias_high) if measured else None)
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
     timings["tables_s"] = time.perf_counter() - t0
     bar.report(1.0, "done")
@@ -364,15 +367,16 @@ def with_intervals(
             columns = widen_for_bias(columns, *model_bias)
         for column, values in columns.items():
             out.loc[rows, column] = values
-    widened = model_bias is not None and any(m != "classical" for m in used)
     low, high = model_bias if model_bias is not None else (float("nan"), float("nan"))
+    widened = (math.isfinite(low) and math.isfinite(high) and 0 < low <= high
+               and any(m != "classical" and not v.startswith("none") for m, v in used.items()))
     meta = {"columns": list(INTERVAL_COLUMNS), "tables": used,
             "method": "split-conformal: calibrated quantiles of the log error (D) and the angle error (theta) per "
                       "track length and localization-noise ratio, on simulated tracks (estimation/intervals.py)",
             "model_bias_widening": (
-                {"bias_low": low if math.isfinite(low) else None, "bias_high": high if math.isfinite(high) else None,
+                {"bias_low": low, "bias_high": high,
                  "rule": "model rows: low bound / max(high, 1), high bound / min(low, 1) (the guard's interval of "
-                         "the model's bias factor on this movie; not measured: not widened)"}
+                         "the model's bias factor on this movie)"}
                 if widened else None),
             }
     return out, meta

@@ -132,12 +132,13 @@ def make_dataset(
         n = min(chunk, n_samples - done)
         rng = np.random.default_rng(child)
         acq = acquisition if acquisition_range is None else acquisition_range.draw(rng, acquisition)
-        settings = None
+        optics = None
         if acquisition_range is not None and acq is not acquisition and acquisition_range.varies_optics:
-            settings = SampleSettings(optics=acquisition_range.draw_optics(rng))
+            optics = acquisition_range.draw_optics(rng)
+        settings = (SampleSettings(optics=optics, motion_prior=options.motion_prior)
+                    if optics is not None or options.motion_prior is not None else None)
         arrays = sample_arrays(make_samples(model, n, n_frames=n_frames, acquisition=acq, seed=rng,
-                                            settings=settings, neighbour_fraction=neighbour_fraction,
-                                            motion_prior=options.motion_prior))
+                                            settings=settings, neighbour_fraction=neighbour_fraction))
         if acq.pixel_size_nm != acquisition.pixel_size_nm:
             # labels at the base pixel size: the same px^2/frame when converted with `acquisition`
             ratio2 = np.float32((acquisition.pixel_size_nm / acq.pixel_size_nm) ** 2)

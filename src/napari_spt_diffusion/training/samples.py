@@ -174,7 +174,7 @@ def _windows_mosaic(windows: np.ndarray) -> tuple[np.ndarray, int]:
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """How samples are cut from the rendered windows (defaults: those of the bundled models).
+    """How samples are drawn and cut from the rendered windows (defaults: those of the bundled models).
 
     Attributes
     ----------
@@ -193,6 +193,10 @@ class SampleSettings:
         PSF shape and camera kind beyond the acquisition (ellipticity, Airy-like halo,
         EMCCD excess noise; :class:`~napari_spt_diffusion.simulation.optics.RenderOptics`);
         ``None``: round Gaussian PSF, sCMOS/CCD camera.
+    motion_prior
+        ``aniso`` only (:func:`make_samples`): draw the tracks' ``D1`` and ``D2 / D1`` from this
+        prior (:mod:`.motion_priors`) instead of the motion model's own; ``None``: the model's
+        own, drawn exactly as without this option. Neighbours keep the model's own.
     """
 
     patch_size: int = 11
@@ -200,6 +204,7 @@ class SampleSettings:
     detection: DetectionSettings | None = None
     match_radius_px: float = 3.0
     optics: RenderOptics | None = None
+    motion_prior: MotionPrior | None = None
 
 
 _SPOT_FIELDS = ("y_px", "x_px", "photons", "background", "loc_precision_nm", "fit_ok")
@@ -423,7 +428,6 @@ def make_samples(
     settings: SampleSettings | None = None,
     neighbour_fraction: float = 0.0,
     neighbour_distance_px: tuple[float, float] = (1.5, 6.0),
-    motion_prior: MotionPrior | None = None,
 ) -> SampleBatch:
     """Simulate ``n`` tracks of a motion model and turn them into samples (tracking path).
 
@@ -443,17 +447,14 @@ def make_samples(
         Seed of the generator (a protocol test set: the model's ``MotionModel.test_seed``),
         or a ``numpy.random.Generator`` to draw from.
     settings
-        Patch and window sizes, detection settings, match radius (:class:`SampleSettings`).
+        Patch and window sizes, detection settings, match radius, optics and the motion prior
+        (:class:`SampleSettings`).
     neighbour_fraction
         Share of the samples (each drawn with this probability) that get a second
         particle of the same motion model (its own D, anisotropy and angle), started at a
         distance drawn uniformly from ``neighbour_distance_px`` (px) in a uniform
         direction from the first one's start; see the module docstring. 0 (default): the
         isolated particles of the protocols, drawn exactly as without this option.
-    motion_prior
-        ``aniso`` only: draw the tracks' ``D1`` and ``D2 / D1`` from this prior
-        (:mod:`.motion_priors`) instead of the motion model's own; ``None`` (default): the
-        model's own, drawn exactly as without this option. Neighbours keep the model's own.
 
     Returns
     -------
@@ -469,6 +470,7 @@ def make_samples(
     n = int(n)
     # Random start within a pixel, so that the sub-pixel phase of slow particles is uniform.
     start = gen.uniform(-0.5, 0.5, (n, 2))
+    motion_prior = None if settings is None else settings.motion_prior
     if motion_prior is None:
         traj = simulate(n, n_frames, acq, gen, start_px=start)
     elif model != "aniso":
