@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_types import _finite_float, _non_negative_float, _positive_float
+from ._cli_types import _finite_float, _non_negative_float, _positive_float, _positive_int
 
 __all__ = ["add_calibrate_parser", "cmd_calibrate", "calibration_path"]
 
@@ -58,10 +58,7 @@ def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _frames_read(text: str) -> int:
     """``--frames``: a whole number of at least 10 (the camera needs 10 background frames per pixel)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of frames, got {text!r}") from None
+    value = _positive_int(text)
     if value < 10:
         raise argparse.ArgumentTypeError(f"at least 10 frames are needed to measure the camera, got {value}")
     return value
