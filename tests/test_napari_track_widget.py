@@ -255,3 +255,20 @@ def test_run_on_a_dask_layer_reads_frame_by_frame(make_napari_viewer_proxy, qtbo
     assert guard.frames_read - before >= movie.shape[0]  # every frame read, one at a time
     with pytest.raises(AssertionError, match="materialised"):  # the guard itself works
         np.asarray(lazy)
+
+
+def test_an_emccd_measured_from_the_movie_is_named_beside_its_poisson_equivalent_fields(viewer_widget):
+    from types import SimpleNamespace
+
+    _, widget = viewer_widget
+    measured = {"gain_adu_per_e": {"value": 10.0, "uncertainty": 0.3, "unit": "ADU/e-", "method": "EMCCD ..."},
+                "background_photons": {"value": 10.0, "uncertainty": 0.5, "unit": "photons/px/frame", "method": ""},
+                "camera": "emccd", "excess_noise_factor": 2.0}
+    used = Acquisition(gain_adu_per_e=20.0, background_photons=5.0)
+    widget._show_measured(SimpleNamespace(meta={"acquisition_measured": measured}, acquisition=used))
+    assert widget.acq_boxes["gain_adu_per_e"].value == pytest.approx(20.0)  # what the run used
+    assert "camera gain 10 ± 0.3" in widget.acq_source.value  # what was measured: photo-electrons
+    assert "EMCCD" in widget.acq_source.value and "Poisson-equivalent" in widget.acq_source.value
+    measured["camera"] = "poisson"
+    widget._show_measured(SimpleNamespace(meta={"acquisition_measured": measured}, acquisition=used))
+    assert "EMCCD" not in widget.acq_source.value

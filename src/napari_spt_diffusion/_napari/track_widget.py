@@ -471,6 +471,9 @@ class TrackEstimateWidget(Container):
                 box.value = float(getattr(used, name))
                 shown.append(f"{ACQUISITION_FIELDS[name][0]} {entry['value']:.4g} ± {entry['uncertainty']:.2g}"
                              f"{ACQUISITION_FIELDS[name][1]}")
+        if shown and measured.get("camera") == "emccd":
+            shown.append("camera: EMCCD (excess noise); the fields hold the Poisson-equivalent gain "
+                         "(twice the measured) and photons (half the photo-electrons)")
         if shown:
             self.acq_source.value = "measured from the movie:\n" + "\n".join(shown)
 
