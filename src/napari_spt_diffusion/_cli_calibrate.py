@@ -58,7 +58,10 @@ def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _frames_read(text: str) -> int:
     """``--frames``: a whole number of at least 10 (the camera needs 10 background frames per pixel)."""
-    value = _positive_int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        return _positive_int(text)  # its own message for what is not a whole number
     if value < 10:
         raise argparse.ArgumentTypeError(f"at least 10 frames are needed to measure the camera, got {value}")
     return value
