@@ -111,11 +111,14 @@ def test_an_emccd_is_recognised_by_its_excess_noise_and_measured():
     assert v["background_photons"].value == pytest.approx(10.0, rel=0.15)
     assert v["offset_adu"].value == pytest.approx(100.0, abs=10.0)
     assert "EMCCD" in v["gain_adu_per_e"].method
+    # read noise 150 multiplied electrons x 0.1 ADU = 15 ADU = 1.5 photo-electrons at 10 ADU per photo-electron
+    assert v["read_noise_e"].value == pytest.approx(1.5, rel=0.5)
     # processed as the Poisson camera with the same noise: twice the gain, half the photons
     used = cal.apply(Acquisition())
     assert used.gain_adu_per_e == pytest.approx(2 * v["gain_adu_per_e"].value)
     assert used.background_photons == pytest.approx(v["background_photons"].value / 2)
     assert used.signal_photons == pytest.approx(v["signal_photons"].value / 2)
+    assert used.read_noise_e == pytest.approx(v["read_noise_e"].value / 2)
     assert cal.to_dict()["camera"] == "emccd" and any("Poisson-equivalent" in n for n in cal.notes)
 
 

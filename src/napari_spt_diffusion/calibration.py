@@ -47,7 +47,7 @@ from scipy import special
 from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
-from .calibration_camera import emccd_camera, excess_noise, poisson_camera, tile_cumulants
+from .calibration_camera import emccd_camera, emccd_read_noise, excess_noise, poisson_camera, tile_cumulants
 from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
 from .tracking.localize import localize_arrays
@@ -116,7 +116,8 @@ class Calibration:
     ----------
     values
         ``{field: Measured}`` for the fields of :data:`CALIBRATED_FIELDS` that could be
-        measured (an Acquisition field name each).
+        measured (an Acquisition field name each), and ``read_noise_e`` for an EMCCD (its read
+        noise is measurable there, from the variance its gain and background leave).
     psf_shape
         ``"gaussian"``, ``"airy"`` or ``"unknown"``; ``psf_shape_evidence`` the ratio of the
         two profiles' squared residuals (Gaussian / Airy: above 1 favours Airy).
@@ -170,9 +171,10 @@ class Calibration:
         the spot fits, the localization precisions and the models assume.
         """
         # an offset may be 0 or negative (offset-subtracted or shifted data), a background 0
-        lowest = {"offset_adu": -math.inf, "background_photons": 0.0}
+        lowest = {"offset_adu": -math.inf, "background_photons": 0.0, "read_noise_e": 0.0}
         factor = self.excess_noise_factor
-        scale = {"gain_adu_per_e": factor, "background_photons": 1.0 / factor, "signal_photons": 1.0 / factor}
+        scale = {"gain_adu_per_e": factor, "background_photons": 1.0 / factor, "signal_photons": 1.0 / factor,
+                 "read_noise_e": 1.0 / factor}
         changes = {
             key: m.value * scale.get(key, 1.0) for key, m in self.values.items()
             if key not in given and math.isfinite(m.value)
@@ -513,6 +515,11 @@ def calibrate_movie(
             values["offset_adu"] = Measured(offset, float(total[1]), "ADU", method)
             values["background_photons"] = Measured(background, float(total[2]), "photons/px/frame", method)
             if camera_kind == "emccd":
+                boot_r = [emccd_read_noise(t, *emccd_camera(t)[::2]) for t in
+                          (tiles[gen.integers(0, len(tiles), len(tiles))] for _ in range(_BOOTSTRAP))]
+                values["read_noise_e"] = Measured(emccd_read_noise(tiles, gain, background),
+                                                  float(_nan_spread(np.array(boot_r)[:, None])[0]), "e-",
+                                                  "EMCCD: sqrt(k2 - 2 g^2 b) / g (photo-electrons)")
                 notes.append("EMCCD camera: the tracks and estimates count Poisson-equivalent photons (half the "
                              "photo-electrons, at twice the measured gain), which carry the camera's noise; the "
                              "measured values here are photo-electrons")

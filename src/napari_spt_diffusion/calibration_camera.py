@@ -31,7 +31,8 @@ import math
 
 import numpy as np
 
-__all__ = ["TILE_PX", "EMCCD_Q", "tile_cumulants", "gain_root", "poisson_camera", "emccd_camera", "excess_noise"]
+__all__ = ["TILE_PX", "EMCCD_Q", "tile_cumulants", "gain_root", "poisson_camera", "emccd_camera", "emccd_read_noise",
+           "excess_noise"]
 
 #: Side (px) of the tiles whose background pixels are pooled (the unit of the bootstraps).
 TILE_PX = 16
@@ -132,6 +133,15 @@ def emccd_camera(tiles: np.ndarray) -> tuple[float, float, float]:
     gain = k4 / (4.0 * k3)
     background = k3 / (6.0 * gain**3)
     return gain, mean - gain * background, background
+
+
+def emccd_read_noise(tiles: np.ndarray, gain: float, background: float) -> float:
+    """An EMCCD's read noise in photo-electrons: ``sqrt(k2 - 2 g^2 b) / g`` (0 where the variance left
+    for it is negative; NaN without a gain)."""
+    _, k2, _, _, _ = _pooled(tiles)
+    if not (math.isfinite(gain) and gain > 0 and math.isfinite(background)):
+        return float("nan")
+    return math.sqrt(max(k2 - 2.0 * gain**2 * background, 0.0)) / gain
 
 
 def excess_noise(tiles: np.ndarray, rng: np.random.Generator, n_boot: int = 200,
