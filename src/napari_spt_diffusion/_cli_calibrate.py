@@ -134,10 +134,10 @@ def cmd_calibrate(args: argparse.Namespace, argv: Sequence[str], *, say: Callabl
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         told = movie.acquisition(pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **given)
         plausibility.check_units(told, {name: "given" for name in given})
-        measure = fields_to_measure(set(given) & set(CALIBRATED_FIELDS))
+        measured_given = set(CALIBRATED_FIELDS) & set(given)
+        measure = fields_to_measure(measured_given)
         plausibility.check_scaled_float(plausibility.sample_frames(movie.data), plausibility.movie_dtype(movie.data),
                                         told, measure)
-        measured_given = set(CALIBRATED_FIELDS) & set(given)
         kwargs = {} if args.frames is None else {"max_frames": int(args.frames)}
         calibration = calibrate_movie(movie.data, told, given=measured_given, **kwargs)
         if not calibration.values:

@@ -47,7 +47,7 @@ from scipy import special
 from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
-from .calibration_camera import emccd_camera, emccd_read_noise, excess_noise, poisson_camera, tile_cumulants
+from .calibration_camera import emccd_camera, excess_noise, poisson_camera, tile_cumulants
 from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
 from .tracking.localize import localize_arrays
@@ -490,7 +490,7 @@ def calibrate_movie(
         excess = (q, q_low, q_high)
         if is_emccd:
             camera_kind = "emccd"
-            gain, offset, background = emccd_camera(tiles)
+            gain, offset, background, read_noise = emccd_camera(tiles)
             boot = np.array([emccd_camera(tiles[gen.integers(0, len(tiles), len(tiles))]) for _ in range(_BOOTSTRAP)])
             total = _nan_spread(boot)
             method = (f"EMCCD recognised by its excess noise (k3 k5 / k4^2 = {q:.2f}, 95 % interval "
@@ -515,10 +515,7 @@ def calibrate_movie(
             values["offset_adu"] = Measured(offset, float(total[1]), "ADU", method)
             values["background_photons"] = Measured(background, float(total[2]), "photons/px/frame", method)
             if camera_kind == "emccd":
-                boot_r = [emccd_read_noise(t, *emccd_camera(t)[::2]) for t in
-                          (tiles[gen.integers(0, len(tiles), len(tiles))] for _ in range(_BOOTSTRAP))]
-                values["read_noise_e"] = Measured(emccd_read_noise(tiles, gain, background),
-                                                  float(_nan_spread(np.array(boot_r)[:, None])[0]), "e-",
+                values["read_noise_e"] = Measured(read_noise, float(total[3]), "e-",
                                                   "EMCCD: sqrt(k2 - 2 g^2 b) / g (photo-electrons)")
                 notes.append("EMCCD camera: the tracks and estimates count Poisson-equivalent photons (half the "
                              "photo-electrons, at twice the measured gain), which carry the camera's noise; the "

@@ -31,8 +31,7 @@ import math
 
 import numpy as np
 
-__all__ = ["TILE_PX", "EMCCD_Q", "tile_cumulants", "gain_root", "poisson_camera", "emccd_camera", "emccd_read_noise",
-           "excess_noise"]
+__all__ = ["TILE_PX", "EMCCD_Q", "tile_cumulants", "gain_root", "poisson_camera", "emccd_camera", "excess_noise"]
 
 #: Side (px) of the tiles whose background pixels are pooled (the unit of the bootstraps).
 TILE_PX = 16
@@ -124,24 +123,18 @@ def poisson_camera(tiles: np.ndarray, read_noise_e: float) -> tuple[float, float
     return gain, mean - gain * background, background
 
 
-def emccd_camera(tiles: np.ndarray) -> tuple[float, float, float]:
-    """``(gain ADU per photo-electron, offset ADU, background photons)`` of an EMCCD: ``g = k4 / (4 k3)``,
-    ``b = k3 / (6 g^3)`` (no read-noise assumption)."""
-    mean, _, k3, k4, _ = _pooled(tiles)
+def emccd_camera(tiles: np.ndarray) -> tuple[float, float, float, float]:
+    """``(gain ADU per photo-electron, offset ADU, background photons, read noise e-)`` of an EMCCD:
+    ``g = k4 / (4 k3)``, ``b = k3 / (6 g^3)`` (no read-noise assumption), and the read noise from
+    the variance these leave, ``sqrt(k2 - 2 g^2 b) / g`` in photo-electrons (0 where that is
+    negative)."""
+    mean, k2, k3, k4, _ = _pooled(tiles)
     if not (k3 > 0 and k4 > 0):
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan")
     gain = k4 / (4.0 * k3)
     background = k3 / (6.0 * gain**3)
-    return gain, mean - gain * background, background
-
-
-def emccd_read_noise(tiles: np.ndarray, gain: float, background: float) -> float:
-    """An EMCCD's read noise in photo-electrons: ``sqrt(k2 - 2 g^2 b) / g`` (0 where the variance left
-    for it is negative; NaN without a gain)."""
-    _, k2, _, _, _ = _pooled(tiles)
-    if not (math.isfinite(gain) and gain > 0 and math.isfinite(background)):
-        return float("nan")
-    return math.sqrt(max(k2 - 2.0 * gain**2 * background, 0.0)) / gain
+    read_noise = math.sqrt(max(k2 - 2.0 * gain**2 * background, 0.0)) / gain
+    return gain, mean - gain * background, background, read_noise
 
 
 def excess_noise(tiles: np.ndarray, rng: np.random.Generator, n_boot: int = 200,

@@ -29,7 +29,7 @@ from ..errors import SptDiffusionError
 from ..io._atomic import atomic_write_json
 from ..simulation.motion_models import benchmark_seeds, motion_model_names
 from .acquisition_ranges import RANGES
-from .motion_priors import PRIORS
+from .motion_priors import PRIORS, get_prior
 
 __all__ = [
     "TrainingError",
@@ -162,8 +162,10 @@ class TrainConfig:
         if self.acquisition_range is not None and self.acquisition_range not in RANGES:
             raise TrainingError(f"acquisition_range must be one of {', '.join(RANGES)}, got {self.acquisition_range!r}")
         if self.motion_prior is not None:
-            if self.motion_prior not in PRIORS:
-                raise TrainingError(f"motion_prior must be one of {', '.join(PRIORS)}, got {self.motion_prior!r}")
+            try:
+                get_prior(self.motion_prior)
+            except ValueError as exc:
+                raise TrainingError(str(exc)) from None
             if self.model != "aniso":
                 raise TrainingError(f"motion_prior applies to the aniso model only, not {self.model!r}")
         for name in ("psf_sigma_nm", "photons", "max_time_s"):
