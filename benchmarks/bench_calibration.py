@@ -416,8 +416,9 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
             vals = list(ratios.values())
             out.append(f"Airy signal: measured / true (infinite plane) photons median {np.median(vals):.3f}"
                        f", range {min(ratios.values()):.3f}-{max(ratios.values()):.3f} over {len(ratios)} cells"
-                       + (f"; at 4,000 photons median {np.median(bright):.3f} (a Gaussian fit does not collect the "
-                          "Airy rings and tails)" if bright else "") + ".")
+                       + (f"; at 4,000 photons median {np.median(bright):.3f}" if bright else "")
+                       + " (the Gaussian fits' photons times the Airy profile's flux ratio where the shape is "
+                       "called Airy: a Gaussian fit does not collect the rings and tails).")
     pairs = [(r["scores"]["gain_adu_per_e"]["rel_error"], r["scores"]["background_photons"]["rel_error"])
              for r in results if "scores" in r and r["scores"]["gain_adu_per_e"]["rel_error"] is not None
              and r["scores"]["background_photons"]["rel_error"] is not None]

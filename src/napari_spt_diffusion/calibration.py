@@ -18,18 +18,23 @@ metadata. :func:`calibrate_movie` measures, from the frames alone:
   (:meth:`Calibration.apply`). At higher backgrounds an EMCCD cannot be told apart: give
   gain and offset for it.
 * **background** photons per pixel per frame, from the same pixels;
-* **PSF width** from the narrowest, most static spots: every bright isolated spot is
-  fitted with a free-width pixel-integrated Gaussian; the motion blur of each spot is
-  removed using the mean squared step of its particle over up to 8 frames (a chain of
-  nearest spots; Brownian blur over a continuous exposure adds ``D T / 3 = <|d|^2> / 8``
-  per axis, ``d`` the frame-to-frame step of the blurred positions, whose per-axis variance
-  is ``(4 / 3) D T``), and the median is taken over the quarter of the spots with the least
+* **PSF width and shape** from the most static single spots: every isolated spot is fitted
+  with a free-width pixel-integrated Gaussian; the brighter half by detection SNR (not by
+  fitted photons, which rise with the fitted width where the signal is low) whose photons
+  are at most 1.5 x the median (two particles closer than the PSF make one bright, wide spot)
+  are kept; the motion blur of each is measured from the mean squared step of its particle
+  over up to 8 frames (a chain of nearest spots; Brownian blur over a continuous exposure
+  adds ``D T / 3 = <|d|^2> / 8`` per axis, ``d`` the frame-to-frame step of the blurred
+  positions, whose per-axis variance is ``(4 / 3) D T``), and the quarter with the least
   blur whose chain holds at least 4 steps (a chain broken by a step beyond the search bound
-  would make a fast particle look slow);
-* **PSF shape**: Gaussian-like or Airy-like, by comparing the two profiles on the mean
-  radial profile of the sharpest spots;
-* **signal photons** per spot: the median fitted photons of the bright isolated spots
-  (a lower bound for the brightest particles, since detection favours them).
+  would make a fast particle look slow) make a mean radial profile, fitted with a Gaussian
+  and an Airy profile (:mod:`.calibration_psf`): the better one gives the shape and the
+  Gaussian-equivalent width, corrected for pixel and blur (a free-width Gaussian fit reads
+  an Airy spot several per cent narrow);
+* **signal photons** per spot: the median fitted photons of the bright isolated single
+  spots, times the profile's flux ratio (photons under the PSF over the Gaussian fit's:
+  about 1.15 for an Airy PSF, whose rings the Gaussian fit does not collect). Detection
+  favours bright fluctuations, so dim, wide spots read high.
 
 Each value carries a standard uncertainty (bootstrap over frames or tiles). Values the
 user gave are never replaced (:meth:`Calibration.apply`).
@@ -40,23 +45,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import special
 from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
 from .calibration_camera import emccd_camera, excess_noise, poisson_camera, tile_cumulants
+from .calibration_psf import MIN_PROFILE_SPOTS, measure_psf
 from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
 from .tracking.localize import localize_arrays
 
 __all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "fields_to_measure", "CALIBRATED_FIELDS"]
 
-#: The PSF shape is called Gaussian or Airy only when one profile's squared residuals are this
-#: many times smaller than the other's (on the grid, wrong verdicts had ratios 0.82-1.41).
-SHAPE_EVIDENCE = 1.5
 #: Output variance of an EMCCD over a Poisson camera of the same mean gain (excess noise factor squared).
 EMCCD_EXCESS_NOISE_FACTOR = 2.0
 #: Acquisition fields that calibration can measure.
@@ -268,23 +270,45 @@ _MIN_CHAIN_STEPS = 4
 _STATIC_QUANTILE = 0.25
 #: ... or more, so that at least this many spots are used where there are.
 _MIN_STATIC_SPOTS = 60
+#: Spots with more than this many times the median photons of the isolated spots are taken for
+#: two unresolved particles and not used.
+_SINGLE_EMITTER_PHOTONS = 1.5
+
+
+class StaticSpots(NamedTuple):
+    """The spots :func:`_static_widths` keeps (px widths, photons of the Gaussian fits)."""
+
+    widths_px: np.ndarray  #: ``(S,)`` blur-corrected Gaussian-fit widths of the most static spots
+    photons: np.ndarray  #: ``(B,)`` fitted photons of every bright isolated single spot
+    raw_widths_px: np.ndarray  #: ``(S,)`` the static spots' widths before the blur correction
+    rows: np.ndarray  #: ``(S,)`` the static spots' rows in the spot table
+    blur_px2: np.ndarray  #: ``(S,)`` the static spots' blur variance (px^2 per axis)
 
 
 def _static_widths(
-    spots: dict[str, np.ndarray], psf_guess_px: float, successor: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Blur-corrected widths (px) of the most static bright isolated spots, photons of all bright
-    isolated spots, the uncorrected widths (px) of the static ones and their rows in ``spots``.
+    spots: dict[str, np.ndarray], psf_guess_px: float, successor: np.ndarray | None = None, provisional: bool = False
+) -> StaticSpots:
+    """The most static bright isolated single spots, and all bright isolated single spots.
 
     A spot's blur comes from the mean squared step of its particle over up to :data:`_BLUR_STEPS`
     frames (a chain of nearest isolated spots, frame to frame): one step's ``|d|^2`` is
     exponentially distributed, so a correction by one step is mostly too small or far too
-    large; 8 steps give the particle's blur to about 35 %. The spots kept are the quarter with
-    the smallest such blur, whose correction is small. ``successor`` (:func:`_successors`) says
-    which read frame follows each in the movie (default: the next one read).
+    large; 8 steps give the particle's blur to about 35 %. Bright: the upper half by detection
+    SNR among the spots whose photons are at most :data:`_SINGLE_EMITTER_PHOTONS` x their
+    median. The static spots are the quarter of the bright ones with the smallest blur, whose
+    correction is small. ``successor`` (:func:`_successors`) says which read frame follows each
+    in the movie (default: the next one read).
+
+    Ranking by SNR avoids the wide fits that absorb background as photons where the signal is
+    low, but it needs detection at about the right scale: a detector tuned far narrower than
+    the PSF ranks narrow noise peaks first, and its noise detections make the real spots look
+    like pairs by their photons. The first pass, with the PSF still unknown (``provisional``),
+    therefore ranks by fitted photons and keeps every photon count.
     """
+    empty = np.zeros(0)
+    nothing = StaticSpots(empty, empty, empty, np.zeros(0, dtype=np.int64), empty)
     if not spots or len(spots.get("y_px", ())) == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+        return nothing
     yx = np.column_stack([spots["y_px"], spots["x_px"]])
     frame = spots["frame"]
     n = len(frame)
@@ -321,17 +345,21 @@ def _static_widths(
         # particle) must not leave the particle looking slow
         current = np.where(ok, next_row[np.maximum(current, 0)], -1)
     keep = alone & np.isfinite(step2) & spots["fit_ok"] & (count >= _MIN_CHAIN_STEPS)
+    if np.any(keep) and not provisional:
+        # two particles closer than the PSF are one bright, wide spot
+        keep &= spots["photons"] <= _SINGLE_EMITTER_PHOTONS * np.median(spots["photons"][keep])
     if not np.any(keep):
-        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-    mean_step2 = total[keep] / count[keep]
+        return nothing
+    blur_all = _BLUR_SEEN * (total[keep] / count[keep]) / 8.0
     raw_all = spots["sigma_px"][keep]
-    widths_all = np.sqrt(np.clip(raw_all**2 - _BLUR_SEEN * mean_step2 / 8.0, 0.0, None))
-    photons_all = spots["photons"][keep]
-    bright = photons_all >= np.median(photons_all)
+    widths_all = np.sqrt(np.clip(raw_all**2 - blur_all, 0.0, None))
+    rank = spots["photons" if provisional else "snr"][keep]
+    bright = rank >= np.median(rank)
     # at least _MIN_STATIC_SPOTS spots where there are that many: a few wide, dim spots give a noisy median
     quantile = min(1.0, max(_STATIC_QUANTILE, _MIN_STATIC_SPOTS / max(int(bright.sum()), 1)))
-    static = bright & (mean_step2 <= np.quantile(mean_step2[bright], quantile))
-    return widths_all[static], photons_all[bright], raw_all[static], np.flatnonzero(keep)[static]
+    static = bright & (blur_all <= np.quantile(blur_all[bright], quantile))
+    return StaticSpots(widths_all[static], spots["photons"][keep][bright], raw_all[static],
+                       np.flatnonzero(keep)[static], blur_all[static])
 
 
 def _nan_spread(rows: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
@@ -352,61 +380,6 @@ def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float,
         return float("nan"), float("nan")
     boot = np.median(values[rng.integers(0, values.size, size=(_BOOTSTRAP, values.size))], axis=1)
     return float(np.median(values)), float(np.std(boot))
-
-
-def _psf_shape(photons: np.ndarray, spots: dict[str, np.ndarray], sigma_px: float,
-               static_rows: np.ndarray) -> tuple[str, float]:
-    """``("gaussian" | "airy" | "unknown", SSE ratio Gaussian / Airy)`` from the mean radial profile
-    of the spots with the least motion blur (``static_rows``; blur washes out the Airy rings),
-    or of the narrowest 30 % of the fits when fewer than 10 of those."""
-    if not spots or len(spots.get("y_px", ())) < 20 or not math.isfinite(sigma_px):
-        return "unknown", float("nan")
-    if len(static_rows) >= 10:
-        rows = np.asarray(static_rows)[:2000]
-    else:
-        narrow = spots["fit_ok"] & (spots["sigma_px"] <= np.quantile(spots["sigma_px"], 0.3))
-        rows = np.flatnonzero(narrow)[:2000]
-    half = int(math.ceil(5 * sigma_px)) + 2  # the window reaches the Airy rings
-    offsets = np.arange(-half, half + 1)
-    radii, values = [], []
-    t_all, h, w = photons.shape
-    for i in rows:
-        t, y, x = int(spots["frame"][i]), spots["y_px"][i], spots["x_px"][i]
-        cy, cx = int(round(y)), int(round(x))
-        if cy - half < 0 or cx - half < 0 or cy + half >= h or cx + half >= w:
-            continue
-        window = photons[t, cy - half : cy + half + 1, cx - half : cx + half + 1]
-        rr = np.hypot(offsets[:, None] + cy - y, offsets[None, :] + cx - x)
-        excess = (window - spots["background"][i]) / max(spots["photons"][i], 1.0)
-        radii.append(rr.ravel())
-        values.append(excess.ravel())
-    if len(radii) < 10:
-        return "unknown", float("nan")
-    r, v = np.concatenate(radii), np.concatenate(values)
-    edges = np.arange(0.0, half, 0.25)
-    index = np.digitize(r, edges) - 1
-    valid = (index >= 0) & (index < len(edges) - 1)
-    counts = np.bincount(index[valid], minlength=len(edges) - 1)
-    profile = np.bincount(index[valid], weights=v[valid], minlength=len(edges) - 1) / np.maximum(counts, 1)
-    centre = 0.5 * (edges[:-1] + edges[1:])
-    used = counts > 5
-    centre, profile = centre[used], profile[used]
-
-    def sse(model: np.ndarray) -> float:
-        scale = float(np.dot(model, profile) / max(np.dot(model, model), 1e-30))
-        return float(np.sum((profile - scale * model) ** 2))
-
-    best_gauss = min(sse(np.exp(-(centre**2) / (2 * s**2))) for s in sigma_px * np.linspace(0.8, 1.25, 19))
-    best_airy = float("inf")
-    for s in sigma_px * np.linspace(0.8, 1.25, 19):
-        # Airy intensity with the Gaussian-equivalent width s: first zero at 1.22 lambda/NA,
-        # s = 0.21 lambda/NA, so v = 2 pi NA r / lambda = 0.21 * 2 pi r / s
-        vv = np.maximum(0.21 * 2 * math.pi * centre / s, 1e-9)
-        best_airy = min(best_airy, sse((2 * special.j1(vv) / vv) ** 2))
-    ratio = best_gauss / max(best_airy, 1e-30)
-    if 1.0 / SHAPE_EVIDENCE < ratio < SHAPE_EVIDENCE:
-        return "unknown", ratio  # the two profiles fit about equally well: no verdict
-    return ("airy" if ratio > 1.0 else "gaussian"), ratio
 
 
 # --------------------------------------------------------------------- driver
@@ -466,7 +439,7 @@ def calibrate_movie(
     spots = _spot_table(np.stack([provisional.adu_to_photons(f) for f in frames]), provisional,
                         threshold_snr=MASK_THRESHOLD_SNR)
     if spots and "psf_sigma_nm" not in given:
-        widths, _, _, _ = _static_widths(spots, psf_guess, successor)
+        widths = _static_widths(spots, psf_guess, successor, provisional=True).widths_px
         if widths.size >= 5:
             psf_guess = float(np.clip(np.median(widths), 0.4, 8.0))
     mask = np.ones(frames.shape, dtype=bool)
@@ -540,27 +513,40 @@ def calibrate_movie(
                          psf_sigma_nm=psf_guess * acq.pixel_size_nm)
     photons = np.stack([camera.adu_to_photons(f) for f in frames])
     spots = _spot_table(photons, camera)
-    widths, spot_photons, raw_widths, static_rows = _static_widths(spots, psf_guess, successor)
-    spot_photons = spot_photons * equivalent
-    n_spots = int(widths.size)
+    static = _static_widths(spots, psf_guess, successor)
+    spot_photons = static.photons * equivalent
+    n_spots = int(static.widths_px.size)
+    shape_name, evidence, flux, flux_se, flux_text = "unknown", float("nan"), 1.0, 0.0, ""
     if n_spots >= 5:
+        fit_width = float(np.median(static.widths_px))
+        guess = float(acq.psf_sigma_px) if "psf_sigma_nm" in given else fit_width
+        profile = measure_psf(photons, spots, static.rows, guess, float(np.median(static.blur_px2)), gen)
+        if profile is not None:
+            shape_name, evidence = profile.shape, profile.evidence
+            flux, flux_se = profile.flux_ratio, profile.flux_ratio_se
+            flux_text = f" x {flux:.2f} (photons under the {shape_name}-shape profile over the Gaussian fit's)"
         if "psf_sigma_nm" not in given:
-            w, w_se = _median_and_se(widths, gen)
-            # the blur correction is approximate (it over-corrects nothing but under-corrects
-            # fast, elongated streaks): half of it counts as a systematic uncertainty
-            systematic = 0.5 * abs(float(np.median(raw_widths)) - w)
-            values["psf_sigma_nm"] = Measured(w * acq.pixel_size_nm, math.hypot(w_se, systematic) * acq.pixel_size_nm,
-                                              "nm", f"median blur-corrected width of {n_spots} bright isolated spots")
+            if profile is not None and profile.sigma_px > 0:
+                w, w_se = profile.sigma_px, profile.sigma_se_px
+                method = (f"{shape_name}-shape mean radial profile of {profile.n_spots} bright isolated spots, "
+                          "Gaussian-equivalent width, pixel and blur corrected")
+            else:
+                w, w_se = _median_and_se(static.widths_px, gen)
+                # the blur correction is approximate (it over-corrects nothing but under-corrects
+                # fast, elongated streaks): half of it counts as a systematic uncertainty
+                w_se = math.hypot(w_se, 0.5 * abs(float(np.median(static.raw_widths_px)) - w))
+                method = (f"median blur-corrected Gaussian-fit width of {n_spots} bright isolated spots "
+                          f"(fewer than {MIN_PROFILE_SPOTS} inside the frames for a profile)")
+            values["psf_sigma_nm"] = Measured(w * acq.pixel_size_nm, w_se * acq.pixel_size_nm, "nm", method)
             camera = camera.replace(psf_sigma_nm=w * acq.pixel_size_nm)
         if camera_known:
             n, n_se = _median_and_se(spot_photons, gen)
-            values["signal_photons"] = Measured(n, n_se, "photons/frame",
-                                                f"median of {n_spots} bright isolated spots")
+            values["signal_photons"] = Measured(n * flux, math.hypot(n_se * flux, n * flux_se), "photons/frame",
+                                                f"median of {spot_photons.size} bright isolated spots{flux_text}")
         else:
             notes.append("signal photons not measured: the camera's gain is neither given nor measurable")
     else:
         notes.append(f"only {n_spots} bright isolated spots: PSF width and signal not measured")
-    shape_name, evidence = _psf_shape(photons, spots, float(camera.psf_sigma_px), static_rows)
     if not values and not notes:
         raise CalibrationError("nothing in the movie could be measured")
     return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes), camera=camera_kind,
