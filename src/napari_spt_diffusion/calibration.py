@@ -21,7 +21,8 @@ metadata. :func:`calibrate_movie` measures, from the frames alone:
 * **PSF width and shape** from the most static single spots: every isolated spot is fitted
   with a free-width pixel-integrated Gaussian; the brighter half by detection SNR (not by
   fitted photons, which rise with the fitted width where the signal is low) whose photons
-  are at most 1.5 x the median (two particles closer than the PSF make one bright, wide spot)
+  are at most 1.5 x the median or whose fitted width is at most 1.15 x the median (two
+  particles closer than the PSF make one bright, wide spot; a bright single emitter is not wider)
   are kept; the motion blur of each is measured from the mean squared step of its particle
   over up to 8 frames (a chain of nearest spots; Brownian blur over a continuous exposure
   adds ``D T / 3 = <|d|^2> / 8`` per axis, ``d`` the frame-to-frame step of the blurred
@@ -52,7 +53,7 @@ from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
 from .calibration_camera import emccd_camera, excess_noise, poisson_camera, tile_cumulants
-from .calibration_psf import MIN_PROFILE_SPOTS, measure_psf
+from .calibration_psf import MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
 from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
 from .tracking.localize import localize_arrays
@@ -270,9 +271,10 @@ _MIN_CHAIN_STEPS = 4
 _STATIC_QUANTILE = 0.25
 #: ... or more, so that at least this many spots are used where there are.
 _MIN_STATIC_SPOTS = 60
-#: Spots with more than this many times the median photons of the isolated spots are taken for
-#: two unresolved particles and not used.
+#: Spots with more than this many times the median photons of the isolated spots and a fitted width
+#: more than :data:`_PAIR_WIDTH` x their median are taken for two unresolved particles and not used.
 _SINGLE_EMITTER_PHOTONS = 1.5
+_PAIR_WIDTH = 1.15
 
 
 class StaticSpots(NamedTuple):
@@ -283,6 +285,7 @@ class StaticSpots(NamedTuple):
     raw_widths_px: np.ndarray  #: ``(S,)`` the static spots' widths before the blur correction
     rows: np.ndarray  #: ``(S,)`` the static spots' rows in the spot table
     blur_px2: np.ndarray  #: ``(S,)`` the static spots' blur variance (px^2 per axis)
+    n_pairs: int = 0  #: isolated spots left out as unresolved pairs
 
 
 def _static_widths(
@@ -294,8 +297,9 @@ def _static_widths(
     frames (a chain of nearest isolated spots, frame to frame): one step's ``|d|^2`` is
     exponentially distributed, so a correction by one step is mostly too small or far too
     large; 8 steps give the particle's blur to about 35 %. Bright: the upper half by detection
-    SNR among the spots whose photons are at most :data:`_SINGLE_EMITTER_PHOTONS` x their
-    median. The static spots are the quarter of the bright ones with the smallest blur, whose
+    SNR among the spots that do not look like two unresolved particles (photons above
+    :data:`_SINGLE_EMITTER_PHOTONS` x the median and width above :data:`_PAIR_WIDTH` x the
+    median). The static spots are the quarter of the bright ones with the smallest blur, whose
     correction is small. ``successor`` (:func:`_successors`) says which read frame follows each
     in the movie (default: the next one read).
 
@@ -347,7 +351,12 @@ def _static_widths(
     keep = alone & np.isfinite(step2) & spots["fit_ok"] & (count >= _MIN_CHAIN_STEPS)
     if np.any(keep) and not provisional:
         # two particles closer than the PSF are one bright, wide spot
-        keep &= spots["photons"] <= _SINGLE_EMITTER_PHOTONS * np.median(spots["photons"][keep])
+        pair = keep & (spots["photons"] > _SINGLE_EMITTER_PHOTONS * np.median(spots["photons"][keep])) \
+            & (spots["sigma_px"] > _PAIR_WIDTH * np.median(spots["sigma_px"][keep]))
+        n_pairs = int(pair.sum())
+        keep &= ~pair
+    else:
+        n_pairs = 0
     if not np.any(keep):
         return nothing
     blur_all = _BLUR_SEEN * (total[keep] / count[keep]) / 8.0
@@ -359,7 +368,7 @@ def _static_widths(
     quantile = min(1.0, max(_STATIC_QUANTILE, _MIN_STATIC_SPOTS / max(int(bright.sum()), 1)))
     static = bright & (blur_all <= np.quantile(blur_all[bright], quantile))
     return StaticSpots(widths_all[static], spots["photons"][keep][bright], raw_all[static],
-                       np.flatnonzero(keep)[static], blur_all[static])
+                       np.flatnonzero(keep)[static], blur_all[static], n_pairs)
 
 
 def _nan_spread(rows: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
@@ -525,8 +534,14 @@ def calibrate_movie(
             shape_name, evidence = profile.shape, profile.evidence
             flux, flux_se = profile.flux_ratio, profile.flux_ratio_se
             flux_text = f" x {flux:.2f} (photons under the {shape_name}-shape profile over the Gaussian fit's)"
+            if profile.n_groups < MIN_BOOTSTRAP_GROUPS:
+                notes.append(f"the PSF's spots come from fewer than {MIN_BOOTSTRAP_GROUPS} particles: the "
+                             "uncertainties of its width and of the signal are lower bounds")
+        if static.n_pairs:
+            notes.append(f"{static.n_pairs} bright, wide spots were taken for pairs of particles closer than the "
+                         "PSF and left out of the PSF and the signal")
         if "psf_sigma_nm" not in given:
-            if profile is not None and profile.sigma_px > 0:
+            if profile is not None:
                 w, w_se = profile.sigma_px, profile.sigma_se_px
                 method = (f"{shape_name}-shape mean radial profile of {profile.n_spots} bright isolated spots, "
                           "Gaussian-equivalent width, pixel and blur corrected")
@@ -535,10 +550,14 @@ def calibrate_movie(
                 # the blur correction is approximate (it over-corrects nothing but under-corrects
                 # fast, elongated streaks): half of it counts as a systematic uncertainty
                 w_se = math.hypot(w_se, 0.5 * abs(float(np.median(static.raw_widths_px)) - w))
-                method = (f"median blur-corrected Gaussian-fit width of {n_spots} bright isolated spots "
-                          f"(fewer than {MIN_PROFILE_SPOTS} inside the frames for a profile)")
-            values["psf_sigma_nm"] = Measured(w * acq.pixel_size_nm, w_se * acq.pixel_size_nm, "nm", method)
-            camera = camera.replace(psf_sigma_nm=w * acq.pixel_size_nm)
+                method = (f"median blur-corrected Gaussian-fit width of {n_spots} bright isolated spots (no "
+                          f"radial profile: fewer than {MIN_PROFILE_SPOTS} spots inside the frames, or its best "
+                          "width at the edge of the search)")
+            if w > 0:
+                values["psf_sigma_nm"] = Measured(w * acq.pixel_size_nm, w_se * acq.pixel_size_nm, "nm", method)
+                camera = camera.replace(psf_sigma_nm=w * acq.pixel_size_nm)
+            else:
+                notes.append("PSF width not measured: the spots' widths are all taken up by their motion blur")
         if camera_known:
             n, n_se = _median_and_se(spot_photons, gen)
             values["signal_photons"] = Measured(n * flux, math.hypot(n_se * flux, n * flux_se), "photons/frame",

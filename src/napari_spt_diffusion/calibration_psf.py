@@ -11,17 +11,19 @@ and with a scalar Airy profile, each of free width and scale:
   (else ``"unknown"``);
 * the **width** is that profile's, corrected for the pixel (a pixelated image seen about
   sub-pixel centres is the PSF convolved with the pixel: ``+1/12 px^2`` per axis) and for the
-  spots' mean motion blur (``px^2`` per axis, given by the caller); for ``"unknown"`` the mean
-  of the two profiles' widths;
+  spots' motion blur (``px^2`` per axis, given by the caller); for ``"unknown"`` (also whenever
+  the blur is large: it makes an Airy profile look Gaussian) the mean of the two profiles' widths;
 * the **flux ratio** is the photons under the fitted profile over the photons of the
   Gaussian fits the spots were divided by (the scale times the profile's integral:
   ``2 pi s^2`` for a Gaussian, ``4 pi / k^2`` for the Airy ``[2 J1(k r) / (k r)]^2``). It is
   about 1 for a Gaussian PSF and about 1.15 for an Airy one, whose rings and tails a
   Gaussian fit does not collect; ``"unknown"`` takes the Gaussian's.
 
-Uncertainties come from a bootstrap over groups of spots that lie close together (a static
-particle gives many spots on the same pixels, whose fixed-pattern camera noise, e.g. an sCMOS
-camera's per-pixel gain, they share: they are one sample, not many).
+Each profile is fitted with a free scale and a free constant (a Gaussian fit's background takes
+some of an Airy spot's ring light). Uncertainties come from a bootstrap over groups of spots that
+lie close together (a static particle gives many spots on the same pixels, whose fixed-pattern
+camera noise, e.g. an sCMOS camera's per-pixel gain, they share: they are one sample, not many),
+keeping the full sample's shape.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize, sparse, special
+from scipy.sparse import csgraph
+from scipy.spatial import cKDTree
 
 __all__ = ["ProfileFit", "SHAPE_EVIDENCE", "measure_psf", "radial_sums"]
 
@@ -47,6 +51,11 @@ AIRY_SIGMA_PER_LAMBDA_NA = 0.21
 MIN_PROFILE_SPOTS = 10
 #: Widths searched, as multiples of the caller's guess.
 _SEARCH = (0.4, 2.5)
+#: Above this blur variance (x the guess squared) the shape is not judged: blur washes out the rings.
+BLUR_SHAPE_LIMIT = 0.25
+#: Fewest groups of nearby spots (particles) the bootstrap resamples; with fewer it resamples the
+#: spots, and the uncertainty is a lower bound.
+MIN_BOOTSTRAP_GROUPS = 8
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,9 @@ class ProfileFit:
         its bootstrap uncertainty.
     n_spots
         Spots in the profile.
+    n_groups
+        Groups of nearby spots the bootstrap resampled (spots when fewer than
+        :data:`MIN_BOOTSTRAP_GROUPS` groups: then ``n_spots``).
     """
 
     shape: str
@@ -78,6 +90,7 @@ class ProfileFit:
     flux_ratio: float
     flux_ratio_se: float
     n_spots: int
+    n_groups: int
 
 
 def radial_sums(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndarray,
@@ -146,42 +159,64 @@ def _integral(profile: str, s: float) -> float:
     return 4.0 * math.pi / k**2
 
 
-def _best(profile: str, centres: np.ndarray, values: np.ndarray, guess: float) -> tuple[float, float, float]:
-    """Least-squares ``(width px, squared residuals, flux ratio)`` of one profile shape."""
+def _best(profile: str, centres: np.ndarray, values: np.ndarray, guess: float
+          ) -> tuple[float, float, float, bool]:
+    """Least-squares ``(width px, squared residuals, flux ratio, at a search bound)`` of one profile
+    shape, with a free scale and a free constant (the spots' fitted backgrounds are not exact: a
+    Gaussian fit takes some of an Airy spot's ring light for background)."""
     model_of = _gaussian if profile == "gaussian" else _airy
 
     def residuals(s: float) -> tuple[float, float]:
-        model = model_of(centres, s)
-        scale = float(np.dot(model, values) / max(float(np.dot(model, model)), 1e-30))
-        return float(np.sum((values - scale * model) ** 2)), scale
+        design = np.column_stack([model_of(centres, s), np.ones_like(centres)])
+        coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+        return float(np.sum((values - design @ coef) ** 2)), float(coef[0])
 
     low, high = guess * _SEARCH[0], guess * _SEARCH[1]
     found = optimize.minimize_scalar(lambda s: residuals(s)[0], bounds=(low, high), method="bounded",
                                      options={"xatol": 1e-4 * guess})
     s = float(found.x)
     sse, scale = residuals(s)
-    return s, sse, scale * _integral(profile, s)
+    at_bound = s < low * 1.01 or s > high * 0.99
+    return s, sse, scale * _integral(profile, s), at_bound
 
 
-def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float
-         ) -> tuple[str, float, float, float]:
-    """``(shape, evidence, width px before corrections, flux ratio)`` of one set of spots."""
+def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float, shape: str | None = None,
+         blurred: bool = False) -> tuple[str, float, float, float, bool]:
+    """``(shape, evidence, width px before corrections, flux ratio, at a search bound)`` of one set of
+    spots. ``shape`` given: that shape's width and flux (the bootstrap keeps the full sample's);
+    ``blurred``: no verdict (motion blur makes an Airy profile look Gaussian)."""
     total = counts.sum(axis=0)
     used = total > 5
     values = sums.sum(axis=0)[used] / total[used]
     r = centres[used]
-    s_g, sse_g, flux_g = _best("gaussian", r, values, guess)
-    s_a, sse_a, flux_a = _best("airy", r, values, guess)
+    s_g, sse_g, flux_g, bound_g = _best("gaussian", r, values, guess)
+    s_a, sse_a, flux_a, bound_a = _best("airy", r, values, guess)
     evidence = sse_g / max(sse_a, 1e-30)
-    if evidence >= SHAPE_EVIDENCE:
-        return "airy", evidence, s_a, flux_a
-    if evidence <= 1.0 / SHAPE_EVIDENCE:
-        return "gaussian", evidence, s_g, flux_g
-    return "unknown", evidence, 0.5 * (s_g + s_a), flux_g
+    if shape is None:
+        shape = "unknown"
+        if not blurred and evidence >= SHAPE_EVIDENCE:
+            shape = "airy"
+        elif not blurred and evidence <= 1.0 / SHAPE_EVIDENCE:
+            shape = "gaussian"
+    if shape == "airy":
+        return shape, evidence, s_a, flux_a, bound_a
+    if shape == "gaussian":
+        return shape, evidence, s_g, flux_g, bound_g
+    return shape, evidence, 0.5 * (s_g + s_a), flux_g, bound_g or bound_a
 
 
 def _corrected(width_px: float, blur_px2: float) -> float:
     return math.sqrt(max(width_px**2 - PIXEL_VARIANCE_PX2 - blur_px2, 0.0))
+
+
+def _groups(y_px: np.ndarray, x_px: np.ndarray, link_px: float) -> list[np.ndarray]:
+    """Indices of spots closer than ``link_px`` to each other, chained (one group per static particle)."""
+    n = len(y_px)
+    pairs = cKDTree(np.column_stack([y_px, x_px])).query_pairs(link_px, output_type="ndarray")
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) \
+        else sparse.coo_matrix((n, n))
+    n_groups, label = csgraph.connected_components(graph, directed=False)
+    return [np.flatnonzero(label == g) for g in range(n_groups)]
 
 
 def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndarray, sigma_guess_px: float,
@@ -198,9 +233,12 @@ def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndar
         The spots to use: bright, isolated, single emitters with little motion blur.
     sigma_guess_px
         A first width (px), e.g. the spots' median Gaussian-fit width; it sets the window
-        (``5 sigma + 2`` px: the first Airy ring lies at ``5.8 sigma``) and the search range.
+        (``5 sigma + 2`` px: the first dark ring of an Airy PSF lies at ``5.8 sigma``) and the
+        search range (0.4-2.5 x).
     blur_px2
-        Motion-blur variance (px^2 per axis) of a typical spot of ``rows``, removed from the width.
+        Motion-blur variance (px^2 per axis) of a typical spot of ``rows`` (the caller gives the
+        median), removed from the width. Above :data:`BLUR_SHAPE_LIMIT` x the guess squared the
+        shape is not judged (``"unknown"``).
     rng
         Generator of the bootstrap.
     n_boot
@@ -208,7 +246,9 @@ def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndar
 
     Returns
     -------
-    ProfileFit, or None when fewer than :data:`MIN_PROFILE_SPOTS` spots lie inside the frames.
+    ProfileFit, or None when the guess is not a positive width, fewer than
+    :data:`MIN_PROFILE_SPOTS` spots lie inside the frames, the best width lies at a bound of
+    the search range (a guess far off), or nothing is left after the corrections.
     """
     guess = float(sigma_guess_px)
     if not math.isfinite(guess) or guess <= 0:
@@ -218,21 +258,22 @@ def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndar
     n = len(sums)
     if n < MIN_PROFILE_SPOTS:
         return None
-    # bootstrap groups: spots in the same square of 2 x the window's side
-    tile = 2 * (2 * half + 1)
-    cell = np.floor(spots["y_px"][used] / tile).astype(np.int64) * 1_000_003 + np.floor(spots["x_px"][used] / tile)
-    _, group = np.unique(cell, return_inverse=True)
-    members = [np.flatnonzero(group == g) for g in range(int(group.max()) + 1)]
-    shape, evidence, width, flux = _fit(sums, counts, centres, guess)
     blur = max(float(blur_px2), 0.0)
+    shape, evidence, width, flux, at_bound = _fit(sums, counts, centres, guess,
+                                                  blurred=blur > BLUR_SHAPE_LIMIT * guess**2)
     sigma = _corrected(width, blur)
+    if at_bound or sigma <= 0:
+        return None
+    members = _groups(spots["y_px"][used], spots["x_px"][used], 2.0 * guess + 1.0)
+    if len(members) < MIN_BOOTSTRAP_GROUPS:
+        members = [np.array([i]) for i in range(n)]  # too few particles: spots (a lower bound)
     widths, fluxes = [], []
     for _ in range(int(n_boot)):
         pick = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        _, _, boot_width, boot_flux = _fit(sums[pick], counts[pick], centres, guess)
+        _, _, boot_width, boot_flux, _ = _fit(sums[pick], counts[pick], centres, guess, shape=shape)
         widths.append(_corrected(boot_width, blur))
         fluxes.append(boot_flux)
     systematic = 0.5 * (_corrected(width, 0.0) - sigma)  # the blur correction is approximate
     sigma_se = math.hypot(float(np.std(widths)) if widths else math.nan, systematic)
     flux_se = float(np.std(fluxes)) if fluxes else math.nan
-    return ProfileFit(shape, float(evidence), sigma, sigma_se, float(flux), flux_se, n)
+    return ProfileFit(shape, float(evidence), sigma, sigma_se, float(flux), flux_se, n, len(members))
