@@ -70,6 +70,9 @@ def test_a_psf_units_card_is_not_judged_on_the_virtual_pixel():
             "training_ranges": {"psf_sigma_px": [0.85, 1.15], "background_photons": [1.0, 7000.0]}}
     virtual = Acquisition(pixel_size_nm=173.0, psf_sigma_nm=173.0, background_photons=1900.0)
     assert check_acquisition(card, virtual, virtual_pixels=True) == []
+    # nor when its card names the virtual pixels it was trained over (a PSF of 2.5 px: 250 nm)
+    ranged = {**card, "training_ranges": {**card["training_ranges"], "pixel_size_nm": [80.0, 180.0]}}
+    assert check_acquisition(ranged, Acquisition(pixel_size_nm=250.0, psf_sigma_nm=250.0), virtual_pixels=True) == []
     # the movie's own pixels, or a card without a PSF range: the pixel size is judged
     assert any("pixel size" in m for m in check_acquisition(card, virtual))
     plain = {"name": "m", "training_acquisition": Acquisition().to_dict()}

@@ -10,7 +10,7 @@ Do not edit by hand.
 
 PINNED_SHA256: dict[str, str] = {
     "aniso": "3a37e621fe3a408af5fa5bbb1eb66995eca62d7212b317c2308a84d61c42e8c3",
-    "aniso_any": "0e8d5f6270ed32c4ea3f63c47718686887a83592f0074a41c9e22976d2c529f1",
+    "aniso_any": "074d2d5a4674915de8ce4625592ede9dd9640afb2c5348909119e069ce392012",
     "aniso_wide": "84a103d6c6c5567af6c64d8193a655c388d8d84f9e8c4812ba0d4a382d221c6f",
     "binding": "f762a2eb392f1b97b14cc7915562313ad58ead4f20e4ac7ce1dd152954c8824c",
     "twostate": "9db49b86b52b17963814ecf7a4a6df132be6fd43d46a7a314f0f6903b46850d9",
