@@ -7,7 +7,8 @@ Protocol "interval coverage", version 1 (defined here):
   random lengths of 5-30 frames. ``aniso``: 6,000 tracks at the standard acquisition (the model
   is trained for it alone). ``aniso_wide``: 6,000 tracks, each chunk at an acquisition of the
   ``wide`` range. ``aniso_any`` (a model for PSF units): 6,000 tracks of its own training range
-  (``psf_units_airy``), the acquisitions it sees after resampling. ``classical`` (the CVE tensor,
+  (read from its card: ``psf_units_airy_px_mild`` for the model bundled on 2026-12-06), the
+  acquisitions it sees after resampling. ``classical`` (the CVE tensor,
   the pipeline's fallback): 6,000 tracks of the ``wide`` range. Tables are written to
   ``src/napari_spt_diffusion/checkpoints/<name>.intervals.json``.
 * Coverage: the guard benchmark's grid test sets (``bench_guard.py``: seed-aniso physics, PSF

@@ -73,6 +73,10 @@ def test_a_psf_units_card_is_not_judged_on_the_virtual_pixel():
     # nor when its card names the virtual pixels it was trained over (a PSF of 2.5 px: 250 nm)
     ranged = {**card, "training_ranges": {**card["training_ranges"], "pixel_size_nm": [80.0, 180.0]}}
     assert check_acquisition(ranged, Acquisition(pixel_size_nm=250.0, psf_sigma_nm=250.0), virtual_pixels=True) == []
+    # in the movie's own pixels (no resampling) its card's pixel range is what it is judged against
+    own_200 = check_acquisition(ranged, Acquisition(pixel_size_nm=200.0, psf_sigma_nm=220.0))
+    own_150 = check_acquisition(ranged, Acquisition(pixel_size_nm=150.0, psf_sigma_nm=150.0))
+    assert any("pixel size" in m for m in own_200) and not any("pixel size" in m for m in own_150)
     # the movie's own pixels, or a card without a PSF range: the pixel size is judged
     assert any("pixel size" in m for m in check_acquisition(card, virtual))
     plain = {"name": "m", "training_acquisition": Acquisition().to_dict()}
