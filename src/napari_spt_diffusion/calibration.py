@@ -349,14 +349,13 @@ def _static_widths(
         # particle) must not leave the particle looking slow
         current = np.where(ok, next_row[np.maximum(current, 0)], -1)
     keep = alone & np.isfinite(step2) & spots["fit_ok"] & (count >= _MIN_CHAIN_STEPS)
+    n_pairs = 0
     if np.any(keep) and not provisional:
         # two particles closer than the PSF are one bright, wide spot
         pair = keep & (spots["photons"] > _SINGLE_EMITTER_PHOTONS * np.median(spots["photons"][keep])) \
             & (spots["sigma_px"] > _PAIR_WIDTH * np.median(spots["sigma_px"][keep]))
         n_pairs = int(pair.sum())
         keep &= ~pair
-    else:
-        n_pairs = 0
     if not np.any(keep):
         return nothing
     blur_all = _BLUR_SEEN * (total[keep] / count[keep]) / 8.0

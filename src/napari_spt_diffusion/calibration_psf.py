@@ -183,12 +183,16 @@ def _best(profile: str, centres: np.ndarray, values: np.ndarray, guess: float
 def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float, shape: str | None = None,
          blurred: bool = False) -> tuple[str, float, float, float, bool]:
     """``(shape, evidence, width px before corrections, flux ratio, at a search bound)`` of one set of
-    spots. ``shape`` given: that shape's width and flux (the bootstrap keeps the full sample's);
+    spots. ``shape`` given: that shape's width and flux (the bootstrap keeps the full sample's; a
+    Gaussian or Airy shape then fits that profile alone and returns no evidence, NaN);
     ``blurred``: no verdict (motion blur makes an Airy profile look Gaussian)."""
     total = counts.sum(axis=0)
     used = total > 5
     values = sums.sum(axis=0)[used] / total[used]
     r = centres[used]
+    if shape in ("gaussian", "airy"):
+        width, _, flux, at_bound = _best(shape, r, values, guess)
+        return shape, float("nan"), width, flux, at_bound
     s_g, sse_g, flux_g, bound_g = _best("gaussian", r, values, guess)
     s_a, sse_a, flux_a, bound_a = _best("airy", r, values, guess)
     evidence = sse_g / max(sse_a, 1e-30)
