@@ -1,7 +1,7 @@
 """Take the napari screenshots of docs/ (run under a virtual display).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_napari_screenshots.py
-    ... [--only results|msd|simulator|foreign|reloaded] [--sizes 1920x1080,1280x800]
+    ... [--only results|msd|simulator|foreign|model_switch|reloaded] [--sizes 1920x1080,1280x800]
 
 Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind>.png`` at
 1920 x 1080 and ``screenshot_<kind>_<W>x<H>.png`` at any other size (1280 x 800 by default).
@@ -14,6 +14,8 @@ Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind
 - ``simulator``: the simulator widget with its live preview (in the dock);
 - ``foreign``: a movie from the independent foreign-optics renderer opened as a plain
   image: the widget's measured acquisition, the guard's banner and warning notifications;
+- ``model_switch``: the same run with the results dock's warnings tab (``aniso`` asked,
+  ``aniso_any`` run, the guard's decision), at 1920 x 1080 only;
 - ``reloaded``: the results of the sample movie written to CSV and opened again with the
   plugin's reader beside the movie (File > Open of ``<prefix>_meta.json``).
 
@@ -199,8 +201,10 @@ def simulator_screenshot(out: Path, seed: int, size: tuple[int, int]) -> None:
     viewer.close()
 
 
-def foreign_screenshot(out: Path, size: tuple[int, int]) -> None:
-    """A foreign-optics movie (NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user would."""
+def foreign_screenshot(out: Path, size: tuple[int, int], warnings_tab: bool = False) -> None:
+    """A foreign-optics movie (NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user would
+    (``warnings_tab``: the results dock shows its warnings tab, where the model switch and the guard's
+    decision are told, instead of the histogram)."""
     import napari
 
     from napari_spt_diffusion._napari.results_widget import _results_widget_for
@@ -218,7 +222,8 @@ def foreign_screenshot(out: Path, size: tuple[int, int]) -> None:
     widget.device_combo.value = "cpu"
     widget.acq_group.expand(animate=False)  # the measured acquisition, with its uncertainties
     _run_widget(viewer, widget)
-    _results_widget_for(viewer).tabs.setCurrentIndex(2)  # the histogram
+    results = _results_widget_for(viewer)
+    results.tabs.setCurrentIndex(results.warnings_tab if warnings_tab else 2)  # 2: the histogram
     viewer.dims.set_current_step(0, 60)
     viewer.reset_view()
     _settle(viewer, 1.0)
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--truth", action="store_true", help="show the simulated ground truth instead of running")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out-dir", type=Path, default=DOCS)
-    parser.add_argument("--only", choices=("results", "msd", "simulator", "foreign", "reloaded"), help="one kind only")
+    parser.add_argument("--only", choices=("results", "msd", "simulator", "foreign", "model_switch", "reloaded"), help="one kind only")
     parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
@@ -263,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
             simulator_screenshot(name("simulator"), args.seed, size)
         if args.only in (None, "foreign"):
             foreign_screenshot(name("foreign"), size)
+        if args.only in (None, "model_switch") and size == (1920, 1080):
+            foreign_screenshot(args.out_dir / "screenshot_model_switch.png", size, warnings_tab=True)
 
 
 if __name__ == "__main__":
