@@ -12,7 +12,11 @@ but what the file holds), and the linked tracks of that run are then handed to
   the plain cuts;
 - ``default``: repair, then cut only where the expected relative bias of a diffusion estimate
   ``p(swap) |v_A - v_B| / (v_A + v_B)`` is >= ``max_expected_bias`` (the package default);
-- ``bias 0.05``: the same with 0.05.
+- ``bias 0.05``: the same with 0.05;
+- ``tail 10`` / ``tail 5``: the default with the tail test (``EncounterRules.tail_links``, off by
+  default): a pair's LLR also weighs each track's next 10 (5) links under its own local step covariance
+  before the encounter against the other's, where that favours the linked assignment (the tails may
+  spare a cut, never make one; repairs as by default).
 
 Scores against the truth (output tracks of >= 5 localizations, as ``track`` reports them; rows
 matched to truth rows within 1.5 px, Hungarian per frame):
@@ -70,6 +74,8 @@ RULES: dict[str, EncounterRules | None] = {
     "repair": EncounterRules(max_expected_bias=0.0),
     "default": EncounterRules(),
     "bias 0.05": EncounterRules(max_expected_bias=0.05),
+    "tail 10": EncounterRules(tail_links=10),
+    "tail 5": EncounterRules(tail_links=5),
 }
 
 

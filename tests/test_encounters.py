@@ -47,6 +47,8 @@ def _crossing_pair(rng: np.random.Generator, n: int = 21, separation: float = 0.
 
 #: The swap and gap rules alone: no repair, every ambiguous pair cut (version 0.1's rule).
 PLAIN = EncounterRules(max_expected_bias=0.0, repair_margin=math.inf)
+#: The default with the tail test over ten links.
+TAILS = EncounterRules(tail_links=10)
 
 
 def _fast_slow_crossing(rng: np.random.Generator, n: int = 21, separation: float = 0.3):
@@ -96,6 +98,61 @@ def test_crossing_of_a_fast_and_a_slow_particle_is_cut_by_default():
     assert split_encounters(tid, frame, pos).n_cuts == 0
 
 
+def _perpendicular_crossing(rng: np.random.Generator, n: int = 31) -> tuple:
+    """Two particles of equal step variance along perpendicular axes (1 and 0.1 px per axis) meeting
+    0.3 px apart between frames n // 2 - 1 and n // 2."""
+    mid = n // 2
+    paths = []
+    for scale, start, step in (((1.0, 0.1), (10.0, 10.0), (0.2, 0.5)), ((0.1, 1.0), (10.3, 10.0), (-0.2, 0.1))):
+        steps = rng.normal(0.0, 1.0, size=(n, 2)) * np.array(scale)
+        steps[0] = 0.0
+        steps[mid] = step
+        path = np.cumsum(steps, axis=0)
+        paths.append(path - path[mid - 1] + np.array(start))
+    return _table({k: [(f, *paths[k][f]) for f in range(n)] for k in (0, 1)})
+
+
+def _exchange_tails(tid: np.ndarray, frame: np.ndarray, after_frame: int) -> np.ndarray:
+    """Track ids of the two tracks 0 and 1 with their rows after ``after_frame`` exchanged."""
+    out = tid.copy()
+    late = frame > after_frame
+    out[late] = 1 - tid[late]
+    return out
+
+
+@pytest.mark.parametrize("scene", ["fast_slow", "perpendicular"])
+def test_tails_spare_the_cut_of_an_ambiguous_crossing_linked_right(scene):
+    # the crossing step alone is ambiguous (cut); the ten links after it show that each track kept its
+    # particle: with the tail test the tracks are kept whole (but for their last link, which has no tail).
+    # Linked the wrong way (tails exchanged), the tails cannot spare the cut: it stays. (Repairs off: they
+    # judge the crossing step alone, and in the fast-slow scene one of its steps favours an exchange.)
+    rng = np.random.default_rng(11 if scene == "fast_slow" else 14)
+    tid, frame, pos = (_fast_slow_crossing(rng, n=31) if scene == "fast_slow" else _perpendicular_crossing(rng))
+    mid = 15
+    no_repair = EncounterRules(repair_margin=math.inf)
+    assert split_encounters(tid, frame, pos, rules=no_repair).n_swap_cuts > 0
+    tails = EncounterRules(repair_margin=math.inf, tail_links=10)
+    right = split_encounters(tid, frame, pos, rules=tails)
+    assert not {c for c in _cut_links(tid, frame, right.track_id) if c[1] < 28}
+    wrong = _exchange_tails(tid, frame, mid - 1)
+    cut = _cut_links(wrong, frame, split_encounters(wrong, frame, pos, rules=tails).track_id)
+    assert {(0, mid - 1), (1, mid - 1)} <= cut
+    # nor can they make a cut the crossing steps do not ask for: earlier links, clear on their own, stay
+    # (the tails that follow them hold the exchange and read as swapped)
+    plain_cuts = _cut_links(wrong, frame, split_encounters(wrong, frame, pos, rules=no_repair).track_id)
+    assert {c for c in cut if c[1] < mid - 2} <= {c for c in plain_cuts if c[1] < mid - 2}
+
+
+def test_tail_test_is_off_for_tracks_that_begin_at_the_encounter():
+    # a track with fewer than three links before the encounter has no covariance of its own there: the
+    # crossing step alone decides
+    tid, frame, pos = _fast_slow_crossing(np.random.default_rng(11), n=31)
+    late = (frame >= 13) & (frame <= 16)  # boundaries 13|14 .. 15|16: at most two links before each
+    with_tail = split_encounters(tid[late], frame[late], pos[late], rules=TAILS)
+    without = split_encounters(tid[late], frame[late], pos[late])
+    assert with_tail.n_swap_cuts == without.n_swap_cuts > 0
+
+
 def test_weighing_by_share_keeps_an_encounter_near_a_track_end():
     # the same ambiguous crossing, once mid-track and once two links after both tracks begin: a swap there
     # would hand the other particle two of a track's links, too few to bias its estimate
@@ -118,16 +175,9 @@ def test_expected_bias_threshold_decides_between_cut_and_keep():
 def test_anisotropic_particles_with_other_axes_count_as_different():
     # equal step variance, perpendicular axes: a swap would turn each tensor, so the pair is cut even at
     # a bias threshold that an isotropic comparison (|v_A - v_B| / (v_A + v_B) ~ 0) would never reach
-    rng = np.random.default_rng(14)
-    n, mid = 31, 15
-    paths = []
-    for scale, start, step in (((1.0, 0.1), (10.0, 10.0), (0.2, 0.5)), ((0.1, 1.0), (10.3, 10.0), (-0.2, 0.1))):
-        steps = rng.normal(0.0, 1.0, size=(n, 2)) * np.array(scale)
-        steps[0] = 0.0
-        steps[mid] = step
-        path = np.cumsum(steps, axis=0)
-        paths.append(path - path[mid - 1] + np.array(start))
-    tid, frame, pos = _table({k: [(f, *paths[k][f]) for f in range(n)] for k in (0, 1)})
+    # (with the tail test the two are also told apart by their tails, a test above)
+    mid = 15
+    tid, frame, pos = _perpendicular_crossing(np.random.default_rng(14))
     split = split_encounters(tid, frame, pos, rules=EncounterRules(max_expected_bias=0.3))
     cuts = _cut_links(tid, frame, split.track_id)
     assert {(0, mid - 1), (1, mid - 1)} <= cuts

@@ -90,6 +90,7 @@ __all__ = [
     "DEFAULT_LLR_THRESHOLD",
     "DEFAULT_MAX_EXPECTED_BIAS",
     "DEFAULT_REPAIR_MARGIN",
+    "DEFAULT_TAIL_LINKS",
     "EncounterRules",
     "EncounterSplit",
     "LinkEnds",
@@ -108,6 +109,10 @@ DEFAULT_MAX_EXPECTED_BIAS = 0.02
 DEFAULT_REPAIR_MARGIN = 1.0
 #: Links before (or after) an encounter whose steps give a track's local step variance.
 _LOCAL_WINDOW_LINKS = 10
+#: Links after an encounter whose steps the tail test weighs (``EncounterRules.tail_links`` default: off).
+DEFAULT_TAIL_LINKS = 0
+#: Links a track needs before an encounter for its local covariance to enter the tail test.
+_MIN_LINKS_BEFORE_TAIL = 3
 #: Rounds of swap repair (variances re-measured between rounds).
 _REPAIR_ROUNDS = 5
 #: Floor of the per-axis step variance (px^2) when no localization precision is known.
@@ -136,6 +141,14 @@ class EncounterRules:
         Weigh the expected bias by the share of a track's links that a swap would hand to the
         other particle (encounters near a track's ends are then kept). Off by default: it cuts
         fewer tracks, but leaves more swaps in them (``benchmarks/reports/encounters.md``).
+    tail_links
+        Swap test (cuts only, not the repairs): add to the LLR of a pair the log-likelihood ratio of the
+        two tracks' next this many links, each under its own local step covariance before the encounter
+        against the other's, where it is positive: after the encounter each particle keeps moving as it
+        did before, so where the two diffuse differently the tails can show that an ambiguous crossing
+        was linked right and spare the cut. ``0`` (the default): the crossing step alone. Off by default:
+        on the foreign-optics movies it spared a quarter of the swap cuts but left more identity
+        switches (``benchmarks/reports/encounters.md``).
     motion_linking
         Before any cut, relink the linker's tracks by the likelihood of each step under the
         particle's own step variance (:mod:`~napari_spt_diffusion.tracking.motion_link`), so
@@ -149,6 +162,7 @@ class EncounterRules:
     repair_margin: float = DEFAULT_REPAIR_MARGIN
     weigh_by_share: bool = False
     motion_linking: bool = True
+    tail_links: int = DEFAULT_TAIL_LINKS
 
 
 @dataclass(frozen=True)
@@ -346,6 +360,8 @@ def split_encounters(
         raise ValueError(f"max_expected_bias must be a number >= 0, got {max_bias!r}")
     if math.isnan(margin) or margin < 0:
         raise ValueError(f"repair_margin must be >= 0 (inf: never relink), got {margin!r}")
+    if int(rules.tail_links) != rules.tail_links or rules.tail_links < 0:
+        raise ValueError(f"tail_links must be an integer >= 0, got {rules.tail_links!r}")
     if n == 0:
         return EncounterSplit(np.zeros(0, dtype=np.int64), touches_cut=np.zeros(0, dtype=bool))
     order = np.lexsort((frm, tid))
@@ -373,7 +389,7 @@ def split_encounters(
     n_swap = n_gap = 0
     if len(links.at):
         if threshold > -math.inf:
-            swap_cut = _swap_cuts(links, f_s, p_s, threshold, max_bias, rules.weigh_by_share)
+            swap_cut = _swap_cuts(links, f_s, p_s, threshold, max_bias, rules.weigh_by_share, int(rules.tail_links))
             n_swap = int(swap_cut.sum())
             cut |= swap_cut
         if radius > 0:
@@ -554,10 +570,12 @@ def _candidate_pairs(
 
 
 def _swap_cuts(links: _Links, f_s: np.ndarray, p_s: np.ndarray, threshold: float, max_bias: float,
-               weigh_by_share: bool = False) -> np.ndarray:
+               weigh_by_share: bool = False, tail_links: int = 0) -> np.ndarray:
     """Links cut by the swap test (rule 1), ``(L,)`` bool."""
     cut = np.zeros(len(links.at), dtype=bool)
     i, j, llr = _candidate_pairs(links, f_s, p_s, threshold)
+    if tail_links > 0 and len(i):  # the tails may spare a cut, never make one
+        llr = llr + np.maximum(_tail_log_likelihood_ratio(links, f_s, p_s, i, j, tail_links), 0.0)
     hit = llr < threshold
     if max_bias > 0:
         bias = _expected_bias(llr, links.local[i], links.local[j])
@@ -567,6 +585,59 @@ def _swap_cuts(links: _Links, f_s: np.ndarray, p_s: np.ndarray, threshold: float
     cut[i[hit]] = True
     cut[j[hit]] = True
     return cut
+
+
+def _predictive_log_density(d: np.ndarray, cov: np.ndarray, dt: np.ndarray, n_links: np.ndarray) -> np.ndarray:
+    """Log density of 2-D steps ``d (..., 2)`` ``(y, x)`` over ``dt (...)`` frames under a step covariance per
+    frame ``C (..., 3)`` ``(yy, xx, yx)`` measured on ``n_links (...)`` (>= 3) steps: the posterior
+    predictive of a zero-mean Gaussian step whose covariance is known only from those steps (Jeffreys
+    prior), a bivariate Student t with ``nu = n - 1`` degrees of freedom and scale ``dt C n / nu``.
+    Heavier tails than the plug-in Gaussian, so a covariance measured on few steps cannot make the
+    tail test sure. The off-diagonal is held inside +-0.99 sqrt(yy xx) (positive definite)."""
+    from scipy.special import gammaln
+
+    nu = np.asarray(n_links, dtype=float) - 1.0
+    scale = dt * np.asarray(n_links, dtype=float) / nu
+    bound = 0.99 * np.sqrt(cov[..., 0] * cov[..., 1])
+    yy, xx = cov[..., 0] * scale, cov[..., 1] * scale
+    yx = np.clip(cov[..., 2], -bound, bound) * scale
+    det = yy * xx - yx * yx
+    quad = (xx * d[..., 0] ** 2 - 2.0 * yx * d[..., 0] * d[..., 1] + yy * d[..., 1] ** 2) / det
+    return (gammaln(0.5 * (nu + 2.0)) - gammaln(0.5 * nu) - np.log(nu * math.pi) - 0.5 * np.log(det)
+            - 0.5 * (nu + 2.0) * np.log1p(quad / nu))
+
+
+def _tail_log_likelihood_ratio(links: _Links, f_s: np.ndarray, p_s: np.ndarray, i: np.ndarray, j: np.ndarray,
+                               tail_links: int) -> np.ndarray:
+    """``(P,)`` log L(tails as linked) - log L(tails exchanged) of the pairs of links ``(i, j)``.
+
+    The tail of a link is the next ``tail_links`` links of its track (fewer where the track ends);
+    linked, each tail is weighed under its own track's local step covariance before the encounter
+    (``links.local``, measured on up to :data:`_LOCAL_WINDOW_LINKS` links: the predictive density of
+    :func:`_predictive_log_density`), exchanged under the other track's. 0 where either track has fewer
+    than :data:`_MIN_LINKS_BEFORE_TAIL` links before the encounter (its covariance would then be
+    measured on the tail itself).
+    """
+    steps = p_s[links.at + 1] - p_s[links.at]
+    dts = (f_s[links.at + 1] - f_s[links.at]).astype(float)
+    offsets = np.arange(1, tail_links + 1)
+    known = (links.links_before[i] >= _MIN_LINKS_BEFORE_TAIL) & (links.links_before[j] >= _MIN_LINKS_BEFORE_TAIL)
+    out = np.zeros(len(i))
+    if not known.any():
+        return out
+    i, j = i[known], j[known]
+    n_local = np.minimum(links.links_before, _LOCAL_WINDOW_LINKS)
+    total = np.zeros(len(i))
+    for own, other in ((i, j), (j, i)):
+        idx = own[:, None] + offsets[None, :]
+        valid = offsets[None, :] <= links.links_after[own][:, None]
+        idx = np.where(valid, idx, own[:, None])
+        d, dt = steps[idx], dts[idx]
+        mine = _predictive_log_density(d, links.local[own][:, None, :], dt, n_local[own][:, None])
+        theirs = _predictive_log_density(d, links.local[other][:, None, :], dt, n_local[other][:, None])
+        total += np.sum(np.where(valid, mine - theirs, 0.0), axis=1)
+    out[known] = total
+    return out
 
 
 def _repair_round(
