@@ -114,16 +114,26 @@ def classify(true_bias: float) -> str:
     return "between"
 
 
-def cached_set(model: str, n: int, acq: Acquisition, seed: int, cache: Path | None, label: str):
-    """The cell's test set (``_common.seed_test_set``), kept in ``cache`` as one ``.npz``."""
-    from napari_spt_diffusion.training.samples import load_samples, save_samples
+def cached_set(model: str, n: int, acq: Acquisition, seed: int, cache: Path | None, label: str,
+               patch_size: int = 11):
+    """The cell's test set (``_common.seed_test_set``), kept in ``cache`` as one ``.npz``.
 
-    path = None if cache is None else cache / f"guard-{model}-{seed}-{label}-n{n}.npz"
+    ``patch_size`` other than 11: the same protocol with larger patches (for models run in PSF
+    units, ``psf_units.source_patch_size``), made by ``make_samples`` with that patch size.
+    """
+    from napari_spt_diffusion.training.samples import SampleSettings, load_samples, make_samples, save_samples
+
+    suffix = "" if patch_size == 11 else f"-q{patch_size}"
+    path = None if cache is None else cache / f"guard-{model}-{seed}-{label}-n{n}{suffix}.npz"
     if path is not None and path.exists():
         batch = load_samples(path)
         if batch.acquisition == acq and len(batch) == n:
             return batch, True
-    batch, _ = seed_test_set(model, n, acq, cache=None, seed=seed)
+    if patch_size == 11:
+        batch, _ = seed_test_set(model, n, acq, cache=None, seed=seed)
+    else:
+        batch = make_samples(model, n, n_frames=30, acquisition=acq, seed=seed,
+                             settings=SampleSettings(patch_size=patch_size))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_samples(path, batch, overwrite=True)

@@ -6,9 +6,12 @@ Protocol "interval coverage", version 1 (defined here):
   (seeds ``[5100, chunk]``, 250 tracks per chunk, never used for training or testing) cut to
   random lengths of 5-30 frames. ``aniso``: 6,000 tracks at the standard acquisition (the model
   is trained for it alone). ``aniso_wide``: 6,000 tracks, each chunk at an acquisition of the
-  ``wide`` range. ``aniso_any`` (a model for PSF units): 6,000 tracks of its own training range
-  (read from its card: ``psf_units_airy_px_mild`` for the model bundled on 2026-12-06), the
-  acquisitions it sees after resampling. ``classical`` (the CVE tensor,
+  ``wide`` range. ``aniso_any`` (a model for PSF units, its card's training range a ``psf_units*`` one): a
+  table per stratum of the movie's PSF sigma (0.6-0.85-1.15-1.6-2.1-2.6 px; a width beyond takes the
+  nearest), each of 4,000 tracks of the ``wide`` range with the sigma drawn in the stratum and 40 %
+  Airy chunks, in movie pixels and run in PSF units as ``track`` runs it (``write_stratified_table``;
+  until 2026-12-07 one table over its own training range, the acquisitions it sees after resampling,
+  which covered the grid's widths unevenly). ``classical`` (the CVE tensor,
   the pipeline's fallback): 6,000 tracks of the ``wide`` range. Tables are written to
   ``src/napari_spt_diffusion/checkpoints/<name>.intervals.json``.
 * Coverage: the guard benchmark's grid test sets (``bench_guard.py``: seed-aniso physics, PSF
@@ -18,9 +21,15 @@ Protocol "interval coverage", version 1 (defined here):
   truth (mean over the kept frames) lies inside the interval; theta only over tracks with true
   D1/D2 >= 1.5. Target (issue 14): within +- 3 points of 68 % and 95 % in every cell, for the
   estimator the pipeline reports there (the model where the guard accepts it over the cell's
-  tracks, else the classical one). The model's D intervals are widened by the guard's 99 %
+  tracks, else the classical one; the guard decides as in the pipeline, with the acquisition check
+  of the model's card: outside its training range a model is rejected unless its population test
+  shows it unbiased). The model's D intervals are widened by the guard's 99 %
   interval of its bias factor over the cell's tracks, as the pipeline widens them over a movie's
-  (``estimation.intervals.widen_for_bias``).
+  (``estimation.intervals.widen_for_bias``). A model the pipeline runs in units of the PSF in a
+  cell (``psf_units.scale_for(card, acquisition, "auto")`` != 1, e.g. ``aniso_any`` away from
+  its training width) gets the cell's tracks made with patches large enough for the resampling
+  (the same seeds and physics through ``make_samples(..., SampleSettings(patch_size=q))``, so its
+  tracks are not the 11-px set's), resampled as ``track`` does (the width told).
 
 Command::
 
@@ -30,6 +39,7 @@ Command::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -41,9 +51,17 @@ from _common import REPO, command_line, fmt, report_header, report_path, write_j
 from bench_guard import BASE_SEEDS, SEED_STEP, cached_set, cell_acquisition, grid
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import guard
+from napari_spt_diffusion.estimation import psf_units as pu
 from napari_spt_diffusion.estimation.checkpoint import load_checkpoint, read_card
 from napari_spt_diffusion.estimation.classical import cve_tensor_batch
-from napari_spt_diffusion.estimation.intervals import apply_intervals, load_interval_table, widen_for_bias
+from napari_spt_diffusion.estimation.estimator import check_acquisition
+from napari_spt_diffusion.estimation.intervals import (
+    StratifiedIntervalTable,
+    apply_intervals,
+    load_interval_table,
+    table_for_psf,
+    widen_for_bias,
+)
 from napari_spt_diffusion.training import interval_calibration as IC
 from napari_spt_diffusion.training.acquisition_ranges import RANGES
 
@@ -59,6 +77,44 @@ def table_path(name: str) -> Path:
     return CHECKPOINTS / f"{name}.intervals.json"
 
 
+#: PSF sigma strata (px) of a PSF-units model's table (a width beyond the ends takes the nearest stratum).
+STRATA_EDGES_PX = (0.6, 0.85, 1.15, 1.6, 2.1, 2.6)
+#: Calibration tracks per stratum, and the share of them rendered with a scalar Airy PSF (as in training).
+N_PER_STRATUM = 4000
+STRATA_AIRY_SHARE = 0.4
+
+
+def write_stratified_table(name: str, card: dict, motion: str) -> StratifiedIntervalTable:
+    """The table of a model run in PSF units, one stratum per PSF width range of ``STRATA_EDGES_PX``.
+
+    Per stratum: ``N_PER_STRATUM`` tracks of the range 'wide' (movie pixels: signal, background,
+    camera and exposure as for the classical table) with the PSF sigma drawn within the stratum and
+    40 % of the chunks with a scalar Airy PSF, patches large enough for the resampling; the model runs
+    as ``track --psf-units auto`` runs it with the width told (``psf_units.scale_for``). Seeds
+    ``[5100 + 100 k, chunk]`` for stratum ``k = 1 ..``.
+    """
+    module = load_checkpoint(name)[0]
+    tables = []
+    for k, (low, high) in enumerate(zip(STRATA_EDGES_PX[:-1], STRATA_EDGES_PX[1:]), start=1):
+        chosen = dataclasses.replace(RANGES["wide"], psf_sigma_px=(low, high), airy_share=STRATA_AIRY_SHARE)
+        q = max(pu.source_patch_size(pu.psf_scale(pu.card_psf_sigma_px(card), w)) for w in (low, high))
+        cal = IC.calibration_set(motion, N_PER_STRATUM, Acquisition(), chosen, seed=IC.INTERVAL_SEED + 100 * k,
+                                 patch_size=q)
+        est = IC.model_estimates(module, cal, scale=lambda acq: pu.scale_for(card, acq, "auto"))
+        desc = {"motion_model": motion, "psf_sigma_px": f"{low:g}-{high:g}",
+                "acquisitions": f"range 'wide' with the PSF sigma {low:g}-{high:g} px, {STRATA_AIRY_SHARE:.0%} "
+                                "of the chunks Airy, run in PSF units as `track --psf-units auto`",
+                "seeds": f"[{IC.INTERVAL_SEED + 100 * k}, chunk]", "lengths": "uniform 5-30 frames",
+                "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"}
+        tables.append(IC.calibrate(est, cal, name, desc))
+        print(f"table {name}: stratum {low:g}-{high:g} px done", flush=True)
+    return StratifiedIntervalTable(name, STRATA_EDGES_PX, tuple(tables), {
+        "motion_model": motion, "acquisitions": "stratified by the movie's PSF sigma (px): "
+        + ", ".join(f"{a:g}-{b:g}" for a, b in zip(STRATA_EDGES_PX[:-1], STRATA_EDGES_PX[1:])),
+        "n_tracks": N_PER_STRATUM * (len(STRATA_EDGES_PX) - 1),
+        "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"})
+
+
 def write_tables(names: list[str]) -> dict[str, float]:
     """Calibrate and write the tables of ``names`` (bundled models or ``classical``); seconds per table."""
     seconds = {}
@@ -69,9 +125,13 @@ def write_tables(names: list[str]) -> dict[str, float]:
         card = {} if name.startswith("classical") else read_card(name)
         trained = ((card.get("training") or {}).get("acquisition_range") or {}).get("name")
         if trained in RANGES and trained.startswith("psf_units"):
-            # a model for PSF units sees every movie at its training PSF width: its own range
-            chosen, text = RANGES[trained], f"range '{trained}' (its training range; it runs in PSF units)"
-        elif name.startswith("classical") or "training_ranges" in card:
+            # a model for PSF units: its errors depend on the movie's PSF width (the virtual pixel): strata
+            stratified = write_stratified_table(name, card, motion)
+            table_path(name).write_text(json.dumps(stratified.to_dict(), indent=1) + "\n", encoding="utf-8")
+            seconds[name] = time.perf_counter() - t0
+            print(f"table {name}: {seconds[name]:.0f} s", flush=True)
+            continue
+        if name.startswith("classical") or "training_ranges" in card:
             chosen, text = RANGES["wide"], "range 'wide'"
         else:
             chosen, text = None, "standard (Acquisition())"
@@ -130,9 +190,11 @@ def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
     return out
 
 
-def guard_accepts(est, cal: IC.CalibrationSet, acq: Acquisition) -> tuple[bool, float, float, float]:
-    """The guard's population test over the cell's tracks (as ``pipeline.guard_model``): accepted, the
-    bias factor and its 99 % interval."""
+def guard_accepts(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict,
+                  scale: float) -> tuple[bool, float, float, float]:
+    """The guard's decision over the cell's tracks (as ``pipeline.guard_model``: the population test, with
+    the acquisition check as the pipeline makes it, in the model's units at PSF-units ``scale``): accepted,
+    the bias factor and its 99 % interval."""
     d_cve, n_disp = [], []
     for batch, lengths in cal.batches:
         pos = np.asarray(batch.positions_px, float).copy()
@@ -145,7 +207,9 @@ def guard_accepts(est, cal: IC.CalibrationSet, acq: Acquisition) -> tuple[bool, 
     _, loc_var, _ = cal.features()
     bias = guard.population_ratio(d_model, np.concatenate(d_cve), loc_var, np.concatenate(n_disp),
                                   blur=acq.blur_coefficient)
-    return not guard.decide(bias).rejected, bias[0], bias[1], bias[2]
+    judged = pu.model_acquisition(acq, scale, pu.card_psf_sigma_px(card))
+    messages = check_acquisition(card, judged, virtual_pixels=judged is not acq)
+    return not guard.decide(bias, messages).rejected, bias[0], bias[1], bias[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     motions = sorted({motion_model(n) for n in models} - {"aniso"})
     names = [*models, "classical", *(f"classical_{m}" for m in motions)]
     tables = {name: load_interval_table(table_path(name)) for name in names if table_path(name).is_file()}
-    modules = {name: load_checkpoint(name)[0] for name in models}
+    loaded = {name: load_checkpoint(name) for name in models}
+    modules = {name: module for name, (module, _) in loaded.items()}
+    cards = {name: card for name, (_, card) in loaded.items()}
     rows = []
     for index, sigma, photons in grid(False):
         acq = cell_acquisition(sigma, photons)
@@ -181,11 +247,19 @@ def main(argv: list[str] | None = None) -> int:
             table = tables.get(f"classical_{motion}", tables["classical"])  # as the pipeline picks it
             row[key] = coverage(table, IC.classical_estimates(sets[motion]), sets[motion])
         for name in models:
-            cal = sets[motion_model(name)]
-            est = IC.model_estimates(modules[name], cal)
-            accepted, factor, low, high = guard_accepts(est, cal, acq)
-            row[name] = {**coverage(tables[name], est, cal, bias=(low, high)), "guard_accepts": accepted,
-                         "guard_factor": factor, "guard_low": low, "guard_high": high}
+            scale = pu.scale_for(cards[name], acq, "auto")  # as `track --psf-units auto`, the width told
+            if scale == 1.0:
+                cal = sets[motion_model(name)]
+            else:
+                q = pu.source_patch_size(scale)
+                batch, _ = cached_set(motion_model(name), 1000, acq, BASE_SEEDS[motion_model(name)] + SEED_STEP * index,
+                                      args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q)
+                cal = cut(batch, [CUT_SEED, index])
+            est = IC.model_estimates(modules[name], cal, scale=scale)
+            accepted, factor, low, high = guard_accepts(est, cal, acq, cards[name], scale)
+            row[name] = {**coverage(table_for_psf(tables[name], sigma), est, cal, bias=(low, high)),
+                         "guard_accepts": accepted,
+                         "guard_factor": factor, "guard_low": low, "guard_high": high, "psf_scale": scale}
         rows.append(row)
         print(f"cell {sigma} px {photons:g}: done", flush=True)
     report = render(rows, models, seconds, time.perf_counter() - t_start, command_line("bench_intervals.py", argv))
@@ -219,6 +293,8 @@ def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, c
             c = r[name]
             g = "-" if name.startswith("classical") else (f"accepts ({fmt(c['guard_factor'], 2)})" if c["guard_accepts"]
                                                   else f"rejects ({fmt(c['guard_factor'], 2)})")
+            if c.get("psf_scale", 1.0) != 1.0:
+                g += f"; PSF units, s = {c['psf_scale']:.2f}"
             cov = " | ".join(f"{_cov(c[f'{k}_68'])} / {_cov(c[f'{k}_95'])}" for k in ("D1", "D2", "theta"))
             lines.append(f"| {r['psf_sigma_px']:g} | {r['photons']:g} | {g} | {cov} |")
         lines.append("")

@@ -146,3 +146,80 @@ def test_model_intervals_widen_by_the_guards_bias_interval_and_classical_ones_do
             np.testing.assert_allclose(out.loc[1, hi + lo].to_numpy(float), plain.loc[1, hi + lo].to_numpy(float))
         np.testing.assert_allclose(unmeasured.loc[0, hi + lo].to_numpy(float), plain.loc[0, hi + lo].to_numpy(float))
     assert (low_model["theta_pm95_deg"] == plain["theta_pm95_deg"]).all()
+
+
+class _StepVariance(__import__("torch").nn.Module):
+    """A stand-in sequence model: D1 = D2 = mean squared x displacement / 2 over the valid frames (its own
+    units, px^2/frame), theta 0; it records the patch side it was given."""
+
+    def forward(self, patches, displacements, valid):
+        import torch
+
+        self.patch_side = int(patches.shape[-1])
+        w = valid.to(displacements.dtype)
+        d = 0.5 * (displacements[..., 1] ** 2 * w).sum(1) / w.sum(1)
+        return torch.stack([d, d, torch.ones_like(d), torch.zeros_like(d)], dim=1)
+
+
+def test_model_estimates_in_psf_units_resample_patches_and_return_movie_units():
+    """A PSF-units model gets 11-px resampled patches and displacements in virtual px, and its D comes
+    back in the movie's units (a scale-invariant statistic gives the same D at any scale)."""
+    from napari_spt_diffusion.estimation import psf_units
+    from napari_spt_diffusion.training.samples import SampleSettings, make_samples
+
+    acq = Acquisition(psf_sigma_nm=200.0)
+    scale = psf_units.psf_scale(1.0, 2.0)
+    batch = make_samples("aniso", 6, 12, acq, 4, settings=SampleSettings(patch_size=psf_units.source_patch_size(scale)))
+    cal = IC.CalibrationSet([(batch, np.full(6, 12))])
+    module = _StepVariance()
+    at_scale = IC.model_estimates(module, cal, scale=scale)
+    assert module.patch_side == 11
+    plain = IC.model_estimates(module, cal, scale=1.0)
+    assert scale == pytest.approx(0.5, abs=0.05)
+    np.testing.assert_allclose(at_scale["D1_um2_s"], plain["D1_um2_s"], rtol=1e-5)
+    expected = acq.diffusion_to_um2_s(0.5 * np.mean(np.asarray(batch.displacements, float)[..., 1] ** 2, axis=1))
+    np.testing.assert_allclose(plain["D1_um2_s"], expected, rtol=1e-5)
+
+
+def test_stratified_table_selects_the_stratum_of_the_psf_width_and_round_trips(tmp_path):
+    narrow = I.fit_interval_table(*_synthetic(4000, 5)[:2], *_synthetic(4000, 5)[2:], 1.0, "m")
+    est, truth, frames, loc_var = _synthetic(4000, 6)
+    worse = {k: (v * np.exp(np.random.default_rng(7).normal(0, 0.5, len(v))) if k != "theta_deg" else v)
+             for k, v in est.items()}
+    wide = I.fit_interval_table(worse, truth, frames, loc_var, 1.0, "m")
+    table = I.StratifiedIntervalTable("m", (0.6, 1.5, 2.6), (narrow, wide), {"motion_model": "aniso"})
+    assert table.select(1.0) is narrow and table.select(2.0) is wide
+    assert table.select(0.3) is narrow and table.select(4.0) is wide  # beyond the ends: the nearest stratum
+    assert I.table_for_psf(narrow, 2.0) is narrow  # a plain table serves every width
+    path = tmp_path / "m.intervals.json"
+    path.write_text(json.dumps(table.to_dict()))
+    back = I.load_interval_table(path)
+    assert isinstance(back, I.StratifiedIntervalTable) and back.psf_sigma_edges_px == (0.6, 1.5, 2.6)
+    np.testing.assert_allclose(back.select(2.0).d_log_quantiles["D1"], wide.d_log_quantiles["D1"], atol=1e-5)
+    # the wide stratum's intervals are the wider ones
+    iv = {w: I.apply_intervals(back.select(w), est, frames, loc_var, 1.0) for w in (1.0, 2.0)}
+    assert np.median(iv[2.0]["D1_hi95_um2_s"] / iv[2.0]["D1_lo95_um2_s"]) > \
+        1.5 * np.median(iv[1.0]["D1_hi95_um2_s"] / iv[1.0]["D1_lo95_um2_s"])
+    with pytest.raises(ValueError, match="edges"):
+        I.StratifiedIntervalTable("m", (0.6, 1.5), (narrow, wide))
+
+
+def test_pipeline_applies_the_stratum_of_the_movies_psf_width():
+    import pandas as pd
+
+    from napari_spt_diffusion.estimation_stage import with_intervals
+
+    table = I.bundled_interval_table("aniso_any")
+    assert isinstance(table, I.StratifiedIntervalTable)
+    summary = pd.DataFrame({"track_id": [1], "n_frames": [20], "D1_um2_s": [0.8], "D2_um2_s": [0.4],
+                            "theta_deg": [30.0], "model": ["aniso_any"]})
+    for sigma_nm in (70.0, 240.0):
+        acq = Acquisition(psf_sigma_nm=sigma_nm)
+        out, meta = with_intervals(summary, {1: 0.01}, acq)
+        chosen = table.select(acq.psf_sigma_px)
+        expected = I.apply_intervals(chosen, {k: summary[k].to_numpy(float) for k in ("D1_um2_s", "D2_um2_s",
+                                                                                       "theta_deg")},
+                                     np.array([20.0]), np.array([0.01]), acq.um2_s_per_px2_frame)
+        for column, values in expected.items():
+            assert out[column].to_numpy()[0] == pytest.approx(values[0])
+        assert chosen.calibration["psf_sigma_px"] in meta["tables"]["aniso_any"]

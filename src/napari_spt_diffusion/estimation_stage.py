@@ -35,7 +35,14 @@ from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
 from .estimation.estimator import Estimator, TrackEstimate
-from .estimation.intervals import INTERVAL_COLUMNS, apply_intervals, bundled_interval_table, widen_for_bias
+from .estimation.intervals import (
+    INTERVAL_COLUMNS,
+    IntervalTable,
+    apply_intervals,
+    bundled_interval_table,
+    table_for_psf,
+    widen_for_bias,
+)
 from .estimation.model_choice import ModelSwitch, alternative_for
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
@@ -355,6 +362,9 @@ def with_intervals(
         used[method] = "none (no calibrated table: NaN)" if table is None else (
             f"{table.method}: {table.calibration.get('motion_model', '?')} tracks, "
             f"{table.calibration.get('acquisitions', 'calibrated')}")
+        if table is not None and not isinstance(table, IntervalTable):  # stratified by the PSF width
+            table = table_for_psf(table, acquisition.psf_sigma_px)
+            used[method] += f"; the stratum of PSF sigma {table.calibration.get('psf_sigma_px', '?')} px"
         if table is None:
             continue
         rows = (out["model"].astype(str) == method).to_numpy()

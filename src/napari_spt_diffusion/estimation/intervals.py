@@ -34,6 +34,8 @@ import numpy as np
 
 __all__ = [
     "IntervalTable",
+    "StratifiedIntervalTable",
+    "table_for_psf",
     "fit_interval_table",
     "apply_intervals",
     "widen_for_bias",
@@ -126,9 +128,65 @@ def _edge(v: float) -> float | str:
     return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
-def load_interval_table(path: str | Path) -> IntervalTable:
-    """Read a table written as ``json.dumps(table.to_dict())``."""
+@dataclass(frozen=True)
+class StratifiedIntervalTable:
+    """One :class:`IntervalTable` per range of the movie's PSF width, for an estimator whose errors
+    depend on it beyond what the track length and the noise ratio tell (a model run in units of the
+    PSF, :mod:`~napari_spt_diffusion.estimation.psf_units`, sees a wide PSF's movie through coarser
+    virtual pixels than a narrow one's).
+
+    Attributes
+    ----------
+    method
+        The estimator.
+    psf_sigma_edges_px
+        ``S + 1`` increasing bin edges of the movie's PSF sigma (px); a width below the first edge
+        or above the last takes the nearest stratum.
+    tables
+        ``S`` tables, one per stratum.
+    calibration
+        How the tables were made.
+    """
+
+    method: str
+    psf_sigma_edges_px: tuple[float, ...]
+    tables: tuple[IntervalTable, ...]
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        edges = np.asarray(self.psf_sigma_edges_px, dtype=float)
+        if len(edges) != len(self.tables) + 1 or not np.all(np.diff(edges) > 0):
+            raise ValueError("a stratified interval table needs S + 1 increasing PSF width edges for S tables")
+
+    def select(self, psf_sigma_px: float) -> IntervalTable:
+        """The table of the stratum holding ``psf_sigma_px`` (px; NaN: the stratum of 1 px)."""
+        width = 1.0 if not math.isfinite(float(psf_sigma_px)) else float(psf_sigma_px)
+        k = int(np.searchsorted(np.asarray(self.psf_sigma_edges_px[1:-1], dtype=float), width, side="right"))
+        return self.tables[k]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"method": self.method, "psf_sigma_edges_px": list(self.psf_sigma_edges_px),
+                "strata": [t.to_dict() for t in self.tables], "calibration": self.calibration}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StratifiedIntervalTable:
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(data["method"]), tuple(float(v) for v in data["psf_sigma_edges_px"]),
+                   tuple(IntervalTable.from_dict(t) for t in data["strata"]), dict(data.get("calibration", {})))
+
+
+def table_for_psf(table: IntervalTable | StratifiedIntervalTable, psf_sigma_px: float) -> IntervalTable:
+    """The table to apply to a movie whose PSF sigma is ``psf_sigma_px`` (px): ``table`` itself, or the
+    matching stratum of a :class:`StratifiedIntervalTable`."""
+    return table.select(psf_sigma_px) if isinstance(table, StratifiedIntervalTable) else table
+
+
+def load_interval_table(path: str | Path) -> IntervalTable | StratifiedIntervalTable:
+    """Read a table written as ``json.dumps(table.to_dict())`` (plain or stratified by PSF width)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if "strata" in data:
+        return StratifiedIntervalTable.from_dict(data)
     return IntervalTable.from_dict(data)
 
 
@@ -136,7 +194,7 @@ def load_interval_table(path: str | Path) -> IntervalTable:
 TABLE_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-def bundled_interval_table(method: str) -> IntervalTable | None:
+def bundled_interval_table(method: str) -> IntervalTable | StratifiedIntervalTable | None:
     """The bundled table of an estimator (a bundled model's name, or ``classical``); None if it has none."""
     path = TABLE_DIR / f"{method}.intervals.json"
     if not path.is_file():

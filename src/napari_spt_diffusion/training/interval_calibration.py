@@ -10,17 +10,19 @@ pipeline), so the table covers every length a window can have.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..acquisition import Acquisition
+from ..estimation import psf_units
 from ..estimation.classical import cve_tensor_batch
 from ..estimation.intervals import IntervalTable, fit_interval_table
 from ..estimation.tensor import theta_from_sin_cos_2theta
 from .acquisition_ranges import AcquisitionRange
-from .samples import SampleBatch, make_samples
+from .samples import SampleBatch, SampleSettings, make_samples
 
 __all__ = ["CalibrationSet", "calibration_set", "model_estimates", "classical_estimates", "calibrate"]
 
@@ -73,37 +75,61 @@ def calibration_set(
     acquisition_range: AcquisitionRange | None,
     chunk: int = 250,
     seed: int = INTERVAL_SEED,
+    patch_size: int = 11,
 ) -> CalibrationSet:
     """``n_tracks`` tracks of motion model ``model`` in chunks of ``chunk``, each chunk at an
-    acquisition of ``acquisition_range`` (``None``: all at ``base``)."""
+    acquisition of ``acquisition_range`` (``None``: all at ``base``), with the range's PSF shapes
+    and cameras where it varies them, cut as ``patch_size`` px patches (larger than 11 for a model
+    run in PSF units, ``psf_units.source_patch_size``)."""
     batches = []
     for i, start in enumerate(range(0, n_tracks, chunk)):
         rng = np.random.default_rng([seed, i])
         acq = base if acquisition_range is None else acquisition_range.draw(rng, base)
+        optics = None
+        if acquisition_range is not None and acquisition_range.varies_optics:
+            optics = acquisition_range.draw_optics(rng)
         n = min(chunk, n_tracks - start)
-        batch = make_samples(model, n, n_frames=30, acquisition=acq, seed=rng)
+        settings = None if optics is None and patch_size == 11 else SampleSettings(patch_size=patch_size, optics=optics)
+        batch = make_samples(model, n, n_frames=30, acquisition=acq, seed=rng, settings=settings)
         lengths = rng.integers(MIN_LENGTH, batch.patches.shape[1] + 1, size=n)
         batches.append((batch, lengths))
     return CalibrationSet(batches)
 
 
-def model_estimates(module: Any, cal: CalibrationSet, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """A sequence model's ``D1_um2_s, D2_um2_s, theta_deg`` on the cut tracks (``(N,)`` each)."""
+def model_estimates(module: Any, cal: CalibrationSet, batch_size: int = 512,
+                    scale: float | Callable[[Acquisition], float] = 1.0,
+                    patch_size: int = 11) -> dict[str, np.ndarray]:
+    """A sequence model's ``D1_um2_s, D2_um2_s, theta_deg`` on the cut tracks (``(N,)`` each, D in
+    um^2/s of the tracks' own acquisition).
+
+    ``scale``: virtual px per movie px of a model run in units of the PSF
+    (:mod:`~napari_spt_diffusion.estimation.psf_units`): the sets' patches, which must then be
+    larger than the model's ``patch_size`` (``psf_units.source_patch_size``), are resampled and
+    the displacements scaled, as the pipeline does, and the model's D is divided by ``scale^2``.
+    At ``scale = 1`` the centre ``patch_size`` pixels are used (the identity for 11-px sets). A
+    callable gives each chunk's scale from its acquisition (``psf_units.scale_for(card, acq, mode)``).
+    """
     out: dict[str, list[np.ndarray]] = {"D1_um2_s": [], "D2_um2_s": [], "theta_deg": []}
     with torch.no_grad():
         for batch, lengths in cal.batches:
             acq = batch.acquisition
-            t = batch.patches.shape[1]
+            chunk_scale = float(scale(acq)) if callable(scale) else float(scale)
+            n, t, q, _ = batch.patches.shape
+            patches, disp = psf_units.model_inputs(
+                batch.patches.reshape(n * t, q, q), batch.subpixel_offset_px.reshape(n * t, 2),
+                batch.positions_px.reshape(n * t, 2), batch.displacements.reshape(n * t, 2), chunk_scale, patch_size)
+            patches = np.asarray(patches).reshape(n, t, patch_size, patch_size)
+            disp = np.asarray(disp).reshape(n, t, 2)
             for a in range(0, len(lengths), batch_size):
                 sl = slice(a, a + batch_size)
                 valid = torch.from_numpy(np.arange(t)[None, :] < lengths[sl, None])
-                p = torch.from_numpy(np.ascontiguousarray(batch.patches[sl], dtype=np.float32))
-                d = torch.from_numpy(np.ascontiguousarray(batch.displacements[sl], dtype=np.float32))
+                p = torch.from_numpy(np.ascontiguousarray(patches[sl], dtype=np.float32))
+                d = torch.from_numpy(np.ascontiguousarray(disp[sl], dtype=np.float32))
                 y = module(p, d, valid).numpy().astype(np.float64)
                 if y.ndim == 3:  # pointwise model: the mean over the kept frames
                     y = np.nanmean(np.where(valid.numpy()[..., None], y, np.nan), axis=1)
-                out["D1_um2_s"].append(acq.diffusion_to_um2_s(y[:, 0]))
-                out["D2_um2_s"].append(acq.diffusion_to_um2_s(y[:, 1]))
+                for key, column in (("D1_um2_s", 0), ("D2_um2_s", 1)):
+                    out[key].append(acq.diffusion_to_um2_s(psf_units.d_to_movie_px2(y[:, column], chunk_scale)))
                 out["theta_deg"].append(theta_from_sin_cos_2theta(y[:, 2], y[:, 3]))
     return {k: np.concatenate(v) for k, v in out.items()}
 
