@@ -96,7 +96,8 @@ def write_stratified_table(name: str, card: dict, motion: str) -> StratifiedInte
     module = load_checkpoint(name)[0]
     tables = []
     for k, (low, high) in enumerate(zip(STRATA_EDGES_PX[:-1], STRATA_EDGES_PX[1:]), start=1):
-        chosen = dataclasses.replace(RANGES["wide"], psf_sigma_px=(low, high), airy_share=STRATA_AIRY_SHARE)
+        chosen = dataclasses.replace(RANGES["wide"], psf_sigma_px=(low, high), airy_share=STRATA_AIRY_SHARE,
+                                     standard_share=0.0)  # no chunk at the standard 1 px acquisition
         q = max(pu.source_patch_size(pu.psf_scale(pu.card_psf_sigma_px(card), w)) for w in (low, high))
         cal = IC.calibration_set(motion, N_PER_STRATUM, Acquisition(), chosen, seed=IC.INTERVAL_SEED + 100 * k,
                                  patch_size=q)

@@ -133,7 +133,7 @@ def test_tails_spare_the_cut_of_an_ambiguous_crossing_linked_right(scene):
     assert split_encounters(tid, frame, pos, rules=no_repair).n_swap_cuts > 0
     tails = EncounterRules(repair_margin=math.inf, tail_links=10)
     right = split_encounters(tid, frame, pos, rules=tails)
-    assert not {c for c in _cut_links(tid, frame, right.track_id) if c[1] < 28}
+    assert not {c for c in _cut_links(tid, frame, right.track_id) if c[1] < 29}
     wrong = _exchange_tails(tid, frame, mid - 1)
     cut = _cut_links(wrong, frame, split_encounters(wrong, frame, pos, rules=tails).track_id)
     assert {(0, mid - 1), (1, mid - 1)} <= cut

@@ -11,9 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from _foreign_oracle import cve_per_track, oracle_cuts  # noqa: E402
-
-from napari_spt_diffusion.acquisition import Acquisition  # noqa: E402
+from _foreign_oracle import cve_per_track, oracle_cuts
+from napari_spt_diffusion.acquisition import Acquisition
 
 
 def _truth(rng: np.random.Generator, n: int = 60, d_um2_s=(0.05, 0.5), separation_px: float = 0.3) -> pd.DataFrame:

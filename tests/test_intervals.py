@@ -223,3 +223,58 @@ def test_pipeline_applies_the_stratum_of_the_movies_psf_width():
         for column, values in expected.items():
             assert out[column].to_numpy()[0] == pytest.approx(values[0])
         assert chosen.calibration["psf_sigma_px"] in meta["tables"]["aniso_any"]
+
+
+def _noisy_angles(n: int, seed: int):
+    """Tracks whose angle error grows with the noise on the short axis (loc_var / D2), nothing else."""
+    rng = np.random.default_rng(seed)
+    frames = np.full(n, 20.0)
+    d1 = np.exp(rng.uniform(-2, 1, n))
+    d2 = d1 / 3.0
+    loc_var = 10 ** rng.uniform(-3, 0, n)
+    theta = rng.uniform(0, 180, n)
+    spread = 5.0 + 40.0 * np.sqrt(loc_var / d2)
+    truth = {"D1_um2_s": d1, "D2_um2_s": d2, "theta_deg": theta}
+    est = {"D1_um2_s": d1, "D2_um2_s": d2, "theta_deg": np.mod(theta + rng.normal(0, 1, n) * spread, 180)}
+    return est, truth, frames, loc_var
+
+
+def test_theta_intervals_follow_the_noise_on_the_short_axis_and_old_tables_still_load():
+    table = I.fit_interval_table(*_noisy_angles(20_000, 1)[:2], *_noisy_angles(20_000, 1)[2:], 1.0, "synthetic")
+    est, truth, frames, loc_var = _noisy_angles(20_000, 2)
+    iv = I.apply_intervals(table, est, frames, loc_var, 1.0)
+    err = np.abs(np.mod(est["theta_deg"] - truth["theta_deg"] + 90, 180) - 90)
+    noisy = loc_var / truth["D2_um2_s"] > 10 ** -0.5
+    quiet = loc_var / truth["D2_um2_s"] < 10 ** -1.5
+    for subset in (noisy, quiet):
+        assert np.mean(err[subset] <= iv["theta_pm68_deg"][subset]) == pytest.approx(0.68, abs=0.04)
+    assert np.median(iv["theta_pm68_deg"][noisy]) > 2 * np.median(iv["theta_pm68_deg"][quiet])
+    # a table written before theta was binned by noise (no theta_noise_edges_log10) reads as one noise bin
+    old = table.to_dict()
+    del old["theta_noise_edges_log10"]
+    old["theta_halfwidth_deg"] = [[cell[0] for cell in row] for row in old["theta_halfwidth_deg"]]
+    old["counts"]["theta"] = [[cell[0] for cell in row] for row in old["counts"]["theta"]]
+    back = I.IntervalTable.from_dict(old)
+    assert back.theta_halfwidth_deg.shape == table.theta_halfwidth_deg.shape
+    np.testing.assert_allclose(back.theta_halfwidth_deg[:, :, 2], table.theta_halfwidth_deg[:, :, 0], atol=1e-3)
+
+
+def test_theta_bins_too_sparse_for_the_noise_take_their_own_length_bins_quantiles():
+    # 17-23 frames: 60 nearly isotropic estimates (ln ratio < 0.5) with 40-degree errors and many strongly
+    # anisotropic ones with 5-degree errors; 8-12 frames: many strongly anisotropic ones with 3-degree errors.
+    # The sparse near-isotropic rows must keep wide intervals (their own length bin's, merged over
+    # anisotropy), not borrow a strongly anisotropic row's narrow ones
+    rng = np.random.default_rng(3)
+    groups = [(20.0, 1.1, 30, 40.0), (20.0, 1.45, 30, 40.0), (20.0, 8.0, 600, 5.0), (10.0, 8.0, 600, 3.0)]
+    frames = np.concatenate([np.full(n, f) for f, _, n, _ in groups])
+    ratio = np.concatenate([np.full(n, r) for _, r, n, _ in groups])
+    spread = np.concatenate([np.full(count, sd) for _, _, count, sd in groups])
+    n = len(frames)
+    d2 = np.full(n, 0.5)
+    theta = rng.uniform(0, 180, n)
+    est = {"D1_um2_s": d2 * ratio, "D2_um2_s": d2, "theta_deg": np.mod(theta + rng.normal(0, 1, n) * spread, 180)}
+    truth = {"D1_um2_s": d2 * 3.0, "D2_um2_s": d2, "theta_deg": theta}
+    table = I.fit_interval_table(est, truth, frames, np.full(n, 0.01), 1.0, "sparse")
+    iv = I.apply_intervals(table, {"D1_um2_s": np.array([0.55]), "D2_um2_s": np.array([0.5]),
+                                   "theta_deg": np.array([0.0])}, np.array([20.0]), np.array([0.01]), 1.0)
+    assert iv["theta_pm68_deg"][0] > 25.0

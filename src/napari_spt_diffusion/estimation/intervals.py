@@ -6,10 +6,11 @@ localization noise is next to the diffusive step (``q = sigma_loc^2 / (D dt)``, 
 px^2/frame). An :class:`IntervalTable` holds, for each estimator, the empirical quantiles of
 the log error ``ln(D_estimated / D_true)`` of D1 and D2 in bins of the track length and of
 ``log10 q``, and the quantiles of the absolute angle error ``|theta_estimated - theta_true|``
-(degrees, modulo 180) in bins of the track length and of the estimated anisotropy
-``ln(D1 / D2)``. They are measured on simulated tracks that the estimator never saw in
-training (split-conformal calibration: no assumption about the error's distribution), and
-:func:`apply_intervals` turns them into intervals for new tracks:
+(degrees, modulo 180) in bins of the track length, of the estimated anisotropy
+``ln(D1 / D2)`` and of the noise on the short axis ``q2 = sigma_loc^2 / (D2 dt)``. They are
+measured on simulated tracks that the estimator never saw in training (split-conformal
+calibration: no assumption about the error's distribution), and :func:`apply_intervals` turns
+them into intervals for new tracks:
 
 * D: ``[D exp(r_low), D exp(r_high)]`` with ``r`` the bin's 2.5/97.5 % (95 % interval) or
   16/84 % (68 % interval) quantiles of the log error;
@@ -55,6 +56,8 @@ LENGTH_EDGES = (5.0, 8.0, 12.0, 17.0, 23.0, 30.0, math.inf)
 NOISE_EDGES = (-math.inf, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, math.inf)
 #: Bin edges of ln(D1 / D2) of the estimate.
 ANISOTROPY_EDGES = (0.0, 0.25, 0.5, 1.0, 1.5, math.inf)
+#: Bin edges of log10 q2, q2 = localization variance / (D2 dt), for theta (the noise on the short axis).
+THETA_NOISE_EDGES = (-math.inf, -1.5, -0.5, math.inf)
 #: Fewer calibration tracks than this in a bin: the bin uses its whole length bin's quantiles.
 MIN_BIN = 40
 
@@ -78,10 +81,10 @@ class IntervalTable:
         ``{"D1": (L, Q, 4), "D2": (L, Q, 4)}`` quantiles :data:`QUANTILES` of
         ``ln(D_est / D_true)`` per length bin ``L`` and noise bin ``Q``.
     theta_halfwidth_deg
-        ``(L, A, 2)`` the 68 % and 95 % quantiles of the angle error (degrees) per length bin
-        and anisotropy bin ``A``.
+        ``(L, A, M, 2)`` the 68 % and 95 % quantiles of the angle error (degrees) per length bin,
+        anisotropy bin ``A`` and bin ``M`` of the noise on the short axis (:data:`THETA_NOISE_EDGES`).
     counts
-        ``{"D1": (L, Q), "D2": (L, Q), "theta": (L, A)}`` calibration tracks per bin.
+        ``{"D1": (L, Q), "D2": (L, Q), "theta": (L, A, M)}`` calibration tracks per bin.
     calibration
         How the table was made (data, acquisitions, seeds, number of tracks).
     """
@@ -101,6 +104,7 @@ class IntervalTable:
             "length_edges_frames": [_edge(v) for v in LENGTH_EDGES],
             "noise_edges_log10": [_edge(v) for v in NOISE_EDGES],
             "anisotropy_edges_ln": [_edge(v) for v in ANISOTROPY_EDGES],
+            "theta_noise_edges_log10": [_edge(v) for v in THETA_NOISE_EDGES],
             "d_log_quantiles": {k: np.round(v, 5).tolist() for k, v in self.d_log_quantiles.items()},
             "theta_halfwidth_deg": np.round(self.theta_halfwidth_deg, 3).tolist(),
             "counts": {k: v.astype(int).tolist() for k, v in self.counts.items()},
@@ -115,11 +119,19 @@ class IntervalTable:
                 [_edge(v) for v in ANISOTROPY_EDGES])
         if list(edges) != list(ours) or list(data["quantiles"]) != list(QUANTILES):
             raise ValueError("interval table made with other bins or quantiles than this version's")
+        theta = np.asarray(data["theta_halfwidth_deg"], dtype=float)
+        counts = {k: np.asarray(v, dtype=int) for k, v in data["counts"].items()}
+        n_noise = len(THETA_NOISE_EDGES) - 1
+        if "theta_noise_edges_log10" not in data:  # a table of 2026-12-06 or before: theta not binned by noise
+            theta = np.repeat(theta[:, :, None, :], n_noise, axis=2)
+            counts["theta"] = np.repeat(counts["theta"][:, :, None], n_noise, axis=2)
+        elif list(data["theta_noise_edges_log10"]) != [_edge(v) for v in THETA_NOISE_EDGES]:
+            raise ValueError("interval table made with other bins or quantiles than this version's")
         return cls(
             method=str(data["method"]),
             d_log_quantiles={k: np.asarray(v, dtype=float) for k, v in data["d_log_quantiles"].items()},
-            theta_halfwidth_deg=np.asarray(data["theta_halfwidth_deg"], dtype=float),
-            counts={k: np.asarray(v, dtype=int) for k, v in data["counts"].items()},
+            theta_halfwidth_deg=theta,
+            counts=counts,
             calibration=dict(data.get("calibration", {})),
         )
 
@@ -160,7 +172,7 @@ class StratifiedIntervalTable:
 
     def select(self, psf_sigma_px: float) -> IntervalTable:
         """The table of the stratum holding ``psf_sigma_px`` (px; NaN: the stratum of 1 px)."""
-        width = 1.0 if not math.isfinite(float(psf_sigma_px)) else float(psf_sigma_px)
+        width = 1.0 if math.isnan(float(psf_sigma_px)) else float(psf_sigma_px)
         k = int(np.searchsorted(np.asarray(self.psf_sigma_edges_px[1:-1], dtype=float), width, side="right"))
         return self.tables[k]
 
@@ -293,11 +305,21 @@ def fit_interval_table(
     d1, d2 = (np.asarray(estimate[k], float) for k in ("D1_um2_s", "D2_um2_s"))
     with np.errstate(divide="ignore", invalid="ignore"):
         aniso = _bins(np.log(d1 / d2), ANISOTROPY_EDGES)
+    theta_noise = _bins(_noise_log10(np.asarray(loc_var_px2, float), d2 / scale), THETA_NOISE_EDGES)
+    n_theta_noise = len(THETA_NOISE_EDGES) - 1
     true_ratio = np.asarray(truth["D1_um2_s"], float) / np.asarray(truth["D2_um2_s"], float)
     ok = np.isfinite(estimate["theta_deg"]) & np.isfinite(truth["theta_deg"]) & (true_ratio >= 1.5)
     angle = _angle_error_deg(estimate["theta_deg"], truth["theta_deg"])
-    theta, counts["theta"] = _binned_quantiles(angle[ok], length_bin[ok], aniso[ok], (n_len, n_aniso),
-                                               THETA_LEVELS)
+    # per (length, anisotropy) bin, the noise bins (merged along the row where sparse); a (length,
+    # anisotropy) bin with too few tracks for that takes its quantiles over all noise (merged along the
+    # anisotropy bins of its length bin, as without the noise bins)
+    base, _ = _binned_quantiles(angle[ok], length_bin[ok], aniso[ok], (n_len, n_aniso), THETA_LEVELS)
+    theta, theta_counts = _binned_quantiles(angle[ok], (length_bin * n_aniso + aniso)[ok], theta_noise[ok],
+                                            (n_len * n_aniso, n_theta_noise), THETA_LEVELS)
+    theta = theta.reshape(n_len, n_aniso, n_theta_noise, len(THETA_LEVELS))
+    counts["theta"] = theta_counts.reshape(n_len, n_aniso, n_theta_noise)
+    sparse = counts["theta"].sum(axis=2) < MIN_BIN
+    theta[sparse] = base[sparse][:, None, :]
     return IntervalTable(method, quantiles, np.nan_to_num(theta, nan=90.0), counts)
 
 
@@ -337,7 +359,8 @@ def apply_intervals(
     d1, d2 = (np.asarray(estimate[k], float) for k in ("D1_um2_s", "D2_um2_s"))
     with np.errstate(divide="ignore", invalid="ignore"):
         aniso = _bins(np.log(d1 / d2), ANISOTROPY_EDGES)
-    widths = table.theta_halfwidth_deg[length_bin, aniso]
+    theta_noise = _bins(_noise_log10(np.asarray(loc_var_px2, float), d2 / um2_s_per_px2_frame), THETA_NOISE_EDGES)
+    widths = table.theta_halfwidth_deg[length_bin, aniso, theta_noise]
     out["theta_pm68_deg"] = np.minimum(widths[:, 0], 90.0)
     out["theta_pm95_deg"] = np.minimum(widths[:, 1], 90.0)
     return out
