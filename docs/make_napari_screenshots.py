@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--truth", action="store_true", help="show the simulated ground truth instead of running")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out-dir", type=Path, default=DOCS)
-    parser.add_argument("--only", choices=("results", "msd", "simulator", "foreign", "model_switch", "reloaded"), help="one kind only")
+    parser.add_argument("--only", choices=("results", "msd", "simulator", "foreign", "model_switch", "reloaded"),
+                        help="one kind only")
     parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
