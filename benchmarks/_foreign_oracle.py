@@ -90,8 +90,10 @@ def oracle_cuts(truth: pd.DataFrame, frame_interval_s: float, pixel_size_um: flo
     ``p |v_A - v_B| / (v_A + v_B)`` with ``p = 1 / (1 + exp(LLR))`` is at least ``max_expected_bias``.
     With noisy positions and estimated variances a rule can only be less sure, so a tracker that keeps
     each track to one particle by this rule cuts at least these. ``tail_links``: the LLR also weighs each
-    particle's next steps under its own variance against the other's (``EncounterRules.tail_links`` with
-    perfect knowledge; unclipped: the truth knows which way each pair was linked).
+    particle's next steps under its own variance against the other's where that favours the linked
+    assignment (``EncounterRules.tail_links`` with perfect knowledge: clipped at 0, it may spare a cut,
+    never make one). The variances are isotropic (``(D1 + D2) / 2``): for anisotropic particles the rule,
+    which compares step covariances, differs (an approximation there).
 
     Returns ``particles_cut``, ``boundaries_cut``, ``pieces``, ``pieces_touching_cut`` (share of
     the pieces that begin or end at a cut), ``long_tracks`` (true tracks of >= 20 frames) and
@@ -125,7 +127,8 @@ def oracle_cuts(truth: pd.DataFrame, frame_interval_s: float, pixel_size_um: flo
         ids = both["track_id"].to_numpy()
         if tail_links > 0:
             for a, b in zip(*np.nonzero(np.triu(llr < llr_threshold, k=1))):
-                extra = _tail_llr(steps, int(ids[a]), int(ids[b]), int(f), float(v[a]), float(v[b]), tail_links)
+                extra = max(_tail_llr(steps, int(ids[a]), int(ids[b]), int(f), float(v[a]), float(v[b]), tail_links),
+                            0.0)  # as EncounterRules.tail_links: the tails may spare a cut, never make one
                 llr[a, b] += extra
                 llr[b, a] += extra
         with np.errstate(over="ignore"):
