@@ -84,3 +84,23 @@ def test_a_psf_units_card_is_not_judged_on_the_virtual_pixel():
     # a model trained over PSF widths in the movie's pixels (like aniso_wide) is still judged on it
     wide = {**card, "training": {"acquisition_range": {"name": "wide"}}}
     assert any("pixel size" in m for m in check_acquisition(wide, virtual, virtual_pixels=True))
+
+
+def test_every_alternative_is_a_bundled_model_of_the_same_motion_for_psf_units():
+    from napari_spt_diffusion.estimation.checkpoint import read_card
+
+    assert model_choice.ALTERNATIVES == {"aniso": "aniso_any", "twostate": "twostate_any"}
+    for asked, used in model_choice.ALTERNATIVES.items():
+        a, u = read_card(asked), read_card(used)
+        assert a["motion_model"] == u["motion_model"]
+        assert u["training"]["acquisition_range"]["name"].startswith("psf_units")
+
+
+def test_a_two_state_movie_outside_twostates_range_runs_twostate_any():
+    acq = Acquisition(psf_sigma_nm=170.0, signal_photons=3000.0)
+    sim = simulate_movie((64, 64), 40, acq, 33, model="twostate", particles=6.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = track_and_estimate(np.asarray(sim.movie), acq, Settings(model="twostate"))
+    assert res.meta["model"] == "twostate_any"
+    assert res.meta["model_switch"]["asked"] == "twostate" and res.meta["model_switch"]["used"] == "twostate_any"

@@ -14,4 +14,5 @@ PINNED_SHA256: dict[str, str] = {
     "aniso_wide": "84a103d6c6c5567af6c64d8193a655c388d8d84f9e8c4812ba0d4a382d221c6f",
     "binding": "f762a2eb392f1b97b14cc7915562313ad58ead4f20e4ac7ce1dd152954c8824c",
     "twostate": "9db49b86b52b17963814ecf7a4a6df132be6fd43d46a7a314f0f6903b46850d9",
+    "twostate_any": "6ff46bd022efbbd3903d55610cbf5e84c0afba3862818d2eef17c138d5325be0",
 }
