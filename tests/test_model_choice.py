@@ -104,3 +104,12 @@ def test_a_two_state_movie_outside_twostates_range_runs_twostate_any():
         res = track_and_estimate(np.asarray(sim.movie), acq, Settings(model="twostate"))
     assert res.meta["model"] == "twostate_any"
     assert res.meta["model_switch"]["asked"] == "twostate" and res.meta["model_switch"]["used"] == "twostate_any"
+    # --keep-model keeps it, and a movie inside twostate's range never switches
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kept = track_and_estimate(np.asarray(sim.movie), acq, Settings(model="twostate", model_switch=False))
+        standard = Acquisition()
+        inside = simulate_movie((64, 64), 40, standard, 34, model="twostate", particles=6.0)
+        stays = track_and_estimate(np.asarray(inside.movie), standard, Settings(model="twostate"))
+    assert kept.meta["model"] == "twostate" and kept.meta["model_switch"] is None
+    assert stays.meta["model"] == "twostate" and stays.meta["model_switch"] is None
