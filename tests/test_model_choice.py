@@ -89,21 +89,24 @@ def test_a_psf_units_card_is_not_judged_on_the_virtual_pixel():
 def test_every_alternative_is_a_bundled_model_of_the_same_motion_for_psf_units():
     from napari_spt_diffusion.estimation.checkpoint import read_card
 
-    assert model_choice.ALTERNATIVES == {"aniso": "aniso_any", "twostate": "twostate_any"}
+    assert set(model_choice.ALTERNATIVES) == {"aniso", "binding", "twostate"}
     for asked, used in model_choice.ALTERNATIVES.items():
         a, u = read_card(asked), read_card(used)
         assert a["motion_model"] == u["motion_model"]
         assert u["training"]["acquisition_range"]["name"].startswith("psf_units")
 
 
-def test_a_two_state_movie_outside_twostates_range_runs_twostate_any():
+@pytest.mark.parametrize("model", ["twostate", "binding"])
+def test_a_movie_outside_a_two_state_models_range_runs_its_model_for_any_microscope(model):
     acq = Acquisition(psf_sigma_nm=170.0, signal_photons=3000.0)
-    sim = simulate_movie((64, 64), 40, acq, 33, model="twostate", particles=6.0)
+    sim = simulate_movie((64, 64), 40, acq, 33, model=model, particles=6.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = track_and_estimate(np.asarray(sim.movie), acq, Settings(model="twostate"))
-    assert res.meta["model"] == "twostate_any"
-    assert res.meta["model_switch"]["asked"] == "twostate" and res.meta["model_switch"]["used"] == "twostate_any"
+        res = track_and_estimate(np.asarray(sim.movie), acq, Settings(model=model))
+    assert res.meta["model"] == f"{model}_any"
+    assert res.meta["model_switch"]["asked"] == model and res.meta["model_switch"]["used"] == f"{model}_any"
+    if model != "twostate":
+        return
     # --keep-model keeps it, and a movie inside twostate's range never switches
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -204,8 +204,8 @@ class TrackEstimateWidget(Container):
                                   "model is biased on this movie the classical values are reported unless this is on")
         self.keep_box = CheckBox(name="keep_model", text="keep this model outside its training range", value=False)
         self.keep_box.tooltip = ("Where the movie lies outside what the chosen bundled model was trained for, its "
-                                 "model for any microscope runs instead (aniso -> aniso_any, twostate -> "
-                                 "twostate_any); on: keep the chosen one")
+                                 "model for any microscope runs instead (aniso -> aniso_any, binding -> binding_any, "
+                                 "twostate -> twostate_any); on: keep the chosen one")
         self.preview_button = PushButton(name="preview", text="Preview detections (current frame)")
         self.run_button = PushButton(name="run", text="Run Track && Estimate")
         self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)

@@ -22,7 +22,7 @@ from .checkpoint import available_models
 __all__ = ["ALTERNATIVES", "ModelSwitch", "alternative_for"]
 
 #: Bundled model -> the bundled model for any microscope that replaces it outside its range.
-ALTERNATIVES: dict[str, str] = {"aniso": "aniso_any", "twostate": "twostate_any"}
+ALTERNATIVES: dict[str, str] = {"aniso": "aniso_any", "binding": "binding_any", "twostate": "twostate_any"}
 
 
 @dataclass(frozen=True)
