@@ -78,10 +78,8 @@ def run(module, patches: np.ndarray, disp: np.ndarray, acq: Acquisition, scale: 
 
 def inputs(batch, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs of a batch at ``scale`` (centre crop at 1)."""
-    n, t, q, _ = batch.patches.shape
-    p, d = pu.model_inputs(batch.patches.reshape(n * t, q, q), batch.subpixel_offset_px.reshape(n * t, 2),
-                           batch.positions_px.reshape(n * t, 2), batch.displacements.reshape(n * t, 2), scale)
-    return p.reshape(n, t, 11, 11), np.asarray(d).reshape(n, t, 2)
+    return pu.batch_model_inputs(batch.patches, batch.subpixel_offset_px, batch.positions_px, batch.displacements,
+                                 scale)
 
 
 def scores(pred: dict, batch) -> str:

@@ -37,7 +37,7 @@ from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
 from .estimation.estimator import Estimator, TrackEstimate
 from .estimation.intervals import (
     INTERVAL_COLUMNS,
-    IntervalTable,
+    StratifiedIntervalTable,
     apply_intervals,
     bundled_interval_table,
     table_for_psf,
@@ -362,7 +362,7 @@ def with_intervals(
         used[method] = "none (no calibrated table: NaN)" if table is None else (
             f"{table.method}: {table.calibration.get('motion_model', '?')} tracks, "
             f"{table.calibration.get('acquisitions', 'calibrated')}")
-        if table is not None and not isinstance(table, IntervalTable):  # stratified by the PSF width
+        if isinstance(table, StratifiedIntervalTable):
             table = table_for_psf(table, acquisition.psf_sigma_px)
             used[method] += f"; the stratum of PSF sigma {table.calibration.get('psf_sigma_px', '?')} px"
         if table is None:

@@ -311,6 +311,22 @@ def model_inputs(
     return virtual, float(scale) * np.asarray(displacements_px, dtype=float)
 
 
+def batch_model_inputs(
+    patches_photons: np.ndarray,
+    offsets_px: np.ndarray,
+    positions_px: np.ndarray,
+    displacements_px: np.ndarray,
+    scale: float,
+    patch_size: int = 11,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`model_inputs` of ``N`` tracks of ``T`` frames at once: ``(N, T, Q, Q)`` patches and
+    ``(N, T, 2)`` offsets, positions and displacements (px) -> ``((N, T, P, P), (N, T, 2))``."""
+    n, t, q, _ = np.shape(patches_photons)
+    flat = (np.reshape(a, (n * t, 2)) for a in (offsets_px, positions_px, displacements_px))
+    patches, disp = model_inputs(np.reshape(patches_photons, (n * t, q, q)), *flat, scale, patch_size)
+    return np.asarray(patches).reshape(n, t, patch_size, patch_size), np.asarray(disp).reshape(n, t, 2)
+
+
 def d_to_movie_px2(d_virtual_px2: Any, scale: float) -> Any:
     """Diffusion coefficients (or variances) from virtual px^2/frame to movie px^2/frame: ``/ scale^2``."""
     return d_virtual_px2 / float(scale) ** 2

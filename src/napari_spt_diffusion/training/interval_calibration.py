@@ -114,12 +114,9 @@ def model_estimates(module: Any, cal: CalibrationSet, batch_size: int = 512,
         for batch, lengths in cal.batches:
             acq = batch.acquisition
             chunk_scale = float(scale(acq)) if callable(scale) else float(scale)
-            n, t, q, _ = batch.patches.shape
-            patches, disp = psf_units.model_inputs(
-                batch.patches.reshape(n * t, q, q), batch.subpixel_offset_px.reshape(n * t, 2),
-                batch.positions_px.reshape(n * t, 2), batch.displacements.reshape(n * t, 2), chunk_scale, patch_size)
-            patches = np.asarray(patches).reshape(n, t, patch_size, patch_size)
-            disp = np.asarray(disp).reshape(n, t, 2)
+            t = batch.patches.shape[1]
+            patches, disp = psf_units.batch_model_inputs(batch.patches, batch.subpixel_offset_px, batch.positions_px,
+                                                         batch.displacements, chunk_scale, patch_size)
             for a in range(0, len(lengths), batch_size):
                 sl = slice(a, a + batch_size)
                 valid = torch.from_numpy(np.arange(t)[None, :] < lengths[sl, None])
