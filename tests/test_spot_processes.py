@@ -182,18 +182,42 @@ def test_a_bad_frame_read_by_a_worker_is_named(monkeypatch, tmp_path):
         _with_workers(monkeypatch, np.load(path, mmap_mode="r"))
 
 
-def test_stop_ends_early_and_dead_workers_are_replaced(monkeypatch, mapped_file):
+def test_stop_ends_early_and_dead_workers_are_replaced(monkeypatch, mapped_file, tmp_path):
     movie = np.load(mapped_file, mmap_mode="r")
     reference = _one_thread(monkeypatch, movie)
+    real = spot_processes._chunk_in_worker
+    first_done = tmp_path / "chunk0_done"
+
+    def marked(start, stop):  # runs in a worker: leaves a mark when it has found the first chunk
+        found = real(start, stop)
+        if start == 0:
+            first_done.touch()
+        return found
+
+    marked.__module__, marked.__qualname__ = spot_processes.__name__, "_chunk_in_worker"
+    monkeypatch.setattr(spot_processes, "_chunk_in_worker", marked)
     calls = []
 
     def stop():
+        # after 10 frames of this thread, once the worker has found frames 0-7 (a slow machine may take
+        # longer to fork it than this thread takes over 10 frames, and then no frame follows the first)
         calls.append(1)
-        return len(calls) > 10
+        if len(calls) <= 10:
+            return False
+        for _ in range(600):
+            if first_done.exists():
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)  # the chunk's spots on their way back through the pipe
+        return True
 
     stopped = _with_workers(monkeypatch, movie, should_stop=stop)
     assert stopped.attrs["stopped_early"] is True
-    assert 0 < stopped.attrs["frames_processed"] < 70
+    assert 8 <= stopped.attrs["frames_processed"] < 70
+    assert stopped["frame"].max() < stopped.attrs["frames_processed"]
+    first = reference[reference["frame"] < stopped.attrs["frames_processed"]]
+    pd.testing.assert_frame_equal(stopped.reset_index(drop=True), first.reset_index(drop=True))
+    monkeypatch.setattr(spot_processes, "_chunk_in_worker", real)
 
     def die(start, stop):  # a worker killed (out of memory, say) in the middle of its chunk
         os._exit(3)
