@@ -53,7 +53,7 @@ Command::
 
     .venv/bin/python benchmarks/bench_foreign.py [--quick] [--seed-offset N] [--keep DIR]
         [--cases free_narrow,free_wide,aniso_narrow,binding_narrow] [--out PATH] [--model NAME]
-        [--track-args "MORE TRACK OPTIONS"] [--background PHOTONS_PER_PX]
+        [--track-args "MORE TRACK OPTIONS"] [--background PHOTONS_PER_PX] [--flat-camera]
 
 ``--quick`` renders 96 x 96 px, 40 frames, 12 particles (a smoke run; report ``foreign_quick.md``).
 """
@@ -213,6 +213,8 @@ def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,
 TRACK_EXTRA_ARGS: list[str] = []
 #: ``--background``: the cases' background photons per pixel replaced (None: the protocol's).
 BACKGROUND_OVERRIDE: list[float] = []
+#: ``--flat-camera``: the sCMOS camera without its per-pixel gain and offset spread (empty: the protocol's).
+FLAT_CAMERA: list[bool] = []
 
 
 def spt_command() -> list[str]:
@@ -406,6 +408,10 @@ def run_case(name: str, quick: bool, seed_offset: int, workdir: Path, psfs: dict
         import dataclasses
 
         case["scene"] = dataclasses.replace(case["scene"], background=BACKGROUND_OVERRIDE[0])
+    if FLAT_CAMERA:  # the same random draws (the maps are drawn, with zero spread): the same motion and noise
+        import dataclasses
+
+        case["camera"] = dataclasses.replace(case["camera"], gain_sd=0.0, offset_sd=0.0)
     seed = case["seed"] + seed_offset
     optics, scene, motion = case["optics"], case["scene"], case["motion"]
     key = (optics.na, optics.wavelength_nm)
@@ -699,7 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--background", type=float, default=None,
                     help="background photons per pixel of every case instead of the protocol's (a diagnostic: "
                          "the report is then not the protocol's)")
+    ap.add_argument("--flat-camera", action="store_true",
+                    help="the sCMOS camera without its per-pixel gain and offset spread (a diagnostic: the report is "
+                         "then not the protocol's)")
     args = ap.parse_args(argv)
+    FLAT_CAMERA[:] = [True] if args.flat_camera else []
     if args.background is not None:
         BACKGROUND_OVERRIDE[:] = [args.background]
     if args.model is not None:

@@ -19,7 +19,10 @@ these departures so that models can be trained across them:
 * ``em_gain``: above 1, the camera is an EMCCD: each pixel's photo-electron count ``n``
   is multiplied in a gain register, modelled as ``Gamma(n, em_gain)`` electrons and
   divided by ``em_gain`` again, so the mean is kept and the variance doubles (excess
-  noise factor 2) before the read noise, gain and offset are applied.
+  noise factor 2) before the read noise, gain and offset are applied;
+* ``pixel_gain_cv`` and ``pixel_offset_sd_e``: an sCMOS camera's fixed pattern, each pixel
+  with its own gain and offset, static in the movie (:mod:`.fixed_pattern`; training
+  windows only).
 
 The independent test renderer of :mod:`napari_spt_diffusion.validation` computes a true
 Airy pattern from NA and wavelength; the halo model here is only a training-time
@@ -53,6 +56,11 @@ class RenderOptics:
         EMCCD electron-multiplying gain (>= 1; 1: no multiplication, an sCMOS/CCD camera).
     airy
         Render a scalar Airy PSF (:mod:`.airy`) instead of the Gaussian components.
+    pixel_gain_cv
+        Pixel-to-pixel standard deviation of the camera gain over its mean (dimensionless, in
+        ``[0, 0.2]``; 0: a uniform camera).
+    pixel_offset_sd_e
+        Pixel-to-pixel standard deviation of the camera offset, in photo-electrons (``[0, 20]``).
     """
 
     axis_ratio: float = 1.0
@@ -60,6 +68,8 @@ class RenderOptics:
     halo_scale: float = 3.0
     em_gain: float = 1.0
     airy: bool = False
+    pixel_gain_cv: float = 0.0
+    pixel_offset_sd_e: float = 0.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -67,6 +77,8 @@ class RenderOptics:
             ("halo_fraction", self.halo_fraction, 0.0, 0.5),
             ("halo_scale", self.halo_scale, 1.0, 20.0),
             ("em_gain", self.em_gain, 1.0, 1e4),
+            ("pixel_gain_cv", self.pixel_gain_cv, 0.0, 0.2),
+            ("pixel_offset_sd_e", self.pixel_offset_sd_e, 0.0, 20.0),
         )
         for name, value, low, high in checks:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
@@ -76,6 +88,11 @@ class RenderOptics:
     def is_ideal(self) -> bool:
         """True for the round Gaussian PSF and a camera without excess noise."""
         return self == IDEAL_OPTICS
+
+    @property
+    def has_fixed_pattern(self) -> bool:
+        """True when the camera has per-pixel gains or offsets (:mod:`.fixed_pattern`)."""
+        return self.pixel_gain_cv > 0 or self.pixel_offset_sd_e > 0
 
     def components(self, sigma_px: float) -> list[tuple[float, float, float]]:
         """``(weight, sigma_y_px, sigma_x_px)`` of each Gaussian component of the PSF."""

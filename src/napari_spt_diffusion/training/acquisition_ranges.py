@@ -71,6 +71,11 @@ class AcquisitionRange:
         Share of the other chunks whose background (photons per pixel per frame) is drawn
         log-uniformly from ``high_background_photons`` instead of ``background_photons``: it
         weights the high end of the range without cutting its low end.
+    fixed_pattern_share, pixel_gain_cv, pixel_offset_sd_e
+        Share of the other chunks recorded by a camera with an sCMOS fixed pattern
+        (:mod:`napari_spt_diffusion.simulation.fixed_pattern`): each pixel's gain spread by a
+        relative standard deviation drawn log-uniformly from ``pixel_gain_cv``, its offset by
+        one drawn uniformly from ``pixel_offset_sd_e`` (photo-electrons).
     """
 
     psf_sigma_px: tuple[float, float] = (0.6, 2.6)
@@ -90,12 +95,15 @@ class AcquisitionRange:
     airy_share: float = 0.0
     high_background_share: float = 0.0
     high_background_photons: tuple[float, float] = (100.0, 7_000.0)
+    fixed_pattern_share: float = 0.0
+    pixel_gain_cv: tuple[float, float] = (0.005, 0.08)
+    pixel_offset_sd_e: tuple[float, float] = (0.0, 2.0)
 
     @property
     def varies_optics(self) -> bool:
         """Whether chunks get PSF shapes or cameras other than the ideal ones."""
         return (self.axis_ratio != (1.0, 1.0) or self.halo_share > 0 or self.emccd_share > 0
-                or self.airy_share > 0)
+                or self.airy_share > 0 or self.fixed_pattern_share > 0)
 
     def draw_optics(self, rng: np.random.Generator) -> RenderOptics:
         """PSF shape and camera of one chunk (no draw at all when the range varies neither)."""
@@ -108,12 +116,19 @@ class AcquisitionRange:
         emccd = rng.uniform() < self.emccd_share
         # drawn only when the range has Airy chunks, so that the other ranges' datasets stay the same
         airy = self.airy_share > 0 and rng.uniform() < self.airy_share
+        # likewise drawn only when the range has fixed-pattern chunks
+        gain_cv = offset_sd = 0.0
+        if self.fixed_pattern_share > 0 and rng.uniform() < self.fixed_pattern_share:
+            gain_cv = _log_uniform(rng, self.pixel_gain_cv)
+            offset_sd = float(rng.uniform(*self.pixel_offset_sd_e))
         return RenderOptics(
             axis_ratio=1.0 if airy else ratio,
             halo_fraction=fraction if halo and not airy else 0.0,
             halo_scale=scale,
             em_gain=self.em_gain if emccd else 1.0,
             airy=bool(airy),
+            pixel_gain_cv=gain_cv,
+            pixel_offset_sd_e=offset_sd,
         )
 
     def draw(self, rng: np.random.Generator, base: Acquisition) -> Acquisition:
@@ -172,6 +187,10 @@ class AcquisitionRange:
         if self.high_background_share > 0:
             out["high_background_share"] = self.high_background_share
             out["high_background_photons"] = list(self.high_background_photons)
+        if self.fixed_pattern_share > 0:
+            out["fixed_pattern_share"] = self.fixed_pattern_share
+            out["pixel_gain_cv"] = list(self.pixel_gain_cv)
+            out["pixel_offset_sd_e"] = list(self.pixel_offset_sd_e)
         return out
 
     def _shape_text(self) -> str:
@@ -188,11 +207,16 @@ class AcquisitionRange:
         )
 
     def _camera_text(self) -> str:
+        pattern = ""
+        if self.fixed_pattern_share > 0:
+            pattern = (f"; in {self.fixed_pattern_share:.0%} of chunks an sCMOS fixed pattern (per-pixel gain spread "
+                       f"{100 * self.pixel_gain_cv[0]:g}-{100 * self.pixel_gain_cv[1]:g} % of its mean, offset spread "
+                       f"{self.pixel_offset_sd_e[0]:g}-{self.pixel_offset_sd_e[1]:g} e-)")
         if self.emccd_share <= 0:
-            return "Poisson + Gaussian read noise (no EMCCD excess noise)"
+            return "Poisson + Gaussian read noise (no EMCCD excess noise)" + pattern
         return (
             f"Poisson + Gaussian read noise; in {self.emccd_share:.0%} of chunks an EMCCD "
-            f"(gamma gain register, gain {self.em_gain:g}, excess noise factor 2)"
+            f"(gamma gain register, gain {self.em_gain:g}, excess noise factor 2)" + pattern
         )
 
 
@@ -252,6 +276,13 @@ RANGES: dict[str, AcquisitionRange] = {
     "psf_units_airy_px_mild": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
                                                axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2,
                                                airy_share=0.4, pixel_scale=(0.8, 1.8)),
+    # as psf_units_airy_px_mild with an sCMOS fixed pattern in half of the chunks (per-pixel gain spread
+    # 0.5-8 %, offset spread 0-2 e-): under the foreign-optics movies' bright background (600 photons/px)
+    # a 5 % gain spread is a static texture of 30 e- rms, more than the background's shot noise; without it
+    # aniso_any reads the NA 0.8 movie closer to the classical estimate (benchmarks/reports/foreign_flat_camera.md)
+    "psf_units_airy_px_mild_fp": AcquisitionRange(psf_sigma_px=(0.85, 1.15), background_photons=(1.0, 7_000.0),
+                                                  axis_ratio=(1.0, 1.15), halo_share=0.3, emccd_share=0.2,
+                                                  airy_share=0.4, pixel_scale=(0.8, 1.8), fixed_pattern_share=0.5),
 }
 
 

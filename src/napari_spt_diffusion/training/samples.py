@@ -53,6 +53,7 @@ import pandas as pd
 
 from ..acquisition import Acquisition
 from ..io._atomic import atomic_path
+from ..simulation.fixed_pattern import apply_fixed_pattern
 from ..simulation.motion_models import get_motion_model
 from ..simulation.optics import RenderOptics
 from ..simulation.render import camera_image, render_windows
@@ -360,6 +361,9 @@ def samples_from_trajectories(
 
     sub_flat = sub.reshape((k_total,) + sub.shape[2:])
     neighbour_of, neighbour_sub = _neighbour_rows(trajectories, neighbours, neighbour_index)
+    optics = settings.optics
+    # drawn only for a fixed-pattern camera, so that other datasets stay the same
+    pattern_key = int(gen.integers(0, 2**40)) if optics is not None and optics.has_fixed_pattern else None
     for a in range(0, k_total, _MAX_TILES_PER_MOSAIC):
         b = min(a + _MAX_TILES_PER_MOSAIC, k_total)
         expected = render_windows(
@@ -374,6 +378,9 @@ def samples_from_trajectories(
                     neighbour_sub[rows[has]], flat_origin[a:b][has], window, acq, None, settings.optics
                 )
         windows_adu = camera_image(expected, acq, gen, optics=settings.optics)  # (K, W, W) uint16
+        if pattern_key is not None:  # per-pixel gain and offset, fixed in the movie under each track
+            windows_adu = apply_fixed_pattern(windows_adu, flat_origin[a:b], np.arange(a, b) // t, acq,
+                                              optics.pixel_gain_cv, optics.pixel_offset_sd_e, pattern_key)
         mosaic, cols = _windows_mosaic(windows_adu)
         table, found = _tile_spots(mosaic, flat_true[a:b] - flat_origin[a:b], window, cols, acq, settings)
         tiles = np.arange(b - a)
