@@ -13,7 +13,7 @@ PINNED_SHA256: dict[str, str] = {
     "aniso_any": "074d2d5a4674915de8ce4625592ede9dd9640afb2c5348909119e069ce392012",
     "aniso_wide": "84a103d6c6c5567af6c64d8193a655c388d8d84f9e8c4812ba0d4a382d221c6f",
     "binding": "f762a2eb392f1b97b14cc7915562313ad58ead4f20e4ac7ce1dd152954c8824c",
-    "binding_any": "892c87cf088e228e1041a7b4a18ef7ea2a510bba1c0199d02f1a4d712ce1c20d",
+    "binding_any": "e14597ef5e7bfb3bff0739425cb0a1787e537c2ec6f4b90ebe5e6362f31b20cf",
     "twostate": "9db49b86b52b17963814ecf7a4a6df132be6fd43d46a7a314f0f6903b46850d9",
     "twostate_any": "6ff46bd022efbbd3903d55610cbf5e84c0afba3862818d2eef17c138d5325be0",
 }
