@@ -172,7 +172,7 @@ def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
     truth = cal.truth()
     iv = apply_intervals(table, est, n_frames, loc_var, float(scale[0]))
     if bias is not None:
-        iv = widen_for_bias(iv, *bias, est)
+        iv = widen_for_bias(iv, *bias)
     out = {}
     for key in ("D1", "D2"):
         t = truth[f"{key}_um2_s"]

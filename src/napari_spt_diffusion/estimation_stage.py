@@ -346,9 +346,8 @@ def with_intervals(
     on this movie (model / classical, :mod:`~.estimation.guard`). The tables are calibrated on
     our simulator, where the model is unbiased; on a movie where it may be off by a factor
     ``b`` within that interval, the truth lies at the model's value / ``b``, so the model's D
-    intervals are widened: ``ln max(high, 1)`` is added in quadrature to the log half-width below
-    the value, ``-ln min(low, 1)`` to the one above (:func:`~.estimation.intervals.widen_for_bias`).
-    The classical rows are not touched: the
+    intervals are widened to ``[low bound / max(high, 1), high bound / min(low, 1)]``
+    (:func:`~.estimation.intervals.widen_for_bias`). The classical rows are not touched: the
     CVE the guard compares against is the classical estimate.
     """
     out = summary.copy()
@@ -375,7 +374,7 @@ def with_intervals(
         columns = apply_intervals(table, estimate, out["n_frames"].to_numpy(dtype=float)[rows], var,
                                   acquisition.um2_s_per_px2_frame)
         if method != "classical" and model_bias is not None:
-            columns = widen_for_bias(columns, *model_bias, estimate)
+            columns = widen_for_bias(columns, *model_bias)
         for column, values in columns.items():
             out.loc[rows, column] = values
     low, high = model_bias if model_bias is not None else (float("nan"), float("nan"))
@@ -386,9 +385,8 @@ def with_intervals(
                       "track length and localization-noise ratio, on simulated tracks (estimation/intervals.py)",
             "model_bias_widening": (
                 {"bias_low": low, "bias_high": high,
-                 "rule": "model rows: ln max(high, 1) added in quadrature to the log half-width below the value, "
-                         "-ln min(low, 1) to the one above ([low, high]: the guard's interval of the model's bias "
-                         "factor on this movie)"}
+                 "rule": "model rows: low bound / max(high, 1), high bound / min(low, 1) (the guard's interval of "
+                         "the model's bias factor on this movie)"}
                 if widened else None),
             }
     return out, meta

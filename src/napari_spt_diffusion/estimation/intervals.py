@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,42 +366,28 @@ def apply_intervals(
     return out
 
 
-def widen_for_bias(columns: dict[str, np.ndarray], bias_low: float, bias_high: float,
-                   estimate: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def widen_for_bias(columns: dict[str, np.ndarray], bias_low: float, bias_high: float) -> dict[str, np.ndarray]:
     """D intervals that also hold when the estimator is off by a factor within ``[bias_low, bias_high]``.
 
-    ``columns``: :func:`apply_intervals`' output; ``estimate``: the ``D1_um2_s`` and ``D2_um2_s``
-    arrays the intervals were made around. An estimate ``b`` times the truth puts the truth at
-    ``estimate / b``, so on the log scale the bias adds an error of up to ``ln max(bias_high, 1)``
-    below the estimate and ``-ln min(bias_low, 1)`` above it (an interval of the bias that
-    excludes 1 only widens the bounds on its side, it never narrows them). That error is added
-    to each half-width ``h`` (log of estimate over bound) in quadrature, ``sqrt(h^2 + delta^2)``,
-    as an independent error is: the track's own error and the movie's bias do not reach their
-    extremes together. (Adding ``delta`` to ``h`` outright, the rule before 2026-12-07, over-covered
-    the 68 % intervals by 3-9 points on the calibration grid, ``benchmarks/reports/intervals.md``.)
-    Non-finite or non-positive factors (the bias was not measured) leave the intervals as they
-    are. The theta half-widths are not touched. Returns a new dict.
+    ``columns``: :func:`apply_intervals`' output. An estimate ``b`` times the truth puts the
+    truth at ``estimate / b``: each low bound is divided by ``max(bias_high, 1)`` and each
+    high bound by ``min(bias_low, 1)`` (an interval of the bias that excludes 1 only moves the
+    bounds that way, it never narrows them). Non-finite or non-positive factors (the bias was
+    not measured) leave the intervals as they are. The theta half-widths are not touched.
+    Returns a new dict.
+
+    The factor is added outright, not in quadrature with each track's error: it is common to all
+    tracks of a movie, so the interval must hold for the movie's own factor. (In quadrature, tried
+    on 2026-12-07, covered our own grid better and the independent foreign-optics movies worse:
+    ``benchmarks/reports/foreign_quadrature_widening.md``.)
     """
     out = dict(columns)
     if not (math.isfinite(bias_low) and math.isfinite(bias_high) and 0 < bias_low <= bias_high):
         return out
-    below, above = math.log(max(float(bias_high), 1.0)), -math.log(min(float(bias_low), 1.0))
+    down, up = max(float(bias_high), 1.0), min(float(bias_low), 1.0)
     for key in ("D1", "D2"):
-        centre = np.asarray(estimate[f"{key}_um2_s"], float)
-        for names, delta, sign in ((("lo95", "lo68"), below, -1.0), (("hi68", "hi95"), above, 1.0)):
-            for name in names:
-                bound = np.asarray(columns[f"{key}_{name}_um2_s"], float)
-                out[f"{key}_{name}_um2_s"] = _widened(centre, bound, delta, sign)
+        for name in ("lo95", "lo68"):
+            out[f"{key}_{name}_um2_s"] = np.asarray(columns[f"{key}_{name}_um2_s"], float) / down
+        for name in ("hi68", "hi95"):
+            out[f"{key}_{name}_um2_s"] = np.asarray(columns[f"{key}_{name}_um2_s"], float) / up
     return out
-
-
-def _widened(centre: np.ndarray, bound: np.ndarray, delta: float, sign: float) -> np.ndarray:
-    """``bound`` moved away from ``centre`` (``sign`` -1: a low bound, +1: a high one) so that its
-    log half-width ``h`` becomes ``sqrt(h^2 + delta^2)``; a bound on the far side of the centre
-    (``h <= 0``, a skewed table) moves by ``delta`` outright. ``delta`` 0: ``bound`` unchanged."""
-    if delta <= 0:
-        return bound
-    with np.errstate(invalid="ignore", divide="ignore"):
-        h = sign * np.log(bound / centre)
-        wide = np.where(h > 0, np.sqrt(h * h + delta * delta), h + delta)
-        return centre * np.exp(sign * wide)
