@@ -70,3 +70,36 @@ def test_ranges_draw_a_fixed_pattern_only_where_they_ask_for_one():
     assert "fixed pattern" in RANGES["psf_units_airy_px_mild_fp"].to_dict()["camera"]
     with pytest.raises(SimulationError, match="pixel_gain_cv"):
         RenderOptics(pixel_gain_cv=0.5)
+
+
+def test_training_windows_get_their_tracks_movie_pixels_and_one_camera_per_call(monkeypatch):
+    from napari_spt_diffusion.training import samples
+
+    calls = []
+    real = samples.apply_fixed_pattern
+
+    def spy(windows, origins, tracks, acquisition, gain_cv, offset_sd_e, key):
+        calls.append((np.array(origins), np.array(tracks), key, windows.shape[-1]))
+        return real(windows, origins, tracks, acquisition, gain_cv, offset_sd_e, key)
+
+    monkeypatch.setattr(samples, "apply_fixed_pattern", spy)
+    monkeypatch.setattr(samples, "_MAX_TILES_PER_MOSAIC", 50)  # several mosaics: a track crosses their boundary
+    n, t = 12, 9
+    batch = make_samples("aniso", n, n_frames=t, acquisition=Acquisition(background_photons=300.0), seed=8,
+                         settings=SampleSettings(optics=RenderOptics(pixel_gain_cv=0.05, pixel_offset_sd_e=1.0)))
+    assert len(calls) == -(-n * t // 50) and len({c[2] for c in calls}) == 1  # one camera for the whole call
+    window = calls[0][3]
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in calls]), np.repeat(np.arange(n), t))
+    centre = np.floor(batch.true_positions_px.reshape(n * t, 2) + 0.5).astype(np.int64)
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in calls]), centre - window // 2)
+
+
+def test_gain_and_offset_patterns_are_independent():
+    y, x = np.meshgrid(np.arange(150), np.arange(150), indexing="ij")
+    acq = Acquisition(gain_adu_per_e=1.0, offset_adu=1000.0)
+    flat = np.full((1, 150, 150), 1000 + 400, np.uint16)
+    gain_only = apply_fixed_pattern(flat, np.zeros((1, 2), int), np.zeros(1, int), acq, 0.05, 0.0, key=9)
+    offset_only = apply_fixed_pattern(flat, np.zeros((1, 2), int), np.zeros(1, int), acq, 0.0, 10.0, key=9)
+    r = np.corrcoef(gain_only.ravel().astype(float), offset_only.ravel().astype(float))[0, 1]
+    assert abs(r) < 0.03
+    assert y.shape == gain_only.shape[1:]

@@ -37,7 +37,7 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
 
 
 def _uniform(key: int, track: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Uniform deviates in ``(0, 1)``, one per ``(key, track, y, x)`` (broadcast int arrays)."""
+    """Uniform deviates in ``(0, 1]``, one per ``(key, track, y, x)`` (broadcast int arrays)."""
     with np.errstate(over="ignore"):
         z = (np.uint64(key) + np.asarray(track, np.int64).astype(np.uint64) * _P_TRACK
              + np.asarray(y, np.int64).astype(np.uint64) * _P_Y + np.asarray(x, np.int64).astype(np.uint64) * _P_X)
