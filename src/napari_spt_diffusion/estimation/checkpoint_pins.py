@@ -15,5 +15,5 @@ PINNED_SHA256: dict[str, str] = {
     "binding": "f762a2eb392f1b97b14cc7915562313ad58ead4f20e4ac7ce1dd152954c8824c",
     "binding_any": "e14597ef5e7bfb3bff0739425cb0a1787e537c2ec6f4b90ebe5e6362f31b20cf",
     "twostate": "9db49b86b52b17963814ecf7a4a6df132be6fd43d46a7a314f0f6903b46850d9",
-    "twostate_any": "6ff46bd022efbbd3903d55610cbf5e84c0afba3862818d2eef17c138d5325be0",
+    "twostate_any": "1d394a239204355f22a46635fbd2a863771ee664c329d1ebb4cd30969e515c1f",
 }
