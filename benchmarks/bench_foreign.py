@@ -333,6 +333,7 @@ def guard(summary: pd.DataFrame, meta: dict[str, Any], option: bool) -> dict[str
         "model_rejected_tracks": int(flags.str.split(";").apply(lambda f: "model_rejected" in f).sum()),
         "methods": summary["method"].fillna("").astype(str).value_counts().to_dict() if "method" in summary else {},
         "meta_guard": {k: v for k, v in meta.items() if "guard" in k.lower()},
+        "state_changes": meta.get("state_changes"),
     }
     res["fired"] = bool(res["model_rejected_tracks"] > 0 or res["methods"].get("classical", 0) > 0)
     res["present"] = bool(option or res["meta_guard"] or res["fired"])
@@ -609,6 +610,11 @@ def case_lines(r: dict[str, Any]) -> list[str]:
                      "(calibrated acquisition outside the model's training range).")
     elif g["meta_guard"]:
         lines.append(f"`_meta.json`: {json.dumps(g['meta_guard'], default=str)[:600]}")
+    sc = g.get("state_changes")
+    if isinstance(sc, dict):  # a two-state model's confirmed changes of state (estimation/state_check.py)
+        lines.append(f"`_meta.json` state changes: confirmed in {sc.get('with_change')} of {sc.get('tracks')} "
+                     f"tracks of >= {sc.get('min_frames')} frames ({pct(sc.get('share'))}); note "
+                     f"{'written' if sc.get('note') else 'not written'} (below {pct(sc.get('min_share'))}).")
     lines += calibration_lines(r)
     t = r["trackpy"]
     s = t["settings"]

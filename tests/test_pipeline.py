@@ -81,6 +81,7 @@ def test_pipeline_results_follow_the_contract(run):
     assert (s["n_changepoints"] == 0).all() and (t["state"] == 0).all()  # sequence model
     assert set(s["method"]) <= {"model", "classical"}
     assert results.meta["model"] == "toyseq" and results.meta["acquisition"] == STANDARD.to_dict()
+    assert results.meta["state_changes"] is None  # no states to count for a one-state model
     assert all(np.isfinite(v) for v in results.meta["timings_s"].values())
 
 
@@ -124,6 +125,15 @@ def test_pointwise_model_gives_per_frame_values_and_segments(small_movie, toy_mo
             == results.summary["n_frames"].to_numpy()).all()
     n_cp = results.summary["n_changepoints"].to_numpy()
     assert np.array_equal(seg.groupby("track_id").size().loc[results.summary["track_id"]].to_numpy(), n_cp + 1)
+    # the confirmed changes of state are counted over the model's tracks of >= 20 frames, when its values
+    # are reported (the guard rejects this toy model: then there is nothing to count)
+    assert results.meta["guard"]["rejected"] and results.meta["state_changes"] is None
+    trusted = track_and_estimate(small_movie.movie, STANDARD, Settings(model=toy_models["pointwise"], device="cpu",
+                                                                        min_track_length=3, trust_model=True))
+    record, s = trusted.meta["state_changes"], trusted.summary
+    long_model = s[(s["model"] == trusted.meta["model"]) & (s["n_frames"] >= 20)]
+    assert record["tracks"] == len(long_model) > 0
+    assert record["with_change"] == int((long_model["n_changepoints"] > 0).sum())
 
 
 def test_chunked_estimation_gives_the_same_results(run, small_movie, toy_models):

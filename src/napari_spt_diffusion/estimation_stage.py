@@ -44,6 +44,7 @@ from .estimation.intervals import (
     widen_for_bias,
 )
 from .estimation.model_choice import ModelSwitch, alternative_for
+from .estimation.state_check import state_change_note
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
 from .tracking.crowding import CROWDED_SHARE, crowded_share
@@ -303,6 +304,12 @@ def estimate_stage(
     summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"),
                                             model_bias=(decision.bias_low, decision.bias_high) if measured else None)
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
+    state_note, state_record = ("", None)
+    if estimator.pointwise and (not decision.rejected or settings.trust_model):  # a two-state model's values
+        state_note, state_record = state_change_note(summary, estimator.model_name)
+    if state_note:
+        _warn(state_note)
+        messages.append(state_note)
     timings["tables_s"] = time.perf_counter() - t0
     bar.report(1.0, "done")
     bar.end()
@@ -323,6 +330,7 @@ def estimate_stage(
             "confirm_alpha_per_track": settings.changepoint_confirm_alpha,
         },
         "drift_correction": drift_meta,
+        "state_changes": state_record,
         "intervals": interval_meta,
         "psf_units": {"mode": estimator.psf_units, "scale": estimator.psf_scale(acquisition),
                       "patch_cut_px": side},
