@@ -80,6 +80,7 @@ from _common import match_frames, report_header, write_json, write_report
 from _foreign_oracle import oracle_cuts, oracle_scores
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.validation.foreign_renderer import (
+    EXTRA_CASES,
     FOREIGN_CASES,
     AiryPSF,
     foreign_case,
@@ -722,12 +723,13 @@ def main(argv: list[str] | None = None) -> int:
         TRACK_EXTRA_ARGS[:] = ["--model", args.model]
     TRACK_EXTRA_ARGS.extend(shlex.split(args.track_args))
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in names if c not in FOREIGN_CASES]
+    cases = {**FOREIGN_CASES, **EXTRA_CASES}
+    unknown = [c for c in names if c not in cases]
     if unknown:
-        ap.error(f"unknown cases {unknown}; choose from {list(FOREIGN_CASES)}")
+        ap.error(f"unknown cases {unknown}; choose from {list(cases)} ({list(EXTRA_CASES)} outside the protocol)")
     out = args.out or BENCH_DIR / "reports" / f"foreign{'_quick' if args.quick else ''}.md"
     command = shlex.join([".venv/bin/python", "benchmarks/bench_foreign.py", *(sys.argv[1:] if argv is None else argv)])
-    seeds = ", ".join(f"{n} {FOREIGN_CASES[n][5] + args.seed_offset}" for n in names)
+    seeds = ", ".join(f"{n} {cases[n][5] + args.seed_offset}" for n in names)
     protocol = (f"{PROTOCOL}, version {PROTOCOL_VERSION} (docs/protocols.md); seeds {seeds}; "
                 + ("QUICK smoke run: 96 x 96 px, 40 frames, 12 particles" if args.quick
                    else "128 x 128 px, 120 frames, 24 particles per movie"))

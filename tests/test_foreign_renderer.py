@@ -324,3 +324,16 @@ def test_renderer_imports_nothing_from_the_pipeline_or_training_code() -> None:
                 assert not any(f".{f}" in f".{name}" for f in forbidden), f"{path.name}: {name}"
                 assert top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__", \
                     f"{path.name} imports {name}"
+
+
+def test_protocol_and_extra_cases() -> None:
+    from napari_spt_diffusion.validation.foreign_renderer import EXTRA_CASES, FOREIGN_CASES, foreign_case
+
+    assert not set(EXTRA_CASES) & set(FOREIGN_CASES)  # the protocol's cases are unchanged
+    seeds = [c[5] for c in (*FOREIGN_CASES.values(), *EXTRA_CASES.values())]
+    assert len(set(seeds)) == len(seeds)
+    wide = foreign_case("binding_wide")
+    assert wide["motion"].kind == "binding" and wide["optics"].na == foreign_case("free_wide")["optics"].na
+    assert wide["seed"] == EXTRA_CASES["binding_wide"][5]
+    with pytest.raises(KeyError):
+        foreign_case("no_such_case")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .foreign_renderer import (
     AIRY_SIGMA_FACTOR,
+    EXTRA_CASES,
     FOREIGN_CASES,
     AiryPSF,
     ForeignCamera,
@@ -27,6 +28,7 @@ from .foreign_renderer import (
 
 __all__ = [
     "AIRY_SIGMA_FACTOR",
+    "EXTRA_CASES",
     "FOREIGN_CASES",
     "AiryPSF",
     "ForeignCamera",

@@ -65,6 +65,7 @@ from .foreign_motion import ForeignMotion, simulate_foreign_paths
 __all__ = [
     "AIRY_SIGMA_FACTOR",
     "FOREIGN_CASES",
+    "EXTRA_CASES",
     "AiryPSF",
     "ForeignCamera",
     "ForeignMotion",
@@ -696,6 +697,12 @@ FOREIGN_CASES: dict[str, tuple[float, float, str, float, float, int]] = {
     "binding_narrow": (1.45, 520.0, "binding", 3000.0, 600.0, 4004),
 }
 
+#: Cases outside the protocol, for diagnostics (same fields; seeds from 4005): binding/unbinding
+#: tracks at the wide optics of ``free_wide``, which the protocol has only for free diffusion.
+EXTRA_CASES: dict[str, tuple[float, float, str, float, float, int]] = {
+    "binding_wide": (0.8, 640.0, "binding", 5000.0, 600.0, 4005),
+}
+
 
 def foreign_case(name: str, quick: bool = False) -> dict[str, Any]:
     """Settings of one protocol case.
@@ -703,7 +710,7 @@ def foreign_case(name: str, quick: bool = False) -> dict[str, Any]:
     Parameters
     ----------
     name
-        A key of :data:`FOREIGN_CASES`.
+        A key of :data:`FOREIGN_CASES` (or of :data:`EXTRA_CASES`).
     quick
         Smaller movie for smoke runs (40 frames, 12 particles, 96 x 96 px).
 
@@ -712,7 +719,7 @@ def foreign_case(name: str, quick: bool = False) -> dict[str, Any]:
     dict
         ``scene``, ``optics``, ``camera``, ``motion`` (dataclasses) and ``seed`` (int).
     """
-    na, lam, kind, photons, background, seed = FOREIGN_CASES[name]
+    na, lam, kind, photons, background, seed = {**FOREIGN_CASES, **EXTRA_CASES}[name]
     scene = ForeignScene(photons=photons, background=background)
     if quick:
         scene = ForeignScene(shape_yx=(96, 96), n_frames=40, n_particles=12, photons=photons, background=background)
