@@ -1,7 +1,7 @@
 """Take the napari screenshots of docs/ (run under a virtual display).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_napari_screenshots.py
-    ... [--only results|msd|simulator|foreign|model_switch|reloaded] [--sizes 1920x1080,1280x800]
+    ... [--only results|msd|simulator|foreign|model_switch|state_note|reloaded] [--sizes 1920x1080,1280x800]
 
 Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind>.png`` at
 1920 x 1080 and ``screenshot_<kind>_<W>x<H>.png`` at any other size (1280 x 800 by default).
@@ -16,6 +16,8 @@ Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind
   image: the widget's measured acquisition, the guard's banner and warning notifications;
 - ``model_switch``: the same run with the results dock's warnings tab (``aniso`` asked,
   ``aniso_any`` run, the guard's decision), at 1920 x 1080 only;
+- ``state_note``: the NA 1.45 free-diffusion movie with ``binding`` asked (``binding_any`` runs): the
+  warnings tab with the note that few tracks show a change of state, at 1920 x 1080 only;
 - ``reloaded``: the results of the sample movie written to CSV and opened again with the
   plugin's reader beside the movie (File > Open of ``<prefix>_meta.json``).
 
@@ -201,25 +203,27 @@ def simulator_screenshot(out: Path, seed: int, size: tuple[int, int]) -> None:
     viewer.close()
 
 
-def foreign_screenshot(out: Path, size: tuple[int, int], warnings_tab: bool = False) -> None:
-    """A foreign-optics movie (NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user would
-    (``warnings_tab``: the results dock shows its warnings tab, where the model switch and the guard's
-    decision are told, instead of the histogram)."""
+def foreign_screenshot(out: Path, size: tuple[int, int], warnings_tab: bool = False, case_name: str = "free_wide",
+                       model: str = "aniso") -> None:
+    """A foreign-optics movie (by default NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user
+    would (``warnings_tab``: the results dock shows its warnings tab, where the model switch and the guard's
+    decision are told, instead of the histogram; ``model``: the motion model asked for)."""
     import napari
 
     from napari_spt_diffusion._napari.results_widget import _results_widget_for
     from napari_spt_diffusion._napari.track_widget import TrackEstimateWidget
     from napari_spt_diffusion.validation.foreign_renderer import foreign_case, render_foreign_movie
 
-    case = foreign_case("free_wide")
+    case = foreign_case(case_name)
     truth = render_foreign_movie(case["scene"], case["optics"], case["camera"], case["motion"], case["seed"])
     viewer = napari.Viewer(title="napari-spt-diffusion: a movie from another microscope")
     _window(viewer, size)
-    viewer.add_image(truth.movie, name="foreign NA 0.8", scale=(0.01, 0.1, 0.1), axis_labels=("t", "y", "x"),
-                     units=("s", "um", "um"))
+    viewer.add_image(truth.movie, name=f"foreign NA {case['optics'].na:g}", scale=(0.01, 0.1, 0.1),
+                     axis_labels=("t", "y", "x"), units=("s", "um", "um"))
     widget = TrackEstimateWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Track & Estimate", area="right")
     widget.device_combo.value = "cpu"
+    widget.model_combo.value = model
     widget.acq_group.expand(animate=False)  # the measured acquisition, with its uncertainties
     _run_widget(viewer, widget)
     results = _results_widget_for(viewer)
@@ -236,8 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--truth", action="store_true", help="show the simulated ground truth instead of running")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out-dir", type=Path, default=DOCS)
-    parser.add_argument("--only", choices=("results", "msd", "simulator", "foreign", "model_switch", "reloaded"),
-                        help="one kind only")
+    parser.add_argument("--only", help="one kind only",
+                        choices=("results", "msd", "simulator", "foreign", "model_switch", "state_note", "reloaded"))
     parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
@@ -271,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
             foreign_screenshot(name("foreign"), size)
         if args.only in (None, "model_switch") and size == (1920, 1080):
             foreign_screenshot(args.out_dir / "screenshot_model_switch.png", size, warnings_tab=True)
+        if args.only in (None, "state_note") and size == (1920, 1080):
+            foreign_screenshot(args.out_dir / "screenshot_state_note.png", size, warnings_tab=True,
+                               case_name="free_narrow", model="binding")
 
 
 if __name__ == "__main__":

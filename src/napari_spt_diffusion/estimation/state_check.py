@@ -51,6 +51,6 @@ def state_change_note(summary: pd.DataFrame, model_name: str, *, min_frames: int
     if not note:
         return "", record
     sentence = (f"model '{model_name}' confirmed a change of state in only {k} of {n} tracks of >= {min_frames} "
-                "frames: if these molecules do not bind or switch, a one-state model (--model aniso) reads their "
-                "diffusion better, frame by frame")
+                "frames: if these molecules do not bind or switch, a one-state model (--model aniso, 'single-state "
+                "anisotropic' in the widget) reads their diffusion better, frame by frame")
     return sentence, record
