@@ -13,7 +13,7 @@ PINNED_SHA256: dict[str, str] = {
     "aniso_any": "074d2d5a4674915de8ce4625592ede9dd9640afb2c5348909119e069ce392012",
     "aniso_wide": "84a103d6c6c5567af6c64d8193a655c388d8d84f9e8c4812ba0d4a382d221c6f",
     "binding": "f762a2eb392f1b97b14cc7915562313ad58ead4f20e4ac7ce1dd152954c8824c",
-    "binding_any": "e14597ef5e7bfb3bff0739425cb0a1787e537c2ec6f4b90ebe5e6362f31b20cf",
+    "binding_any": "f6509cc5fe3b0a32347fdb00e5bcc789bf07cc88bf6227cb660dabee623abdb6",
     "twostate": "9db49b86b52b17963814ecf7a4a6df132be6fd43d46a7a314f0f6903b46850d9",
     "twostate_any": "1d394a239204355f22a46635fbd2a863771ee664c329d1ebb4cd30969e515c1f",
 }
