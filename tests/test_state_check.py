@@ -36,3 +36,10 @@ def test_only_the_models_long_tracks_count_and_too_few_say_nothing():
     assert note == "" and not record["note"] and record["tracks"] == 11
     note, record = state_change_note(_summary(0, 0, classical=30), "binding_any")
     assert note == "" and record["tracks"] == 0 and record["share"] is None
+
+
+def test_only_binding_models_are_checked():
+    from napari_spt_diffusion.estimation.state_check import applies_to
+
+    assert applies_to("binding")
+    assert not applies_to("twostate") and not applies_to("aniso") and not applies_to(None)

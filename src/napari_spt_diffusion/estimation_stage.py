@@ -44,7 +44,7 @@ from .estimation.intervals import (
     widen_for_bias,
 )
 from .estimation.model_choice import ModelSwitch, alternative_for
-from .estimation.state_check import state_change_note
+from .estimation.state_check import applies_to, state_change_note
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
 from .tracking.crowding import CROWDED_SHARE, crowded_share
@@ -305,8 +305,8 @@ def estimate_stage(
                                             model_bias=(decision.bias_low, decision.bias_high) if measured else None)
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
     state_note, state_record = ("", None)
-    if estimator.pointwise and (not decision.rejected or settings.trust_model):  # a two-state model's values
-        state_note, state_record = state_change_note(summary, estimator.model_name)
+    if applies_to(estimator.card.get("motion_model")) and (not decision.rejected or settings.trust_model):
+        state_note, state_record = state_change_note(summary, estimator.model_name)  # a binding model's values
     if state_note:
         _warn(state_note)
         messages.append(state_note)

@@ -1,7 +1,7 @@
-"""Does a two-state model's movie show changes of state? A note when it hardly does.
+"""Does a binding model's movie show changes of state? A note when it hardly does.
 
-A pointwise model of two-state motion (``binding``, ``twostate`` and their ``_any`` versions)
-reads every track as a sequence of states. On a movie whose molecules do not switch, it still
+A pointwise model of binding/unbinding (``binding``, ``binding_any``) reads every track as a
+sequence of bound and free states. On a movie whose molecules do not switch, it still
 labels frames: on the independent renderer's free-diffusion movies ``binding_any`` called slow,
 freely diffusing particles "bound" and read them at a tenth of their D per frame, while its
 track means, and so the guard's population test, stayed close to the classical estimate
@@ -12,6 +12,12 @@ free movies in few (the same reports). :func:`state_change_note` counts them and
 confirmed changes are rare, says so in one sentence: the reported values stay the model's (a movie
 of slow binding kinetics can have few changes and still be two-state), and the note names the
 one-state model that reads steady diffusion better.
+
+Only binding models get the note (:data:`MOTION_MODELS`): their two states, bound and free, differ
+by a factor of about 100 in D, so a change is confirmed where there is one. The two-state isotropic
+model's states can differ by less than 0.15 decades, changes the displacements cannot confirm: on
+a two-state movie of our own simulator its share of confirmed changes was as low as on a free
+movie (``benchmarks/reports/state_check.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["MIN_FRAMES", "MIN_TRACKS", "MIN_SHARE", "state_change_note"]
+__all__ = ["MOTION_MODELS", "MIN_FRAMES", "MIN_TRACKS", "MIN_SHARE", "applies_to", "state_change_note"]
+
+#: The motion models (a card's ``motion_model``) whose movies are checked.
+MOTION_MODELS = ("binding",)
 
 #: Tracks shorter than this (frames) are not counted: too short to confirm a change.
 MIN_FRAMES = 20
@@ -31,9 +40,14 @@ MIN_TRACKS = 12
 MIN_SHARE = 0.25
 
 
+def applies_to(motion_model: str | None) -> bool:
+    """Whether a model of this motion (``card["motion_model"]``) gets the check."""
+    return motion_model in MOTION_MODELS
+
+
 def state_change_note(summary: pd.DataFrame, model_name: str, *, min_frames: int = MIN_FRAMES,
                       min_tracks: int = MIN_TRACKS, min_share: float = MIN_SHARE) -> tuple[str, dict[str, Any]]:
-    """``(sentence or "", record)`` on the confirmed changes of state of a two-state model's tracks.
+    """``(sentence or "", record)`` on the confirmed changes of state of a binding model's tracks.
 
     ``summary``: the summary table (``model``, ``n_frames``, ``n_changepoints`` columns); only the
     rows whose values are the model's (``model == model_name``) and of at least ``min_frames``
