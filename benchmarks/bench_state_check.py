@@ -17,7 +17,9 @@ renderer.
 
 Command::
 
-    .venv/bin/python benchmarks/bench_state_check.py [--out PATH]
+    .venv/bin/python benchmarks/bench_state_check.py [--quick] [--out PATH]
+
+``--quick``: 64 x 64 px, 60 frames, 8 particles (a smoke run; report ``state_check_quick.md``).
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def run_one(movie: np.ndarray, model: str, trust: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small movies (smoke run)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    shape, n_frames, particles = ((64, 64), 60, 8.0) if args.quick else ((128, 128), 120, 20.0)
     t0 = time.perf_counter()
     lines = report_header("Confirmed changes of state on our simulator's movies",
                           f"{PROTOCOL}, version {PROTOCOL_VERSION} (docstring of `benchmarks/bench_state_check.py`)",
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
               "| movie (motion) | seed | model asked | model run | guard | share with a confirmed change | "
               "note (if it applied) |", "|---|---|---|---|---|---|---|"]
     for motion, seed in MOVIES:
-        movie = np.asarray(simulate_movie((128, 128), 120, Acquisition(), seed, model=motion, particles=20.0).movie)
+        sim = simulate_movie(shape, n_frames, Acquisition(), seed, model=motion, particles=particles)
+        movie = np.asarray(sim.movie)
         for model in MODELS:
             for trust in (False, True):
                 r = run_one(movie, model, trust)
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"| {motion} | {seed} | {model} | {r['model']} | {guard} | {share} | {note} |")
                 print(lines[-1], flush=True)
     lines += ["", f"Run time {time.perf_counter() - t0:.0f} s; load average at the end {load_average()}."]
-    out = args.out or report_path("state_check", False)
+    out = args.out or report_path("state_check", args.quick)
     write_report(out, lines)
     print(f"wrote {out}")
     return 0
