@@ -10,9 +10,11 @@ the pipeline's classical estimator; (D1 + D2) / 2 per track):
   gaps where a particle was not matched; the CVE uses the acquisition the tool used (its blur
   coefficient). What the classical estimate could give with the tool's detection and localization
   and a linker that never swaps or cuts.
-* **true positions**: the renderer's true positions, one track per particle (no localization error,
-  no blur): the CVE's own sampling spread for these track lengths, the floor of any per-track
-  estimate of a constant D from positions.
+* **true positions**: the renderer's true positions, one track per particle (no localization error;
+  they are the positions averaged over each exposure, so the motion blur's averaging is in them: the
+  mean squared step of these tables is 1 - 2R = 0.67 x the unblurred one): the CVE's own sampling spread
+  for these track lengths. It is the floor of the CVE, not of every estimator: one that knew the positions
+  free of noise (the mean squared step alone) would spread less.
 """
 
 from __future__ import annotations

@@ -23,11 +23,14 @@ Protocol "interval coverage", version 1 (defined here):
   estimator the pipeline reports there (the model where the guard accepts it over the cell's
   tracks, else the classical one; the guard decides as in the pipeline, with the acquisition check
   of the model's card: outside its training range a model is rejected unless its population test
-  shows it unbiased). The model's D intervals are widened by the guard's 99 %
-  interval of its bias factor over the cell's tracks, as the pipeline widens them over a movie's
-  (``estimation.intervals.widen_for_bias``). A model the pipeline runs in units of the PSF in a
-  cell (``psf_units.scale_for(card, acquisition, "auto")`` != 1, e.g. ``aniso_any`` away from
-  its training width) gets the cell's tracks made with patches large enough for the resampling
+  shows it unbiased). Where the guard accepts the model but shows it off by more than 5 %, the
+  model's D1 and D2 are divided by its factor (``estimation.rescale``, as the pipeline does; the
+  report marks the cell "rescaled"). The model's D intervals are widened by the guard's 99 %
+  interval of its bias factor over the cell's tracks (after a rescale: the interval left), as the
+  pipeline widens them over a movie's (``estimation.intervals.widen_for_bias``). A model the
+  pipeline runs in units of the PSF in a cell (``psf_units.scale_for(card, acquisition, "auto")``
+  != 1, e.g. ``aniso_any`` away from its training width) gets the cell's tracks made with patches
+  large enough for the resampling
   (the same seeds and physics through ``make_samples(..., SampleSettings(patch_size=q))``, so its
   tracks are not the 11-px set's), resampled as ``track`` does (the width told).
 
@@ -62,6 +65,7 @@ from napari_spt_diffusion.estimation.intervals import (
     table_for_psf,
     widen_for_bias,
 )
+from napari_spt_diffusion.estimation.rescale import rescale_factor, residual_bias
 from napari_spt_diffusion.training import interval_calibration as IC
 from napari_spt_diffusion.training.acquisition_ranges import RANGES
 
@@ -191,11 +195,9 @@ def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
     return out
 
 
-def guard_accepts(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict,
-                  scale: float) -> tuple[bool, float, float, float]:
+def guard_decision(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict, scale: float) -> guard.GuardDecision:
     """The guard's decision over the cell's tracks (as ``pipeline.guard_model``: the population test, with
-    the acquisition check as the pipeline makes it, in the model's units at PSF-units ``scale``): accepted,
-    the bias factor and its 99 % interval."""
+    the acquisition check as the pipeline makes it, in the model's units at PSF-units ``scale``)."""
     d_cve, n_disp = [], []
     for batch, lengths in cal.batches:
         pos = np.asarray(batch.positions_px, float).copy()
@@ -210,7 +212,18 @@ def guard_accepts(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict,
                                   blur=acq.blur_coefficient)
     judged = pu.model_acquisition(acq, scale, pu.card_psf_sigma_px(card))
     messages = check_acquisition(card, judged, virtual_pixels=judged is not acq)
-    return not guard.decide(bias, messages).rejected, bias[0], bias[1], bias[2]
+    return guard.decide(bias, messages)
+
+
+def as_reported(est: dict[str, np.ndarray], decision: guard.GuardDecision
+                ) -> tuple[dict[str, np.ndarray], float | None, tuple[float, float]]:
+    """The model's estimates as the pipeline reports them where the guard accepts the model: divided by the
+    guard's factor where it shows a bias beyond 5 % (``estimation.rescale``), with the interval of the bias
+    left to widen the D intervals by."""
+    factor = rescale_factor(decision)
+    if factor is not None:
+        est = {**est, "D1_um2_s": est["D1_um2_s"] / factor, "D2_um2_s": est["D2_um2_s"] / factor}
+    return est, factor, residual_bias(decision, factor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,10 +270,12 @@ def main(argv: list[str] | None = None) -> int:
                                       args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q)
                 cal = cut(batch, [CUT_SEED, index])
             est = IC.model_estimates(modules[name], cal, scale=scale)
-            accepted, factor, low, high = guard_accepts(est, cal, acq, cards[name], scale)
-            row[name] = {**coverage(table_for_psf(tables[name], sigma), est, cal, bias=(low, high)),
-                         "guard_accepts": accepted,
-                         "guard_factor": factor, "guard_low": low, "guard_high": high, "psf_scale": scale}
+            decision = guard_decision(est, cal, acq, cards[name], scale)
+            est, rescaled_by, left = as_reported(est, decision)
+            row[name] = {**coverage(table_for_psf(tables[name], sigma), est, cal, bias=left),
+                         "guard_accepts": not decision.rejected, "guard_factor": decision.bias_factor,
+                         "guard_low": decision.bias_low, "guard_high": decision.bias_high, "rescaled_by": rescaled_by,
+                         "psf_scale": scale}
         rows.append(row)
         print(f"cell {sigma} px {photons:g}: done", flush=True)
     report = render(rows, models, seconds, time.perf_counter() - t_start, command_line("bench_intervals.py", argv))
@@ -294,6 +309,8 @@ def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, c
             c = r[name]
             g = "-" if name.startswith("classical") else (f"accepts ({fmt(c['guard_factor'], 2)})" if c["guard_accepts"]
                                                   else f"rejects ({fmt(c['guard_factor'], 2)})")
+            if c.get("rescaled_by"):
+                g += ", rescaled"
             if c.get("psf_scale", 1.0) != 1.0:
                 g += f"; PSF units, s = {c['psf_scale']:.2f}"
             cov = " | ".join(f"{_cov(c[f'{k}_68'])} / {_cov(c[f'{k}_95'])}" for k in ("D1", "D2", "theta"))

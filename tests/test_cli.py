@@ -316,3 +316,5 @@ def test_track_settings_from_options():
     assert default.split_encounters is True and default.memory_frames == 2
     assert default.model_switch is True
     assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model"])).model_switch is False
+    assert default.rescale_model is True
+    assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model-scale"])).rescale_model is False

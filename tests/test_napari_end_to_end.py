@@ -218,3 +218,6 @@ def test_the_model_for_any_microscope_takes_over_in_the_widget(make_napari_viewe
     from napari_spt_diffusion._napari.track_widget import pipeline_settings
 
     assert pipeline_settings(widget.values()).model_switch is False
+    assert pipeline_settings(widget.values()).rescale_model is True
+    widget.scale_box.value = True  # "keep the model's scale"
+    assert pipeline_settings(widget.values()).rescale_model is False

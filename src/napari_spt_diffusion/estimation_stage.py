@@ -30,7 +30,7 @@ from . import notices, plausibility, streaming
 from .acquisition import Acquisition
 from .calibration import CALIBRATED_FIELDS, Calibration, calibrate_movie
 from .estimation import changepoints as cp
-from .estimation import guard
+from .estimation import guard, rescale
 from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular_positions
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
@@ -276,6 +276,13 @@ def estimate_stage(
         messages.append(decision.reason)
         if not settings.trust_model:
             estimates = [_rejected(e, classical[e.track_id]) if e.method == "model" else e for e in estimates]
+    # an accepted model's bias, where shown, is divided out (estimation/rescale.py)
+    factor = rescale.rescale_factor(decision) if settings.rescale_model else None
+    if factor is not None:
+        estimates = [rescale.rescaled(e, factor) for e in estimates]
+        note = rescale.rescale_note(decision, factor, estimator.model_name)
+        _warn(note)
+        messages.append(note)
 
     # 7, 8 - changepoints and tables
     bar.begin("tables", "changepoints and result tables")
@@ -302,7 +309,7 @@ def estimate_stage(
     measured = decision.n_tracks >= guard.MIN_TRACKS and all(
         math.isfinite(v) for v in (decision.bias_factor, decision.bias_low, decision.bias_high))
     summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"),
-                                            model_bias=(decision.bias_low, decision.bias_high) if measured else None)
+                                            model_bias=rescale.residual_bias(decision, factor) if measured else None)
     messages += notices.warn_all(plausibility.estimate_warnings(summary))
     state_note, state_record = ("", None)
     if applies_to(estimator.card.get("motion_model")) and (not decision.rejected or settings.trust_model):
@@ -314,7 +321,8 @@ def estimate_stage(
     bar.report(1.0, "done")
     bar.end()
     meta = {
-        "guard": {**decision.to_dict(), "model_reported": not decision.rejected or settings.trust_model},
+        "guard": {**decision.to_dict(), "model_reported": not decision.rejected or settings.trust_model,
+                  "rescaled_by": factor},
         "model": estimator.model_name,
         "model_kind": estimator.kind,
         "model_sha256": estimator.card.get("sha256"),

@@ -182,6 +182,11 @@ class Settings:
     trust_model
         Report the model's values even when the guard (:mod:`~.estimation.guard`) finds
         the model biased on this movie or the movie outside its training range.
+    rescale_model
+        Where the guard accepts the model but shows it off by more than
+        :data:`~.estimation.rescale.MIN_RESCALE` (its interval of the bias factor excludes 1),
+        divide the model's D1 and D2 by that factor (:mod:`~.estimation.rescale`; flag
+        ``rescaled``, ``meta["guard"]["rescaled_by"]``); ``False`` keeps the model's values.
     drift_correction
         Subtract the ensemble-mean displacement per frame (:mod:`~.estimation.drift`) from
         the positions behind every estimate (off by default: it biases D low by about
@@ -221,6 +226,7 @@ class Settings:
     chunk_localizations: int = 200_000
     measure: tuple[str, ...] = ()
     trust_model: bool = False
+    rescale_model: bool = True
     drift_correction: bool = False
     psf_units: str = "auto"
     model_switch: bool = True

@@ -109,6 +109,7 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
         motion_linking=bool(values.get("motion_linking", True)),
         trust_model=bool(values.get("trust_model", False)),
         model_switch=not bool(values.get("keep_model", False)),
+        rescale_model=not bool(values.get("keep_model_scale", False)),
         measure=tuple(values.get("measure", ())),
     )
 
@@ -206,6 +207,11 @@ class TrackEstimateWidget(Container):
         self.keep_box.tooltip = ("Where the movie lies outside what the chosen bundled model was trained for, its "
                                  "model for any microscope runs instead (aniso -> aniso_any, binding -> binding_any, "
                                  "twostate -> twostate_any); on: keep the chosen one")
+        self.scale_box = CheckBox(name="keep_model_scale", text="keep the model's scale where the guard shows a bias",
+                                  value=False)
+        self.scale_box.tooltip = ("Where the guard accepts the model but shows its D off from the classical estimate "
+                                  "by more than 5 %, the model's D1 and D2 are divided by that factor (flag "
+                                  "'rescaled'); on: report them as the model gave them")
         self.preview_button = PushButton(name="preview", text="Preview detections (current frame)")
         self.run_button = PushButton(name="run", text="Run Track && Estimate")
         self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
@@ -227,7 +233,7 @@ class TrackEstimateWidget(Container):
         self.acq_group = collapsible("Acquisition (pixel, frame, camera, PSF)", acq_fields)
         options = Container(labels=True, widgets=[
             self.model_combo, self.checkpoint, self.device_combo, self.threshold, self.max_D, self.memory,
-            self.min_length, self.motion_box, self.split_box, self.trust_box, self.keep_box,
+            self.min_length, self.motion_box, self.split_box, self.trust_box, self.keep_box, self.scale_box,
         ])
         self.options_group = collapsible("Model and tracking", options, expanded=True)
         actions = Container(labels=False, widgets=[
@@ -303,6 +309,7 @@ class TrackEstimateWidget(Container):
         values["checkpoint"] = str(values["checkpoint"]) if values["checkpoint"] else ""
         values["trust_model"] = bool(self.trust_box.value)  # never persisted: each run opts in again
         values["keep_model"] = bool(self.keep_box.value)
+        values["keep_model_scale"] = bool(self.scale_box.value)
         return values
 
     def _load_settings(self) -> None:
