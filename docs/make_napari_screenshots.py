@@ -1,7 +1,8 @@
 """Take the napari screenshots of docs/ (run under a virtual display).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_napari_screenshots.py
-    ... [--only results|msd|simulator|foreign|model_switch|state_note|reloaded] [--sizes 1920x1080,1280x800]
+    ... [--only results|msd|simulator|foreign|model_switch|state_note|rescale|reloaded]
+    ... [--sizes 1920x1080,1280x800]
 
 Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind>.png`` at
 1920 x 1080 and ``screenshot_<kind>_<W>x<H>.png`` at any other size (1280 x 800 by default).
@@ -18,6 +19,9 @@ Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind
   ``aniso_any`` run, the guard's decision), at 1920 x 1080 only;
 - ``state_note``: the NA 1.45 free-diffusion movie with ``binding`` asked (``binding_any`` runs): the
   warnings tab with the note that few tracks show a change of state, at 1920 x 1080 only;
+- ``rescale``: the NA 0.8 free-diffusion movie of seed offset 30 (the case's seed + 30), where the guard
+  accepts ``aniso_any`` but shows it reading 0.87 x the classical estimate: the warnings tab with the
+  sentence that its D1 and D2 were divided by that factor, at 1920 x 1080 only;
 - ``reloaded``: the results of the sample movie written to CSV and opened again with the
   plugin's reader beside the movie (File > Open of ``<prefix>_meta.json``).
 
@@ -204,7 +208,7 @@ def simulator_screenshot(out: Path, seed: int, size: tuple[int, int]) -> None:
 
 
 def foreign_screenshot(out: Path, size: tuple[int, int], warnings_tab: bool = False, case_name: str = "free_wide",
-                       model: str = "aniso") -> None:
+                       model: str = "aniso", seed_offset: int = 0) -> None:
     """A foreign-optics movie (by default NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user
     would (``warnings_tab``: the results dock shows its warnings tab, where the model switch and the guard's
     decision are told, instead of the histogram; ``model``: the motion model asked for)."""
@@ -215,7 +219,8 @@ def foreign_screenshot(out: Path, size: tuple[int, int], warnings_tab: bool = Fa
     from napari_spt_diffusion.validation.foreign_renderer import foreign_case, render_foreign_movie
 
     case = foreign_case(case_name)
-    truth = render_foreign_movie(case["scene"], case["optics"], case["camera"], case["motion"], case["seed"])
+    truth = render_foreign_movie(case["scene"], case["optics"], case["camera"], case["motion"],
+                                 case["seed"] + seed_offset)
     viewer = napari.Viewer(title="napari-spt-diffusion: a movie from another microscope")
     _window(viewer, size)
     viewer.add_image(truth.movie, name=f"foreign NA {case['optics'].na:g}", scale=(0.01, 0.1, 0.1),
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     parser.add_argument("--only", help="one kind only",
-                        choices=("results", "msd", "simulator", "foreign", "model_switch", "state_note", "reloaded"))
+                        choices=("results", "msd", "simulator", "foreign", "model_switch", "state_note", "rescale",
+                                 "reloaded"))
     parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
@@ -278,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.only in (None, "state_note") and size == (1920, 1080):
             foreign_screenshot(args.out_dir / "screenshot_state_note.png", size, warnings_tab=True,
                                case_name="free_narrow", model="binding")
+        if args.only in (None, "rescale") and size == (1920, 1080):
+            foreign_screenshot(args.out_dir / "screenshot_rescale.png", size, warnings_tab=True, seed_offset=30)
 
 
 if __name__ == "__main__":

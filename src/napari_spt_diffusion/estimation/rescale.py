@@ -82,5 +82,5 @@ def rescale_note(decision: GuardDecision, factor: float, model_name: str) -> str
         f"model '{model_name}' reads this movie's diffusion coefficients {factor:.2f} x the classical estimate over "
         f"{decision.n_tracks} tracks ({100 * decision.confidence:.0f} % interval {decision.bias_low:.2f}-"
         f"{decision.bias_high:.2f}); its D1 and D2 are divided by {factor:.2f} (flag '{RESCALED_FLAG}'; "
-        "--keep-model-scale keeps them as the model gave them)"
+        "--keep-model-scale, or 'keep the model's scale' in the widget, keeps them as the model gave them)"
     )
