@@ -108,10 +108,12 @@ def meets(scores: tuple, best: tuple, per_frame: bool) -> bool:
     return ok and (not per_frame or scores[2] is None or best[2] is None or scores[2] <= best[2])
 
 
-def guard_rescale(pred: dict, batch, acq: Acquisition, card: dict, scale: float) -> tuple[bool, float, float | None]:
+def guard_rescale(pred: dict, batch, acq: Acquisition, card: dict, scale: float,
+                  told: Acquisition) -> tuple[bool, float, float | None]:
     """The guard over the cell's tracks as ``track`` runs it (``pipeline.guard_model``: the model's mean
     diffusivity per track against the CVE, with the acquisition check of the model's card at PSF-units
-    ``scale``): ``(rejected, bias factor, rescale factor or None)`` (``estimation.rescale``)."""
+    ``scale`` on ``told``, the acquisition with the calibrated PSF width, as ``track`` judges it):
+    ``(rejected, bias factor, rescale factor or None)`` (``estimation.rescale``)."""
     with np.errstate(all="ignore"):
         cve = cve_tensor_batch(batch.positions_px, acq)
         d_mean = 0.5 * (np.asarray(pred["D1_um2_s"], float) + np.asarray(pred["D2_um2_s"], float))
@@ -121,8 +123,8 @@ def guard_rescale(pred: dict, batch, acq: Acquisition, card: dict, scale: float)
     bias = guard.population_ratio(acq.diffusion_to_px2_per_frame(d_mean),
                                   0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2), loc_var,
                                   cve["n_displacements"], blur=acq.blur_coefficient)
-    judged = pu.model_acquisition(acq, scale, pu.card_psf_sigma_px(card))
-    decision = guard.decide(bias, check_acquisition(card, judged, virtual_pixels=judged is not acq))
+    judged = pu.model_acquisition(told, scale, pu.card_psf_sigma_px(card))
+    decision = guard.decide(bias, check_acquisition(card, judged, virtual_pixels=judged is not told))
     return decision.rejected, decision.bias_factor, rescale_factor(decision)
 
 
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                     ratio = (cal[0] / best[0], cal[1] / best[1])
                     ok = meets(cal, best, per_frame)
                     met[name].append(ok)
-                    rejected, factor, rescale = guard_rescale(pred, batch, acq, card, s_cal)
+                    told = acq.replace(psf_sigma_nm=100.0 * (measured if measured else sigma))
+                    rejected, factor, rescale = guard_rescale(pred, batch, acq, card, s_cal, told)
                     if rejected:
                         guarded = f"rejected ({factor:.2f} x)"
                     elif rescale is None:

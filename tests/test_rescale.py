@@ -113,3 +113,33 @@ def test_the_stage_rescales_what_the_guard_accepts_with_a_shown_bias(monkeypatch
     assert out.meta["guard"]["rescaled_by"] == pytest.approx(0.9) and kept.meta["guard"]["rescaled_by"] is None
     # the model's intervals are widened by what is left of the bias (0.94-1.06), not by the bias itself
     assert widened_by[0] == pytest.approx((0.85 / 0.9, 0.95 / 0.9)) and widened_by[1] == pytest.approx((0.85, 0.95))
+
+
+def test_a_rejected_model_kept_with_trust_model_is_not_rescaled(monkeypatch, movie, toy_models):
+    tracks = movie.truth.tracks[["track_id", "frame", "y_px", "x_px"]].copy()
+    tracks = tracks[tracks.groupby("track_id")["frame"].transform("size") >= 8].reset_index(drop=True)
+    settings = Settings(model=toy_models["sequence"], device="cpu", min_track_length=5, trust_model=True)
+    kept = estimate_tracks(movie.movie, tracks, Acquisition(), dataclasses.replace(settings, rescale_model=False))
+    # shown beyond the 10 % margin: rejected; --trust-model reports the model's values as it gave them
+    monkeypatch.setattr(guard, "population_ratio", lambda *a, **k: (0.85, 0.80, 0.88, 50))
+    with pytest.warns(UserWarning, match="biased on this movie"):
+        out = estimate_tracks(movie.movie, tracks, Acquisition(), settings)
+    assert out.meta["guard"]["rejected"] and out.meta["guard"]["rescaled_by"] is None
+    np.testing.assert_allclose(out.summary["D1_um2_s"], kept.summary["D1_um2_s"], rtol=1e-9)
+    assert not out.summary["notes"].str.contains(RESCALED_FLAG).any()
+
+
+def test_a_pointwise_model_is_rescaled_frame_by_frame(monkeypatch, movie, toy_models):
+    tracks = movie.truth.tracks[["track_id", "frame", "y_px", "x_px"]].copy()
+    tracks = tracks[tracks.groupby("track_id")["frame"].transform("size") >= 8].reset_index(drop=True)
+    settings = Settings(model=toy_models["pointwise"], device="cpu", min_track_length=5)
+    kept = estimate_tracks(movie.movie, tracks, Acquisition(), dataclasses.replace(settings, rescale_model=False))
+    monkeypatch.setattr(guard, "population_ratio", lambda *a, **k: (1.08, 1.06, 1.09, 50))
+    with pytest.warns(UserWarning, match="divided by 1.08"):
+        out = estimate_tracks(movie.movie, tracks, Acquisition(), settings)
+    model_rows = (kept.tracks["track_id"].isin(kept.summary.loc[kept.summary["method"] == "model", "track_id"]))
+    assert model_rows.any()
+    for column in ("D1_um2_s", "D2_um2_s"):
+        np.testing.assert_allclose(out.tracks[column][model_rows], kept.tracks[column][model_rows] / 1.08, rtol=1e-6)
+    np.testing.assert_allclose(out.tracks["theta_deg"], kept.tracks["theta_deg"], rtol=1e-9)
+    np.testing.assert_array_equal(out.tracks["is_changepoint"], kept.tracks["is_changepoint"])

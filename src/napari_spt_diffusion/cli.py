@@ -544,7 +544,8 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
                              "measuring camera, background, PSF width and signal from the movie")
     parser.add_argument("--trust-model", action="store_true",
                         help="report the model's values even where the guard finds it biased on this movie or the "
-                             "movie outside its training range (default: the classical values are reported then)")
+                             "movie outside its training range (default: the classical values are reported then); "
+                             "a rejected model's values are reported as it gave them, not rescaled")
     parser.add_argument("--keep-model-scale", action="store_true",
                         help="report an accepted model's values as it gave them even where the guard shows them off "
                              "by more than 5 %% (default: divided by the factor the guard measured, flag 'rescaled')")

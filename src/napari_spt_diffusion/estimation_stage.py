@@ -402,7 +402,8 @@ def with_intervals(
             "model_bias_widening": (
                 {"bias_low": low, "bias_high": high,
                  "rule": "model rows: low bound / max(high, 1), high bound / min(low, 1) (the guard's interval of "
-                         "the model's bias factor on this movie)"}
+                         "the model's bias factor on this movie; where the model's values were rescaled by the guard's "
+                         "factor b, meta guard.rescaled_by, the interval left after that: the guard's bounds / b)"}
                 if widened else None),
             }
     return out, meta
@@ -723,7 +724,7 @@ def _tables(
 
 
 #: Flags that call for a second look at a track's values (summary column ``warnings``); the
-#: others (``windows``, ``gaps``, ``encounter``, ``crowded``, ``classical``) say how the track was
+#: others (``windows``, ``gaps``, ``encounter``, ``crowded``, ``classical``, ``rescaled``) say how the track was
 #: made and go to ``notes``.
 WARNING_FLAGS = ("model_rejected", "clipped", "too_short")
 

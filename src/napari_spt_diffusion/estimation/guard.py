@@ -261,7 +261,8 @@ def decide(
         if shown_unbiased:
             reason = (
                 f"the movie lies outside what model '{model_name}' was trained for, but over {n} tracks its diffusion "
-                f"coefficients agree with the classical estimate ({factor:.2f} x, interval {low:.2f}-{high:.2f}), "
+                f"coefficients lie within {100 * tolerance:.1f} % of the classical estimate ({factor:.2f} x, interval "
+                f"{low:.2f}-{high:.2f}), "
                 "so they are reported"
             )
             return GuardDecision(False, reason, **common)

@@ -14,8 +14,9 @@ intervals then only need widening by the factor's remaining uncertainty,
 ``[b_low / b, b_high / b]`` (:func:`~.estimation.intervals.widen_for_bias`).
 
 What it cannot do: correct a bias that differs between the movie's tracks (one factor serves
-them all), or a model the guard rejects (the classical values are reported there). Theta and the
-changepoints (log D differences) do not change.
+them all), or a model the guard rejects (the classical values are reported there). Theta does not
+change, nor do the changepoints, which are decided on log D differences, except where a per-frame D
+lies near the 1e-3 um^2/s floor those features are clipped at (``changepoints.changepoint_features``).
 """
 
 from __future__ import annotations
