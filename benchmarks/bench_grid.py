@@ -62,6 +62,7 @@ from napari_spt_diffusion.estimation import psf_units as pu
 from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
 from napari_spt_diffusion.estimation.classical import cve_tensor_batch
 from napari_spt_diffusion.estimation.estimator import check_acquisition
+from napari_spt_diffusion.estimation.model_choice import ALTERNATIVES
 from napari_spt_diffusion.estimation.rescale import rescale_factor
 from napari_spt_diffusion.metrics import mean_absolute_error
 from napari_spt_diffusion.simulation.optics import RenderOptics
@@ -109,11 +110,11 @@ def meets(scores: tuple, best: tuple, per_frame: bool) -> bool:
 
 
 def guard_rescale(pred: dict, batch, acq: Acquisition, card: dict, scale: float,
-                  told: Acquisition) -> tuple[bool, float, float | None]:
+                  told: Acquisition) -> tuple[bool, float, float | None, bool]:
     """The guard over the cell's tracks as ``track`` runs it (``pipeline.guard_model``: the model's mean
     diffusivity per track against the CVE, with the acquisition check of the model's card at PSF-units
     ``scale`` on ``told``, the acquisition with the calibrated PSF width, as ``track`` judges it):
-    ``(rejected, bias factor, rescale factor or None)`` (``estimation.rescale``)."""
+    ``(rejected, bias factor, rescale factor or None, inside the card's range)`` (``estimation.rescale``)."""
     with np.errstate(all="ignore"):
         cve = cve_tensor_batch(batch.positions_px, acq)
         d_mean = 0.5 * (np.asarray(pred["D1_um2_s"], float) + np.asarray(pred["D2_um2_s"], float))
@@ -124,8 +125,29 @@ def guard_rescale(pred: dict, batch, acq: Acquisition, card: dict, scale: float,
                                   0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2), loc_var,
                                   cve["n_displacements"], blur=acq.blur_coefficient)
     judged = pu.model_acquisition(told, scale, pu.card_psf_sigma_px(card))
-    decision = guard.decide(bias, check_acquisition(card, judged, virtual_pixels=judged is not told))
-    return decision.rejected, decision.bias_factor, rescale_factor(decision)
+    messages = check_acquisition(card, judged, virtual_pixels=judged is not told)
+    decision = guard.decide(bias, messages)
+    return decision.rejected, decision.bias_factor, rescale_factor(decision), not messages
+
+
+def as_track_reports(status: dict[str, dict]) -> dict[str, tuple[str, bool]]:
+    """Per bundled model asked for (with its model for any microscope in ``status``): which estimator ``track``
+    reports in the cell and whether it meets the target, ``(name or "classical", met)``. ``status[name]``:
+    ``in_range`` (the card's acquisition check), ``rejected`` (the guard), ``met`` (as reported, where accepted)."""
+    out = {}
+    for asked, other in ALTERNATIVES.items():
+        if asked not in status or other not in status:
+            continue
+        a, b = status[asked], status[other]
+        if not a["in_range"] and b["in_range"]:
+            chain = [other]  # the model switch
+        elif a["in_range"] and b["in_range"]:
+            chain = [asked, other]  # the guard's fallback
+        else:
+            chain = [asked]
+        used = next((n for n in chain if not status[n]["rejected"]), None)
+        out[asked] = ("classical", False) if used is None else (used, bool(status[used].get("met", False)))
+    return out
 
 
 def classical_scores(small, acq: Acquisition, motion: str) -> dict[str, tuple[float, float, float | None]]:
@@ -179,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     met = {m: [] for m in models}
     met_guarded = {m: [] for m in models}  # cells where the guard accepts the model, met as reported
+    met_reported = {m: [] for m in models if m in ALTERNATIVES and ALTERNATIVES[m] in models}
     t_all = time.perf_counter()
     for shape in shapes:
         for sigma in sigmas:
@@ -200,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 best = tuple(min((v[k] for v in classical.values() if v[k] is not None), default=None)
                              for k in range(3))
                 cells = []
+                status: dict[str, dict] = {}
                 for name, (module, card) in models.items():
                     s_cal, s_true = scales[name]
                     pred = run(module, *inputs(batch, s_cal), acq, s_cal)
@@ -209,22 +233,27 @@ def main(argv: list[str] | None = None) -> int:
                     ok = meets(cal, best, per_frame)
                     met[name].append(ok)
                     told = acq.replace(psf_sigma_nm=100.0 * (measured if measured else sigma))
-                    rejected, factor, rescale = guard_rescale(pred, batch, acq, card, s_cal, told)
+                    rejected, factor, rescale, in_range = guard_rescale(pred, batch, acq, card, s_cal, told)
+                    status[name] = {"in_range": in_range, "rejected": rejected}
                     if rejected:
                         guarded = f"rejected ({factor:.2f} x)"
                     elif rescale is None:
                         guarded = f"as the model ({factor:.2f} x)"
                         met_guarded[name].append(ok)
+                        status[name]["met"] = ok
                     else:
                         m = maes({**pred, "D1_um2_s": pred["D1_um2_s"] / rescale,
                                   "D2_um2_s": pred["D2_um2_s"] / rescale}, batch)
                         met_guarded[name].append(meets(m, best, per_frame))
+                        status[name]["met"] = met_guarded[name][-1]
                         guarded = (f"rescaled / {rescale:.2f}: {fmt(m[0])} / {fmt(m[1])} ({m[0] / best[0]:.2f} / "
                                    f"{m[1] / best[1]:.2f}{', met' if met_guarded[name][-1] else ''})")
                     cp = f" / {fmt(cal[2], 2)}" if per_frame else ""
                     cp_true = f" / {fmt(true[2], 2)}" if per_frame else ""
                     cells.append(f"{fmt(cal[0])} / {fmt(cal[1])}{cp} ({ratio[0]:.2f} / {ratio[1]:.2f}"
                                  f"{', met' if ok else ''}) | {fmt(true[0])} / {fmt(true[1])}{cp_true} | {guarded}")
+                for asked, used in as_track_reports(status).items():
+                    met_reported[asked].append(used)
                 width = fmt(measured) if measured else "n/a (true)"
                 best_text = f"{fmt(best[0])} / {fmt(best[1])}" + (f" / {fmt(best[2], 2)}" if per_frame else "")
                 lines.append(f"| {shape} | {sigma:g} | {n_photons:.0f} | {width} | {best_text} | "
@@ -239,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
               "here): the target met as reported "
               + "; ".join(f"`{m}` in {sum(v)} of the {len(v)} cells where it is accepted"
                           for m, v in met_guarded.items()) + ".",
+              "", "As `track` reports it with the bundled model asked for (the model switch by the card's range, the "
+              "guard, its rescale, and the fallback from a rejected model to its model for any microscope, "
+              "`estimation_fallback.py`; the classical values, where every model is rejected, count as not met): "
+              + ("; ".join(f"`{m}` asked: the target met in {sum(1 for u in v if u[1])} of {len(v)} cells ("
+                           + "reported: " + ", ".join(f"`{k}` in {sum(1 for u in v if u[0] == k)}"
+                                                      for k in sorted({u[0] for u in v}))
+                           + ")" for m, v in met_reported.items()) or "not computed (run a model with its alternative)")
+              + ".",
               "", f"Run time {time.perf_counter() - t_all:.0f} s; load average at the end {load_average()}."]
     write_report(args.out, lines)
     print(f"wrote {args.out}")

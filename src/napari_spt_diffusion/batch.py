@@ -245,6 +245,16 @@ def _model_sha256(model: str) -> str | None:
     return read_card(model).get("sha256")
 
 
+def _made_before_the_fallback(meta: dict[str, Any], settings: Any) -> bool:
+    """A set whose bundled model the guard rejected, written before a rejected model gave way to its model for
+    any microscope (``estimation_fallback.py``: such sets carry ``guard_fallback``): a rerun may report that one."""
+    from .estimation.model_choice import ALTERNATIVES
+
+    rejected = bool((meta.get("guard") or {}).get("rejected"))
+    applies = settings.model_switch and not settings.trust_model and str(meta.get("model")) in ALTERNATIVES
+    return rejected and applies and "guard_fallback" not in meta
+
+
 def completed_set(job: MovieJob, options: BatchOptions, model_sha256: str | None) -> str | None:
     """Why ``job`` must run (``None`` when its results are complete for the same work).
 
@@ -272,6 +282,8 @@ def completed_set(job: MovieJob, options: BatchOptions, model_sha256: str | None
             return "another model: result set replaced"
     if meta.get("model_sha256") != model_sha256:
         return "another model: result set replaced"
+    if _made_before_the_fallback(meta, options.settings):
+        return "made before the guard's fallback to the model for any microscope: result set replaced"
     if _with_defaults(meta.get("settings") or {}) != _plain(expected):
         return "other settings: result set replaced"
     if (meta.get("batch") or {}).get("acquisition_options") != options.acquisition_options():

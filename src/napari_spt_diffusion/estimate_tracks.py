@@ -36,7 +36,8 @@ import pandas as pd
 
 from .acquisition import Acquisition
 from .estimation.estimator import Estimator
-from .estimation_stage import _warn, calibrate_and_load, estimate_stage
+from .estimation_fallback import estimate_with_fallback
+from .estimation_stage import _warn, calibrate_and_load
 from .io.track_tables import ImportedTracks, check_tracks_in_movie, normalize_tracks
 from .pipeline import NoParticlesFound, PipelineError, ProgressCallback, Settings, _check_movie, _Progress
 from .results import Results
@@ -167,7 +168,10 @@ def estimate_tracks(
     bar.begin("link", "tracks given")
     bar.end()
 
-    stage = estimate_stage(movie, table, acquisition, estimator, settings, bar, acquisition_messages)
+    stage, fallback = estimate_with_fallback(movie, table, acquisition, estimator, settings, bar,
+                                             acquisition_messages)
+    if fallback is not None:  # the guard rejected the model: its model for any microscope is reported
+        prepared.model_switch = fallback
     timings.update(stage.timings)
     meta = {
         "acquisition": acquisition.to_dict(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -271,8 +272,10 @@ def estimate_stage(
     precision_px = _column(tracks, "loc_precision_nm") / acquisition.pixel_size_nm
     loc_var = pd.Series(precision_px**2).groupby(tracks["track_id"].to_numpy()).mean().to_dict()
     decision = guard_model(estimates, classical, acquisition, estimator, acquisition_messages, loc_var)
+    held = HELD_AFTER_REJECTION.get() if decision.rejected else None  # another model may be reported instead
+    say = _warn if held is None else held.append
     if decision.rejected:
-        _warn(decision.reason)
+        say(decision.reason)
         messages.append(decision.reason)
         if not settings.trust_model:
             estimates = [_rejected(e, classical[e.track_id]) if e.method == "model" else e for e in estimates]
@@ -310,7 +313,9 @@ def estimate_stage(
         math.isfinite(v) for v in (decision.bias_factor, decision.bias_low, decision.bias_high))
     summary, interval_meta = with_intervals(summary, loc_var, acquisition, estimator.card.get("motion_model"),
                                             model_bias=rescale.residual_bias(decision, factor) if measured else None)
-    messages += notices.warn_all(plausibility.estimate_warnings(summary))
+    for text in plausibility.estimate_warnings(summary):
+        say(text)
+        messages.append(text)
     state_note, state_record = ("", None)
     if applies_to(estimator.card.get("motion_model")) and (not decision.rejected or settings.trust_model):
         state_note, state_record = state_change_note(summary, estimator.model_name)  # a binding model's values
@@ -418,6 +423,12 @@ def _without_drift(tp: TrackPatches, drift_px: np.ndarray) -> TrackPatches:
         subpixel_offset_px=tp.subpixel_offset_px, outside_mask=tp.outside_mask, displacements_px=disp,
         gap_before=gap,
     )
+
+
+#: Set by :mod:`~napari_spt_diffusion.estimation_fallback` while a rejected model may give way to its model for
+#: any microscope: the warnings a stage would give once the guard rejected its model are collected in this list
+#: instead of shown, and shown by the caller only if it reports that run.
+HELD_AFTER_REJECTION: ContextVar[list[str] | None] = ContextVar("held_after_rejection", default=None)
 
 
 def guard_model(

@@ -54,6 +54,7 @@ from .estimation import changepoints as cp
 from .estimation.confirmation import DEFAULT_CONFIRM_ALPHA
 from .estimation.estimator import Estimator
 from .estimation.segments import segments
+from .estimation_fallback import estimate_with_fallback
 from .estimation_stage import (  # noqa: F401 - the stage's helpers, under the names callers know
     _column,
     _tables,
@@ -466,8 +467,10 @@ def _run(
         )
 
     # 3-8 - patches, classical estimators, model, guard, changepoints, tables (estimation_stage)
-    stage = estimate_stage(movie, tracks, acquisition, estimator, settings, bar, acquisition_messages,
-                           complete=None if spill is None else spill.complete)
+    stage, fallback = estimate_with_fallback(movie, tracks, acquisition, estimator, settings, bar,
+                                             acquisition_messages, complete=None if spill is None else spill.complete)
+    if fallback is not None:  # the guard rejected the model: its model for any microscope is reported
+        prepared.model_switch = fallback
     messages += stage.messages
     timings.update(stage.timings)
 

@@ -120,7 +120,12 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "pixel_size_nm": (0.8, 1.25),
     "frame_interval_s": (0.8, 1.25),
     "psf_sigma_px": (0.85, 1.15),
-    "signal_photons": (0.25, 4.0),
+    # a model trained at one photon count reads dimmer movies poorly well before a quarter of it: `aniso`
+    # (1,000 photons) at 500 photons is less accurate than the classical estimators (MAE D1 / D2 0.49 / 0.43
+    # against 0.44 / 0.27, benchmarks/reports/robustness.md) and at 250 the guard rejects it (1.38 x) and
+    # `twostate` (1.50 x), where `aniso_any` and `twostate_any` meet the grid target (grid.md, grid_twostate.md);
+    # until 2026-12-07 the lower bound was 0.25
+    "signal_photons": (0.7, 4.0),
     "background_photons": (0.25, 4.0),
     "exposure_fraction": (0.8, 1.25),
 }
