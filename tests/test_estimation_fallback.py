@@ -47,11 +47,12 @@ def test_a_rejected_model_gives_way_to_its_model_for_any_microscope(monkeypatch,
     out, said = _run(movie, tracks, Settings(model="aniso", device="cpu", min_track_length=5))
     assert out.meta["model"] == "aniso_any" and not out.meta["guard"]["rejected"]
     assert out.meta["model_switch"]["asked"] == "aniso" and out.meta["model_switch"]["used"] == "aniso_any"
-    assert "biased" in out.meta["model_switch"]["reasons"][0]
     assert set(out.summary["model"]) == {"aniso_any"} and (out.summary["method"] == "model").all()
-    assert any("was run instead and the guard accepts it" in m for m in said)
+    assert any("is run instead and reported where the guard accepts it" in m for m in said)
     assert not any("classical estimates are reported instead" in m for m in said)  # the first run's, held back
-    assert any("was run instead" in m for m in out.meta["warnings"])
+    assert any("is run instead" in m for m in out.meta["warnings"])
+    assert not any("classical estimates are reported instead" in m for m in out.meta["warnings"])
+    assert out.meta["model_switch"]["reasons"][0].startswith("the guard rejected it: 0.70 x")
 
 
 def test_both_rejected_leave_the_classical_values_and_the_first_verdict(monkeypatch, movie, tracks):
@@ -60,7 +61,8 @@ def test_both_rejected_leave_the_classical_values_and_the_first_verdict(monkeypa
     assert out.meta["model"] == "aniso" and out.meta["guard"]["rejected"] and out.meta["model_switch"] is None
     assert (out.summary["method"] == "classical").all()
     assert any("classical estimates are reported instead" in m for m in said)
-    assert not any("was run instead" in m for m in said)
+    assert any("'aniso_any' was rejected too" in m for m in said)
+    assert any("was rejected too" in m for m in out.meta["warnings"])
 
 
 @pytest.mark.parametrize("change", [{"model_switch": False}, {"trust_model": True}])
@@ -96,4 +98,34 @@ def test_the_fallback_is_recorded_and_old_rejected_sets_are_rerun_in_a_batch(mon
     assert not batch._made_before_the_fallback(old, Settings(model_switch=False))
     assert not batch._made_before_the_fallback(old, Settings(trust_model=True))
     assert not batch._made_before_the_fallback({**old, "model": "aniso_any"}, Settings())
-    assert not batch._made_before_the_fallback({**old, "guard": {"rejected": False}}, Settings())
+    # an accepted set too: under 0.7 x the training photons `aniso` is now out of range
+    assert batch._made_before_the_fallback({**old, "guard": {"rejected": False}}, Settings())
+    switched = {**old, "model": "aniso_any", "model_switch": {"asked": "aniso", "used": "aniso_any"}}
+    assert not batch._made_before_the_fallback(switched, Settings())
+    assert not batch._made_before_the_fallback({**old, "settings": {"model": "/my/aniso.pt"}}, Settings())
+
+
+def test_a_checkpoint_given_as_a_path_never_falls_back(monkeypatch, movie, tracks, tmp_path):
+    import shutil
+
+    from napari_spt_diffusion.estimation.checkpoint import CHECKPOINT_DIR
+
+    for suffix in (".pt", ".json"):  # a user's copy of the bundled model, under the same name
+        shutil.copy(CHECKPOINT_DIR / f"aniso{suffix}", tmp_path / f"aniso{suffix}")
+    _guard_says(monkeypatch, REJECTED, ACCEPTED)
+    out, said = _run(movie, tracks, Settings(model=str(tmp_path / "aniso.pt"), device="cpu", min_track_length=5))
+    assert out.meta["model_switch"] is None and out.meta["guard"]["rejected"] and "guard_fallback" not in out.meta
+    assert (out.summary["method"] == "classical").all()
+    assert any("classical estimates are reported instead" in m for m in said)  # the rejection, shown
+
+
+def test_aniso_and_twostate_are_out_of_range_under_0_7_x_their_training_photons():
+    from napari_spt_diffusion.estimation.checkpoint import read_card
+    from napari_spt_diffusion.estimation.estimator import check_acquisition
+
+    dim = Acquisition(signal_photons=500.0)
+    for name in ("aniso", "twostate"):
+        assert any("signal" in m for m in check_acquisition(read_card(name), dim)), name
+        assert not check_acquisition(read_card(name), Acquisition(signal_photons=800.0)), name
+    assert not check_acquisition(read_card("binding"), dim)  # the binding model holds at 250-500 photons
+    assert not check_acquisition(read_card("aniso_any"), Acquisition(signal_photons=200.0))

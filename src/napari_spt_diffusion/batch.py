@@ -246,13 +246,16 @@ def _model_sha256(model: str) -> str | None:
 
 
 def _made_before_the_fallback(meta: dict[str, Any], settings: Any) -> bool:
-    """A set whose bundled model the guard rejected, written before a rejected model gave way to its model for
-    any microscope (``estimation_fallback.py``: such sets carry ``guard_fallback``): a rerun may report that one."""
+    """A set where the bundled model asked for ran, written before 2026-12-07: since then a model the guard rejects
+    gives way to its model for any microscope (``estimation_fallback.py``; such sets carry ``guard_fallback``) and
+    ``aniso`` and ``twostate`` are out of range under 0.7 x their training photons (``MOTION_TOLERANCES``): a rerun
+    may report another model."""
     from .estimation.model_choice import ALTERNATIVES
 
-    rejected = bool((meta.get("guard") or {}).get("rejected"))
-    applies = settings.model_switch and not settings.trust_model and str(meta.get("model")) in ALTERNATIVES
-    return rejected and applies and "guard_fallback" not in meta
+    asked = str((meta.get("settings") or {}).get("model", meta.get("model")))
+    applies = settings.model_switch and not settings.trust_model and asked in ALTERNATIVES
+    ran_as_asked = not meta.get("model_switch") and str(meta.get("model")) == asked
+    return bool(applies and ran_as_asked and "guard_fallback" not in meta)
 
 
 def completed_set(job: MovieJob, options: BatchOptions, model_sha256: str | None) -> str | None:

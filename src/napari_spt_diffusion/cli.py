@@ -553,7 +553,9 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
                         help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
     parser.add_argument("--keep-model", action="store_true",
                         help="run the model asked for even where the movie lies outside its training range (by default "
-                             "a bundled model for any microscope then takes over where one covers the movie)")
+                             "a bundled model for any microscope then takes over where one covers the movie), and "
+                             "report the classical values where the guard rejects it (by default that model is run "
+                             "after it and reported if the guard accepts it)")
     parser.add_argument("--psf-units", choices=("auto", "on", "off"), default=None,
                         help="give the model its inputs in units of the PSF: patches resampled to its training PSF "
                              "width, displacements and D scaled (auto: when the movie's PSF is outside the model's "

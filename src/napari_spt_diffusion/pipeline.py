@@ -202,7 +202,9 @@ class Settings:
         When the movie's acquisition lies outside the training range of the bundled model asked
         for and inside that of its bundled model for any microscope
         (:data:`~.estimation.model_choice.ALTERNATIVES`), run that one instead (recorded in
-        ``meta["model_switch"]``); ``False`` keeps the model asked for.
+        ``meta["model_switch"]``); and where the guard rejects the bundled model asked for, run that
+        one after it and report it if the guard accepts it (:mod:`~napari_spt_diffusion.estimation_fallback`).
+        ``False`` keeps the model asked for in both cases.
     """
 
     model: str = "aniso"

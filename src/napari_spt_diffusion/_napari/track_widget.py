@@ -204,9 +204,9 @@ class TrackEstimateWidget(Container):
         self.trust_box.tooltip = ("The guard compares the model with the classical estimate over all tracks; when the "
                                   "model is biased on this movie the classical values are reported unless this is on")
         self.keep_box = CheckBox(name="keep_model", text="keep this model outside its training range", value=False)
-        self.keep_box.tooltip = ("Where the movie lies outside what the chosen bundled model was trained for, its "
-                                 "model for any microscope runs instead (aniso -> aniso_any, binding -> binding_any, "
-                                 "twostate -> twostate_any); on: keep the chosen one")
+        self.keep_box.tooltip = ("Where the movie lies outside what the chosen bundled model was trained for, or the "
+                                 "guard rejects it, its model for any microscope runs instead (aniso -> aniso_any, "
+                                 "binding -> binding_any, twostate -> twostate_any); on: keep the chosen one")
         self.scale_box = CheckBox(name="keep_model_scale", text="keep the model's scale where the guard shows a bias",
                                   value=False)
         self.scale_box.tooltip = ("Where the guard accepts the model but shows its D off from the classical estimate "

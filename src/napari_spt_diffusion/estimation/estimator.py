@@ -92,6 +92,7 @@ __all__ = [
     "triangular_weights",
     "window_starts",
     "DEFAULT_TOLERANCES",
+    "MOTION_TOLERANCES",
     "CPU_CHUNK",
 ]
 
@@ -120,14 +121,21 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "pixel_size_nm": (0.8, 1.25),
     "frame_interval_s": (0.8, 1.25),
     "psf_sigma_px": (0.85, 1.15),
-    # a model trained at one photon count reads dimmer movies poorly well before a quarter of it: `aniso`
-    # (1,000 photons) at 500 photons is less accurate than the classical estimators (MAE D1 / D2 0.49 / 0.43
-    # against 0.44 / 0.27, benchmarks/reports/robustness.md) and at 250 the guard rejects it (1.38 x) and
-    # `twostate` (1.50 x), where `aniso_any` and `twostate_any` meet the grid target (grid.md, grid_twostate.md);
-    # until 2026-12-07 the lower bound was 0.25
-    "signal_photons": (0.7, 4.0),
+    "signal_photons": (0.25, 4.0),  # (0.7, 4.0) for the motions of MOTION_TOLERANCES
     "background_photons": (0.25, 4.0),
     "exposure_fraction": (0.8, 1.25),
+}
+
+#: Tolerances that replace :data:`DEFAULT_TOLERANCES` for a card's motion model. A single-state anisotropic or a
+#: two-state isotropic model trained at one photon count reads dimmer movies poorly well before a quarter of it:
+#: `aniso` (1,000 photons) at 500 photons is less accurate than the classical estimators (MAE D1 / D2 0.49 / 0.43
+#: against 0.44 / 0.27, benchmarks/reports/robustness.md), and at 250 the guard rejects `aniso` (1.38 x) and
+#: `twostate` (1.50 x), where `aniso_any` and `twostate_any` meet the grid target (grid.md, grid_twostate.md).
+#: The binding model holds at 250-500 photons (robustness.md; grid_binding.md), so it keeps 0.25 x. Until
+#: 2026-12-07 every model had 0.25 x.
+MOTION_TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
+    "aniso": {"signal_photons": (0.7, 4.0)},
+    "twostate": {"signal_photons": (0.7, 4.0)},
 }
 
 
@@ -213,6 +221,7 @@ def check_acquisition(
     except (TypeError, ValueError):
         return ["the model card's training acquisition cannot be read, so the movie could not be compared with it"]
     tol = dict(DEFAULT_TOLERANCES)
+    tol.update(MOTION_TOLERANCES.get(str(card.get("motion_model")), {}))
     if tolerances:
         tol.update(tolerances)
     ranges = card.get("training_ranges") or {}
