@@ -55,15 +55,13 @@ from _common import (
     report_path,
     write_report,
 )
+from _guard_as_track import as_reported, guard_decision
 from bench_psf_units import inputs, run
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import guard
 from napari_spt_diffusion.estimation import psf_units as pu
 from napari_spt_diffusion.estimation.checkpoint import load_checkpoint
-from napari_spt_diffusion.estimation.classical import cve_tensor_batch
-from napari_spt_diffusion.estimation.estimator import check_acquisition
 from napari_spt_diffusion.estimation.model_choice import ALTERNATIVES
-from napari_spt_diffusion.estimation.rescale import rescale_factor
 from napari_spt_diffusion.metrics import mean_absolute_error
 from napari_spt_diffusion.simulation.optics import RenderOptics
 from napari_spt_diffusion.training.samples import SampleSettings, make_samples
@@ -109,25 +107,19 @@ def meets(scores: tuple, best: tuple, per_frame: bool) -> bool:
     return ok and (not per_frame or scores[2] is None or best[2] is None or scores[2] <= best[2])
 
 
-def guard_rescale(pred: dict, batch, acq: Acquisition, card: dict, scale: float,
-                  told: Acquisition) -> tuple[bool, float, float | None, bool]:
-    """The guard over the cell's tracks as ``track`` runs it (``pipeline.guard_model``: the model's mean
-    diffusivity per track against the CVE, with the acquisition check of the model's card at PSF-units
-    ``scale`` on ``told``, the acquisition with the calibrated PSF width, as ``track`` judges it):
-    ``(rejected, bias factor, rescale factor or None, inside the card's range)`` (``estimation.rescale``)."""
+def guard_rescale(pred: dict, batch, card: dict, scale: float,
+                  told: Acquisition) -> tuple[guard.GuardDecision, bool]:
+    """The guard over the cell's tracks as ``track`` runs it (``_guard_as_track.guard_decision``, the acquisition
+    with the calibrated PSF width, ``told``, as ``track`` judges it; the model at PSF-units ``scale``):
+    ``(decision, inside the card's range)``."""
     with np.errstate(all="ignore"):
-        cve = cve_tensor_batch(batch.positions_px, acq)
         d_mean = 0.5 * (np.asarray(pred["D1_um2_s"], float) + np.asarray(pred["D2_um2_s"], float))
         if d_mean.ndim == 2:  # a pointwise model: the track's mean, as the summary holds it
             d_mean = np.nanmean(d_mean, axis=1)
-        loc_var = np.nanmean((np.asarray(batch.loc_precision_nm, float) / acq.pixel_size_nm) ** 2, axis=1)
-    bias = guard.population_ratio(acq.diffusion_to_px2_per_frame(d_mean),
-                                  0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2), loc_var,
-                                  cve["n_displacements"], blur=acq.blur_coefficient)
-    judged = pu.model_acquisition(told, scale, pu.card_psf_sigma_px(card))
-    messages = check_acquisition(card, judged, virtual_pixels=judged is not told)
-    decision = guard.decide(bias, messages)
-    return decision.rejected, decision.bias_factor, rescale_factor(decision), not messages
+        loc_var = np.nanmean((np.asarray(batch.loc_precision_nm, float) / told.pixel_size_nm) ** 2, axis=1)
+    decision, messages = guard_decision(told.diffusion_to_px2_per_frame(d_mean), batch.positions_px, loc_var,
+                                        told, card, scale)
+    return decision, not messages
 
 
 def as_track_reports(status: dict[str, dict]) -> dict[str, tuple[str, bool]]:
@@ -233,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                     ok = meets(cal, best, per_frame)
                     met[name].append(ok)
                     told = acq.replace(psf_sigma_nm=100.0 * (measured if measured else sigma))
-                    rejected, factor, rescale, in_range = guard_rescale(pred, batch, acq, card, s_cal, told)
+                    decision, in_range = guard_rescale(pred, batch, card, s_cal, told)
+                    reported, rescale, _ = as_reported(pred, decision)
+                    rejected, factor = decision.rejected, decision.bias_factor
                     status[name] = {"in_range": in_range, "rejected": rejected}
                     if rejected:
                         guarded = f"rejected ({factor:.2f} x)"
@@ -242,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                         met_guarded[name].append(ok)
                         status[name]["met"] = ok
                     else:
-                        m = maes({**pred, "D1_um2_s": pred["D1_um2_s"] / rescale,
-                                  "D2_um2_s": pred["D2_um2_s"] / rescale}, batch)
+                        m = maes(reported, batch)
                         met_guarded[name].append(meets(m, best, per_frame))
                         status[name]["met"] = met_guarded[name][-1]
                         guarded = (f"rescaled / {rescale:.2f}: {fmt(m[0])} / {fmt(m[1])} ({m[0] / best[0]:.2f} / "

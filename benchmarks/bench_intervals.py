@@ -51,13 +51,12 @@ import numpy as np
 import torch
 
 from _common import REPO, command_line, fmt, report_header, report_path, write_json, write_report
+from _guard_as_track import as_reported, guard_decision
 from bench_guard import BASE_SEEDS, SEED_STEP, cached_set, cell_acquisition, grid
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import guard
 from napari_spt_diffusion.estimation import psf_units as pu
 from napari_spt_diffusion.estimation.checkpoint import load_checkpoint, read_card
-from napari_spt_diffusion.estimation.classical import cve_tensor_batch
-from napari_spt_diffusion.estimation.estimator import check_acquisition
 from napari_spt_diffusion.estimation.intervals import (
     StratifiedIntervalTable,
     apply_intervals,
@@ -65,7 +64,6 @@ from napari_spt_diffusion.estimation.intervals import (
     table_for_psf,
     widen_for_bias,
 )
-from napari_spt_diffusion.estimation.rescale import rescale_factor, residual_bias
 from napari_spt_diffusion.training import interval_calibration as IC
 from napari_spt_diffusion.training.acquisition_ranges import RANGES
 
@@ -195,35 +193,16 @@ def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
     return out
 
 
-def guard_decision(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict, scale: float) -> guard.GuardDecision:
-    """The guard's decision over the cell's tracks (as ``pipeline.guard_model``: the population test, with
-    the acquisition check as the pipeline makes it, in the model's units at PSF-units ``scale``)."""
-    d_cve, n_disp = [], []
+def cell_guard(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict, scale: float) -> guard.GuardDecision:
+    """The guard's decision over the cell's tracks (cut to their lengths), as ``track`` makes it."""
+    positions = []
     for batch, lengths in cal.batches:
         pos = np.asarray(batch.positions_px, float).copy()
         pos[np.arange(pos.shape[1])[None, :] >= lengths[:, None]] = np.nan
-        with np.errstate(all="ignore"):
-            cve = cve_tensor_batch(pos, acq)
-        d_cve.append(0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2))
-        n_disp.append(cve["n_displacements"])
+        positions.append(pos)
     d_model = acq.diffusion_to_px2_per_frame(0.5 * (est["D1_um2_s"] + est["D2_um2_s"]))
     _, loc_var, _ = cal.features()
-    bias = guard.population_ratio(d_model, np.concatenate(d_cve), loc_var, np.concatenate(n_disp),
-                                  blur=acq.blur_coefficient)
-    judged = pu.model_acquisition(acq, scale, pu.card_psf_sigma_px(card))
-    messages = check_acquisition(card, judged, virtual_pixels=judged is not acq)
-    return guard.decide(bias, messages)
-
-
-def as_reported(est: dict[str, np.ndarray], decision: guard.GuardDecision
-                ) -> tuple[dict[str, np.ndarray], float | None, tuple[float, float]]:
-    """The model's estimates as the pipeline reports them where the guard accepts the model: divided by the
-    guard's factor where it shows a bias beyond 5 % (``estimation.rescale``), with the interval of the bias
-    left to widen the D intervals by."""
-    factor = rescale_factor(decision)
-    if factor is not None:
-        est = {**est, "D1_um2_s": est["D1_um2_s"] / factor, "D2_um2_s": est["D2_um2_s"] / factor}
-    return est, factor, residual_bias(decision, factor)
+    return guard_decision(d_model, np.concatenate(positions), loc_var, acq, card, scale)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q)
                 cal = cut(batch, [CUT_SEED, index])
             est = IC.model_estimates(modules[name], cal, scale=scale)
-            decision = guard_decision(est, cal, acq, cards[name], scale)
+            decision = cell_guard(est, cal, acq, cards[name], scale)
             est, rescaled_by, left = as_reported(est, decision)
             row[name] = {**coverage(table_for_psf(tables[name], sigma), est, cal, bias=left),
                          "guard_accepts": not decision.rejected, "guard_factor": decision.bias_factor,
