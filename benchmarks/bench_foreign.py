@@ -131,7 +131,7 @@ def interval_coverage(per: pd.DataFrame) -> dict[str, float]:
 
 
 #: Bins of the true D (um^2/s) for the per-frame breakdown (the protocol's D range is 0.05-3).
-TRUE_D_BINS = ((0.0, 0.15), (0.15, 0.5), (0.5, 1.5), (1.5, 10.0))
+TRUE_D_BINS = ((0.0, 0.15), (0.15, 0.5), (0.5, 1.5), (1.5, 6.0), (6.0, 12.0), (12.0, 100.0))
 
 
 def score(out: pd.DataFrame, truth: pd.DataFrame, track_values: pd.DataFrame,

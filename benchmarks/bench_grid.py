@@ -55,7 +55,7 @@ from _common import (
     report_path,
     write_report,
 )
-from _guard_as_track import as_reported, guard_decision
+from _guard_as_track import as_reported, guard_decision, range_outside, with_classical
 from bench_psf_units import inputs, run
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import guard
@@ -108,18 +108,20 @@ def meets(scores: tuple, best: tuple, per_frame: bool) -> bool:
 
 
 def guard_rescale(pred: dict, batch, card: dict, scale: float,
-                  told: Acquisition) -> tuple[guard.GuardDecision, bool]:
+                  told: Acquisition) -> tuple[guard.GuardDecision, bool, np.ndarray]:
     """The guard over the cell's tracks as ``track`` runs it (``_guard_as_track.guard_decision``, the acquisition
-    with the calibrated PSF width, ``told``, as ``track`` judges it; the model at PSF-units ``scale``):
-    ``(decision, inside the card's range)``."""
+    with the calibrated PSF width, ``told``, as ``track`` judges it; the model at PSF-units ``scale``), over the
+    tracks inside the model's range of D: ``(decision, inside the card's range, (N,) tracks outside its range
+    of D)``."""
     with np.errstate(all="ignore"):
         d_mean = 0.5 * (np.asarray(pred["D1_um2_s"], float) + np.asarray(pred["D2_um2_s"], float))
         if d_mean.ndim == 2:  # a pointwise model: the track's mean, as the summary holds it
             d_mean = np.nanmean(d_mean, axis=1)
         loc_var = np.nanmean((np.asarray(batch.loc_precision_nm, float) / told.pixel_size_nm) ** 2, axis=1)
+    outside, left_out = range_outside(batch.positions_px, loc_var, told, card, scale, d_mean)
     decision, messages = guard_decision(told.diffusion_to_px2_per_frame(d_mean), batch.positions_px, loc_var,
-                                        told, card, scale)
-    return decision, not messages
+                                        told, card, scale, left_out)
+    return decision, not messages, outside
 
 
 def as_track_reports(status: dict[str, dict]) -> dict[str, tuple[str, bool]]:
@@ -225,13 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                     ok = meets(cal, best, per_frame)
                     met[name].append(ok)
                     told = acq.replace(psf_sigma_nm=100.0 * (measured if measured else sigma))
-                    decision, in_range = guard_rescale(pred, batch, card, s_cal, told)
+                    decision, in_range, outside = guard_rescale(pred, batch, card, s_cal, told)
                     reported, rescale, _ = as_reported(pred, decision)
+                    reported = with_classical(reported, batch.positions_px, told, outside)
                     rejected, factor = decision.rejected, decision.bias_factor
                     status[name] = {"in_range": in_range, "rejected": rejected}
+                    beyond = (f"; {int(np.sum(outside != 0))} tracks beyond its range of D" if np.any(outside)
+                              else "")
                     if rejected:
                         guarded = f"rejected ({factor:.2f} x)"
-                    elif rescale is None:
+                    elif rescale is None and not np.any(outside):
                         guarded = f"as the model ({factor:.2f} x)"
                         met_guarded[name].append(ok)
                         status[name]["met"] = ok
@@ -239,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                         m = maes(reported, batch)
                         met_guarded[name].append(meets(m, best, per_frame))
                         status[name]["met"] = met_guarded[name][-1]
-                        guarded = (f"rescaled / {rescale:.2f}: {fmt(m[0])} / {fmt(m[1])} ({m[0] / best[0]:.2f} / "
+                        how = f"rescaled / {rescale:.2f}" if rescale is not None else f"as the model ({factor:.2f} x)"
+                        guarded = (f"{how}{beyond}: {fmt(m[0])} / {fmt(m[1])} ({m[0] / best[0]:.2f} / "
                                    f"{m[1] / best[1]:.2f}{', met' if met_guarded[name][-1] else ''})")
                     cp = f" / {fmt(cal[2], 2)}" if per_frame else ""
                     cp_true = f" / {fmt(true[2], 2)}" if per_frame else ""

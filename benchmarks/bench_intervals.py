@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from _common import REPO, command_line, fmt, report_header, report_path, write_json, write_report
-from _guard_as_track import as_reported, guard_decision
+from _guard_as_track import as_reported, classical_values, guard_decision, range_outside
 from bench_guard import BASE_SEEDS, SEED_STEP, cached_set, cell_acquisition, grid
 from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.estimation import guard
@@ -167,14 +167,21 @@ def cut(batch, seed: list[int]) -> IC.CalibrationSet:
 
 
 def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
-             bias: tuple[float, float] | None = None) -> dict[str, float]:
+             bias: tuple[float, float] | None = None, classical: tuple | None = None) -> dict[str, float]:
     """Coverage of each interval over the cell's tracks (``bias``: the guard's interval of the model's
-    bias factor, which widens the model's D intervals as the pipeline does, ``widen_for_bias``)."""
+    bias factor, which widens the model's D intervals as the pipeline does, ``widen_for_bias``; ``classical``:
+    ``(outside, classical table, classical estimates)``, the tracks outside the model's range of D, which the
+    pipeline reports with the classical estimates and intervals)."""
     n_frames, loc_var, scale = cal.features()
     truth = cal.truth()
     iv = apply_intervals(table, est, n_frames, loc_var, float(scale[0]))
     if bias is not None:
         iv = widen_for_bias(iv, *bias)
+    if classical is not None and np.any(classical[0]):
+        outside, table_c, est_c = classical
+        iv_c = apply_intervals(table_c, est_c, n_frames, loc_var, float(scale[0]))
+        iv = {k: np.where(outside, np.asarray(iv_c[k], float), np.asarray(v, float)) for k, v in iv.items()}
+        est = {k: np.where(outside, est_c[k], est[k]) for k in ("D1_um2_s", "D2_um2_s", "theta_deg")}
     out = {}
     for key in ("D1", "D2"):
         t = truth[f"{key}_um2_s"]
@@ -193,16 +200,23 @@ def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
     return out
 
 
-def cell_guard(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict, scale: float) -> guard.GuardDecision:
-    """The guard's decision over the cell's tracks (cut to their lengths), as ``track`` makes it."""
+def cell_guard(est, cal: IC.CalibrationSet, acq: Acquisition, card: dict,
+               scale: float) -> tuple[guard.GuardDecision, np.ndarray, dict[str, np.ndarray]]:
+    """The guard's decision over the cell's tracks (cut to their lengths) inside the model's range of D, as
+    ``track`` makes it, ``(N,)`` the tracks outside that range, and what ``track`` reports for them
+    (``_guard_as_track.classical_values``)."""
     positions = []
     for batch, lengths in cal.batches:
         pos = np.asarray(batch.positions_px, float).copy()
         pos[np.arange(pos.shape[1])[None, :] >= lengths[:, None]] = np.nan
         positions.append(pos)
-    d_model = acq.diffusion_to_px2_per_frame(0.5 * (est["D1_um2_s"] + est["D2_um2_s"]))
+    positions = np.concatenate(positions)
+    d_mean = 0.5 * (est["D1_um2_s"] + est["D2_um2_s"])
     _, loc_var, _ = cal.features()
-    return guard_decision(d_model, np.concatenate(positions), loc_var, acq, card, scale)[0]
+    sides, left_out = range_outside(positions, loc_var, acq, card, scale, d_mean)
+    decision = guard_decision(acq.diffusion_to_px2_per_frame(d_mean), positions, loc_var, acq, card, scale,
+                              left_out)[0]
+    return decision, sides != 0, classical_values(positions, acq, sides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                                       args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q)
                 cal = cut(batch, [CUT_SEED, index])
             est = IC.model_estimates(modules[name], cal, scale=scale)
-            decision = cell_guard(est, cal, acq, cards[name], scale)
+            decision, outside, for_outside = cell_guard(est, cal, acq, cards[name], scale)
             est, rescaled_by, left = as_reported(est, decision)
-            row[name] = {**coverage(table_for_psf(tables[name], sigma), est, cal, bias=left),
+            motion = motion_model(name)
+            classical = (outside, tables.get(f"classical_{motion}", tables["classical"]), for_outside)
+            row[name] = {**coverage(table_for_psf(tables[name], sigma), est, cal, bias=left, classical=classical),
+                         "n_beyond_range": int(outside.sum()),
                          "guard_accepts": not decision.rejected, "guard_factor": decision.bias_factor,
                          "guard_low": decision.bias_low, "guard_high": decision.bias_high, "rescaled_by": rescaled_by,
                          "psf_scale": scale}
@@ -290,6 +307,8 @@ def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, c
                                                   else f"rejects ({fmt(c['guard_factor'], 2)})")
             if c.get("rescaled_by"):
                 g += ", rescaled"
+            if c.get("n_beyond_range") and c["guard_accepts"]:
+                g += f", {c['n_beyond_range']} tracks beyond its range of D (classical)"
             if c.get("psf_scale", 1.0) != 1.0:
                 g += f"; PSF units, s = {c['psf_scale']:.2f}"
             cov = " | ".join(f"{_cov(c[f'{k}_68'])} / {_cov(c[f'{k}_95'])}" for k in ("D1", "D2", "theta"))

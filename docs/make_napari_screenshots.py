@@ -1,7 +1,7 @@
 """Take the napari screenshots of docs/ (run under a virtual display).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_napari_screenshots.py
-    ... [--only results|msd|simulator|foreign|model_switch|state_note|rescale|reloaded]
+    ... [--only results|msd|simulator|foreign|model_switch|state_note|rescale|model_range|reloaded]
     ... [--sizes 1920x1080,1280x800]
 
 Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind>.png`` at
@@ -208,10 +208,11 @@ def simulator_screenshot(out: Path, seed: int, size: tuple[int, int]) -> None:
 
 
 def foreign_screenshot(out: Path, size: tuple[int, int], warnings_tab: bool = False, case_name: str = "free_wide",
-                       model: str = "aniso", seed_offset: int = 0) -> None:
+                       model: str = "aniso", seed_offset: int = 0, max_d_um2_s: float | None = None) -> None:
     """A foreign-optics movie (by default NA 0.8 Airy PSF, sCMOS camera) run through the widget as a user
     would (``warnings_tab``: the results dock shows its warnings tab, where the model switch and the guard's
-    decision are told, instead of the histogram; ``model``: the motion model asked for)."""
+    decision are told, instead of the histogram; ``model``: the motion model asked for; ``max_d_um2_s``: the
+    widget's largest D, for linking, where the movie's particles are faster than its default)."""
     import napari
 
     from napari_spt_diffusion._napari.results_widget import _results_widget_for
@@ -229,6 +230,8 @@ def foreign_screenshot(out: Path, size: tuple[int, int], warnings_tab: bool = Fa
     viewer.window.add_dock_widget(widget, name="Track & Estimate", area="right")
     widget.device_combo.value = "cpu"
     widget.model_combo.value = model
+    if max_d_um2_s is not None:
+        widget.max_D.value = max_d_um2_s
     widget.acq_group.expand(animate=False)  # the measured acquisition, with its uncertainties
     _run_widget(viewer, widget)
     results = _results_widget_for(viewer)
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     parser.add_argument("--only", help="one kind only",
                         choices=("results", "msd", "simulator", "foreign", "model_switch", "state_note", "rescale",
-                                 "reloaded"))
+                                 "model_range", "reloaded"))
     parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
@@ -286,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
                                case_name="free_narrow", model="binding")
         if args.only in (None, "rescale") and size == (1920, 1080):
             foreign_screenshot(args.out_dir / "screenshot_rescale.png", size, warnings_tab=True, seed_offset=30)
+        if args.only in (None, "model_range") and size == (1920, 1080):
+            foreign_screenshot(args.out_dir / "screenshot_model_range.png", size, warnings_tab=True,
+                               case_name="free_fast", max_d_um2_s=20.0)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ def test_a_movie_that_switched_model_or_an_older_set_is_complete(tmp_path):
     # a set made before the guard rescaled a model kept the model's values: not the same work either
     without_rescale = {k: v for k, v in stored["settings"].items() if k != "rescale_model"}
     assert batch._with_defaults(without_rescale)["rescale_model"] is False
+    # a set made before the per-track range check reported the model's values for every track
+    without_range = {k: v for k, v in stored["settings"].items() if k != "model_range_check"}
+    assert batch._with_defaults(without_range)["model_range_check"] is False
     # a set made before tracks were relinked by motion used trackpy's links: it is not the same work
     del stored["settings"]["motion_linking"]
     assert batch._with_defaults(stored["settings"])["motion_linking"] is False

@@ -318,3 +318,6 @@ def test_track_settings_from_options():
     assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model"])).model_switch is False
     assert default.rescale_model is True
     assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model-scale"])).rescale_model is False
+    assert default.model_range_check is True
+    assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model-beyond-range"])).model_range_check \
+        is False

@@ -221,3 +221,6 @@ def test_the_model_for_any_microscope_takes_over_in_the_widget(make_napari_viewe
     assert pipeline_settings(widget.values()).rescale_model is True
     widget.scale_box.value = True  # "keep the model's scale"
     assert pipeline_settings(widget.values()).rescale_model is False
+    assert pipeline_settings(widget.values()).model_range_check is True
+    widget.range_box.value = True  # "keep the model's values beyond its D range"
+    assert pipeline_settings(widget.values()).model_range_check is False

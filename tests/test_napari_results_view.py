@@ -150,6 +150,21 @@ def test_table_shows_the_pipeline_flags(viewer_with_movie, binding):
     assert all(plain.table.item(r, col).text() == "" for r in range(plain.table.rowCount()))
 
 
+def test_the_info_line_counts_the_tracks_beyond_the_models_range(viewer_with_movie, binding):
+    from napari_spt_diffusion._napari.results_widget import beyond_range_count
+    from napari_spt_diffusion.results import Results
+
+    summary = binding.summary.copy()
+    summary["method"] = ["classical", "classical", "model"] + ["model"] * (len(summary) - 3)
+    # the first two given the classical values (one of them also clipped); the third kept by --trust-model
+    summary["warnings"] = ["beyond_model_range", "beyond_model_range;clipped", "beyond_model_range"] + [""] * (
+        len(summary) - 3)
+    flagged = Results(binding.tracks, summary, dict(binding.meta))
+    assert beyond_range_count(flagged) == 2 and beyond_range_count(binding) == 0
+    _, widget = show_results(viewer_with_movie, flagged, ACQ)
+    assert "classical values for 2 tracks beyond its D range" in widget.info.text()
+
+
 def test_msd_tab_draws_ensemble_and_selected_track(viewer_with_movie, binding, qtbot):
     """The MSD tab: the ensemble curve with its fit, then the selected track's curve and fit (log-log, units)."""
     from napari_spt_diffusion.estimation.msd import results_msd_table

@@ -229,7 +229,8 @@ def _movie_settings(options: BatchOptions, movie: Any) -> Settings:
 
 #: Settings added after results were first written whose default changes the results: a sidecar without
 #: the key was made as with this value (``motion_linking``: trackpy's links were used as they are).
-_VALUE_BEFORE_THE_SETTING: dict[str, Any] = {"motion_linking": False, "rescale_model": False}
+_VALUE_BEFORE_THE_SETTING: dict[str, Any] = {"motion_linking": False, "rescale_model": False,
+                                             "model_range_check": False}
 
 
 def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:

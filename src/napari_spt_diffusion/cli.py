@@ -451,6 +451,7 @@ def _track_settings(args: argparse.Namespace) -> Any:
     settings.drift_correction = bool(getattr(args, "drift_correction", False))
     settings.model_switch = not bool(getattr(args, "keep_model", False))
     settings.rescale_model = not bool(getattr(args, "keep_model_scale", False))
+    settings.model_range_check = not bool(getattr(args, "keep_model_beyond_range", False))
     if getattr(args, "threshold_snr", None) is not None:
         settings.detection = dataclasses.replace(settings.detection, threshold_snr=args.threshold_snr)
     return settings
@@ -549,6 +550,10 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-model-scale", action="store_true",
                         help="report an accepted model's values as it gave them even where the guard shows them off "
                              "by more than 5 %% (default: divided by the factor the guard measured, flag 'rescaled')")
+    parser.add_argument("--keep-model-beyond-range", action="store_true",
+                        help="report the model's values also for the tracks whose classical estimate shows them "
+                             "faster or slower than the range of D the model was trained on (default: their "
+                             "classical values, flag 'beyond_model_range')")
     parser.add_argument("--model", default=None,
                         help=f"bundled model ({', '.join(motion_model_names())}) or a checkpoint path (default: aniso)")
     parser.add_argument("--keep-model", action="store_true",

@@ -31,7 +31,7 @@ from . import notices, plausibility, streaming
 from .acquisition import Acquisition
 from .calibration import CALIBRATED_FIELDS, Calibration, calibrate_movie
 from .estimation import changepoints as cp
-from .estimation import guard, rescale
+from .estimation import guard, model_range, rescale
 from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular_positions
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
@@ -48,6 +48,7 @@ from .estimation.model_choice import ModelSwitch, alternative_for
 from .estimation.state_check import applies_to, state_change_note
 from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
+from .stage_guard import classical_for, guard_model, range_check
 from .tracking.crowding import CROWDED_SHARE, crowded_share
 from .tracking.patches import TrackPatches, displacements_from_positions, extract_track_patches
 
@@ -66,10 +67,12 @@ class StageOutput:
     tracks, summary
         The two tables of the results contract (summary with ``method``, ``warnings`` and ``notes``).
     meta
-        ``guard``, ``model``, ``model_kind``, ``model_sha256``, ``device``, ``settings``,
-        ``changepoints`` and ``drift_correction`` (``{"enabled": False}`` when off) entries.
+        ``guard``, ``model_range`` (the per-track range check, :mod:`~.estimation.model_range`), ``model``,
+        ``model_kind``, ``model_sha256``, ``device``, ``settings``, ``changepoints`` and ``drift_correction``
+        (``{"enabled": False}`` when off) entries.
     messages
-        Warnings raised on the way (the guard's rejection, implausible estimates).
+        Warnings raised on the way (the guard's rejection, tracks outside the model's range, implausible
+        estimates).
     timings
         Seconds per step: ``patches_s``, ``classical_s``, ``model_s``, ``tables_s``.
     """
@@ -268,22 +271,38 @@ def estimate_stage(
         streaming.trim_memory()
     bar.end()
 
-    # 6 - the guard: is the model biased on this movie's tracks, or the movie out of its range?
+    # 6 - the guard: is the model biased on this movie's tracks, or the movie out of its range? Tracks shown
+    # outside the range of D the model was trained on (their classical values are reported), and where there are
+    # such tracks those the model reads near that edge, are left out of it (model_range.left_out_of_guard)
     precision_px = _column(tracks, "loc_precision_nm") / acquisition.pixel_size_nm
     loc_var = pd.Series(precision_px**2).groupby(tracks["track_id"].to_numpy()).mean().to_dict()
-    decision = guard_model(estimates, classical, acquisition, estimator, acquisition_messages, loc_var)
+    check = range_check(estimates, classical, loc_var, acquisition, estimator) if settings.model_range_check else None
+    outside = check.outside if check is not None else frozenset()
+    left_out = check.left_out_of_guard({e.track_id: 0.5 * (e.track_D1_um2_s + e.track_D2_um2_s) for e in estimates
+                                        if e.method == "model"}) if check is not None else frozenset()
+    decision = guard_model([e for e in estimates if e.track_id not in left_out], classical, acquisition, estimator,
+                           acquisition_messages, loc_var)
     held = HELD_AFTER_REJECTION.get() if decision.rejected else None  # another model may be reported instead
     say = _warn if held is None else held.append
     if decision.rejected:
         say(decision.reason)
         messages.append(decision.reason)
         if not settings.trust_model:
-            estimates = [_rejected(e, classical[e.track_id]) if e.method == "model" else e for e in estimates]
+            estimates = [classical_for(e, classical[e.track_id], "model_rejected") if e.method == "model" else e
+                         for e in estimates]
     # an accepted model's bias, where shown, is divided out (estimation/rescale.py)
     factor = rescale.rescale_factor(decision) if settings.rescale_model else None
     if factor is not None:
         estimates = [rescale.rescaled(e, factor) for e in estimates]
         note = rescale.rescale_note(decision, factor, estimator.model_name)
+        _warn(note)
+        messages.append(note)
+    model_reported = not decision.rejected or settings.trust_model
+    if outside and model_reported:  # the model's values are reported: not for the tracks outside its range
+        estimates = [classical_for(e, classical[e.track_id], model_range.FLAG, keep=settings.trust_model,
+                                   isotropic=e.track_id in check.below)
+                     if e.track_id in outside and e.method == "model" else e for e in estimates]
+        note = check.message(estimator.model_name, reported=settings.trust_model)
         _warn(note)
         messages.append(note)
 
@@ -317,7 +336,7 @@ def estimate_stage(
         say(text)
         messages.append(text)
     state_note, state_record = ("", None)
-    if applies_to(estimator.card.get("motion_model")) and (not decision.rejected or settings.trust_model):
+    if applies_to(estimator.card.get("motion_model")) and model_reported:
         state_note, state_record = state_change_note(summary, estimator.model_name)  # a binding model's values
     if state_note:
         _warn(state_note)
@@ -326,8 +345,9 @@ def estimate_stage(
     bar.report(1.0, "done")
     bar.end()
     meta = {
-        "guard": {**decision.to_dict(), "model_reported": not decision.rejected or settings.trust_model,
-                  "rescaled_by": factor},
+        "guard": {**decision.to_dict(), "model_reported": model_reported, "rescaled_by": factor},
+        "model_range": {"checked": check is not None, **(check.to_dict() if check is not None else {}),
+                        **({"n_left_out_of_guard": len(left_out)} if check is not None else {})},
         "model": estimator.model_name,
         "model_kind": estimator.kind,
         "model_sha256": estimator.card.get("sha256"),
@@ -429,52 +449,6 @@ def _without_drift(tp: TrackPatches, drift_px: np.ndarray) -> TrackPatches:
 #: any microscope: the warnings a stage would give once the guard rejected its model are collected in this list
 #: instead of shown, and shown by the caller only if it reports that run.
 HELD_AFTER_REJECTION: ContextVar[list[str] | None] = ContextVar("held_after_rejection", default=None)
-
-
-def guard_model(
-    estimates: list[TrackEstimate],
-    classical: dict[int, dict[str, float]],
-    acquisition: Acquisition,
-    estimator: Estimator,
-    acquisition_messages: list[str],
-    loc_var_px2: Mapping[int, float],
-) -> guard.GuardDecision:
-    """The guard's verdict on the model's estimates of this movie's tracks.
-
-    Compares the model's mean diffusivity ``(D1 + D2) / 2`` per track with the unclipped
-    CVE of the same track (``classical[id]["D_cve_raw_px2"]``, see
-    :func:`_classical_estimates`) over the whole population (:mod:`~.estimation.guard`);
-    ``loc_var_px2`` the mean squared localization precision (px^2) of each track.
-    """
-    used = [e for e in estimates if e.method == "model" and e.track_id in classical]
-    d_model = acquisition.diffusion_to_px2_per_frame(
-        np.array([0.5 * (e.track_D1_um2_s + e.track_D2_um2_s) for e in used], dtype=float))
-    d_cve = np.array([classical[e.track_id]["D_cve_raw_px2"] for e in used], dtype=float)
-    loc_var = np.array([loc_var_px2.get(e.track_id, np.nan) for e in used], dtype=float)
-    n_disp = np.array([classical[e.track_id]["n_displacements"] for e in used], dtype=float)
-    bias = guard.population_ratio(d_model, d_cve, loc_var, n_disp, blur=acquisition.blur_coefficient)
-    return guard.decide(bias, acquisition_messages, model_name=estimator.model_name)
-
-
-def _rejected(model: TrackEstimate, classical: Mapping[str, Any]) -> TrackEstimate:
-    """The CVE tensor of a track standing in for a rejected model's estimate.
-
-    The CVE needs nothing of the optics or the camera (blur and localization noise cancel),
-    so it is the estimate to trust where the model is not; the blur-moment estimator
-    would assume the Gaussian PSF of the acquisition. Flagged ``classical`` and
-    ``model_rejected`` (``clipped`` when the tensor was not positive definite).
-    """
-    n = len(model.frames)
-    d1, d2, theta = (float(classical[k]) for k in ("cve_D1_um2_s", "cve_D2_um2_s", "cve_theta_deg"))
-    flags = ["classical", "model_rejected"]
-    if classical.get("cve_clipped"):
-        flags.append("clipped")
-    flags += [f for f in model.flags if f == "gaps"]
-    return TrackEstimate(
-        track_id=model.track_id, frames=model.frames, D1_um2_s=np.full(n, d1), D2_um2_s=np.full(n, d2),
-        theta_deg=np.full(n, theta), track_D1_um2_s=d1, track_D2_um2_s=d2, track_theta_deg=theta,
-        method="classical", flags=tuple(flags), n_windows=0, pointwise=False,
-    )
 
 
 def _warn(message: str) -> None:
@@ -737,7 +711,7 @@ def _tables(
 #: Flags that call for a second look at a track's values (summary column ``warnings``); the
 #: others (``windows``, ``gaps``, ``encounter``, ``crowded``, ``classical``, ``rescaled``) say how the track was
 #: made and go to ``notes``.
-WARNING_FLAGS = ("model_rejected", "clipped", "too_short")
+WARNING_FLAGS = ("model_rejected", model_range.FLAG, "clipped", "too_short")
 
 
 def _split_flags(flags: list[str]) -> dict[str, str]:

@@ -188,6 +188,11 @@ class Settings:
         :data:`~.estimation.rescale.MIN_RESCALE` (its interval of the bias factor excludes 1),
         divide the model's D1 and D2 by that factor (:mod:`~.estimation.rescale`; flag
         ``rescaled``, ``meta["guard"]["rescaled_by"]``); ``False`` keeps the model's values.
+    model_range_check
+        Report the classical values (CVE) of the tracks whose CVE shows them faster or slower than the range of
+        diffusion coefficients the model was trained on (:mod:`~.estimation.model_range`; flag
+        ``beyond_model_range``, ``meta["model_range"]``), and leave them out of the guard's population test;
+        ``False``: no such check (the model's values for every track).
     drift_correction
         Subtract the ensemble-mean displacement per frame (:mod:`~.estimation.drift`) from
         the positions behind every estimate (off by default: it biases D low by about
@@ -230,6 +235,7 @@ class Settings:
     measure: tuple[str, ...] = ()
     trust_model: bool = False
     rescale_model: bool = True
+    model_range_check: bool = True
     drift_correction: bool = False
     psf_units: str = "auto"
     model_switch: bool = True

@@ -70,6 +70,17 @@ def run_warnings(meta: dict[str, Any] | None) -> list[str]:
     return [*out, reason] if reason else out
 
 
+def beyond_range_count(results: Any) -> int:
+    """Tracks given the classical values because they lie outside the model's range of D (warning
+    ``beyond_model_range``, ``estimation/model_range.py``; with --trust-model they keep the model's: not counted)."""
+    summary = results.summary
+    if "warnings" not in summary.columns or "method" not in summary.columns:
+        return 0
+    flagged = summary["warnings"].astype(object).fillna("").astype(str).str.split(";").apply(
+        lambda flags: "beyond_model_range" in flags)
+    return int((flagged & (summary["method"] == "classical")).sum())
+
+
 def guard_banner(results: Any) -> str:
     """The banner text when the guard rejected the model (``""`` otherwise)."""
     meta = results.meta or {}
@@ -292,6 +303,8 @@ class ResultsWidget(QWidget):
         guard = res.meta.get("guard") or {}
         if not guard.get("model_reported", True):
             model = f"{model}, rejected by the guard: classical values shown"
+        elif n_beyond := beyond_range_count(res):
+            model = f"{model}; classical values for {n_beyond} tracks beyond its D range"
         warnings = run_warnings(res.meta)
         noted = f"; ⚠ {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (tab)" if warnings else ""
         self.info.setText(

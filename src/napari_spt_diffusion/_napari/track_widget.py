@@ -44,7 +44,7 @@ from ._inputs import acquisition_values_from_layer, current_frame_index, movie_f
 from ._layout import collapsible, mount_scrollable, stack
 from ._persist import load_values, save_values
 from .layers import LayerGeometry, detections_layer
-from .results_widget import WARNING_STYLE, run_warnings, show_results
+from .results_widget import WARNING_STYLE, beyond_range_count, run_warnings, show_results
 from .writer import results_prefix
 
 __all__ = ["TrackEstimateWidget", "MODEL_CHOICES", "DEVICE_CHOICES", "values_from_meta"]
@@ -110,6 +110,7 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
         trust_model=bool(values.get("trust_model", False)),
         model_switch=not bool(values.get("keep_model", False)),
         rescale_model=not bool(values.get("keep_model_scale", False)),
+        model_range_check=not bool(values.get("keep_model_beyond_range", False)),
         measure=tuple(values.get("measure", ())),
     )
 
@@ -212,6 +213,11 @@ class TrackEstimateWidget(Container):
         self.scale_box.tooltip = ("Where the guard accepts the model but shows its D off from the classical estimate "
                                   "by more than 5 %, the model's D1 and D2 are divided by that factor (flag "
                                   "'rescaled'); on: report them as the model gave them")
+        self.range_box = CheckBox(name="keep_model_beyond_range", text="keep the model's values beyond its D range",
+                                  value=False)
+        self.range_box.tooltip = ("A track whose classical estimate shows it faster or slower than the range of D the "
+                                  "model was trained on gets its classical values (flag 'beyond_model_range'); on: "
+                                  "report the model's values for such tracks too")
         self.preview_button = PushButton(name="preview", text="Preview detections (current frame)")
         self.run_button = PushButton(name="run", text="Run Track && Estimate")
         self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
@@ -234,6 +240,7 @@ class TrackEstimateWidget(Container):
         options = Container(labels=True, widgets=[
             self.model_combo, self.checkpoint, self.device_combo, self.threshold, self.max_D, self.memory,
             self.min_length, self.motion_box, self.split_box, self.trust_box, self.keep_box, self.scale_box,
+            self.range_box,
         ])
         self.options_group = collapsible("Model and tracking", options, expanded=True)
         actions = Container(labels=False, widgets=[
@@ -310,6 +317,7 @@ class TrackEstimateWidget(Container):
         values["trust_model"] = bool(self.trust_box.value)  # never persisted: each run opts in again
         values["keep_model"] = bool(self.keep_box.value)
         values["keep_model_scale"] = bool(self.scale_box.value)
+        values["keep_model_beyond_range"] = bool(self.range_box.value)
         return values
 
     def _load_settings(self) -> None:
@@ -539,6 +547,8 @@ class TrackEstimateWidget(Container):
         n = results.n_tracks
         guard = (results.meta or {}).get("guard") or {}
         rejected = " (model rejected by the guard: classical values)" if not guard.get("model_reported", True) else ""
+        if not rejected and (n_beyond := beyond_range_count(results)):
+            rejected = f" ({n_beyond} beyond the model's D range: classical values)"
         warned = f"; {len(found)} warning{'s' if len(found) != 1 else ''}" if found else ""
         self.status.value = f"done: {n} tracks, {len(results.tracks)} localizations{rejected}{warned}"
         self.export_button.enabled = True

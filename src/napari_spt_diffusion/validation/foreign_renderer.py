@@ -66,6 +66,8 @@ __all__ = [
     "AIRY_SIGMA_FACTOR",
     "FOREIGN_CASES",
     "EXTRA_CASES",
+    "EXTRA_MOTION",
+    "EXTRA_SCENE",
     "AiryPSF",
     "ForeignCamera",
     "ForeignMotion",
@@ -701,6 +703,22 @@ FOREIGN_CASES: dict[str, tuple[float, float, str, float, float, int]] = {
 #: tracks at the wide optics of ``free_wide``, which the protocol has only for free diffusion.
 EXTRA_CASES: dict[str, tuple[float, float, str, float, float, int]] = {
     "binding_wide": (0.8, 640.0, "binding", 5000.0, 600.0, 4005),
+    "free_fast": (1.45, 520.0, "free", 3000.0, 600.0, 4006),
+    "free_fast_sparse": (1.45, 520.0, "free", 3000.0, 600.0, 4007),
+}
+
+#: Motion of the extra cases other than the default :class:`ForeignMotion` of their kind: ``free_fast`` and
+#: ``free_fast_sparse`` have D log-uniform in 0.05-20 um^2/s, a fifth of the particles faster than the bundled
+#: models were trained for (the per-track range check, ``estimation/model_range.py``).
+EXTRA_MOTION: dict[str, dict[str, Any]] = {
+    "free_fast": {"d_range": (0.05, 20.0)},
+    "free_fast_sparse": {"d_range": (0.05, 20.0)},
+}
+
+#: Scene of the extra cases other than the protocol's: ``free_fast_sparse`` has 10 particles instead of 24, so
+#: that fewer of the fast particles' tracks are lost to linking (steps of up to about 6 px per frame).
+EXTRA_SCENE: dict[str, dict[str, Any]] = {
+    "free_fast_sparse": {"n_particles": 10},
 }
 
 
@@ -720,8 +738,8 @@ def foreign_case(name: str, quick: bool = False) -> dict[str, Any]:
         ``scene``, ``optics``, ``camera``, ``motion`` (dataclasses) and ``seed`` (int).
     """
     na, lam, kind, photons, background, seed = {**FOREIGN_CASES, **EXTRA_CASES}[name]
-    scene = ForeignScene(photons=photons, background=background)
+    scene = ForeignScene(photons=photons, background=background, **EXTRA_SCENE.get(name, {}))
     if quick:
         scene = ForeignScene(shape_yx=(96, 96), n_frames=40, n_particles=12, photons=photons, background=background)
     return {"scene": scene, "optics": ForeignOptics(na=na, wavelength_nm=lam), "camera": ForeignCamera(),
-            "motion": ForeignMotion(kind=kind), "seed": seed}
+            "motion": ForeignMotion(kind=kind, **EXTRA_MOTION.get(name, {})), "seed": seed}
