@@ -33,9 +33,13 @@ def range_outside(positions_px: np.ndarray, loc_var_px2: np.ndarray, acquisition
     check = model_range.check_tracks(np.arange(len(d_cve)), d_cve, loc_var_px2, cve["n_displacements"], acquisition,
                                      card, scale)
     sides, left_out = np.zeros(len(d_cve), np.int8), np.zeros(len(d_cve), bool)
-    if check is not None:
+    if check is not None and check.outside:
         sides[list(check.above)], sides[list(check.below)] = 1, -1
-        left_out[list(check.left_out_of_guard(dict(enumerate(np.asarray(d_model_um2_s, float).tolist()))))] = True
+        d_model = np.asarray(d_model_um2_s, float)
+        # as the stage: the model's bias over the tracks not flagged, then the tracks left out of the guard
+        bias = guard_decision(acquisition.diffusion_to_px2_per_frame(d_model), positions_px, loc_var_px2,
+                              acquisition, card, scale, sides != 0)[0].bias_factor
+        left_out[list(check.left_out_of_guard(dict(enumerate(d_model.tolist())), bias))] = True
     return sides, left_out
 
 

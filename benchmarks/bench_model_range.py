@@ -116,7 +116,12 @@ def guard_rows(truth_um2: np.ndarray, model_um2: np.ndarray, d_px2: np.ndarray, 
                     if rule == "cve":
                         movie = movie[~outside[movie]]
                     elif rule == "track":
-                        left = check.left_out_of_guard({int(i): float(values[i]) for i in movie})
+                        flagged = movie[outside[movie]]
+                        inside = movie[~outside[movie]]
+                        bias = guard.population_ratio(acq.diffusion_to_px2_per_frame(values[inside]), d_px2[inside],
+                                                      loc_var[inside], steps[inside],
+                                                      blur=acq.blur_coefficient)[0] if len(flagged) else 1.0
+                        left = check.left_out_of_guard({int(i): float(values[i]) for i in movie}, bias)
                         movie = np.array([i for i in movie if int(i) not in left], dtype=int)
                     bias = guard.population_ratio(acq.diffusion_to_px2_per_frame(values[movie]), d_px2[movie],
                                                   loc_var[movie], steps[movie], blur=acq.blur_coefficient)

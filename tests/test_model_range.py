@@ -176,6 +176,23 @@ def test_chance_flags_of_a_population_inside_the_range_leave_the_guard_its_track
     assert check2.left_out_of_guard(model2) > check2.outside
 
 
+def test_a_few_flags_beyond_chance_do_not_trim_the_guard_below_two_percent():
+    # 1,000 slow tracks (chance of a flag nil): 15 flags are beyond chance but under 2 % of the tracks, 25 are not
+    noise = {i: (0.01, 29.0) for i in range(1000)}
+    model = {i: 0.5 for i in range(1000)}
+    few = RangeCheck(0.02, 6.0, above=tuple(range(15)), below=(), n_tested=1000, noise=noise, blur=0.0)
+    assert not few.beyond_chance(model, above=True) and few.left_out_of_guard(model) == few.outside
+    many = RangeCheck(0.02, 6.0, above=tuple(range(25)), below=(), n_tested=1000, noise=noise, blur=0.0)
+    assert many.beyond_chance(model, above=True)
+    # a model reading 0.5 x: at its bias (the guard's factor over the tracks not flagged) the tracks read 1.0 and
+    # the chance is counted there
+    near_top = {i: 0.5 * 5.5 for i in range(1000)}
+    check = RangeCheck(0.02, 6.0, above=tuple(range(25)), below=(), n_tested=1000, noise=noise, blur=0.0)
+    assert check.beyond_chance(near_top, above=True)
+    assert not check.beyond_chance({i: d / 0.5 for i, d in near_top.items()}, above=True)
+    assert check.left_out_of_guard(near_top, model_bias=0.5) == check.outside
+
+
 #: An acquisition whose px^2/frame differ from um^2/s (a unit mix-up in the stage would show).
 ACQ = Acquisition(pixel_size_nm=160.0)
 

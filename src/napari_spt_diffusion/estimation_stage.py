@@ -278,8 +278,12 @@ def estimate_stage(
     loc_var = pd.Series(precision_px**2).groupby(tracks["track_id"].to_numpy()).mean().to_dict()
     check = range_check(estimates, classical, loc_var, acquisition, estimator) if settings.model_range_check else None
     outside = check.outside if check is not None else frozenset()
-    left_out = check.left_out_of_guard({e.track_id: 0.5 * (e.track_D1_um2_s + e.track_D2_um2_s) for e in estimates
-                                        if e.method == "model"}) if check is not None else frozenset()
+    left_out = frozenset()
+    if check is not None and outside:  # the model's bias over the tracks not flagged tells chance flags apart
+        bias = guard_model([e for e in estimates if e.track_id not in outside], classical, acquisition, estimator,
+                           acquisition_messages, loc_var).bias_factor
+        left_out = check.left_out_of_guard({e.track_id: 0.5 * (e.track_D1_um2_s + e.track_D2_um2_s)
+                                            for e in estimates if e.method == "model"}, bias)
     decision = guard_model([e for e in estimates if e.track_id not in left_out], classical, acquisition, estimator,
                            acquisition_messages, loc_var)
     held = HELD_AFTER_REJECTION.get() if decision.rejected else None  # another model may be reported instead
