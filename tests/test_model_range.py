@@ -184,13 +184,14 @@ def test_a_few_flags_beyond_chance_do_not_trim_the_guard_below_two_percent():
     assert not few.beyond_chance(model, above=True) and few.left_out_of_guard(model) == few.outside
     many = RangeCheck(0.02, 6.0, above=tuple(range(25)), below=(), n_tested=1000, noise=noise, blur=0.0)
     assert many.beyond_chance(model, above=True)
-    # a model reading 0.5 x: at its bias (the guard's factor over the tracks not flagged) the tracks read 1.0 and
-    # the chance is counted there
-    near_top = {i: 0.5 * 5.5 for i in range(1000)}
+    # tracks at 5.7, read 0.8 x by the model: at its bias (the guard's factor over the tracks not flagged) they
+    # read 5.7 again, where 25 chance flags of 1,000 are expected, and the guard keeps them all
+    near_top = {i: 0.8 * 5.7 for i in range(1000)}
     check = RangeCheck(0.02, 6.0, above=tuple(range(25)), below=(), n_tested=1000, noise=noise, blur=0.0)
     assert check.beyond_chance(near_top, above=True)
-    assert not check.beyond_chance({i: d / 0.5 for i, d in near_top.items()}, above=True)
-    assert check.left_out_of_guard(near_top, model_bias=0.5) == check.outside
+    assert not check.beyond_chance({i: d / 0.8 for i, d in near_top.items()}, above=True)
+    assert check.left_out_of_guard(near_top, model_bias=0.8) == check.outside
+    assert len(check.left_out_of_guard(near_top)) == 1000  # without the bias: all read above 0.6 x the top
 
 
 #: An acquisition whose px^2/frame differ from um^2/s (a unit mix-up in the stage would show).
@@ -240,16 +241,27 @@ def test_the_stage_reports_the_classical_values_of_tracks_outside_the_range(monk
     expected = _expected_sides(off, 1e-9, high)
     flagged = {i for i, side in expected.items() if side > 0}
     assert 0 < len(flagged) < len(expected)
-    guarded = []
+    guarded, factors = [], []
     real_ratio = guard.population_ratio
 
     def recording(d_model, *args, **kwargs):
         guarded.append(len(d_model))
-        return real_ratio(d_model, *args, **kwargs)
+        factors.append(real_ratio(d_model, *args, **kwargs))
+        return factors[-1]
 
     monkeypatch.setattr(guard, "population_ratio", recording)
+    biases = []
+    real_left_out = model_range.RangeCheck.left_out_of_guard
+
+    def left_out(self, model_mean, model_bias=1.0):
+        biases.append(model_bias)
+        return real_left_out(self, model_mean, model_bias)
+
+    monkeypatch.setattr(model_range.RangeCheck, "left_out_of_guard", left_out)
     with pytest.warns(UserWarning, match=f"{len(flagged)} of the .* tracks the model estimated lie outside"):
         out = _run(movie, toy_models)
+    # the model's bias handed to the trim is the guard's factor over the tracks not flagged (the first of the two)
+    assert guarded[-2] == len(expected) - len(flagged) and biases[-1] == pytest.approx(factors[-2][0])
     rows = out.summary.set_index("track_id")
     for i in expected:
         if i in flagged:
