@@ -30,8 +30,9 @@ def range_outside(positions_px: np.ndarray, loc_var_px2: np.ndarray, acquisition
     with np.errstate(all="ignore"):
         cve = cve_tensor_batch(positions_px, acquisition)
     d_cve = 0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2)
+    d_median = model_range.median_step_d_px2(positions_px, loc_var_px2, acquisition.blur_coefficient)
     check = model_range.check_tracks(np.arange(len(d_cve)), d_cve, loc_var_px2, cve["n_displacements"], acquisition,
-                                     card, scale)
+                                     card, scale, d_median_px2=d_median)
     sides, left_out = np.zeros(len(d_cve), np.int8), np.zeros(len(d_cve), bool)
     if check is not None and check.outside:
         sides[list(check.above)], sides[list(check.below)] = 1, -1

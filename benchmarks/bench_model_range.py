@@ -63,17 +63,18 @@ def mean_d(pred: dict) -> np.ndarray:
     return 0.5 * (np.asarray(pred["D1_um2_s"], float) + np.asarray(pred["D2_um2_s"], float))
 
 
-def cve_inputs(batch, acq: Acquisition) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def cve_inputs(batch, acq: Acquisition) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The range check's inputs per track as the pipeline builds them: the isotropic CVE (px^2/frame, unclipped),
-    the mean squared Mortensen precision (px^2), the number of displacements, and the CVE tensor's
-    ``(D1 + D2) / 2`` in um^2/s (what is reported for a flagged track)."""
+    the mean squared Mortensen precision (px^2), the number of displacements, the CVE tensor's
+    ``(D1 + D2) / 2`` in um^2/s (what is reported for a flagged track) and the median-step D (px^2/frame)."""
     with np.errstate(all="ignore"):
         cve = C.cve_tensor_batch(batch.positions_px, acq)
         d_px2 = 0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2)
         loc_var = np.nanmean((np.asarray(batch.loc_precision_nm, float) / acq.pixel_size_nm) ** 2, axis=1)
     steps = np.all(np.isfinite(np.diff(batch.positions_px, axis=1)), axis=2).sum(axis=1)
     reported_cve = 0.5 * (np.asarray(cve["D1_um2_s"], float) + np.asarray(cve["D2_um2_s"], float))
-    return d_px2, loc_var, steps, reported_cve
+    d_median = model_range.median_step_d_px2(batch.positions_px, loc_var, acq.blur_coefficient)
+    return d_px2, loc_var, steps, reported_cve, d_median
 
 
 def band_rows(truth: np.ndarray, model: np.ndarray, reported: np.ndarray, flagged: np.ndarray) -> list[str]:
@@ -158,14 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         side = max(pu.source_patch_size(s) for s in scales.values())
         batch = make_samples("aniso", n, 30, acq, SEED, settings=SampleSettings(patch_size=side, motion_prior=PRIOR))
         truth = 0.5 * (batch.D1_um2_s[:, 0] + batch.D2_um2_s[:, 0])
-        d_px2, loc_var, steps, reported_cve = cve_inputs(batch, acq)
+        d_px2, loc_var, steps, reported_cve, d_median = cve_inputs(batch, acq)
         for name, (module, card) in models.items():
             t0 = time.perf_counter()
             model = mean_d(run(module, *inputs(batch, scales[name]), acq, scales[name]))
-            check = model_range.check_tracks(np.arange(len(batch)), d_px2, loc_var, steps, acq, card, scales[name])
+            check = model_range.check_tracks(np.arange(len(batch)), d_px2, loc_var, steps, acq, card, scales[name],
+                                             d_median_px2=d_median)
             flagged = np.zeros(len(batch), bool)
             flagged[list(check.outside)] = True
-            reported = np.where(flagged, reported_cve, model)
+            below = np.isin(np.arange(len(batch)), list(check.below))  # D1 = D2 = the isotropic CVE, as track
+            iso = np.clip(acq.diffusion_to_um2_s(d_px2), 0.0, None)
+            reported = np.where(below, iso, np.where(flagged, reported_cve, model))
             inside = (truth >= check.low_um2_s) & (truth <= check.high_um2_s)
             lines += ["", f"## `{name}`, {label}", "",
                       f"Trained range of (D1 + D2) / 2 on this movie: {check.low_um2_s:.3g}-{check.high_um2_s:.3g} "

@@ -71,6 +71,29 @@ def test_tracks_are_flagged_above_the_range_at_the_tests_confidence(true_d, low_
     assert low_share <= np.mean(sides > 0) <= high_share
 
 
+def test_one_jump_between_particles_does_not_make_a_slow_track_fast():
+    rng = np.random.default_rng(6)
+    n, frames, loc_sd = 500, 30, 0.1
+    steps = rng.normal(size=(n, frames - 1, 2)) * np.sqrt(2 * 1.0)  # D = 1 px^2/frame, range top 6
+    positions = np.concatenate([np.zeros((n, 1, 2)), np.cumsum(steps, axis=1)], axis=1)
+    positions[:, 15:] += 25.0  # the links jump 35 px to another particle halfway
+    positions += rng.normal(size=positions.shape) * loc_sd
+    d = np.diff(positions, axis=1)
+    cve = ((d**2).mean(axis=1) / 2 + (d[:, 1:] * d[:, :-1]).mean(axis=1)).mean(axis=1)
+    loc_var, k = np.full(n, loc_sd**2), np.full(n, frames - 1)
+    kwargs = dict(blur=0.0, low_px2=0.03, high_px2=6.0)
+    assert np.mean(range_sides(cve, loc_var, k, **kwargs) > 0) > 0.9  # the CVE alone calls them fast
+    d_median = model_range.median_step_d_px2(positions, loc_var, 0.0)
+    assert np.median(d_median) == pytest.approx(1.0, rel=0.15)
+    assert not np.any(range_sides(cve, loc_var, k, d_median_px2=d_median, **kwargs) > 0)
+    # the localization noise is taken out: immobile particles under 0.5 px of noise read about 0
+    still = rng.normal(size=(200, 100, 2)) * 0.5
+    assert np.median(model_range.median_step_d_px2(still, np.full(200, 0.25), 0.0)) == pytest.approx(0.0, abs=0.03)
+    # a truly fast track keeps its flag
+    fast = _cve_of_brownian(rng, 20.0, 1, 200, loc_sd)
+    assert range_sides(fast, [0.01], [199], d_median_px2=[20.0], **kwargs)[0] == 1
+
+
 def test_immobile_tracks_are_flagged_below_the_range_and_short_tracks_are_not_tested():
     rng = np.random.default_rng(4)
     cve = _cve_of_brownian(rng, 0.0005, 500, 100, 0.1)
@@ -219,8 +242,15 @@ def _expected_sides(out, low_px2, high_px2):
     loc_var = pd.Series(precision_px**2).groupby(out.tracks["track_id"].to_numpy()).mean()
     d_px2 = ACQ.diffusion_to_px2_per_frame(summary.loc[ids, "D_cve_um2_s"].to_numpy())
     n_disp = summary.loc[ids, "n_frames"].to_numpy() - 1  # whole tracks, no gaps
+    positions = out.tracks.sort_values(["track_id", "frame"]).groupby("track_id")[["y_px", "x_px"]]
+    longest = int(summary["n_frames"].max())
+    stack = np.full((len(ids), longest, 2), np.nan)
+    for row, i in enumerate(ids):
+        p = positions.get_group(i).to_numpy()
+        stack[row, :len(p)] = p
+    d_median = model_range.median_step_d_px2(stack, loc_var.loc[ids].to_numpy(), ACQ.blur_coefficient)
     sides = range_sides(d_px2, loc_var.loc[ids].to_numpy(), n_disp, blur=ACQ.blur_coefficient, low_px2=low_px2,
-                        high_px2=high_px2)
+                        high_px2=high_px2, d_median_px2=d_median)
     return dict(zip(ids.tolist(), sides.tolist(), strict=True))
 
 
@@ -277,6 +307,30 @@ def test_the_stage_reports_the_classical_values_of_tracks_outside_the_range(monk
     for i in flagged:
         assert trusted.loc[i, "method"] == "model" and FLAG in trusted.loc[i, "warnings"]
         assert trusted.loc[i, "D1_um2_s"] == pytest.approx(summary.loc[i, "D1_um2_s"])
+
+
+def test_a_track_whose_links_jump_between_particles_is_not_called_fast(monkeypatch, movie, toy_models):
+    tracks = _tracks(movie)
+    by_id = {i: g for i, g in tracks.groupby("track_id")}
+    # the two tracks farthest apart, spliced at a frame both hold: one track that jumps from one to the other
+    def apart(pair):
+        (_, first), (_, second) = pair
+        return float(np.hypot(*(first[["y_px", "x_px"]].mean() - second[["y_px", "x_px"]].mean())))
+
+    (a, ga), (b, gb) = max(((p, q) for p in by_id.items() for q in by_id.items() if p[0] < q[0]), key=apart)
+    common = sorted(set(ga["frame"]) & set(gb["frame"]))
+    assert len(common) >= 10
+    cut = common[len(common) // 2]
+    spliced = pd.concat([ga[ga["frame"] < cut], gb[gb["frame"] >= cut].assign(track_id=a)])
+    rest = tracks[~tracks["track_id"].isin([a, b])]
+    spliced_tracks = pd.concat([rest, spliced]).sort_values(["track_id", "frame"]).reset_index(drop=True)
+    settings = Settings(model=toy_models["sequence"], device="cpu", min_track_length=5)
+    monkeypatch.setattr(model_range, "trained_mean_d_range_px2", lambda card: (1e-9, 6.0))
+    out = estimate_tracks(movie.movie, spliced_tracks, ACQ, settings)
+    row = out.summary.set_index("track_id").loc[a]
+    scale = float(out.meta["psf_units"]["scale"])
+    assert ACQ.diffusion_to_px2_per_frame(row["D_cve_um2_s"]) > 3 * 6.0 / scale**2  # its CVE lies far above the top
+    assert row["method"] == "model" and FLAG not in str(row["warnings"])
 
 
 def test_tracks_below_the_range_get_an_isotropic_classical_value(monkeypatch, movie, toy_models):

@@ -532,6 +532,7 @@ def _classical_estimates(patches: list[TrackPatches], acquisition: Acquisition) 
             with np.errstate(all="ignore"):
                 msd = msd_diffusion_batch(stack, acquisition)
                 cve = cve_tensor_batch(stack, acquisition)
+                step_var = model_range.median_step_variance_px2(stack)  # the range check's robust D
             d_cve_px = 0.5 * np.trace(cve["tensor_px2_frame"], axis1=1, axis2=2)
             d_cve = np.clip(acquisition.diffusion_to_um2_s(d_cve_px), 0.0, None)
             steps = np.all(np.isfinite(np.diff(stack, axis=1)), axis=2).sum(axis=1)
@@ -541,6 +542,7 @@ def _classical_estimates(patches: list[TrackPatches], acquisition: Acquisition) 
                     "alpha_msd": float(msd["alpha"][j]),
                     "D_cve_um2_s": float(d_cve[j]),
                     "D_cve_raw_px2": float(d_cve_px[j]),
+                    "step_var_median_px2": float(step_var[j]),
                     "n_displacements": int(steps[j]),
                     "cve_D1_um2_s": float(cve["D1_um2_s"][j]),
                     "cve_D2_um2_s": float(cve["D2_um2_s"][j]),
@@ -550,7 +552,8 @@ def _classical_estimates(patches: list[TrackPatches], acquisition: Acquisition) 
         else:
             for i in members:
                 out[patches[i].track_id] = {"D_msd_um2_s": nan, "alpha_msd": nan, "D_cve_um2_s": nan,
-                                            "D_cve_raw_px2": nan, "n_displacements": 0, "cve_D1_um2_s": nan,
+                                            "D_cve_raw_px2": nan, "step_var_median_px2": nan,
+                                            "n_displacements": 0, "cve_D1_um2_s": nan,
                                             "cve_D2_um2_s": nan, "cve_theta_deg": nan, "cve_clipped": True}
     return out
 

@@ -14,7 +14,11 @@ localization noise (:mod:`.classical`): a track lies above the range when its CV
 range's top by more than ``z`` standard deviations of the CVE *at* that top (one-sided test at
 ``confidence``, 95 % by default; :func:`~.classical.cve_variance_px2` gives the exact variance
 for the track's length, localization noise and blur), and below it likewise. For such tracks
-the classical values are reported instead of the model's, flagged ``beyond_model_range``. A CVE far
+the classical values are reported instead of the model's, flagged ``beyond_model_range``. A track is
+called faster only where a robust D from its median squared step (:func:`median_step_d_px2`) lies above the
+top too: one jump where the links swap between two particles lifts a track's CVE far, its median step
+little (on the independent renderer's movies of fast particles, slow tracks with one such jump were called
+fast without it). A CVE far
 below zero (beyond the 99.95 % quantile of its spread) fits no Brownian motion at all: such a track's links
 swap between particles (short mislinked tracks of fast particles do this), and it is not called slower
 than the range.
@@ -40,6 +44,7 @@ warm start from a model trained on a wider range does not widen it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +60,8 @@ from ..simulation.trajectories import (
 )
 from .classical import cve_variance_px2
 
-__all__ = ["MEAN_D_RANGES_UM2_S", "RangeCheck", "trained_mean_d_range_px2", "range_sides", "tested", "check_tracks",
+__all__ = ["MEAN_D_RANGES_UM2_S", "RangeCheck", "trained_mean_d_range_px2", "median_step_d_px2",
+           "median_step_variance_px2", "d_from_step_variance", "range_sides", "tested", "check_tracks",
            "DEFAULT_CONFIDENCE", "GUARD_TRIM", "FLAG"]
 
 #: Range of a track's mean diffusivity ``(D1 + D2) / 2`` (um^2/s) that each motion model's simulation draws,
@@ -107,9 +113,37 @@ def trained_mean_d_range_px2(card: dict[str, Any]) -> tuple[float, float] | None
     return low_px2, high_px2
 
 
+def median_step_d_px2(positions_px: np.ndarray, loc_var_px2: Any, blur: float) -> np.ndarray:
+    """``(N,)`` a robust D (px^2/frame) of each track from the median squared step: a jump where the links swap
+    between particles moves it little, where it moves the CVE far.
+
+    For Brownian steps each axis's step variance is ``2 D (1 - 2 R) + 2 sigma^2`` (``R`` the blur coefficient,
+    ``sigma^2`` the localization variance), and the squared 2-D step ``r^2`` is that variance times a
+    chi-square of two degrees of freedom, whose median is ``2 ln 2``. ``positions_px``: ``(N, T, 2)``, NaN rows
+    for missing frames (steps across them are not counted); NaN for a track without a step.
+    """
+    return d_from_step_variance(median_step_variance_px2(positions_px), loc_var_px2, blur)
+
+
+def median_step_variance_px2(positions_px: np.ndarray) -> np.ndarray:
+    """``(N,)`` each track's per-axis step variance (px^2) from its median squared 2-D step over ``2 ln 2``
+    (:func:`median_step_d_px2`); ``positions_px`` ``(N, T, 2)``."""
+    pos = np.asarray(positions_px, dtype=float)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a track without a step
+        r2 = np.sum(np.diff(pos, axis=1) ** 2, axis=2)
+        return np.nanmedian(r2, axis=1) / (2.0 * np.log(2.0))
+
+
+def d_from_step_variance(step_variance_px2: Any, loc_var_px2: Any, blur: float) -> np.ndarray:
+    """D (px^2/frame) from a per-axis step variance: ``(variance - 2 sigma^2) / (2 (1 - 2 R))``."""
+    return ((np.asarray(step_variance_px2, dtype=float) - 2.0 * np.asarray(loc_var_px2, dtype=float))
+            / (2.0 * (1.0 - 2.0 * blur)))
+
+
 def range_sides(
     d_cve_px2: Any, loc_var_px2: Any, n_displacements: Any, *, blur: float, low_px2: float, high_px2: float,
-    confidence: float = DEFAULT_CONFIDENCE,
+    confidence: float = DEFAULT_CONFIDENCE, d_median_px2: Any = None,
 ) -> np.ndarray:
     """Per track: +1 shown above ``high_px2``, -1 shown below ``low_px2``, 0 otherwise.
 
@@ -127,6 +161,10 @@ def range_sides(
         The range in the movie's px^2/frame.
     confidence
         One-sided confidence of each test.
+    d_median_px2
+        ``(N,)`` the tracks' :func:`median_step_d_px2`: a track is called faster than the range only where
+        this, too, lies above its top (a jump where the links swap between particles, not the motion, can lift
+        the CVE beyond it); ``None``: the CVE alone.
     """
     d = np.asarray(d_cve_px2, dtype=float)
     s2 = np.maximum(np.asarray(loc_var_px2, dtype=float), 0.0)
@@ -138,6 +176,8 @@ def range_sides(
         sd_low = np.sqrt(0.5 * cve_variance_px2(np.full_like(d, low_px2), s2, blur, k))
         testable = tested(d, s2, k)
         above = testable & (d > high_px2 + z * sd_high)
+        if d_median_px2 is not None:
+            above &= np.asarray(d_median_px2, dtype=float) > high_px2
         # a CVE far below zero fits no Brownian motion (a track whose links swap between particles): not "slow";
         # and where the CVE scatters so much that even an immobile track would be called slow less than half the
         # time (low < z sd), the test only flags in-range tracks at its error rate: not made
@@ -271,13 +311,13 @@ def _g(value: float) -> str:
 
 def check_tracks(
     track_ids: Any, d_cve_px2: Any, loc_var_px2: Any, n_displacements: Any, acquisition: Acquisition,
-    card: dict[str, Any], scale: float = 1.0, confidence: float = DEFAULT_CONFIDENCE,
+    card: dict[str, Any], scale: float = 1.0, confidence: float = DEFAULT_CONFIDENCE, d_median_px2: Any = None,
 ) -> RangeCheck | None:
     """The range check of a movie's tracks, or ``None`` where the card gives no range.
 
-    ``track_ids``, ``d_cve_px2`` (movie px^2/frame), ``loc_var_px2`` (px^2), ``n_displacements``: ``(N,)``
-    per track, as in :func:`range_sides`; ``scale`` the PSF-units factor ``s`` (virtual px per movie px) at
-    which the model reads the movie (1: its own pixels).
+    ``track_ids``, ``d_cve_px2`` (movie px^2/frame), ``loc_var_px2`` (px^2), ``n_displacements``,
+    ``d_median_px2``: ``(N,)`` per track, as in :func:`range_sides`; ``scale`` the PSF-units factor ``s``
+    (virtual px per movie px) at which the model reads the movie (1: its own pixels).
     """
     trained = trained_mean_d_range_px2(card)
     if trained is None:
@@ -285,7 +325,7 @@ def check_tracks(
     low_px2, high_px2 = (v / float(scale) ** 2 for v in trained)
     ids = np.asarray(track_ids, dtype=np.int64)
     sides = range_sides(d_cve_px2, loc_var_px2, n_displacements, blur=acquisition.blur_coefficient,
-                        low_px2=low_px2, high_px2=high_px2, confidence=confidence)
+                        low_px2=low_px2, high_px2=high_px2, confidence=confidence, d_median_px2=d_median_px2)
     mask = tested(d_cve_px2, loc_var_px2, n_displacements)
     s2, k = np.asarray(loc_var_px2, dtype=float), np.asarray(n_displacements, dtype=float)
     return RangeCheck(
