@@ -311,14 +311,16 @@ def _g(value: float) -> str:
 
 def check_tracks(
     track_ids: Any, d_cve_px2: Any, loc_var_px2: Any, n_displacements: Any, acquisition: Acquisition,
-    card: dict[str, Any], scale: float = 1.0, confidence: float = DEFAULT_CONFIDENCE, d_median_px2: Any = None,
+    card: dict[str, Any], scale: float = 1.0, d_median_px2: Any = None,
 ) -> RangeCheck | None:
     """The range check of a movie's tracks, or ``None`` where the card gives no range.
 
     ``track_ids``, ``d_cve_px2`` (movie px^2/frame), ``loc_var_px2`` (px^2), ``n_displacements``,
     ``d_median_px2``: ``(N,)`` per track, as in :func:`range_sides`; ``scale`` the PSF-units factor ``s``
-    (virtual px per movie px) at which the model reads the movie (1: its own pixels).
+    (virtual px per movie px) at which the model reads the movie (1: its own pixels). Each test at
+    :data:`DEFAULT_CONFIDENCE`.
     """
+    confidence = DEFAULT_CONFIDENCE
     trained = trained_mean_d_range_px2(card)
     if trained is None:
         return None
