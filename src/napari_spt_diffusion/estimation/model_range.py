@@ -233,7 +233,7 @@ class RangeCheck:
         The tracks outside the range; and, where more tracks lie above it than chance explains
         (:meth:`beyond_chance`), every track the model reads above :data:`GUARD_TRIM` x the top (below it: under
         the bottom / :data:`GUARD_TRIM`). Leaving out only the tracks the CVE shows outside would keep the in-range
-        tracks near the edge whose CVE happened to fall low (an unbiased model then reads 1.07-1.08 x on populations
+        tracks near the edge whose CVE happened to fall low (an unbiased model then reads 1.06-1.08 x on populations
         straddling the top) and the tracks beyond the range that the test missed, which a model reads near its top;
         the model's own reading selects them without looking at the CVE (``benchmarks/reports/model_range.md``).
         Where the flags are as many as an in-range population gives by chance, the guard keeps the other tracks
