@@ -37,10 +37,12 @@ def range_outside(positions_px: np.ndarray, loc_var_px2: np.ndarray, acquisition
     if check is not None and check.outside:
         sides[list(check.above)], sides[list(check.below)] = 1, -1
         d_model = np.asarray(d_model_um2_s, float)
-        # as the stage: the model's bias over the tracks not flagged, then the tracks left out of the guard
-        bias = guard_decision(acquisition.diffusion_to_px2_per_frame(d_model), positions_px, loc_var_px2,
-                              acquisition, card, scale, sides != 0)[0].bias_factor
-        left_out[list(check.left_out_of_guard(dict(enumerate(d_model.tolist())), bias))] = True
+        # as the stage: the guard over the tracks not flagged, then the tracks left out of the guard
+        first = guard_decision(acquisition.diffusion_to_px2_per_frame(d_model), positions_px, loc_var_px2,
+                               acquisition, card, scale, sides != 0)[0]
+        left = model_range.guard_left_out(check, dict(enumerate(d_model.tolist())),
+                                          (first.bias_factor, first.bias_low, first.bias_high, first.n_tracks))
+        left_out[list(left)] = True
     return sides, left_out
 
 

@@ -99,13 +99,12 @@ GUARD_TRACKS, GUARD_MOVIES = 300, 10
 
 
 def guard_rows(truth_um2: np.ndarray, model_um2: np.ndarray, d_px2: np.ndarray, loc_var: np.ndarray,
-               steps: np.ndarray, acq: Acquisition, check: model_range.RangeCheck, seed: int) -> list[str]:
+               steps: np.ndarray, acq: Acquisition, card: dict, d_median: np.ndarray, seed: int) -> list[str]:
     """The guard's factor over movies of :data:`GUARD_TRACKS` tracks drawn from each population, for an ideal model
     (its value the truth) and the bundled one, with three populations for the guard: every track, the tracks the
     CVE does not show outside, and the pipeline's (``RangeCheck.left_out_of_guard``)."""
     rng = np.random.default_rng(seed)
     rows = []
-    outside = np.isin(np.arange(len(truth_um2)), list(check.outside))
     for low, high in POPULATIONS:
         pool = np.flatnonzero((truth_um2 >= low) & (truth_um2 < high))
         for label, values in (("ideal (the truth)", truth_um2), ("the bundled model", model_um2)):
@@ -114,15 +113,17 @@ def guard_rows(truth_um2: np.ndarray, model_um2: np.ndarray, d_px2: np.ndarray, 
                 factors, decisions = [], []
                 for _ in range(GUARD_MOVIES):
                     movie = rng.choice(pool, size=min(len(pool), GUARD_TRACKS), replace=False)
+                    # the movie's own check, as the stage makes it over the movie's tracks
+                    check = model_range.check_tracks(movie, d_px2[movie], loc_var[movie], steps[movie], acq, card,
+                                                     1.0, d_median_px2=d_median[movie])
+                    outside = np.isin(movie, list(check.outside))
                     if rule == "cve":
-                        movie = movie[~outside[movie]]
+                        movie = movie[~outside]
                     elif rule == "track":
-                        flagged = movie[outside[movie]]
-                        inside = movie[~outside[movie]]
-                        bias = guard.population_ratio(acq.diffusion_to_px2_per_frame(values[inside]), d_px2[inside],
-                                                      loc_var[inside], steps[inside],
-                                                      blur=acq.blur_coefficient)[0] if len(flagged) else 1.0
-                        left = check.left_out_of_guard({int(i): float(values[i]) for i in movie}, bias)
+                        inside = movie[~outside]
+                        first = guard.population_ratio(acq.diffusion_to_px2_per_frame(values[inside]), d_px2[inside],
+                                                       loc_var[inside], steps[inside], blur=acq.blur_coefficient)
+                        left = model_range.guard_left_out(check, {int(i): float(values[i]) for i in movie}, first)
                         movie = np.array([i for i in movie if int(i) not in left], dtype=int)
                     bias = guard.population_ratio(acq.diffusion_to_px2_per_frame(values[movie]), d_px2[movie],
                                                   loc_var[movie], steps[movie], blur=acq.blur_coefficient)
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                           "it under its bottom / 0.6: `RangeCheck.left_out_of_guard`).", "",
                           "| true (D1 + D2) / 2 (um^2/s) | model | every track | without the tracks the CVE shows "
                           "outside | as `track` (also those the model reads near the edge) |", "|---|---|---|---|---|",
-                          *guard_rows(truth, model, d_px2, loc_var, steps, acq, check, SEED)]
+                          *guard_rows(truth, model, d_px2, loc_var, steps, acq, card, d_median, SEED)]
     lines += ["", f"Run time {time.perf_counter() - t_all:.0f} s; load average at the end {load_average()}."]
     out = args.out or report_path("model_range", args.quick)
     write_report(out, lines)

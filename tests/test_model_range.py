@@ -19,6 +19,7 @@ from napari_spt_diffusion.estimation.model_range import (
     FLAG,
     RangeCheck,
     check_tracks,
+    guard_left_out,
     range_sides,
     trained_mean_d_range_px2,
 )
@@ -147,12 +148,48 @@ def test_the_message_names_both_sides_and_what_is_reported():
 
 
 def test_the_guard_leaves_out_the_tracks_outside_and_those_the_model_reads_near_that_edge():
-    model = {1: 20.0, 2: 4.0, 3: 3.0, 4: 0.01, 5: 0.03, 6: 0.2}
-    above = RangeCheck(0.02, 6.0, above=(1,), below=(), n_tested=6)
-    assert above.left_out_of_guard(model) == {1, 2}  # 4.0 > 0.6 x 6; the bottom untouched
-    below = RangeCheck(0.02, 6.0, above=(), below=(4,), n_tested=6)
-    assert below.left_out_of_guard(model) == {4, 5}  # 0.03 < 0.02 / 0.6
-    assert RangeCheck(0.02, 6.0, (), (), 6).left_out_of_guard(model) == frozenset()  # nothing outside: all stay
+    model = {1: 20.0, 7: 20.0, 8: 20.0, 2: 4.0, 3: 3.0, 4: 0.001, 9: 0.001, 10: 0.001, 5: 0.03, 6: 0.2}
+    noise = {i: (1e-4, 99.0) for i in model}  # long, precise tracks: chance flags are rare
+    above = RangeCheck(0.02, 6.0, above=(1, 7, 8), below=(), n_tested=10, noise=noise, blur=0.0)
+    assert above.beyond_chance(model, above=True)
+    assert above.left_out_of_guard(model) == {1, 7, 8, 2}  # 4.0 > 0.6 x 6; the bottom untouched
+    below = RangeCheck(0.02, 6.0, above=(), below=(4, 9, 10), n_tested=10, noise=noise, blur=0.0)
+    assert below.beyond_chance(model, above=False)
+    assert below.left_out_of_guard(model) == {4, 9, 10, 5}  # 0.03 < 0.02 / 0.6
+    assert RangeCheck(0.02, 6.0, (), (), 10).left_out_of_guard(model) == frozenset()  # nothing outside: all stay
+    # without the tracks' noise nothing can be judged beyond chance: only the flagged tracks are left out
+    assert RangeCheck(0.02, 6.0, (1, 7, 8), (), 10).left_out_of_guard(model) == {1, 7, 8}
+
+
+def test_the_stages_rule_gates_the_bias_and_keeps_the_guard_measurable():
+    n = 80
+    noise = {i: (1e-4, 99.0) for i in range(n)}
+    model = {i: (20.0 if i < 5 else 4.5 if i < 45 else 1.0) for i in range(n)}  # 40 read near the top
+    check = RangeCheck(0.02, 6.0, above=tuple(range(5)), below=(), n_tested=n, noise=noise, blur=0.0)
+    measured = (1.0, 0.9, 1.1, 75)
+    assert guard_left_out(check, model, measured) == set(range(45))
+    # a model read at 0.7 x over the tracks not flagged: at 4.5 / 0.7 its near-top tracks would be flagged by
+    # chance often enough to explain five flags
+    assert guard_left_out(check, model, (0.7, 0.65, 0.75, 75)) == set(range(5))
+    # the same factor from too few tracks is not used
+    assert guard_left_out(check, model, (0.7, 0.4, 1.2, 5)) == set(range(45))
+    # a trim that would leave the guard fewer than 12 tracks leaves out the flagged tracks only
+    crowded = {i: (20.0 if i < 5 else 4.5 if i < 70 else 1.0) for i in range(n)}
+    assert guard_left_out(check, crowded, measured) == set(range(5))
+    assert guard_left_out(None, model, measured) == frozenset()
+    assert guard_left_out(RangeCheck(0.02, 6.0, (), (), n), model, measured) == frozenset()
+
+
+def test_the_below_side_counts_the_cves_heavier_lower_tail():
+    # tracks at the very bottom of the range under noise that leaves the test some power: the flags a population
+    # inside the range gives by chance are not called beyond chance (the normal's lower tail, not the gamma's)
+    rng = np.random.default_rng(12)
+    n, frames, loc_sd, low = 3000, 30, 0.1, 0.0275
+    cve = _cve_of_brownian(rng, low, n, frames, loc_sd)
+    check = check_tracks(np.arange(n), cve, np.full(n, loc_sd**2), np.full(n, frames - 1), STROBED,
+                         {"motion_model": "aniso"})
+    assert len(check.below) > 30
+    assert not check.beyond_chance({i: low for i in range(n)}, above=False)
 
 
 def test_leaving_out_by_the_models_reading_keeps_the_guard_unbiased_across_the_top():
@@ -280,18 +317,18 @@ def test_the_stage_reports_the_classical_values_of_tracks_outside_the_range(monk
         return factors[-1]
 
     monkeypatch.setattr(guard, "population_ratio", recording)
-    biases = []
-    real_left_out = model_range.RangeCheck.left_out_of_guard
+    firsts = []
+    real_left_out = model_range.guard_left_out
 
-    def left_out(self, model_mean, model_bias=1.0):
-        biases.append(model_bias)
-        return real_left_out(self, model_mean, model_bias)
+    def left_out(check, model_mean, first_bias):
+        firsts.append(first_bias)
+        return real_left_out(check, model_mean, first_bias)
 
-    monkeypatch.setattr(model_range.RangeCheck, "left_out_of_guard", left_out)
+    monkeypatch.setattr(model_range, "guard_left_out", left_out)
     with pytest.warns(UserWarning, match=f"{len(flagged)} of the .* tracks the model estimated lie outside"):
         out = _run(movie, toy_models)
-    # the model's bias handed to the trim is the guard's factor over the tracks not flagged (the first of the two)
-    assert guarded[-2] == len(expected) - len(flagged) and biases[-1] == pytest.approx(factors[-2][0])
+    # the rule is handed the guard's measurement over the tracks not flagged (the first of the two)
+    assert guarded[-2] == len(expected) - len(flagged) and firsts[-1] == pytest.approx(factors[-2], nan_ok=True)
     rows = out.summary.set_index("track_id")
     for i in expected:
         if i in flagged:
@@ -331,6 +368,22 @@ def test_a_track_whose_links_jump_between_particles_is_not_called_fast(monkeypat
     scale = float(out.meta["psf_units"]["scale"])
     assert ACQ.diffusion_to_px2_per_frame(row["D_cve_um2_s"]) > 3 * 6.0 / scale**2  # its CVE lies far above the top
     assert row["method"] == "model" and FLAG not in str(row["warnings"])
+
+
+def test_tracks_read_near_the_edge_keep_the_models_values_flagged(monkeypatch, movie, toy_models):
+    off = _run(movie, toy_models, model_range_check=False)
+    summary = off.summary.set_index("track_id")
+    high = float(np.median(ACQ.diffusion_to_px2_per_frame(
+        summary.loc[summary["method"] == "model", "D_cve_um2_s"]))) / 2
+    monkeypatch.setattr(model_range, "trained_mean_d_range_px2", lambda card: (1e-9, high))
+    flagged = {i for i, side in _expected_sides(off, 1e-9, high).items() if side > 0}
+    near = next(i for i in summary.index[summary["method"] == "model"] if i not in flagged)
+    monkeypatch.setattr(model_range, "guard_left_out", lambda check, model, first: check.outside | {near})
+    with pytest.warns(UserWarning, match="1 more tracks, which the model reads near that edge"):
+        out = _run(movie, toy_models)
+    row = out.summary.set_index("track_id").loc[near]
+    assert row["method"] == "model" and model_range.NEAR_FLAG in row["warnings"]
+    assert row["D1_um2_s"] == pytest.approx(summary.loc[near, "D1_um2_s"])
 
 
 def test_tracks_below_the_range_get_an_isotropic_classical_value(monkeypatch, movie, toy_models):

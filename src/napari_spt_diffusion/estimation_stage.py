@@ -280,10 +280,11 @@ def estimate_stage(
     outside = check.outside if check is not None else frozenset()
     left_out = frozenset()
     if check is not None and outside:  # the model's bias over the tracks not flagged tells chance flags apart
-        bias = guard_model([e for e in estimates if e.track_id not in outside], classical, acquisition, estimator,
-                           acquisition_messages, loc_var).bias_factor
-        left_out = check.left_out_of_guard({e.track_id: 0.5 * (e.track_D1_um2_s + e.track_D2_um2_s)
-                                            for e in estimates if e.method == "model"}, bias)
+        first = guard_model([e for e in estimates if e.track_id not in outside], classical, acquisition, estimator,
+                            acquisition_messages, loc_var)
+        left_out = model_range.guard_left_out(check, {e.track_id: 0.5 * (e.track_D1_um2_s + e.track_D2_um2_s)
+                                                      for e in estimates if e.method == "model"},
+                                              (first.bias_factor, first.bias_low, first.bias_high, first.n_tracks))
     decision = guard_model([e for e in estimates if e.track_id not in left_out], classical, acquisition, estimator,
                            acquisition_messages, loc_var)
     held = HELD_AFTER_REJECTION.get() if decision.rejected else None  # another model may be reported instead
@@ -303,10 +304,13 @@ def estimate_stage(
         messages.append(note)
     model_reported = not decision.rejected or settings.trust_model
     if outside and model_reported:  # the model's values are reported: not for the tracks outside its range
+        near = left_out - outside  # read near the edge beyond which tracks were found: kept, flagged
         estimates = [classical_for(e, classical[e.track_id], model_range.FLAG, keep=settings.trust_model,
                                    isotropic=e.track_id in check.below)
-                     if e.track_id in outside and e.method == "model" else e for e in estimates]
-        note = check.message(estimator.model_name, reported=settings.trust_model)
+                     if e.track_id in outside and e.method == "model" else
+                     classical_for(e, classical[e.track_id], model_range.NEAR_FLAG, keep=True)
+                     if e.track_id in near and e.method == "model" else e for e in estimates]
+        note = check.message(estimator.model_name, reported=settings.trust_model, n_near_edge=len(near))
         _warn(note)
         messages.append(note)
 
@@ -718,7 +722,7 @@ def _tables(
 #: Flags that call for a second look at a track's values (summary column ``warnings``); the
 #: others (``windows``, ``gaps``, ``encounter``, ``crowded``, ``classical``, ``rescaled``) say how the track was
 #: made and go to ``notes``.
-WARNING_FLAGS = ("model_rejected", model_range.FLAG, "clipped", "too_short")
+WARNING_FLAGS = ("model_rejected", model_range.FLAG, model_range.NEAR_FLAG, "clipped", "too_short")
 
 
 def _split_flags(flags: list[str]) -> dict[str, str]:

@@ -54,7 +54,7 @@ def range_check(
     (:mod:`~.estimation.model_range`); ``None`` where its card gives no range."""
     used = [e for e in estimates if e.method == "model" and e.track_id in classical]
     loc_var = np.array([loc_var_px2.get(e.track_id, np.nan) for e in used], dtype=float)
-    step_var = np.array([classical[e.track_id].get("step_var_median_px2", np.nan) for e in used], dtype=float)
+    step_var = np.array([classical[e.track_id]["step_var_median_px2"] for e in used], dtype=float)
     return model_range.check_tracks(
         [e.track_id for e in used], [classical[e.track_id]["D_cve_raw_px2"] for e in used], loc_var,
         [classical[e.track_id]["n_displacements"] for e in used], acquisition, estimator.card,

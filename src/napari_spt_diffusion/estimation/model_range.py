@@ -59,10 +59,11 @@ from ..simulation.trajectories import (
     UNBOUND_D1_RANGE_UM2_S,
 )
 from .classical import cve_variance_px2
+from .guard import MIN_TRACKS
 
 __all__ = ["MEAN_D_RANGES_UM2_S", "RangeCheck", "trained_mean_d_range_px2", "median_step_d_px2",
            "median_step_variance_px2", "d_from_step_variance", "range_sides", "tested", "check_tracks",
-           "DEFAULT_CONFIDENCE", "GUARD_TRIM", "FLAG"]
+           "guard_left_out", "DEFAULT_CONFIDENCE", "GUARD_TRIM", "FLAG", "NEAR_FLAG"]
 
 #: Range of a track's mean diffusivity ``(D1 + D2) / 2`` (um^2/s) that each motion model's simulation draws,
 #: at its base acquisition (:mod:`~napari_spt_diffusion.simulation.trajectories`): ``aniso`` D1 over the
@@ -87,6 +88,9 @@ GUARD_TRIM = 0.6
 MIN_SHARE_BEYOND = 0.02
 #: The flag of a track whose classical values are reported for this reason.
 FLAG = "beyond_model_range"
+#: The flag of a track whose model values are reported although the model reads it near the edge of its range
+#: beyond which more tracks were found than chance explains (left out of the guard: :func:`guard_left_out`).
+NEAR_FLAG = "near_model_range_edge"
 
 
 def trained_mean_d_range_px2(card: dict[str, Any]) -> tuple[float, float] | None:
@@ -120,7 +124,9 @@ def median_step_d_px2(positions_px: np.ndarray, loc_var_px2: Any, blur: float) -
     For Brownian steps each axis's step variance is ``2 D (1 - 2 R) + 2 sigma^2`` (``R`` the blur coefficient,
     ``sigma^2`` the localization variance), and the squared 2-D step ``r^2`` is that variance times a
     chi-square of two degrees of freedom, whose median is ``2 ln 2``. ``positions_px``: ``(N, T, 2)``, NaN rows
-    for missing frames (steps across them are not counted); NaN for a track without a step.
+    for missing frames (steps across them are not counted); NaN for a track without a step. The sample median
+    of few steps reads high, the more so the fewer the steps: as a confirmation of a flag above the range this
+    errs on the side of the flag.
     """
     return d_from_step_variance(median_step_variance_px2(positions_px), loc_var_px2, blur)
 
@@ -252,13 +258,14 @@ class RangeCheck:
     def beyond_chance(self, model_mean_d_um2_s: dict[int, float], above: bool) -> bool:
         """Whether more tracks are flagged on that side than a population inside the range would give: the
         count of flags against the 99 % quantile of a Poisson count whose mean sums, over the tested tracks,
-        the test's chance to flag a track whose D is the model's reading, held inside the range (the CVE taken
-        as a gamma variable of the exact mean and variance), and against :data:`MIN_SHARE_BEYOND` of the tested
-        tracks."""
+        the test's chance to flag a track whose D is the model's reading, held inside the range (the larger of
+        a gamma and a normal tail of the CVE's exact mean and variance; the median-step confirmation above the
+        range is not counted, which counts a few chance flags too many, on the safe side), and against
+        :data:`MIN_SHARE_BEYOND` of the tested tracks. False where no tested track has a reading."""
         z = float(norm.ppf(self.confidence))
         ids = [i for i in self.noise if i in model_mean_d_um2_s]
         if not ids:
-            return True
+            return False
         s2, k = (np.array([self.noise[i][j] for i in ids], dtype=float) for j in (0, 1))
         d = np.array([model_mean_d_um2_s[i] for i in ids], dtype=float) * self.px2_per_um2_s
         low, high = self.low_um2_s * self.px2_per_um2_s, self.high_um2_s * self.px2_per_um2_s
@@ -266,24 +273,30 @@ class RangeCheck:
         def var(value: np.ndarray) -> np.ndarray:
             return 0.5 * cve_variance_px2(value, s2, self.blur, k)
 
-        # the CVE of a track at D: a gamma law with its mean D and its variance (a sum of squares: its upper
-        # tail is heavier than a normal one's, which would count too few chance flags)
+        # the CVE of a track at D: the larger of a gamma law's and a normal law's tail, each with its mean D and
+        # its exact variance (the gamma's upper tail follows the CVE's sum of squares, heavier than the normal's;
+        # below, the CVE can go negative, which the gamma cannot, and the normal's lower tail is the heavier)
         with np.errstate(invalid="ignore", divide="ignore"):
             if above:
                 d0 = np.clip(np.nan_to_num(d, nan=high), 1e-12, high)
                 threshold = high + z * np.sqrt(var(np.full_like(d, high)))
-                chance = gamma.sf(threshold, d0**2 / var(d0), scale=var(d0) / d0)
+                chance = np.maximum(gamma.sf(threshold, d0**2 / var(d0), scale=var(d0) / d0),
+                                    norm.sf((threshold - d0) / np.sqrt(var(d0))))
             else:
                 d0 = np.clip(np.nan_to_num(d, nan=low), low, None)
                 sd_low = np.sqrt(var(np.full_like(d, low)))
                 threshold = low - z * sd_low
-                chance = np.where(low >= z * sd_low, gamma.cdf(threshold, d0**2 / var(d0), scale=var(d0) / d0), 0.0)
+                tail = np.maximum(gamma.cdf(threshold, d0**2 / var(d0), scale=var(d0) / d0),
+                                  norm.cdf((threshold - d0) / np.sqrt(var(d0))))
+                chance = np.where(low >= z * sd_low, tail, 0.0)
         expected = float(np.nansum(chance))
         observed = len(self.above if above else self.below)
         return observed > max(poisson.ppf(0.99, expected), MIN_SHARE_BEYOND * self.n_tested)
 
-    def message(self, model_name: str, reported: bool) -> str:
-        """One sentence for the user (empty when no track lies outside)."""
+    def message(self, model_name: str, reported: bool, n_near_edge: int = 0) -> str:
+        """One sentence for the user (empty when no track lies outside); ``n_near_edge``: the tracks the guard
+        left out because the model reads them near the edge beyond which tracks were found (they keep the
+        model's values, warning :data:`NEAR_FLAG`)."""
         parts = []
         if self.above:
             parts.append(f"{len(self.above)} faster than {_g(self.high_um2_s)} um^2/s")
@@ -295,9 +308,12 @@ class RangeCheck:
                 else "their classical estimates (CVE) are reported, flagged beyond_model_range "
                      "(--keep-model-beyond-range, or 'keep the model's values beyond its D range' in the widget, "
                      "keeps the model's)")
+        near = (f"; {n_near_edge} more tracks, which the model reads near that edge of its range and among which "
+                f"tracks beyond it may lie that the test could not show, keep the model's values, flagged "
+                f"{NEAR_FLAG}" if n_near_edge else "")
         return (f"{len(self.outside)} of the {self.n_tested} tracks the model estimated lie outside the range of mean "
                 f"D, (D1 + D2) / 2, that model '{model_name}' was trained on ({' and '.join(parts)} on this movie): "
-                f"{what}")
+                f"{what}{near}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record for ``_meta.json``."""
@@ -337,3 +353,23 @@ def check_tracks(
         n_tested=int(mask.sum()), confidence=confidence,
         noise={int(i): (float(v), float(n)) for i, v, n, m in zip(ids, s2, k, mask, strict=True) if m},
         blur=float(acquisition.blur_coefficient), px2_per_um2_s=float(acquisition.diffusion_to_px2_per_frame(1.0)))
+
+
+def guard_left_out(check: RangeCheck | None, model_mean_d_um2_s: dict[int, float],
+                   first_bias: tuple[float, float, float, int]) -> frozenset[int]:
+    """The tracks the guard's population test leaves out, as the estimation stage decides them.
+
+    ``model_mean_d_um2_s``: the model's ``(D1 + D2) / 2`` per model track (um^2/s); ``first_bias``: the guard's
+    ``population_ratio`` over the model's tracks not flagged (:attr:`RangeCheck.outside`). Nothing where no track is
+    flagged. The bias divides the readings in :meth:`RangeCheck.beyond_chance` only where it was measured (at least
+    :data:`~.guard.MIN_TRACKS` tracks, a finite interval); where the trim would leave the guard fewer than
+    :data:`~.guard.MIN_TRACKS` tracks, only the flagged tracks are left out (the guard stays measurable).
+    """
+    if check is None or not check.outside:
+        return frozenset()
+    factor, low, high, n = first_bias
+    measured = n >= MIN_TRACKS and all(np.isfinite(v) for v in (factor, low, high))
+    left = check.left_out_of_guard(model_mean_d_um2_s, float(factor) if measured else 1.0)
+    if sum(1 for i in model_mean_d_um2_s if i not in left) < MIN_TRACKS:
+        return check.outside
+    return left
