@@ -296,16 +296,25 @@ def _run(movie, toy_models, **changes):
     return estimate_tracks(movie.movie, _tracks(movie), ACQ, dataclasses.replace(settings, **changes))
 
 
+def _range_around_median(monkeypatch, off, low_times=None, high_times=None):
+    """Patch every model's trained range to multiples of the median CVE of ``off``'s model tracks (px^2/frame;
+    ``None``: no edge on that side) and return the side the range test gives each of those tracks."""
+    summary = off.summary.set_index("track_id")
+    median = float(np.median(ACQ.diffusion_to_px2_per_frame(
+        summary.loc[summary["method"] == "model", "D_cve_um2_s"])))
+    low = 1e-9 if low_times is None else median * low_times
+    high = 1e9 if high_times is None else median * high_times
+    monkeypatch.setattr(model_range, "trained_mean_d_range_px2", lambda card: (low, high))
+    return _expected_sides(off, low, high)
+
+
 def test_the_stage_reports_the_classical_values_of_tracks_outside_the_range(monkeypatch, movie, toy_models):
     off = _run(movie, toy_models, model_range_check=False)
     assert off.meta["model_range"] == {"checked": False}
     summary = off.summary.set_index("track_id")
-    d_cve_px2 = ACQ.diffusion_to_px2_per_frame(summary.loc[summary["method"] == "model", "D_cve_um2_s"])
-    assert len(d_cve_px2) >= 4
     # a top at half the median CVE: several tracks lie far above it (the test itself, not a stand-in)
-    high = float(np.median(d_cve_px2)) / 2
-    monkeypatch.setattr(model_range, "trained_mean_d_range_px2", lambda card: (1e-9, high))
-    expected = _expected_sides(off, 1e-9, high)
+    expected = _range_around_median(monkeypatch, off, high_times=0.5)
+    assert len(expected) >= 4
     flagged = {i for i, side in expected.items() if side > 0}
     assert 0 < len(flagged) < len(expected)
     guarded, factors = [], []
@@ -373,10 +382,7 @@ def test_a_track_whose_links_jump_between_particles_is_not_called_fast(monkeypat
 def test_tracks_read_near_the_edge_keep_the_models_values_flagged(monkeypatch, movie, toy_models):
     off = _run(movie, toy_models, model_range_check=False)
     summary = off.summary.set_index("track_id")
-    high = float(np.median(ACQ.diffusion_to_px2_per_frame(
-        summary.loc[summary["method"] == "model", "D_cve_um2_s"]))) / 2
-    monkeypatch.setattr(model_range, "trained_mean_d_range_px2", lambda card: (1e-9, high))
-    flagged = {i for i, side in _expected_sides(off, 1e-9, high).items() if side > 0}
+    flagged = {i for i, side in _range_around_median(monkeypatch, off, high_times=0.5).items() if side > 0}
     near = next(i for i in summary.index[summary["method"] == "model"] if i not in flagged)
     monkeypatch.setattr(model_range, "guard_left_out", lambda check, model, first: check.outside | {near})
     with pytest.warns(UserWarning, match="1 more tracks, which the model reads near that edge"):
@@ -389,10 +395,8 @@ def test_tracks_read_near_the_edge_keep_the_models_values_flagged(monkeypatch, m
 def test_tracks_below_the_range_get_an_isotropic_classical_value(monkeypatch, movie, toy_models):
     off = _run(movie, toy_models, model_range_check=False)
     summary = off.summary.set_index("track_id")
-    d_cve_px2 = ACQ.diffusion_to_px2_per_frame(summary.loc[summary["method"] == "model", "D_cve_um2_s"])
-    low = float(np.median(d_cve_px2)) * 3  # a bottom above most tracks
-    monkeypatch.setattr(model_range, "trained_mean_d_range_px2", lambda card: (low, 1e9))
-    below = {i for i, side in _expected_sides(off, low, 1e9).items() if side < 0}
+    # a bottom above most tracks
+    below = {i for i, side in _range_around_median(monkeypatch, off, low_times=3.0).items() if side < 0}
     assert below
     with pytest.warns(UserWarning, match="slower than"):
         out = _run(movie, toy_models)
@@ -407,10 +411,7 @@ def test_a_rejected_model_keeps_its_rejection_and_a_rescale_spares_the_tracks_ou
                                                                                      toy_models):
     off = _run(movie, toy_models, model_range_check=False)
     summary = off.summary.set_index("track_id")
-    high = float(np.median(ACQ.diffusion_to_px2_per_frame(
-        summary.loc[summary["method"] == "model", "D_cve_um2_s"]))) / 2
-    monkeypatch.setattr(model_range, "trained_mean_d_range_px2", lambda card: (1e-9, high))
-    flagged = {i for i, side in _expected_sides(off, 1e-9, high).items() if side > 0}
+    flagged = {i for i, side in _range_around_median(monkeypatch, off, high_times=0.5).items() if side > 0}
     # rejected: every model track gets the classical values as model_rejected, none is called beyond the range
     monkeypatch.setattr(guard, "population_ratio", lambda *a, **k: (0.5, 0.4, 0.6, 50))
     with pytest.warns(UserWarning, match="biased on this movie"):
