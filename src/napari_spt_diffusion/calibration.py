@@ -52,7 +52,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
-from .calibration_camera import emccd_camera, excess_noise, poisson_camera, tile_cumulants
+from .calibration_camera import adu_step, emccd_camera, excess_noise, poisson_camera, tile_cumulants
 from .calibration_psf import MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
 from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
@@ -458,7 +458,7 @@ def calibrate_movie(
     camera_given = "gain_adu_per_e" in given and "offset_adu" in given
     camera_known = camera_given
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
-    tiles = tile_cumulants(frames, mask)
+    tiles = tile_cumulants(frames, mask, adu_step(frames))
     camera_kind, excess = "unknown", None
     if camera_given:
         photons_bg = (frames[mask] - offset) / gain
