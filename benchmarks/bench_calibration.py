@@ -347,20 +347,21 @@ def worst_lines(results: list[dict[str, Any]]) -> list[str]:
 
 
 def cell_table(results: list[dict[str, Any]]) -> list[str]:
-    lines = ["| cell | seed | " + " | ".join(LABELS[f] for f in FIELDS) + " | shape (evidence G/A) | spots | s |",
-             "|---" * (len(FIELDS) + 5) + "|"]
+    lines = ["| cell | seed | " + " | ".join(LABELS[f] for f in FIELDS)
+             + " | shape (evidence G/A) | spots | background share | s |", "|---" * (len(FIELDS) + 6) + "|"]
     for r in results:
         if "scores" not in r:
             lines.append(f"| {r['cell']} | {r['seed']} | " + " | ".join("n/a" for _ in FIELDS)
-                         + f" | n/a | n/a | {r.get('render_s', 0):.0f} |")
+                         + f" | n/a | n/a | n/a | {r.get('render_s', 0):.0f} |")
             continue
         sc = r["scores"]
         vals = [_value_text(sc[f], f) for f in FIELDS]
         shape = "n/a" if r.get("shape_measured") is None else (
             f"{r['shape_measured']} ({_num(r.get('shape_evidence'), 2)})" + ("" if r["shape_correct"] else " **no**"))
         secs = r.get("render_s", 0) + r.get("calibrate_s", 0)
-        lines.append(f"| {r['cell']} | {r['seed']} | " + " | ".join(vals)
-                     + f" | {shape} | {r.get('n_spots', 'n/a')} | {secs:.0f} |")
+        share = (r.get("calibration") or {}).get("background_share")
+        lines.append(f"| {r['cell']} | {r['seed']} | " + " | ".join(vals) + f" | {shape} | {r.get('n_spots', 'n/a')} | "
+                     + ("n/a" if share is None else f"{100 * share:.0f} %") + f" | {secs:.0f} |")
     return lines
 
 
@@ -499,7 +500,8 @@ def build_report(results: list[dict[str, Any]], args: argparse.Namespace, comman
               "", "## Per cell", "",
               "Measured +- the tool's standard uncertainty (signed relative error, target met?). Offset: absolute "
               "error in ADU. Shape: the verdict, with the ratio of squared residuals Gaussian / Airy (above 1 favours "
-              "Airy); **no** where it is not the true shape. Spots: bright isolated spots used. s: render + "
+              "Airy); **no** where it is not the true shape. Spots: bright isolated spots used. Background share: "
+              "of the pixel-frames read, those the camera measurement used (the rest lay near spots). s: render + "
               "calibrate seconds.", "", *cell_table(results),
               "", "## Truth per cell", "", *truth_lines(results),
               "", "## Uncertainties: does the error lie within the reported uncertainty?", "",

@@ -44,6 +44,9 @@ def test_calibrate_movie_takes_the_step_out_of_the_camera():
     from napari_spt_diffusion.calibration import calibrate_movie
 
     movie = _background_movie(0.4, seed=2).astype(np.uint16)
-    values = calibrate_movie(movie, Acquisition(read_noise_e=1.5)).values
+    cal = calibrate_movie(movie, Acquisition(read_noise_e=1.5))
+    values = cal.values
+    assert cal.adu_step == 1.0 and cal.to_dict()["adu_step"] == 1.0
+    assert cal.background_share == pytest.approx(1.0)  # no spot: every pixel-frame is background
     assert values["gain_adu_per_e"].value == pytest.approx(0.4, rel=0.04)
     assert values["background_photons"].value == pytest.approx(10.0, rel=0.1)

@@ -134,6 +134,13 @@ class Calibration:
     excess_noise_statistic
         ``(Q, low, high)``: ``k3 k5 / k4^2`` of the background and its 95 % interval
         (:func:`~.calibration_camera.excess_noise`); None when the camera was not measured.
+    background_share
+        Share of the pixel-frames read that the camera measurement used as background (the rest lay
+        near spots, or in pixels with fewer than 10 background frames); NaN when the camera was given.
+        The gain's precision scales as one over its square root.
+    adu_step
+        Quantization step of the values (ADU; 0 for floating-point data), taken out of the
+        background's variance (:func:`~.calibration_camera.adu_step`).
     """
 
     values: dict[str, Measured]
@@ -144,6 +151,8 @@ class Calibration:
     notes: tuple[str, ...] = field(default_factory=tuple)
     camera: str = "unknown"
     excess_noise_statistic: tuple[float, float, float] | None = None
+    background_share: float = float("nan")
+    adu_step: float = 0.0
 
     @property
     def excess_noise_factor(self) -> float:
@@ -164,6 +173,8 @@ class Calibration:
             "excess_noise_factor": self.excess_noise_factor,
             "excess_noise_statistic": None if self.excess_noise_statistic is None else [
                 v if math.isfinite(v) else None for v in self.excess_noise_statistic],
+            "background_share": self.background_share if math.isfinite(self.background_share) else None,
+            "adu_step": self.adu_step,
         }
 
     def apply(self, acquisition: Acquisition, given: set[str] | frozenset[str] = frozenset()) -> Acquisition:
@@ -458,7 +469,9 @@ def calibrate_movie(
     camera_given = "gain_adu_per_e" in given and "offset_adu" in given
     camera_known = camera_given
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
-    tiles = tile_cumulants(frames, mask, adu_step(frames))
+    step = adu_step(frames)
+    tiles = tile_cumulants(frames, mask, step)
+    background_share = float("nan") if camera_given else float(tiles[:, 0].sum() / frames.size)
     camera_kind, excess = "unknown", None
     if camera_given:
         photons_bg = (frames[mask] - offset) / gain
@@ -568,4 +581,4 @@ def calibrate_movie(
     if not values and not notes:
         raise CalibrationError("nothing in the movie could be measured")
     return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes), camera=camera_kind,
-                       excess_noise_statistic=excess)
+                       excess_noise_statistic=excess, background_share=background_share, adu_step=step)
