@@ -31,7 +31,8 @@ def test_calibrate_prints_the_table_and_writes_json_beside_the_movie(movie, caps
     assert code == 0, err
     written = movie.with_name("movie_calibration.json")
     assert f"wrote {written}" in out
-    for quantity in ("gain_adu_per_e", "offset_adu", "background_photons", "signal_photons", "camera", "psf_shape"):
+    for quantity in ("gain_adu_per_e", "offset_adu", "background_photons", "signal_photons", "camera", "psf_shape",
+                     "background pixels", "values in steps of 1 ADU"):
         assert quantity in out
     record = json.loads(written.read_text())
     measured = record["acquisition_measured"]

@@ -206,6 +206,10 @@ class Calibration:
             q, low, high = self.excess_noise_statistic
             rows.append(("camera", self.camera, f"k3 k5 / k4^2 {q:.3g} ({low:.3g}-{high:.3g})",
                          "background cumulants (1.25: EMCCD, 1: Poisson camera)"))
+        if math.isfinite(self.background_share):
+            rows.append(("background pixels", f"{100 * self.background_share:.0f} % of pixel-frames",
+                         f"values in steps of {self.adu_step:g} ADU" if self.adu_step > 0 else "unquantized values",
+                         "away from spots; the camera's precision grows with their number"))
         return rows
 
 
