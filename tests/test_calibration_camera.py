@@ -1,18 +1,33 @@
-"""The camera's background cumulants: the quantization step of the values and its correction."""
+"""The camera's background cumulants: the quantization step of the values and its correction, and the
+choice between the two solutions for the gain."""
 
 import numpy as np
 import pytest
 
-from napari_spt_diffusion.calibration_camera import adu_step, poisson_camera, tile_cumulants
+from napari_spt_diffusion.calibration_camera import (
+    adu_step,
+    gain_solution,
+    poisson_camera,
+    pooled_cumulants,
+    tile_cumulants,
+    without_rounding,
+)
 
 
-def _background_movie(gain: float, step: float = 1.0, seed: int = 0) -> np.ndarray:
-    """100 x 128 x 128 frames of 10 background photons/px, read noise 1.5 e-, offset 100 ADU, rounded
+def _background_movie(gain: float, step: float = 1.0, seed: int = 0, background: float = 10.0,
+                      read_noise_e: float = 1.5) -> np.ndarray:
+    """100 x 128 x 128 frames of ``background`` photons/px, Gaussian read noise, offset 100 ADU, rounded
     to multiples of ``step`` ADU."""
     rng = np.random.default_rng(seed)
     shape = (100, 128, 128)
-    adu = 100.0 + gain * (rng.poisson(10.0, shape) + rng.normal(0.0, 1.5, shape))
+    adu = 100.0 + gain * (rng.poisson(background, shape) + rng.normal(0.0, read_noise_e, shape))
     return (np.round(adu / step) * step).astype(np.uint16).astype(np.float64)
+
+
+def _camera(movie: np.ndarray, corrected: bool = True, read_noise_e: float = 1.5) -> tuple[float, float, float]:
+    raw = tile_cumulants(movie, np.ones(movie.shape, dtype=bool))
+    tiles = without_rounding(raw, adu_step(movie))[0] if corrected else raw
+    return poisson_camera(tiles, read_noise_e)
 
 
 def test_the_quantization_step_is_found():
@@ -20,8 +35,12 @@ def test_the_quantization_step_is_found():
     assert adu_step(movie) == 1.0
     # a 12-bit sensor read out in the high bits of a 16-bit word counts in steps of 16
     assert adu_step(_background_movie(16.0, step=16.0)) == 16.0
-    # floating-point data (processed, or offset-corrected by a fraction) carry no step
-    assert adu_step(movie + 0.25) == 0.0
+    # processing that adds the same to every frame keeps the rounding: a fractional offset, a dark map
+    assert adu_step(movie + 0.25) == 1.0
+    dark = np.random.default_rng(1).normal(0.0, 3.0, movie.shape[1:])
+    assert adu_step((movie - dark).astype(np.float32)) == 1.0
+    # continuous data (here: two frames averaged) carry no step, nor does a constant movie
+    assert adu_step(0.5 * (movie[:-1] + movie[1:]) + np.random.default_rng(2).uniform(0, 1, movie[1:].shape)) == 0.0
     assert adu_step(np.full((3, 8, 8), 7.0)) == 0.0
 
 
@@ -30,13 +49,62 @@ def test_rounding_no_longer_reads_as_read_noise(seed):
     """At 0.4 ADU per photo-electron the rounding's variance (1/12 ADU^2) is 4 % of the background's:
     read as read noise it lowered the gain by about 8 % and raised the background by about 28 %."""
     movie = _background_movie(0.4, seed=seed)
-    everything = np.ones(movie.shape, dtype=bool)
-    gain, offset, background = poisson_camera(tile_cumulants(movie, everything, adu_step(movie)), 1.5)
+    gain, offset, background = _camera(movie)
     assert gain == pytest.approx(0.4, rel=0.04)
     assert background == pytest.approx(10.0, rel=0.1)
     assert offset == pytest.approx(100.0, abs=0.5)
-    raw_gain, _, raw_background = poisson_camera(tile_cumulants(movie, everything), 1.5)
+    raw_gain, _, raw_background = _camera(movie, corrected=False)
     assert raw_gain < 0.38 and raw_background > 12.0  # what the correction removes
+
+
+def test_a_coarse_step_is_taken_out_too():
+    """Steps of 16 ADU at 6 ADU per photo-electron: the rounding's 21 ADU^2 is 4 % of the background's."""
+    movie = _background_movie(6.0, step=16.0, seed=3)
+    gain, _, background = _camera(movie)
+    assert gain == pytest.approx(6.0, rel=0.05) and background == pytest.approx(10.0, rel=0.12)
+    assert _camera(movie, corrected=False)[0] < 0.95 * 6.0
+
+
+def test_the_fourth_cumulant_is_corrected_with_the_right_sign():
+    tiles = tile_cumulants(_background_movie(1.0, seed=4), np.ones((100, 128, 128), dtype=bool))
+    corrected, done = without_rounding(tiles, 1.0)
+    assert done
+    assert np.allclose(corrected[:, 2], tiles[:, 2] - 1.0 / 12.0)
+    assert np.allclose(corrected[:, 4], tiles[:, 4] + 1.0 / 120.0)
+    assert np.array_equal(corrected[:, 3], tiles[:, 3])  # the third cumulant is unchanged
+
+
+def test_no_correction_where_the_noise_spans_too_few_steps():
+    """At 0.1 ADU per photo-electron the background's noise spans a third of a step: the rounding is not
+    a uniform error there, and nothing is taken out."""
+    tiles = tile_cumulants(_background_movie(0.1, seed=5), np.ones((100, 128, 128), dtype=bool))
+    corrected, done = without_rounding(tiles, 1.0)
+    assert not done and np.array_equal(corrected, tiles)
+
+
+@pytest.mark.parametrize("background", [1.0, 2.0, 3.0, 4.5, 6.0, 30.0])
+def test_the_gain_is_found_on_both_sides_of_two_read_variances(background):
+    """With the read noise known, k2 and k3 leave two solutions, one with the background above 2 r^2 (4.5
+    photons at 1.5 e-) and one below; k4 / k3 picks the right one. At 4.5 photons, where they meet,
+    sampling noise often leaves none, and the meeting point is taken (it had given no gain at all)."""
+    movie = _background_movie(1.0, seed=6, background=background)
+    gain, _, measured_background = _camera(movie)
+    assert gain == pytest.approx(1.0, rel=0.06)
+    assert measured_background == pytest.approx(background, rel=0.35, abs=0.6)
+
+
+def test_gain_solution_says_how_it_chose():
+    # g = 1, r = 1.5: b = 10 -> k2 = 12.25, k3 = 10, k4 = 10 (two roots: 1.0 and about 1.66)
+    assert gain_solution(12.25, 10.0, 1.5, 10.0) == pytest.approx((1.0, "nearer k4/k3"))
+    g, how = gain_solution(12.25, 10.0, 1.5)
+    assert how == "above 2 r^2" and g == pytest.approx(1.0)
+    # b = 1: k2 = 3.25, k3 = 1, k4 = 1: the root below 2 r^2 is the right one
+    assert gain_solution(3.25, 1.0, 1.5, 1.0)[0] == pytest.approx(1.0)
+    # no root: k2 a little low for b = 4.5 (k2 = 6.75 exactly at the meeting point)
+    g, how = gain_solution(6.6, 4.5, 1.5, 4.5)
+    assert how == "where the solutions meet" and g == pytest.approx(np.sqrt(6.6 / (3 * 2.25)))
+    assert gain_solution(12.25, 10.0, 0.0) == (pytest.approx(10.0 / 12.25), "single")
+    assert np.isnan(gain_solution(0.0, 1.0, 1.5)[0])
 
 
 def test_calibrate_movie_takes_the_step_out_of_the_camera():
@@ -52,3 +120,19 @@ def test_calibrate_movie_takes_the_step_out_of_the_camera():
     assert cal.to_dict()["background_share"] == pytest.approx(cal.background_share)
     assert values["gain_adu_per_e"].value == pytest.approx(0.4, rel=0.04)
     assert values["background_photons"].value == pytest.approx(10.0, rel=0.1)
+
+
+def test_calibrate_movie_notes_a_background_near_two_read_variances_and_too_coarse_steps():
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+
+    near = calibrate_movie(_background_movie(1.0, seed=7, background=4.5).astype(np.uint16),
+                           Acquisition(read_noise_e=1.5))
+    assert near.camera == "poisson" and near.values["gain_adu_per_e"].value == pytest.approx(1.0, rel=0.1)
+    coarse = calibrate_movie(_background_movie(0.1, seed=8).astype(np.uint16), Acquisition(read_noise_e=1.5))
+    assert any("too few for the camera's gain" in n for n in coarse.notes)
+
+
+def test_pooled_cumulants_weigh_tiles_by_their_samples():
+    tiles = np.array([[10.0, 1, 2, 3, 4, 5], [30.0, 5, 6, 7, 8, 9]])
+    assert pooled_cumulants(tiles) == pytest.approx((4.0, 5.0, 6.0, 7.0, 8.0))

@@ -52,7 +52,17 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
-from .calibration_camera import adu_step, emccd_camera, excess_noise, poisson_camera, tile_cumulants
+from .calibration_camera import (
+    MIN_NOISE_STEPS,
+    adu_step,
+    emccd_camera,
+    excess_noise,
+    gain_solution,
+    poisson_camera,
+    pooled_cumulants,
+    tile_cumulants,
+    without_rounding,
+)
 from .calibration_psf import MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
 from .errors import SptDiffusionError
 from .tracking.detect import DetectionSettings, check_frame, detect_photons
@@ -474,8 +484,12 @@ def calibrate_movie(
     camera_known = camera_given
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     step = adu_step(frames)
-    tiles = tile_cumulants(frames, mask, step)
+    tiles, rounding_removed = without_rounding(tile_cumulants(frames, mask), step)
     background_share = float("nan") if camera_given else float(tiles[:, 0].sum() / frames.size)
+    if step > 0 and not rounding_removed and not camera_given and len(tiles):
+        notes.append(f"the background's noise spans less than {MIN_NOISE_STEPS:g} of the values' steps of "
+                     f"{step:g} ADU, too few for the camera's gain to be measured reliably from it; give "
+                     "--gain-adu-per-e and --offset-adu if they are known")
     camera_kind, excess = "unknown", None
     if camera_given:
         photons_bg = (frames[mask] - offset) / gain
@@ -496,6 +510,11 @@ def calibrate_movie(
         else:
             camera_kind = "poisson"
             gain, offset, background = poisson_camera(tiles, float(acq.read_noise_e))
+            _, k2, k3, k4, _ = pooled_cumulants(tiles)
+            if gain_solution(k2, k3, float(acq.read_noise_e), k4)[1] == "where the solutions meet":
+                notes.append(f"the background lies near twice the square of the assumed read noise "
+                             f"({acq.read_noise_e:g} e-), where its noise tells the gain least well; give "
+                             "--gain-adu-per-e if it is known")
             boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], float(acq.read_noise_e))
                              for _ in range(_BOOTSTRAP)])
             spread = _nan_spread(boot)

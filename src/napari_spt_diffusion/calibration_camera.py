@@ -22,9 +22,17 @@ assumed (an EMCCD at a high background then reads its gain about 3 x too high).
 A camera rounds to whole ADU (or to a coarser step: a 12-bit sensor read out in the high bits of
 a 16-bit word counts in steps of 16). Rounding adds a uniform error of variance ``q^2 / 12`` for a
 step of ``q`` ADU to ``k2`` and ``-q^4 / 120`` to ``k4`` (Sheppard's corrections; the odd cumulants
-are unchanged), which read as read noise and lowered the gain by 1.5 % at 1 ADU per
-photo-electron and by 5 % at 0.5 (the background then 5-16 % high): :func:`adu_step` finds the
-step and :func:`tile_cumulants` removes it.
+are unchanged), which read as read noise and lowered the gain by 1-1.5 % at 1 ADU per
+photo-electron and by 5-6 % at 0.5 (the background then 3-5 % and 17-20 % high):
+:func:`adu_step` finds the step and :func:`without_rounding` removes it, where the background's
+noise spans enough steps for the rounding error to be uniform (:data:`MIN_NOISE_STEPS`).
+
+For a Poisson camera with a known read noise, ``k2`` and ``k3`` leave two solutions, one with the
+background above ``2 r^2`` and one below (they meet at ``b = 2 r^2``, 4.5 photons at 1.5 e-, where
+sampling noise may leave none): :func:`gain_root` picks the one nearer ``k4 / k3`` (``= g`` for a
+Poisson camera, whatever the read noise) where ``k4`` stands out of its noise (low backgrounds:
+:func:`fourth_cumulant_shown`), else the one above ``2 r^2``, and where there is none the point
+where the two meet.
 
 For a Poisson camera the read noise is not identifiable from one light level: it is taken from
 the acquisition and its range 0-3 e- is carried into the uncertainty (:func:`poisson_camera`).
@@ -38,7 +46,8 @@ import math
 
 import numpy as np
 
-__all__ = ["TILE_PX", "EMCCD_Q", "adu_step", "tile_cumulants", "gain_root", "poisson_camera", "emccd_camera",
+__all__ = ["TILE_PX", "EMCCD_Q", "MIN_NOISE_STEPS", "adu_step", "tile_cumulants", "without_rounding", "gain_root",
+           "gain_solution", "pooled_cumulants", "fourth_cumulant_shown", "poisson_camera", "emccd_camera",
            "excess_noise"]
 
 #: Side (px) of the tiles whose background pixels are pooled (the unit of the bootstraps).
@@ -54,35 +63,66 @@ EMCCD_Q_RANGE = (1.0, 1.5)
 #: against 0.29 on its EMCCD cell.
 EMCCD_Q_MAX_WIDTH = 0.4
 _COLUMNS = 6  # n, mean, k2, k3, k4, k5
-#: Values sampled by :func:`adu_step` (the step is the same over the whole movie).
-_STEP_SAMPLE = 200_000
+#: Pixels sampled by :func:`adu_step` (each over all its frames; the step is the same over the movie).
+_STEP_PIXELS = 2_000
+#: A difference within this of a whole number (ADU) counts as whole (float32 data shifted by a fraction).
+_WHOLE_TOLERANCE = 1e-3
+#: The rounding is taken out only where the background's noise spans at least this many steps (its
+#: standard deviation in steps): below, the rounding error is not uniform (a gain of 0.1 ADU per
+#: photo-electron puts 10 photo-electrons in one step) and Sheppard's correction does not hold.
+MIN_NOISE_STEPS = 0.6
 
 
 def adu_step(frames: np.ndarray) -> float:
-    """The quantization step (ADU) of a movie's values: the greatest common divisor of the
-    differences between its distinct values when they are all whole numbers, else 0 (floating-point
-    data, e.g. processed or offset-corrected by a fraction). ``frames``: any shape, ADU; at most
-    :data:`_STEP_SAMPLE` evenly spaced values are read."""
-    flat = np.asarray(frames).ravel()
-    sample = flat[:: max(1, flat.size // _STEP_SAMPLE)].astype(np.float64)
-    sample = sample[np.isfinite(sample)]
-    if sample.size < 2 or not np.all(sample == np.round(sample)) or np.abs(sample).max() >= 2.0**53:
+    """The quantization step (ADU) of a movie's values, 0 where there is none.
+
+    ``frames``: ``(T, Y, X)`` ADU. Each of up to :data:`_STEP_PIXELS` evenly spaced pixels is
+    compared with itself over time: where every difference ``frame[t] - frame[0]`` is a whole number
+    (to :data:`_WHOLE_TOLERANCE`), the step is their greatest common divisor. Differences of one
+    pixel survive what processing adds to every frame alike (a fractional offset, a dark or
+    offset map), which keeps the camera's rounding in the values; genuinely continuous data
+    (averaged, filtered, resampled) give 0.
+    """
+    data = np.asarray(frames)
+    if data.ndim != 3 or data.shape[0] < 2 or data.shape[1] * data.shape[2] == 0:
         return 0.0
-    values = np.unique(sample)
-    if values.size < 2:
+    pixels = data.reshape(data.shape[0], -1)
+    columns = np.unique(np.linspace(0, pixels.shape[1] - 1, min(_STEP_PIXELS, pixels.shape[1])).astype(np.int64))
+    sample = pixels[:, columns].astype(np.float64)
+    diffs = sample[1:] - sample[:1]
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0 or np.abs(diffs).max() >= 2.0**53:
         return 0.0
-    return float(np.gcd.reduce(np.diff(values).astype(np.int64)))
+    whole = np.round(diffs)
+    if np.any(np.abs(diffs - whole) > _WHOLE_TOLERANCE):
+        return 0.0
+    steps = np.abs(whole[whole != 0]).astype(np.int64)
+    return float(np.gcd.reduce(steps)) if steps.size else 0.0
 
 
-def tile_cumulants(frames: np.ndarray, background_mask: np.ndarray, step_adu: float = 0.0) -> np.ndarray:
+def without_rounding(tiles: np.ndarray, step_adu: float) -> tuple[np.ndarray, bool]:
+    """Tile cumulants (:func:`tile_cumulants`) with the rounding to a step of ``step_adu`` ADU taken
+    out (``k2 - q^2 / 12``, ``k4 + q^4 / 120``), and whether it was: not where the pooled background's
+    standard deviation spans fewer than :data:`MIN_NOISE_STEPS` steps (nor without a step)."""
+    if step_adu <= 0 or len(tiles) == 0:
+        return tiles, False
+    k2 = float(np.average(tiles[:, 2], weights=tiles[:, 0]))
+    if not (k2 > 0 and math.sqrt(k2) >= MIN_NOISE_STEPS * step_adu):
+        return tiles, False
+    out = tiles.copy()
+    out[:, 2] -= step_adu**2 / 12.0
+    out[:, 4] += step_adu**4 / 120.0
+    return out, True
+
+
+def tile_cumulants(frames: np.ndarray, background_mask: np.ndarray) -> np.ndarray:
     """Per :data:`TILE_PX` tile: pooled ``(n, mean, k2, k3, k4, k5)`` of the background pixels.
 
     ``frames``: ``(T, Y, X)`` ADU; ``background_mask``: ``(T, Y, X)`` bool, True where a pixel
     is background in that frame. Each pixel's mean over its background frames is removed first;
     the cumulants are the unbiased per-pixel k-statistics, pooled with weights ``n_p`` (the
-    pixel's background frames; pixels with fewer than 10 are left out). ``step_adu``: the values'
-    quantization step (:func:`adu_step`; 0 for none), whose rounding error is taken out of ``k2``
-    and ``k4`` (Sheppard's corrections). Returns ``(n_tiles, 6)``.
+    pixel's background frames; pixels with fewer than 10 are left out). The values' rounding is
+    still in them (:func:`without_rounding`). Returns ``(n_tiles, 6)``.
     """
     t, h, w = frames.shape
     x = np.where(background_mask, frames, 0.0)
@@ -109,44 +149,69 @@ def tile_cumulants(frames: np.ndarray, background_mask: np.ndarray, step_adu: fl
             weight = n_p[sl][good]
             rows.append((weight.sum(), *(float(np.average(v[sl][good], weights=weight))
                                          for v in (mean_p, k2_p, k3_p, k4_p, k5_p))))
-    tiles = np.asarray(rows, dtype=float).reshape(-1, _COLUMNS)
-    tiles[:, 2] -= step_adu**2 / 12.0
-    tiles[:, 4] += step_adu**4 / 120.0
-    return tiles
+    return np.asarray(rows, dtype=float).reshape(-1, _COLUMNS)
 
 
-def _pooled(tiles: np.ndarray) -> tuple[float, float, float, float, float]:
+def pooled_cumulants(tiles: np.ndarray) -> tuple[float, float, float, float, float]:
     """``(mean, k2, k3, k4, k5)`` over the tiles, weighted by their background samples."""
     n = tiles[:, 0]
     return tuple(float(np.average(tiles[:, i], weights=n)) for i in range(1, _COLUMNS))  # type: ignore[return-value]
 
 
-def gain_root(k2: float, k3: float, read_noise_e: float) -> float:
-    """Gain ``g`` with ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b``: root of ``r^2 g^3 - k2 g + k3`` (NaN when
-    there is none: no noise at all, a constant or saturated background, or a read noise too large)."""
-    if not (math.isfinite(k2) and math.isfinite(k3)) or k2 <= 0:
-        return float("nan")
-    g0 = k3 / k2
+def gain_solution(k2: float, k3: float, read_noise_e: float, k4: float = float("nan")) -> tuple[float, str]:
+    """Gain ``g`` with ``k2 = g^2 (b + r^2)``, ``k3 = g^3 b`` for a read noise ``r``, and how it was found.
+
+    The positive roots of ``r^2 g^3 - k2 g + k3``: with ``r = 0`` the one, ``k3 / k2`` (``"single"``);
+    else two, one with ``b`` above ``2 r^2`` and one below, and the one nearer ``k4 / k3`` in ratio is
+    taken (``"nearer k4/k3"``; without a positive ``k4 / k3``, the one above, ``"above 2 r^2"``); where
+    sampling noise leaves none (the background near ``2 r^2``, where the two meet), the point where
+    the cubic comes closest to zero, ``sqrt(k2 / (3 r^2))`` (``"where the solutions meet"``). NaN
+    (``"none"``) for no noise at all, a constant or saturated background.
+    """
+    nan = float("nan")
+    if not (math.isfinite(k2) and math.isfinite(k3)) or k2 <= 0 or k3 <= 0:
+        return nan, "none"
     r2 = read_noise_e**2
-    if r2 <= 0 or not math.isfinite(g0) or g0 <= 0:
-        return g0
-    g = g0
-    for _ in range(50):  # Newton from k3/k2 (the r = 0 root); converges to the root above it
-        f = r2 * g**3 - k2 * g + k3
-        df = 3 * r2 * g**2 - k2
-        if df >= 0:
-            return float("nan")  # no root: the read noise is too large for these cumulants
-        step = f / df
-        g -= step
-        if abs(step) < 1e-10 * g:
-            break
-    return g
+    if r2 <= 0:
+        return k3 / k2, "single"
+    roots = sorted(float(z.real) for z in np.roots([r2, 0.0, -k2, k3]) if abs(z.imag) <= 1e-9 * abs(z) and z.real > 0)
+    if not roots:
+        return math.sqrt(k2 / (3.0 * r2)), "where the solutions meet"
+    if len(roots) == 1:
+        return roots[0], "single"
+    low, high = roots[0], roots[-1]
+    hint = k4 / k3 if math.isfinite(k4) else nan
+    if not (math.isfinite(hint) and hint > 0):
+        return low, "above 2 r^2"
+    return (high, "nearer k4/k3") if abs(math.log(high / hint)) < abs(math.log(low / hint)) else (low, "nearer k4/k3")
+
+
+def gain_root(k2: float, k3: float, read_noise_e: float, k4: float = float("nan")) -> float:
+    """The gain of :func:`gain_solution` (ADU per photo-electron; NaN where there is none)."""
+    return gain_solution(k2, k3, read_noise_e, k4)[0]
+
+
+#: ``k4`` chooses between the two solutions for the gain only where it lies this many standard errors above 0
+#: (its spread over the tiles): at high backgrounds it is lost in its own noise (at 600 photons/px and a
+#: million samples its standard error is about three times its value).
+K4_SHOWN_SE = 3.0
+
+
+def fourth_cumulant_shown(tiles: np.ndarray) -> bool:
+    """Is the pooled ``k4`` of the tiles more than :data:`K4_SHOWN_SE` standard errors above 0 (the
+    weighted spread of the tiles' ``k4`` over the square root of their number)? False with fewer than 4 tiles."""
+    if len(tiles) < 4:
+        return False
+    w = tiles[:, 0] / tiles[:, 0].sum()
+    k4 = float(np.sum(w * tiles[:, 4]))
+    spread = math.sqrt(float(np.sum(w * (tiles[:, 4] - k4) ** 2)))
+    return k4 > K4_SHOWN_SE * spread / math.sqrt(len(tiles))
 
 
 def poisson_camera(tiles: np.ndarray, read_noise_e: float) -> tuple[float, float, float]:
     """``(gain ADU/e-, offset ADU, background photons)`` of a Poisson camera from pooled tile cumulants."""
-    mean, k2, k3, _, _ = _pooled(tiles)
-    gain = gain_root(k2, k3, read_noise_e)
+    mean, k2, k3, k4, _ = pooled_cumulants(tiles)
+    gain = gain_root(k2, k3, read_noise_e, k4 if fourth_cumulant_shown(tiles) else float("nan"))
     if not (math.isfinite(gain) and gain > 0):
         return float("nan"), float("nan"), float("nan")
     # from the variance (error 2x the gain's relative error; the third cumulant's is 3x)
@@ -159,7 +224,7 @@ def emccd_camera(tiles: np.ndarray) -> tuple[float, float, float, float]:
     ``g = k4 / (4 k3)``, ``b = k3 / (6 g^3)`` (no read-noise assumption), and the read noise from
     the variance these leave, ``sqrt(k2 - 2 g^2 b) / g`` in photo-electrons (0 where that is
     negative)."""
-    mean, k2, k3, k4, _ = _pooled(tiles)
+    mean, k2, k3, k4, _ = pooled_cumulants(tiles)
     if not (k3 > 0 and k4 > 0):
         return float("nan"), float("nan"), float("nan"), float("nan")
     gain = k4 / (4.0 * k3)
@@ -179,7 +244,7 @@ def excess_noise(tiles: np.ndarray, rng: np.random.Generator, n_boot: int = 200,
         return False, nan, nan, nan
 
     def q_of(t: np.ndarray) -> float:
-        _, _, k3, k4, k5 = _pooled(t)
+        _, _, k3, k4, k5 = pooled_cumulants(t)
         return k3 * k5 / k4**2 if k4 != 0 else nan
 
     q = q_of(tiles)
