@@ -6,6 +6,8 @@ import pytest
 
 from napari_spt_diffusion.calibration_camera import (
     adu_step,
+    excess_noise,
+    gain_branch,
     gain_solution,
     poisson_camera,
     pooled_cumulants,
@@ -25,9 +27,11 @@ def _background_movie(gain: float, step: float = 1.0, seed: int = 0, background:
 
 
 def _camera(movie: np.ndarray, corrected: bool = True, read_noise_e: float = 1.5) -> tuple[float, float, float]:
+    """The camera as calibrate_movie measures it, every pixel counted as background."""
     raw = tile_cumulants(movie, np.ones(movie.shape, dtype=bool))
     tiles = without_rounding(raw, adu_step(movie))[0] if corrected else raw
-    return poisson_camera(tiles, read_noise_e)
+    _, _, q_low, q_high = excess_noise(tiles, np.random.default_rng(0))
+    return poisson_camera(tiles, read_noise_e, gain_branch(tiles, read_noise_e, (q_low, q_high)))
 
 
 def test_the_quantization_step_is_found():
@@ -94,17 +98,29 @@ def test_the_gain_is_found_on_both_sides_of_two_read_variances(background):
 
 
 def test_gain_solution_says_how_it_chose():
-    # g = 1, r = 1.5: b = 10 -> k2 = 12.25, k3 = 10, k4 = 10 (two roots: 1.0 and about 1.66)
-    assert gain_solution(12.25, 10.0, 1.5, 10.0) == pytest.approx((1.0, "nearer k4/k3"))
-    g, how = gain_solution(12.25, 10.0, 1.5)
-    assert how == "above 2 r^2" and g == pytest.approx(1.0)
-    # b = 1: k2 = 3.25, k3 = 1, k4 = 1: the root below 2 r^2 is the right one
-    assert gain_solution(3.25, 1.0, 1.5, 1.0)[0] == pytest.approx(1.0)
+    # g = 1, r = 1.5: b = 10 -> k2 = 12.25, k3 = 10 (two roots: 1.0, background above 2 r^2, and about 1.66)
+    assert gain_solution(12.25, 10.0, 1.5) == (pytest.approx(1.0), "above 2 r^2")
+    assert gain_solution(12.25, 10.0, 1.5, "below")[0] == pytest.approx(1.66, abs=0.01)
+    # b = 1: k2 = 3.25, k3 = 1: the root below 2 r^2 is the right one
+    assert gain_solution(3.25, 1.0, 1.5, "below") == (pytest.approx(1.0), "below 2 r^2")
     # no root: k2 a little low for b = 4.5 (k2 = 6.75 exactly at the meeting point)
-    g, how = gain_solution(6.6, 4.5, 1.5, 4.5)
+    g, how = gain_solution(6.6, 4.5, 1.5)
     assert how == "where the solutions meet" and g == pytest.approx(np.sqrt(6.6 / (3 * 2.25)))
     assert gain_solution(12.25, 10.0, 0.0) == (pytest.approx(10.0 / 12.25), "single")
     assert np.isnan(gain_solution(0.0, 1.0, 1.5)[0])
+
+
+def test_the_solution_below_is_not_chosen_on_a_tail_heavier_than_a_poisson_cameras():
+    """Spot light left in the background pixels raises k4: with the Q interval excluding 1, or k4 lost in
+    its noise, the solution above 2 r^2 is kept."""
+    tiles = tile_cumulants(_background_movie(1.0, seed=9, background=1.0), np.ones((100, 128, 128), dtype=bool))
+    tiles = without_rounding(tiles, 1.0)[0]
+    assert gain_branch(tiles, 1.5, (0.8, 1.2)) == "below"
+    assert gain_branch(tiles, 1.5, (1.6, 5.0)) == "above"  # a heavier tail than a Poisson camera's
+    assert gain_branch(tiles, 1.5, None) == "above"
+    flat = tiles.copy()
+    flat[:, 4] = np.where(np.arange(len(flat)) % 2 == 0, 1.0, -1.0) * 50.0  # k4 lost in its noise
+    assert gain_branch(flat, 1.5, (0.8, 1.2)) == "above"
 
 
 def test_calibrate_movie_takes_the_step_out_of_the_camera():

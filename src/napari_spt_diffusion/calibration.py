@@ -57,6 +57,7 @@ from .calibration_camera import (
     adu_step,
     emccd_camera,
     excess_noise,
+    gain_branch,
     gain_solution,
     poisson_camera,
     pooled_cumulants,
@@ -509,17 +510,19 @@ def calibrate_movie(
                       f"{q_low:.2f}-{q_high:.2f}; 1.25 for an EMCCD, 1 for a Poisson camera); gain k4 / (4 k3)")
         else:
             camera_kind = "poisson"
-            gain, offset, background = poisson_camera(tiles, float(acq.read_noise_e))
-            _, k2, k3, k4, _ = pooled_cumulants(tiles)
-            if gain_solution(k2, k3, float(acq.read_noise_e), k4)[1] == "where the solutions meet":
+            read = float(acq.read_noise_e)
+            branch = gain_branch(tiles, read, (q_low, q_high))
+            gain, offset, background = poisson_camera(tiles, read, branch)
+            _, k2, k3, _, _ = pooled_cumulants(tiles)
+            if gain_solution(k2, k3, read, branch)[1] == "where the solutions meet":
                 notes.append(f"the background lies near twice the square of the assumed read noise "
                              f"({acq.read_noise_e:g} e-), where its noise tells the gain least well; give "
                              "--gain-adu-per-e if it is known")
-            boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], float(acq.read_noise_e))
+            boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], read, branch)
                              for _ in range(_BOOTSTRAP)])
             spread = _nan_spread(boot)
             # the read noise is assumed, not measured: its plausible range moves the gain
-            bounds = [poisson_camera(tiles, r) for r in _READ_NOISE_RANGE_E]
+            bounds = [poisson_camera(tiles, r, branch) for r in _READ_NOISE_RANGE_E]
             read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
             method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
