@@ -116,6 +116,7 @@ def test_the_solution_below_is_not_chosen_on_a_tail_heavier_than_a_poisson_camer
     tiles = tile_cumulants(_background_movie(1.0, seed=9, background=1.0), np.ones((100, 128, 128), dtype=bool))
     tiles = without_rounding(tiles, 1.0)[0]
     assert gain_branch(tiles, 1.5, (0.8, 1.2)) == "below"
+    assert gain_branch(tiles, 1.5, (0.3, 0.98)) == "below"  # a lighter tail does not matter
     assert gain_branch(tiles, 1.5, (1.6, 5.0)) == "above"  # a heavier tail than a Poisson camera's
     assert gain_branch(tiles, 1.5, None) == "above"
     flat = tiles.copy()
