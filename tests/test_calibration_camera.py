@@ -106,6 +106,7 @@ def test_gain_solution_says_how_it_chose():
     # no root: k2 a little low for b = 4.5 (k2 = 6.75 exactly at the meeting point)
     g, how = gain_solution(6.6, 4.5, 1.5)
     assert how == "where the solutions meet" and g == pytest.approx(np.sqrt(6.6 / (3 * 2.25)))
+    assert gain_solution(6.6, 4.5, 1.5, meeting=False)[1] == "none"
     assert gain_solution(12.25, 10.0, 0.0) == (pytest.approx(10.0 / 12.25), "single")
     assert np.isnan(gain_solution(0.0, 1.0, 1.5)[0])
 
@@ -116,7 +117,7 @@ def test_the_solution_below_is_not_chosen_on_a_tail_heavier_than_a_poisson_camer
     tiles = tile_cumulants(_background_movie(1.0, seed=9, background=1.0), np.ones((100, 128, 128), dtype=bool))
     tiles = without_rounding(tiles, 1.0)[0]
     assert gain_branch(tiles, 1.5, (0.8, 1.2)) == "below"
-    assert gain_branch(tiles, 1.5, (0.3, 0.98)) == "below"  # a lighter tail does not matter
+    assert gain_branch(tiles, 1.5, (0.3, 0.98)) == "above"  # strict: spot light can move Q either way
     assert gain_branch(tiles, 1.5, (1.6, 5.0)) == "above"  # a heavier tail than a Poisson camera's
     assert gain_branch(tiles, 1.5, None) == "above"
     flat = tiles.copy()

@@ -522,7 +522,8 @@ def calibrate_movie(
                              for _ in range(_BOOTSTRAP)])
             spread = _nan_spread(boot)
             # the read noise is assumed, not measured: its plausible range moves the gain
-            bounds = [poisson_camera(tiles, r, branch) for r in _READ_NOISE_RANGE_E]
+            # (a read noise these cumulants do not fit, with no solution, is left out rather than met halfway)
+            bounds = [poisson_camera(tiles, r, branch, meeting=False) for r in _READ_NOISE_RANGE_E]
             read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
             method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
