@@ -56,7 +56,7 @@ Noise floor (section of the report; skipped with ``--quick`` or ``--cells``): ba
 solutions for the gain meet), 8 seeds each (6001 + 100 x condition index + seed index) from each renderer
 (our simulator with ``particles=0``, and the foreign renderer's plain camera), every pixel counted as
 background: the camera measured from their cumulants (``calibration_camera.tile_cumulants``,
-``without_rounding``, ``gain_branch`` and ``poisson_camera``, the camera measurement of ``calibrate_movie``, which on a
+``without_rounding`` and ``poisson_camera``, the camera measurement of ``calibrate_movie``, which on a
 real movie also masks the neighbourhoods of spots and noise peaks) with the quantization step removed
 (``adu_step``) and without. It gives the bias the estimator itself has and the least spread a movie of
 this size allows.
@@ -86,8 +86,6 @@ from napari_spt_diffusion.acquisition import Acquisition
 from napari_spt_diffusion.calibration import calibrate_movie
 from napari_spt_diffusion.calibration_camera import (
     adu_step,
-    excess_noise,
-    gain_branch,
     poisson_camera,
     tile_cumulants,
     without_rounding,
@@ -546,8 +544,7 @@ def noise_floor() -> list[dict[str, Any]]:
                 step = adu_step(frames)
                 row = {"source": source, "gain": gain, "background": background, "seed": seed, "step_adu": step}
                 for label, tiles in (("corrected", without_rounding(raw, step)[0]), ("uncorrected", raw)):
-                    _, _, q_low, q_high = excess_noise(tiles, np.random.default_rng(seed))
-                    g, _, b = poisson_camera(tiles, READ_NOISE, gain_branch(tiles, READ_NOISE, (q_low, q_high)))
+                    g, _, b = poisson_camera(tiles, READ_NOISE)
                     row[label] = {"gain_rel_error": g / gain - 1.0, "background_rel_error": b / background - 1.0}
                 rows.append(row)
     return rows

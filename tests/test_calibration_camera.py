@@ -6,8 +6,6 @@ import pytest
 
 from napari_spt_diffusion.calibration_camera import (
     adu_step,
-    excess_noise,
-    gain_branch,
     gain_solution,
     poisson_camera,
     pooled_cumulants,
@@ -30,8 +28,7 @@ def _camera(movie: np.ndarray, corrected: bool = True, read_noise_e: float = 1.5
     """The camera as calibrate_movie measures it, every pixel counted as background."""
     raw = tile_cumulants(movie, np.ones(movie.shape, dtype=bool))
     tiles = without_rounding(raw, adu_step(movie))[0] if corrected else raw
-    _, _, q_low, q_high = excess_noise(tiles, np.random.default_rng(0))
-    return poisson_camera(tiles, read_noise_e, gain_branch(tiles, read_noise_e, (q_low, q_high)))
+    return poisson_camera(tiles, read_noise_e)
 
 
 def test_the_quantization_step_is_found():
@@ -86,15 +83,22 @@ def test_no_correction_where_the_noise_spans_too_few_steps():
     assert not done and np.array_equal(corrected, tiles)
 
 
-@pytest.mark.parametrize("background", [1.0, 2.0, 3.0, 4.5, 6.0, 30.0])
-def test_the_gain_is_found_on_both_sides_of_two_read_variances(background):
+@pytest.mark.parametrize("background", [4.5, 6.0, 10.0, 30.0])
+def test_the_gain_is_found_at_and_above_two_read_variances(background):
     """With the read noise known, k2 and k3 leave two solutions, one with the background above 2 r^2 (4.5
-    photons at 1.5 e-) and one below; k4 / k3 picks the right one. At 4.5 photons, where they meet,
-    sampling noise often leaves none, and the meeting point is taken (it had given no gain at all)."""
+    photons at 1.5 e-) and one below, which meet there: at 4.5 photons sampling noise often leaves none,
+    and the meeting point is taken (it had given no gain at all)."""
     movie = _background_movie(1.0, seed=6, background=background)
     gain, _, measured_background = _camera(movie)
     assert gain == pytest.approx(1.0, rel=0.06)
-    assert measured_background == pytest.approx(background, rel=0.35, abs=0.6)
+    assert measured_background == pytest.approx(background, rel=0.35)
+
+
+def test_below_two_read_variances_the_solution_above_is_still_taken():
+    """A known limitation, measured in the calibration report's noise floor: at 2 photons/px the solution
+    above 2 r^2 reads the gain low and the background high."""
+    gain, _, background = _camera(_background_movie(1.0, seed=6, background=2.0))
+    assert 0.4 < gain < 0.75 and background > 6.0
 
 
 def test_gain_solution_says_how_it_chose():
@@ -109,20 +113,6 @@ def test_gain_solution_says_how_it_chose():
     assert gain_solution(6.6, 4.5, 1.5, meeting=False)[1] == "none"
     assert gain_solution(12.25, 10.0, 0.0) == (pytest.approx(10.0 / 12.25), "single")
     assert np.isnan(gain_solution(0.0, 1.0, 1.5)[0])
-
-
-def test_the_solution_below_is_not_chosen_on_a_tail_heavier_than_a_poisson_cameras():
-    """Spot light left in the background pixels raises k4: with the Q interval excluding 1, or k4 lost in
-    its noise, the solution above 2 r^2 is kept."""
-    tiles = tile_cumulants(_background_movie(1.0, seed=9, background=1.0), np.ones((100, 128, 128), dtype=bool))
-    tiles = without_rounding(tiles, 1.0)[0]
-    assert gain_branch(tiles, 1.5, (0.8, 1.2)) == "below"
-    assert gain_branch(tiles, 1.5, (0.3, 0.98)) == "above"  # strict: spot light can move Q either way
-    assert gain_branch(tiles, 1.5, (1.6, 5.0)) == "above"  # a heavier tail than a Poisson camera's
-    assert gain_branch(tiles, 1.5, None) == "above"
-    flat = tiles.copy()
-    flat[:, 4] = np.where(np.arange(len(flat)) % 2 == 0, 1.0, -1.0) * 50.0  # k4 lost in its noise
-    assert gain_branch(flat, 1.5, (0.8, 1.2)) == "above"
 
 
 def test_calibrate_movie_takes_the_step_out_of_the_camera():

@@ -57,7 +57,6 @@ from .calibration_camera import (
     adu_step,
     emccd_camera,
     excess_noise,
-    gain_branch,
     gain_solution,
     poisson_camera,
     pooled_cumulants,
@@ -511,7 +510,7 @@ def calibrate_movie(
         else:
             camera_kind = "poisson"
             read = float(acq.read_noise_e)
-            branch = gain_branch(tiles, read, (q_low, q_high))
+            branch = "above"  # the usual backgrounds (calibration_camera's docstring)
             gain, offset, background = poisson_camera(tiles, read, branch)
             _, k2, k3, _, _ = pooled_cumulants(tiles)
             if gain_solution(k2, k3, read, branch)[1] == "where the solutions meet":

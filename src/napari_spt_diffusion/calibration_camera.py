@@ -29,10 +29,13 @@ noise spans enough steps for the rounding error to be uniform (:data:`MIN_NOISE_
 
 For a Poisson camera with a known read noise, ``k2`` and ``k3`` leave two solutions, one with the
 background above ``2 r^2`` and one below (they meet at ``b = 2 r^2``, 4.5 photons at 1.5 e-, where
-sampling noise may leave none): :func:`gain_branch` takes the one nearer ``k4 / k3`` (``= g`` for a
-Poisson camera, whatever the read noise) where ``k4`` stands out of its noise (low backgrounds) and
-the background's cumulants are a Poisson camera's (no spot light left in them), else the one above
-``2 r^2``; where there is none, :func:`gain_solution` takes the point where the two meet.
+sampling noise may leave none): :func:`gain_solution` takes the one above ``2 r^2``, the usual
+backgrounds, and where there is none the point where the two meet. Below ``2 r^2`` that is the wrong
+one (at 2 photons/px and 1.5 e- the gain reads about 0.6 x, the background about 5 x): ``k4 / k3``
+equals the gain and could tell them apart, but light from spots left in the background raises
+``k4``, and on a bright, wide-PSF cell of ``benchmarks/bench_calibration.py`` choosing by it took the
+wrong solution; the noise floor of ``benchmarks/reports/calibration.md`` shows the cost at 2
+photons/px.
 
 For a Poisson camera the read noise is not identifiable from one light level: it is taken from
 the acquisition and its range 0-3 e- is carried into the uncertainty (:func:`poisson_camera`).
@@ -47,8 +50,8 @@ import math
 import numpy as np
 
 __all__ = ["TILE_PX", "EMCCD_Q", "MIN_NOISE_STEPS", "adu_step", "tile_cumulants", "without_rounding", "gain_root",
-           "gain_solution", "gain_branch", "pooled_cumulants", "fourth_cumulant_shown", "poisson_camera",
-           "emccd_camera", "excess_noise"]
+           "gain_solution", "pooled_cumulants", "poisson_camera", "emccd_camera",
+           "excess_noise"]
 
 #: Side (px) of the tiles whose background pixels are pooled (the unit of the bootstraps).
 TILE_PX = 16
@@ -164,7 +167,7 @@ def gain_solution(k2: float, k3: float, read_noise_e: float, branch: str = "abov
 
     The positive roots of ``r^2 g^3 - k2 g + k3``: with ``r = 0`` the one, ``k3 / k2`` (``"single"``);
     else two, one with ``b`` above ``2 r^2`` (the smaller gain) and one below, and ``branch``
-    (``"above"`` or ``"below"``, :func:`gain_branch`) says which is taken; where sampling noise leaves
+    (``"above"`` or ``"below"``) says which is taken; where sampling noise leaves
     none (the background near ``2 r^2``, where the two meet), the point where the cubic comes closest
     to zero, ``sqrt(k2 / (3 r^2))`` (``"where the solutions meet"``; NaN and ``"none"`` with
     ``meeting=False``: the read noise does not fit these cumulants). NaN (``"none"``) for no noise at
@@ -187,45 +190,6 @@ def gain_solution(k2: float, k3: float, read_noise_e: float, branch: str = "abov
 def gain_root(k2: float, k3: float, read_noise_e: float, branch: str = "above", meeting: bool = True) -> float:
     """The gain of :func:`gain_solution` (ADU per photo-electron; NaN where there is none)."""
     return gain_solution(k2, k3, read_noise_e, branch, meeting)[0]
-
-
-#: ``k4`` chooses between the two solutions for the gain only where it lies this many standard errors above 0
-#: (its spread over the tiles): at high backgrounds it is lost in its own noise (at 600 photons/px and a
-#: million samples its standard error is about three times its value).
-K4_SHOWN_SE = 3.0
-
-
-def fourth_cumulant_shown(tiles: np.ndarray) -> bool:
-    """Is the pooled ``k4`` of the tiles more than :data:`K4_SHOWN_SE` standard errors above 0 (the
-    weighted spread of the tiles' ``k4`` over the square root of their number)? False with fewer than 4 tiles."""
-    if len(tiles) < 4:
-        return False
-    w = tiles[:, 0] / tiles[:, 0].sum()
-    k4 = float(np.sum(w * tiles[:, 4]))
-    spread = math.sqrt(float(np.sum(w * (tiles[:, 4] - k4) ** 2)))
-    return k4 > K4_SHOWN_SE * spread / math.sqrt(len(tiles))
-
-
-def gain_branch(tiles: np.ndarray, read_noise_e: float, q_interval: tuple[float, float] | None) -> str:
-    """Which of the two solutions for a Poisson camera's gain to take (:func:`gain_solution`): ``"below"``
-    (the background below ``2 r^2``) where ``k4 / k3``, which equals the gain whatever the read noise, lies
-    nearer that solution, ``k4`` stands out of its noise (:func:`fourth_cumulant_shown`) and the
-    background's ``Q = k3 k5 / k4^2`` interval (``q_interval``, :func:`excess_noise`) holds a Poisson
-    camera's 1; else ``"above"``, the solution of the usual backgrounds. The test is strict on purpose:
-    light from spots left in the background pixels changes the higher cumulants (it can move ``Q`` either
-    way), raises ``k4`` and would choose the solution below, as it did on a bright cell of
-    ``benchmarks/bench_calibration.py`` with a one-sided test; the price is that one clean low-background
-    movie in twenty, whose 95 % interval misses 1 by chance, keeps the solution above (the noise floor of
-    ``benchmarks/reports/calibration.md`` shows one such movie at 2 photons/px)."""
-    if q_interval is None or not (q_interval[0] <= 1.0 <= q_interval[1]) or not fourth_cumulant_shown(tiles):
-        return "above"
-    _, k2, k3, k4, _ = pooled_cumulants(tiles)
-    low, how_low = gain_solution(k2, k3, read_noise_e, "above")
-    high, how_high = gain_solution(k2, k3, read_noise_e, "below")
-    hint = k4 / k3 if k3 > 0 else float("nan")
-    if how_low != "above 2 r^2" or not (math.isfinite(hint) and hint > 0):
-        return "above"
-    return "below" if abs(math.log(high / hint)) < abs(math.log(low / hint)) else "above"
 
 
 def poisson_camera(tiles: np.ndarray, read_noise_e: float, branch: str = "above",
