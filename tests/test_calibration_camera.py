@@ -137,8 +137,25 @@ def test_calibrate_movie_notes_a_background_near_two_read_variances_and_too_coar
     near = calibrate_movie(_background_movie(1.0, seed=7, background=4.5).astype(np.uint16),
                            Acquisition(read_noise_e=1.5))
     assert near.camera == "poisson" and near.values["gain_adu_per_e"].value == pytest.approx(1.0, rel=0.1)
+    assert any("twice the square of the assumed read noise" in n for n in near.notes)
+    # below 2 r^2 the solution above is taken (wrong), and a note says the noise points below
+    low = calibrate_movie(_background_movie(1.0, seed=7, background=1.5).astype(np.uint16),
+                          Acquisition(read_noise_e=1.5))
+    assert low.values["gain_adu_per_e"].value < 0.75
+    assert any("also fits a background below" in n for n in low.notes)
+    # at 10 photons/px no such note
+    usual = calibrate_movie(_background_movie(1.0, seed=7).astype(np.uint16), Acquisition(read_noise_e=1.5))
+    assert not any("twice the square" in n for n in usual.notes)
     coarse = calibrate_movie(_background_movie(0.1, seed=8).astype(np.uint16), Acquisition(read_noise_e=1.5))
     assert any("too few for the camera's gain" in n for n in coarse.notes)
+
+
+def test_frames_without_pixels_are_refused_in_one_line():
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import CalibrationError, calibrate_movie
+
+    with pytest.raises(CalibrationError, match="frames with pixels"):
+        calibrate_movie(np.zeros((5, 0, 8), dtype=np.uint16), Acquisition())
 
 
 def test_pooled_cumulants_weigh_tiles_by_their_samples():

@@ -149,8 +149,10 @@ class Calibration:
         near spots, or in pixels with fewer than 10 background frames); NaN when the camera was given.
         The gain's precision scales as one over its square root.
     adu_step
-        Quantization step of the values (ADU; 0 for floating-point data), taken out of the
-        background's variance (:func:`~.calibration_camera.adu_step`).
+        Quantization step of the values (ADU; from each pixel's differences over time, so a fractional
+        offset or a dark map subtracted keeps it; 0 for continuous data), taken out of the background's
+        variance where its noise spans at least 0.6 steps (:func:`~.calibration_camera.adu_step`,
+        :func:`~.calibration_camera.without_rounding`).
     """
 
     values: dict[str, Measured]
@@ -221,6 +223,18 @@ class Calibration:
                          f"values in steps of {self.adu_step:g} ADU" if self.adu_step > 0 else "unquantized values",
                          "away from spots; the camera's precision grows with their number"))
         return rows
+
+
+def _points_below(k2: float, k3: float, k4: float, read_noise_e: float) -> bool:
+    """Does ``k4 / k3`` (the gain of a Poisson camera, whatever its read noise) lie nearer the gain's solution
+    below ``2 r^2`` than the one above, both existing? (A note, not a choice: light from spots left in the
+    background raises ``k4`` too.)"""
+    above, how_above = gain_solution(k2, k3, read_noise_e, "above")
+    below, _ = gain_solution(k2, k3, read_noise_e, "below")
+    hint = k4 / k3 if k3 > 0 else float("nan")
+    if how_above != "above 2 r^2" or not (math.isfinite(hint) and hint > 0 and below > above):
+        return False
+    return abs(math.log(below / hint)) < abs(math.log(above / hint))
 
 
 def _chosen_frames(n_total: int, max_frames: int) -> np.ndarray:
@@ -455,6 +469,8 @@ def calibrate_movie(
     shape = getattr(movie, "shape", None)
     if shape is None or len(shape) != 3 or shape[0] < 2:
         raise CalibrationError("calibration needs a (T, Y, X) movie of at least 2 frames")
+    if int(shape[1]) * int(shape[2]) == 0:
+        raise CalibrationError(f"calibration needs frames with pixels; this movie's frames are {shape[1]} x {shape[2]}")
     n_total = int(shape[0])
     chosen = _chosen_frames(n_total, int(max_frames))
     successor = _successors(chosen)
@@ -512,11 +528,18 @@ def calibrate_movie(
             read = float(acq.read_noise_e)
             branch = "above"  # the usual backgrounds (calibration_camera's docstring)
             gain, offset, background = poisson_camera(tiles, read, branch)
-            _, k2, k3, _, _ = pooled_cumulants(tiles)
-            if gain_solution(k2, k3, read, branch)[1] == "where the solutions meet":
+            _, k2, k3, k4, _ = pooled_cumulants(tiles)
+            how = gain_solution(k2, k3, read, branch)[1]
+            if how == "where the solutions meet":
                 notes.append(f"the background lies near twice the square of the assumed read noise "
                              f"({acq.read_noise_e:g} e-), where its noise tells the gain least well; give "
                              "--gain-adu-per-e if it is known")
+            elif how == "above 2 r^2" and _points_below(k2, k3, k4, read):
+                notes.append(f"the background's noise also fits a background below twice the square of the assumed "
+                             f"read noise ({2 * read**2:.3g} photons/px at {acq.read_noise_e:g} e-), with a higher "
+                             "gain, and its fourth cumulant points there (light from spots can do that too); the "
+                             "higher background was taken: if the background is known to be that low, give "
+                             "--gain-adu-per-e")
             boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], read, branch)
                              for _ in range(_BOOTSTRAP)])
             spread = _nan_spread(boot)
