@@ -228,7 +228,8 @@ class Calibration:
 def _points_below(k2: float, k3: float, k4: float, read_noise_e: float) -> bool:
     """Does ``k4 / k3`` (the gain of a Poisson camera, whatever its read noise) lie nearer the gain's solution
     below ``2 r^2`` than the one above, both existing? (A note, not a choice: light from spots left in the
-    background raises ``k4`` too.)"""
+    background raises ``k4`` too; the note is given only where the background's ``Q`` interval holds a
+    Poisson camera's 1, which that light mostly moves away from it.)"""
     above, how_above = gain_solution(k2, k3, read_noise_e, "above")
     below, _ = gain_solution(k2, k3, read_noise_e, "below")
     hint = k4 / k3 if k3 > 0 else float("nan")
@@ -534,7 +535,7 @@ def calibrate_movie(
                 notes.append(f"the background lies near twice the square of the assumed read noise "
                              f"({acq.read_noise_e:g} e-), where its noise tells the gain least well; give "
                              "--gain-adu-per-e if it is known")
-            elif how == "above 2 r^2" and _points_below(k2, k3, k4, read):
+            elif how == "above 2 r^2" and q_low <= 1.0 <= q_high and _points_below(k2, k3, k4, read):
                 notes.append(f"the background's noise also fits a background below twice the square of the assumed "
                              f"read noise ({2 * read**2:.3g} photons/px at {acq.read_noise_e:g} e-), with a higher "
                              "gain, and its fourth cumulant points there (light from spots can do that too); the "
