@@ -58,6 +58,7 @@ from .calibration_camera import (
     emccd_camera,
     excess_noise,
     gain_solution,
+    points_below,
     poisson_camera,
     pooled_cumulants,
     tile_cumulants,
@@ -223,19 +224,6 @@ class Calibration:
                          f"values in steps of {self.adu_step:g} ADU" if self.adu_step > 0 else "unquantized values",
                          "away from spots; the camera's precision grows with their number"))
         return rows
-
-
-def _points_below(k2: float, k3: float, k4: float, read_noise_e: float) -> bool:
-    """Does ``k4 / k3`` (the gain of a Poisson camera, whatever its read noise) lie nearer the gain's solution
-    below ``2 r^2`` than the one above, both existing? (A note, not a choice: light from spots left in the
-    background raises ``k4`` too; the note is given only where the background's ``Q`` interval holds a
-    Poisson camera's 1, which that light mostly moves away from it.)"""
-    above, how_above = gain_solution(k2, k3, read_noise_e, "above")
-    below, _ = gain_solution(k2, k3, read_noise_e, "below")
-    hint = k4 / k3 if k3 > 0 else float("nan")
-    if how_above != "above 2 r^2" or not (math.isfinite(hint) and hint > 0 and below > above):
-        return False
-    return abs(math.log(below / hint)) < abs(math.log(above / hint))
 
 
 def _chosen_frames(n_total: int, max_frames: int) -> np.ndarray:
@@ -527,26 +515,25 @@ def calibrate_movie(
         else:
             camera_kind = "poisson"
             read = float(acq.read_noise_e)
-            branch = "above"  # the usual backgrounds (calibration_camera's docstring)
-            gain, offset, background = poisson_camera(tiles, read, branch)
+            gain, offset, background = poisson_camera(tiles, read)  # the solution above 2 r^2
             _, k2, k3, k4, _ = pooled_cumulants(tiles)
-            how = gain_solution(k2, k3, read, branch)[1]
+            how = gain_solution(k2, k3, read)[1]
             if how == "where the solutions meet":
                 notes.append(f"the background lies near twice the square of the assumed read noise "
                              f"({acq.read_noise_e:g} e-), where its noise tells the gain least well; give "
                              "--gain-adu-per-e if it is known")
-            elif how == "above 2 r^2" and q_low <= 1.0 <= q_high and _points_below(k2, k3, k4, read):
+            elif how == "above 2 r^2" and q_low <= 1.0 <= q_high and points_below(k2, k3, k4, read):
                 notes.append(f"the background's noise also fits a background below twice the square of the assumed "
                              f"read noise ({2 * read**2:.3g} photons/px at {acq.read_noise_e:g} e-), with a higher "
                              "gain, and its fourth cumulant points there (light from spots can do that too); the "
                              "higher background was taken: if the background is known to be that low, give "
                              "--gain-adu-per-e")
-            boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], read, branch)
+            boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], read)
                              for _ in range(_BOOTSTRAP)])
             spread = _nan_spread(boot)
             # the read noise is assumed, not measured: its plausible range moves the gain
             # (a read noise these cumulants do not fit, with no solution, is left out rather than met halfway)
-            bounds = [poisson_camera(tiles, r, branch, meeting=False) for r in _READ_NOISE_RANGE_E]
+            bounds = [poisson_camera(tiles, r, meeting=False) for r in _READ_NOISE_RANGE_E]
             read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
             method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"

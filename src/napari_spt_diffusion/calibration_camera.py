@@ -50,7 +50,7 @@ import math
 import numpy as np
 
 __all__ = ["TILE_PX", "EMCCD_Q", "MIN_NOISE_STEPS", "adu_step", "tile_cumulants", "without_rounding", "gain_root",
-           "gain_solution", "pooled_cumulants", "poisson_camera", "emccd_camera",
+           "gain_solution", "points_below", "pooled_cumulants", "poisson_camera", "emccd_camera",
            "excess_noise"]
 
 #: Side (px) of the tiles whose background pixels are pooled (the unit of the bootstraps).
@@ -190,6 +190,19 @@ def gain_solution(k2: float, k3: float, read_noise_e: float, branch: str = "abov
 def gain_root(k2: float, k3: float, read_noise_e: float, branch: str = "above", meeting: bool = True) -> float:
     """The gain of :func:`gain_solution` (ADU per photo-electron; NaN where there is none)."""
     return gain_solution(k2, k3, read_noise_e, branch, meeting)[0]
+
+
+def points_below(k2: float, k3: float, k4: float, read_noise_e: float) -> bool:
+    """Does ``k4 / k3`` (the gain of a Poisson camera, whatever its read noise) lie nearer the gain's solution
+    below ``2 r^2`` than the one above, both existing? (A note, not a choice: light from spots left in the
+    background raises ``k4`` too; the note is given only where the background's ``Q`` interval holds a
+    Poisson camera's 1, which that light mostly moves away from it.)"""
+    above, how_above = gain_solution(k2, k3, read_noise_e, "above")
+    below, _ = gain_solution(k2, k3, read_noise_e, "below")
+    hint = k4 / k3 if k3 > 0 else float("nan")
+    if how_above != "above 2 r^2" or not (math.isfinite(hint) and hint > 0 and below > above):
+        return False
+    return abs(math.log(below / hint)) < abs(math.log(above / hint))
 
 
 def poisson_camera(tiles: np.ndarray, read_noise_e: float, branch: str = "above",
