@@ -367,7 +367,7 @@ def killed_runs(movie, old_set, tmp_path_factory) -> dict[tuple[str, str], tuple
         deadline = time.monotonic() + 240
         while waiting and time.monotonic() < deadline:
             for key, (_, log, child, sig) in list(waiting.items()):
-                if f"test pause at {key[0]}" in log.read_text() or child.poll() is not None:
+                if _paused_at(key[0], log.read_text()) or child.poll() is not None:
                     if child.poll() is None:
                         child.send_signal(sig)
                     del waiting[key]
@@ -382,6 +382,12 @@ def killed_runs(movie, old_set, tmp_path_factory) -> dict[tuple[str, str], tuple
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+def _paused_at(stage: str, text: str) -> bool:
+    """Whether ``text`` holds the pause line of ``stage``, newline included (signal only after it)."""
+    return any(line.startswith(f"spt-diffusion: test pause at {stage} ") and line.endswith("\n")
+               for line in text.splitlines(keepends=True))
 
 
 def _last_line(text: str) -> str:

@@ -29,5 +29,8 @@ def pause_point(stage: str) -> None:
         return
     _paused.add(stage)
     seconds = float(os.environ.get(PAUSE_ENV + "_S", "30"))
-    print(f"spt-diffusion: test pause at {stage} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    # one write, newline included: stderr writes through, and print() writes the text and its newline
+    # separately, so a signal sent on seeing the text could land between them and join two lines
+    sys.stderr.write(f"spt-diffusion: test pause at {stage} (pid {os.getpid()})\n")
+    sys.stderr.flush()
     time.sleep(seconds)
