@@ -272,8 +272,11 @@ def _value(v: Any) -> tuple[float | None, float | None]:
 
 def calibration(meta: dict[str, Any], tracks: pd.DataFrame, truth_acq: dict[str, Any]) -> dict[str, Any]:
     """What the tool used (and measured, when it says) against the true acquisition."""
-    true = {"psf_sigma_nm": truth_acq["psf_sigma_equivalent_nm"], "signal_photons": truth_acq["signal_photons"],
-            "background_photons": truth_acq["background_photons"], "gain_adu_per_e": truth_acq["gain_map_mean"],
+    # under uneven light or bleaching (case free_beam) the truth is the movie's mean (the scene's value otherwise)
+    signal = truth_acq.get("signal_photons_field_mean", truth_acq["signal_photons"])
+    background = truth_acq.get("background_photons_field_mean", truth_acq["background_photons"])
+    true = {"psf_sigma_nm": truth_acq["psf_sigma_equivalent_nm"], "signal_photons": signal,
+            "background_photons": background, "gain_adu_per_e": truth_acq["gain_map_mean"],
             "offset_adu": truth_acq["offset_map_mean"], "read_noise_e": truth_acq["read_noise_e"],
             "pixel_size_nm": truth_acq["pixel_size_nm"], "frame_interval_s": truth_acq["frame_interval_s"]}
     alias = {"psf_sigma_px": ("psf_sigma_nm", truth_acq["pixel_size_nm"]), "gain": ("gain_adu_per_e", 1.0),
@@ -298,7 +301,7 @@ def calibration(meta: dict[str, Any], tracks: pd.DataFrame, truth_acq: dict[str,
                 tv = tv / scale
             out["measured"][key] = {"measured": val, "uncertainty": unc, "true": tv, "rel_error": (val - tv) / tv,
                                     "method": raw.get("method") if isinstance(raw, dict) else None}
-    for col, tv in (("photons", truth_acq["signal_photons"]), ("background", truth_acq["background_photons"])):
+    for col, tv in (("photons", signal), ("background", background)):
         if col in tracks:
             med = float(np.nanmedian(tracks[col].to_numpy(float)))
             out["columns"][col] = {"median": med, "true": tv, "ratio": med / tv}

@@ -95,6 +95,40 @@ def test_static_particle_photon_sum_is_photons_times_enclosed_fraction(narrow_ps
     assert 0.99 < movie.acquisition["enclosed_fraction"] < 0.995
 
 
+def test_beam_and_bleaching_scale_spots_and_background(narrow_psf: AiryPSF) -> None:
+    """A Gaussian beam with its corners at 35 % and a bleaching half-life of 4 frames: the background pixels and
+    a static particle's photons follow exp(-r^2 / 2 w^2) 2^(-t / 4), and the truth's photons say so."""
+    from napari_spt_diffusion.validation.foreign_illumination import ForeignIllumination
+
+    photons, background, corner, half_life = 3000.0, 600.0, 0.35, 4.0
+    light = ForeignIllumination(corner_relative=corner, bleach_half_life_frames=half_life)
+    scene = ForeignScene(shape_yx=(128, 128), n_frames=5, n_particles=1, photons=photons, background=background,
+                         start_margin_px=50.0, illumination=light)
+    static = ForeignMotion(kind="free", d_range=(1e-12, 1e-12))
+    movie = render_foreign_movie(scene, NARROW, ForeignCamera(), static, rng=11, keep_expected=True, psf=narrow_psf)
+    assert movie.expected is not None
+    t = np.arange(5)
+    fade = 0.5 ** (t / half_life)
+    centre = 63.5
+    w2 = (2 * centre**2) / (-2 * math.log(corner))  # the corner pixel centres lie at r^2 = 2 x 63.5^2
+    # a corner pixel, far from the particle (started >= 50 px from every edge), holds only background
+    np.testing.assert_allclose(movie.expected[:, 0, 0], background * corner * fade, rtol=1e-9)
+    y, x = movie.truth["y_px"][0], movie.truth["x_px"][0]
+    lit = math.exp(-((y - centre) ** 2 + (x - centre) ** 2) / (2 * w2))
+    np.testing.assert_allclose(movie.truth["photons"], photons * lit * fade, rtol=1e-6)
+    yy, xx = np.mgrid[0:128, 0:128]
+    field = np.exp(-((yy - centre) ** 2 + (xx - centre) ** 2) / (2 * w2))
+    signal = movie.expected.sum(axis=(1, 2)) - background * field.sum() * fade
+    expected = photons * lit * fade * _square_fraction(_kappa(NARROW), NARROW.tail_radius_px + 0.5)
+    np.testing.assert_allclose(signal, expected, rtol=0.01)
+    assert movie.acquisition["background_photons_field_mean"] == pytest.approx(background * field.mean() * fade.mean())
+    assert movie.acquisition["signal_photons_field_mean"] == pytest.approx(float(np.mean(photons * lit * fade)))
+    with pytest.raises(ValueError, match="corner_relative"):
+        ForeignIllumination(corner_relative=0.0)
+    with pytest.raises(ValueError, match="bleach"):
+        ForeignIllumination(bleach_half_life_frames=-1.0)
+
+
 @pytest.mark.parametrize("which", ["narrow", "wide"])
 def test_window_sum_any_subpixel_offset(which: str, narrow_psf: AiryPSF, wide_psf: AiryPSF) -> None:
     psf, optics = (narrow_psf, NARROW) if which == "narrow" else (wide_psf, WIDE)

@@ -9,6 +9,7 @@ movies that the renderer used for training did not make (protocol "foreign optic
 
 from __future__ import annotations
 
+from .foreign_illumination import ForeignIllumination
 from .foreign_renderer import (
     AIRY_SIGMA_FACTOR,
     EXTRA_CASES,
@@ -32,6 +33,7 @@ __all__ = [
     "FOREIGN_CASES",
     "AiryPSF",
     "ForeignCamera",
+    "ForeignIllumination",
     "ForeignMotion",
     "ForeignMovie",
     "ForeignOptics",

@@ -51,6 +51,7 @@ to ADU and clipping to uint16.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -60,6 +61,7 @@ from typing import Any
 import numpy as np
 from scipy import integrate, special
 
+from .foreign_illumination import ForeignIllumination
 from .foreign_motion import ForeignMotion, simulate_foreign_paths
 
 __all__ = [
@@ -500,6 +502,9 @@ class ForeignScene:
         Background photons per pixel per frame.
     start_margin_px
         Particles start at least this far from the field's border (px).
+    illumination
+        Excitation profile over the field and bleaching over time (default: even, none); ``photons``
+        and ``background`` are then the values at the field's centre in frame 0.
     """
 
     shape_yx: tuple[int, int] = (128, 128)
@@ -510,6 +515,7 @@ class ForeignScene:
     photons: float = 3000.0
     background: float = 600.0
     start_margin_px: float = 16.0
+    illumination: ForeignIllumination = field(default_factory=ForeignIllumination)
 
 
 @dataclass
@@ -525,7 +531,8 @@ class ForeignMovie:
         ``track_id``, ``frame``, ``x_px``, ``y_px`` (mean of the frame's sub-positions),
         ``D1_um2_s``, ``D2_um2_s``, ``theta_deg``, ``state`` (labelled state: 0, or for binding
         0 bound / 1 unbound), ``D_substep_mean_um2_s`` (mean over the frame's sub-steps of
-        (D1 + D2) / 2) and ``photons``.
+        (D1 + D2) / 2) and ``photons`` (the frame's signal photons over the infinite plane, with the
+        scene's illumination and bleaching).
     acquisition
         The true acquisition (JSON-able; see :func:`render_foreign_movie`).
     gain_map, offset_map
@@ -575,7 +582,9 @@ def render_foreign_movie(scene: ForeignScene, optics: ForeignOptics, camera: For
         ``substeps_per_frame``, ``na``, ``wavelength_nm``, ``psf`` (``"airy"``),
         ``psf_sigma_equivalent_nm`` / ``_px``, ``signal_photons`` (infinite plane),
         ``enclosed_fraction`` (share of them inside the rendered window),
-        ``signal_photons_in_window``, ``background_photons``, ``camera``, ``gain_map_mean``,
+        ``signal_photons_in_window``, ``background_photons`` (at the field's centre in frame 0),
+        ``signal_photons_field_mean`` and ``background_photons_field_mean`` (means over the particle-frames
+        in the field and over the pixel-frames: the same values under even light), ``camera``, ``gain_map_mean``,
         ``gain_map_sd``, ``offset_map_mean``, ``offset_map_sd``, ``read_noise_e``,
         ``em_gain``, ``motion`` and ``scene`` (the settings) and ``seed`` (when an integer).
     """
@@ -595,15 +604,20 @@ def render_foreign_movie(scene: ForeignScene, optics: ForeignOptics, camera: For
                                    optics.pixel_size_nm / 1000.0, gen)
     movie = np.empty((t_frames, ny, nx), dtype=np.uint16)
     expected = np.empty((t_frames, ny, nx)) if keep_expected else None
-    w = scene.photons / s_sub
+    light = scene.illumination
+    background = float(scene.background) * light.field((ny, nx))
+    lit = light.excitation(paths["y"], paths["x"], (ny, nx))  # (N, T S) relative excitation per sub-step
     for f in range(t_frames):
         sl = slice(f * s_sub, (f + 1) * s_sub)
-        image = np.full((ny, nx), float(scene.background))
-        psf.add_to_image(image, paths["y"][:, sl].ravel(), paths["x"][:, sl].ravel(), w)
+        fade = float(light.fade(f))
+        image = background * fade
+        psf.add_to_image(image, paths["y"][:, sl].ravel(), paths["x"][:, sl].ravel(),
+                         (scene.photons / s_sub) * fade * lit[:, sl].ravel())
         if expected is not None:
             expected[f] = image
         movie[f] = camera.expose(image, gain_map, offset_map, gen)
-    truth = _truth_columns(paths, scene, s_sub)
+    photons = scene.photons * lit.reshape(len(lit), t_frames, s_sub).mean(axis=2) * light.fade(np.arange(t_frames))
+    truth = _truth_columns(paths, scene, s_sub, photons)
     frac = psf.window_fraction()
     acq: dict[str, Any] = {
         "pixel_size_nm": optics.pixel_size_nm,
@@ -618,6 +632,9 @@ def render_foreign_movie(scene: ForeignScene, optics: ForeignOptics, camera: For
         "enclosed_fraction": frac,
         "signal_photons_in_window": scene.photons * frac,
         "background_photons": scene.background,
+        # means over the movie (particle-frames in the field, pixel-frames): the scene's values when the light is even
+        "signal_photons_field_mean": float(np.mean(truth["photons"])) if len(truth["photons"]) else scene.photons,
+        "background_photons_field_mean": float(background.mean() * np.mean(light.fade(np.arange(t_frames)))),
         "camera": camera.kind,
         "gain_map_mean": float(gain_map.mean()),
         "gain_map_sd": float(gain_map.std()),
@@ -634,7 +651,8 @@ def render_foreign_movie(scene: ForeignScene, optics: ForeignOptics, camera: For
     return ForeignMovie(movie, truth, acq, gain_map, offset_map, expected)
 
 
-def _truth_columns(paths: dict[str, np.ndarray], scene: ForeignScene, s_sub: int) -> dict[str, np.ndarray]:
+def _truth_columns(paths: dict[str, np.ndarray], scene: ForeignScene, s_sub: int,
+                   photons: np.ndarray) -> dict[str, np.ndarray]:
     n, t_frames = paths["label"].shape
     xf = paths["x"].reshape(n, t_frames, s_sub).mean(axis=2)
     yf = paths["y"].reshape(n, t_frames, s_sub).mean(axis=2)
@@ -654,7 +672,7 @@ def _truth_columns(paths: dict[str, np.ndarray], scene: ForeignScene, s_sub: int
         "theta_deg": paths["theta_deg"][pid, lab[pid, fr]],
         "state": lab[pid, fr].astype(np.int64),
         "D_substep_mean_um2_s": d_sub.reshape(n, t_frames, s_sub).mean(axis=2)[pid, fr],
-        "photons": np.full(pid.size, float(scene.photons)),
+        "photons": photons[pid, fr],
     }
 
 
@@ -705,6 +723,7 @@ EXTRA_CASES: dict[str, tuple[float, float, str, float, float, int]] = {
     "binding_wide": (0.8, 640.0, "binding", 5000.0, 600.0, 4005),
     "free_fast": (1.45, 520.0, "free", 3000.0, 600.0, 4006),
     "free_fast_sparse": (1.45, 520.0, "free", 3000.0, 600.0, 4007),
+    "free_beam": (1.45, 520.0, "free", 3000.0, 600.0, 4008),
 }
 
 #: Motion of the extra cases other than the default :class:`ForeignMotion` of their kind: ``free_fast`` and
@@ -716,9 +735,12 @@ EXTRA_MOTION: dict[str, dict[str, Any]] = {
 }
 
 #: Scene of the extra cases other than the protocol's: ``free_fast_sparse`` has 10 particles instead of 24, so
-#: that fewer of the fast particles' tracks are lost to linking (steps of up to about 6 px per frame).
+#: that fewer of the fast particles' tracks are lost to linking (steps of up to about 6 px per frame);
+#: ``free_beam`` is ``free_narrow`` lit by a Gaussian beam (corners at 35 % of the centre, the middle of each edge
+#: at 59 %) that bleaches to half over the 120 frames (:mod:`.foreign_illumination`).
 EXTRA_SCENE: dict[str, dict[str, Any]] = {
     "free_fast_sparse": {"n_particles": 10},
+    "free_beam": {"illumination": ForeignIllumination(corner_relative=0.35, bleach_half_life_frames=120.0)},
 }
 
 
@@ -740,6 +762,6 @@ def foreign_case(name: str, quick: bool = False) -> dict[str, Any]:
     na, lam, kind, photons, background, seed = {**FOREIGN_CASES, **EXTRA_CASES}[name]
     scene = ForeignScene(photons=photons, background=background, **EXTRA_SCENE.get(name, {}))
     if quick:
-        scene = ForeignScene(shape_yx=(96, 96), n_frames=40, n_particles=12, photons=photons, background=background)
+        scene = dataclasses.replace(scene, shape_yx=(96, 96), n_frames=40, n_particles=12)
     return {"scene": scene, "optics": ForeignOptics(na=na, wavelength_nm=lam), "camera": ForeignCamera(),
             "motion": ForeignMotion(kind=kind, **EXTRA_MOTION.get(name, {})), "seed": seed}
