@@ -97,7 +97,8 @@ def test_static_particle_photon_sum_is_photons_times_enclosed_fraction(narrow_ps
 
 def test_beam_and_bleaching_scale_spots_and_background(narrow_psf: AiryPSF) -> None:
     """A Gaussian beam with its corners at 35 % and a bleaching half-life of 4 frames: the background pixels and
-    a static particle's photons follow exp(-r^2 / 2 w^2) 2^(-t / 4), and the truth's photons say so."""
+    a static particle's photons follow exp(-r^2 / 2 w^2) 2^(-t / 4), and the truth's photons say so; a flicker
+    scales both by one factor per frame."""
     from napari_spt_diffusion.validation.foreign_illumination import ForeignIllumination
 
     photons, background, corner, half_life = 3000.0, 600.0, 0.35, 4.0
@@ -123,6 +124,17 @@ def test_beam_and_bleaching_scale_spots_and_background(narrow_psf: AiryPSF) -> N
     np.testing.assert_allclose(signal, expected, rtol=0.01)
     assert movie.acquisition["background_photons_field_mean"] == pytest.approx(background * field.mean() * fade.mean())
     assert movie.acquisition["signal_photons_field_mean"] == pytest.approx(float(np.mean(photons * lit * fade)))
+    # flicker: every frame's spots and background share one random factor 1 + 0.05 z
+    flicker = ForeignScene(shape_yx=(128, 128), n_frames=60, n_particles=1, photons=photons, background=background,
+                           start_margin_px=50.0, illumination=ForeignIllumination(flicker_sd=0.05))
+    lit_movie = render_foreign_movie(flicker, NARROW, ForeignCamera(), static, rng=12, keep_expected=True,
+                                     psf=narrow_psf)
+    assert lit_movie.expected is not None
+    power = lit_movie.expected[:, 0, 0] / background
+    assert 0.03 < np.std(power) < 0.07 and abs(np.mean(power) - 1) < 0.03
+    np.testing.assert_allclose(lit_movie.truth["photons"], photons * power, rtol=1e-9)
+    with pytest.raises(ValueError, match="flicker"):
+        ForeignIllumination(flicker_sd=0.5)
     with pytest.raises(ValueError, match="corner_relative"):
         ForeignIllumination(corner_relative=0.0)
     with pytest.raises(ValueError, match="bleach"):

@@ -561,7 +561,8 @@ def render_foreign_movie(scene: ForeignScene, optics: ForeignOptics, camera: For
     """Render one movie.
 
     Random numbers come from ``rng`` in this order: camera maps, start positions, motion
-    parameters / switches / steps, then the noise frame by frame.
+    parameters / switches / steps, the illumination's flicker (only where it has one), then the noise
+    frame by frame.
 
     Parameters
     ----------
@@ -607,16 +608,17 @@ def render_foreign_movie(scene: ForeignScene, optics: ForeignOptics, camera: For
     light = scene.illumination
     background = float(scene.background) * light.field((ny, nx))
     lit = light.excitation(paths["y"], paths["x"], (ny, nx))  # (N, T S) relative excitation per sub-step
+    brightness = light.fade(np.arange(t_frames)) * light.power(t_frames, gen)  # (T,) bleaching and flicker
     for f in range(t_frames):
         sl = slice(f * s_sub, (f + 1) * s_sub)
-        fade = float(light.fade(f))
+        fade = float(brightness[f])
         image = background * fade
         psf.add_to_image(image, paths["y"][:, sl].ravel(), paths["x"][:, sl].ravel(),
                          (scene.photons / s_sub) * fade * lit[:, sl].ravel())
         if expected is not None:
             expected[f] = image
         movie[f] = camera.expose(image, gain_map, offset_map, gen)
-    photons = scene.photons * lit.reshape(len(lit), t_frames, s_sub).mean(axis=2) * light.fade(np.arange(t_frames))
+    photons = scene.photons * lit.reshape(len(lit), t_frames, s_sub).mean(axis=2) * brightness
     truth = _truth_columns(paths, scene, s_sub, photons)
     frac = psf.window_fraction()
     acq: dict[str, Any] = {
@@ -634,7 +636,7 @@ def render_foreign_movie(scene: ForeignScene, optics: ForeignOptics, camera: For
         "background_photons": scene.background,
         # means over the movie (particle-frames in the field, pixel-frames): the scene's values when the light is even
         "signal_photons_field_mean": float(np.mean(truth["photons"])) if len(truth["photons"]) else scene.photons,
-        "background_photons_field_mean": float(background.mean() * np.mean(light.fade(np.arange(t_frames)))),
+        "background_photons_field_mean": float(background.mean() * np.mean(brightness)),
         "camera": camera.kind,
         "gain_map_mean": float(gain_map.mean()),
         "gain_map_sd": float(gain_map.std()),
@@ -737,10 +739,12 @@ EXTRA_MOTION: dict[str, dict[str, Any]] = {
 #: Scene of the extra cases other than the protocol's: ``free_fast_sparse`` has 10 particles instead of 24, so
 #: that fewer of the fast particles' tracks are lost to linking (steps of up to about 6 px per frame);
 #: ``free_beam`` is ``free_narrow`` lit by a Gaussian beam (corners at 35 % of the centre, the middle of each edge
-#: at 59 %) that bleaches to half over the 120 frames (:mod:`.foreign_illumination`).
+#: at 59 %) that bleaches to half over the 120 frames and flickers by 1.5 % rms from frame to frame
+#: (:mod:`.foreign_illumination`).
 EXTRA_SCENE: dict[str, dict[str, Any]] = {
     "free_fast_sparse": {"n_particles": 10},
-    "free_beam": {"illumination": ForeignIllumination(corner_relative=0.35, bleach_half_life_frames=120.0)},
+    "free_beam": {"illumination": ForeignIllumination(corner_relative=0.35, bleach_half_life_frames=120.0,
+                                                      flicker_sd=0.015)},
 }
 
 
