@@ -161,3 +161,111 @@ def test_frames_without_pixels_are_refused_in_one_line():
 def test_pooled_cumulants_weigh_tiles_by_their_samples():
     tiles = np.array([[10.0, 1, 2, 3, 4, 5], [30.0, 5, 6, 7, 8, 9]])
     assert pooled_cumulants(tiles) == pytest.approx((4.0, 5.0, 6.0, 7.0, 8.0))
+
+
+def _bleaching_movie(half_life_frames: float | None, seed: int = 0, background: float = 100.0, gain: float = 2.0,
+                     shape: tuple[int, int, int] = (60, 64, 64), read_noise_e: float = 1.5) -> np.ndarray:
+    """Background-only frames (offset 100 ADU) whose background fades as 2^(-t / half_life_frames) (steady for
+    None), rounded to whole ADU."""
+    rng = np.random.default_rng(seed)
+    fade = np.ones(shape[0]) if half_life_frames is None else 0.5 ** (np.arange(shape[0]) / half_life_frames)
+    electrons = rng.poisson(background * fade[:, None, None] * np.ones(shape)) + rng.normal(0.0, read_noise_e, shape)
+    return np.round(100.0 + gain * electrons)
+
+
+def _successors(n: int) -> np.ndarray:
+    return np.r_[np.arange(1, n), -1]
+
+
+def test_trend_free_cumulants_hold_under_bleaching_where_the_pixel_means_fail():
+    from napari_spt_diffusion.calibration_camera import trend_free_cumulants
+
+    movie = _bleaching_movie(60.0)  # the background halves over the 60 frames: 100 -> 50 photons/px
+    mask = np.ones(movie.shape, dtype=bool)
+    free, share = trend_free_cumulants(movie, mask, _successors(len(movie)))
+    mean_background = 100.0 * np.mean(0.5 ** (np.arange(60) / 60.0))
+    gain, offset, background = poisson_camera(without_rounding(free, 1.0)[0], 1.5)
+    assert gain == pytest.approx(2.0, rel=0.08)
+    assert background == pytest.approx(mean_background, rel=0.16)
+    assert offset == pytest.approx(100.0, abs=0.1 * 2.0 * mean_background)
+    # the fade is 70 % of the background's variance over the movie (the noise: 4 (75 + 2.25) ADU^2); each
+    # pixel's mean leaves it in
+    assert 0.6 < share < 0.8
+    plain_gain, _, plain_background = poisson_camera(without_rounding(tile_cumulants(movie, mask), 1.0)[0], 1.5)
+    assert plain_gain > 1.5 * 2.0 or plain_background < 0.5 * mean_background
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_trend_free_cumulants_match_the_pixel_means_on_a_steady_background(seed):
+    """Without slow changes the share is nil, and k2 ... k4 are those of a Poisson camera (``g^j b``) after the
+    filter's factors are divided out; values the mask leaves out (here holding spot light) are not used."""
+    from napari_spt_diffusion.calibration_camera import trend_free_cumulants
+
+    movie = _bleaching_movie(None, seed=seed, background=2.0, gain=1.0, shape=(60, 64, 64), read_noise_e=0.0)
+    mask = np.random.default_rng(seed).random(movie.shape) > 0.1
+    movie[~mask] += 50.0  # spot light where the mask says so: neither a sample nor a neighbour
+    free, share = trend_free_cumulants(movie, mask, _successors(len(movie)))
+    assert abs(share) < 0.005
+    _, k2, k3, k4, _ = pooled_cumulants(free)  # whole photo-electrons at 1 ADU each: nothing was rounded
+    assert k2 == pytest.approx(2.0, rel=0.02)
+    assert k3 == pytest.approx(2.0, rel=0.06)
+    assert k4 == pytest.approx(2.0, rel=0.2)
+    assert free[:, 0].sum() < mask.sum()  # values without all six neighbours in the background are left out
+
+
+def test_trend_free_cumulants_use_consecutive_frames_only():
+    """Frames read in separate blocks (a long movie sampled): no value takes neighbours across a gap, so a jump
+    of the background between blocks does not count as noise."""
+    from napari_spt_diffusion.calibration_camera import trend_free_cumulants
+
+    movie = _bleaching_movie(None, background=20.0, gain=1.0, shape=(24, 64, 64))
+    movie[12:] += 500.0  # the second block was read much later, at another lamp power
+    successor = _successors(24)
+    successor[11] = -1  # frames 0-11 and 12-23 are two blocks
+    free, share = trend_free_cumulants(movie, np.ones(movie.shape, dtype=bool), successor)
+    assert free[:, 0].sum() == 2 * 4 * 64 * 64  # frames 4-7 of each block have frames 2-4 away on each side
+    assert pooled_cumulants(free)[1] == pytest.approx(20.0 + 1.5**2 + 1 / 12, rel=0.05)
+    assert share > 0.9  # the jump dominates each pixel's variance about its mean over the movie
+
+
+def test_calibrate_movie_measures_a_bleaching_camera_and_says_so():
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+
+    # 20 -> 10 photons/px over the movie; without a spot the background mask keeps under a tenth of the
+    # pixel-frames here (noise peaks on the provisional photon scale), so the gain is good to about 15 %
+    cal = calibrate_movie(_bleaching_movie(60.0, seed=7, background=20.0, shape=(60, 128, 128)).astype(np.uint16),
+                          Acquisition(read_noise_e=1.5))
+    assert cal.values["gain_adu_per_e"].value == pytest.approx(2.0, rel=0.15)
+    assert any("changes slowly over the movie" in n for n in cal.notes)
+    assert cal.to_dict()["slow_change_share"] == pytest.approx(cal.slow_change_share) and cal.slow_change_share > 0.1
+    steady = calibrate_movie(_bleaching_movie(None, seed=7, background=20.0, shape=(60, 128, 128)).astype(np.uint16),
+                             Acquisition(read_noise_e=1.5))
+    assert not any("changes slowly" in n for n in steady.notes) and abs(steady.slow_change_share) < 0.005
+
+
+def test_an_uneven_background_is_given_as_the_field_mean_with_a_note():
+    """Steady light rising from 10 to 30 photons/px across the field: the background is the field's mean
+    (20), not the mean of the background values, and a note gives the tiles' range; steady light, no note."""
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+    from napari_spt_diffusion.calibration_camera import field_background
+
+    rng = np.random.default_rng(11)
+    shape = (60, 128, 128)
+    level = 10.0 + 20.0 * np.arange(128) / 127.0  # photons/px along x; mean 20
+    electrons = rng.poisson(np.broadcast_to(level, shape)) + rng.normal(0.0, 1.5, shape)
+    movie = np.round(100.0 + 2.0 * electrons).astype(np.uint16)
+    cal = calibrate_movie(movie, Acquisition(read_noise_e=1.5))
+    assert cal.values["gain_adu_per_e"].value == pytest.approx(2.0, rel=0.1)
+    assert cal.values["background_photons"].value == pytest.approx(20.0, rel=0.15)
+    low, high = cal.background_range
+    assert 10.0 < low < 16.0 and 24.0 < high < 30.0
+    assert any("varies over the field" in n for n in cal.notes)
+    assert cal.to_dict()["background_range"] == pytest.approx([low, high])
+    # the tiles weighted alike, whatever their number of background values
+    tiles = np.array([[100.0, 120.0, 1, 1, 1, 1], [900.0, 140.0, 1, 1, 1, 1]])
+    assert field_background(tiles, gain=2.0, offset=100.0) == pytest.approx(15.0)
+    steady = calibrate_movie(_bleaching_movie(None, seed=3, background=20.0, shape=(60, 128, 128)).astype(np.uint16),
+                             Acquisition(read_noise_e=1.5))
+    assert not any("varies over the field" in n for n in steady.notes)

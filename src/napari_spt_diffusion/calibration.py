@@ -54,6 +54,8 @@ from scipy.spatial import cKDTree
 from .acquisition import Acquisition
 from .calibration_camera import (
     MIN_NOISE_STEPS,
+    SLOW_CHANGE_SHARE,
+    TILE_PX,
     adu_step,
     emccd_camera,
     excess_noise,
@@ -61,7 +63,9 @@ from .calibration_camera import (
     points_below,
     poisson_camera,
     pooled_cumulants,
+    tile_backgrounds,
     tile_cumulants,
+    trend_free_cumulants,
     without_rounding,
 )
 from .calibration_psf import MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
@@ -88,6 +92,8 @@ MASK_MARGIN_PX = 4.0
 #: its neighbours: :func:`_background_mask`).
 MASK_OWN_SNR = 8.0
 _BOOTSTRAP = 200
+#: A note says the background is uneven where its tiles' 90th percentile exceeds this many times their 10th.
+UNEVEN_BACKGROUND = 1.5
 #: Read-noise range (e-) over which an unmeasured read noise moves the gain.
 _READ_NOISE_RANGE_E = (0.0, 3.0)
 
@@ -154,6 +160,15 @@ class Calibration:
         offset or a dark map subtracted keeps it; 0 for continuous data), taken out of the background's
         variance where its noise spans at least 0.6 steps (:func:`~.calibration_camera.adu_step`,
         :func:`~.calibration_camera.without_rounding`).
+    slow_change_share
+        Share of the background's variance from changes slower than a few frames (bleaching, a drifting
+        lamp or focus; :func:`~.calibration_camera.trend_free_cumulants`); above
+        :data:`~.calibration_camera.SLOW_CHANGE_SHARE` the camera was measured from the trend-free cumulants
+        (:func:`~.calibration_camera.trend_free_cumulants`, with a note). NaN when the camera was given.
+    background_range
+        10th and 90th percentiles (photons/px/frame) of the background over the field's tiles (where the
+        camera was measured; None otherwise); a note says when the first is under
+        1 / :data:`UNEVEN_BACKGROUND` of the second (uneven illumination).
     """
 
     values: dict[str, Measured]
@@ -166,6 +181,8 @@ class Calibration:
     excess_noise_statistic: tuple[float, float, float] | None = None
     background_share: float = float("nan")
     adu_step: float = 0.0
+    slow_change_share: float = float("nan")
+    background_range: tuple[float, float] | None = None
 
     @property
     def excess_noise_factor(self) -> float:
@@ -188,6 +205,8 @@ class Calibration:
                 v if math.isfinite(v) else None for v in self.excess_noise_statistic],
             "background_share": self.background_share if math.isfinite(self.background_share) else None,
             "adu_step": self.adu_step,
+            "slow_change_share": self.slow_change_share if math.isfinite(self.slow_change_share) else None,
+            "background_range": None if self.background_range is None else list(self.background_range),
         }
 
     def apply(self, acquisition: Acquisition, given: set[str] | frozenset[str] = frozenset()) -> Acquisition:
@@ -224,6 +243,18 @@ class Calibration:
                          f"values in steps of {self.adu_step:g} ADU" if self.adu_step > 0 else "unquantized values",
                          "away from spots; the camera's precision grows with their number"))
         return rows
+
+
+def _gain_spread(tiles: np.ndarray, read_noise_e: float, gen: np.random.Generator) -> float:
+    """Relative standard deviation of a Poisson camera's gain from ``tiles`` over bootstraps of the tiles
+    (inf where it has no gain). The trend-free cumulants are used only where the slow changes' share of the
+    background's variance, which biases the gain by about as much, exceeds this: on a dim movie with few
+    background values the trend-free gain is noisier than what slow changes would cost."""
+    gain = poisson_camera(tiles, read_noise_e)[0]
+    boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], read_noise_e)[0]
+                     for _ in range(_BOOTSTRAP)])
+    boot = boot[np.isfinite(boot)]
+    return float(np.std(boot) / gain) if math.isfinite(gain) and gain > 0 and boot.size > _BOOTSTRAP // 2 else math.inf
 
 
 def _chosen_frames(n_total: int, max_frames: int) -> np.ndarray:
@@ -489,13 +520,22 @@ def calibrate_movie(
     camera_known = camera_given
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     step = adu_step(frames)
-    tiles, rounding_removed = without_rounding(tile_cumulants(frames, mask), step)
+    tiles = tile_cumulants(frames, mask)
+    slow_share = float("nan")
+    if not camera_given:
+        free, slow_share = trend_free_cumulants(frames, mask, successor)
+        if slow_share > SLOW_CHANGE_SHARE and len(free) >= 4 and slow_share > _gain_spread(free, acq.read_noise_e, gen):
+            tiles = free
+            notes.append(f"the background changes slowly over the movie (bleaching or drift: {100 * slow_share:.1f} % "
+                         "of its variance); the camera was measured from each pixel's departures from its "
+                         "neighbouring frames")
+    tiles, rounding_removed = without_rounding(tiles, step)
     background_share = float("nan") if camera_given else float(tiles[:, 0].sum() / frames.size)
     if step > 0 and not rounding_removed and not camera_given and len(tiles):
         notes.append(f"the background's noise spans less than {MIN_NOISE_STEPS:g} of the values' steps of "
                      f"{step:g} ADU, too few for the camera's gain to be measured reliably from it; give "
                      "--gain-adu-per-e and --offset-adu if they are known")
-    camera_kind, excess = "unknown", None
+    camera_kind, excess, background_range = "unknown", None, None
     if camera_given:
         photons_bg = (frames[mask] - offset) / gain
         if photons_bg.size:
@@ -545,6 +585,12 @@ def calibrate_movie(
             values["gain_adu_per_e"] = Measured(gain, float(total[0]), "ADU/e-", method)
             values["offset_adu"] = Measured(offset, float(total[1]), "ADU", method)
             values["background_photons"] = Measured(background, float(total[2]), "photons/px/frame", method)
+            low, high = (float(v) for v in np.percentile(tile_backgrounds(tiles, gain, offset), [10, 90]))
+            background_range = (low, high)
+            if high > UNEVEN_BACKGROUND * max(low, 0.0):
+                notes.append(f"the background varies over the field, from {low:.3g} to {high:.3g} photons/px (10th "
+                             f"and 90th percentiles of its {TILE_PX} x {TILE_PX} px tiles; uneven illumination?): the "
+                             f"value given is the field's mean")
             if camera_kind == "emccd":
                 values["read_noise_e"] = Measured(read_noise, float(total[3]), "e-",
                                                   "EMCCD: sqrt(k2 - 2 g^2 b) / g (photo-electrons)")
@@ -618,4 +664,5 @@ def calibrate_movie(
     if not values and not notes:
         raise CalibrationError("nothing in the movie could be measured")
     return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes), camera=camera_kind,
-                       excess_noise_statistic=excess, background_share=background_share, adu_step=step)
+                       excess_noise_statistic=excess, background_share=background_share, adu_step=step,
+                       slow_change_share=slow_share, background_range=background_range)
