@@ -251,7 +251,7 @@ def _check_target(target: Path, overwrite: bool) -> None:
     if target.is_dir():
         raise InputError(f"{target} is a folder, not a file name")
     if target.exists() and not overwrite:
-        raise InputError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise InputError(f"{target} already exists; give --overwrite (overwrite=True in Python) to replace it")
 
 
 def _probe_folder(target: Path) -> None:
