@@ -275,16 +275,23 @@ def calibration(meta: dict[str, Any], tracks: pd.DataFrame, truth_acq: dict[str,
     # under uneven light or bleaching (case free_beam) the truth is the movie's mean (the scene's value otherwise)
     signal = truth_acq.get("signal_photons_field_mean", truth_acq["signal_photons"])
     background = truth_acq.get("background_photons_field_mean", truth_acq["background_photons"])
+    # an EMCCD (case free_emccd): the gain per photo-electron includes the multiplication, and its read noise in
+    # photo-electrons is the register's output noise over it
+    em = float(truth_acq.get("em_gain", 1.0)) if truth_acq.get("camera") == "emccd" else 1.0
     true = {"psf_sigma_nm": truth_acq["psf_sigma_equivalent_nm"], "signal_photons": signal,
-            "background_photons": background, "gain_adu_per_e": truth_acq["gain_map_mean"],
-            "offset_adu": truth_acq["offset_map_mean"], "read_noise_e": truth_acq["read_noise_e"],
+            "background_photons": background, "gain_adu_per_e": truth_acq["gain_map_mean"] * em,
+            "offset_adu": truth_acq["offset_map_mean"], "read_noise_e": truth_acq["read_noise_e"] / em,
             "pixel_size_nm": truth_acq["pixel_size_nm"], "frame_interval_s": truth_acq["frame_interval_s"]}
+    # what the pipeline uses for an EMCCD is the Poisson camera with its noise: twice the gain, half the photons
+    poisson_equivalent = {"gain_adu_per_e": 2.0, "signal_photons": 0.5, "background_photons": 0.5,
+                          "read_noise_e": 0.5} if em != 1.0 else {}
     alias = {"psf_sigma_px": ("psf_sigma_nm", truth_acq["pixel_size_nm"]), "gain": ("gain_adu_per_e", 1.0),
              "offset": ("offset_adu", 1.0), "background": ("background_photons", 1.0),
              "photons": ("signal_photons", 1.0), "read_noise": ("read_noise_e", 1.0)}
     out: dict[str, Any] = {"used": {}, "measured": None, "measured_other": {}, "columns": {}}
     for key, tv in true.items():
         uv, _ = _value(meta.get("acquisition", {}).get(key))
+        tv = tv * poisson_equivalent.get(key, 1.0)
         out["used"][key] = {"used": uv, "true": tv, "ratio": (uv / tv) if uv is not None and tv else None}
     measured = meta.get("acquisition_measured")
     if isinstance(measured, dict):
@@ -526,6 +533,10 @@ def calibration_lines(r: dict[str, Any]) -> list[str]:
     note = ("`track` measured the acquisition from the movie (`acquisition_measured`, below) and used it." if
             c["measured"] is not None else "This version of `track` does not calibrate: these are its defaults or "
             "what the file holds, not measurements.")
+    if r["truth_acquisition"].get("camera") == "emccd":
+        note += (" The camera is an EMCCD: its true gain is per photo-electron (multiplication included) and its read "
+                 "noise in photo-electrons; the 'used' truth is the Poisson camera with its noise, which the tool "
+                 "should use (twice the gain, half the photons and read noise).")
     lines = ["", f"Acquisition the tool used (`_meta.json` `acquisition`) against the truth. {note}", "",
              "| quantity | used | true | used / true |", "|---|---|---|---|"]
     for key, v in c["used"].items():

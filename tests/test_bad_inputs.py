@@ -173,6 +173,7 @@ CASES: tuple[Case, ...] = (
     Case("frame-interval-negative", _opts("--frame-interval-s", "-1"), "error", ("--frame-interval-s",)),
     Case("offset-nan", _opts("--offset-adu", "nan"), "error", ("--offset-adu", "finite")),
     Case("gain-zero", _opts("--gain-adu-per-e", "0"), "error", ("--gain-adu-per-e",)),
+    Case("read-noise-negative", _opts("--read-noise-e", "-1"), "error", ("--read-noise-e",)),
     Case("file-pixel-size-0.1-nm", lambda f, a: [_tif(f, _u16(a), pixel_size_nm=0.1)], "error",
          ("0.1 nm (from the file)", "--pixel-size-nm")),
     Case("file-frame-interval-5000-s", lambda f, a: [_tif(f, _u16(a), frame_interval_s=5000.0)], "error",

@@ -269,3 +269,39 @@ def test_an_uneven_background_is_given_as_the_field_mean_with_a_note():
     steady = calibrate_movie(_bleaching_movie(None, seed=3, background=20.0, shape=(60, 128, 128)).astype(np.uint16),
                              Acquisition(read_noise_e=1.5))
     assert not any("varies over the field" in n for n in steady.notes)
+
+
+def test_an_emccd_background_fits_no_poisson_camera_with_the_assumed_read_noise():
+    from napari_spt_diffusion.calibration_camera import poisson_misfit
+
+    g, b = 15.0, 20.0  # an EMCCD: k2 = 2 g^2 b, k3 = 6 g^3 b; no Poisson camera with 1.5 e- fits below 68 photons/px
+    assert poisson_misfit(2 * g**2 * b, 6 * g**3 * b, 1.5) == pytest.approx(1 - (2 / 9) * np.sqrt(b / 3.375))
+    assert poisson_misfit(2 * g**2 * 80.0, 6 * g**3 * 80.0, 1.5) < 0
+    # a Poisson camera with that read noise fits (its cubic's minimum is below zero), and touches at b = 2 r^2
+    assert poisson_misfit(g**2 * (b + 2.25), g**3 * b, 1.5) < 0
+    assert poisson_misfit(g**2 * (4.5 + 2.25), g**3 * 4.5, 1.5) == pytest.approx(0.0, abs=1e-12)
+    assert poisson_misfit(g**2 * (b + 2.25), g**3 * b, 0.0) == -np.inf
+
+
+def test_calibrate_movie_says_which_two_cameras_fit_an_emccd_background():
+    """An EMCCD at 20 photons/px (too much light for its excess noise to show in k5): the note gives the
+    EMCCD's gain (true 15 ADU per photo-electron) and the Poisson camera's, and the gain's uncertainty covers
+    the Poisson-equivalent gain the tool would need (30)."""
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+
+    rng = np.random.default_rng(5)
+    shape = (60, 128, 128)
+    electrons = rng.poisson(20.0, shape)
+    multiplied = np.where(electrons > 0, rng.gamma(np.maximum(electrons, 1), 300.0), 0.0)
+    movie = np.round(500.0 + 0.05 * (multiplied + rng.normal(0.0, 60.0, shape))).astype(np.uint16)
+    cal = calibrate_movie(movie, Acquisition(read_noise_e=1.5))
+    note = next(n for n in cal.notes if n.startswith("no sCMOS/CCD with the assumed read noise"))
+    emccd_gain = float(note.split("an EMCCD of about ")[1].split(" ")[0])
+    assert emccd_gain == pytest.approx(15.0, rel=0.1)
+    assert not any("twice the square of the assumed read noise" in n for n in cal.notes)
+    gain = cal.values["gain_adu_per_e"]
+    assert abs(gain.value - 30.0) < 1.5 * gain.uncertainty
+    steady = calibrate_movie(_bleaching_movie(None, seed=3, background=20.0, shape=(60, 128, 128)).astype(np.uint16),
+                             Acquisition(read_noise_e=1.5))
+    assert not any("no sCMOS/CCD" in n for n in steady.notes)

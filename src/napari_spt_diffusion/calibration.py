@@ -54,15 +54,19 @@ from scipy.spatial import cKDTree
 from .acquisition import Acquisition
 from .calibration_camera import (
     MIN_NOISE_STEPS,
+    NO_FIT_MARGIN,
     SLOW_CHANGE_SHARE,
     TILE_PX,
+    SkewReading,
     adu_step,
     emccd_camera,
     excess_noise,
     gain_solution,
     points_below,
     poisson_camera,
+    poisson_misfit,
     pooled_cumulants,
+    skew_reading,
     tile_backgrounds,
     tile_cumulants,
     trend_free_cumulants,
@@ -243,6 +247,18 @@ class Calibration:
                          f"values in steps of {self.adu_step:g} ADU" if self.adu_step > 0 else "unquantized values",
                          "away from spots; the camera's precision grows with their number"))
         return rows
+
+
+def _misfit_note(skew: SkewReading, read_noise_e: float) -> str:
+    """The note where no sCMOS/CCD with the assumed read noise fits the background's noise."""
+    return (f"no sCMOS/CCD with the assumed read noise ({read_noise_e:g} e-) fits the background's noise, which is "
+            f"more skewed (k4 k2 / k3^2 = {skew.ratio:.2f}, 95 % interval {skew.ratio_low:.2f}-{skew.ratio_high:.2f}; "
+            "4/3 or more for an EMCCD, 1 + r^2 / b for an sCMOS/CCD). Two cameras fit it and its noise cannot tell "
+            f"them apart: an EMCCD of about {skew.emccd_gain:.3g} ADU per photo-electron (give --offset-adu and, as "
+            f"--gain-adu-per-e, twice that, its Poisson-equivalent gain) or an sCMOS/CCD of about "
+            f"{skew.poisson_gain:.3g} ADU/e- with {skew.poisson_read_noise_e:.2g} e- of read noise (give "
+            "--read-noise-e); the gain between them where the fit comes closest was taken, its uncertainty covering "
+            "both")
 
 
 def _gain_spread(tiles: np.ndarray, read_noise_e: float, gen: np.random.Generator) -> float:
@@ -545,20 +561,29 @@ def calibrate_movie(
     elif len(tiles) >= 4:
         is_emccd, q, q_low, q_high = excess_noise(tiles, gen)
         excess = (q, q_low, q_high)
+        method = (f"EMCCD recognised by its excess noise (k3 k5 / k4^2 = {q:.2f}, 95 % interval "
+                  f"{q_low:.2f}-{q_high:.2f}; 1.25 for an EMCCD, 1 for a Poisson camera); gain k4 / (4 k3)")
+        skew = None
+        if not is_emccd and poisson_misfit(*pooled_cumulants(tiles)[1:3], float(acq.read_noise_e)) > 0:
+            # no Poisson camera with the assumed read noise fits: an EMCCD, or less read noise? (its own
+            # generator: the bootstraps below draw what they drew before)
+            skew = skew_reading(tiles, float(acq.read_noise_e), gen.spawn(1)[0])
+            if not skew.misfit_low > NO_FIT_MARGIN:
+                skew = None
         if is_emccd:
             camera_kind = "emccd"
             gain, offset, background, read_noise = emccd_camera(tiles)
             boot = np.array([emccd_camera(tiles[gen.integers(0, len(tiles), len(tiles))]) for _ in range(_BOOTSTRAP)])
             total = _nan_spread(boot)
-            method = (f"EMCCD recognised by its excess noise (k3 k5 / k4^2 = {q:.2f}, 95 % interval "
-                      f"{q_low:.2f}-{q_high:.2f}; 1.25 for an EMCCD, 1 for a Poisson camera); gain k4 / (4 k3)")
         else:
             camera_kind = "poisson"
             read = float(acq.read_noise_e)
             gain, offset, background = poisson_camera(tiles, read)  # the solution above 2 r^2
             _, k2, k3, k4, _ = pooled_cumulants(tiles)
             how = gain_solution(k2, k3, read)[1]
-            if how == "where the solutions meet":
+            if skew is not None:
+                notes.append(_misfit_note(skew, float(acq.read_noise_e)))
+            elif how == "where the solutions meet":
                 notes.append(f"the background lies near twice the square of the assumed read noise "
                              f"({acq.read_noise_e:g} e-), where its noise tells the gain least well; give "
                              "--gain-adu-per-e if it is known")
@@ -577,6 +602,10 @@ def calibrate_movie(
             read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
             method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
+            if skew is not None:  # two cameras fit, as far apart as 2 x in the gain: the uncertainty covers both
+                candidates = (2.0 * skew.emccd_gain, skew.poisson_gain)  # Poisson-equivalent gains
+                total[0] = math.hypot(total[0], max(abs(c - gain) for c in candidates))
+                method += "; no such camera fits: the gain where the fit comes closest, between the two that do"
         if math.isfinite(offset) and offset < -0.5:
             notes.append(f"the measured camera offset ({offset:.0f} ADU) is negative: the movie may be "
                          "background-subtracted or shifted; give --offset-adu if the offset is known")

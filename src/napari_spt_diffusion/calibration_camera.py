@@ -46,12 +46,14 @@ assumption on the read noise (:func:`emccd_camera`).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["TILE_PX", "EMCCD_Q", "MIN_NOISE_STEPS", "SLOW_CHANGE_SHARE", "adu_step", "tile_cumulants",
            "trend_free_cumulants", "without_rounding", "gain_root",
            "gain_solution", "points_below", "pooled_cumulants", "poisson_camera", "emccd_camera", "field_background",
+           "poisson_misfit", "skew_reading", "SkewReading", "NO_FIT_MARGIN",
            "tile_backgrounds",
            "excess_noise"]
 
@@ -247,6 +249,61 @@ def emccd_camera(tiles: np.ndarray) -> tuple[float, float, float, float]:
     read_noise = math.sqrt(max(k2 - 2.0 * gain**2 * background, 0.0)) / gain
     offset = mean - gain * background
     return gain, offset, max(field_background(tiles, gain, offset), 0.0), read_noise
+
+
+#: No Poisson camera with the assumed read noise fits the background where the gain's cubic stays above zero by
+#: more than this share of ``k3`` (:func:`poisson_misfit`) at the 2.5 % point of its bootstrap: near ``b = 2 r^2``,
+#: where its minimum touches zero, sampling noise moves it by about +-0.02.
+NO_FIT_MARGIN = 0.03
+def poisson_misfit(k2: float, k3: float, read_noise_e: float) -> float:
+    """How far the background's noise lies from every Poisson camera with read noise ``r``: the minimum over
+    ``g > 0`` of ``r^2 g^3 - k2 g + k3`` (the gain's cubic, :func:`gain_solution`) over ``k3``. Zero or below: a
+    gain fits; above: none does (the noise is more skewed than Poisson light plus ``r`` e- of read noise allows, as
+    an EMCCD's, whose multiplication makes ``k3 = 6 g^3 b`` against ``k2 = 2 g^2 b``). NaN without noise or skew."""
+    if not (math.isfinite(k2) and math.isfinite(k3)) or k2 <= 0 or k3 <= 0:
+        return float("nan")
+    r2 = read_noise_e**2
+    if r2 <= 0:
+        return -math.inf  # g = k3 / k2 always fits
+    g = math.sqrt(k2 / (3.0 * r2))
+    return (r2 * g**3 - k2 * g + k3) / k3
+
+
+class SkewReading(NamedTuple):
+    """What the background's ``k2 ... k4`` say where no Poisson camera with the assumed read noise fits them
+    (:func:`skew_reading`). The two cameras that do fit cannot be told apart by these cumulants (only ``k5``,
+    too noisy there, can): an EMCCD, or an sCMOS/CCD with less read noise."""
+
+    misfit_low: float  #: 2.5 % bootstrap point of :func:`poisson_misfit` (above :data:`NO_FIT_MARGIN`: no fit)
+    ratio: float  #: ``k4 k2 / k3^2``: 4/3 and above for an EMCCD, ``1 + r^2 / b`` for a Poisson camera
+    ratio_low: float  #: its 95 % bootstrap interval
+    ratio_high: float
+    emccd_gain: float  #: ``k4 / (4 k3)``: the gain (ADU per photo-electron) if it is an EMCCD
+    poisson_gain: float  #: ``k4 / k3``: the gain if it is a Poisson camera with less read noise ...
+    poisson_read_noise_e: float  #: ... whose read noise is then ``sqrt(k2 / g^2 - k3 / g^3)`` (e-)
+
+
+def skew_reading(tiles: np.ndarray, read_noise_e: float, rng: np.random.Generator, n_boot: int = 200) -> SkewReading:
+    """:class:`SkewReading` of pooled tile cumulants, with bootstraps over the tiles (NaNs with fewer than 8)."""
+    nan = float("nan")
+    _, k2, k3, k4, _ = pooled_cumulants(tiles)
+    ratio = k4 * k2 / k3**2 if k3 > 0 else nan
+    emccd_gain = k4 / (4.0 * k3) if k3 > 0 and k4 > 0 else nan
+    poisson_gain = 4.0 * emccd_gain
+    read = math.sqrt(max(k2 / poisson_gain**2 - k3 / poisson_gain**3, 0.0)) if poisson_gain > 0 else nan
+    if len(tiles) < 8:
+        return SkewReading(nan, ratio, nan, nan, emccd_gain, poisson_gain, read)
+
+    def stats(t: np.ndarray) -> tuple[float, float]:
+        _, a2, a3, a4, _ = pooled_cumulants(t)
+        return poisson_misfit(a2, a3, read_noise_e), (a4 * a2 / a3**2 if a3 > 0 else nan)
+
+    boot = np.array([stats(tiles[rng.integers(0, len(tiles), len(tiles))]) for _ in range(n_boot)])
+    misfit, ratios = (b[np.isfinite(b)] for b in boot.T)
+    if misfit.size < n_boot // 2 or ratios.size < n_boot // 2:
+        return SkewReading(nan, ratio, nan, nan, emccd_gain, poisson_gain, read)
+    low, high = (float(v) for v in np.quantile(ratios, [0.025, 0.975]))
+    return SkewReading(float(np.quantile(misfit, 0.025)), ratio, low, high, emccd_gain, poisson_gain, read)
 
 
 def excess_noise(tiles: np.ndarray, rng: np.random.Generator, n_boot: int = 200,

@@ -285,7 +285,8 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
     movie = read_movie(movies[0])
     try:
         changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons", offset_adu="offset_adu",
-                         gain_adu_per_e="gain_adu_per_e", background_photons="background_photons")
+                         gain_adu_per_e="gain_adu_per_e", background_photons="background_photons",
+                         read_noise_e="read_noise_e")
         acquisition = movie.acquisition(
             pixel_size_nm=args.pixel_size_nm, frame_interval_s=args.frame_interval_s, **changes
         )
@@ -351,7 +352,8 @@ def _cmd_track_batch(args: argparse.Namespace, movies: list[str], argv: Sequence
     settings = _track_settings(args)
     settings.trust_model = bool(args.trust_model)
     changes = _given(args, psf_sigma_nm="psf_sigma_nm", signal_photons="photons", offset_adu="offset_adu",
-                     gain_adu_per_e="gain_adu_per_e", background_photons="background_photons")
+                     gain_adu_per_e="gain_adu_per_e", background_photons="background_photons",
+                     read_noise_e="read_noise_e")
     options = batch.BatchOptions(settings, args.pixel_size_nm, args.frame_interval_s, changes,
                                  bool(args.calibrate), shlex.join([PROG, *argv]))
     _say(f"{len(jobs)} movie(s); results in {args.out}")
@@ -540,6 +542,9 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
                         "(default: measured)")
     parser.add_argument("--background-photons", type=_non_negative_float,
                         help="background photons per pixel per frame (default: measured)")
+    parser.add_argument("--read-noise-e", type=_non_negative_float,
+                        help="camera read noise in e- rms, assumed where the camera is measured (default 1.5; an "
+                             "sCMOS/CCD's 0-3 e- range is in the measured gain's uncertainty)")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="use the standard values for what neither the file nor the options give, instead of "
                              "measuring camera, background, PSF width and signal from the movie")

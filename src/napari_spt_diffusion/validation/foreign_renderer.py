@@ -69,6 +69,7 @@ __all__ = [
     "FOREIGN_CASES",
     "EXTRA_CASES",
     "EXTRA_MOTION",
+    "EXTRA_CAMERA",
     "EXTRA_SCENE",
     "AiryPSF",
     "ForeignCamera",
@@ -726,6 +727,8 @@ EXTRA_CASES: dict[str, tuple[float, float, str, float, float, int]] = {
     "free_fast": (1.45, 520.0, "free", 3000.0, 600.0, 4006),
     "free_fast_sparse": (1.45, 520.0, "free", 3000.0, 600.0, 4007),
     "free_beam": (1.45, 520.0, "free", 3000.0, 600.0, 4008),
+    "free_emccd": (1.45, 520.0, "free", 1000.0, 20.0, 4009),
+    "free_emccd_bright": (1.45, 520.0, "free", 1000.0, 40.0, 4010),
 }
 
 #: Motion of the extra cases other than the default :class:`ForeignMotion` of their kind: ``free_fast`` and
@@ -741,6 +744,13 @@ EXTRA_MOTION: dict[str, dict[str, Any]] = {
 #: ``free_beam`` is ``free_narrow`` lit by a Gaussian beam (corners at 35 % of the centre, the middle of each edge
 #: at 59 %) that bleaches to half over the 120 frames and flickers by 1.5 % rms from frame to frame
 #: (:mod:`.foreign_illumination`).
+#: Camera of the extra cases other than the default sCMOS: ``free_emccd`` is an EMCCD (multiplication 300, 0.05 ADU per
+#: electron out of the register: 15 ADU per photo-electron; 60 e- of read noise after multiplication, offset 500 ADU)
+#: at 20 background photons/px and 1,000 signal photons, a moderate light for it; ``free_emccd_bright`` the same camera
+#: at 40 background photons/px, where its excess noise no longer shows in the background's fifth cumulant.
+_EMCCD = ForeignCamera(kind="emccd", gain_adu_per_e=0.05, offset_adu=500.0, read_noise_e=60.0, em_gain=300.0)
+EXTRA_CAMERA: dict[str, ForeignCamera] = {"free_emccd": _EMCCD, "free_emccd_bright": _EMCCD}
+
 EXTRA_SCENE: dict[str, dict[str, Any]] = {
     "free_fast_sparse": {"n_particles": 10},
     "free_beam": {"illumination": ForeignIllumination(corner_relative=0.35, bleach_half_life_frames=120.0,
@@ -767,5 +777,6 @@ def foreign_case(name: str, quick: bool = False) -> dict[str, Any]:
     scene = ForeignScene(photons=photons, background=background, **EXTRA_SCENE.get(name, {}))
     if quick:
         scene = dataclasses.replace(scene, shape_yx=(96, 96), n_frames=40, n_particles=12)
-    return {"scene": scene, "optics": ForeignOptics(na=na, wavelength_nm=lam), "camera": ForeignCamera(),
+    return {"scene": scene, "optics": ForeignOptics(na=na, wavelength_nm=lam),
+            "camera": EXTRA_CAMERA.get(name, ForeignCamera()),
             "motion": ForeignMotion(kind=kind, **EXTRA_MOTION.get(name, {})), "seed": seed}
