@@ -1,7 +1,7 @@
 """Take the napari screenshots of docs/ (run under a virtual display).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_napari_screenshots.py
-    ... [--only results|msd|simulator|foreign|model_switch|state_note|rescale|model_range|reloaded]
+    ... [--only results|msd|simulator|foreign|model_switch|state_note|rescale|model_range|reloaded|camera_note]
     ... [--sizes 1920x1080,1280x800]
 
 Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind>.png`` at
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     parser.add_argument("--only", help="one kind only",
                         choices=("results", "msd", "simulator", "foreign", "model_switch", "state_note", "rescale",
-                                 "model_range", "reloaded"))
+                                 "model_range", "reloaded", "camera_note"))
     parser.add_argument("--sizes", default="1920x1080,1280x800", help="window sizes, e.g. 1920x1080,1280x800")
     args = parser.parse_args(argv)
     import os
@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.only in (None, "model_range") and size == (1920, 1080):
             foreign_screenshot(args.out_dir / "screenshot_model_range.png", size, warnings_tab=True,
                                case_name="free_fast", max_d_um2_s=20.0)
+        if args.only in (None, "camera_note") and size == (1920, 1080):
+            foreign_screenshot(args.out_dir / "screenshot_camera_note.png", size, warnings_tab=True,
+                               case_name="free_emccd_bright")
 
 
 if __name__ == "__main__":

@@ -305,3 +305,72 @@ def test_calibrate_movie_says_which_two_cameras_fit_an_emccd_background():
     steady = calibrate_movie(_bleaching_movie(None, seed=3, background=20.0, shape=(60, 128, 128)).astype(np.uint16),
                              Acquisition(read_noise_e=1.5))
     assert not any("no sCMOS/CCD" in n for n in steady.notes)
+
+
+def test_a_bleaching_emccd_is_still_recognised():
+    """An EMCCD (10 ADU per photo-electron, 10 background photons/px fading to 7 over 100 frames, spots of 1,000
+    photons; the foreign renderer): slow changes switch the camera to the trend-free values, whose excess-noise
+    statistic is too noisy alone; the EMCCD is recognised from all the values and measured from the trend-free
+    ones (a review found it read as a Poisson camera there: gain 1.7 x, signal 0.6 x)."""
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+    from napari_spt_diffusion.validation import (
+        ForeignCamera,
+        ForeignIllumination,
+        ForeignMotion,
+        ForeignOptics,
+        ForeignScene,
+        render_foreign_movie,
+    )
+
+    camera = ForeignCamera(kind="emccd", gain_adu_per_e=0.1, offset_adu=100.0, read_noise_e=150.0, em_gain=100.0)
+    scene = ForeignScene(shape_yx=(128, 128), n_frames=100, n_particles=30, photons=1000.0, background=10.0,
+                         illumination=ForeignIllumination(bleach_half_life_frames=200.0))
+    optics = ForeignOptics(na=1.26, wavelength_nm=600.0)  # sigma 1 px
+    movie = render_foreign_movie(scene, optics, camera, ForeignMotion(kind="free"), 8000)
+    cal = calibrate_movie(movie.movie, Acquisition(read_noise_e=1.5))
+    assert any("changes slowly" in n for n in cal.notes)
+    assert cal.camera == "emccd"
+    assert cal.values["gain_adu_per_e"].value == pytest.approx(10.0, rel=0.06)
+    # (the signal is the median of the bright spots, brighter early in the movie than the movie's mean)
+    assert cal.values["signal_photons"].value == pytest.approx(movie.acquisition["signal_photons_field_mean"], rel=0.15)
+
+
+def test_a_bleaching_background_only_emccd_is_measured_from_all_its_values():
+    """Without spots the mask keeps few values with three background frames on each side, and an EMCCD's gain
+    (k4 / 4 k3) from those is noisier than the 3 % slow change moves it: the camera is measured as usual."""
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+
+    rng = np.random.default_rng(6)
+    shape = (100, 128, 128)
+    fade = 0.5 ** (np.arange(shape[0]) / 200.0)
+    electrons = rng.poisson(10.0 * fade[:, None, None] * np.ones(shape))
+    multiplied = np.where(electrons > 0, rng.gamma(np.maximum(electrons, 1), 300.0), 0.0)
+    movie = np.round(500.0 + 0.05 * (multiplied + rng.normal(0.0, 60.0, shape))).astype(np.uint16)
+    cal = calibrate_movie(movie, Acquisition(read_noise_e=1.5))
+    assert 0.02 < cal.slow_change_share < 0.05
+    assert not any("measured from each pixel's departures" in n for n in cal.notes)
+    assert any("too few background values" in n for n in cal.notes)  # the user is told all the same
+    assert cal.camera == "emccd"
+    assert cal.values["gain_adu_per_e"].value == pytest.approx(15.0, rel=0.08)
+
+
+def test_trend_free_k_statistics_hold_for_few_values_per_tile_and_frame():
+    """Twelve background pixels per tile: the k-statistics' small-sample factors and the filter's factors (with
+    their signs) are what make k2 and k3 right; Poisson light of 3 photons/px at 1 ADU each, nothing rounded."""
+    from napari_spt_diffusion.calibration_camera import trend_free_cumulants
+
+    rng = np.random.default_rng(9)
+    movie = rng.poisson(3.0, (200, 128, 128)).astype(np.float64) + 100.0
+    successor = _successors(len(movie))
+    # every value: k3 to about 0.3 % (the filter's factor for k3 is 1 - 1/36; with the wrong sign it reads 5 % high)
+    _, k2, k3, _, _ = pooled_cumulants(trend_free_cumulants(movie, np.ones(movie.shape, dtype=bool), successor)[0])
+    assert k2 == pytest.approx(3.0, rel=0.005) and k3 == pytest.approx(3.0, rel=0.015)
+    mask = np.zeros(movie.shape, dtype=bool)
+    mask[:, 2:14:4, 1:15:4] = True  # 3 x 4 = 12 pixels in every 16 x 16 tile, background in every frame
+    mask = np.tile(mask[:, :16, :16], (1, 8, 8))
+    free, _ = trend_free_cumulants(movie, mask, successor)
+    _, k2, k3, _, _ = pooled_cumulants(free)  # without the small-sample factors: k2 0.92 x, k3 0.76 x
+    assert k2 == pytest.approx(3.0, rel=0.03)
+    assert k3 == pytest.approx(3.0, rel=0.12)

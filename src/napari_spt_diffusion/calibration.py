@@ -96,6 +96,11 @@ MASK_MARGIN_PX = 4.0
 #: its neighbours: :func:`_background_mask`).
 MASK_OWN_SNR = 8.0
 _BOOTSTRAP = 200
+#: Where slow changes make more than this share of the background's variance and the camera could not be measured
+#: without them, a note asks for the camera (on the calibration grid's steady movies the share stays under 0.8 %).
+_SLOW_NOTE_SHARE = 0.02
+#: Trend-free tiles needed before the camera is measured from them (:func:`_slow_changes_matter`).
+_MIN_SWITCH_TILES = 16
 #: A note says the background is uneven where its tiles' 90th percentile exceeds this many times their 10th.
 UNEVEN_BACKGROUND = 1.5
 #: Read-noise range (e-) over which an unmeasured read noise moves the gain.
@@ -168,7 +173,8 @@ class Calibration:
         Share of the background's variance from changes slower than a few frames (bleaching, a drifting
         lamp or focus; :func:`~.calibration_camera.trend_free_cumulants`); above
         :data:`~.calibration_camera.SLOW_CHANGE_SHARE` the camera was measured from the trend-free cumulants
-        (:func:`~.calibration_camera.trend_free_cumulants`, with a note). NaN when the camera was given.
+        (:func:`~.calibration_camera.trend_free_cumulants`, with a note; ``background_share`` then counts the
+        values those used). NaN when the camera was given.
     background_range
         10th and 90th percentiles (photons/px/frame) of the background over the field's tiles (where the
         camera was measured; None otherwise); a note says when the first is under
@@ -257,20 +263,42 @@ def _misfit_note(skew: SkewReading, read_noise_e: float) -> str:
             f"them apart: an EMCCD of about {skew.emccd_gain:.3g} ADU per photo-electron (give --offset-adu and, as "
             f"--gain-adu-per-e, twice that, its Poisson-equivalent gain) or an sCMOS/CCD of about "
             f"{skew.poisson_gain:.3g} ADU/e- with {skew.poisson_read_noise_e:.2g} e- of read noise (give "
-            "--read-noise-e); the gain between them where the fit comes closest was taken, its uncertainty covering "
-            "both")
+            "--read-noise-e; in the widget, the camera fields with 'measure camera and PSF from the movie' off); "
+            "the gain between them where the fit comes closest was taken, its uncertainty covering both")
 
 
-def _gain_spread(tiles: np.ndarray, read_noise_e: float, gen: np.random.Generator) -> float:
-    """Relative standard deviation of a Poisson camera's gain from ``tiles`` over bootstraps of the tiles
-    (inf where it has no gain). The trend-free cumulants are used only where the slow changes' share of the
-    background's variance, which biases the gain by about as much, exceeds this: on a dim movie with few
-    background values the trend-free gain is noisier than what slow changes would cost."""
-    gain = poisson_camera(tiles, read_noise_e)[0]
-    boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], read_noise_e)[0]
-                     for _ in range(_BOOTSTRAP)])
+def _gain_and_spread(tiles: np.ndarray, read_noise_e: float, gen: np.random.Generator,
+                     emccd: bool = False) -> tuple[float, float]:
+    """The camera's gain from ``tiles`` (a Poisson camera's, or with ``emccd`` an EMCCD's, ``k4 / 4 k3``) and its
+    relative standard deviation over bootstraps of the tiles (NaN and inf where there is no gain)."""
+    def gain_of(t: np.ndarray) -> float:
+        return emccd_camera(t)[0] if emccd else poisson_camera(t, read_noise_e)[0]
+
+    gain = gain_of(tiles)
+    boot = np.array([gain_of(tiles[gen.integers(0, len(tiles), len(tiles))]) for _ in range(_BOOTSTRAP)])
     boot = boot[np.isfinite(boot)]
-    return float(np.std(boot) / gain) if math.isfinite(gain) and gain > 0 and boot.size > _BOOTSTRAP // 2 else math.inf
+    if not (math.isfinite(gain) and gain > 0 and boot.size > _BOOTSTRAP // 2):
+        return gain, math.inf
+    return gain, float(np.std(boot) / gain)
+
+
+def _slow_changes_matter(plain: np.ndarray, free: np.ndarray, read_noise_e: float, gen: np.random.Generator) -> bool:
+    """Should the camera be measured from the trend-free tile cumulants ``free`` rather than ``plain`` (both with
+    the rounding taken out)? Where the gains they give differ by more than twice the trend-free gain's bootstrap
+    spread: slow changes bias the gain from ``plain`` far beyond their share of the variance (a 5 % share read the
+    gain 60 % high at 20 photons/px, its skew counting as the camera's), while on a dim movie with few background
+    values the trend-free gain is noisier than a small bias. An EMCCD (recognised from all the values: the
+    trend-free ones are too few to show its excess noise) is judged by its own gain, ``k4 / 4 k3``."""
+    if len(free) < _MIN_SWITCH_TILES:  # a bootstrap over a few tiles understates the spread
+        return False
+    emccd = excess_noise(plain, gen)[0]
+    if not emccd and gain_solution(*pooled_cumulants(free)[1:3], read_noise_e)[1] == "where the solutions meet":
+        return False  # no trend-free gain to trust (its bootstraps sit at the same meeting point)
+    gain_free, spread = _gain_and_spread(free, read_noise_e, gen, emccd)
+    gain_plain = (emccd_camera(plain)[0] if emccd else poisson_camera(plain, read_noise_e)[0])
+    if not math.isfinite(gain_plain):
+        return math.isfinite(gain_free)
+    return math.isfinite(spread) and abs(gain_plain / gain_free - 1.0) > 2.0 * spread
 
 
 def _chosen_frames(n_total: int, max_frames: int) -> np.ndarray:
@@ -537,14 +565,22 @@ def calibrate_movie(
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     step = adu_step(frames)
     tiles = tile_cumulants(frames, mask)
-    slow_share = float("nan")
+    slow_share, plain = float("nan"), None
     if not camera_given:
         free, slow_share = trend_free_cumulants(frames, mask, successor)
-        if slow_share > SLOW_CHANGE_SHARE and len(free) >= 4 and slow_share > _gain_spread(free, acq.read_noise_e, gen):
-            tiles = free
-            notes.append(f"the background changes slowly over the movie (bleaching or drift: {100 * slow_share:.1f} % "
-                         "of its variance); the camera was measured from each pixel's departures from its "
-                         "neighbouring frames")
+        if slow_share > SLOW_CHANGE_SHARE and len(free) >= 4:
+            # (the switch's bootstraps draw from their own generator: the others draw what they drew before)
+            rounded = without_rounding(tiles, step)[0]
+            if _slow_changes_matter(rounded, without_rounding(free, step)[0], acq.read_noise_e, gen.spawn(1)[0]):
+                tiles, plain = free, rounded
+                notes.append(f"the background changes slowly over the movie (bleaching or drift: "
+                             f"{100 * slow_share:.1f} % of its variance); the camera was measured from each pixel's "
+                             "departures from its neighbouring frames")
+            elif slow_share > _SLOW_NOTE_SHARE:
+                notes.append(f"the background changes slowly over the movie (bleaching or drift: "
+                             f"{100 * slow_share:.1f} % of its variance), which can bias the camera's gain far beyond "
+                             "that share, and the movie has too few background values to measure it without those "
+                             "changes: give --gain-adu-per-e and --offset-adu if they are known")
     tiles, rounding_removed = without_rounding(tiles, step)
     background_share = float("nan") if camera_given else float(tiles[:, 0].sum() / frames.size)
     if step > 0 and not rounding_removed and not camera_given and len(tiles):
@@ -560,6 +596,10 @@ def calibrate_movie(
                                                     "photons/px/frame", "mean of background pixels, given camera")
     elif len(tiles) >= 4:
         is_emccd, q, q_low, q_high = excess_noise(tiles, gen)
+        if not is_emccd and plain is not None:
+            # the trend-free values are fewer and noisier: an EMCCD's excess noise may show only in all of them
+            # (mild slow changes leave k3 k5 / k4^2 nearly as it is); its gain then still comes from the trend-free
+            is_emccd, q, q_low, q_high = excess_noise(plain, gen)
         excess = (q, q_low, q_high)
         method = (f"EMCCD recognised by its excess noise (k3 k5 / k4^2 = {q:.2f}, 95 % interval "
                   f"{q_low:.2f}-{q_high:.2f}; 1.25 for an EMCCD, 1 for a Poisson camera); gain k4 / (4 k3)")
@@ -616,7 +656,7 @@ def calibrate_movie(
             values["background_photons"] = Measured(background, float(total[2]), "photons/px/frame", method)
             low, high = (float(v) for v in np.percentile(tile_backgrounds(tiles, gain, offset), [10, 90]))
             background_range = (low, high)
-            if high > UNEVEN_BACKGROUND * max(low, 0.0):
+            if high > UNEVEN_BACKGROUND * low and high - low > 1.0:  # (noise spreads tiles near 0 photons/px)
                 notes.append(f"the background varies over the field, from {low:.3g} to {high:.3g} photons/px (10th "
                              f"and 90th percentiles of its {TILE_PX} x {TILE_PX} px tiles; uneven illumination?): the "
                              f"value given is the field's mean")

@@ -332,8 +332,10 @@ def excess_noise(tiles: np.ndarray, rng: np.random.Generator, n_boot: int = 200,
 
 
 #: The camera is measured from :func:`trend_free_cumulants` where slow changes make more than this share of the
-#: background's variance (its second return value): the share is measured to about +-0.1 % on a 128 x 128 x 100
-#: movie without them, and the trend-free cumulants are noisier (the gain about 1.1-1.5 x).
+#: background's variance (its second return value) and the gain they give differs from the usual one by more than
+#: twice its own bootstrap spread (``calibration._slow_changes_matter``): without slow changes the share scatters
+#: by about +-0.3 % on a 128 x 128 x 60 movie (-0.5 to +0.7 % on the calibration grid's cells), and the trend-free
+#: cumulants keep fewer values and are noisier (the gain's spread 1.5-3 x), so the second test decides there.
 SLOW_CHANGE_SHARE = 0.005
 #: Frames on each side of a background value whose mean is taken out of it (:func:`trend_free_cumulants`); all
 #: of them must be background in that pixel. They start two frames away: a frame counts as background where no

@@ -68,6 +68,8 @@ ACQUISITION_FIELDS: dict[str, tuple[str, str, float, float, float, int]] = {
     "background_photons": ("background", " photons/px", 0.0, 1e7, 1.0, 1),
     "gain_adu_per_e": ("camera gain", " ADU/e⁻", 1e-4, 1e4, 0.1, 3),
     "offset_adu": ("camera offset", " ADU", -65535.0, 65535.0, 1.0, 1),  # negative: shifted signed data
+    # assumed where an sCMOS/CCD is measured (a warning says when the background's noise calls for less)
+    "read_noise_e": ("camera read noise", " e⁻", 0.0, 1000.0, 0.1, 2),
 }
 
 
