@@ -374,3 +374,34 @@ def test_trend_free_k_statistics_hold_for_few_values_per_tile_and_frame():
     _, k2, k3, _, _ = pooled_cumulants(free)  # without the small-sample factors: k2 0.92 x, k3 0.76 x
     assert k2 == pytest.approx(3.0, rel=0.03)
     assert k3 == pytest.approx(3.0, rel=0.12)
+
+
+def test_the_misfit_note_leaves_out_an_emccd_the_skew_rules_out():
+    """An sCMOS with 0.7 e- of read noise at 10 photons/px, 1.5 e- assumed: no camera with that read noise fits,
+    and k4 k2 / k3^2 (1 + r^2 / b, about 1.05) lies surely under an EMCCD's 4/3: the note names the sCMOS only
+    (about 2 ADU/e-, the truth) and the gain's uncertainty covers it, not a twice smaller EMCCD gain."""
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+
+    rng = np.random.default_rng(1)
+    shape = (100, 128, 128)
+    movie = np.round(100.0 + 2.0 * (rng.poisson(10.0, shape) + rng.normal(0.0, 0.7, shape))).astype(np.uint16)
+    cal = calibrate_movie(movie, Acquisition(read_noise_e=1.5))
+    note = next(n for n in cal.notes if n.startswith("no sCMOS/CCD with the assumed read noise"))
+    assert "It fits an sCMOS/CCD of about" in note and "EMCCD of about" not in note
+    named = float(note.split("It fits an sCMOS/CCD of about ")[1].split(" ")[0])
+    assert named == pytest.approx(2.0, rel=0.15)
+    gain = cal.values["gain_adu_per_e"]
+    assert abs(gain.value - 2.0) < gain.uncertainty < 1.0
+
+
+def test_on_a_small_fading_movie_the_fade_is_not_taken_for_the_camera():
+    """A small background-only movie fading by half: the skew is the fade's, not the camera's, so no camera is
+    suggested from it; the note on slow changes asks for the camera instead."""
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+
+    cal = calibrate_movie(_bleaching_movie(100.0, seed=2, background=8.0, shape=(100, 48, 48)).astype(np.uint16),
+                          Acquisition(read_noise_e=1.5))
+    assert any("too few background values" in n for n in cal.notes)
+    assert not any(n.startswith("no sCMOS/CCD") for n in cal.notes)

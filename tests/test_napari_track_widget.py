@@ -272,3 +272,21 @@ def test_an_emccd_measured_from_the_movie_is_named_beside_its_poisson_equivalent
     measured["camera"] = "poisson"
     widget._show_measured(SimpleNamespace(meta={"acquisition_measured": measured}, acquisition=used))
     assert "EMCCD" not in widget.acq_source.value
+
+
+def test_a_measured_emccd_read_noise_is_shown_but_not_kept_for_the_next_movie(viewer_widget):
+    """The read noise is the user's assumption for an sCMOS/CCD: an EMCCD's measured one is shown, not written into
+    the field (the fields are remembered, and 0.3 e- assumed for the next sCMOS movie misread its gain); a
+    measurement without an uncertainty is shown without one."""
+    from types import SimpleNamespace
+
+    _, widget = viewer_widget
+    widget.acq_boxes["read_noise_e"].value = 1.5
+    measured = {"gain_adu_per_e": {"value": 15.0, "uncertainty": None, "unit": "ADU/e-", "method": "EMCCD ..."},
+                "read_noise_e": {"value": 0.6, "uncertainty": 0.4, "unit": "e-", "method": "EMCCD"},
+                "camera": "emccd", "excess_noise_factor": 2.0}
+    used = Acquisition(gain_adu_per_e=30.0, read_noise_e=0.3)
+    widget._show_measured(SimpleNamespace(meta={"acquisition_measured": measured}, acquisition=used))
+    assert widget.acq_boxes["read_noise_e"].value == pytest.approx(1.5)
+    assert widget.acq_boxes["gain_adu_per_e"].value == pytest.approx(30.0)
+    assert "camera read noise 0.6 ± 0.4" in widget.acq_source.value and "camera gain 15 ADU" in widget.acq_source.value

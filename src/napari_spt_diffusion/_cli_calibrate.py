@@ -144,7 +144,7 @@ def cmd_calibrate(args: argparse.Namespace, argv: Sequence[str], *, say: Callabl
             raise CalibrationError("nothing could be measured from the movie: "
                                    + "; ".join(calibration.notes or ("no background and no bright isolated spot",)))
         stored = bool(movie.acquisition_dict)
-        used = told if stored else calibration.apply(told, set(given))
+        used = told if stored else calibration.apply(told, measured_given)  # as track applies it
     finally:
         movie.close()
     record = {"movie": str(movie.path), "command": shlex.join(["spt-diffusion", *argv]),

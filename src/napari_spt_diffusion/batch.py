@@ -85,7 +85,8 @@ class BatchOptions:
         Given pixel size (nm) and frame interval (s), overriding the files; ``None``: from each file.
     given
         Other given acquisition fields (``psf_sigma_nm``, ``signal_photons``, ``offset_adu``,
-        ``gain_adu_per_e``, ``background_photons``), in the units of :class:`~.acquisition.Acquisition`.
+        ``gain_adu_per_e``, ``background_photons``, ``read_noise_e``), in the units of
+        :class:`~.acquisition.Acquisition`.
     calibrate
         Measure from each movie what neither the options nor the file give.
     command

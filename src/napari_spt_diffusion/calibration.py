@@ -255,16 +255,42 @@ class Calibration:
         return rows
 
 
+def _emccd_fits(skew: SkewReading) -> bool:
+    """Can the background's skew be an EMCCD's? Not where ``k4 k2 / k3^2`` lies surely under its 4/3."""
+    return not skew.ratio_high < 4.0 / 3.0
+
+
+def _misfit_candidates(skew: SkewReading) -> list[float]:
+    """The Poisson-equivalent gains (ADU/e-) of the cameras that fit: the sCMOS/CCD's, and the EMCCD's (twice its
+    gain) where it can be one; finite ones only."""
+    gains = [skew.poisson_gain] + ([2.0 * skew.emccd_gain] if _emccd_fits(skew) else [])
+    return [g for g in gains if math.isfinite(g) and g > 0]
+
+
 def _misfit_note(skew: SkewReading, read_noise_e: float) -> str:
     """The note where no sCMOS/CCD with the assumed read noise fits the background's noise."""
-    return (f"no sCMOS/CCD with the assumed read noise ({read_noise_e:g} e-) fits the background's noise, which is "
+    head = (f"no sCMOS/CCD with the assumed read noise ({read_noise_e:g} e-) fits the background's noise, which is "
             f"more skewed (k4 k2 / k3^2 = {skew.ratio:.2f}, 95 % interval {skew.ratio_low:.2f}-{skew.ratio_high:.2f}; "
-            "4/3 or more for an EMCCD, 1 + r^2 / b for an sCMOS/CCD). Two cameras fit it and its noise cannot tell "
-            f"them apart: an EMCCD of about {skew.emccd_gain:.3g} ADU per photo-electron (give --offset-adu and, as "
-            f"--gain-adu-per-e, twice that, its Poisson-equivalent gain) or an sCMOS/CCD of about "
-            f"{skew.poisson_gain:.3g} ADU/e- with {skew.poisson_read_noise_e:.2g} e- of read noise (give "
-            "--read-noise-e; in the widget, the camera fields with 'measure camera and PSF from the movie' off); "
-            "the gain between them where the fit comes closest was taken, its uncertainty covering both")
+            "4/3 or more for an EMCCD, 1 + r^2 / b for an sCMOS/CCD). ")
+    scmos = (f"an sCMOS/CCD of about {skew.poisson_gain:.3g} ADU/e- with {skew.poisson_read_noise_e:.2g} e- of read "
+             "noise (give --read-noise-e; in the widget, the camera read noise)")
+    if not _emccd_fits(skew):
+        return (head + f"It fits {scmos}; the gain where the fit with {read_noise_e:g} e- comes closest was taken, "
+                "its uncertainty covering that camera's")
+    return (head + "Two cameras fit it and its noise cannot tell them apart: an EMCCD of about "
+            f"{skew.emccd_gain:.3g} ADU per photo-electron (give --offset-adu and, as --gain-adu-per-e, twice that, "
+            "its Poisson-equivalent gain; in the widget, the camera fields with 'measure camera and PSF from the "
+            f"movie' off) or {scmos}; the gain between them where the fit comes closest was taken, its uncertainty "
+            "covering both")
+
+
+def _child(gen: np.random.Generator) -> np.random.Generator:
+    """An independent generator for a side computation, so that ``gen``'s own later draws stay what they were
+    (``spawn``; for a generator that cannot spawn, one seeded from ``gen``)."""
+    try:
+        return gen.spawn(1)[0]
+    except (AttributeError, TypeError):
+        return np.random.default_rng(int(gen.integers(2**63)))
 
 
 def _gain_and_spread(tiles: np.ndarray, read_noise_e: float, gen: np.random.Generator,
@@ -565,18 +591,19 @@ def calibrate_movie(
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     step = adu_step(frames)
     tiles = tile_cumulants(frames, mask)
-    slow_share, plain = float("nan"), None
+    slow_share, plain, slow_note = float("nan"), None, False
     if not camera_given:
         free, slow_share = trend_free_cumulants(frames, mask, successor)
         if slow_share > SLOW_CHANGE_SHARE and len(free) >= 4:
             # (the switch's bootstraps draw from their own generator: the others draw what they drew before)
             rounded = without_rounding(tiles, step)[0]
-            if _slow_changes_matter(rounded, without_rounding(free, step)[0], acq.read_noise_e, gen.spawn(1)[0]):
+            if _slow_changes_matter(rounded, without_rounding(free, step)[0], acq.read_noise_e, _child(gen)):
                 tiles, plain = free, rounded
                 notes.append(f"the background changes slowly over the movie (bleaching or drift: "
                              f"{100 * slow_share:.1f} % of its variance); the camera was measured from each pixel's "
                              "departures from its neighbouring frames")
             elif slow_share > _SLOW_NOTE_SHARE:
+                slow_note = True
                 notes.append(f"the background changes slowly over the movie (bleaching or drift: "
                              f"{100 * slow_share:.1f} % of its variance), which can bias the camera's gain far beyond "
                              "that share, and the movie has too few background values to measure it without those "
@@ -607,9 +634,9 @@ def calibrate_movie(
         if not is_emccd and poisson_misfit(*pooled_cumulants(tiles)[1:3], float(acq.read_noise_e)) > 0:
             # no Poisson camera with the assumed read noise fits: an EMCCD, or less read noise? (its own
             # generator: the bootstraps below draw what they drew before)
-            skew = skew_reading(tiles, float(acq.read_noise_e), gen.spawn(1)[0])
-            if not skew.misfit_low > NO_FIT_MARGIN:
-                skew = None
+            skew = skew_reading(tiles, float(acq.read_noise_e), _child(gen))
+            if not skew.misfit_low > NO_FIT_MARGIN or slow_note:
+                skew = None  # (with slow changes left in, the skew may be theirs, not the camera's)
         if is_emccd:
             camera_kind = "emccd"
             gain, offset, background, read_noise = emccd_camera(tiles)
@@ -642,8 +669,8 @@ def calibrate_movie(
             read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
             method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
-            if skew is not None:  # two cameras fit, as far apart as 2 x in the gain: the uncertainty covers both
-                candidates = (2.0 * skew.emccd_gain, skew.poisson_gain)  # Poisson-equivalent gains
+            candidates = _misfit_candidates(skew) if skew is not None else []
+            if candidates:  # the cameras that fit, as far apart as 2 x in the gain: the uncertainty covers them
                 total[0] = math.hypot(total[0], max(abs(c - gain) for c in candidates))
                 method += "; no such camera fits: the gain where the fit comes closest, between the two that do"
         if math.isfinite(offset) and offset < -0.5:

@@ -486,9 +486,12 @@ class TrackEstimateWidget(Container):
         for name, box in self.acq_boxes.items():
             entry = measured.get(name)
             if isinstance(entry, dict) and entry.get("value") is not None and used is not None:
-                box.value = float(getattr(used, name))
-                shown.append(f"{ACQUISITION_FIELDS[name][0]} {entry['value']:.4g} ± {entry['uncertainty']:.2g}"
-                             f"{ACQUISITION_FIELDS[name][1]}")
+                if name != "read_noise_e":  # an assumption the user sets: an EMCCD's measured one would stick
+                    box.value = float(getattr(used, name))
+                spread = entry.get("uncertainty")
+                shown.append(f"{ACQUISITION_FIELDS[name][0]} {entry['value']:.4g}"
+                             + (f" ± {spread:.2g}" if isinstance(spread, (int, float)) else "")
+                             + ACQUISITION_FIELDS[name][1])
         if shown and measured.get("camera") == "emccd":
             shown.append("camera: EMCCD (excess noise); the fields hold the Poisson-equivalent gain "
                          "(twice the measured) and photons (half the photo-electrons)")
