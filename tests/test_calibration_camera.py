@@ -405,3 +405,19 @@ def test_on_a_small_fading_movie_the_fade_is_not_taken_for_the_camera():
                           Acquisition(read_noise_e=1.5))
     assert any("too few background values" in n for n in cal.notes)
     assert not any(n.startswith("no sCMOS/CCD") for n in cal.notes)
+
+
+def test_the_misfit_candidates_are_finite_and_a_legacy_generator_gets_a_child():
+    import math
+
+    from napari_spt_diffusion.calibration import _child, _misfit_candidates
+    from napari_spt_diffusion.calibration_camera import SkewReading
+
+    both = SkewReading(0.1, 1.35, 1.25, 1.45, emccd_gain=15.0, poisson_gain=60.0, poisson_read_noise_e=1.1)
+    assert _misfit_candidates(both) == [60.0, 30.0]
+    scmos = both._replace(ratio=1.1, ratio_low=1.0, ratio_high=1.2)  # surely under an EMCCD's 4/3
+    assert _misfit_candidates(scmos) == [60.0]
+    assert _misfit_candidates(both._replace(emccd_gain=math.nan, poisson_gain=math.nan)) == []  # k4 <= 0
+    legacy = np.random.Generator(np.random.RandomState(1)._bit_generator)  # cannot spawn
+    assert isinstance(_child(legacy), np.random.Generator)
+    assert isinstance(_child(np.random.default_rng(1)), np.random.Generator)

@@ -89,3 +89,24 @@ def test_calibrate_refuses_to_overwrite_and_reports_bad_input_in_one_line(movie,
     code, out, err = _run(["calibrate", str(tiny)], capsys)
     assert code == 2 and "nothing could be measured" in err and len(err.strip().splitlines()) == 1
     assert not tiny.with_name("tiny_calibration.json").exists()
+
+
+def test_calibrate_applies_an_emccds_measured_read_noise_as_track_does(tmp_path, capsys):
+    """An EMCCD movie (background only, 3 photons/px): the read noise given with --read-noise-e is the assumption
+    for an sCMOS/CCD; the EMCCD's is measured, and the acquisition written (what track would use) holds its
+    Poisson-equivalent value, as track's does."""
+    rng = np.random.default_rng(3)
+    shape = (60, 128, 128)
+    electrons = rng.poisson(3.0, shape)
+    multiplied = np.where(electrons > 0, rng.gamma(np.maximum(electrons, 1), 100.0), 0.0)
+    frames = np.round(100.0 + 0.1 * (multiplied + rng.normal(0.0, 150.0, shape))).astype(np.uint16)
+    path = tmp_path / "emccd.tif"
+    tifffile.imwrite(path, frames, imagej=True, resolution=(10.0, 10.0),
+                     metadata={"axes": "TYX", "unit": "um", "finterval": 0.01})
+    code, out, err = _run(["calibrate", str(path), "--read-noise-e", "2"], capsys)
+    assert code == 0, err
+    record = json.loads(path.with_name("emccd_calibration.json").read_text())
+    measured = record["acquisition_measured"]
+    assert measured["camera"] == "emccd"
+    assert record["acquisition"]["read_noise_e"] == pytest.approx(measured["read_noise_e"]["value"] / 2)
+    assert record["acquisition"]["gain_adu_per_e"] == pytest.approx(2 * measured["gain_adu_per_e"]["value"])
