@@ -421,3 +421,25 @@ def test_the_misfit_candidates_are_finite_and_a_legacy_generator_gets_a_child():
     legacy = np.random.Generator(np.random.RandomState(1)._bit_generator)  # cannot spawn
     assert isinstance(_child(legacy), np.random.Generator)
     assert isinstance(_child(np.random.default_rng(1)), np.random.Generator)
+
+
+def test_a_given_gain_puts_offset_background_and_signal_on_its_scale():
+    """Only the gain given (a camera's data sheet gives it, rarely the offset): the offset and background come from
+    the background's mean and variance with that gain, and the spots' photons are counted with it, instead of the
+    measured gain's (the run uses the given one: a measured offset of another gain put them on two scales)."""
+    from napari_spt_diffusion import io as sio
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import calibrate_movie
+    from napari_spt_diffusion.io import read_movie
+
+    with read_movie(sio.sample_movie_path()) as sample:  # gain 1 ADU/e-, offset 100 ADU, 10 photons/px
+        frames = 100.0 + 2.0 * (np.asarray(sample.data[:100], dtype=np.float64) - 100.0)  # at 2 ADU/e-
+    given = calibrate_movie(frames, Acquisition(gain_adu_per_e=2.0), given={"gain_adu_per_e"})
+    assert given.values["offset_adu"].value == pytest.approx(100.0, abs=1.0)
+    assert given.values["background_photons"].value == pytest.approx(10.0, rel=0.05)
+    assert "with the given gain" in given.values["offset_adu"].method
+    assert given.values["signal_photons"].value == pytest.approx(1000.0, rel=0.03)
+    # a wrong gain is the user's to give: offset and background follow it (half the gain, four times the photons
+    # of variance: 4 x 10 + 3 x 2.25)
+    half = calibrate_movie(frames, Acquisition(gain_adu_per_e=1.0), given={"gain_adu_per_e"})
+    assert half.values["background_photons"].value == pytest.approx(4 * 10.0 + 3 * 2.25, rel=0.1)

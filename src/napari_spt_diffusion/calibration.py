@@ -61,6 +61,7 @@ from .calibration_camera import (
     adu_step,
     emccd_camera,
     excess_noise,
+    field_background,
     gain_solution,
     points_below,
     poisson_camera,
@@ -282,6 +283,18 @@ def _misfit_note(skew: SkewReading, read_noise_e: float) -> str:
             "its Poisson-equivalent gain; in the widget, the camera fields with 'measure camera and PSF from the "
             f"movie' off) or {scmos}; the gain between them where the fit comes closest was taken, its uncertainty "
             "covering both")
+
+
+def _camera_with_gain(tiles: np.ndarray, gain: float, read_noise_e: float) -> tuple[float, float, float, float]:
+    """``(offset ADU, background photons/px, their uncertainties)`` of a Poisson camera of known ``gain`` (ADU per
+    photo-electron) from pooled tile cumulants: ``b = k2 / g^2 - r^2`` (at least 0), ``offset = mean - g b``, the
+    background the field's mean; the uncertainty is that of the assumed read noise over its 0-3 e- range."""
+    mean, k2 = pooled_cumulants(tiles)[:2]
+    background = max(k2 / gain**2 - read_noise_e**2, 0.0)
+    offset = mean - gain * background
+    low, high = (max(k2 / gain**2 - r**2, 0.0) for r in reversed(_READ_NOISE_RANGE_E))
+    spread = (high - low) / math.sqrt(12.0)  # a uniform read noise variance over the range
+    return offset, max(field_background(tiles, gain, offset), 0.0), gain * spread, spread
 
 
 def _child(gen: np.random.Generator) -> np.random.Generator:
@@ -631,7 +644,8 @@ def calibrate_movie(
         method = (f"EMCCD recognised by its excess noise (k3 k5 / k4^2 = {q:.2f}, 95 % interval "
                   f"{q_low:.2f}-{q_high:.2f}; 1.25 for an EMCCD, 1 for a Poisson camera); gain k4 / (4 k3)")
         skew = None
-        if not is_emccd and poisson_misfit(*pooled_cumulants(tiles)[1:3], float(acq.read_noise_e)) > 0:
+        if not is_emccd and "gain_adu_per_e" not in given and poisson_misfit(
+                *pooled_cumulants(tiles)[1:3], float(acq.read_noise_e)) > 0:
             # no Poisson camera with the assumed read noise fits: an EMCCD, or less read noise? (its own
             # generator: the bootstraps below draw what they drew before)
             skew = skew_reading(tiles, float(acq.read_noise_e), _child(gen))
@@ -698,7 +712,15 @@ def calibrate_movie(
                     notes.append(f"EMCCD camera: the given {', '.join(told)} are used as given, i.e. as "
                                  "Poisson-equivalent values (gain: twice the ADU per photo-electron; photons: half "
                                  "the photo-electrons)")
-        else:
+        if camera_known and camera_kind == "poisson" and "gain_adu_per_e" in given and "offset_adu" not in given:
+            # the gain is known: offset and background from the background's mean and variance with it, so that
+            # they and the spots' photons below are on the scale the run uses
+            gain = float(acq.gain_adu_per_e)
+            offset, background, offset_se, background_se = _camera_with_gain(tiles, gain, float(acq.read_noise_e))
+            how = f"background mean and variance with the given gain, read noise {acq.read_noise_e:g} e- assumed"
+            values["offset_adu"] = Measured(offset, offset_se, "ADU", how)
+            values["background_photons"] = Measured(background, background_se, "photons/px/frame", how)
+        if not camera_known:
             camera_kind = "unknown"
             notes.append("the background's noise statistics do not fit a Poisson camera (EMCCD or processed data?); "
                          "give --gain-adu-per-e and --offset-adu")
