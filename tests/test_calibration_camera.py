@@ -311,7 +311,7 @@ def test_a_bleaching_emccd_is_still_recognised():
     """An EMCCD (10 ADU per photo-electron, 10 background photons/px fading to 7 over 100 frames, spots of 1,000
     photons; the foreign renderer): slow changes switch the camera to the trend-free values, whose excess-noise
     statistic is too noisy alone; the EMCCD is recognised from all the values and measured from the trend-free
-    ones (a review found it read as a Poisson camera there: gain 1.7 x, signal 0.6 x)."""
+    ones (a review found it read as a Poisson camera there, with the gain and signal far off)."""
     from napari_spt_diffusion.acquisition import Acquisition
     from napari_spt_diffusion.calibration import calibrate_movie
     from napari_spt_diffusion.validation import (

@@ -173,9 +173,9 @@ class Calibration:
     slow_change_share
         Share of the background's variance from changes slower than a few frames (bleaching, a drifting
         lamp or focus; :func:`~.calibration_camera.trend_free_cumulants`); above
-        :data:`~.calibration_camera.SLOW_CHANGE_SHARE` the camera was measured from the trend-free cumulants
-        (:func:`~.calibration_camera.trend_free_cumulants`, with a note; ``background_share`` then counts the
-        values those used). NaN when the camera was given.
+        :data:`~.calibration_camera.SLOW_CHANGE_SHARE`, and where the gain they give moves beyond twice its own
+        spread (:func:`_slow_changes_matter`), the camera was measured from the trend-free cumulants (with a note;
+        ``background_share`` then counts the values those used). NaN when the camera was given.
     background_range
         10th and 90th percentiles (photons/px/frame) of the background over the field's tiles (where the
         camera was measured; None otherwise); a note says when the first is under
@@ -306,15 +306,18 @@ def _child(gen: np.random.Generator) -> np.random.Generator:
         return np.random.default_rng(int(gen.integers(2**63)))
 
 
+def _camera_gain(tiles: np.ndarray, read_noise_e: float, emccd: bool) -> float:
+    """The gain (ADU per photo-electron) of a Poisson camera, or with ``emccd`` of an EMCCD, from ``tiles``."""
+    return emccd_camera(tiles)[0] if emccd else poisson_camera(tiles, read_noise_e)[0]
+
+
 def _gain_and_spread(tiles: np.ndarray, read_noise_e: float, gen: np.random.Generator,
                      emccd: bool = False) -> tuple[float, float]:
     """The camera's gain from ``tiles`` (a Poisson camera's, or with ``emccd`` an EMCCD's, ``k4 / 4 k3``) and its
     relative standard deviation over bootstraps of the tiles (NaN and inf where there is no gain)."""
-    def gain_of(t: np.ndarray) -> float:
-        return emccd_camera(t)[0] if emccd else poisson_camera(t, read_noise_e)[0]
-
-    gain = gain_of(tiles)
-    boot = np.array([gain_of(tiles[gen.integers(0, len(tiles), len(tiles))]) for _ in range(_BOOTSTRAP)])
+    gain = _camera_gain(tiles, read_noise_e, emccd)
+    boot = np.array([_camera_gain(tiles[gen.integers(0, len(tiles), len(tiles))], read_noise_e, emccd)
+                     for _ in range(_BOOTSTRAP)])
     boot = boot[np.isfinite(boot)]
     if not (math.isfinite(gain) and gain > 0 and boot.size > _BOOTSTRAP // 2):
         return gain, math.inf
@@ -324,9 +327,9 @@ def _gain_and_spread(tiles: np.ndarray, read_noise_e: float, gen: np.random.Gene
 def _slow_changes_matter(plain: np.ndarray, free: np.ndarray, read_noise_e: float, gen: np.random.Generator) -> bool:
     """Should the camera be measured from the trend-free tile cumulants ``free`` rather than ``plain`` (both with
     the rounding taken out)? Where the gains they give differ by more than twice the trend-free gain's bootstrap
-    spread: slow changes bias the gain from ``plain`` far beyond their share of the variance (a 5 % share read the
-    gain 60 % high at 20 photons/px, its skew counting as the camera's), while on a dim movie with few background
-    values the trend-free gain is noisier than a small bias. An EMCCD (recognised from all the values: the
+    spread: slow changes bias the gain from ``plain`` far beyond their share of the variance (their skew counts as
+    the camera's), while on a dim movie with few background values the trend-free gain is noisier than a small
+    bias. An EMCCD (recognised from all the values: the
     trend-free ones are too few to show its excess noise) is judged by its own gain, ``k4 / 4 k3``."""
     if len(free) < _MIN_SWITCH_TILES:  # a bootstrap over a few tiles understates the spread
         return False
@@ -334,7 +337,7 @@ def _slow_changes_matter(plain: np.ndarray, free: np.ndarray, read_noise_e: floa
     if not emccd and gain_solution(*pooled_cumulants(free)[1:3], read_noise_e)[1] == "where the solutions meet":
         return False  # no trend-free gain to trust (its bootstraps sit at the same meeting point)
     gain_free, spread = _gain_and_spread(free, read_noise_e, gen, emccd)
-    gain_plain = (emccd_camera(plain)[0] if emccd else poisson_camera(plain, read_noise_e)[0])
+    gain_plain = _camera_gain(plain, read_noise_e, emccd)
     if not math.isfinite(gain_plain):
         return math.isfinite(gain_free)
     return math.isfinite(spread) and abs(gain_plain / gain_free - 1.0) > 2.0 * spread

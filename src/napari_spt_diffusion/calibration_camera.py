@@ -213,7 +213,7 @@ def field_background(tiles: np.ndarray, gain: float, offset: float) -> float:
     """Mean background (photons/px) over the field: each tile's ``(mean - offset) / gain``, tiles weighted
     alike. Under even light it is the pooled background; under a beam it does not lean towards the tiles that
     kept more background samples (fewer spots, dimmer light)."""
-    return float(np.mean((tiles[:, 1] - offset) / gain)) if len(tiles) else float("nan")
+    return float(np.mean(tile_backgrounds(tiles, gain, offset))) if len(tiles) else float("nan")
 
 
 def tile_backgrounds(tiles: np.ndarray, gain: float, offset: float) -> np.ndarray:
@@ -334,13 +334,13 @@ def excess_noise(tiles: np.ndarray, rng: np.random.Generator, n_boot: int = 200,
 #: The camera is measured from :func:`trend_free_cumulants` where slow changes make more than this share of the
 #: background's variance (its second return value) and the gain they give differs from the usual one by more than
 #: twice its own bootstrap spread (``calibration._slow_changes_matter``): without slow changes the share scatters
-#: by about +-0.3 % on a 128 x 128 x 60 movie (-0.5 to +0.7 % on the calibration grid's cells), and the trend-free
-#: cumulants keep fewer values and are noisier (the gain's spread 1.5-3 x), so the second test decides there.
+#: by a few tenths of a percent (-0.5 to +0.7 % on the calibration grid's cells, benchmarks/reports/calibration.md),
+#: and the trend-free cumulants keep fewer values and are noisier, so the second test decides there.
 SLOW_CHANGE_SHARE = 0.005
 #: Frames on each side of a background value whose mean is taken out of it (:func:`trend_free_cumulants`); all
 #: of them must be background in that pixel. They start two frames away: a frame counts as background where no
 #: spot was found near it in the frames beside it, so the frames right beside a value would be kept only where
-#: that value's own frame had no noise peak there, and its upper tail would be cut (the gain read 25 % low).
+#: that value's own frame had no noise peak there, and its upper tail would be cut (the gain would read low).
 TREND_HALF_WINDOW = 3
 #: Samples of one tile in one frame needed for its cumulants (they are pooled over the frames).
 _MIN_GROUP = 10
