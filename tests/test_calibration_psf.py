@@ -141,7 +141,7 @@ def test_heavy_blur_leaves_the_shape_unjudged_and_a_far_guess_gives_no_profile()
 
 
 def test_bright_single_emitters_are_kept_and_wide_pairs_left_out():
-    from napari_spt_diffusion.calibration import _static_widths
+    from napari_spt_diffusion.calibration_spots import static_spots as _static_widths
 
     n_frames, n = 10, 14
     rng = np.random.default_rng(6)
@@ -157,3 +157,6 @@ def test_bright_single_emitters_are_kept_and_wide_pairs_left_out():
     assert static.n_pairs == 2 * (n_frames - 4)  # the spots whose chain holds 4 steps
     assert np.any(static.photons == 4000.0)  # bright single emitters stay
     assert not np.any(static.photons == 2500.0)
+    # the signal's reference sample: every isolated spot (of a frame read with its next), followed over 4 frames
+    # or not, the wide ones included
+    assert static.all_photons.size == (n_frames - 1) * n and np.any(static.all_photons == 2500.0)

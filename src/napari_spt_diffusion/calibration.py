@@ -34,10 +34,14 @@ metadata. :func:`calibrate_movie` measures, from the frames alone:
   an Airy spot several per cent narrow);
 * **signal photons** per spot: the median fitted photons of the bright isolated single
   spots, times the profile's flux ratio (photons under the PSF over the Gaussian fit's:
-  about 1.15 for an Airy PSF, whose rings the Gaussian fit does not collect). Detection
-  favours bright fluctuations, so dim, wide spots read high.
+  about 1.15 for an Airy PSF, whose rings the Gaussian fit does not collect); where the
+  bright spots hold multiples (unresolved pairs, noise-lifted spots at the detection limit:
+  their median far above all isolated spots'), the median of all isolated spots
+  (:func:`~.calibration_spots.signal_estimate`).
 
-Each value carries a standard uncertainty (bootstrap over frames or tiles). Values the
+Each value carries a standard uncertainty (bootstrap over frames or tiles, plus the
+systematic parts named in each method: the assumed read noise's range in the gain, the gain's
+uncertainty in the signal, the two profiles' difference where the PSF shape is unknown). Values the
 user gave are never replaced (:meth:`Calibration.apply`).
 """
 
@@ -46,10 +50,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from .acquisition import Acquisition
 from .calibration_camera import (
@@ -74,9 +77,9 @@ from .calibration_camera import (
     without_rounding,
 )
 from .calibration_psf import MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
+from .calibration_spots import median_and_se, signal_estimate, spot_table, static_spots
 from .errors import SptDiffusionError
-from .tracking.detect import DetectionSettings, check_frame, detect_photons
-from .tracking.localize import localize_arrays
+from .tracking.detect import check_frame
 
 __all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "fields_to_measure", "CALIBRATED_FIELDS"]
 
@@ -180,6 +183,10 @@ class Calibration:
         10th and 90th percentiles (photons/px/frame) of the background over the field's tiles (where the
         camera was measured; None otherwise); a note says when the first is under
         1 / :data:`UNEVEN_BACKGROUND` of the second (uneven illumination).
+    bright_half_ratio
+        Median photons of the brighter half of the isolated single spots over all of theirs; above
+        :data:`~.calibration_spots.MULTIPLES_RATIO` the signal comes from all of them
+        (:func:`~.calibration_spots.signal_estimate`). NaN where the signal was not measured.
     """
 
     values: dict[str, Measured]
@@ -194,6 +201,7 @@ class Calibration:
     adu_step: float = 0.0
     slow_change_share: float = float("nan")
     background_range: tuple[float, float] | None = None
+    bright_half_ratio: float = float("nan")
 
     @property
     def excess_noise_factor(self) -> float:
@@ -218,6 +226,7 @@ class Calibration:
             "adu_step": self.adu_step,
             "slow_change_share": self.slow_change_share if math.isfinite(self.slow_change_share) else None,
             "background_range": None if self.background_range is None else list(self.background_range),
+            "bright_half_ratio": self.bright_half_ratio if math.isfinite(self.bright_half_ratio) else None,
         }
 
     def apply(self, acquisition: Acquisition, given: set[str] | frozenset[str] = frozenset()) -> Acquisition:
@@ -388,133 +397,6 @@ def _background_mask(shape: tuple[int, ...], spots: dict[str, np.ndarray], radiu
     return mask
 
 
-# --------------------------------------------------------------------- spots
-def _spot_table(photons: np.ndarray, acquisition: Acquisition, threshold_snr: float = 5.0) -> dict[str, np.ndarray]:
-    """Free-width single-spot fits of every detection in ``(T, Y, X)`` photon frames."""
-    parts: dict[str, list[np.ndarray]] = {}
-    settings = DetectionSettings(threshold_snr=threshold_snr)
-    for t, frame in enumerate(photons):
-        peaks, snr = detect_photons(frame, acquisition, settings)
-        if not len(peaks):
-            continue
-        fit = localize_arrays(frame, peaks, acquisition, neighbours=False)
-        fit["frame"] = np.full(len(peaks), t)
-        fit["snr"] = np.asarray(snr, dtype=np.float64)
-        for key, value in fit.items():
-            parts.setdefault(key, []).append(np.asarray(value))
-    return {key: np.concatenate(value) for key, value in parts.items()}
-
-
-#: Frame-to-frame steps averaged for each spot's blur correction (:func:`_static_widths`).
-_BLUR_STEPS = 8
-#: Share of the Brownian blur variance ``D T / 3`` that the free-width Gaussian fit takes up (1: all
-#: of it, the Brownian value; benchmarks/reports/calibration.md gives what it leaves on the grid).
-_BLUR_SEEN = 1.0
-#: Spots whose chain of nearest spots breaks before this many steps are not used (fast or crowded).
-_MIN_CHAIN_STEPS = 4
-#: The PSF width is the median over the spots with the smallest blur: this quantile of them ...
-_STATIC_QUANTILE = 0.25
-#: ... or more, so that at least this many spots are used where there are.
-_MIN_STATIC_SPOTS = 60
-#: Spots with more than this many times the median photons of the isolated spots and a fitted width
-#: more than :data:`_PAIR_WIDTH` x their median are taken for two unresolved particles and not used.
-_SINGLE_EMITTER_PHOTONS = 1.5
-_PAIR_WIDTH = 1.15
-
-
-class StaticSpots(NamedTuple):
-    """The spots :func:`_static_widths` keeps (px widths, photons of the Gaussian fits)."""
-
-    widths_px: np.ndarray  #: ``(S,)`` blur-corrected Gaussian-fit widths of the most static spots
-    photons: np.ndarray  #: ``(B,)`` fitted photons of every bright isolated single spot
-    raw_widths_px: np.ndarray  #: ``(S,)`` the static spots' widths before the blur correction
-    rows: np.ndarray  #: ``(S,)`` the static spots' rows in the spot table
-    blur_px2: np.ndarray  #: ``(S,)`` the static spots' blur variance (px^2 per axis)
-    n_pairs: int = 0  #: isolated spots left out as unresolved pairs
-
-
-def _static_widths(
-    spots: dict[str, np.ndarray], psf_guess_px: float, successor: np.ndarray | None = None, provisional: bool = False
-) -> StaticSpots:
-    """The most static bright isolated single spots, and all bright isolated single spots.
-
-    A spot's blur comes from the mean squared step of its particle over up to :data:`_BLUR_STEPS`
-    frames (a chain of nearest isolated spots, frame to frame): one step's ``|d|^2`` is
-    exponentially distributed, so a correction by one step is mostly too small or far too
-    large; 8 steps give the particle's blur to about 35 %. Bright: the upper half by detection
-    SNR among the spots that do not look like two unresolved particles (photons above
-    :data:`_SINGLE_EMITTER_PHOTONS` x the median and width above :data:`_PAIR_WIDTH` x the
-    median). The static spots are the quarter of the bright ones with the smallest blur, whose
-    correction is small. ``successor`` (:func:`_successors`) says which read frame follows each
-    in the movie (default: the next one read).
-
-    Ranking by SNR avoids the wide fits that absorb background as photons where the signal is
-    low, but it needs detection at about the right scale: a detector tuned far narrower than
-    the PSF ranks narrow noise peaks first, and its noise detections make the real spots look
-    like pairs by their photons. The first pass, with the PSF still unknown (``provisional``),
-    therefore ranks by fitted photons and keeps every photon count.
-    """
-    empty = np.zeros(0)
-    nothing = StaticSpots(empty, empty, empty, np.zeros(0, dtype=np.int64), empty)
-    if not spots or len(spots.get("y_px", ())) == 0:
-        return nothing
-    yx = np.column_stack([spots["y_px"], spots["x_px"]])
-    frame = spots["frame"]
-    n = len(frame)
-    isolation = 6.0 * psf_guess_px + 2.0
-    alone = np.zeros(n, dtype=bool)
-    next_row = np.full(n, -1, dtype=np.int64)
-    step2 = np.full(n, np.nan)
-    for t in np.unique(frame):
-        now = np.flatnonzero(frame == t)
-        following = t + 1 if successor is None else int(successor[int(t)])
-        nxt = np.flatnonzero(frame == following) if following >= 0 else np.zeros(0, dtype=np.int64)
-        if now.size < 1 or nxt.size < 1:
-            continue
-        if now.size > 1:
-            d_self, _ = cKDTree(yx[now]).query(yx[now], k=2)
-            alone[now] = d_self[:, 1] > isolation
-        else:
-            alone[now] = True
-        step, j = cKDTree(yx[nxt]).query(yx[now], k=1, distance_upper_bound=3.0 * psf_guess_px + 2.0)
-        found = np.isfinite(step)
-        next_row[now[found]] = nxt[j[found]]
-        step2[now[found]] = step[found] ** 2
-    step2 = np.where(alone, step2, np.nan)  # a chain stops at a spot with a neighbour: it may jump to it
-    total = np.where(np.isfinite(step2), step2, 0.0)
-    count = np.isfinite(step2).astype(float)
-    current = next_row.copy()
-    for _ in range(_BLUR_STEPS - 1):
-        valid = current >= 0
-        following = np.where(valid, step2[np.maximum(current, 0)], np.nan)
-        ok = np.isfinite(following)
-        total += np.where(ok, following, 0.0)
-        count += ok
-        # the chain ends at the first missing step: a step beyond the search bound (a fast
-        # particle) must not leave the particle looking slow
-        current = np.where(ok, next_row[np.maximum(current, 0)], -1)
-    keep = alone & np.isfinite(step2) & spots["fit_ok"] & (count >= _MIN_CHAIN_STEPS)
-    n_pairs = 0
-    if np.any(keep) and not provisional:
-        # two particles closer than the PSF are one bright, wide spot
-        pair = keep & (spots["photons"] > _SINGLE_EMITTER_PHOTONS * np.median(spots["photons"][keep])) \
-            & (spots["sigma_px"] > _PAIR_WIDTH * np.median(spots["sigma_px"][keep]))
-        n_pairs = int(pair.sum())
-        keep &= ~pair
-    if not np.any(keep):
-        return nothing
-    blur_all = _BLUR_SEEN * (total[keep] / count[keep]) / 8.0
-    raw_all = spots["sigma_px"][keep]
-    widths_all = np.sqrt(np.clip(raw_all**2 - blur_all, 0.0, None))
-    rank = spots["photons" if provisional else "snr"][keep]
-    bright = rank >= np.median(rank)
-    # at least _MIN_STATIC_SPOTS spots where there are that many: a few wide, dim spots give a noisy median
-    quantile = min(1.0, max(_STATIC_QUANTILE, _MIN_STATIC_SPOTS / max(int(bright.sum()), 1)))
-    static = bright & (blur_all <= np.quantile(blur_all[bright], quantile))
-    return StaticSpots(widths_all[static], spots["photons"][keep][bright], raw_all[static],
-                       np.flatnonzero(keep)[static], blur_all[static], n_pairs)
-
-
 def _nan_spread(rows: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """Per column: the standard deviation of the finite values of ``rows`` (``(n, k)``), or with
     ``reference`` (``(k,)``) their largest absolute difference from it; NaN (silently) where none is
@@ -526,13 +408,6 @@ def _nan_spread(rows: np.ndarray, reference: np.ndarray | None = None) -> np.nda
         if col.size:
             out[j] = float(np.max(np.abs(col - reference[j]))) if reference is not None else float(np.std(col))
     return out
-
-
-def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    if values.size == 0:
-        return float("nan"), float("nan")
-    boot = np.median(values[rng.integers(0, values.size, size=(_BOOTSTRAP, values.size))], axis=1)
-    return float(np.median(values)), float(np.std(boot))
 
 
 # --------------------------------------------------------------------- driver
@@ -591,10 +466,10 @@ def calibrate_movie(
     rough_offset = float(np.percentile(frames, 1.0)) if "offset_adu" not in given else float(acq.offset_adu)
     rough_gain = float(acq.gain_adu_per_e) if "gain_adu_per_e" in given else 1.0
     provisional = provisional.replace(offset_adu=rough_offset, gain_adu_per_e=rough_gain)
-    spots = _spot_table(np.stack([provisional.adu_to_photons(f) for f in frames]), provisional,
+    spots = spot_table(np.stack([provisional.adu_to_photons(f) for f in frames]), provisional,
                         threshold_snr=MASK_THRESHOLD_SNR)
     if spots and "psf_sigma_nm" not in given:
-        widths = _static_widths(spots, psf_guess, successor, provisional=True).widths_px
+        widths = static_spots(spots, psf_guess, successor, provisional=True).widths_px
         if widths.size >= 5:
             psf_guess = float(np.clip(np.median(widths), 0.4, 8.0))
     mask = np.ones(frames.shape, dtype=bool)
@@ -737,11 +612,11 @@ def calibrate_movie(
     camera = acq.replace(gain_adu_per_e=gain * equivalent, offset_adu=offset,
                          psf_sigma_nm=psf_guess * acq.pixel_size_nm)
     photons = np.stack([camera.adu_to_photons(f) for f in frames])
-    spots = _spot_table(photons, camera)
-    static = _static_widths(spots, psf_guess, successor)
-    spot_photons = static.photons * equivalent
+    spots = spot_table(photons, camera)
+    static = static_spots(spots, psf_guess, successor)
     n_spots = int(static.widths_px.size)
     shape_name, evidence, flux, flux_se, flux_text = "unknown", float("nan"), 1.0, 0.0, ""
+    bright_half_ratio = float("nan")
     if n_spots >= 5:
         fit_width = float(np.median(static.widths_px))
         guess = float(acq.psf_sigma_px) if "psf_sigma_nm" in given else fit_width
@@ -762,7 +637,7 @@ def calibrate_movie(
                 method = (f"{shape_name}-shape mean radial profile of {profile.n_spots} bright isolated spots, "
                           "Gaussian-equivalent width, pixel and blur corrected")
             else:
-                w, w_se = _median_and_se(static.widths_px, gen)
+                w, w_se = median_and_se(static.widths_px, gen)
                 # the blur correction is approximate (it over-corrects nothing but under-corrects
                 # fast, elongated streaks): half of it counts as a systematic uncertainty
                 w_se = math.hypot(w_se, 0.5 * abs(float(np.median(static.raw_widths_px)) - w))
@@ -775,9 +650,16 @@ def calibrate_movie(
             else:
                 notes.append("PSF width not measured: the spots' widths are all taken up by their motion blur")
         if camera_known:
-            n, n_se = _median_and_se(spot_photons, gen)
-            values["signal_photons"] = Measured(n * flux, math.hypot(n_se * flux, n * flux_se), "photons/frame",
-                                                f"median of {spot_photons.size} bright isolated spots{flux_text}")
+            measured_gain = values.get("gain_adu_per_e") if "gain_adu_per_e" not in given else None
+            gain_rel_se = measured_gain.uncertainty / measured_gain.value if measured_gain is not None else 0.0
+            signal = signal_estimate(static, (flux, flux_se), gain_rel_se, gen, photon_factor=equivalent)
+            bright_half_ratio = signal.bright_half_ratio
+            values["signal_photons"] = Measured(signal.photons, signal.uncertainty, "photons/frame",
+                                                signal.method + flux_text + (
+                                                    f"; the gain's uncertainty ({100 * gain_rel_se:.0f} %) included"
+                                                    if gain_rel_se > 0 else ""))
+            if signal.note:
+                notes.append(signal.note)
         else:
             notes.append("signal photons not measured: the camera's gain is neither given nor measurable")
     else:
@@ -786,4 +668,5 @@ def calibrate_movie(
         raise CalibrationError("nothing in the movie could be measured")
     return Calibration(values, shape_name, evidence, int(len(chosen)), n_spots, tuple(notes), camera=camera_kind,
                        excess_noise_statistic=excess, background_share=background_share, adu_step=step,
-                       slow_change_share=slow_share, background_range=background_range)
+                       slow_change_share=slow_share, background_range=background_range,
+                       bright_half_ratio=bright_half_ratio)

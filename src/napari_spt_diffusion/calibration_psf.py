@@ -72,10 +72,11 @@ class ProfileFit:
     sigma_px, sigma_se_px
         Gaussian-equivalent PSF width (px), corrected for pixel and blur, and its standard
         uncertainty (bootstrap over groups of nearby spots, plus half the blur correction as a
-        systematic part).
+        systematic part, and for an ``"unknown"`` shape half the two profiles' difference).
     flux_ratio, flux_ratio_se
         Photons under the PSF over a free-width Gaussian fit's photons (dimensionless), and
-        its bootstrap uncertainty.
+        its uncertainty (bootstrap; for an ``"unknown"`` shape, which takes the Gaussian's, also
+        half the difference from the Airy profile's).
     n_spots
         Spots in the profile.
     n_groups
@@ -181,18 +182,20 @@ def _best(profile: str, centres: np.ndarray, values: np.ndarray, guess: float
 
 
 def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float, shape: str | None = None,
-         blurred: bool = False) -> tuple[str, float, float, float, bool]:
-    """``(shape, evidence, width px before corrections, flux ratio, at a search bound)`` of one set of
-    spots. ``shape`` given: that shape's width and flux (the bootstrap keeps the full sample's; a
-    Gaussian or Airy shape then fits that profile alone and returns no evidence, NaN);
-    ``blurred``: no verdict (motion blur makes an Airy profile look Gaussian)."""
+         blurred: bool = False) -> tuple[str, float, float, float, bool, tuple[float, float]]:
+    """``(shape, evidence, width px before corrections, flux ratio, at a search bound, (Gaussian width, Airy
+    flux ratio))`` of one set of spots; the last pair is NaN but for ``"unknown"``, whose width is the two
+    profiles' mean and whose flux the Gaussian's. ``shape`` given: that shape's width and flux (the bootstrap
+    keeps the full sample's; a Gaussian or Airy shape then fits that profile alone and returns no evidence,
+    NaN); ``blurred``: no verdict (motion blur makes an Airy profile look Gaussian)."""
     total = counts.sum(axis=0)
     used = total > 5
     values = sums.sum(axis=0)[used] / total[used]
     r = centres[used]
+    nan = float("nan")
     if shape in ("gaussian", "airy"):
         width, _, flux, at_bound = _best(shape, r, values, guess)
-        return shape, float("nan"), width, flux, at_bound
+        return shape, nan, width, flux, at_bound, (nan, nan)
     s_g, sse_g, flux_g, bound_g = _best("gaussian", r, values, guess)
     s_a, sse_a, flux_a, bound_a = _best("airy", r, values, guess)
     evidence = sse_g / max(sse_a, 1e-30)
@@ -203,10 +206,10 @@ def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float
         elif not blurred and evidence <= 1.0 / SHAPE_EVIDENCE:
             shape = "gaussian"
     if shape == "airy":
-        return shape, evidence, s_a, flux_a, bound_a
+        return shape, evidence, s_a, flux_a, bound_a, (nan, nan)
     if shape == "gaussian":
-        return shape, evidence, s_g, flux_g, bound_g
-    return shape, evidence, 0.5 * (s_g + s_a), flux_g, bound_g or bound_a
+        return shape, evidence, s_g, flux_g, bound_g, (nan, nan)
+    return shape, evidence, 0.5 * (s_g + s_a), flux_g, bound_g or bound_a, (s_g, flux_a)
 
 
 def _corrected(width_px: float, blur_px2: float) -> float:
@@ -263,8 +266,8 @@ def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndar
     if n < MIN_PROFILE_SPOTS:
         return None
     blur = max(float(blur_px2), 0.0)
-    shape, evidence, width, flux, at_bound = _fit(sums, counts, centres, guess,
-                                                  blurred=blur > BLUR_SHAPE_LIMIT * guess**2)
+    shape, evidence, width, flux, at_bound, (gauss_width, airy_flux) = _fit(
+        sums, counts, centres, guess, blurred=blur > BLUR_SHAPE_LIMIT * guess**2)
     sigma = _corrected(width, blur)
     if at_bound or sigma <= 0:
         return None
@@ -274,10 +277,14 @@ def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndar
     widths, fluxes = [], []
     for _ in range(int(n_boot)):
         pick = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        _, _, boot_width, boot_flux, _ = _fit(sums[pick], counts[pick], centres, guess, shape=shape)
+        _, _, boot_width, boot_flux, _, _ = _fit(sums[pick], counts[pick], centres, guess, shape=shape)
         widths.append(_corrected(boot_width, blur))
         fluxes.append(boot_flux)
     systematic = 0.5 * (_corrected(width, 0.0) - sigma)  # the blur correction is approximate
-    sigma_se = math.hypot(float(np.std(widths)) if widths else math.nan, systematic)
-    flux_se = float(np.std(fluxes)) if fluxes else math.nan
+    # an unknown shape: the width is the two profiles' mean, the flux the Gaussian's; the profile not taken
+    # may be the PSF's, so half their difference counts as a systematic part (0 for a known shape)
+    shape_width = abs(_corrected(gauss_width, blur) - sigma) if shape == "unknown" else 0.0
+    shape_flux = 0.5 * abs(airy_flux - flux) if shape == "unknown" else 0.0
+    sigma_se = math.hypot(float(np.std(widths)) if widths else math.nan, systematic, shape_width)
+    flux_se = math.hypot(float(np.std(fluxes)) if fluxes else math.nan, shape_flux)
     return ProfileFit(shape, float(evidence), sigma, sigma_se, float(flux), flux_se, n, len(members))
