@@ -5,7 +5,7 @@ acquisition from the frames alone, on the cells of the robustness grid (v2) of
 docs/protocols.md, against issue 14's targets: PSF width within 5 %, gain within 10 %, signal
 photons within 15 %, background within 10 %.
 
-Cells (seed = 5001 + the cell's index in this full list, whatever ``--cells`` or ``--quick``
+Cells (seed = 5001, or ``--seed-base``, + the cell's index in this full list, whatever ``--cells`` or ``--quick``
 selects; 128 x 128 px, 100 frames, 100 nm pixels, 10 ms frames, continuous exposure):
 
 * ``gauss-s{sigma}-n{N}`` (indices 0-14): our simulator,
@@ -486,7 +486,7 @@ def build_report(results: list[dict[str, Any]], args: argparse.Namespace, comman
     seeds = ", ".join(str(r["seed"]) for r in results)
     size = f"{SHAPE_YX[0]} x {SHAPE_YX[1]} px, {n_frames} frames, {N_PARTICLES} particles per movie"
     protocol = (f"{PROTOCOL}, version {VERSION} (cells of the robustness grid (v2) of docs/protocols.md; issue 14 "
-                f"targets); {len(results)} cells, seeds {seeds} (5001 + cell index); {size}"
+                f"targets); {len(results)} cells, seeds {seeds} ({SEED_BASE} + cell index); {size}"
                 + ("; QUICK smoke run" if args.quick else ""))
     head = report_header("Calibration from the movie: measured against true acquisition", protocol, command)
     lines = [*head,

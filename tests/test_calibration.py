@@ -120,6 +120,12 @@ def test_an_emccd_is_recognised_by_its_excess_noise_and_measured():
     assert used.signal_photons == pytest.approx(v["signal_photons"].value / 2)
     assert used.read_noise_e == pytest.approx(v["read_noise_e"].value / 2)
     assert cal.to_dict()["camera"] == "emccd" and any("Poisson-equivalent" in n for n in cal.notes)
+    # the spots' photons are counted with the measured EMCCD gain even where a gain is given: its uncertainty is
+    # the signal's too
+    assert "gain's uncertainty" in v["signal_photons"].method
+    given = calibrate_movie(movie.movie, Acquisition(gain_adu_per_e=40.0), given={"gain_adu_per_e"})
+    assert given.camera == "emccd" and "gain's uncertainty" in given.values["signal_photons"].method
+    assert given.values["signal_photons"].value == pytest.approx(v["signal_photons"].value, rel=0.01)
 
 
 def test_an_scmos_at_the_same_light_is_not_taken_for_an_emccd():

@@ -22,15 +22,18 @@ def test_single_emitters_give_the_bright_half_and_the_gain_counts_in_the_uncerta
     rng = np.random.default_rng(3)
     photons = rng.normal(1000.0, 120.0, 400)  # one emitter's photons with 12 % fit noise
     bright_median = float(np.median(photons[photons >= np.median(photons)]))
-    est = signal_estimate(_spots(photons), (1.15, 0.01), 0.0, np.random.default_rng(0))
+    est = signal_estimate(_spots(photons), (1.15, 0.01), (), np.random.default_rng(0))
     assert est.note is None and est.bright_half_ratio < MULTIPLES_RATIO
     assert est.photons == pytest.approx(1.15 * bright_median, rel=1e-9)
     without_gain = est.uncertainty
-    with_gain = signal_estimate(_spots(photons), (1.15, 0.01), 0.10, np.random.default_rng(0)).uncertainty
-    # every photon count moves with the gain: its 10 % is in the signal's uncertainty
-    assert with_gain == pytest.approx(np.hypot(without_gain, 0.10 * est.photons), rel=1e-6)
+    # every photon count moves with the gain, as 1 / gain: a gain of 1 +- 0.1 makes them 1 / 1.1 or 1 / 0.9 x
+    factors = (1 / 1.1, 1 / 0.9)
+    with_gain = signal_estimate(_spots(photons), (1.15, 0.01), factors, np.random.default_rng(0)).uncertainty
+    assert with_gain == pytest.approx(np.hypot(without_gain, (1 / 0.9 - 1) * est.photons), rel=1e-6)
+    # a gain that may be near 0 bounds nothing
+    assert np.isnan(signal_estimate(_spots(photons), (1.15, 0.01), (0.5, np.inf), np.random.default_rng(0)).uncertainty)
     # the flux ratio's uncertainty, times the spots' median
-    wider = signal_estimate(_spots(photons), (1.15, 0.10), 0.0, np.random.default_rng(0)).uncertainty
+    wider = signal_estimate(_spots(photons), (1.15, 0.10), (), np.random.default_rng(0)).uncertainty
     assert wider >= 0.10 * bright_median
 
 
@@ -40,20 +43,25 @@ def test_bright_spots_that_hold_pairs_fall_back_to_all_isolated_spots():
     pairs = rng.normal(500.0, 70.0, 200)  # unresolved pairs: twice the photons, easier to detect
     photons = np.concatenate([singles, pairs])
     bright_median = float(np.median(photons[photons >= np.median(photons)]))
-    est = signal_estimate(_spots(photons), (1.0, 0.0), 0.0, np.random.default_rng(0))
+    est = signal_estimate(_spots(photons), (1.0, 0.0), (), np.random.default_rng(0))
     assert est.bright_half_ratio > MULTIPLES_RATIO
     assert est.photons == pytest.approx(float(np.median(photons)), rel=1e-9)
-    assert est.note is not None and "pairs" in est.note
+    assert est.note is not None and "pairs" in est.note and f"({bright_median:.0f})" in est.note
     # the uncertainty reaches half-way to the brighter half's median
     assert est.uncertainty >= 0.5 * (bright_median - est.photons)
+    # under uneven or fading light the spots' brightness spreads with the light: the brighter half is kept, with
+    # the same widened uncertainty
+    uneven = signal_estimate(_spots(photons), (1.0, 0.0), (), np.random.default_rng(0), light_uneven=True)
+    assert uneven.photons == pytest.approx(bright_median, rel=1e-9) and "uneven" in uneven.note
+    assert uneven.uncertainty >= 0.5 * (bright_median - float(np.median(photons)))
     # an EMCCD's Poisson-equivalent photons are doubled back; the ratio does not change
-    doubled = signal_estimate(_spots(photons), (1.0, 0.0), 0.0, np.random.default_rng(0), photon_factor=2.0)
+    doubled = signal_estimate(_spots(photons), (1.0, 0.0), (), np.random.default_rng(0), photon_factor=2.0)
     assert doubled.photons == pytest.approx(2.0 * est.photons) and doubled.bright_half_ratio == pytest.approx(
         est.bright_half_ratio)
 
 
 def test_no_spots_give_no_signal():
-    est = signal_estimate(_spots(np.zeros(0)), (1.0, 0.0), 0.0, np.random.default_rng(0))
+    est = signal_estimate(_spots(np.zeros(0)), (1.0, 0.0), (), np.random.default_rng(0))
     assert np.isnan(est.photons)
 
 
@@ -84,9 +92,16 @@ def test_an_unknown_psf_shape_carries_half_the_two_profiles_difference():
     assert unknown is not None and unknown.shape == "unknown"
     # noise-free spots: the bootstrap spreads nothing; what is left is systematic
     assert known.flux_ratio_se < 0.01
-    # the unknown shape takes the Gaussian's flux; the Airy profile's (about 1) is within two uncertainties
+    # the unknown shape takes the Gaussian's flux; the Airy profile's (about 1 here: the spots were divided by their
+    # true photons, not by a Gaussian fit's) lies within two of its uncertainties
     assert abs(known.flux_ratio - unknown.flux_ratio) > 0.05
     assert unknown.flux_ratio_se == pytest.approx(0.5 * abs(known.flux_ratio - unknown.flux_ratio), rel=0.1)
+    # the width, the two profiles' mean, needs no such part: their Gaussian-equivalent widths agree
+    from napari_spt_diffusion.calibration_psf import _corrected, _fit, radial_sums
+
+    sums, counts, centres, _ = radial_sums(photons, table, rows, int(np.ceil(5.0 * 1.3)) + 2)
+    gauss, airy = (_corrected(_fit(sums, counts, centres, 1.3, shape=s)[2], 0.5) for s in ("gaussian", "airy"))
+    assert abs(gauss - airy) < 0.01 * unknown.sigma_px
 
 
 def test_the_calibrated_signal_carries_the_measured_gains_uncertainty():
@@ -99,3 +114,88 @@ def test_the_calibrated_signal_carries_the_measured_gains_uncertainty():
     assert "gain's uncertainty" in signal.method
     assert cal.to_dict()["bright_half_ratio"] == pytest.approx(cal.bright_half_ratio)
     assert 0.9 <= cal.bright_half_ratio < MULTIPLES_RATIO  # the sample movie's spots are single emitters
+
+
+def test_a_read_noise_given_leaves_the_assumed_range_out_of_the_uncertainties():
+    from napari_spt_diffusion.io import read_movie, sample_movie_path
+
+    with read_movie(sample_movie_path()) as movie:
+        assumed = calibrate_movie(movie.data, Acquisition(), max_frames=40)
+        known = calibrate_movie(movie.data, Acquisition(), given={"read_noise_e"}, max_frames=40)
+    a, k = assumed.values, known.values
+    assert "assumed" in a["gain_adu_per_e"].method and "given" in k["gain_adu_per_e"].method
+    # the same values; the 0-3 e- range of an assumed read noise dominated the gain's uncertainty
+    for name in ("gain_adu_per_e", "offset_adu", "background_photons", "signal_photons"):
+        assert k[name].value == pytest.approx(a[name].value, rel=1e-9)
+    assert k["gain_adu_per_e"].uncertainty < 0.5 * a["gain_adu_per_e"].uncertainty
+    assert k["background_photons"].uncertainty < 0.5 * a["background_photons"].uncertainty
+    assert k["signal_photons"].uncertainty < a["signal_photons"].uncertainty
+    # with the gain given too, the offset and background carry no read-noise range either
+    gain = {"gain_adu_per_e", "read_noise_e"}
+    with read_movie(sample_movie_path()) as movie:
+        with_gain = calibrate_movie(movie.data, Acquisition(gain_adu_per_e=1.0), given=gain, max_frames=40)
+        assumed_gain = calibrate_movie(movie.data, Acquisition(gain_adu_per_e=1.0), given={"gain_adu_per_e"},
+                                       max_frames=40)
+    # (what is left is the sampling's, a small part)
+    assert 0.0 < with_gain.values["background_photons"].uncertainty < 0.5 * assumed_gain.values[
+        "background_photons"].uncertainty
+
+
+def test_track_passes_a_known_read_noise_to_the_calibration():
+    from napari_spt_diffusion.calibration import CALIBRATED_FIELDS
+    from napari_spt_diffusion.estimation_stage import prepare_acquisition
+    from napari_spt_diffusion.io import read_movie, sample_movie_path
+
+    with read_movie(sample_movie_path()) as movie:
+        frames = movie.data[:40]
+    known = prepare_acquisition(frames, Acquisition(), CALIBRATED_FIELDS, read_noise_known=True)
+    assumed = prepare_acquisition(frames, Acquisition(), CALIBRATED_FIELDS)
+    assert "given" in known.measured.values["gain_adu_per_e"].method
+    assert "assumed" in assumed.measured.values["gain_adu_per_e"].method
+
+
+def test_under_a_beam_that_fades_the_brighter_half_is_kept():
+    """A Gaussian beam with its corners at 20 % and bleaching to half in 40 frames spread the spots' photons beyond
+    the multiples' threshold: the signal stays the brighter half's, near the movie's mean photons per spot, the
+    uncertainty reaching half-way to all spots'."""
+    import dataclasses
+
+    from napari_spt_diffusion.validation.foreign_illumination import ForeignIllumination
+    from napari_spt_diffusion.validation.foreign_renderer import foreign_case, render_foreign_movie
+
+    case = foreign_case("free_beam")
+    light = ForeignIllumination(corner_relative=0.2, bleach_half_life_frames=40.0, flicker_sd=0.015)
+    scene = dataclasses.replace(case["scene"], illumination=light)
+    movie = render_foreign_movie(scene, case["optics"], case["camera"], case["motion"], case["seed"])
+    told = Acquisition(pixel_size_nm=case["optics"].pixel_size_nm, frame_interval_s=case["scene"].frame_interval_s)
+    cal = calibrate_movie(np.asarray(movie.movie), told)
+    signal, truth = cal.values["signal_photons"], movie.acquisition["signal_photons_field_mean"]
+    assert cal.bright_half_ratio > MULTIPLES_RATIO
+    assert any("uneven or fades" in note for note in cal.notes)
+    assert signal.value == pytest.approx(truth, rel=0.15)
+    assert abs(signal.value - truth) < 2 * signal.uncertainty
+
+
+def test_an_unbounded_uncertainty_is_said_so():
+    from napari_spt_diffusion.calibration import Calibration, Measured
+
+    cal = Calibration({"signal_photons": Measured(700.0, float("nan"), "photons/frame", "median")})
+    assert cal.table()[0][2] == "not bounded"
+    assert cal.to_dict()["signal_photons"]["uncertainty"] is None
+
+
+def test_without_a_profile_the_signal_allows_for_an_airy_psfs_rings(monkeypatch):
+    """Too few spots for a profile: the shape is unknown, the Gaussian fits' photons are the signal, and half of
+    what an Airy PSF's rings would add (about 15 %) is in its uncertainty."""
+    from napari_spt_diffusion import calibration
+    from napari_spt_diffusion.calibration_psf import AIRY_FLUX_RATIO
+    from napari_spt_diffusion.io import read_movie, sample_movie_path
+
+    monkeypatch.setattr(calibration, "measure_psf", lambda *args, **kwargs: None)
+    camera = {"gain_adu_per_e": 1.0, "offset_adu": 100.0}  # given: no gain in the uncertainty
+    with read_movie(sample_movie_path()) as movie:
+        cal = calibrate_movie(movie.data, Acquisition(**camera), given=set(camera), max_frames=40)
+    signal = cal.values["signal_photons"]
+    assert cal.psf_shape == "unknown" and "no profile" in signal.method
+    assert signal.uncertainty >= 0.5 * (AIRY_FLUX_RATIO - 1.0) * signal.value
+    assert "median blur-corrected Gaussian-fit width" in cal.values["psf_sigma_nm"].method

@@ -315,6 +315,9 @@ def test_track_settings_from_options():
     default = cli._track_settings(parser.parse_args(["track", "m.tif"]))
     assert default.split_encounters is True and default.memory_frames == 2
     assert default.model_switch is True
+    # a read noise given is known (the calibration leaves an assumed one's range out of its uncertainties)
+    assert default.read_noise_known is False
+    assert cli._track_settings(parser.parse_args(["track", "m.tif", "--read-noise-e", "1.2"])).read_noise_known
     assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model"])).model_switch is False
     assert default.rescale_model is True
     assert cli._track_settings(parser.parse_args(["track", "m.tif", "--keep-model-scale"])).rescale_model is False

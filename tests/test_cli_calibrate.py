@@ -45,6 +45,14 @@ def test_calibrate_prints_the_table_and_writes_json_beside_the_movie(movie, caps
     # the sample movie stores its acquisition (written by this package): track uses that, so does "acquisition"
     assert record["acquisition_stored_in_file"] is True and "stores its acquisition" in out
     assert record["acquisition"]["gain_adu_per_e"] == 1.0 and record["acquisition"]["offset_adu"] == 100.0
+    assert "read noise 1.5 e- assumed" in measured["gain_adu_per_e"]["method"]
+
+
+def test_calibrate_takes_a_read_noise_given_as_known(movie, capsys):
+    code, out, err = _run(["calibrate", str(movie), "--read-noise-e", "1.5", "--frames", "40"], capsys)
+    assert code == 0, err
+    measured = json.loads(movie.with_name("movie_calibration.json").read_text())["acquisition_measured"]
+    assert "read noise 1.5 e- given" in measured["gain_adu_per_e"]["method"]
 
 
 def test_calibrate_uses_the_measured_values_for_a_movie_without_stored_acquisition(tmp_path, capsys):

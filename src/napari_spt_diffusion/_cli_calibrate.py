@@ -139,7 +139,8 @@ def cmd_calibrate(args: argparse.Namespace, argv: Sequence[str], *, say: Callabl
         plausibility.check_scaled_float(plausibility.sample_frames(movie.data), plausibility.movie_dtype(movie.data),
                                         told, measure)
         kwargs = {} if args.frames is None else {"max_frames": int(args.frames)}
-        calibration = calibrate_movie(movie.data, told, given=measured_given, **kwargs)
+        known = measured_given | ({"read_noise_e"} & set(given))  # a read noise given is known, not assumed
+        calibration = calibrate_movie(movie.data, told, given=known, **kwargs)
         if not calibration.values:
             raise CalibrationError("nothing could be measured from the movie: "
                                    + "; ".join(calibration.notes or ("no background and no bright isolated spot",)))

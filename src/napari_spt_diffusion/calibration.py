@@ -41,7 +41,7 @@ metadata. :func:`calibrate_movie` measures, from the frames alone:
 
 Each value carries a standard uncertainty (bootstrap over frames or tiles, plus the
 systematic parts named in each method: the assumed read noise's range in the gain, the gain's
-uncertainty in the signal, the two profiles' difference where the PSF shape is unknown). Values the
+uncertainty in the signal, the Airy profile's flux where the PSF shape is unknown). Values the
 user gave are never replaced (:meth:`Calibration.apply`).
 """
 
@@ -76,7 +76,7 @@ from .calibration_camera import (
     trend_free_cumulants,
     without_rounding,
 )
-from .calibration_psf import MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
+from .calibration_psf import AIRY_FLUX_RATIO, MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
 from .calibration_spots import median_and_se, signal_estimate, spot_table, static_spots
 from .errors import SptDiffusionError
 from .tracking.detect import check_frame
@@ -252,7 +252,8 @@ class Calibration:
         """Rows ``(quantity, value, uncertainty, method)`` for printing."""
         rows = []
         for key, m in self.values.items():
-            rows.append((key, f"{m.value:.4g} {m.unit}".strip(), f"+- {m.uncertainty:.2g}", m.method))
+            spread = f"+- {m.uncertainty:.2g}" if math.isfinite(m.uncertainty) else "not bounded"
+            rows.append((key, f"{m.value:.4g} {m.unit}".strip(), spread, m.method))
         rows.append(("psf_shape", self.psf_shape, f"evidence {self.psf_shape_evidence:.3g}", "radial profile"))
         if self.excess_noise_statistic is not None:
             q, low, high = self.excess_noise_statistic
@@ -294,16 +295,40 @@ def _misfit_note(skew: SkewReading, read_noise_e: float) -> str:
             "covering both")
 
 
-def _camera_with_gain(tiles: np.ndarray, gain: float, read_noise_e: float) -> tuple[float, float, float, float]:
+def _camera_with_gain(tiles: np.ndarray, gain: float, read_noise_e: float,
+                      read_range: tuple[float, float] = _READ_NOISE_RANGE_E) -> tuple[float, float, float, float]:
     """``(offset ADU, background photons/px, their uncertainties)`` of a Poisson camera of known ``gain`` (ADU per
     photo-electron) from pooled tile cumulants: ``b = k2 / g^2 - r^2`` (at least 0), ``offset = mean - g b``, the
-    background the field's mean; the uncertainty is that of the assumed read noise over its 0-3 e- range."""
+    background the field's mean; the uncertainty holds the read noise's over ``read_range`` (e-; the 0-3 e- an
+    assumed one may span, none where it is known) and the sampling's (the tiles' variances' spread, tiles weighted
+    by their samples)."""
     mean, k2 = pooled_cumulants(tiles)[:2]
     background = max(k2 / gain**2 - read_noise_e**2, 0.0)
     offset = mean - gain * background
-    low, high = (max(k2 / gain**2 - r**2, 0.0) for r in reversed(_READ_NOISE_RANGE_E))
+    low, high = (max(k2 / gain**2 - r**2, 0.0) for r in sorted(read_range, reverse=True))
     spread = (high - low) / math.sqrt(12.0)  # a uniform read noise variance over the range
-    return offset, max(field_background(tiles, gain, offset), 0.0), gain * spread, spread
+    weights = tiles[:, 0] / tiles[:, 0].sum() if len(tiles) > 1 else np.ones(1)
+    sampling = math.sqrt(float(np.sum(weights**2 * (tiles[:, 2] - k2) ** 2)) * len(tiles) / max(len(tiles) - 1, 1))
+    total = math.hypot(spread, sampling / gain**2)
+    return offset, max(field_background(tiles, gain, offset), 0.0), gain * total, total
+
+
+def _gain_factors(gain: Measured | None, alternatives: list[float]) -> tuple[tuple[float, ...], str]:
+    """What the spots' photons become at the gains the camera measurement leaves plausible (multiples of those
+    counted with ``gain``: photons scale as 1 / gain), and a phrase for the signal's method. ``gain``: the measured
+    gain the photons were counted with (None where the user's was used); ``alternatives``: the gains of the cameras
+    that fit where none with the assumed read noise does (:func:`_misfit_candidates`)."""
+    if gain is None or not (math.isfinite(gain.value) and gain.value > 0):
+        return (), ""
+    g, u = gain.value, gain.uncertainty if math.isfinite(gain.uncertainty) else math.inf
+    if alternatives:
+        factors = tuple(g / c for c in alternatives if c > 0)
+        gains = ", ".join(f"{c:.3g}" for c in alternatives)
+        return factors, f"; the photons at the gains of the cameras that fit ({gains} ADU/e-) included"
+    factors = (g / (g + u), g / (g - u) if u < g else math.inf)
+    if u >= g:
+        return factors, f"; not bounded: the gain's uncertainty ({100 * u / g:.0f} %) reaches 0"
+    return factors, f"; the gain's uncertainty ({100 * u / g:.0f} %) included"
 
 
 def _child(gen: np.random.Generator) -> np.random.Generator:
@@ -430,7 +455,9 @@ def calibrate_movie(
         assumed for the camera, and any value the user gave; default: the standard one.
     given
         Acquisition fields the user gave: they are used as they are, not measured
-        (giving ``gain_adu_per_e`` and ``offset_adu`` skips the camera measurement).
+        (giving ``gain_adu_per_e`` and ``offset_adu`` skips the camera measurement;
+        ``read_noise_e`` given: the read noise is known, and the 0-3 e- range an assumed one
+        may span is not carried into the uncertainties).
     max_frames
         Frames used at most: all of a shorter movie, else blocks of 12 consecutive frames spread evenly over it.
     rng
@@ -478,6 +505,9 @@ def calibrate_movie(
 
     # 2 - camera and background
     camera_given = "gain_adu_per_e" in given and "offset_adu" in given
+    read = float(acq.read_noise_e)
+    read_range = (read, read) if "read_noise_e" in given else _READ_NOISE_RANGE_E
+    read_text = f"read noise {acq.read_noise_e:g} e- " + ("given" if "read_noise_e" in given else "assumed")
     camera_known = camera_given
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     step = adu_step(frames)
@@ -506,6 +536,8 @@ def calibrate_movie(
                      f"{step:g} ADU, too few for the camera's gain to be measured reliably from it; give "
                      "--gain-adu-per-e and --offset-adu if they are known")
     camera_kind, excess, background_range = "unknown", None, None
+    gain_alternatives: list[float] = []  # gains of the cameras that fit where none with the assumed read noise does
+    light_uneven = math.isfinite(slow_share) and slow_share > _SLOW_NOTE_SHARE
     if camera_given:
         photons_bg = (frames[mask] - offset) / gain
         if photons_bg.size:
@@ -536,7 +568,6 @@ def calibrate_movie(
             total = _nan_spread(boot)
         else:
             camera_kind = "poisson"
-            read = float(acq.read_noise_e)
             gain, offset, background = poisson_camera(tiles, read)  # the solution above 2 r^2
             _, k2, k3, k4, _ = pooled_cumulants(tiles)
             how = gain_solution(k2, k3, read)[1]
@@ -557,11 +588,12 @@ def calibrate_movie(
             spread = _nan_spread(boot)
             # the read noise is assumed, not measured: its plausible range moves the gain
             # (a read noise these cumulants do not fit, with no solution, is left out rather than met halfway)
-            bounds = [poisson_camera(tiles, r, meeting=False) for r in _READ_NOISE_RANGE_E]
+            bounds = [poisson_camera(tiles, r, meeting=False) for r in read_range]
             read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
-            method = f"background cumulants (k3/k2), read noise {acq.read_noise_e:g} e- assumed"
+            method = f"background cumulants (k3/k2), {read_text}"
             candidates = _misfit_candidates(skew) if skew is not None else []
+            gain_alternatives = candidates
             if candidates:  # the cameras that fit, as far apart as 2 x in the gain: the uncertainty covers them
                 total[0] = math.hypot(total[0], max(abs(c - gain) for c in candidates))
                 method += "; no such camera fits: the gain where the fit comes closest, between the two that do"
@@ -576,6 +608,7 @@ def calibrate_movie(
             low, high = (float(v) for v in np.percentile(tile_backgrounds(tiles, gain, offset), [10, 90]))
             background_range = (low, high)
             if high > UNEVEN_BACKGROUND * low and high - low > 1.0:  # (noise spreads tiles near 0 photons/px)
+                light_uneven = True
                 notes.append(f"the background varies over the field, from {low:.3g} to {high:.3g} photons/px (10th "
                              f"and 90th percentiles of its {TILE_PX} x {TILE_PX} px tiles; uneven illumination?): the "
                              f"value given is the field's mean")
@@ -594,8 +627,8 @@ def calibrate_movie(
             # the gain is known: offset and background from the background's mean and variance with it, so that
             # they and the spots' photons below are on the scale the run uses
             gain = float(acq.gain_adu_per_e)
-            offset, background, offset_se, background_se = _camera_with_gain(tiles, gain, float(acq.read_noise_e))
-            how = f"background mean and variance with the given gain, read noise {acq.read_noise_e:g} e- assumed"
+            offset, background, offset_se, background_se = _camera_with_gain(tiles, gain, read, read_range)
+            how = f"background mean and variance with the given gain, {read_text}"
             values["offset_adu"] = Measured(offset, offset_se, "ADU", how)
             values["background_photons"] = Measured(background, background_se, "photons/px/frame", how)
         if not camera_known:
@@ -624,10 +657,15 @@ def calibrate_movie(
         if profile is not None:
             shape_name, evidence = profile.shape, profile.evidence
             flux, flux_se = profile.flux_ratio, profile.flux_ratio_se
-            flux_text = f" x {flux:.2f} (photons under the {shape_name}-shape profile over the Gaussian fit's)"
+            flux_text = f" x {flux:.2f} (photons under the {shape_name}-shape profile over the Gaussian fit's" + (
+                "; the shape unknown: half the Airy profile's difference included)" if shape_name == "unknown" else ")")
             if profile.n_groups < MIN_BOOTSTRAP_GROUPS:
                 notes.append(f"the PSF's spots come from fewer than {MIN_BOOTSTRAP_GROUPS} particles: the "
                              "uncertainties of its width and of the signal are lower bounds")
+        else:  # no profile, the shape unknown: an Airy PSF's rings hold photons a Gaussian fit misses
+            flux_se = 0.5 * (AIRY_FLUX_RATIO - 1.0)
+            flux_text = (f" (no profile: half the {100 * (AIRY_FLUX_RATIO - 1):.0f} % more that an Airy PSF's rings "
+                         "would hold included)")
         if static.n_pairs:
             notes.append(f"{static.n_pairs} bright, wide spots were taken for pairs of particles closer than the "
                          "PSF and left out of the PSF and the signal")
@@ -635,7 +673,8 @@ def calibrate_movie(
             if profile is not None:
                 w, w_se = profile.sigma_px, profile.sigma_se_px
                 method = (f"{shape_name}-shape mean radial profile of {profile.n_spots} bright isolated spots, "
-                          "Gaussian-equivalent width, pixel and blur corrected")
+                          "Gaussian-equivalent width, pixel and blur corrected" + (
+                              "; the shape unknown: the two profiles' mean" if shape_name == "unknown" else ""))
             else:
                 w, w_se = median_and_se(static.widths_px, gen)
                 # the blur correction is approximate (it over-corrects nothing but under-corrects
@@ -650,14 +689,15 @@ def calibrate_movie(
             else:
                 notes.append("PSF width not measured: the spots' widths are all taken up by their motion blur")
         if camera_known:
-            measured_gain = values.get("gain_adu_per_e") if "gain_adu_per_e" not in given else None
-            gain_rel_se = measured_gain.uncertainty / measured_gain.value if measured_gain is not None else 0.0
-            signal = signal_estimate(static, (flux, flux_se), gain_rel_se, gen, photon_factor=equivalent)
+            # the photons were counted with the measured gain unless the user's was used (an EMCCD's is measured)
+            counted_with = values.get("gain_adu_per_e") if camera_kind == "emccd" or "gain_adu_per_e" not in given \
+                else None
+            factors, gain_text = _gain_factors(counted_with, gain_alternatives)
+            signal = signal_estimate(static, (flux, flux_se), factors, gen, photon_factor=equivalent,
+                                     light_uneven=light_uneven)
             bright_half_ratio = signal.bright_half_ratio
             values["signal_photons"] = Measured(signal.photons, signal.uncertainty, "photons/frame",
-                                                signal.method + flux_text + (
-                                                    f"; the gain's uncertainty ({100 * gain_rel_se:.0f} %) included"
-                                                    if gain_rel_se > 0 else ""))
+                                                signal.method + flux_text + gain_text)
             if signal.note:
                 notes.append(signal.note)
         else:

@@ -182,14 +182,14 @@ class SignalEstimate(NamedTuple):
     """Photons of one emitter per frame (:func:`signal_estimate`)."""
 
     photons: float  #: photo-electrons per spot per frame, over the whole PSF
-    uncertainty: float  #: standard uncertainty (photons)
+    uncertainty: float  #: standard uncertainty (photons; NaN where the gain is too uncertain to bound it)
     bright_half_ratio: float  #: brighter half's median photons over all isolated single spots' (NaN: none)
     method: str  #: how it was measured (one phrase)
-    note: str | None  #: a sentence for the user where the bright spots hold multiples
+    note: str | None  #: a sentence for the user where the brighter half stands far above all spots
 
 
-def signal_estimate(static: StaticSpots, flux: tuple[float, float], gain_rel_se: float, rng: np.random.Generator,
-                    photon_factor: float = 1.0) -> SignalEstimate:
+def signal_estimate(static: StaticSpots, flux: tuple[float, float], gain_factors: tuple[float, ...],
+                    rng: np.random.Generator, photon_factor: float = 1.0, light_uneven: bool = False) -> SignalEstimate:
     """Signal photons per spot from the bright isolated single spots of :func:`static_spots`.
 
     The median fitted photons of the brighter half (times ``photon_factor``, 2 for an EMCCD's
@@ -197,7 +197,9 @@ def signal_estimate(static: StaticSpots, flux: tuple[float, float], gain_rel_se:
     a free-width Gaussian fit's: about 1.15 for an Airy PSF). Where that median exceeds
     :data:`MULTIPLES_RATIO` x the median of all isolated single spots, the brighter half holds
     multiples: the signal is then the median of all of them (a note says so), and half the
-    difference counts in the uncertainty.
+    difference counts in the uncertainty. Under uneven or fading light (``light_uneven``) the spots'
+    own brightness spreads as the light does, so the brighter half is kept there; a note says so, and
+    half the difference counts in the uncertainty as well.
 
     Parameters
     ----------
@@ -206,13 +208,17 @@ def signal_estimate(static: StaticSpots, flux: tuple[float, float], gain_rel_se:
     flux
         ``(ratio, standard uncertainty)`` of the profile's flux (:class:`~.calibration_psf.ProfileFit`;
         ``(1, 0)`` without a profile).
-    gain_rel_se
-        Relative standard uncertainty of the gain the photons were counted with (0 where the gain was given):
-        every photon count moves with it.
+    gain_factors
+        What the photons become, as multiples of those counted, at the gains the camera measurement
+        leaves plausible (e.g. ``g / (g + u)`` and ``g / (g - u)`` for a gain ``g +- u``, or each
+        candidate camera's ``g / g_c``; ``inf`` where the gain may be near 0; empty where the gain was
+        given): the largest departure from 1 counts in the uncertainty (photons scale as 1 / gain).
     rng
         Generator of the median's bootstrap.
     photon_factor
         Factor on the fitted photons (photo-electrons per fitted photon).
+    light_uneven
+        The background shows uneven illumination or slow changes (bleaching).
 
     Returns
     -------
@@ -223,18 +229,26 @@ def signal_estimate(static: StaticSpots, flux: tuple[float, float], gain_rel_se:
     every = np.asarray(static.all_photons, dtype=float) * photon_factor
     n, n_se = median_and_se(bright, rng)
     ratio = n / float(np.median(every)) if every.size and np.median(every) > 0 else float("nan")
-    method = f"median of the brighter half of {bright.size} isolated single spots"
-    note, multiples_se = None, 0.0
+    method = f"median of the brighter half ({bright.size}) of {every.size} isolated spots, those followed over 4 frames"
+    note, spread_se = None, 0.0
     if math.isfinite(ratio) and ratio > MULTIPLES_RATIO:
-        n_bright = n
-        n, n_se = median_and_se(every, rng)
-        multiples_se = 0.5 * (n_bright - n)
-        method = f"median of all {every.size} isolated single spots (the brighter half holds multiples)"
-        note = (f"the brighter half of the isolated spots holds {ratio:.2f} x the median photons of all of them, more "
-                f"than noise spreads single emitters (about 1.15 x): many are unresolved pairs of particles or "
-                f"noise-lifted spots near the detection limit; the signal ({n * ratio_flux:.3g} photons) is the median "
-                f"of all isolated spots, and its uncertainty reaches the brighter half's ({n_bright * ratio_flux:.3g})")
+        n_bright, n_every = n, float(np.median(every))
+        spread_se = 0.5 * (n_bright - n_every)
+        head = (f"the brighter half of the isolated spots holds {ratio:.2f} x the median photons of all of them, more "
+                "than noise spreads one emitter's (about 1.15 x)")
+        if light_uneven:
+            note = (f"{head}; the light is uneven or fades over the movie, which spreads them as well: the signal "
+                    f"({n_bright * ratio_flux:.0f} photons) is the brighter half's, and its uncertainty reaches "
+                    f"half-way to the median of all isolated spots ({n_every * ratio_flux:.0f})")
+            method += " (uncertainty widened: brighter half far above all spots under uneven light)"
+        else:
+            n, n_se = median_and_se(every, rng)
+            method = f"median of all {every.size} isolated spots (the brighter half, followed over 4 frames, far above)"
+            note = (f"{head}: many are unresolved pairs of particles or noise-lifted spots near the detection limit "
+                    f"(or the labels differ in brightness); the signal ({n * ratio_flux:.0f} photons) is the median of "
+                    f"all isolated spots, and its uncertainty reaches half-way to the brighter half's "
+                    f"({n_bright * ratio_flux:.0f})")
     photons = n * ratio_flux
-    uncertainty = math.hypot(n_se * ratio_flux, n * flux_se, photons * max(float(gain_rel_se), 0.0),
-                             multiples_se * ratio_flux)
-    return SignalEstimate(photons, uncertainty, ratio, method, note)
+    gain_part = max((abs(f - 1.0) for f in gain_factors if not math.isnan(f)), default=0.0) * photons
+    uncertainty = math.hypot(n_se * ratio_flux, n * flux_se, gain_part, spread_se * ratio_flux)
+    return SignalEstimate(photons, uncertainty if math.isfinite(uncertainty) else float("nan"), ratio, method, note)

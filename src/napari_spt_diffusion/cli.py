@@ -445,7 +445,8 @@ def _track_settings(args: argparse.Namespace) -> Any:
 
     from .pipeline import Settings
 
-    values: dict[str, Any] = {"model": args.model, "device": args.device}
+    values: dict[str, Any] = {"model": args.model, "device": args.device,
+                              "read_noise_known": getattr(args, "read_noise_e", None) is not None}
     for name in ("max_D_um2_s", "memory_frames", "min_track_length", "changepoints", "split_encounters",
                  "motion_linking", "chunk_frames", "psf_units"):
         values[name] = getattr(args, name, None)  # estimate has no detection or linking options
@@ -543,8 +544,8 @@ def _add_estimation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background-photons", type=_non_negative_float,
                         help="background photons per pixel per frame (default: measured)")
     parser.add_argument("--read-noise-e", type=_non_negative_float,
-                        help="camera read noise in e- rms, assumed where the camera is measured (default 1.5; an "
-                             "sCMOS/CCD's 0-3 e- range is in the measured gain's uncertainty)")
+                        help="camera read noise in e- rms, from the camera's data sheet (default: 1.5 assumed, and an "
+                             "sCMOS/CCD's 0-3 e- range carried into the measured gain's uncertainty; given, it is not)")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="use the standard values for what neither the file nor the options give, instead of "
                              "measuring camera, background, PSF width and signal from the movie")

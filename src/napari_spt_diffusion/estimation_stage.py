@@ -114,8 +114,12 @@ class Prepared:
     model_switch: ModelSwitch | None = None
 
 
-def prepare_acquisition(movie: Any, acquisition: Acquisition, measure: tuple[str, ...]) -> Prepared:
+def prepare_acquisition(movie: Any, acquisition: Acquisition, measure: tuple[str, ...],
+                        read_noise_known: bool = False) -> Prepared:
     """Check the acquisition against the movie and measure the fields ``measure`` from it.
+
+    ``read_noise_known``: the acquisition's read noise was given by the user, not assumed (the
+    calibration then leaves the range an assumed one may span out of its uncertainties).
 
     Units, NaN frames and the camera scale are checked before any work
     (:mod:`~napari_spt_diffusion.plausibility`); the fields the user and the file did not
@@ -130,7 +134,8 @@ def prepare_acquisition(movie: Any, acquisition: Acquisition, measure: tuple[str
     t0 = time.perf_counter()
     if measure:
         given = set(CALIBRATED_FIELDS) - set(measure)
-        measured = calibrate_movie(movie, acquisition, given=given)
+        known = given | ({"read_noise_e"} if read_noise_known else set())
+        measured = calibrate_movie(movie, acquisition, given=known)
         acquisition = measured.apply(acquisition, given)
         for note in measured.notes:
             _warn(note)
@@ -157,7 +162,7 @@ def calibrate_and_load(
     """
     timings: dict[str, float] = {}
     bar.begin("calibrate", "measuring the camera and the PSF from the movie")
-    prepared = prepare_acquisition(movie, acquisition, settings.measure)
+    prepared = prepare_acquisition(movie, acquisition, settings.measure, settings.read_noise_known)
     if prepared.measured is not None:
         timings["calibrate_s"] = prepared.seconds
     bar.end()

@@ -180,6 +180,9 @@ class Settings:
         (:func:`~.calibration.calibrate_movie`; any of
         :data:`~.calibration.CALIBRATED_FIELDS`): the callers pass the fields the user and
         the file did not give. Empty: the acquisition is used as given.
+    read_noise_known
+        The acquisition's read noise was given by the user (``--read-noise-e``), not assumed: the
+        calibration's uncertainties then leave out the 0-3 e- range an assumed read noise may span.
     trust_model
         Report the model's values even when the guard (:mod:`~.estimation.guard`) finds
         the model biased on this movie or the movie outside its training range.
@@ -233,6 +236,7 @@ class Settings:
     chunk_frames: int | None = None
     chunk_localizations: int = 200_000
     measure: tuple[str, ...] = ()
+    read_noise_known: bool = False
     trust_model: bool = False
     rescale_model: bool = True
     model_range_check: bool = True
