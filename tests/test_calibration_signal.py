@@ -174,6 +174,11 @@ def test_under_a_beam_that_fades_the_brighter_half_is_kept():
     assert any("uneven or fades" in note for note in cal.notes)
     assert signal.value == pytest.approx(truth, rel=0.15)
     assert abs(signal.value - truth) < 2 * signal.uncertainty
+    # the same with the camera given: the light is judged uneven from the background all the same
+    camera = {"gain_adu_per_e": movie.acquisition["gain_map_mean"], "offset_adu": movie.acquisition["offset_map_mean"]}
+    given = calibrate_movie(np.asarray(movie.movie), told.replace(**camera), given=set(camera))
+    assert given.background_range is not None and any("uneven or fades" in note for note in given.notes)
+    assert given.values["signal_photons"].value == pytest.approx(truth, rel=0.15)
 
 
 def test_an_unbounded_uncertainty_is_said_so():
@@ -199,3 +204,44 @@ def test_without_a_profile_the_signal_allows_for_an_airy_psfs_rings(monkeypatch)
     assert cal.psf_shape == "unknown" and "no profile" in signal.method
     assert signal.uncertainty >= 0.5 * (AIRY_FLUX_RATIO - 1.0) * signal.value
     assert "median blur-corrected Gaussian-fit width" in cal.values["psf_sigma_nm"].method
+
+
+def test_the_gain_factors_hold_the_gains_own_uncertainty_and_the_fitting_cameras():
+    from napari_spt_diffusion.calibration import Measured, _gain_factors
+
+    gain = Measured(2.0, 0.9, "ADU/e-", "")
+    factors, text = _gain_factors(gain, float("nan"), [2.0])
+    assert 2.0 / 2.9 in factors and 2.0 / 1.1 in factors and "cameras that fit (2 ADU/e-)" in text
+    factors, _ = _gain_factors(Measured(2.0, 1.5, "ADU/e-", ""), 0.2, [1.0])  # widened by the camera at 1
+    assert max(factors) == pytest.approx(2.0) and min(factors) == pytest.approx(2.0 / 2.2)
+    assert _gain_factors(Measured(2.0, 2.5, "ADU/e-", ""), float("nan"), [])[1].endswith("not bounded")
+    factors, text = _gain_factors(Measured(2.0, float("nan"), "ADU/e-", ""), float("nan"), [])
+    assert factors == (np.inf,) and "could not be measured" in text
+    assert _gain_factors(None, 0.1, [1.0]) == ((), "")
+
+
+def test_a_read_noise_given_that_does_not_fit_is_questioned_not_asked_for():
+    rng = np.random.default_rng(8)
+    shape = (60, 128, 128)  # a camera with 0.3 e- of read noise, told 3 e-
+    movie = (100.0 + rng.poisson(10.0, shape) + rng.normal(0.0, 0.3, shape)).round().astype(np.uint16)
+    known = calibrate_movie(movie, Acquisition(read_noise_e=3.0), given={"read_noise_e"})
+    assumed = calibrate_movie(movie, Acquisition(read_noise_e=3.0))
+    known_note = [n for n in known.notes if n.startswith("no sCMOS/CCD")]
+    assumed_note = [n for n in assumed.notes if n.startswith("no sCMOS/CCD")]
+    assert assumed_note and "assumed read noise" in assumed_note[0] and "give --read-noise-e" in assumed_note[0]
+    assert known_note and "given read noise" in known_note[0] and "is the given read noise right?" in known_note[0]
+    assert "give --read-noise-e" not in known_note[0]
+
+
+def test_the_background_with_a_given_gain_is_not_blamed_for_uneven_light():
+    """Under a beam the tiles' variances differ by the light, not by sampling: the background's uncertainty with the
+    gain and read noise given stays its sampling's (a few hundredths of a photon here)."""
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[:96, :96]
+    light = 10.0 * np.exp(-((yy - 48.0) ** 2 + (xx - 48.0) ** 2) / (2 * 40.0**2))
+    movie = (100.0 + 2.0 * (rng.poisson(np.broadcast_to(light, (40, 96, 96))) + rng.normal(0, 1.5, (40, 96, 96))))
+    acq = Acquisition(gain_adu_per_e=2.0, read_noise_e=1.5)
+    cal = calibrate_movie(movie.round().astype(np.uint16), acq, given={"gain_adu_per_e", "read_noise_e"})
+    background = cal.values["background_photons"]
+    assert background.value == pytest.approx(float(light.mean()), rel=0.05)
+    assert 0.0 < background.uncertainty < 0.1

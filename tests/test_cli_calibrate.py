@@ -118,3 +118,12 @@ def test_calibrate_applies_an_emccds_measured_read_noise_as_track_does(tmp_path,
     assert measured["camera"] == "emccd"
     assert record["acquisition"]["read_noise_e"] == pytest.approx(measured["read_noise_e"]["value"] / 2)
     assert record["acquisition"]["gain_adu_per_e"] == pytest.approx(2 * measured["gain_adu_per_e"]["value"])
+
+
+def test_an_unbounded_uncertainty_prints_as_such():
+    from napari_spt_diffusion import _cli_calibrate
+    from napari_spt_diffusion.acquisition import Acquisition
+    from napari_spt_diffusion.calibration import Calibration, Measured
+
+    cal = Calibration({"signal_photons": Measured(700.0, float("nan"), "photons/frame", "median")})
+    assert _cli_calibrate._rows(cal, Acquisition(), {})[0][2] == "not bounded"

@@ -178,10 +178,11 @@ class Calibration:
         lamp or focus; :func:`~.calibration_camera.trend_free_cumulants`); above
         :data:`~.calibration_camera.SLOW_CHANGE_SHARE`, and where the gain they give moves beyond twice its own
         spread (:func:`_slow_changes_matter`), the camera was measured from the trend-free cumulants (with a note;
-        ``background_share`` then counts the values those used). NaN when the camera was given.
+        ``background_share`` then counts the values those used). Measured with the camera given too (the signal
+        asks whether the light fades: :func:`~.calibration_spots.signal_estimate`); NaN without background.
     background_range
-        10th and 90th percentiles (photons/px/frame) of the background over the field's tiles (where the
-        camera was measured; None otherwise); a note says when the first is under
+        10th and 90th percentiles (photons/px/frame) of the background over the field's tiles (with the
+        camera measured or given; None otherwise); a note says when the first is under
         1 / :data:`UNEVEN_BACKGROUND` of the second (uneven illumination).
     bright_half_ratio
         Median photons of the brighter half of the isolated single spots over all of theirs; above
@@ -271,20 +272,23 @@ def _emccd_fits(skew: SkewReading) -> bool:
     return not skew.ratio_high < 4.0 / 3.0
 
 
-def _misfit_candidates(skew: SkewReading) -> list[float]:
-    """The Poisson-equivalent gains (ADU/e-) of the cameras that fit: the sCMOS/CCD's, and the EMCCD's (twice its
-    gain) where it can be one; finite ones only."""
-    gains = [skew.poisson_gain] + ([2.0 * skew.emccd_gain] if _emccd_fits(skew) else [])
+def _misfit_candidates(skew: SkewReading, read_known: bool = False) -> list[float]:
+    """The Poisson-equivalent gains (ADU/e-) of the cameras that fit: the sCMOS/CCD's (not where the read noise was
+    given: its read noise differs), and the EMCCD's (twice its gain) where it can be one; finite ones only."""
+    gains = ([] if read_known else [skew.poisson_gain]) + ([2.0 * skew.emccd_gain] if _emccd_fits(skew) else [])
     return [g for g in gains if math.isfinite(g) and g > 0]
 
 
-def _misfit_note(skew: SkewReading, read_noise_e: float) -> str:
-    """The note where no sCMOS/CCD with the assumed read noise fits the background's noise."""
-    head = (f"no sCMOS/CCD with the assumed read noise ({read_noise_e:g} e-) fits the background's noise, which is "
+def _misfit_note(skew: SkewReading, read_noise_e: float, read_known: bool = False) -> str:
+    """The note where no sCMOS/CCD with the assumed (or given: ``read_known``) read noise fits the background's
+    noise."""
+    word = "given" if read_known else "assumed"
+    head = (f"no sCMOS/CCD with the {word} read noise ({read_noise_e:g} e-) fits the background's noise, which is "
             f"more skewed (k4 k2 / k3^2 = {skew.ratio:.2f}, 95 % interval {skew.ratio_low:.2f}-{skew.ratio_high:.2f}; "
             "4/3 or more for an EMCCD, 1 + r^2 / b for an sCMOS/CCD). ")
     scmos = (f"an sCMOS/CCD of about {skew.poisson_gain:.3g} ADU/e- with {skew.poisson_read_noise_e:.2g} e- of read "
-             "noise (give --read-noise-e; in the widget, the camera read noise)")
+             + ("noise (is the given read noise right?)" if read_known else
+                "noise (give --read-noise-e; in the widget, the camera read noise)"))
     if not _emccd_fits(skew):
         return (head + f"It fits {scmos}; the gain where the fit with {read_noise_e:g} e- comes closest was taken, "
                 "its uncertainty covering that camera's")
@@ -300,35 +304,50 @@ def _camera_with_gain(tiles: np.ndarray, gain: float, read_noise_e: float,
     """``(offset ADU, background photons/px, their uncertainties)`` of a Poisson camera of known ``gain`` (ADU per
     photo-electron) from pooled tile cumulants: ``b = k2 / g^2 - r^2`` (at least 0), ``offset = mean - g b``, the
     background the field's mean; the uncertainty holds the read noise's over ``read_range`` (e-; the 0-3 e- an
-    assumed one may span, none where it is known) and the sampling's (the tiles' variances' spread, tiles weighted
-    by their samples)."""
+    assumed one may span, none where it is known) and the sampling's (each tile's ``k2`` varies as
+    ``(k4 + 2 k2^2) / n`` over its ``n`` samples, tiles weighted by them)."""
     mean, k2 = pooled_cumulants(tiles)[:2]
     background = max(k2 / gain**2 - read_noise_e**2, 0.0)
     offset = mean - gain * background
     low, high = (max(k2 / gain**2 - r**2, 0.0) for r in sorted(read_range, reverse=True))
     spread = (high - low) / math.sqrt(12.0)  # a uniform read noise variance over the range
-    weights = tiles[:, 0] / tiles[:, 0].sum() if len(tiles) > 1 else np.ones(1)
-    sampling = math.sqrt(float(np.sum(weights**2 * (tiles[:, 2] - k2) ** 2)) * len(tiles) / max(len(tiles) - 1, 1))
+    # sampling: each tile's k2 varies as (k4 + 2 k2^2) / n about its own value (its light may differ from the
+    # others', which is no error of the pooled k2)
+    n = tiles[:, 0]
+    sampling = math.sqrt(max(float(np.sum(n * (tiles[:, 4] + 2.0 * tiles[:, 2] ** 2)) / float(n.sum()) ** 2), 0.0))
     total = math.hypot(spread, sampling / gain**2)
     return offset, max(field_background(tiles, gain, offset), 0.0), gain * total, total
 
 
-def _gain_factors(gain: Measured | None, alternatives: list[float]) -> tuple[tuple[float, ...], str]:
+def _gain_factors(gain: Measured | None, own_se: float, alternatives: list[float]) -> tuple[tuple[float, ...], str]:
     """What the spots' photons become at the gains the camera measurement leaves plausible (multiples of those
     counted with ``gain``: photons scale as 1 / gain), and a phrase for the signal's method. ``gain``: the measured
-    gain the photons were counted with (None where the user's was used); ``alternatives``: the gains of the cameras
-    that fit where none with the assumed read noise does (:func:`_misfit_candidates`)."""
+    gain the photons were counted with (None where the user's was used); ``own_se``: its uncertainty before the
+    cameras that fit widened it (NaN: that of ``gain``); ``alternatives``: the gains of the cameras that fit where
+    none with the assumed read noise does (:func:`_misfit_candidates`)."""
     if gain is None or not (math.isfinite(gain.value) and gain.value > 0):
         return (), ""
-    g, u = gain.value, gain.uncertainty if math.isfinite(gain.uncertainty) else math.inf
-    if alternatives:
-        factors = tuple(g / c for c in alternatives if c > 0)
-        gains = ", ".join(f"{c:.3g}" for c in alternatives)
-        return factors, f"; the photons at the gains of the cameras that fit ({gains} ADU/e-) included"
-    factors = (g / (g + u), g / (g - u) if u < g else math.inf)
-    if u >= g:
-        return factors, f"; not bounded: the gain's uncertainty ({100 * u / g:.0f} %) reaches 0"
-    return factors, f"; the gain's uncertainty ({100 * u / g:.0f} %) included"
+    g = gain.value
+    u = own_se if math.isfinite(own_se) else gain.uncertainty
+    if not math.isfinite(u):
+        return (math.inf,), "; not bounded: the gain's uncertainty could not be measured"
+    used = [c for c in alternatives if math.isfinite(c) and c > 0]
+    factors = (g / (g + u), g / (g - u) if u < g else math.inf, *(g / c for c in used))
+    text = f"; the gain's uncertainty ({100 * u / g:.0f} %)"
+    if used:
+        text += f" and the gains of the cameras that fit ({', '.join(f'{c:.3g}' for c in used)} ADU/e-)"
+    return factors, text + (" reaches 0: not bounded" if u >= g else " included")
+
+
+def _uneven_background(tiles: np.ndarray, gain: float, offset: float) -> tuple[tuple[float, float], str | None]:
+    """10th and 90th percentiles (photons/px) of the tiles' backgrounds, and a note where they span more than
+    :data:`UNEVEN_BACKGROUND` x (None otherwise)."""
+    low, high = (float(v) for v in np.percentile(tile_backgrounds(tiles, gain, offset), [10, 90]))
+    if high > UNEVEN_BACKGROUND * low and high - low > 1.0:  # (noise spreads tiles near 0 photons/px)
+        return (low, high), (f"the background varies over the field, from {low:.3g} to {high:.3g} photons/px (10th "
+                             f"and 90th percentiles of its {TILE_PX} x {TILE_PX} px tiles; uneven illumination?): the "
+                             "value given is the field's mean")
+    return (low, high), None
 
 
 def _child(gen: np.random.Generator) -> np.random.Generator:
@@ -506,15 +525,17 @@ def calibrate_movie(
     # 2 - camera and background
     camera_given = "gain_adu_per_e" in given and "offset_adu" in given
     read = float(acq.read_noise_e)
-    read_range = (read, read) if "read_noise_e" in given else _READ_NOISE_RANGE_E
-    read_text = f"read noise {acq.read_noise_e:g} e- " + ("given" if "read_noise_e" in given else "assumed")
+    read_known = "read_noise_e" in given
+    read_range = (read, read) if read_known else _READ_NOISE_RANGE_E
+    read_word = "given" if read_known else "assumed"
+    read_text = f"read noise {acq.read_noise_e:g} e- {read_word}"
     camera_known = camera_given
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     step = adu_step(frames)
     tiles = tile_cumulants(frames, mask)
     slow_share, plain, slow_note = float("nan"), None, False
-    if not camera_given:
-        free, slow_share = trend_free_cumulants(frames, mask, successor)
+    free, slow_share = trend_free_cumulants(frames, mask, successor)  # (measured with the camera given too: the
+    if not camera_given:                                               # signal asks whether the light fades)
         if slow_share > SLOW_CHANGE_SHARE and len(free) >= 4:
             # (the switch's bootstraps draw from their own generator: the others draw what they drew before)
             rounded = without_rounding(tiles, step)[0]
@@ -537,6 +558,7 @@ def calibrate_movie(
                      "--gain-adu-per-e and --offset-adu if they are known")
     camera_kind, excess, background_range = "unknown", None, None
     gain_alternatives: list[float] = []  # gains of the cameras that fit where none with the assumed read noise does
+    gain_own_se = float("nan")  # the measured gain's uncertainty before those widen it
     light_uneven = math.isfinite(slow_share) and slow_share > _SLOW_NOTE_SHARE
     if camera_given:
         photons_bg = (frames[mask] - offset) / gain
@@ -544,6 +566,10 @@ def calibrate_movie(
             b = float(np.mean(photons_bg))
             values["background_photons"] = Measured(b, float(np.std(photons_bg) / math.sqrt(photons_bg.size)),
                                                     "photons/px/frame", "mean of background pixels, given camera")
+        if len(tiles):
+            background_range, uneven = _uneven_background(tiles, gain, offset)
+            light_uneven |= uneven is not None
+            notes += [uneven] if uneven else []
     elif len(tiles) >= 4:
         is_emccd, q, q_low, q_high = excess_noise(tiles, gen)
         if not is_emccd and plain is not None:
@@ -566,23 +592,24 @@ def calibrate_movie(
             gain, offset, background, read_noise = emccd_camera(tiles)
             boot = np.array([emccd_camera(tiles[gen.integers(0, len(tiles), len(tiles))]) for _ in range(_BOOTSTRAP)])
             total = _nan_spread(boot)
+            gain_own_se = float(total[0])
         else:
             camera_kind = "poisson"
             gain, offset, background = poisson_camera(tiles, read)  # the solution above 2 r^2
             _, k2, k3, k4, _ = pooled_cumulants(tiles)
             how = gain_solution(k2, k3, read)[1]
             if skew is not None:
-                notes.append(_misfit_note(skew, float(acq.read_noise_e)))
+                notes.append(_misfit_note(skew, float(acq.read_noise_e), read_known))
             elif how == "where the solutions meet":
-                notes.append(f"the background lies near twice the square of the assumed read noise "
+                notes.append(f"the background lies near twice the square of the {read_word} read noise "
                              f"({acq.read_noise_e:g} e-), where its noise tells the gain least well; give "
                              "--gain-adu-per-e if it is known")
             elif how == "above 2 r^2" and q_low <= 1.0 <= q_high and points_below(k2, k3, k4, read):
-                notes.append(f"the background's noise also fits a background below twice the square of the assumed "
-                             f"read noise ({2 * read**2:.3g} photons/px at {acq.read_noise_e:g} e-), with a higher "
-                             "gain, and its fourth cumulant points there (light from spots can do that too); the "
-                             "higher background was taken: if the background is known to be that low, give "
-                             "--gain-adu-per-e")
+                notes.append(f"the background's noise also fits a background below twice the square of the "
+                             f"{read_word} read noise ({2 * read**2:.3g} photons/px at {acq.read_noise_e:g} e-), "
+                             "with a higher gain, and its fourth cumulant points there (light from spots can do that "
+                             "too); the higher background was taken: if the background is known to be that low, "
+                             "give --gain-adu-per-e")
             boot = np.array([poisson_camera(tiles[gen.integers(0, len(tiles), len(tiles))], read)
                              for _ in range(_BOOTSTRAP)])
             spread = _nan_spread(boot)
@@ -592,8 +619,8 @@ def calibrate_movie(
             read_spread = _nan_spread(np.array(bounds), reference=np.array([gain, offset, background])) / math.sqrt(3)
             total = np.sqrt(spread**2 + np.nan_to_num(read_spread) ** 2)
             method = f"background cumulants (k3/k2), {read_text}"
-            candidates = _misfit_candidates(skew) if skew is not None else []
-            gain_alternatives = candidates
+            candidates = _misfit_candidates(skew, read_known) if skew is not None else []
+            gain_alternatives, gain_own_se = candidates, float(total[0])
             if candidates:  # the cameras that fit, as far apart as 2 x in the gain: the uncertainty covers them
                 total[0] = math.hypot(total[0], max(abs(c - gain) for c in candidates))
                 method += "; no such camera fits: the gain where the fit comes closest, between the two that do"
@@ -605,13 +632,9 @@ def calibrate_movie(
             values["gain_adu_per_e"] = Measured(gain, float(total[0]), "ADU/e-", method)
             values["offset_adu"] = Measured(offset, float(total[1]), "ADU", method)
             values["background_photons"] = Measured(background, float(total[2]), "photons/px/frame", method)
-            low, high = (float(v) for v in np.percentile(tile_backgrounds(tiles, gain, offset), [10, 90]))
-            background_range = (low, high)
-            if high > UNEVEN_BACKGROUND * low and high - low > 1.0:  # (noise spreads tiles near 0 photons/px)
-                light_uneven = True
-                notes.append(f"the background varies over the field, from {low:.3g} to {high:.3g} photons/px (10th "
-                             f"and 90th percentiles of its {TILE_PX} x {TILE_PX} px tiles; uneven illumination?): the "
-                             f"value given is the field's mean")
+            background_range, uneven = _uneven_background(tiles, gain, offset)
+            light_uneven |= uneven is not None
+            notes += [uneven] if uneven else []
             if camera_kind == "emccd":
                 values["read_noise_e"] = Measured(read_noise, float(total[3]), "e-",
                                                   "EMCCD: sqrt(k2 - 2 g^2 b) / g (photo-electrons)")
@@ -692,7 +715,7 @@ def calibrate_movie(
             # the photons were counted with the measured gain unless the user's was used (an EMCCD's is measured)
             counted_with = values.get("gain_adu_per_e") if camera_kind == "emccd" or "gain_adu_per_e" not in given \
                 else None
-            factors, gain_text = _gain_factors(counted_with, gain_alternatives)
+            factors, gain_text = _gain_factors(counted_with, gain_own_se, gain_alternatives)
             signal = signal_estimate(static, (flux, flux_se), factors, gen, photon_factor=equivalent,
                                      light_uneven=light_uneven)
             bright_half_ratio = signal.bright_half_ratio

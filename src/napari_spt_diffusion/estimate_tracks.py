@@ -104,8 +104,9 @@ def estimate_tracks(
     settings
         :class:`~napari_spt_diffusion.pipeline.Settings` (or a dict of its fields). Used:
         ``model``, ``device``, ``batch_size``, ``min_track_length``, the changepoint
-        settings, ``chunk_localizations``, ``measure``, ``trust_model``, ``rescale_model``, ``model_range_check``,
-        ``model_switch``, ``psf_units``, ``drift_correction``; detection and linking settings do not apply.
+        settings, ``chunk_localizations``, ``measure``, ``read_noise_known``, ``trust_model``, ``rescale_model``,
+        ``model_range_check``, ``model_switch``, ``psf_units``, ``drift_correction``; detection and linking
+        settings do not apply.
     progress, should_stop, estimator
         As for :func:`~napari_spt_diffusion.pipeline.track_and_estimate`.
 
