@@ -162,3 +162,11 @@ def test_load_settings_from_results(make_napari_viewer_proxy, config, tmp_path, 
     monkeypatch.setattr(_dialogs, "notify_error", lambda m: errors.append(str(m)))
     assert widget.load_settings_from_results(path=tmp_path / "bad_meta.json") is None
     assert errors and "records no settings" in errors[0]
+
+
+def test_a_read_noise_set_in_the_widget_counts_as_known():
+    values = {"model": "aniso", "device": "cpu", "threshold_snr": 5.0, "max_D_um2_s": 5.0, "memory_frames": 2,
+              "min_track_length": 5}
+    assert track_widget.pipeline_settings({**values, "read_noise_e": 1.5}).read_noise_known is False  # the default
+    assert track_widget.pipeline_settings({**values, "read_noise_e": 0.8}).read_noise_known is True
+    assert track_widget.pipeline_settings(values).read_noise_known is False

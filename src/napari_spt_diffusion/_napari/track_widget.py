@@ -68,7 +68,8 @@ ACQUISITION_FIELDS: dict[str, tuple[str, str, float, float, float, int]] = {
     "background_photons": ("background", " photons/px", 0.0, 1e7, 1.0, 1),
     "gain_adu_per_e": ("camera gain", " ADU/e⁻", 1e-4, 1e4, 0.1, 3),
     "offset_adu": ("camera offset", " ADU", -65535.0, 65535.0, 1.0, 1),  # negative: shifted signed data
-    # assumed where an sCMOS/CCD is measured (a warning says when the background's noise calls for less)
+    # assumed where an sCMOS/CCD is measured (a warning says when the background's noise calls for less); a value
+    # other than the default counts as known (pipeline_settings)
     "read_noise_e": ("camera read noise", " e⁻", 0.0, 1000.0, 0.1, 2),
 }
 
@@ -114,6 +115,9 @@ def pipeline_settings(values: dict[str, Any]) -> Any:
         rescale_model=not bool(values.get("keep_model_scale", False)),
         model_range_check=not bool(values.get("keep_model_beyond_range", False)),
         measure=tuple(values.get("measure", ())),
+        # the read-noise field holds the assumed 1.5 e- unless the user set another value: that one is known
+        read_noise_known=values.get("read_noise_e") is not None
+        and abs(float(values["read_noise_e"]) - Acquisition().read_noise_e) > 1e-9,
     )
 
 
