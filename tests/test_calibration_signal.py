@@ -245,3 +245,11 @@ def test_the_background_with_a_given_gain_is_not_blamed_for_uneven_light():
     background = cal.values["background_photons"]
     assert background.value == pytest.approx(float(light.mean()), rel=0.05)
     assert 0.0 < background.uncertainty < 0.1
+
+
+def test_uncertainties_print_without_an_exponent():
+    from napari_spt_diffusion.calibration import format_uncertainty
+
+    assert format_uncertainty(183.19) == "180" and format_uncertainty(195.4) == "200"
+    assert format_uncertainty(4.76) == "4.8" and format_uncertainty(0.3048) == "0.3"
+    assert format_uncertainty(2.5e6) == "2.5e+06" and format_uncertainty(float("nan")) == "not bounded"

@@ -91,9 +91,11 @@ def _check_not_the_movie(out: Path, movie_path: Path) -> None:
 
 def _rows(calibration: Any, used: Any, given: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Table rows ``(quantity, measured, uncertainty, used, how)``."""
+    from .calibration import format_uncertainty
+
     rows = []
     for key, m in calibration.values.items():
-        spread = f"+- {m.uncertainty:.2g}" if math.isfinite(m.uncertainty) else "not bounded"
+        spread = f"+- {format_uncertainty(m.uncertainty)}" if math.isfinite(m.uncertainty) else "not bounded"
         rows.append((key, f"{m.value:.4g} {m.unit}", spread, f"{getattr(used, key):.4g}", m.method))
     for key, value in given.items():
         rows.append((key, "-", "-", f"{value:.4g}", "given"))

@@ -81,7 +81,8 @@ from .calibration_spots import median_and_se, signal_estimate, spot_table, stati
 from .errors import SptDiffusionError
 from .tracking.detect import check_frame
 
-__all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "fields_to_measure", "CALIBRATED_FIELDS"]
+__all__ = ["Measured", "Calibration", "CalibrationError", "calibrate_movie", "fields_to_measure", "format_uncertainty",
+           "CALIBRATED_FIELDS"]
 
 #: Output variance of an EMCCD over a Poisson camera of the same mean gain (excess noise factor squared).
 EMCCD_EXCESS_NOISE_FACTOR = 2.0
@@ -116,6 +117,15 @@ def fields_to_measure(known: Iterable[str]) -> tuple[str, ...]:
     in their fixed order: what the command line and the widget measure from a movie."""
     known = set(known)
     return tuple(name for name in CALIBRATED_FIELDS if name not in known)
+
+
+def format_uncertainty(value: float) -> str:
+    """An uncertainty to two significant digits, without an exponent below a million (``183.19`` -> ``"180"``,
+    ``0.3048`` -> ``"0.3"``); ``"not bounded"`` where it is not finite."""
+    if not math.isfinite(value):
+        return "not bounded"
+    text = f"{value:.2g}"
+    return f"{float(text):.0f}" if "e+" in text and abs(value) < 1e6 else text
 
 
 class CalibrationError(SptDiffusionError, ValueError):
@@ -253,7 +263,7 @@ class Calibration:
         """Rows ``(quantity, value, uncertainty, method)`` for printing."""
         rows = []
         for key, m in self.values.items():
-            spread = f"+- {m.uncertainty:.2g}" if math.isfinite(m.uncertainty) else "not bounded"
+            spread = f"+- {format_uncertainty(m.uncertainty)}" if math.isfinite(m.uncertainty) else "not bounded"
             rows.append((key, f"{m.value:.4g} {m.unit}".strip(), spread, m.method))
         rows.append(("psf_shape", self.psf_shape, f"evidence {self.psf_shape_evidence:.3g}", "radial profile"))
         if self.excess_noise_statistic is not None:

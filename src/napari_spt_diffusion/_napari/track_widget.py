@@ -483,6 +483,8 @@ class TrackEstimateWidget(Container):
 
     def _show_measured(self, results: Any) -> None:
         """Fill the fields with the measured acquisition and say so; warn when the guard rejected the model."""
+        from ..calibration import format_uncertainty
+
         meta = results.meta or {}
         measured = meta.get("acquisition_measured") or {}
         used = results.acquisition
@@ -494,7 +496,7 @@ class TrackEstimateWidget(Container):
                     box.value = float(getattr(used, name))
                 spread = entry.get("uncertainty")
                 shown.append(f"{ACQUISITION_FIELDS[name][0]} {entry['value']:.4g}"
-                             + (f" ± {spread:.2g}" if isinstance(spread, (int, float)) else "")
+                             + (f" ± {format_uncertainty(spread)}" if isinstance(spread, (int, float)) else "")
                              + ACQUISITION_FIELDS[name][1])
         if shown and measured.get("camera") == "emccd":
             shown.append("camera: EMCCD (excess noise); the fields hold the Poisson-equivalent gain "
