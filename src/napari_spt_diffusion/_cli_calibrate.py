@@ -13,7 +13,6 @@ and checked before any work; the file is written atomically.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -95,8 +94,8 @@ def _rows(calibration: Any, used: Any, given: dict[str, Any]) -> list[tuple[str,
 
     rows = []
     for key, m in calibration.values.items():
-        spread = f"+- {format_uncertainty(m.uncertainty)}" if math.isfinite(m.uncertainty) else "not bounded"
-        rows.append((key, f"{m.value:.4g} {m.unit}", spread, f"{getattr(used, key):.4g}", m.method))
+        rows.append((key, f"{m.value:.4g} {m.unit}", format_uncertainty(m.uncertainty, "+- "),
+                     f"{getattr(used, key):.4g}", m.method))
     for key, value in given.items():
         rows.append((key, "-", "-", f"{value:.4g}", "given"))
     for quantity, value, spread, how in calibration.table()[len(calibration.values):]:

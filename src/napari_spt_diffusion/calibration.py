@@ -119,13 +119,13 @@ def fields_to_measure(known: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in CALIBRATED_FIELDS if name not in known)
 
 
-def format_uncertainty(value: float) -> str:
-    """An uncertainty to two significant digits, without an exponent below a million (``183.19`` -> ``"180"``,
-    ``0.3048`` -> ``"0.3"``); ``"not bounded"`` where it is not finite."""
+def format_uncertainty(value: float, prefix: str = "") -> str:
+    """An uncertainty to two significant digits after ``prefix``, without an exponent below a million (``183.19`` ->
+    ``"180"``, ``0.3048`` -> ``"0.3"``); ``"not bounded"`` (no prefix) where it is not finite."""
     if not math.isfinite(value):
         return "not bounded"
     text = f"{value:.2g}"
-    return f"{float(text):.0f}" if "e+" in text and abs(value) < 1e6 else text
+    return prefix + (f"{float(text):.0f}" if "e+" in text and abs(value) < 1e6 else text)
 
 
 class CalibrationError(SptDiffusionError, ValueError):
@@ -263,8 +263,7 @@ class Calibration:
         """Rows ``(quantity, value, uncertainty, method)`` for printing."""
         rows = []
         for key, m in self.values.items():
-            spread = f"+- {format_uncertainty(m.uncertainty)}" if math.isfinite(m.uncertainty) else "not bounded"
-            rows.append((key, f"{m.value:.4g} {m.unit}".strip(), spread, m.method))
+            rows.append((key, f"{m.value:.4g} {m.unit}".strip(), format_uncertainty(m.uncertainty, "+- "), m.method))
         rows.append(("psf_shape", self.psf_shape, f"evidence {self.psf_shape_evidence:.3g}", "radial profile"))
         if self.excess_noise_statistic is not None:
             q, low, high = self.excess_noise_statistic
@@ -543,7 +542,7 @@ def calibrate_movie(
     gain, offset = float(acq.gain_adu_per_e), float(acq.offset_adu)
     step = adu_step(frames)
     tiles = tile_cumulants(frames, mask)
-    slow_share, plain, slow_note = float("nan"), None, False
+    plain, slow_note = None, False
     free, slow_share = trend_free_cumulants(frames, mask, successor)  # (measured with the camera given too: the
     if not camera_given:                                               # signal asks whether the light fades)
         if slow_share > SLOW_CHANGE_SHARE and len(free) >= 4:

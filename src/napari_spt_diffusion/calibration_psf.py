@@ -185,10 +185,10 @@ def _best(profile: str, centres: np.ndarray, values: np.ndarray, guess: float
 
 
 def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float, shape: str | None = None,
-         blurred: bool = False) -> tuple[str, float, float, float, bool, tuple[float, float]]:
-    """``(shape, evidence, width px before corrections, flux ratio, at a search bound, (Gaussian width, Airy
-    flux ratio))`` of one set of spots; the last pair is NaN but for ``"unknown"``, whose width is the two
-    profiles' mean and whose flux the Gaussian's. ``shape`` given: that shape's width and flux (the bootstrap
+         blurred: bool = False) -> tuple[str, float, float, float, bool, float]:
+    """``(shape, evidence, width px before corrections, flux ratio, at a search bound, Airy flux ratio)`` of one
+    set of spots; the last is NaN but for ``"unknown"``, whose width is the two profiles' mean and whose flux the
+    Gaussian's. ``shape`` given: that shape's width and flux (the bootstrap
     keeps the full sample's; a Gaussian or Airy shape then fits that profile alone and returns no evidence,
     NaN); ``blurred``: no verdict (motion blur makes an Airy profile look Gaussian)."""
     total = counts.sum(axis=0)
@@ -198,7 +198,7 @@ def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float
     nan = float("nan")
     if shape in ("gaussian", "airy"):
         width, _, flux, at_bound = _best(shape, r, values, guess)
-        return shape, nan, width, flux, at_bound, (nan, nan)
+        return shape, nan, width, flux, at_bound, nan
     s_g, sse_g, flux_g, bound_g = _best("gaussian", r, values, guess)
     s_a, sse_a, flux_a, bound_a = _best("airy", r, values, guess)
     evidence = sse_g / max(sse_a, 1e-30)
@@ -209,10 +209,10 @@ def _fit(sums: np.ndarray, counts: np.ndarray, centres: np.ndarray, guess: float
         elif not blurred and evidence <= 1.0 / SHAPE_EVIDENCE:
             shape = "gaussian"
     if shape == "airy":
-        return shape, evidence, s_a, flux_a, bound_a, (nan, nan)
+        return shape, evidence, s_a, flux_a, bound_a, nan
     if shape == "gaussian":
-        return shape, evidence, s_g, flux_g, bound_g, (nan, nan)
-    return shape, evidence, 0.5 * (s_g + s_a), flux_g, bound_g or bound_a, (s_g, flux_a)
+        return shape, evidence, s_g, flux_g, bound_g, nan
+    return shape, evidence, 0.5 * (s_g + s_a), flux_g, bound_g or bound_a, flux_a
 
 
 def _corrected(width_px: float, blur_px2: float) -> float:
@@ -269,7 +269,7 @@ def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndar
     if n < MIN_PROFILE_SPOTS:
         return None
     blur = max(float(blur_px2), 0.0)
-    shape, evidence, width, flux, at_bound, (_, airy_flux) = _fit(
+    shape, evidence, width, flux, at_bound, airy_flux = _fit(
         sums, counts, centres, guess, blurred=blur > BLUR_SHAPE_LIMIT * guess**2)
     sigma = _corrected(width, blur)
     if at_bound or sigma <= 0:
@@ -286,7 +286,7 @@ def measure_psf(photons: np.ndarray, spots: dict[str, np.ndarray], rows: np.ndar
     systematic = 0.5 * (_corrected(width, 0.0) - sigma)  # the blur correction is approximate
     # an unknown shape takes the Gaussian's flux; the Airy profile may be the PSF's, so half their difference counts
     # as a systematic part (0 for a known shape). (Its width, the two profiles' mean, needs none: their
-    # Gaussian-equivalent widths agree within a fraction of a per cent.)
+    # Gaussian-equivalent widths agree within 1 %: tests/test_calibration_signal.py.)
     shape_flux = 0.5 * abs(airy_flux - flux) if shape == "unknown" else 0.0
     sigma_se = math.hypot(float(np.std(widths)) if widths else math.nan, systematic)
     flux_se = math.hypot(float(np.std(fluxes)) if fluxes else math.nan, shape_flux)

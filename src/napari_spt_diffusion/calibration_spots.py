@@ -228,11 +228,12 @@ def signal_estimate(static: StaticSpots, flux: tuple[float, float], gain_factors
     bright = np.asarray(static.photons, dtype=float) * photon_factor
     every = np.asarray(static.all_photons, dtype=float) * photon_factor
     n, n_se = median_and_se(bright, rng)
-    ratio = n / float(np.median(every)) if every.size and np.median(every) > 0 else float("nan")
+    n_every = float(np.median(every)) if every.size else float("nan")
+    ratio = n / n_every if n_every > 0 else float("nan")
     method = f"median of the brighter half ({bright.size}) of {every.size} isolated spots, those followed over 4 frames"
     note, spread_se = None, 0.0
     if math.isfinite(ratio) and ratio > MULTIPLES_RATIO:
-        n_bright, n_every = n, float(np.median(every))
+        n_bright = n
         spread_se = 0.5 * (n_bright - n_every)
         head = (f"the brighter half of the isolated spots holds {ratio:.2f} x the median photons of all of them, more "
                 "than noise spreads one emitter's (about 1.15 x)")

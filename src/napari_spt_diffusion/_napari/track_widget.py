@@ -496,7 +496,7 @@ class TrackEstimateWidget(Container):
                     box.value = float(getattr(used, name))
                 spread = entry.get("uncertainty")
                 shown.append(f"{ACQUISITION_FIELDS[name][0]} {entry['value']:.4g}"
-                             + (f" ± {format_uncertainty(spread)}" if isinstance(spread, (int, float)) else "")
+                             + (format_uncertainty(spread, " ± ") if isinstance(spread, (int, float)) else "")
                              + ACQUISITION_FIELDS[name][1])
         if shown and measured.get("camera") == "emccd":
             shown.append("camera: EMCCD (excess noise); the fields hold the Poisson-equivalent gain "
