@@ -20,7 +20,7 @@ Each screenshot is taken at every window size of ``--sizes``: ``screenshot_<kind
 - ``state_note``: the NA 1.45 free-diffusion movie with ``binding`` asked (``binding_any`` runs): the
   warnings tab with the note that few tracks show a change of state, at 1920 x 1080 only;
 - ``rescale``: the NA 0.8 free-diffusion movie of seed offset 30 (the case's seed + 30), where the guard
-  accepts ``aniso_any`` but shows it reading 0.87 x the classical estimate: the warnings tab with the
+  accepts ``aniso_any`` but shows it reading 0.86 x the classical estimate: the warnings tab with the
   sentence that its D1 and D2 were divided by that factor, at 1920 x 1080 only;
 - ``reloaded``: the results of the sample movie written to CSV and opened again with the
   plugin's reader beside the movie (File > Open of ``<prefix>_meta.json``).

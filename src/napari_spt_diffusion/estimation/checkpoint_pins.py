@@ -10,7 +10,7 @@ Do not edit by hand.
 
 PINNED_SHA256: dict[str, str] = {
     "aniso": "3a37e621fe3a408af5fa5bbb1eb66995eca62d7212b317c2308a84d61c42e8c3",
-    "aniso_any": "074d2d5a4674915de8ce4625592ede9dd9640afb2c5348909119e069ce392012",
+    "aniso_any": "9c55bbce06abf9877bd710c27e1dbe96e86fb54bd96bdae6ba0c966afca31e4b",
     "aniso_wide": "84a103d6c6c5567af6c64d8193a655c388d8d84f9e8c4812ba0d4a382d221c6f",
     "binding": "f762a2eb392f1b97b14cc7915562313ad58ead4f20e4ac7ce1dd152954c8824c",
     "binding_any": "f6509cc5fe3b0a32347fdb00e5bcc789bf07cc88bf6227cb660dabee623abdb6",
