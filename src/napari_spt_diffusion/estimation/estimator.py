@@ -249,8 +249,8 @@ def check_acquisition(
         # a model trained for PSF units: the virtual pixel follows the movie's PSF by design; whether
         # the D range it then covers biases the estimates is for the guard's population test to find
         # (also where the card names the virtual pixels it was trained over: `aniso_any` was trained
-        # over 80-180 nm and meets the grid target in all six cells at PSFs of 2.5 px, 250 nm virtual
-        # pixels, and in three of six at 2 px; grid.md). In the movie's own pixels (a PSF near the
+        # over 60-260 nm and meets the grid target in all six cells at PSFs of 2.5 px, 250 nm virtual
+        # pixels, and in four of six at 2 px; grid.md). In the movie's own pixels (a PSF near the
         # model's, no resampling) the pixel size is judged, against the card's range where it has one.
         del values["pixel_size_nm"]
     messages = []

@@ -33,7 +33,8 @@ input: that of its motion model (:data:`MEAN_D_RANGES_UM2_S`, converted at the c
 acquisition), widened by the training range's ``pixel_scale`` (a larger pixel makes the same
 motion smaller in px^2/frame) and by a motion prior, if the card names them. Few training tracks lie near
 the extremes of such a widened range, and the model's reading thins out toward them (``aniso_any`` reads
-tracks of 6-9 um^2/s at its standard acquisition about 0.87 x, its top being 9.4): the test counts the
+tracks of 9-14 um^2/s at its standard acquisition about 0.87 x, of 14-20 about 0.79 x, its top being 16.7;
+benchmarks/reports/model_range.md): the test counts the
 whole range all the same, since a 30-frame track's CVE scatters by about 35 % and a model 13 % low is
 still the better estimate (a range cut to the pixel scales that a quarter of the chunks reach on each side
 was tried and sent more of those tracks to the noisier CVE). A model run in PSF

@@ -4,7 +4,7 @@ The guard (:mod:`~.estimation.guard`) measures, over a movie's tracks, the facto
 the model's mean diffusivity differs from the covariance-based estimate (CVE), which is unbiased
 whatever the optics and the camera, with a bootstrap confidence interval ``[b_low, b_high]``. A
 model it does not reject may still read a movie several percent off (on the independent renderer's
-NA 0.8 movies ``aniso_any`` read 0.86-0.88 x, inside the guard's 10 % margin;
+NA 0.8 movies ``aniso_any`` read 0.86-0.88 x, its seventh stage 0.86-0.87 x, inside the guard's 10 % margin;
 ``benchmarks/reports/foreign.md``). Where that bias is shown (the interval excludes 1) and is
 larger than the guard's own systematic error (:data:`MIN_RESCALE`: on unbiased cells of our
 simulator the guard reads within 3 %, ``benchmarks/reports/guard.md``), the model's D1 and D2 are

@@ -20,10 +20,11 @@ log (D1 + D2)_true|``. The posterior medians of D1 and D2 taken apart do not add
 median of their sum: where the data cannot tell an isotropic track from an anisotropic one
 (short, slow or noisy tracks), the prior's anisotropic tracks can pull the median of D2 down
 more than that of D1 up, and the mean diffusivity ``(D1 + D2) / 2`` then reads low. On isotropic
-tracks at a wide PSF and a high background the bundled ``aniso_any`` reads it 0.85 x the truth
+tracks at a wide PSF and a high background the bundled ``aniso_any`` reads it 0.89 x the truth
 for D of 0.15-0.5 um^2/s (``benchmarks/reports/trace_bias.md``). That is not this mechanism: a
 stage trained with ``trace_weight`` 2 read those tracks lower still (0.81 x over all D against
-0.87 x for the stage it started from; ``training_runs/aniso_any_trace_stage4``).
+0.87 x for the stage it started from; ``training_runs/aniso_any_trace_stage4``, and ``trace_bias.md``
+as of commit 19b79d8).
 
 Optimiser: AdamW with a linear warm-up then a cosine decay to 5 % of the peak learning rate.
 Augmentation: the 8 symmetries of the square pixel grid (:func:`.data.augment`).
