@@ -77,7 +77,7 @@ from .calibration_camera import (
     without_rounding,
 )
 from .calibration_psf import AIRY_FLUX_RATIO, MIN_BOOTSTRAP_GROUPS, MIN_PROFILE_SPOTS, measure_psf
-from .calibration_spots import median_and_se, signal_estimate, spot_table, static_spots
+from .calibration_spots import BOOTSTRAP, median_and_se, signal_estimate, spot_table, static_spots
 from .errors import SptDiffusionError
 from .tracking.detect import check_frame
 
@@ -100,7 +100,7 @@ MASK_MARGIN_PX = 4.0
 #: A frame's own detections above this DoG signal-to-noise ratio mask it too (the others mask only
 #: its neighbours: :func:`_background_mask`).
 MASK_OWN_SNR = 8.0
-_BOOTSTRAP = 200
+_BOOTSTRAP = BOOTSTRAP  # replicates of every bootstrap here, as of the spots' medians
 #: Where slow changes make more than this share of the background's variance and the camera could not be measured
 #: without them, a note asks for the camera (on the calibration grid's steady movies the share stays under 0.8 %).
 _SLOW_NOTE_SHARE = 0.02

@@ -165,8 +165,6 @@ def median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float, 
     return float(np.median(values)), float(np.std(boot))
 
 
-
-
 #: Ratio of the brighter half's median photons to all isolated single spots' above which the brighter half is taken
 #: to hold multiples. Fit and photon noise spread one emitter's photons by at most about 20 % rms at the detection
 #: threshold (SNR 5), which puts the brighter half's median at most about 1.15 x the whole's; a larger ratio says
