@@ -32,12 +32,16 @@ The range (:func:`trained_mean_d_range_px2`) is in the model's own units, px^2/f
 input: that of its motion model (:data:`MEAN_D_RANGES_UM2_S`, converted at the card's training
 acquisition), widened by the training range's ``pixel_scale`` (a larger pixel makes the same
 motion smaller in px^2/frame) and by a motion prior, if the card names them. Few training tracks lie near
-the extremes of such a widened range, and the model's reading thins out toward them (``aniso_any`` reads
-tracks of 9-14 um^2/s at its standard acquisition about 0.87 x, of 14-20 about 0.79 x, its top being 16.7;
-benchmarks/reports/model_range.md): the test counts the
-whole range all the same, since a 30-frame track's CVE scatters by about 35 % and a model 13 % low is
-still the better estimate (a range cut to the pixel scales that a quarter of the chunks reach on each side
-was tried and sent more of those tracks to the noisier CVE). A model run in PSF
+the extremes of such a widened range, and the model's reading thins out toward them. At the top the test
+counts the whole range all the same (``aniso_any`` reads tracks of 9-14 um^2/s at its standard acquisition
+about 0.87 x, of 14-20 about 0.79 x, its top being 16.7; a 30-frame track's CVE scatters by about 35 %, and a
+model 13 % low is still the better estimate: a top cut to the pixel scales that a quarter of the chunks reach was
+tried and sent more of those tracks to the noisier CVE). At the bottom the reading fails fast instead: in its
+own units ``aniso_any`` reads tracks of 0.0085-0.0125 px^2/frame at 1.13 x, of 0.006-0.0085 at 1.26-1.35 x and
+of 0.0041-0.006 at 1.63-1.68 x, at PSF 1 px as at 2 px, where the CVE reads 0.92-1.00 x
+(``benchmarks/reports/model_range.md``, the sections on its reading at the bottom of its range). So the bottom
+is taken at the pixel scale that three quarters of the training chunks stay under
+(:data:`LOW_EDGE_PIXEL_SHARE`; 0.0085 px^2/frame for ``aniso_any``), not at the largest (0.0041). A model run in PSF
 units sees the movie's D times ``s^2`` (:mod:`.psf_units`), so the range in the movie's
 px^2/frame is the model's divided by ``s^2``. Only the card's last training stage counts: a
 warm start from a model trained on a wider range does not widen it.
@@ -64,7 +68,8 @@ from .guard import MIN_TRACKS
 
 __all__ = ["MEAN_D_RANGES_UM2_S", "RangeCheck", "trained_mean_d_range_px2", "median_step_d_px2",
            "median_step_variance_px2", "d_from_step_variance", "range_sides", "tested", "check_tracks",
-           "guard_left_out", "DEFAULT_CONFIDENCE", "GUARD_TRIM", "FLAG", "NEAR_FLAG"]
+           "guard_left_out", "low_edge_pixel_scale", "DEFAULT_CONFIDENCE", "GUARD_TRIM", "LOW_EDGE_PIXEL_SHARE", "FLAG",
+           "NEAR_FLAG"]
 
 #: Range of a track's mean diffusivity ``(D1 + D2) / 2`` (um^2/s) that each motion model's simulation draws,
 #: at its base acquisition (:mod:`~napari_spt_diffusion.simulation.trajectories`): ``aniso`` D1 over the
@@ -87,6 +92,9 @@ GUARD_TRIM = 0.6
 #: precision reads low (on the robustness grid's 0.7 px / 250-photon cell 6 of 1,000 tracks of 5-30 frames, all
 #: inside the range, were flagged against 1.2 expected)
 MIN_SHARE_BEYOND = 0.02
+#: The low edge of a range widened by a training ``pixel_scale`` is taken at the pixel scale that this share of the
+#: training chunks stay under, not at its largest (:func:`trained_mean_d_range_px2`).
+LOW_EDGE_PIXEL_SHARE = 0.75
 #: The flag of a track whose classical values are reported for this reason.
 FLAG = "beyond_model_range"
 #: The flag of a track whose model values are reported although the model reads it near the edge of its range
@@ -114,8 +122,14 @@ def trained_mean_d_range_px2(card: dict[str, Any]) -> tuple[float, float] | None
     scale = (training.get("acquisition_range") or {}).get("pixel_scale")
     if scale:  # a chunk's pixel `p` times the base's: the same motion is 1 / p^2 in its px^2/frame
         p_low, p_high = (float(v) for v in scale)
-        low_px2, high_px2 = low_px2 / p_high**2, high_px2 / p_low**2
+        low_px2, high_px2 = low_px2 / low_edge_pixel_scale(p_low, p_high) ** 2, high_px2 / p_low**2
     return low_px2, high_px2
+
+
+def low_edge_pixel_scale(p_low: float, p_high: float) -> float:
+    """The pixel scale behind the range's low edge: the one that :data:`LOW_EDGE_PIXEL_SHARE` of the training
+    chunks reach or stay under (pixel scales are drawn log-uniform in ``p_low``-``p_high``; dimensionless)."""
+    return float(np.exp(np.log(p_low) + LOW_EDGE_PIXEL_SHARE * (np.log(p_high) - np.log(p_low))))
 
 
 def median_step_d_px2(positions_px: np.ndarray, loc_var_px2: Any, blur: float) -> np.ndarray:
