@@ -107,6 +107,9 @@ class TrainConfig:
         "None: the standard one", cli=False))
     modalities: str | None = field(default=None, metadata=_option(
         "token streams of the model (single-modality ablations; default: both)", choices=MODALITIES))
+    joint_blocks: int | None = field(default=None, metadata=_option(
+        "self-attention blocks of the level-2 transformer (default: 2, the bundled size); a warm start from a model "
+        "with fewer grows it, the added blocks starting as the identity (training.growth)", metavar="N"))
     model_config: dict[str, Any] | None = field(default=None, metadata=_option(
         "ModelConfig fields replacing the standard size (kind, max_frames and patch_size follow the data)",
         cli=False))
@@ -150,6 +153,8 @@ class TrainConfig:
             _check_int(name, getattr(self, name), low)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
+        if self.joint_blocks is not None:
+            _check_int("joint_blocks", self.joint_blocks, 1)
         forbidden = sorted(set(benchmark_seeds().values()))
         if self.seed in forbidden or self.seed + 1 in forbidden:
             raise TrainingError(f"seed {self.seed} collides with the benchmark test seeds {forbidden}")

@@ -68,6 +68,7 @@ from .card import (
 )
 from .config import CONFIG_FILE_NAME, TrainConfig, TrainingError
 from .data import DataOptions, Progress, Split, augment, load_dataset, sample_arrays, targets_from_labels, to_split
+from .growth import load_state
 from .models import ModelConfig, NormalizedModel, build_model
 from .motion_priors import get_prior
 
@@ -260,6 +261,8 @@ def _model_config(config: TrainConfig, kind: str, patch_size: int) -> ModelConfi
     overrides: dict[str, Any] = {"kind": kind, "max_frames": config.n_frames, "patch_size": patch_size}
     if config.modalities is not None:
         overrides["modalities"] = config.modalities
+    if config.joint_blocks is not None:
+        overrides["n_joint"] = config.joint_blocks
     try:
         return ModelConfig.from_dict({**(config.model_config or {}), **overrides})
     except (TypeError, ValueError) as exc:
@@ -289,11 +292,10 @@ def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: Mo
         stored = ModelConfig.from_dict(ckpt["config"]).to_dict()
     except (TypeError, ValueError):
         stored = None
-    if stored != cfg.to_dict():
-        raise TrainingError(f"{p} was trained with another model configuration; "
-                            "warm start needs the same size and kind")
-    net.load_state_dict(ckpt["state_dict"])
+    grown = load_state(net, ckpt["state_dict"], stored, cfg, str(p))
     info: dict[str, Any] = {"state": str(p), "epoch_of_state": ckpt.get("epoch")}
+    if grown:
+        info["grown"] = grown
     curve = p.with_name("learning_curve.csv")
     if curve.is_file():
         rows = read_learning_curve(curve)
@@ -318,13 +320,11 @@ def _load_bundled_state(net: torch.nn.Module, name: str, cfg: ModelConfig) -> di
         stored = ModelConfig.from_dict(card.get("model_config") or {}).to_dict()
     except (TypeError, ValueError):
         stored = None
-    if stored != cfg.to_dict():
-        raise TrainingError(f"bundled model {name!r} has another model configuration; warm start needs the same "
-                            "size and kind")
-    net.load_state_dict(module.state_dict())
+    grown = load_state(net, module.state_dict(), stored, cfg, f"bundled model {name!r}")
     training = card.get("training", {})
-    return {"state": f"bundled checkpoint {name} (sha256 {card.get('sha256')})", "epoch_of_state": None,
+    info = {"state": f"bundled checkpoint {name} (sha256 {card.get('sha256')})", "epoch_of_state": None,
             "lineage": list(training.get("lineage", []))}
+    return {**info, "grown": grown} if grown else info
 
 
 def _optimiser(net: torch.nn.Module, config: TrainConfig, n_train: int) -> _Optimiser:
