@@ -39,7 +39,7 @@ def test_the_trained_range_follows_the_motion_model_the_pixel_scale_and_the_prio
     assert trained_mean_d_range_px2(_card("twostate")) == pytest.approx((0.05, 6.0))
     card = _card("aniso")
     card["training"] = {**card["training"], "acquisition_range": {"pixel_scale": [0.5, 2.0]}}
-    # the top from the smallest pixel; the bottom from the pixel three quarters of the chunks stay under (log-uniform
+    # the top from the smallest pixel; the bottom from the 75th percentile of the drawn pixels (log-uniform
     # over 0.5-2: sqrt(2)), not the largest, where few training tracks lie
     assert low_edge_pixel_scale(0.5, 2.0) == pytest.approx(2.0**0.5)
     assert trained_mean_d_range_px2(card) == pytest.approx((0.0275 / 2.0, 6.0 / 0.25))

@@ -35,13 +35,14 @@ motion smaller in px^2/frame) and by a motion prior, if the card names them. Few
 the extremes of such a widened range, and the model's reading thins out toward them. At the top the test
 counts the whole range all the same (``aniso_any`` reads tracks of 9-14 um^2/s at its standard acquisition
 about 0.87 x, of 14-20 about 0.79 x, its top being 16.7; a 30-frame track's CVE scatters by about 35 %, and a
-model 13 % low is still the better estimate: a top cut to the pixel scales that a quarter of the chunks reach was
-tried and sent more of those tracks to the noisier CVE). At the bottom the reading fails fast instead: in its
-own units ``aniso_any`` reads tracks of 0.0085-0.0125 px^2/frame at 1.13 x, of 0.006-0.0085 at 1.26-1.35 x and
-of 0.0041-0.006 at 1.63-1.68 x, at PSF 1 px as at 2 px, where the CVE reads 0.92-1.00 x
-(``benchmarks/reports/model_range.md``, the sections on its reading at the bottom of its range). So the bottom
-is taken at the pixel scale that three quarters of the training chunks stay under
-(:data:`LOW_EDGE_PIXEL_SHARE`; 0.0085 px^2/frame for ``aniso_any``), not at the largest (0.0041). A model run in PSF
+model 13 % low is still the better estimate: a cut of both ends to the pixel scales that a quarter of the chunks
+reach was tried, and at the top it sent more of those tracks to the noisier CVE). At the bottom the reading fails
+fast instead: in its own units ``aniso_any`` reads tracks of 0.0085-0.0125 px^2/frame at 1.13 x, of
+0.006-0.0085 at 1.26-1.35 x and of 0.0041-0.006 at 1.63-1.68 x, at PSF 1 px as at 2 px, where the CVE reads
+0.92-1.00 x (``benchmarks/reports/model_range.md``, the sections on its reading at the bottom of its range). So the
+bottom is taken at the 75th percentile of the training chunks' drawn pixel scales (:data:`LOW_EDGE_PIXEL_SHARE`; the
+chunks at the base pixel, ``standard_share`` of them, not counted; 0.0085 px^2/frame for ``aniso_any``), not at
+the largest (0.0041). A model run in PSF
 units sees the movie's D times ``s^2`` (:mod:`.psf_units`), so the range in the movie's
 px^2/frame is the model's divided by ``s^2``. Only the card's last training stage counts: a
 warm start from a model trained on a wider range does not widen it.
@@ -92,8 +93,9 @@ GUARD_TRIM = 0.6
 #: precision reads low (on the robustness grid's 0.7 px / 250-photon cell 6 of 1,000 tracks of 5-30 frames, all
 #: inside the range, were flagged against 1.2 expected)
 MIN_SHARE_BEYOND = 0.02
-#: The low edge of a range widened by a training ``pixel_scale`` is taken at the pixel scale that this share of the
-#: training chunks stay under, not at its largest (:func:`trained_mean_d_range_px2`).
+#: The low edge of a range widened by a training ``pixel_scale`` is taken at this quantile of the pixel scales the
+#: training chunks drew (log-uniform; the chunks at the base pixel not counted), not at the largest
+#: (:func:`trained_mean_d_range_px2`).
 LOW_EDGE_PIXEL_SHARE = 0.75
 #: The flag of a track whose classical values are reported for this reason.
 FLAG = "beyond_model_range"
@@ -127,8 +129,8 @@ def trained_mean_d_range_px2(card: dict[str, Any]) -> tuple[float, float] | None
 
 
 def low_edge_pixel_scale(p_low: float, p_high: float) -> float:
-    """The pixel scale behind the range's low edge: the one that :data:`LOW_EDGE_PIXEL_SHARE` of the training
-    chunks reach or stay under (pixel scales are drawn log-uniform in ``p_low``-``p_high``; dimensionless)."""
+    """The pixel scale behind the range's low edge: the :data:`LOW_EDGE_PIXEL_SHARE` quantile of the training
+    chunks' pixel scales, drawn log-uniform in ``p_low``-``p_high`` (dimensionless)."""
     return float(np.exp(np.log(p_low) + LOW_EDGE_PIXEL_SHARE * (np.log(p_high) - np.log(p_low))))
 
 

@@ -303,9 +303,12 @@ def device_description(device: torch.device) -> str:
 # ------------------------------------------------------------------ lineage
 def run_entry(config: TrainConfig, command: str, n_train: int) -> dict[str, Any]:
     """One stage of a lineage as it is known when the run starts."""
-    return {"run_folder": str(config.run_folder), "command": command, "n_train_samples": int(n_train),
-            "epochs_planned": int(config.epochs), "neighbour_fraction": float(config.neighbour_fraction),
-            "warm_start_state": config.init_state}
+    entry = {"run_folder": str(config.run_folder), "command": command, "n_train_samples": int(n_train),
+             "epochs_planned": int(config.epochs), "neighbour_fraction": float(config.neighbour_fraction),
+             "warm_start_state": config.init_state}
+    if config.joint_blocks is not None:  # the stage that set (or grew) the depth says so
+        entry["joint_blocks"] = int(config.joint_blocks)
+    return entry
 
 
 def write_run_record(run: Path, entry: dict[str, Any], lineage_before: list[dict[str, Any]]) -> None:

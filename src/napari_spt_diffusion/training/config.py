@@ -108,8 +108,9 @@ class TrainConfig:
     modalities: str | None = field(default=None, metadata=_option(
         "token streams of the model (single-modality ablations; default: both)", choices=MODALITIES))
     joint_blocks: int | None = field(default=None, metadata=_option(
-        "self-attention blocks of the level-2 transformer (default: 2, the bundled size); a warm start from a model "
-        "with fewer grows it, the added blocks starting as the identity (training.growth)", metavar="N"))
+        "self-attention blocks of the level-2 transformer (default: those of the --init-state model, else 2, the "
+        "bundled size); with --init-state of a model with fewer, it grows, the added blocks starting as the identity "
+        "(training.growth)", metavar="N"))
     model_config: dict[str, Any] | None = field(default=None, metadata=_option(
         "ModelConfig fields replacing the standard size (kind, max_frames and patch_size follow the data)",
         cli=False))

@@ -16,7 +16,7 @@ import torch
 from .config import TrainingError
 from .models import ModelConfig, NormalizedModel
 
-__all__ = ["load_state", "zero_new_blocks"]
+__all__ = ["load_state", "stored_joint_blocks", "zero_new_blocks"]
 
 
 def load_state(net: NormalizedModel, state_dict: dict[str, torch.Tensor], stored: dict[str, Any] | None,
@@ -38,17 +38,37 @@ def load_state(net: NormalizedModel, state_dict: dict[str, torch.Tensor], stored
     if not same_but_depth or not isinstance(old_joint, int) or old_joint >= cfg.n_joint:
         raise TrainingError(f"{source} was trained with another model configuration; warm start needs the same size "
                             "and kind (or the same with fewer joint blocks, which then grow)")
-    missing, unexpected = net.load_state_dict(state_dict, strict=False)
     new_prefixes = tuple(f"core.joint.{i}." for i in range(old_joint, cfg.n_joint))
-    if unexpected or any(not key.startswith(new_prefixes) for key in missing):
+    added = {key for key in net.state_dict() if key.startswith(new_prefixes)}
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if unexpected or set(missing) != added:  # exactly the added blocks' weights, no more and no fewer
         raise TrainingError(f"{source}: its weights do not match a model with fewer joint blocks")
     zero_new_blocks(net, old_joint)
     return {"n_joint": [old_joint, cfg.n_joint]}
 
 
+def stored_joint_blocks(init_state: str | None, bundled: dict[str, Any] | None = None) -> int | None:
+    """Joint blocks of the model a warm start begins from (``n_joint`` of its stored configuration), or ``None``
+    where there is no warm start or it cannot be read (the loader then says why). ``bundled``: the card of a
+    bundled model named ``init_state``, if it is one."""
+    if init_state is None:
+        return None
+    if bundled is not None:
+        value = (bundled.get("model_config") or {}).get("n_joint")
+        return value if isinstance(value, int) else None
+    try:
+        ckpt = torch.load(init_state, map_location="cpu", weights_only=True)
+    except Exception:  # any unreadable state: the loader reports it
+        return None
+    stored = ckpt.get("config") if isinstance(ckpt, dict) else None
+    value = stored.get("n_joint") if isinstance(stored, dict) else None
+    return value if isinstance(value, int) else None
+
+
 def zero_new_blocks(net: NormalizedModel, first: int) -> None:
     """Make the joint blocks from index ``first`` on the identity: zero their attention and MLP output projections
-    (weights and biases); their other weights keep the random initialisation, so that gradients reach them."""
+    (weights and biases). Their other weights keep the random initialisation: it gives the zeroed projections
+    non-zero gradients, and once those move, the rest of the block learns too."""
     with torch.no_grad():
         for block in list(net.core.joint)[first:]:
             for layer in (block.attn.out, block.mlp.fc2):

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from ..acquisition import Acquisition
-from ..estimation.checkpoint import CHECKPOINT_DIR, CheckpointError, available_models, load_checkpoint
+from ..estimation.checkpoint import CHECKPOINT_DIR, CheckpointError, available_models, load_checkpoint, read_card
 from ..estimation.estimator import EstimatorError, resolve_device
 from ..io._atomic import atomic_path, atomic_write_json
 from ..simulation.motion_models import get_motion_model
@@ -68,7 +68,7 @@ from .card import (
 )
 from .config import CONFIG_FILE_NAME, TrainConfig, TrainingError
 from .data import DataOptions, Progress, Split, augment, load_dataset, sample_arrays, targets_from_labels, to_split
-from .growth import load_state
+from .growth import load_state, stored_joint_blocks
 from .models import ModelConfig, NormalizedModel, build_model
 from .motion_priors import get_prior
 
@@ -263,10 +263,26 @@ def _model_config(config: TrainConfig, kind: str, patch_size: int) -> ModelConfi
         overrides["modalities"] = config.modalities
     if config.joint_blocks is not None:
         overrides["n_joint"] = config.joint_blocks
+    elif "n_joint" not in (config.model_config or {}):  # a later stage of a grown model keeps its depth
+        stored = _warm_start_joint_blocks(config.init_state)
+        if stored is not None:
+            overrides["n_joint"] = stored
     try:
         return ModelConfig.from_dict({**(config.model_config or {}), **overrides})
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"bad model configuration: {exc}") from None
+
+
+def _warm_start_joint_blocks(init_state: str | None) -> int | None:
+    """Joint blocks of the warm start's model (a run's state or a bundled checkpoint), ``None`` if unknown."""
+    if init_state is None:
+        return None
+    p = Path(init_state)
+    if not p.is_file() and p.suffix == "" and p.name in available_models():
+        return stored_joint_blocks(str(p), read_card(p.name))
+    if p.is_file() and p.with_suffix(".json").is_file() and p.parent.resolve() == CHECKPOINT_DIR.resolve():
+        return stored_joint_blocks(str(p), read_card(p.stem))
+    return stored_joint_blocks(str(p)) if p.is_file() else None
 
 
 def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: ModelConfig) -> dict[str, Any]:
