@@ -78,6 +78,8 @@ DEFAULT_MODELS = {"aniso": "aniso,aniso_any", "binding": "binding,binding_any", 
 #: Target: model MAE <= this x the best classical MAE, per metric and cell.
 TARGET_RATIO = 0.85
 CALIBRATION_JSON = Path(__file__).resolve().parent / "reports" / "calibration.json"
+#: Bootstrap resamples of a cell's tracks for the 90 % interval of a model's MAE ratio (seed-aniso set).
+BOOTSTRAP = 2000
 
 
 def measured_widths(path: Path) -> dict[str, float]:
@@ -147,16 +149,18 @@ def as_track_reports(status: dict[str, dict]) -> dict[str, tuple[str, bool]]:
     return out
 
 
-#: Bootstrap resamples of a cell's tracks for the 90 % interval of a model's MAE ratio (seed-aniso set).
-BOOTSTRAP = 2000
-
-
 def ratio_interval(estimate: np.ndarray, reference: np.ndarray, truth: np.ndarray, seed: int) -> tuple[float, float]:
-    """5-95 % bootstrap interval (resampling the ``(N,)`` tracks) of MAE(estimate) / MAE(reference)."""
+    """5-95 % bootstrap interval of MAE(estimate) / MAE(reference), resampling the tracks jointly.
+
+    ``estimate``, ``reference``, ``truth``: ``(N,)`` per-track values in the same unit (um^2/s); tracks where
+    either estimate is not finite are left out of both MAEs.
+    """
     err_e = np.abs(np.asarray(estimate, float) - truth)
     err_r = np.abs(np.asarray(reference, float) - truth)
-    idx = np.random.default_rng(seed).integers(0, truth.size, size=(BOOTSTRAP, truth.size))
-    ratios = np.nanmean(err_e[idx], axis=1) / np.nanmean(err_r[idx], axis=1)
+    keep = np.isfinite(err_e) & np.isfinite(err_r)
+    err_e, err_r = err_e[keep], err_r[keep]
+    idx = np.random.default_rng(seed).integers(0, err_e.size, size=(BOOTSTRAP, err_e.size))
+    ratios = err_e[idx].mean(axis=1) / err_r[idx].mean(axis=1)
     return float(np.quantile(ratios, 0.05)), float(np.quantile(ratios, 0.95))
 
 
@@ -164,6 +168,8 @@ def cell_ratio_intervals(pred: dict, estimates: dict, best_names: tuple[str, str
                          seed: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """The 90 % bootstrap intervals of a sequence model's MAE D1 and D2 ratios to the cell's best classical
     estimators (``best_names``, per metric, chosen on all of the cell's tracks)."""
+    if np.ndim(pred["D1_um2_s"]) != 1:
+        raise ValueError("bootstrap intervals are made for per-track (sequence) estimates only")
     out = []
     for key, name in zip(("D1_um2_s", "D2_um2_s"), best_names):
         out.append(ratio_interval(pred[key], estimates[name][key], np.asarray(getattr(batch, key)[:, 0], float),
