@@ -77,6 +77,13 @@ def cve_inputs(batch, acq: Acquisition) -> tuple[np.ndarray, np.ndarray, np.ndar
     return d_px2, loc_var, steps, reported_cve, d_median
 
 
+def ratio_cells(estimate: np.ndarray, truth: np.ndarray) -> str:
+    """``median ratio | median rel. error %`` table cells of ``(n,)`` estimates against their truth."""
+    with np.errstate(all="ignore"):
+        ratio = estimate / truth
+    return f"{fmt(np.nanmedian(ratio), 2)} | {fmt(np.nanmedian(np.abs(ratio - 1)) * 100, 1)} %"
+
+
 def band_rows(truth: np.ndarray, model: np.ndarray, reported: np.ndarray, flagged: np.ndarray) -> list[str]:
     """One table row per band of the true mean D."""
     rows = []
@@ -84,11 +91,8 @@ def band_rows(truth: np.ndarray, model: np.ndarray, reported: np.ndarray, flagge
         sel = (truth >= low) & (truth < high)
         if not sel.any():
             continue
-        with np.errstate(all="ignore"):
-            r_model, r_rep = model[sel] / truth[sel], reported[sel] / truth[sel]
         rows.append(f"| {low:g}-{high:g} | {int(sel.sum())} | {100 * flagged[sel].mean():.1f} % | "
-                    f"{fmt(np.nanmedian(r_model), 2)} | {fmt(np.nanmedian(np.abs(r_model - 1)) * 100, 1)} % | "
-                    f"{fmt(np.nanmedian(r_rep), 2)} | {fmt(np.nanmedian(np.abs(r_rep - 1)) * 100, 1)} % |")
+                    f"{ratio_cells(model[sel], truth[sel])} | {ratio_cells(reported[sel], truth[sel])} |")
     return rows
 
 
@@ -107,11 +111,8 @@ def model_unit_rows(truth_model_px2: np.ndarray, truth: np.ndarray, model: np.nd
         sel = (truth_model_px2 >= low) & (truth_model_px2 < high)
         if sel.sum() < 5:
             continue
-        with np.errstate(all="ignore"):
-            r_model, r_cve = model[sel] / truth[sel], cve[sel] / truth[sel]
-        rows.append(f"| {low:g}-{high:g} | {int(sel.sum())} | {fmt(np.nanmedian(r_model), 2)} | "
-                    f"{fmt(np.nanmedian(np.abs(r_model - 1)) * 100, 1)} % | {fmt(np.nanmedian(r_cve), 2)} | "
-                    f"{fmt(np.nanmedian(np.abs(r_cve - 1)) * 100, 1)} % |")
+        rows.append(f"| {low:g}-{high:g} | {int(sel.sum())} | {ratio_cells(model[sel], truth[sel])} | "
+                    f"{ratio_cells(cve[sel], truth[sel])} |")
     return rows
 
 

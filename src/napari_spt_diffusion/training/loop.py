@@ -278,11 +278,19 @@ def _warm_start_joint_blocks(init_state: str | None) -> int | None:
     if init_state is None:
         return None
     p = Path(init_state)
-    if not p.is_file() and p.suffix == "" and p.name in available_models():
-        return stored_joint_blocks(str(p), read_card(p.name))
-    if p.is_file() and p.with_suffix(".json").is_file() and p.parent.resolve() == CHECKPOINT_DIR.resolve():
-        return stored_joint_blocks(str(p), read_card(p.stem))
+    bundled = _bundled_name(p)
+    if bundled is not None:
+        return stored_joint_blocks(str(p), read_card(bundled))
     return stored_joint_blocks(str(p)) if p.is_file() else None
+
+
+def _bundled_name(p: Path) -> str | None:
+    """The bundled model an init state names (a bundled name, or a file in the checkpoint folder), else ``None``."""
+    if not p.is_file() and p.suffix == "" and p.name in available_models():
+        return p.name
+    if p.is_file() and p.with_suffix(".json").is_file() and p.parent.resolve() == CHECKPOINT_DIR.resolve():
+        return p.stem
+    return None
 
 
 def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: ModelConfig) -> dict[str, Any]:
@@ -292,12 +300,11 @@ def _load_init_state(net: torch.nn.Module, path: str | os.PathLike[str], cfg: Mo
     had seen and its lineage.
     """
     p = Path(path)
-    if not p.is_file() and p.suffix == "" and p.name in available_models():
-        return _load_bundled_state(net, p.name, cfg)
+    bundled = _bundled_name(p)
+    if bundled is not None:
+        return _load_bundled_state(net, bundled, cfg)
     if not p.is_file():
         raise TrainingError(f"init state {p} does not exist")
-    if p.with_suffix(".json").is_file() and p.parent.resolve() == CHECKPOINT_DIR.resolve():
-        return _load_bundled_state(net, p.stem, cfg)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for files it cannot read
