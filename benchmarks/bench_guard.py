@@ -118,25 +118,31 @@ def classify(true_bias: float) -> str:
 
 
 def cached_set(model: str, n: int, acq: Acquisition, seed: int, cache: Path | None, label: str,
-               patch_size: int = 11):
+               patch_size: int = 11, motion_prior=None):
     """The cell's test set (``_common.seed_test_set``), kept in ``cache`` as one ``.npz``.
 
     ``patch_size`` other than 11: the same protocol with larger patches (for models run in PSF
     units, ``psf_units.source_patch_size``), made by ``make_samples`` with that patch size.
+    ``motion_prior`` (``training.motion_priors.MotionPrior``, ``aniso`` only): the tracks' tensors drawn from
+    it (``make_samples``) instead of the motion model's own.
     """
     from napari_spt_diffusion.training.samples import SampleSettings, load_samples, make_samples, save_samples
 
     suffix = "" if patch_size == 11 else f"-q{patch_size}"
+    if motion_prior is not None:  # the prior's parameters in the name: a changed prior makes a new set
+        low, high = motion_prior.d1_range_um2_s
+        suffix += (f"-{motion_prior.name}-{low:g}-{high:g}-{motion_prior.broad_share:g}-"
+                   f"{motion_prior.isotropic_share:g}")
     path = None if cache is None else cache / f"guard-{model}-{seed}-{label}-n{n}{suffix}.npz"
     if path is not None and path.exists():
         batch = load_samples(path)
         if batch.acquisition == acq and len(batch) == n:
             return batch, True
-    if patch_size == 11:
+    if patch_size == 11 and motion_prior is None:
         batch, _ = seed_test_set(model, n, acq, cache=None, seed=seed)
     else:
         batch = make_samples(model, n, n_frames=30, acquisition=acq, seed=seed,
-                             settings=SampleSettings(patch_size=patch_size))
+                             settings=SampleSettings(patch_size=patch_size, motion_prior=motion_prior))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_samples(path, batch, overwrite=True)

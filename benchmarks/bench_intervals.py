@@ -1,6 +1,7 @@
 """Per-track intervals: calibration of the tables and their coverage on the robustness grid (issue 14, item 5).
 
-Protocol "interval coverage", version 1 (defined here):
+Protocol "interval coverage", version 2 (defined here and in docs/protocols.md; v1 until 2026-12-07, whose
+``aniso`` tables were calibrated on seed-aniso tracks alone):
 
 * Calibration (``--write-tables``): per estimator, :func:`training.interval_calibration.calibration_set`
   (seeds ``[5100, chunk]``, 250 tracks per chunk, never used for training or testing) cut to
@@ -13,7 +14,9 @@ Protocol "interval coverage", version 1 (defined here):
   until 2026-12-07 one table over its own training range, the acquisitions it sees after resampling,
   which covered the grid's widths unevenly). ``classical`` (the CVE tensor,
   the pipeline's fallback): 6,000 tracks of the ``wide`` range. Tables are written to
-  ``src/napari_spt_diffusion/checkpoints/<name>.intervals.json``.
+  ``src/napari_spt_diffusion/checkpoints/<name>.intervals.json``. The tables of the ``aniso`` motion
+  (``aniso``, ``aniso_wide``, ``aniso_any``, ``classical``) are calibrated on twice as many tracks, half of
+  them isotropic (``interval_calibration.ANISO_CALIBRATION_PRIOR``), the other half as above.
 * Coverage: the guard benchmark's grid test sets (``bench_guard.py``: seed-aniso physics, PSF
   0.7-2.5 px x 250/1,000/4,000 photons, 1,000 tracks per cell, seeds 3025 + 10 x cell, the
   acquisition told) and the seed-aniso standard test set's first 2,000 tracks, each track cut to
@@ -33,10 +36,14 @@ Protocol "interval coverage", version 1 (defined here):
   large enough for the resampling
   (the same seeds and physics through ``make_samples(..., SampleSettings(patch_size=q))``, so its
   tracks are not the 11-px set's), resampled as ``track`` does (the width told).
+* ``--free``: the same cells, seeds and cuts with free isotropic tracks (D log-uniform 0.05-3 um^2/s, the
+  foreign-optics protocol's free range; ``FREE_PRIOR``) for the ``aniso`` models and the classical tensor;
+  report ``intervals_free.md`` (D only: no track has a true D1 / D2 >= 1.5).
 
 Command::
 
     .venv/bin/python benchmarks/bench_intervals.py [--write-tables [NAMES]] [--models aniso,aniso_wide] [--threads K]
+        [--free]
 """
 
 from __future__ import annotations
@@ -66,12 +73,15 @@ from napari_spt_diffusion.estimation.intervals import (
 )
 from napari_spt_diffusion.training import interval_calibration as IC
 from napari_spt_diffusion.training.acquisition_ranges import RANGES
+from napari_spt_diffusion.training.motion_priors import MotionPrior
 
 PROTOCOL = "interval coverage"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 CHECKPOINTS = REPO / "src" / "napari_spt_diffusion" / "checkpoints"
 N_CALIBRATION = 6000
 CUT_SEED = 12
+#: ``--free``: every track isotropic, D log-uniform over the foreign-optics protocol's free range.
+FREE_PRIOR = MotionPrior("free", broad_share=1.0, d1_range_um2_s=(0.05, 3.0), isotropic_share=1.0)
 LEVELS = (("68", 0.68), ("95", 0.95))
 
 
@@ -101,20 +111,22 @@ def write_stratified_table(name: str, card: dict, motion: str) -> StratifiedInte
         chosen = dataclasses.replace(RANGES["wide"], psf_sigma_px=(low, high), airy_share=STRATA_AIRY_SHARE,
                                      standard_share=0.0)  # no chunk at the standard 1 px acquisition
         q = max(pu.source_patch_size(pu.psf_scale(pu.card_psf_sigma_px(card), w)) for w in (low, high))
-        cal = IC.calibration_set(motion, N_PER_STRATUM, Acquisition(), chosen, seed=IC.INTERVAL_SEED + 100 * k,
-                                 patch_size=q)
+        prior = calibration_prior(motion)
+        cal = IC.calibration_set(motion, calibration_tracks(N_PER_STRATUM, prior), Acquisition(), chosen,
+                                 seed=IC.INTERVAL_SEED + 100 * k, patch_size=q, motion_prior=prior)
         est = IC.model_estimates(module, cal, scale=lambda acq: pu.scale_for(card, acq, "auto"))
         desc = {"motion_model": motion, "psf_sigma_px": f"{low:g}-{high:g}",
                 "acquisitions": f"range 'wide' with the PSF sigma {low:g}-{high:g} px, {STRATA_AIRY_SHARE:.0%} "
                                 "of the chunks Airy, run in PSF units as `track --psf-units auto`",
                 "seeds": f"[{IC.INTERVAL_SEED + 100 * k}, chunk]", "lengths": "uniform 5-30 frames",
-                "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"}
+                "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)", **prior_text(prior)}
         tables.append(IC.calibrate(est, cal, name, desc))
         print(f"table {name}: stratum {low:g}-{high:g} px done", flush=True)
     return StratifiedIntervalTable(name, STRATA_EDGES_PX, tuple(tables), {
         "motion_model": motion, "acquisitions": "stratified by the movie's PSF sigma (px): "
         + ", ".join(f"{a:g}-{b:g}" for a, b in zip(STRATA_EDGES_PX[:-1], STRATA_EDGES_PX[1:])),
-        "n_tracks": N_PER_STRATUM * (len(STRATA_EDGES_PX) - 1),
+        "n_tracks": calibration_tracks(N_PER_STRATUM, calibration_prior(motion)) * (len(STRATA_EDGES_PX) - 1),
+        **prior_text(calibration_prior(motion)),
         "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"})
 
 
@@ -138,19 +150,42 @@ def write_tables(names: list[str]) -> dict[str, float]:
             chosen, text = RANGES["wide"], "range 'wide'"
         else:
             chosen, text = None, "standard (Acquisition())"
-        cal = IC.calibration_set(motion, N_CALIBRATION, base, chosen)
+        prior = calibration_prior(motion)
+        cal = IC.calibration_set(motion, calibration_tracks(N_CALIBRATION, prior), base, chosen, motion_prior=prior)
         if name.startswith("classical"):
             est = IC.classical_estimates(cal)
         else:
             est = IC.model_estimates(load_checkpoint(name)[0], cal)
         desc = {"motion_model": motion, "acquisitions": text,
                 "seeds": f"[{IC.INTERVAL_SEED}, chunk]", "lengths": "uniform 5-30 frames",
-                "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"}
+                "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)", **prior_text(prior)}
         table = IC.calibrate(est, cal, name, desc)
         table_path(name).write_text(json.dumps(table.to_dict(), indent=1) + "\n", encoding="utf-8")
         seconds[name] = time.perf_counter() - t0
         print(f"table {name}: {seconds[name]:.0f} s", flush=True)
     return seconds
+
+
+def calibration_prior(motion: str) -> MotionPrior | None:
+    """The tensors of a table's calibration tracks: ``aniso``: half isotropic
+    (``interval_calibration.ANISO_CALIBRATION_PRIOR``); other motions their own (``None``)."""
+    return IC.ANISO_CALIBRATION_PRIOR if motion == "aniso" else None
+
+
+def calibration_tracks(n: int, prior: MotionPrior | None) -> int:
+    """Calibration tracks: twice ``n`` with the half-isotropic prior, so that the anisotropic tracks, the only ones
+    theta is calibrated on, keep their number."""
+    return 2 * n if prior is not None else n
+
+
+def prior_text(prior: MotionPrior | None) -> dict[str, str]:
+    """The table's ``calibration`` entry naming its motion prior (none for a motion's own)."""
+    if prior is None:
+        return {}
+    low, high = prior.d1_range_um2_s
+    share = prior.broad_share * prior.isotropic_share
+    return {"motion_prior": f"{prior.name}: {share:.0%} of the tracks isotropic with D log-uniform over "
+                            f"{low:g}-{high:g} um^2/s, the rest as the motion model draws them"}
 
 
 def motion_model(name: str) -> str:
@@ -227,9 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="aniso,aniso_wide", help="comma-separated bundled sequence models")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench_cache_guard")
+    parser.add_argument("--free", action="store_true",
+                        help="free isotropic diffusion in every cell (D log-uniform 0.05-3 um^2/s, as the "
+                             "foreign-optics protocol's free movies) instead of seed-aniso tracks; aniso models only; "
+                             "report intervals_free.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = args.models.split(",")
+    prior = FREE_PRIOR if args.free else None
+    if prior is not None and any(motion_model(m) != "aniso" for m in models):
+        parser.error("--free measures the aniso models only (free diffusion is not a binding or two-state movie)")
     t_start = time.perf_counter()
     seconds = {}
     if args.write_tables is not None:
@@ -248,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = {}
         for motion in sorted({"aniso", *(motion_model(m) for m in models)}):
             batch, _ = cached_set(motion, 1000, acq, BASE_SEEDS[motion] + SEED_STEP * index, args.cache,
-                                  f"s{sigma:g}-p{photons:g}")
+                                  f"s{sigma:g}-p{photons:g}", motion_prior=prior)
             sets[motion] = cut(batch, [CUT_SEED, index])
             key = "classical" if motion == "aniso" else f"classical@{motion}"
             table = tables.get(f"classical_{motion}", tables["classical"])  # as the pipeline picks it
@@ -260,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 q = pu.source_patch_size(scale)
                 batch, _ = cached_set(motion_model(name), 1000, acq, BASE_SEEDS[motion_model(name)] + SEED_STEP * index,
-                                      args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q)
+                                      args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q, motion_prior=prior)
                 cal = cut(batch, [CUT_SEED, index])
             est = IC.model_estimates(modules[name], cal, scale=scale)
             decision, outside, for_outside = cell_guard(est, cal, acq, cards[name], scale)
@@ -274,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                          "psf_scale": scale}
         rows.append(row)
         print(f"cell {sigma} px {photons:g}: done", flush=True)
-    report = render(rows, models, seconds, time.perf_counter() - t_start, command_line("bench_intervals.py", argv))
-    path = report_path("intervals", False)
+    report = render(rows, models, seconds, time.perf_counter() - t_start, command_line("bench_intervals.py", argv),
+                    free=args.free)
+    path = report_path("intervals_free" if args.free else "intervals", False)
     write_report(path, report)
     write_json(path.with_suffix(".json"), {"rows": rows, "seconds": seconds})
     print(f"wrote {path}")
@@ -286,15 +329,22 @@ def _cov(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{100 * x:.1f}"
 
 
-def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, command: str) -> list[str]:
-    lines = report_header("Per-track intervals: coverage on the robustness grid",
+def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, command: str,
+           free: bool = False) -> list[str]:
+    title = "Per-track intervals: coverage on the robustness grid"
+    lines = report_header(title + (", free isotropic diffusion" if free else ""),
                           f"{PROTOCOL}, version {PROTOCOL_VERSION} (docstring of `benchmarks/bench_intervals.py`)",
                           command)
     lines += [f"- Total run time {total_s:.0f} s; table calibration "
               + (", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) or "not run (tables read from checkpoints/)"),
               "- Coverage in % of the cell's tracks (1,000, cut to 5-30 frames); target 68 +- 3 and 95 +- 3. "
               "'reported' = the estimator the pipeline reports in that cell (the model where the guard accepts it "
-              "over the cell's tracks, else classical).", ""]
+              "over the cell's tracks, else classical)."]
+    if free:
+        lines += ["- Tracks: free isotropic diffusion, D log-uniform 0.05-3 um^2/s (`--free`; the seed-aniso "
+                  "protocol's acquisition, seeds and lengths otherwise): theta has no truth (no track with D1 / D2 >= "
+                  "1.5), so only D is scored."]
+    lines.append("")
     classical_keys = sorted({k for r in rows for k in r if k.startswith("classical")})
     for name in [*models, *classical_keys]:
         title = name if "@" not in name else f"classical on {name.split('@')[1]} tracks"
