@@ -106,12 +106,12 @@ def write_stratified_table(name: str, card: dict, motion: str) -> StratifiedInte
     ``[5100 + 100 k, chunk]`` for stratum ``k = 1 ..``.
     """
     module = load_checkpoint(name)[0]
+    prior = calibration_prior(motion)
     tables = []
     for k, (low, high) in enumerate(zip(STRATA_EDGES_PX[:-1], STRATA_EDGES_PX[1:]), start=1):
         chosen = dataclasses.replace(RANGES["wide"], psf_sigma_px=(low, high), airy_share=STRATA_AIRY_SHARE,
                                      standard_share=0.0)  # no chunk at the standard 1 px acquisition
         q = max(pu.source_patch_size(pu.psf_scale(pu.card_psf_sigma_px(card), w)) for w in (low, high))
-        prior = calibration_prior(motion)
         cal = IC.calibration_set(motion, calibration_tracks(N_PER_STRATUM, prior), Acquisition(), chosen,
                                  seed=IC.INTERVAL_SEED + 100 * k, patch_size=q, motion_prior=prior)
         est = IC.model_estimates(module, cal, scale=lambda acq: pu.scale_for(card, acq, "auto"))
@@ -125,8 +125,7 @@ def write_stratified_table(name: str, card: dict, motion: str) -> StratifiedInte
     return StratifiedIntervalTable(name, STRATA_EDGES_PX, tuple(tables), {
         "motion_model": motion, "acquisitions": "stratified by the movie's PSF sigma (px): "
         + ", ".join(f"{a:g}-{b:g}" for a, b in zip(STRATA_EDGES_PX[:-1], STRATA_EDGES_PX[1:])),
-        "n_tracks": calibration_tracks(N_PER_STRATUM, calibration_prior(motion)) * (len(STRATA_EDGES_PX) - 1),
-        **prior_text(calibration_prior(motion)),
+        "n_tracks": calibration_tracks(N_PER_STRATUM, prior) * (len(STRATA_EDGES_PX) - 1), **prior_text(prior),
         "protocol": f"{PROTOCOL} v{PROTOCOL_VERSION} (benchmarks/bench_intervals.py)"})
 
 
@@ -269,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = args.models.split(",")
-    prior = FREE_PRIOR if args.free else None
-    if prior is not None and any(motion_model(m) != "aniso" for m in models):
+    test_prior = FREE_PRIOR if args.free else None  # the test tracks' tensors (None: the motion model's own)
+    if test_prior is not None and any(motion_model(m) != "aniso" for m in models):
         parser.error("--free measures the aniso models only (free diffusion is not a binding or two-state movie)")
     t_start = time.perf_counter()
     seconds = {}
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = {}
         for motion in sorted({"aniso", *(motion_model(m) for m in models)}):
             batch, _ = cached_set(motion, 1000, acq, BASE_SEEDS[motion] + SEED_STEP * index, args.cache,
-                                  f"s{sigma:g}-p{photons:g}", motion_prior=prior)
+                                  f"s{sigma:g}-p{photons:g}", motion_prior=test_prior)
             sets[motion] = cut(batch, [CUT_SEED, index])
             key = "classical" if motion == "aniso" else f"classical@{motion}"
             table = tables.get(f"classical_{motion}", tables["classical"])  # as the pipeline picks it
@@ -302,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 q = pu.source_patch_size(scale)
                 batch, _ = cached_set(motion_model(name), 1000, acq, BASE_SEEDS[motion_model(name)] + SEED_STEP * index,
-                                      args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q, motion_prior=prior)
+                                      args.cache, f"s{sigma:g}-p{photons:g}", patch_size=q, motion_prior=test_prior)
                 cal = cut(batch, [CUT_SEED, index])
             est = IC.model_estimates(modules[name], cal, scale=scale)
             decision, outside, for_outside = cell_guard(est, cal, acq, cards[name], scale)
