@@ -33,8 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from .bias_widening import bias_shifts
-
 __all__ = [
     "IntervalTable",
     "StratifiedIntervalTable",
@@ -369,34 +367,23 @@ def apply_intervals(
 
 
 def widen_for_bias(columns: dict[str, np.ndarray], bias_low: float, bias_high: float) -> dict[str, np.ndarray]:
-    """D intervals that keep their coverage when the estimator is off by a factor within ``[bias_low, bias_high]``.
+    """D intervals that also hold when the estimator is off by a factor within ``[bias_low, bias_high]``.
 
     ``columns``: :func:`apply_intervals`' output. An estimate ``b`` times the truth puts the
-    truth at ``estimate / b``. Each level's bounds are moved by :func:`.bias_widening.bias_shifts`:
-    the least that keeps the level's coverage (68 % or 95 %) for every factor in the interval,
-    under a Gaussian model of each track's log error whose spread is read from the interval's own
-    width (at most the whole factor: each low bound divided by ``max(bias_high, 1)`` and each high
-    bound by ``min(bias_low, 1)``, the rule until 2026-12-07; never narrower than before).
-    Non-finite or non-positive factors (the bias was not measured) leave the intervals as they
-    are. The theta half-widths are not touched. Returns a new dict.
+    truth at ``estimate / b``: each low bound is divided by ``max(bias_high, 1)`` and each
+    high bound by ``min(bias_low, 1)`` (an interval of the bias that excludes 1 only moves the
+    bounds that way, it never narrows them). Non-finite or non-positive factors (the bias was
+    not measured) leave the intervals as they are. The theta half-widths are not touched.
+    Returns a new dict.
 
-    The factor is common to all tracks of a movie, so the interval must hold for the movie's own
-    factor, at the interval's ends too, not on average over it (in quadrature, tried on
-    2026-12-07, covered the independent foreign-optics movies worse:
-    ``benchmarks/reports/foreign_quadrature_widening.md``).
+    The factor is added outright, not in quadrature with each track's error: it is common to all
+    tracks of a movie, so the interval must hold for the movie's own factor. (In quadrature, tried
+    on 2026-12-07, covered our own grid better and the independent foreign-optics movies worse:
+    ``benchmarks/reports/foreign_quadrature_widening.md``.)
     """
     out = dict(columns)
     if not (math.isfinite(bias_low) and math.isfinite(bias_high) and 0 < bias_low <= bias_high):
         return out
-    for key in ("D1", "D2"):
-        for label, coverage in (("95", 0.95), ("68", 0.68)):
-            low = np.asarray(columns[f"{key}_lo{label}_um2_s"], float)
-            high = np.asarray(columns[f"{key}_hi{label}_um2_s"], float)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                down, up = bias_shifts(np.log(high / low), coverage, bias_low, bias_high)
-            out[f"{key}_lo{label}_um2_s"] = low * np.exp(-down)
-            out[f"{key}_hi{label}_um2_s"] = high * np.exp(up)
-    return out
     down, up = max(float(bias_high), 1.0), min(float(bias_low), 1.0)
     for key in ("D1", "D2"):
         for name in ("lo95", "lo68"):
