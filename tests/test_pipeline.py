@@ -107,6 +107,23 @@ def test_pipeline_estimates_agree_with_truth(run, small_movie):
     assert np.median(nearest) < 0.3
 
 
+def test_every_track_carries_its_isotropy_test_and_the_movie_its_verdict(run):
+    from napari_spt_diffusion.estimation.isotropy import isotropy_p_value
+
+    results, _ = run
+    s, t = results.summary.set_index("track_id"), results.tracks
+    assert "isotropy_p" in s.columns
+    for tid, rows in t.groupby("track_id"):
+        expected = isotropy_p_value(rows[["y_px", "x_px"]].to_numpy(), rows["frame"].to_numpy(),
+                                    rows["state"].to_numpy())
+        got = s.loc[tid, "isotropy_p"]
+        assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(expected, rel=1e-9)
+    verdict = results.meta["isotropy"]
+    assert verdict["n_tested"] == int(np.isfinite(s["isotropy_p"]).sum()) >= 3
+    assert verdict["n_anisotropic"] == int((s["isotropy_p"] < verdict["alpha"]).sum())
+    assert verdict["text"].startswith("Isotropy: ")
+
+
 def test_progress_is_monotone_and_complete(run):
     _, seen = run
     fractions = [f for f, _ in seen]

@@ -334,6 +334,8 @@ def _cmd_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _remove_empty_folders(created)
         raise
     _say(f"{results.n_tracks} tracks, {len(results.tracks)} localizations")
+    if (results.meta.get("isotropy") or {}).get("text"):  # the movie's isotropy verdict (estimation/isotropy.py)
+        _say(results.meta["isotropy"]["text"])
     for path in written:
         _say(f"wrote {path}")
     return 0

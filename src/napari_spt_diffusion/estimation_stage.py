@@ -31,7 +31,7 @@ from . import notices, plausibility, streaming
 from .acquisition import Acquisition
 from .calibration import CALIBRATED_FIELDS, Calibration, calibrate_movie
 from .estimation import changepoints as cp
-from .estimation import guard, model_range, rescale
+from .estimation import guard, isotropy, model_range, rescale
 from .estimation.classical import cve_tensor_batch, msd_diffusion_batch, regular_positions
 from .estimation.confirmation import confirm_changepoints
 from .estimation.drift import drift_record, ensemble_drift_px, subtract_drift
@@ -378,6 +378,9 @@ def estimate_stage(
         "drift_correction": drift_meta,
         "state_changes": state_record,
         "intervals": interval_meta,
+        "isotropy": {**isotropy.movie_isotropy(summary["isotropy_p"].to_numpy(float)).to_dict(),
+                     "method": "per track: 2-D sphericity test of its displacements (estimation/isotropy.py), "
+                               "summary column isotropy_p; per movie: binomial test of the tracks with p < alpha"},
         "psf_units": {"mode": estimator.psf_units, "scale": estimator.psf_scale(acquisition),
                       "patch_cut_px": side},
     }
@@ -667,6 +670,7 @@ def _tables(
         )
         state[a:b] = cp.state_labels(b - a, cps)
         is_cp[a + cps] = True
+        p_isotropic = isotropy.isotropy_p_value(positions[a:b], frames, state[a:b])  # displacements only
         if est.pointwise and est.method == "model":
             t1, t2, tt = mean_tensor(est.D1_um2_s, est.D2_um2_s, est.theta_deg)
         else:
@@ -694,6 +698,7 @@ def _tables(
                 "model": estimator.model_name if est.method == "model" else "classical",
                 "method": est.method,
                 **_split_flags(_track_flags(est.flags, table, a, b)),
+                "isotropy_p": p_isotropic,
             }
         )
     x = table["x_px"].to_numpy(dtype=float)
@@ -718,7 +723,7 @@ def _tables(
         },
         columns=list(TRACKS_COLUMNS),
     )
-    summary = pd.DataFrame(summary_rows, columns=[*SUMMARY_COLUMNS, "method", "warnings", "notes"])
+    summary = pd.DataFrame(summary_rows, columns=[*SUMMARY_COLUMNS, "method", "warnings", "notes", "isotropy_p"])
     summary = summary.astype({"track_id": np.int64, "n_frames": np.int64, "frame_start": np.int64,
                               "frame_end": np.int64, "n_changepoints": np.int64})
     return out, summary

@@ -70,6 +70,19 @@ def run_warnings(meta: dict[str, Any] | None) -> list[str]:
     return [*out, reason] if reason else out
 
 
+def isotropy_line(meta: dict[str, Any] | None) -> str:
+    """The movie's isotropy verdict (``meta["isotropy"]``, estimation/isotropy.py) as a second line of the
+    dock's header, ``""`` for results without one (older files, imported tables)."""
+    verdict = (meta or {}).get("isotropy") or {}
+    if not verdict.get("n_tested"):
+        return ""
+    counted = (f"{verdict['n_anisotropic']} of {verdict['n_tested']} tracks anisotropic at p < {verdict['alpha']:g}, "
+               f"{verdict['expected_by_chance']:.1f} expected by chance")
+    if verdict.get("anisotropic"):
+        return f"\nisotropy: anisotropic beyond chance ({counted}; about {100 * verdict['anisotropic_share']:.0f} %)"
+    return f"\nisotropy: consistent with isotropic diffusion ({counted})"
+
+
 def beyond_range_count(results: Any) -> int:
     """Tracks given the classical values because they lie outside the model's range of D (warning
     ``beyond_model_range``, ``estimation/model_range.py``; with --trust-model they keep the model's: not counted)."""
@@ -110,13 +123,14 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("anisotropy", "aniso", "{:.2f}"),
     ("D_msd_um2_s", "D MSD", "{:.3g}"),
     ("D_cve_um2_s", "D CVE", "{:.3g}"),
+    ("isotropy_p", "isotropy p", "{:.2g}"),
     ("n_changepoints", "CPs", "{:d}"),
     ("changepoint_frames", "CP frames", "{}"),
     ("warnings", "warnings", "{}"),
 )
 #: Columns that the pipeline adds beside the contract (empty cells when a table lacks them).
 #: ``notes`` (informational flags) are not shown in the table; they are in the CSV.
-_EXTRA_COLUMNS = ("warnings",)
+_EXTRA_COLUMNS = ("warnings", "isotropy_p")
 assert all(c[0] in SUMMARY_COLUMNS or c[0] in _EXTRA_COLUMNS for c in TABLE_COLUMNS)
 
 
@@ -309,7 +323,7 @@ class ResultsWidget(QWidget):
         noted = f"; ⚠ {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (tab)" if warnings else ""
         self.info.setText(
             f"{display.prefix}{res.n_tracks} tracks, {len(res.tracks)} localizations, {n_cp} changepoints "
-            f"(model: {model}){noted}"
+            f"(model: {model}){noted}{isotropy_line(res.meta)}"
         )
         banner = guard_banner(res)
         self.banner.setText(banner)
