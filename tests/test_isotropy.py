@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spt_diffusion.estimation.isotropy import isotropy_p_value, movie_isotropy
+from napari_spt_diffusion.estimation.isotropy import isotropy_p_value, movie_isotropy, without_excursions
 
 
 def _track(rng: np.random.Generator, n_frames: int, d1: float, d2: float, noise: float = 0.0,
@@ -93,7 +93,38 @@ def test_heavy_tailed_localization_errors_keep_the_rate():
     assert LOW < _rejections(np.array(p), 0.05) < HIGH
 
 
-@pytest.mark.parametrize("n_frames, ratio, power", [(30, 0.2, 0.85), (100, 0.5, 0.7)])
+def test_single_frame_excursions_are_left_out():
+    """Slow tracks whose localization jumps, 3 % of frames, 6-12 noise SDs along one direction per track (a
+    neighbour's light, a one-frame linking slip): nominal, while the same test on all frames over-rejects."""
+    rng = np.random.default_rng(9)
+    frames = np.arange(60)
+    kept, everything = [], []
+    for _ in range(3000):
+        pos = _track(rng, 60, 0.05, 0.05, noise=0.3)
+        phi = rng.uniform(0, np.pi)
+        hits = rng.random(60) < 0.03
+        pos += hits[:, None] * 0.3 * rng.uniform(6, 12, 60)[:, None] * np.array([np.cos(phi), np.sin(phi)])
+        kept.append(isotropy_p_value(pos, frames))
+        everything.append(_plain_wishart_p(pos))
+    assert LOW < _rejections(np.array(kept), 0.05) < HIGH
+    assert _rejections(np.array(everything), 0.05) > 0.15
+
+
+def test_excursions_are_found_per_segment_and_only_between_consecutive_frames():
+    rng = np.random.default_rng(10)
+    pos = _track(rng, 40, 1.0, 1.0, noise=0.05)
+    pos[12] += [30.0, 0.0]
+    out = without_excursions(pos, np.arange(40))
+    assert np.isnan(out[12]).all() and np.isfinite(np.delete(out, 12, axis=0)).all()
+    gapped = np.r_[np.arange(12), np.arange(13, 41)]  # row 12 has a gap before it: not judged
+    assert np.isfinite(without_excursions(pos, gapped)[12]).all()
+    # a fast segment after a slow one is not an excursion of the slow one's spread
+    slow_fast = np.r_[_track(rng, 20, 0.01, 0.01), 20 + _track(rng, 20, 4.0, 4.0)]
+    segments = np.r_[np.zeros(20), np.ones(20)]
+    assert np.isfinite(without_excursions(slow_fast, np.arange(40), segments)[21:39]).sum() >= 30
+
+
+@pytest.mark.parametrize("n_frames, ratio, power", [(30, 0.2, 0.8), (100, 0.5, 0.7)])
 def test_anisotropic_tracks_are_found(n_frames, ratio, power):
     rng = np.random.default_rng(int(10 * ratio))
     frames = np.arange(n_frames)
