@@ -150,6 +150,25 @@ def test_table_shows_the_pipeline_flags(viewer_with_movie, binding):
     assert all(plain.table.item(r, col).text() == "" for r in range(plain.table.rowCount()))
 
 
+def test_the_isotropy_column_and_the_movies_verdict(viewer_with_movie, binding):
+    from napari_spt_diffusion._napari.results_widget import TABLE_COLUMNS
+    from napari_spt_diffusion.estimation.isotropy import movie_isotropy
+    from napari_spt_diffusion.results import Results
+
+    summary = binding.summary.copy()
+    summary["isotropy_p"] = np.linspace(0.001, 0.9, len(summary))
+    meta = {**binding.meta, "isotropy": movie_isotropy(summary["isotropy_p"]).to_dict()}
+    _, widget = show_results(viewer_with_movie, Results(binding.tracks, summary, meta), ACQ)
+    col = [c[0] for c in TABLE_COLUMNS].index("isotropy_p")
+    texts = {widget.table.item(r, 0).data(0x0100): widget.table.item(r, col).text()
+             for r in range(widget.table.rowCount())}
+    assert texts[int(summary["track_id"].iloc[0])] == "0.001"
+    hits = int((summary["isotropy_p"] < 0.05).sum())
+    assert f"isotropy: consistent with isotropic diffusion ({hits} of {len(summary)} tracks" in widget.info.text()
+    _, plain = show_results(viewer_with_movie, binding, ACQ)  # no column, no verdict: empty cells, no line
+    assert plain.table.item(0, col).text() == "–" and "isotropy" not in plain.info.text()
+
+
 def test_the_info_line_counts_the_tracks_beyond_the_models_range(viewer_with_movie, binding):
     from napari_spt_diffusion._napari.results_widget import beyond_range_count
     from napari_spt_diffusion.results import Results

@@ -403,8 +403,8 @@ class ResultsWidget(QWidget):
         for col, (name, _, fmt) in enumerate(TABLE_COLUMNS):
             if name in summary.columns:
                 values = summary[name].to_numpy()
-            else:
-                values = np.full(len(summary), "", dtype=object)
+            else:  # a table without the column (a truth table, an older file): empty cells
+                values = np.full(len(summary), "" if fmt == "{}" else np.nan, dtype=object)
             for row, value in enumerate(values):
                 if fmt == "{}":
                     item = QTableWidgetItem("" if value is None or (isinstance(value, float) and not np.isfinite(value))
