@@ -193,6 +193,7 @@ def test_track_end_to_end(tiny_movie, tmp_path, capsys):
     assert meta["model"] == "aniso" and meta["command"].startswith("spt-diffusion track ")
     assert "pixel size 100 nm" in out and "(file metadata: imagej)" in out
     assert meta["acquisition"]["frame_interval_s"] == 0.02  # the command line overrides the file
+    assert meta["isotropy"]["text"].startswith("Isotropy: ") and meta["isotropy"]["text"] in out  # printed once
     np.testing.assert_allclose(results.tracks["x_um"], results.tracks["x_px"] * 0.1, rtol=1e-6)
     np.testing.assert_allclose(results.tracks["t_s"], results.tracks["frame"] * 0.02, rtol=1e-9)
     assert "Traceback" not in err

@@ -163,10 +163,9 @@ def test_the_isotropy_column_and_the_movies_verdict(viewer_with_movie, binding):
     texts = {widget.table.item(r, 0).data(0x0100): widget.table.item(r, col).text()
              for r in range(widget.table.rowCount())}
     assert texts[int(summary["track_id"].iloc[0])] == "0.001"
-    hits = int((summary["isotropy_p"] < 0.05).sum())
-    assert f"isotropy: consistent with isotropic diffusion ({hits} of {len(summary)} tracks" in widget.info.text()
-    _, plain = show_results(viewer_with_movie, binding, ACQ)  # no column, no verdict: empty cells, no line
-    assert plain.table.item(0, col).text() == "–" and "isotropy" not in plain.info.text()
+    assert widget.info.text().endswith("\n" + meta["isotropy"]["text"])
+    _, plain = show_results(viewer_with_movie, binding, ACQ)  # no column, no verdict: "–" cells, no line
+    assert plain.table.item(0, col).text() == "–" and "Isotropy" not in plain.info.text()
 
 
 def test_the_info_line_counts_the_tracks_beyond_the_models_range(viewer_with_movie, binding):

@@ -380,7 +380,8 @@ def estimate_stage(
         "intervals": interval_meta,
         "isotropy": {**isotropy.movie_isotropy(summary["isotropy_p"].to_numpy(float)).to_dict(),
                      "method": "per track: 2-D sphericity test of its displacements (estimation/isotropy.py), "
-                               "summary column isotropy_p; per movie: binomial test of the tracks with p < alpha"},
+                               "summary column isotropy_p; per movie: binomial test of the count of tracks with "
+                               "p < alpha against a per-track rate of null_rate"},
         "psf_units": {"mode": estimator.psf_units, "scale": estimator.psf_scale(acquisition),
                       "patch_cut_px": side},
     }
@@ -636,7 +637,7 @@ def _tables(
     drift_px: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tracks and summary tables; ``drift_px`` (``(T, 2)`` px, optional) is subtracted from
-    the positions the changepoints are confirmed on, not from the positions written."""
+    the positions the changepoints are confirmed on and the isotropy test reads, not from the positions written."""
     by_id = {e.track_id: e for e in estimates}
     table = tracks.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
     positions = table[["y_px", "x_px"]].to_numpy(dtype=float)

@@ -71,16 +71,10 @@ def run_warnings(meta: dict[str, Any] | None) -> list[str]:
 
 
 def isotropy_line(meta: dict[str, Any] | None) -> str:
-    """The movie's isotropy verdict (``meta["isotropy"]``, estimation/isotropy.py) as a second line of the
-    dock's header, ``""`` for results without one (older files, imported tables)."""
+    """The movie's isotropy verdict (``meta["isotropy"]["text"]``, estimation/isotropy.py) as a second
+    paragraph of the dock's header, ``""`` for results without one (older files, imported tables)."""
     verdict = (meta or {}).get("isotropy") or {}
-    if not verdict.get("n_tested"):
-        return ""
-    counted = (f"{verdict['n_anisotropic']} of {verdict['n_tested']} tracks anisotropic at p < {verdict['alpha']:g}, "
-               f"{verdict['expected_by_chance']:.1f} expected by chance")
-    if verdict.get("anisotropic"):
-        return f"\nisotropy: anisotropic beyond chance ({counted}; about {100 * verdict['anisotropic_share']:.0f} %)"
-    return f"\nisotropy: consistent with isotropic diffusion ({counted})"
+    return f"\n{verdict['text']}" if verdict.get("n_tested") and verdict.get("text") else ""
 
 
 def beyond_range_count(results: Any) -> int:
@@ -403,7 +397,7 @@ class ResultsWidget(QWidget):
         for col, (name, _, fmt) in enumerate(TABLE_COLUMNS):
             if name in summary.columns:
                 values = summary[name].to_numpy()
-            else:  # a table without the column (a truth table, an older file): empty cells
+            else:  # a table without the column (a truth table, an older file): "" or "–" cells
                 values = np.full(len(summary), "" if fmt == "{}" else np.nan, dtype=object)
             for row, value in enumerate(values):
                 if fmt == "{}":
