@@ -16,8 +16,8 @@ scored against the truth:
   the share with ``p < 0.05`` is the false-alarm rate (nominal 5 %), given for all tracks and for
   pure ones (purity >= 95 %: a track that joins two particles is not one particle's motion), with
   the central 95 % range of a binomial count at 5 %, and for pure tracks with and without another
-  particle near (the summary's note ``crowded`` or ``encounter``); the movie verdict should read "consistent with
-  isotropic diffusion" (its own level: 1 %).
+  particle near (the summary's note ``crowded`` or ``encounter``); the movie verdict should not call the movie
+  anisotropic.
 * ``aniso_narrow`` (seed-aniso tensors, ``D2 / D1`` uniform over 0.1-1): the share with
   ``p < 0.05`` (power) by the true ``D2 / D1`` and by track length; the movie verdict should read
   "anisotropic", and its lower bound on the anisotropic share is given.

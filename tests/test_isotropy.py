@@ -192,7 +192,7 @@ def test_movie_p_is_the_binomial_tail_at_the_allowed_rate():
     assert verdict.anisotropic_share_se == pytest.approx(2 * math.sqrt(above / 20 * (1 - above / 20) / 20))
 
 
-def test_a_rate_of_twice_alpha_is_not_called_anisotropic():
+def test_a_rate_of_9_5_percent_is_not_called_anisotropic():
     """500 isotropic tracks whose per-track rate is 9.5 % (what the independent renderer gave at NA 0.8) are not
     called anisotropic; 500 of which a quarter are clearly anisotropic are."""
     rng = np.random.default_rng(12)

@@ -74,7 +74,7 @@ def isotropy_line(meta: dict[str, Any] | None) -> str:
     """The movie's isotropy verdict (``meta["isotropy"]["text"]``, estimation/isotropy.py) as a second
     paragraph of the dock's header, ``""`` for results without one (older files, imported tables)."""
     verdict = (meta or {}).get("isotropy") or {}
-    return f"\n{verdict['text']}" if verdict.get("n_tested") and verdict.get("text") else ""
+    return f"\n{verdict['text']}" if verdict.get("text") else ""
 
 
 def beyond_range_count(results: Any) -> int:
