@@ -147,6 +147,23 @@ def test_color_scale_log_ticks_in_physical_units(aniso):
         layers.color_scale(aniso, "speed")
 
 
+def test_colour_by_the_evidence_of_anisotropy(aniso):
+    """-log10 isotropy_p repeated on each vertex, mapped 0-3 (p 1 to 0.001); no column: NaN, drawn as 0."""
+    from napari_spt_diffusion.results import Results
+
+    p_values = np.geomspace(1e-5, 1.0, len(aniso.summary))
+    with_p = Results(aniso.tracks, aniso.summary.assign(isotropy_p=p_values), dict(aniso.meta))
+    feats = layers.track_features(with_p)
+    by_track = dict(zip(with_p.summary["track_id"], p_values))
+    expected = -np.log10([by_track[t] for t in feats["track_id"]])
+    assert np.allclose(feats["anisotropy_evidence"], expected)
+    assert np.allclose(feats["isotropy colour"], np.clip(expected / 3.0, 0, 1))
+    scale = layers.color_scale(with_p, "isotropy")
+    assert (scale.vmin, scale.vmax, scale.log) == (0.0, 3.0, False) and "isotropy_p" in scale.title
+    plain = layers.track_features(aniso)
+    assert plain["anisotropy_evidence"].isna().all() and (plain["isotropy colour"] == 0).all()
+
+
 def test_state_scale_is_categorical(binding):
     scale = layers.color_scale(binding, "state")
     assert scale.categorical and scale.vmax >= 1

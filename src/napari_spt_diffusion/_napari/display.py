@@ -206,7 +206,7 @@ class ResultsDisplay:
 
     # ------------------------------------------------------------------ colours
     def set_color_by(self, key: str) -> None:
-        """Colour tracks and ellipses by ``key`` (``"D1"``, ``"D2"``, ``"anisotropy"``, ``"state"``)."""
+        """Colour tracks and ellipses by ``key`` (``"D1"``, ``"D2"``, ``"anisotropy"``, ``"isotropy"``, ``"state"``)."""
         if key not in L.COLOR_KEYS:
             raise ValueError(f"cannot colour by {key!r}; choose one of {', '.join(L.COLOR_KEYS)}")
         self.color_by = key

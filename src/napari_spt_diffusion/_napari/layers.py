@@ -54,8 +54,11 @@ COLOR_KEYS: dict[str, tuple[str, str, str]] = {
     "D1": ("D1_um2_s", "D1", "um²/s"),
     "D2": ("D2_um2_s", "D2", "um²/s"),
     "anisotropy": ("anisotropy", "anisotropy 1 - D2/D1", ""),
+    "isotropy": ("anisotropy_evidence", "-log10 isotropy_p (evidence of anisotropy)", ""),
     "state": ("state", "state (segment index)", ""),
 }
+#: Top of the anisotropy-evidence scale: ``-log10 isotropy_p`` of 3 (p = 0.001) and above map to 1.
+EVIDENCE_TOP = 3.0
 
 #: Ellipse semi-axes smaller than this (pixels) are drawn at this size so they stay visible.
 MIN_SEMI_AXIS_PX = 0.08
@@ -162,7 +165,7 @@ class ColorScale:
     Attributes
     ----------
     key
-        One of :data:`COLOR_KEYS` (``"D1"``, ``"D2"``, ``"anisotropy"``, ``"state"``).
+        One of :data:`COLOR_KEYS` (``"D1"``, ``"D2"``, ``"anisotropy"``, ``"isotropy"``, ``"state"``).
     feature
         Name of the raw per-vertex feature (e.g. ``"D1_um2_s"``).
     label, unit
@@ -266,7 +269,9 @@ def color_scale(results: Results, key: str = "D1") -> ColorScale:
     D1 and D2 share one logarithmic range (2nd to 98th percentile of the per-track and
     per-frame values of both, in um^2/s, widened to round values of the 1-2-5 series)
     so that their colours compare; anisotropy
-    maps ``[0, 1]``; the state index maps its integer range.
+    maps ``[0, 1]``; the evidence of anisotropy, ``-log10`` of the track's ``isotropy_p``
+    (estimation/isotropy.py), maps ``[0, 3]`` (p = 1 to 0.001; a missing p reads 0); the state
+    index maps its integer range.
 
     Parameters
     ----------
@@ -296,6 +301,8 @@ def color_scale(results: Results, key: str = "D1") -> ColorScale:
         return ColorScale(key, feature, label, unit, lo, hi, log=True)
     if key == "anisotropy":
         return ColorScale(key, feature, label, unit, 0.0, 1.0)
+    if key == "isotropy":
+        return ColorScale(key, feature, label, unit, 0.0, EVIDENCE_TOP)
     states = np.asarray(results.tracks["state"], dtype=float)
     top = float(np.nanmax(states)) if states.size else 1.0
     return ColorScale(key, feature, label, unit, 0.0, max(top, 1.0), categorical=True)
@@ -313,8 +320,9 @@ def track_features(results: Results) -> pd.DataFrame:
 
     Columns: ``track_id, frame, D1_um2_s, D2_um2_s, theta_deg, anisotropy, state,
     is_changepoint, photons, loc_precision_nm`` (per-frame values) and the track's
-    classical estimates ``D_msd_um2_s, D_cve_um2_s, alpha_msd`` repeated on each
-    vertex, plus one normalised ``<key>_color`` column per :data:`COLOR_KEYS` entry.
+    classical estimates ``D_msd_um2_s, D_cve_um2_s, alpha_msd`` and its evidence of anisotropy
+    ``anisotropy_evidence`` (``-log10 isotropy_p``; NaN where the summary has no p) repeated on each
+    vertex, plus one normalised ``<key> colour`` column per :data:`COLOR_KEYS` entry.
     """
     t = _sorted_tracks(results)
     D1 = np.asarray(t["D1_um2_s"], dtype=float)
@@ -340,6 +348,12 @@ def track_features(results: Results) -> pd.DataFrame:
     for col in classical.columns:
         values = np.asarray(classical[col], dtype=float)
         feats[col] = np.where(idx >= 0, values[np.clip(idx, 0, None)] if values.size else np.nan, np.nan)
+    p = (np.asarray(results.summary["isotropy_p"], dtype=float) if "isotropy_p" in results.summary.columns
+         else np.full(len(results.summary), np.nan))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        evidence = -np.log10(np.clip(p, 1e-300, 1.0))
+    feats["anisotropy_evidence"] = np.where(idx >= 0, evidence[np.clip(idx, 0, None)] if evidence.size else np.nan,
+                                            np.nan)
     for key in COLOR_KEYS:
         scale = color_scale(results, key)
         feats[scale.color_feature] = scale.normalise(feats[scale.feature])
