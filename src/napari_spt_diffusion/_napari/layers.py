@@ -343,17 +343,13 @@ def track_features(results: Results) -> pd.DataFrame:
             "loc_precision_nm": np.asarray(t["loc_precision_nm"], dtype=float),
         }
     )
-    classical = results.summary.set_index("track_id")[["D_msd_um2_s", "D_cve_um2_s", "alpha_msd"]]
-    idx = classical.index.get_indexer(feats["track_id"])
-    for col in classical.columns:
-        values = np.asarray(classical[col], dtype=float)
+    per_track = results.summary.set_index("track_id")[["D_msd_um2_s", "D_cve_um2_s", "alpha_msd"]].astype(float)
+    p = results.summary["isotropy_p"].to_numpy(float) if "isotropy_p" in results.summary.columns else np.nan
+    per_track["anisotropy_evidence"] = -np.log10(np.clip(p, 1e-300, 1.0))
+    idx = per_track.index.get_indexer(feats["track_id"])
+    for col in per_track.columns:
+        values = per_track[col].to_numpy()
         feats[col] = np.where(idx >= 0, values[np.clip(idx, 0, None)] if values.size else np.nan, np.nan)
-    p = (np.asarray(results.summary["isotropy_p"], dtype=float) if "isotropy_p" in results.summary.columns
-         else np.full(len(results.summary), np.nan))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        evidence = -np.log10(np.clip(p, 1e-300, 1.0))
-    feats["anisotropy_evidence"] = np.where(idx >= 0, evidence[np.clip(idx, 0, None)] if evidence.size else np.nan,
-                                            np.nan)
     for key in COLOR_KEYS:
         scale = color_scale(results, key)
         feats[scale.color_feature] = scale.normalise(feats[scale.feature])
