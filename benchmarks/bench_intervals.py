@@ -39,11 +39,15 @@ Protocol "interval coverage", version 2 (defined here and in docs/protocols.md; 
 * ``--free``: the same cells, seeds and cuts with free isotropic tracks (D log-uniform 0.05-3 um^2/s, the
   foreign-optics protocol's free range; ``FREE_PRIOR``) for the ``aniso`` models and the classical tensor;
   report ``intervals_free.md`` (D only: no track has a true D1 / D2 >= 1.5).
+* The D intervals are then widened for linked tracks as the pipeline widens a track without the note
+  ``crowded`` (``estimation.linked_widening``, the bundled factors of the group ``isolated``; the grid's
+  tracks have no neighbours); ``--linked-widening none`` leaves them as the tables give them (reports
+  ``intervals_tables_only.md``, ``intervals_free_tables_only.md``).
 
 Command::
 
     .venv/bin/python benchmarks/bench_intervals.py [--write-tables [NAMES]] [--models aniso,aniso_wide] [--threads K]
-        [--free]
+        [--free] [--linked-widening bundled|none]
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from _common import REPO, command_line, fmt, report_header, report_path, write_json, write_report
@@ -71,6 +76,7 @@ from napari_spt_diffusion.estimation.intervals import (
     table_for_psf,
     widen_for_bias,
 )
+from napari_spt_diffusion.estimation.linked_widening import bundled_linked_widening, widen_linked
 from napari_spt_diffusion.training import interval_calibration as IC
 from napari_spt_diffusion.training.acquisition_ranges import RANGES
 from napari_spt_diffusion.training.motion_priors import MotionPrior
@@ -195,6 +201,10 @@ def motion_model(name: str) -> str:
     return str(read_card(name)["motion_model"])
 
 
+#: The widening for linked tracks the coverage applies (``--linked-widening``; empty: none).
+LINKED_WIDENING: list = []
+
+
 def cut(batch, seed: list[int]) -> IC.CalibrationSet:
     rng = np.random.default_rng(seed)
     return IC.CalibrationSet([(batch, rng.integers(IC.MIN_LENGTH, batch.patches.shape[1] + 1, size=len(batch)))])
@@ -216,6 +226,11 @@ def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
         iv_c = apply_intervals(table_c, est_c, n_frames, loc_var, float(scale[0]))
         iv = {k: np.where(outside, np.asarray(iv_c[k], float), np.asarray(v, float)) for k, v in iv.items()}
         est = {k: np.where(outside, est_c[k], est[k]) for k in ("D1_um2_s", "D2_um2_s", "theta_deg")}
+    if LINKED_WIDENING:  # as the pipeline widens a track with no neighbour (note crowded absent)
+        frame = pd.DataFrame({**{k: np.asarray(v, float) for k, v in iv.items()},
+                              "D1_um2_s": est["D1_um2_s"], "D2_um2_s": est["D2_um2_s"], "notes": ""})
+        frame = widen_linked(frame, LINKED_WIDENING[0])
+        iv = {k: frame[k].to_numpy(float) for k in iv}
     out = {}
     for key in ("D1", "D2"):
         t = truth[f"{key}_um2_s"]
@@ -265,8 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="free isotropic diffusion in every cell (D log-uniform 0.05-3 um^2/s, as the "
                              "foreign-optics protocol's free movies) instead of seed-aniso tracks; aniso models only; "
                              "report intervals_free.md")
+    parser.add_argument("--linked-widening", choices=("bundled", "none"), default="bundled",
+                        help="widen the D intervals for linked tracks as the pipeline does (bundled, the default: the "
+                             "factors of a track without neighbours) or not (none: the tables alone; report "
+                             "intervals[_free]_tables_only.md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    LINKED_WIDENING.clear()
+    if args.linked_widening == "bundled" and bundled_linked_widening() is not None:
+        LINKED_WIDENING.append(bundled_linked_widening())
     models = args.models.split(",")
     test_prior = FREE_PRIOR if args.free else None  # the test tracks' tensors (None: the motion model's own)
     if test_prior is not None and any(motion_model(m) != "aniso" for m in models):
@@ -317,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cell {sigma} px {photons:g}: done", flush=True)
     report = render(rows, models, seconds, time.perf_counter() - t_start, command_line("bench_intervals.py", argv),
                     free=args.free)
-    path = report_path("intervals_free" if args.free else "intervals", False)
+    path = report_path(("intervals_free" if args.free else "intervals")
+                       + ("" if args.linked_widening == "bundled" else "_tables_only"), False)
     write_report(path, report)
     write_json(path.with_suffix(".json"), {"rows": rows, "seconds": seconds})
     print(f"wrote {path}")
@@ -331,6 +354,8 @@ def _cov(x: float) -> str:
 def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, command: str,
            free: bool = False) -> list[str]:
     title = "Per-track intervals: coverage on the robustness grid"
+    widening = (f"yes, factors {LINKED_WIDENING[0].factors['isolated']}" if LINKED_WIDENING
+                else "no (the tables alone)")
     lines = report_header(title + (", free isotropic diffusion" if free else ""),
                           f"{PROTOCOL}, version {PROTOCOL_VERSION} (docstring of `benchmarks/bench_intervals.py`)",
                           command)
@@ -338,7 +363,9 @@ def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, c
               + (", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) or "not run (tables read from checkpoints/)"),
               "- Coverage in % of the cell's tracks (1,000, cut to 5-30 frames); target 68 +- 3 and 95 +- 3. "
               "'reported' = the estimator the pipeline reports in that cell (the model where the guard accepts it "
-              "over the cell's tracks, else classical)."]
+              "over the cell's tracks, else classical).",
+              "- D intervals widened for linked tracks as the pipeline widens a track without neighbours "
+              f"(`estimation/linked_widening.py`): {widening}."]
     if free:
         lines += ["- Tracks: free isotropic diffusion, D log-uniform 0.05-3 um^2/s (`--free`; the seed-aniso "
                   "protocol's acquisition, seeds and lengths otherwise): theta has no truth (no track with D1 / D2 >= "

@@ -150,10 +150,13 @@ def test_pipeline_summary_gets_ordered_intervals_from_the_bundled_tables():
     assert meta["tables"]["classical"].startswith("classical_binding")
 
 
-def test_model_intervals_widen_by_the_guards_bias_interval_and_classical_ones_do_not():
+def test_model_intervals_widen_by_the_guards_bias_interval_and_classical_ones_do_not(monkeypatch):
     import pandas as pd
 
+    from napari_spt_diffusion import estimation_stage
     from napari_spt_diffusion.estimation_stage import with_intervals
+
+    monkeypatch.setattr(estimation_stage, "bundled_linked_widening", lambda: None)  # the bias rule alone
 
     acq = Acquisition()
     summary = pd.DataFrame({
@@ -238,10 +241,13 @@ def test_stratified_table_selects_the_stratum_of_the_psf_width_and_round_trips(t
         I.StratifiedIntervalTable("m", (0.6, 1.5), (narrow, wide))
 
 
-def test_pipeline_applies_the_stratum_of_the_movies_psf_width():
+def test_pipeline_applies_the_stratum_of_the_movies_psf_width(monkeypatch):
     import pandas as pd
 
+    from napari_spt_diffusion import estimation_stage
     from napari_spt_diffusion.estimation_stage import with_intervals
+
+    monkeypatch.setattr(estimation_stage, "bundled_linked_widening", lambda: None)  # the tables alone
 
     table = I.bundled_interval_table("aniso_any")
     assert isinstance(table, I.StratifiedIntervalTable)

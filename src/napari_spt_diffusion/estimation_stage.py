@@ -44,6 +44,7 @@ from .estimation.intervals import (
     table_for_psf,
     widen_for_bias,
 )
+from .estimation.linked_widening import bundled_linked_widening, widen_linked
 from .estimation.model_choice import ModelSwitch, alternative_for
 from .estimation.state_check import applies_to, state_change_note
 from .estimation.tensor import mean_tensor
@@ -435,6 +436,9 @@ def with_intervals(
             columns = widen_for_bias(columns, *model_bias)
         for column, values in columns.items():
             out.loc[rows, column] = values
+    linked = bundled_linked_widening()
+    if linked is not None:
+        out = widen_linked(out, linked)
     low, high = model_bias if model_bias is not None else (float("nan"), float("nan"))
     widened = (math.isfinite(low) and math.isfinite(high) and 0 < low <= high
                and any(m != "classical" and not v.startswith("none") for m, v in used.items()))
@@ -447,6 +451,10 @@ def with_intervals(
                          "the model's bias factor on this movie; where the model's values were rescaled by the guard's "
                          "factor b, meta guard.rescaled_by, the interval left after that: the guard's bounds / b)"}
                 if widened else None),
+            "linked_widening": None if linked is None else {
+                "factors": linked.factors, "groups": "notes: crowded, else isolated",
+                "rule": "D bounds: D (bound / D) ** f, f of the track's group and interval",
+                "source": "estimation/linked_widening.py"},
             }
     return out, meta
 
