@@ -17,8 +17,9 @@ training renderer), at the protocol's seeds plus ``--seed-offsets``; each is tra
   matching per frame within 1.5 px, as in ``bench_foreign.py``); its truth is the true D1 and D2
   averaged over those frames. Tracks with >= 5 matched frames are scored, as in ``bench_foreign.py``.
 * Groups by notes, as the tool's widening for linked tracks groups them
-  (``estimation/linked_widening.py``): ``crowded`` (the note ``crowded``: another spot within 6 px
-  in more than 5 % of the track's frames) and ``isolated``. By purity: ``pure`` (at least 95 % of
+  (``estimation/linked_widening.py``, the first that applies): ``edge`` (a localization within 3 px of
+  the field's border), ``gaps``, ``crowded`` (another spot within 6 px in more than 5 % of the
+  track's frames), else ``plain``. By purity: ``pure`` (at least 95 % of
   the track's matched frames matched to its true track) and ``impure`` (more than 5 % matched to
   other particles: an identity swap); frames matched to no particle (a localization more than
   1.5 px from every true position, as for a fast particle) do not count. By method: ``model``

@@ -40,9 +40,10 @@ Protocol "interval coverage", version 2 (defined here and in docs/protocols.md; 
   foreign-optics protocol's free range; ``FREE_PRIOR``) for the ``aniso`` models and the classical tensor;
   report ``intervals_free.md`` (D only: no track has a true D1 / D2 >= 1.5).
 * The D intervals are then widened for linked tracks as the pipeline widens a track without the note
-  ``crowded`` (``estimation.linked_widening``, the bundled factors of the group ``isolated``; the grid's
-  tracks have no neighbours); ``--linked-widening none`` leaves them as the tables give them (reports
-  ``intervals_tables_only.md``, ``intervals_free_tables_only.md``).
+  ``edge``, ``gaps`` or ``crowded`` (``estimation.linked_widening``, the bundled factors of the group
+  ``plain``: the grid's tracks have no neighbours, no gaps and no field border); ``--linked-widening
+  none`` leaves them as the tables give them (reports ``intervals_tables_only.md``,
+  ``intervals_free_tables_only.md``).
 
 Command::
 
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                              "report intervals_free.md")
     parser.add_argument("--linked-widening", choices=("bundled", "none"), default="bundled",
                         help="widen the D intervals for linked tracks as the pipeline does (bundled, the default: the "
-                             "factors of a track without neighbours) or not (none: the tables alone; report "
+                             "factors of the group plain) or not (none: the tables alone; report "
                              "intervals[_free]_tables_only.md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -354,7 +355,7 @@ def _cov(x: float) -> str:
 def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, command: str,
            free: bool = False) -> list[str]:
     title = "Per-track intervals: coverage on the robustness grid"
-    widening = (f"yes, factors {LINKED_WIDENING[0].factors['isolated']}" if LINKED_WIDENING
+    widening = (f"yes, factors {LINKED_WIDENING[0].factors['plain']}" if LINKED_WIDENING
                 else "no (the tables alone)")
     lines = report_header(title + (", free isotropic diffusion" if free else ""),
                           f"{PROTOCOL}, version {PROTOCOL_VERSION} (docstring of `benchmarks/bench_intervals.py`)",
@@ -364,7 +365,7 @@ def render(rows: list[dict], models: list[str], seconds: dict, total_s: float, c
               "- Coverage in % of the cell's tracks (1,000, cut to 5-30 frames); target 68 +- 3 and 95 +- 3. "
               "'reported' = the estimator the pipeline reports in that cell (the model where the guard accepts it "
               "over the cell's tracks, else classical).",
-              "- D intervals widened for linked tracks as the pipeline widens a track without neighbours "
+              "- D intervals widened for linked tracks as the pipeline widens a track of the group plain "
               f"(`estimation/linked_widening.py`): {widening}."]
     if free:
         lines += ["- Tracks: free isotropic diffusion, D log-uniform 0.05-3 um^2/s (`--free`; the seed-aniso "

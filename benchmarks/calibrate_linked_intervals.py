@@ -9,7 +9,8 @@ matched to the true track it shares most frames with (per-frame Hungarian matchi
 1.5 px), whose D1 and D2 averaged over those frames are its truth; tracks with >= 5 matched
 frames count. The intervals as the tables give them (the bundled widening, where the output was
 made with one, taken out again: ``unwiden_linked``) are compared with the truth, and for each
-group of tracks (``crowded`` in the notes, or ``isolated``) and each interval (D1 / D2,
+group of tracks (``linked_widening.GROUPS``, by the notes: ``edge``, ``gaps``, ``crowded``, else
+``plain``) and each interval (D1 / D2,
 68 % / 95 %) the factor on the log half-widths that covers the nominal share is fitted
 (``linked_widening.fit_factor``, at least 1).
 

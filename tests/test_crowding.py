@@ -57,3 +57,20 @@ def test_encounter_flag_on_pieces_of_a_cut_track():
     table = pd.DataFrame({"encounter_cut": [False, False, True, True], "nearest_other_px": [20.0] * 4})
     assert _track_flags(("windows",), table, 0, 2) == ["windows"]
     assert _track_flags((), table, 2, 4) == ["encounter"]
+
+
+def test_pipeline_notes_tracks_at_the_field_edge(toy_models):
+    rng = np.random.default_rng(5)
+    centres = np.array([[32.0, 2.2], [32.0, 32.0]])  # (y, x): one 2.2 px from the left border
+    n_frames, s = 12, ACQ.substeps_per_frame
+    frames = []
+    for _ in range(n_frames):
+        pos = centres + rng.normal(0.0, 0.05, centres.shape)
+        sub = np.repeat(pos[:, None, :], s, axis=1)
+        frames.append(camera_image(expected_photons(sub, (64, 64), ACQ).sum(axis=0), ACQ, rng))
+    results = track_and_estimate(np.stack(frames), ACQ, Settings(model=toy_models["sequence"], device="cpu",
+                                                                  min_track_length=5))
+    summary = results.summary
+    assert len(summary) == 2
+    edge = summary["notes"].astype(object).fillna("").str.split(";").apply(lambda f: "edge" in f)
+    assert edge[summary["x_mean_px"] < 10].all() and not edge[summary["x_mean_px"] > 10].any()

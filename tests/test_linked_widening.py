@@ -11,9 +11,9 @@ from napari_spt_diffusion.estimation import linked_widening as L
 from napari_spt_diffusion.estimation.intervals import INTERVAL_COLUMNS
 
 
-def _widening(crowded: float = 2.0, isolated: float = 1.0) -> L.LinkedWidening:
+def _widening(crowded: float = 2.0, others: float = 1.0) -> L.LinkedWidening:
     keys = [f"{k}_{lv}" for k, lv in L.INTERVALS]
-    return L.LinkedWidening({"crowded": dict.fromkeys(keys, crowded), "isolated": dict.fromkeys(keys, isolated)})
+    return L.LinkedWidening({g: dict.fromkeys(keys, crowded if g == "crowded" else others) for g in L.GROUPS})
 
 
 def _summary() -> pd.DataFrame:
@@ -27,21 +27,23 @@ def _summary() -> pd.DataFrame:
     })
 
 
-def test_groups_come_from_the_crowded_note():
-    assert list(L.track_group(_summary()["notes"])) == ["crowded", "isolated", "crowded", "isolated"]
+def test_groups_come_from_the_notes_in_order_edge_gaps_crowded_plain():
+    assert list(L.track_group(_summary()["notes"])) == ["crowded", "gaps", "crowded", "plain"]
+    notes = pd.Series(["crowded;gaps;edge", "gaps;crowded", "windows;encounter", "", "edge"])
+    assert list(L.track_group(notes)) == ["edge", "gaps", "plain", "plain", "edge"]
 
 
 def test_widening_scales_log_half_widths_of_the_group_and_unwidening_undoes_it():
     summary = _summary()
-    out = L.widen_linked(summary, _widening(crowded=2.0, isolated=1.0))
+    out = L.widen_linked(summary, _widening(crowded=2.0, others=1.0))
     # crowded track 1: log half-widths doubled around D = 1: [0.5, 3] -> [0.25, 9]
     assert out.loc[0, "D1_lo95_um2_s"] == pytest.approx(0.25)
     assert out.loc[0, "D1_hi68_um2_s"] == pytest.approx(9.0)
     assert out.loc[0, "D2_hi95_um2_s"] == pytest.approx(0.5 * 9.0)
-    # isolated tracks (factor 1) and a track whose value is 0 are left as they were
+    # tracks of other groups (factor 1) and a track whose value is 0 are left as they were
     cols = [c for c in summary if "_lo" in c or "_hi" in c]
     np.testing.assert_allclose(out.loc[[1, 2, 3], cols].to_numpy(float), summary.loc[[1, 2, 3], cols].to_numpy(float))
-    back = L.unwiden_linked(out, _widening(crowded=2.0, isolated=1.0))
+    back = L.unwiden_linked(out, _widening(crowded=2.0, others=1.0))
     np.testing.assert_allclose(back[cols].to_numpy(float), summary[cols].to_numpy(float), rtol=1e-12)
     assert summary.loc[0, "D1_lo95_um2_s"] == 0.5  # the input is not modified
 
@@ -86,8 +88,8 @@ def test_fitted_factor_brings_heavy_tailed_errors_to_nominal_coverage_on_new_tra
 def test_factors_below_one_or_missing_are_refused():
     with pytest.raises(ValueError, match=">= 1"):
         _widening(crowded=0.9)
-    with pytest.raises(ValueError, match="isolated"):
-        L.LinkedWidening({"crowded": _widening().factors["crowded"]})
+    with pytest.raises(ValueError, match="plain"):
+        L.LinkedWidening({g: f for g, f in _widening().factors.items() if g != "plain"})
 
 
 def test_bundled_factors_load_and_the_pipeline_widens_crowded_tracks_with_them(monkeypatch):
@@ -99,7 +101,7 @@ def test_bundled_factors_load_and_the_pipeline_widens_crowded_tracks_with_them(m
     assert all(bundled.factor(g, k, lv) >= 1.0 for g in L.GROUPS for k, lv in L.INTERVALS)
     summary = pd.DataFrame({"track_id": [1, 2], "n_frames": [30, 30], "D1_um2_s": [1.0, 1.0],
                             "D2_um2_s": [0.5, 0.5], "theta_deg": [10.0, 10.0], "model": ["aniso", "aniso"],
-                            "notes": ["crowded", ""]})
+                            "notes": ["edge;crowded", ""]})
     out, meta = with_intervals(summary, {1: 0.01, 2: 0.01}, Acquisition())
     monkeypatch.setattr(estimation_stage, "bundled_linked_widening", lambda: None)
     plain, plain_meta = with_intervals(summary, {1: 0.01, 2: 0.01}, Acquisition())
@@ -107,3 +109,16 @@ def test_bundled_factors_load_and_the_pipeline_widens_crowded_tracks_with_them(m
     cols = list(INTERVAL_COLUMNS)
     np.testing.assert_allclose(out[cols].to_numpy(float), L.widen_linked(plain, bundled)[cols].to_numpy(float))
     assert (out["theta_pm95_deg"] == plain["theta_pm95_deg"]).all()
+
+
+def test_border_distance_and_the_edge_note_of_a_track():
+    from napari_spt_diffusion.estimation_stage import _track_flags
+    from napari_spt_diffusion.tracking.field_edge import EDGE_PX, border_distance_px, touches_edge
+
+    d = border_distance_px(np.array([0.0, 5.0, 60.0, 10.0]), np.array([40.0, 5.0, 30.0, 126.5]), (64, 128))
+    np.testing.assert_allclose(d, [0.0, 5.0, 3.0, 0.5])
+    assert touches_edge(np.array([10.0, 2.9])) and not touches_edge(np.array([10.0, EDGE_PX]))
+    table = pd.DataFrame({"border_px": [10.0, 8.0, 2.0, 10.0, 12.0], "nearest_other_px": np.inf})
+    assert "edge" in _track_flags([], table, 0, 3) and "edge" not in _track_flags(["gaps"], table, 3, 5)
+    with pytest.raises(ValueError, match="same length"):
+        border_distance_px(np.zeros(3), np.zeros(2), (10, 10))

@@ -17,7 +17,8 @@ kept. Detection and linking are skipped; in their place:
   the given positions are kept. A median distance above 0.5 px between the given and the
   fitted positions is warned about: the tracks probably do not belong to the movie as
   given (pixel size, origin, another movie);
-* ``nearest_other_px`` (the ``crowded`` flag) is measured among the imported localizations.
+* ``nearest_other_px`` (the ``crowded`` flag) is measured among the imported localizations, and
+  the distance to the field's border (the ``edge`` flag) from the movie's frame size.
 
 The model sees patches cut at the imported positions: a tracker whose positions are less
 precise than ours gives the model noisier displacements than it was trained on; the guard

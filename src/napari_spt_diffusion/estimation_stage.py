@@ -51,6 +51,7 @@ from .estimation.tensor import mean_tensor
 from .results import SUMMARY_COLUMNS, TRACKS_COLUMNS, format_changepoint_frames
 from .stage_guard import classical_for, guard_model, range_check
 from .tracking.crowding import CROWDED_SHARE, crowded_share
+from .tracking.field_edge import border_distance_px, touches_edge
 from .tracking.patches import TrackPatches, displacements_from_positions, extract_track_patches
 
 if TYPE_CHECKING:  # pipeline imports this module
@@ -244,6 +245,8 @@ def estimate_stage(
 
     # 3, 4, 5 - patches, classical estimators, model: in chunks of tracks so that memory
     # stays bounded on long movies (each chunk reads only the frames its tracks use)
+    tracks = tracks.assign(border_px=border_distance_px(tracks["y_px"].to_numpy(), tracks["x_px"].to_numpy(),
+                                                        tuple(movie.shape[1:3])))
     bar.begin("estimate", f"estimating {tracks['track_id'].nunique()} tracks")
     side = estimator.source_patch_size(acquisition)  # PSF units cut larger patches: fewer per chunk
     groups = _track_chunks(tracks, max(1, settings.chunk_localizations * estimator.patch_size**2 // side**2))
@@ -452,7 +455,8 @@ def with_intervals(
                          "factor b, meta guard.rescaled_by, the interval left after that: the guard's bounds / b)"}
                 if widened else None),
             "linked_widening": None if linked is None else {
-                "factors": linked.factors, "groups": "notes: crowded, else isolated",
+                "factors": linked.factors,
+                "groups": "by notes, the first that applies: edge, gaps, crowded, else plain",
                 "rule": "D bounds: D (bound / D) ** f, f of the track's group and interval",
                 "source": "estimation/linked_widening.py"},
             }
@@ -738,9 +742,9 @@ def _tables(
     return out, summary
 
 
-#: Flags that call for a second look at a track's values (summary column ``warnings``); the
-#: others (``windows``, ``gaps``, ``encounter``, ``crowded``, ``classical``, ``rescaled``) say how the track was
-#: made and go to ``notes``.
+#: Flags that call for a second look at a track's values (summary column ``warnings``); the others
+#: (``windows``, ``gaps``, ``encounter``, ``crowded``, ``edge``, ``classical``, ``rescaled``) say how the track
+#: was made and go to ``notes``.
 WARNING_FLAGS = ("model_rejected", model_range.FLAG, model_range.NEAR_FLAG, "clipped", "too_short")
 
 
@@ -752,14 +756,17 @@ def _split_flags(flags: list[str]) -> dict[str, str]:
 
 def _track_flags(estimate_flags: tuple[str, ...] | list[str], table: pd.DataFrame, a: int, b: int) -> list[str]:
     """The estimator's flags of a track (rows ``a:b`` of ``table``), plus ``crowded`` (see
-    ``tracking.crowding``) and ``encounter`` (the track begins or ends where the linker's track
-    was cut at a close encounter, ``tracking.encounters``)."""
+    ``tracking.crowding``), ``encounter`` (the track begins or ends where the linker's track
+    was cut at a close encounter, ``tracking.encounters``) and ``edge`` (a localization within
+    ``tracking.field_edge.EDGE_PX`` of the field's border)."""
     flags = list(estimate_flags)
     if "nearest_other_px" in table.columns:
         if crowded_share(table["nearest_other_px"].to_numpy(dtype=float)[a:b]) > CROWDED_SHARE:
             flags.append("crowded")
     if "encounter_cut" in table.columns and bool(table["encounter_cut"].to_numpy()[a:b].any()):
         flags.append("encounter")
+    if "border_px" in table.columns and touches_edge(table["border_px"].to_numpy(dtype=float)[a:b]):
+        flags.append("edge")
     return flags
 
 

@@ -3,21 +3,22 @@
 The interval tables (:mod:`.intervals`) are calibrated on simulated tracks that each follow one
 particle from its first frame to a cut made at random. A track that the linker made from a movie
 is another thing: it can hold frames of another particle (an identity swap where two particles
-came close), be cut at an encounter, bridge a gap, or run off the field, and its acquisition is
-the calibrated one, not the truth. Measured end to end, on movies of our own simulator tracked
-by ``spt-diffusion track`` (``benchmarks/calibrate_linked_intervals.py``,
-``benchmarks/reports/linked_intervals_calibration.md``), the tables' 95 % intervals held the truth
-for only about 89-91 % of such tracks, with or without other particles near; the 68 % intervals
-held about their share. Swaps need other particles near, so tracks with the note ``crowded``
-(another spot within 6 px in more than 5 % of their frames, :mod:`~..tracking.crowding`) and the
-others (``isolated``) are calibrated apart.
+came close), bridge a gap, hold spots cut by the field's border or end where its particle left
+the field, and its acquisition is the calibrated one, not the truth. Measured end to end, on
+movies of our own simulator tracked by ``spt-diffusion track``
+(``benchmarks/calibrate_linked_intervals.py``, ``benchmarks/reports/linked_intervals_calibration.md``),
+the tables' 95 % intervals held the truth of too few tracks that came near the border, bridged
+gaps or had other particles near, and about their share of the other tracks.
 
-Each group gets a factor per interval (D1 / D2, 68 % / 95 %) that multiplies the interval's log
-half-widths around the track's value: ``[D exp(-f ln(D / low)), D exp(f ln(high / D))]``. Each
-factor is the split-conformal quantile, at the interval's level, of the calibration tracks'
-``|ln(D_true / D)|`` over the half-width on the truth's side, and never below 1 (the tables are not
-narrowed). Theta's half-widths are not changed. The check on movies the calibration did not see,
-from the independent foreign renderer: ``benchmarks/bench_interval_groups.py``
+So tracks are grouped by their notes, in this order: ``edge`` (a localization within 3 px of the
+field's border, :mod:`~..tracking.field_edge`), ``gaps``, ``crowded`` (another spot within 6 px in
+more than 5 % of the frames, :mod:`~..tracking.crowding`), else ``plain``. Each group gets a factor
+per interval (D1 / D2, 68 % / 95 %) that multiplies the interval's log half-widths around the
+track's value: ``[D exp(-f ln(D / low)), D exp(f ln(high / D))]``. Each factor is the
+split-conformal quantile, at the interval's level, of the calibration tracks' ``|ln(D_true / D)|``
+over the half-width on the truth's side, and never below 1 (the tables are not narrowed). Theta's
+half-widths are not changed. The check on movies the calibration did not see, from the
+independent foreign renderer: ``benchmarks/bench_interval_groups.py``
 (``benchmarks/reports/interval_groups*.md``).
 """
 
@@ -43,8 +44,8 @@ __all__ = [
     "unwiden_linked",
 ]
 
-#: Track groups by their notes: another spot near (``crowded``) or not.
-GROUPS = ("crowded", "isolated")
+#: Track groups by their notes, the first that applies: ``edge``, ``gaps``, ``crowded``, else ``plain``.
+GROUPS = ("edge", "gaps", "crowded", "plain")
 #: The intervals that are widened: ``(key, level)`` for the columns ``{key}_lo{level}_um2_s`` / ``_hi``.
 INTERVALS = (("D1", "68"), ("D1", "95"), ("D2", "68"), ("D2", "95"))
 #: File of the bundled factors, beside the interval tables.
@@ -98,9 +99,10 @@ def bundled_linked_widening() -> LinkedWidening | None:
 
 
 def track_group(notes: pd.Series) -> np.ndarray:
-    """``(N,)`` group of each track from the summary's ``notes`` (``;``-separated): ``crowded`` or ``isolated``."""
+    """``(N,)`` group of each track from the summary's ``notes`` (``;``-separated): the first of
+    :data:`GROUPS` among its notes, else ``plain``."""
     parts = notes.astype(object).where(notes.notna(), "").astype(str).str.split(";")
-    return np.where(parts.apply(lambda flags: "crowded" in flags).to_numpy(dtype=bool), "crowded", "isolated")
+    return np.array([next((g for g in GROUPS[:-1] if g in flags), GROUPS[-1]) for flags in parts], dtype=object)
 
 
 def _scaled(summary: pd.DataFrame, widening: LinkedWidening, power: float) -> pd.DataFrame:
@@ -108,7 +110,7 @@ def _scaled(summary: pd.DataFrame, widening: LinkedWidening, power: float) -> pd
     out = summary.copy()
     if not len(out):
         return out
-    group = track_group(out["notes"]) if "notes" in out else np.full(len(out), "isolated")
+    group = track_group(out["notes"]) if "notes" in out else np.full(len(out), GROUPS[-1])
     for key, level in INTERVALS:
         lo_col, hi_col = f"{key}_lo{level}_um2_s", f"{key}_hi{level}_um2_s"
         if lo_col not in out or hi_col not in out:
