@@ -29,9 +29,9 @@ training renderer), at the protocol's seeds plus ``--seed-offsets``; each is tra
   the group's tracks (what sampling alone allows; the tracks of one movie share its bias).
 * Beside each group's coverage, the coverage of the intervals as the tables give them (the
   widening for linked tracks, ``meta["intervals"]["linked_widening"]``, taken out exactly:
-  ``unwiden_linked``), and the factor by which their log half-widths would have had to be
-  multiplied for the group's tracks to reach the nominal coverage (the nominal quantile of each
-  track's ``|ln(truth / estimate)| / half-width``, the half-width taken on the side of the truth):
+  ``unwiden_linked``), and the factor by which their log half-width (around their log centre)
+  would have had to be multiplied for the group's tracks to reach the nominal coverage (the
+  nominal quantile of each track's ``linked_widening.half_width_ratio``):
   what the tool's factors, calibrated on our own simulator's movies, are checked against.
 
 Command::
@@ -123,8 +123,7 @@ def run_movie(name: str, offset: int, workdir: Path, psfs: dict[tuple[float, flo
 def needed_factor(tracks: pd.DataFrame, key: str, level: str, nominal: float, prefix: str = "") -> float:
     """Factor on the log half-widths of the intervals (``prefix`` + column) that would bring the tracks'
     coverage to ``nominal`` (NaN: no tracks)."""
-    ratio = half_width_ratio(tracks[f"{key}_um2_s"].to_numpy(float),
-                             tracks[f"{prefix}{key}_lo{level}_um2_s"].to_numpy(float),
+    ratio = half_width_ratio(tracks[f"{prefix}{key}_lo{level}_um2_s"].to_numpy(float),
                              tracks[f"{prefix}{key}_hi{level}_um2_s"].to_numpy(float),
                              tracks[f"{key}_true"].to_numpy(float))
     ratio = ratio[~np.isnan(ratio)]

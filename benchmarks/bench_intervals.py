@@ -227,7 +227,7 @@ def coverage(table, est: dict[str, np.ndarray], cal: IC.CalibrationSet,
         iv_c = apply_intervals(table_c, est_c, n_frames, loc_var, float(scale[0]))
         iv = {k: np.where(outside, np.asarray(iv_c[k], float), np.asarray(v, float)) for k, v in iv.items()}
         est = {k: np.where(outside, est_c[k], est[k]) for k in ("D1_um2_s", "D2_um2_s", "theta_deg")}
-    if LINKED_WIDENING:  # as the pipeline widens a track with no neighbour (note crowded absent)
+    if LINKED_WIDENING:  # as the pipeline widens a track of the group plain (no edge, gaps or crowded note)
         frame = pd.DataFrame({**{k: np.asarray(v, float) for k, v in iv.items()},
                               "D1_um2_s": est["D1_um2_s"], "D2_um2_s": est["D2_um2_s"], "notes": ""})
         frame = widen_linked(frame, LINKED_WIDENING[0])

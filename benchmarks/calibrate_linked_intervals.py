@@ -10,9 +10,9 @@ matched to the true track it shares most frames with (per-frame Hungarian matchi
 frames count. The intervals as the tables give them (the bundled widening, where the output was
 made with one, taken out again: ``unwiden_linked``) are compared with the truth, and for each
 group of tracks (``linked_widening.GROUPS``, by the notes: ``edge``, ``gaps``, ``crowded``, else
-``plain``) and each interval (D1 / D2,
-68 % / 95 %) the factor on the log half-widths that covers the nominal share is fitted
-(``linked_widening.fit_factor``, at least 1).
+``plain``) and each interval (D1 / D2, 68 % / 95 %) the factor on the log half-width (around the
+interval's log centre) that covers the nominal share is fitted (``linked_widening.fit_factor``,
+at least 1).
 
 Movies (seed ``--seed-base`` + i): 128 x 128 px, 120 frames, 100 nm pixels, 10 ms frames;
 cycling over the particles' motion (isotropic with D uniform over 0.05-3 um^2/s, or seed-aniso
@@ -112,8 +112,9 @@ def run_movie(spec: dict[str, Any], workdir: Path) -> pd.DataFrame | None:
 
 
 def ratios(tracks: pd.DataFrame, key: str, level: str) -> np.ndarray:
-    """Each track's ratio of its log error to its interval's log half-width (``half_width_ratio``)."""
-    return half_width_ratio(tracks[f"{key}_um2_s"].to_numpy(float), tracks[f"{key}_lo{level}_um2_s"].to_numpy(float),
+    """Each track's ratio of its truth's log distance from its interval's log centre to the interval's log
+    half-width (``half_width_ratio``)."""
+    return half_width_ratio(tracks[f"{key}_lo{level}_um2_s"].to_numpy(float),
                             tracks[f"{key}_hi{level}_um2_s"].to_numpy(float), tracks[f"{key}_true"].to_numpy(float))
 
 
@@ -128,7 +129,7 @@ def fit(tracks: pd.DataFrame) -> tuple[dict[str, dict[str, float]], dict[str, di
             r = ratios(sel, key, level)
             r = r[~np.isnan(r)]
             f = fit_factor(r, NOMINAL[level])
-            factors[group][f"{key}_{level}"] = round(f, 3)
+            factors[group][f"{key}_{level}"] = f  # rounded up by fit_factor: covered_after holds for it
             table[group][f"{key}_{level}"] = {"n": int(r.size), "covered_before": float(np.mean(r <= 1.0)),
                                               "covered_after": float(np.mean(r <= f)), "factor": f}
     return factors, table
@@ -163,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no movie was tracked", file=sys.stderr)
         return 1
     tracks = pd.concat(parts, ignore_index=True)
+    empty = [g for g in GROUPS if not (tracks["group"] == g).any()]
+    if empty:
+        print(f"no scored track in the group(s) {', '.join(empty)}: give more --movies", file=sys.stderr)
+        return 2
     factors, table = fit(tracks)
     calibration = {"movies": len(parts), "seeds": [s["seed"] for s in specs], "tracks": table,
                    "command": command, "renderer": "simulation.movie.simulate_movie (ours)",

@@ -36,16 +36,30 @@ def test_groups_come_from_the_notes_in_order_edge_gaps_crowded_plain():
 def test_widening_scales_log_half_widths_of_the_group_and_unwidening_undoes_it():
     summary = _summary()
     out = L.widen_linked(summary, _widening(crowded=2.0, others=1.0))
-    # crowded track 1: log half-widths doubled around D = 1: [0.5, 3] -> [0.25, 9]
-    assert out.loc[0, "D1_lo95_um2_s"] == pytest.approx(0.25)
-    assert out.loc[0, "D1_hi68_um2_s"] == pytest.approx(9.0)
-    assert out.loc[0, "D2_hi95_um2_s"] == pytest.approx(0.5 * 9.0)
-    # tracks of other groups (factor 1) and a track whose value is 0 are left as they were
+    # crowded track 1: log half-width doubled around the log centre c = sqrt(1.5): [0.5, 3] -> [0.25 / c, 9 / c]
+    c = np.sqrt(1.5)
+    assert out.loc[0, "D1_lo95_um2_s"] == pytest.approx(0.25 / c)
+    assert out.loc[0, "D1_hi68_um2_s"] == pytest.approx(9.0 / c)
+    assert out.loc[0, "D2_hi95_um2_s"] == pytest.approx(0.5 * 9.0 / c)
+    assert np.log(out.loc[0, "D1_hi95_um2_s"] / out.loc[0, "D1_lo95_um2_s"]) == pytest.approx(2 * np.log(6.0))
+    # tracks of other groups (factor 1) are left as they were; crowded track 3 (its value 0) is widened all the same
     cols = [c for c in summary if "_lo" in c or "_hi" in c]
-    np.testing.assert_allclose(out.loc[[1, 2, 3], cols].to_numpy(float), summary.loc[[1, 2, 3], cols].to_numpy(float))
+    np.testing.assert_allclose(out.loc[[1, 3], cols].to_numpy(float), summary.loc[[1, 3], cols].to_numpy(float))
+    assert out.loc[2, "D1_lo95_um2_s"] < summary.loc[2, "D1_lo95_um2_s"]
     back = L.unwiden_linked(out, _widening(crowded=2.0, others=1.0))
     np.testing.assert_allclose(back[cols].to_numpy(float), summary[cols].to_numpy(float), rtol=1e-12)
     assert summary.loc[0, "D1_lo95_um2_s"] == 0.5  # the input is not modified
+
+
+def test_an_interval_that_does_not_hold_the_value_is_widened_on_both_sides_not_moved():
+    """A short track's D2 reads low: its table interval can lie wholly above the value."""
+    summary = pd.DataFrame({"D1_um2_s": [1.0], "D2_um2_s": [1.0], "notes": ["crowded"],
+                            **{f"{k}_lo{lv}_um2_s": [1.1] for k, lv in L.INTERVALS},
+                            **{f"{k}_hi{lv}_um2_s": [2.0] for k, lv in L.INTERVALS}})
+    out = L.widen_linked(summary, _widening(crowded=1.5))
+    assert out.loc[0, "D2_lo68_um2_s"] < 1.1 and out.loc[0, "D2_hi68_um2_s"] > 2.0
+    back = L.unwiden_linked(out, _widening(crowded=1.5))
+    np.testing.assert_allclose(back[["D2_lo68_um2_s", "D2_hi68_um2_s"]].to_numpy(float), [[1.1, 2.0]])
 
 
 def test_half_width_ratio_is_at_most_one_exactly_where_the_interval_covers():
@@ -53,13 +67,18 @@ def test_half_width_ratio_is_at_most_one_exactly_where_the_interval_covers():
     value = rng.lognormal(0, 1, 500)
     low, high = value * rng.uniform(0.2, 0.9, 500), value * rng.uniform(1.1, 5, 500)
     truth = value * rng.lognormal(0, 0.8, 500)
-    ratio = L.half_width_ratio(value, low, high, truth)
+    ratio = L.half_width_ratio(low, high, truth)
     np.testing.assert_array_equal(ratio <= 1.0, (truth >= low) & (truth <= high))
-    # and scaling the half-widths by f covers exactly the ratios <= f
+    # and the interval widened by f (as widen_linked widens it) covers exactly the ratios <= f
     f = 1.7
-    lo_f, hi_f = value * (low / value) ** f, value * (high / value) ** f
+    frame = pd.DataFrame({"D1_um2_s": value, "D2_um2_s": value, "notes": "crowded",
+                          **{f"{k}_lo{lv}_um2_s": low for k, lv in L.INTERVALS},
+                          **{f"{k}_hi{lv}_um2_s": high for k, lv in L.INTERVALS}})
+    wide = L.widen_linked(frame, _widening(crowded=f))
+    lo_f, hi_f = wide["D1_lo95_um2_s"].to_numpy(), wide["D1_hi95_um2_s"].to_numpy()
     np.testing.assert_array_equal(ratio <= f, (truth >= lo_f * (1 - 1e-12)) & (truth <= hi_f * (1 + 1e-12)))
-    assert np.isnan(L.half_width_ratio(np.array([0.0]), np.array([0.1]), np.array([1.0]), np.array([1.0]))[0])
+    assert np.isnan(L.half_width_ratio(np.array([0.0]), np.array([1.0]), np.array([1.0]))[0])
+    assert np.isnan(L.half_width_ratio(np.array([2.0]), np.array([1.0]), np.array([1.0]))[0])  # high < low
 
 
 def test_fitted_factor_brings_heavy_tailed_errors_to_nominal_coverage_on_new_tracks():
@@ -73,7 +92,7 @@ def test_fitted_factor_brings_heavy_tailed_errors_to_nominal_coverage_on_new_tra
         err[swapped] += rng.normal(0, 1.0, swapped.sum())
         value = np.ones(n)
         half = 1.96 * 0.3  # the clean errors' 95 % half-width
-        return L.half_width_ratio(value, value * np.exp(-half), value * np.exp(half), np.exp(err))
+        return L.half_width_ratio(value * np.exp(-half), value * np.exp(half), np.exp(err))
 
     fit, check = sample(4000), sample(4000)
     assert np.mean(check <= 1.0) < 0.90  # the tables alone under-cover
@@ -81,6 +100,9 @@ def test_fitted_factor_brings_heavy_tailed_errors_to_nominal_coverage_on_new_tra
     assert f > 1.2
     assert np.mean(check <= f) == pytest.approx(0.95, abs=0.012)
     assert L.fit_factor(np.full(100, 0.5), 0.95) == 1.0  # never narrowed
+    assert L.fit_factor(np.full(100, 1.2121), 0.95) == pytest.approx(1.213)  # rounded up, not down
+    with pytest.raises(ValueError, match="not finite"):
+        L.fit_factor(np.full(100, np.inf), 0.95)
     with pytest.raises(ValueError, match="no tracks"):
         L.fit_factor(np.array([np.nan]), 0.95)
 
@@ -115,8 +137,10 @@ def test_border_distance_and_the_edge_note_of_a_track():
     from napari_spt_diffusion.estimation_stage import _track_flags
     from napari_spt_diffusion.tracking.field_edge import EDGE_PX, border_distance_px, touches_edge
 
-    d = border_distance_px(np.array([0.0, 5.0, 60.0, 10.0]), np.array([40.0, 5.0, 30.0, 126.5]), (64, 128))
-    np.testing.assert_allclose(d, [0.0, 5.0, 3.0, 0.5])
+    d = border_distance_px(np.array([0.0, 5.0, 60.0, 10.0, np.inf]), np.array([40.0, 5.0, 30.0, 126.5, 3.0]),
+                           (64, 128))
+    np.testing.assert_allclose(d[:4], [0.0, 5.0, 3.0, 0.5])
+    assert np.isnan(d[4]) and not touches_edge(d[4:])
     assert touches_edge(np.array([10.0, 2.9])) and not touches_edge(np.array([10.0, EDGE_PX]))
     table = pd.DataFrame({"border_px": [10.0, 8.0, 2.0, 10.0, 12.0], "nearest_other_px": np.inf})
     assert "edge" in _track_flags([], table, 0, 3) and "edge" not in _track_flags(["gaps"], table, 3, 5)

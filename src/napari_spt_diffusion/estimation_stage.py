@@ -457,7 +457,7 @@ def with_intervals(
             "linked_widening": None if linked is None else {
                 "factors": linked.factors,
                 "groups": "by notes, the first that applies: edge, gaps, crowded, else plain",
-                "rule": "D bounds: D (bound / D) ** f, f of the track's group and interval",
+                "rule": "D bounds: c (bound / c) ** f, c = sqrt(low high), f of the track's group and interval",
                 "source": "estimation/linked_widening.py"},
             }
     return out, meta

@@ -26,8 +26,9 @@
    columns, ``method`` (``model``/``classical``) and ``flags`` (the estimator's, e.g.
    ``too_short``, ``windows``, and ``crowded``: another localization within
    ``tracking.crowding.CROWDED_RADIUS_PX`` (6 px) in more than 5 % of the track's frames,
-   ``benchmarks/reports/crowding.md``; and ``encounter``: a piece of a track cut at a close
-   encounter).
+   ``benchmarks/reports/crowding.md``; ``encounter``: a piece of a track cut at a close
+   encounter; and ``edge``: a localization closer than ``tracking.field_edge.EDGE_PX`` (3 px) to
+   the outermost pixel centres).
 
 Progress is reported through ``progress(fraction, message)`` with a fraction that never
 decreases, and ``should_stop()`` is polled between steps, before every frame of the

@@ -10,13 +10,15 @@ movies of our own simulator tracked by ``spt-diffusion track``
 the tables' 95 % intervals held the truth of too few tracks that came near the border, bridged
 gaps or had other particles near, and about their share of the other tracks.
 
-So tracks are grouped by their notes, in this order: ``edge`` (a localization within 3 px of the
-field's border, :mod:`~..tracking.field_edge`), ``gaps``, ``crowded`` (another spot within 6 px in
+So tracks are grouped by their notes, in this order: ``edge`` (a localization closer than 3 px
+to the outermost pixel centres, :mod:`~..tracking.field_edge`), ``gaps``, ``crowded`` (another spot within 6 px in
 more than 5 % of the frames, :mod:`~..tracking.crowding`), else ``plain``. Each group gets a factor
-per interval (D1 / D2, 68 % / 95 %) that multiplies the interval's log half-widths around the
-track's value: ``[D exp(-f ln(D / low)), D exp(f ln(high / D))]``. Each factor is the
-split-conformal quantile, at the interval's level, of the calibration tracks' ``|ln(D_true / D)|``
-over the half-width on the truth's side, and never below 1 (the tables are not narrowed). Theta's
+per interval (D1 / D2, 68 % / 95 %) that multiplies the interval's log half-width around its log
+centre ``c = sqrt(low high)``: ``[c (low / c) ** f, c (high / c) ** f]`` (the centre, not the
+track's value: a table's interval need not hold the value, e.g. a short track's D2 reads low and
+its 68 % interval can lie wholly above it). Each factor is the split-conformal quantile, at the
+interval's level, of the calibration tracks' ``|ln(D_true / c)| / ln(sqrt(high / low))``, rounded
+up, and never below 1 (the tables are not narrowed). Theta's
 half-widths are not changed. The check on movies the calibration did not see, from the
 independent foreign renderer: ``benchmarks/bench_interval_groups.py``
 (``benchmarks/reports/interval_groups*.md``).
@@ -106,7 +108,8 @@ def track_group(notes: pd.Series) -> np.ndarray:
 
 
 def _scaled(summary: pd.DataFrame, widening: LinkedWidening, power: float) -> pd.DataFrame:
-    """The summary with every D interval's log half-widths multiplied by its group's factor ** power."""
+    """The summary with every D interval's log half-width multiplied by its group's factor ** power,
+    around the interval's log centre."""
     out = summary.copy()
     if not len(out):
         return out
@@ -115,13 +118,13 @@ def _scaled(summary: pd.DataFrame, widening: LinkedWidening, power: float) -> pd
         lo_col, hi_col = f"{key}_lo{level}_um2_s", f"{key}_hi{level}_um2_s"
         if lo_col not in out or hi_col not in out:
             continue
-        value = out[f"{key}_um2_s"].to_numpy(dtype=float)
         lo, hi = out[lo_col].to_numpy(dtype=float), out[hi_col].to_numpy(dtype=float)
         f = np.array([widening.factor(g, key, level) for g in group]) ** power
-        ok = (value > 0) & (lo > 0) & (hi > 0) & np.isfinite(value) & np.isfinite(lo) & np.isfinite(hi)
+        ok = (lo > 0) & (hi >= lo) & np.isfinite(lo) & np.isfinite(hi)
         with np.errstate(divide="ignore", invalid="ignore"):
-            new_lo = value * (lo / value) ** f
-            new_hi = value * (hi / value) ** f
+            centre = np.sqrt(lo * hi)
+            new_lo = centre * (lo / centre) ** f
+            new_hi = centre * (hi / centre) ** f
         out[lo_col] = np.where(ok, new_lo, lo)
         out[hi_col] = np.where(ok, new_hi, hi)
     return out
@@ -130,8 +133,8 @@ def _scaled(summary: pd.DataFrame, widening: LinkedWidening, power: float) -> pd
 def widen_linked(summary: pd.DataFrame, widening: LinkedWidening) -> pd.DataFrame:
     """The summary with its D intervals widened by each track's group factor (see the module docstring).
 
-    A bound is scaled in log space around the track's value, ``D (bound / D) ** f``; rows whose
-    value or bounds are not positive and finite are left as they are.
+    A bound is scaled in log space around the interval's log centre ``c``, ``c (bound / c) ** f``;
+    rows whose bounds are not positive and finite are left as they are.
     """
     return _scaled(summary, widening, 1.0)
 
@@ -141,20 +144,21 @@ def unwiden_linked(summary: pd.DataFrame, widening: LinkedWidening) -> pd.DataFr
     return _scaled(summary, widening, -1.0)
 
 
-def half_width_ratio(value: np.ndarray, low: np.ndarray, high: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """``|ln(truth / value)|`` over the interval's log half-width on the truth's side, per track.
+def half_width_ratio(low: np.ndarray, high: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``|ln(truth / c)|`` over the interval's log half-width ``ln(sqrt(high / low))``, ``c = sqrt(low high)``.
 
-    A track is covered by the interval scaled by ``f`` exactly when its ratio is ``<= f``. All
-    arrays ``(N,)`` in the same unit (um^2/s); NaN where any is not positive and finite, ``inf``
-    where the half-width on the truth's side is zero and the truth differs from the value.
+    A track is covered by the interval scaled by ``f`` (:func:`widen_linked`) exactly when its
+    ratio is ``<= f``; by the interval itself when it is ``<= 1``. All arrays ``(N,)`` in the same
+    unit (um^2/s); NaN where any is not positive and finite or ``high < low``, ``inf`` for an
+    interval of zero width that misses the truth.
     """
-    value, low, high, truth = (np.asarray(a, dtype=float) for a in (value, low, high, truth))
-    ok = np.all([np.isfinite(a) & (a > 0) for a in (value, low, high, truth)], axis=0)
-    out = np.full(value.shape, np.nan)
-    err = np.log(truth[ok] / value[ok])
-    half = np.where(err >= 0, np.log(high[ok] / value[ok]), np.log(value[ok] / low[ok]))
+    low, high, truth = (np.asarray(a, dtype=float) for a in (low, high, truth))
+    ok = np.all([np.isfinite(a) & (a > 0) for a in (low, high, truth)], axis=0) & (high >= low)
+    out = np.full(low.shape, np.nan)
+    err = np.abs(np.log(truth[ok] / np.sqrt(low[ok] * high[ok])))
+    half = 0.5 * np.log(high[ok] / low[ok])
     with np.errstate(divide="ignore", invalid="ignore"):
-        out[ok] = np.where(half > 0, np.abs(err) / half, np.where(err == 0, 0.0, np.inf))
+        out[ok] = np.where(half > 0, err / half, np.where(err == 0, 0.0, np.inf))
     return out
 
 
@@ -162,11 +166,15 @@ def fit_factor(ratios: np.ndarray, nominal: float) -> float:
     """The smallest factor ``>= 1`` that covers a share ``nominal`` of the tracks (the conformal quantile).
 
     ``ratios``: ``(N,)`` from :func:`half_width_ratio` (NaN ignored). With ``n`` tracks the
-    ``ceil((n + 1) nominal)``-th smallest ratio is taken (split-conformal), capped at the largest.
+    ``ceil((n + 1) nominal)``-th smallest ratio is taken (split-conformal), capped at the largest,
+    and rounded up to 3 decimals (so that the stored factor covers what the quantile covers).
     """
-    r = np.sort(np.asarray(ratios, dtype=float)[np.isfinite(np.asarray(ratios, dtype=float))
-                                                 | np.isposinf(np.asarray(ratios, dtype=float))])
+    r = np.asarray(ratios, dtype=float)
+    r = np.sort(r[~np.isnan(r)])
     if r.size == 0:
         raise ValueError("no tracks to fit a widening factor on")
     rank = min(int(math.ceil((r.size + 1) * nominal)), r.size)
-    return max(1.0, float(r[rank - 1]))
+    value = float(r[rank - 1])
+    if not math.isfinite(value):
+        raise ValueError(f"the {nominal:.0%} quantile of the ratios is not finite (intervals of zero width)")
+    return max(1.0, math.ceil(value * 1000.0 - 1e-9) / 1000.0)

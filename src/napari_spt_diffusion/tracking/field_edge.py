@@ -14,7 +14,8 @@ import numpy as np
 
 __all__ = ["EDGE_PX", "border_distance_px", "touches_edge"]
 
-#: A track with a localization closer than this to the field's border (px, pixel centres) gets the note ``edge``.
+#: A track with a localization closer than this (px) to the outermost pixel centres gets the note ``edge``
+#: (closer than 3.5 px to the image's edge).
 EDGE_PX = 3.0
 
 
@@ -39,10 +40,13 @@ def border_distance_px(y_px: np.ndarray, x_px: np.ndarray, shape_yx: tuple[int, 
     if y.shape != x.shape or y.ndim != 1:
         raise ValueError("y_px and x_px must be 1-D arrays of the same length")
     height, width = (float(v) for v in shape_yx[:2])
-    return np.minimum.reduce([y, x, height - 1.0 - y, width - 1.0 - x])
+    out = np.minimum.reduce([y, x, height - 1.0 - y, width - 1.0 - x])
+    out[~(np.isfinite(y) & np.isfinite(x))] = np.nan
+    return out
 
 
 def touches_edge(border_px: np.ndarray, edge_px: float = EDGE_PX) -> bool:
-    """Whether any of a track's localizations (``border_px`` ``(T,)``) lies closer than ``edge_px`` to the border."""
+    """Whether any of a track's localizations (``border_px`` ``(T,)``) lies closer than ``edge_px`` to the
+    outermost pixel centres (NaN: not)."""
     d = np.asarray(border_px, dtype=float)
     return bool(np.any(d < edge_px))
